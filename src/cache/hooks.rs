@@ -1,0 +1,114 @@
+//! The seam between typed caches and the rest of the node: local writes go out through a
+//! [`Publisher`]; remote changes, digests and housekeeping come in through [`ErasedCache`].
+//!
+//! Both sides speak bytes ([`Record`]) so that the replication layer never needs `K` or `V`.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::proto::record::Record;
+use crate::proto::version::NodeId;
+
+/// A local write to be replicated: the cache name and the record (key, version, op).
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// The cache the write happened in.
+    pub cache: Arc<str>,
+    /// What happened.
+    pub kind: ChangeKindWire,
+}
+
+/// The replicated forms of a local write.
+#[derive(Clone, Debug)]
+pub enum ChangeKindWire {
+    /// One key changed (put, delete or invalidate).
+    Record(Record),
+    /// The whole cache was cleared at this version: entries older than it are removed.
+    Clear(crate::proto::version::Version),
+}
+
+/// Where a cache hands its local writes. Must never block: a node that cannot queue a change
+/// marks the cache for anti-entropy repair instead (see the overload policy in docs/PROTOCOL.md).
+pub trait Publisher: Send + Sync + 'static {
+    /// Queues one change for replication.
+    fn publish(&self, change: Change);
+}
+
+/// A publisher that drops everything: a node with no network.
+#[derive(Debug, Default)]
+pub struct NoPublisher;
+
+impl Publisher for NoPublisher {
+    fn publish(&self, _change: Change) {}
+}
+
+/// Number of anti-entropy buckets per cache. A key's bucket is `crc32(key bytes) % SYNC_BUCKETS`.
+pub const SYNC_BUCKETS: usize = 64;
+
+/// Digest of a cache's live entries for anti-entropy: count, order-independent checksum, and
+/// one checksum per bucket. Tombstones are not included (see docs/PROTOCOL.md).
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SyncDigest {
+    /// Live entries.
+    pub count: u64,
+    /// Sum of per-entry digests (equals [`crate::Cache::checksum`]).
+    pub checksum: u64,
+    /// Per-bucket sums, `SYNC_BUCKETS` long.
+    pub buckets: Vec<u64>,
+}
+
+/// One key's version as listed in a bucket exchange.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyVersion {
+    /// Key bytes.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The version held.
+    pub version: crate::proto::version::Version,
+    /// True if the key is held as a tombstone (deleted at `version`).
+    pub deleted: bool,
+}
+
+/// Result of applying a remote record.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The record was newer and changed the cache.
+    Changed,
+    /// The record was not newer than what the cache holds (or a tombstone/clear floor).
+    Stale,
+    /// Mode 0 (update-if-present) and the key is absent: ignored.
+    Skipped,
+    /// The key or value bytes do not decode as this cache's types; counted and dropped.
+    Undecodable,
+}
+
+/// A cache seen without its types: what the node and the protocol need from every cache.
+///
+/// Implemented by the typed store. Every method is safe to call from the network thread while
+/// application threads use the cache.
+pub trait ErasedCache: Send + Sync + 'static {
+    /// The cache name.
+    fn name(&self) -> &str;
+    /// `"K, V"` type names, for type-mismatch errors.
+    fn type_names(&self) -> String;
+    /// For downcasting to the typed inner cache.
+    fn as_any(&self) -> &dyn Any;
+    /// Applies a peer's change if its version is newer than what is held (tombstones and the
+    /// clear floor included); fires change listeners with origin = remote(`origin`).
+    fn apply_remote(&self, record: &Record, origin: NodeId) -> Applied;
+    /// Applies a peer's `clear`: removes every entry older than `version`, raises the clear floor.
+    fn apply_clear(&self, version: crate::proto::version::Version, origin: NodeId);
+    /// The current record for a key (live value or tombstone), re-serialized, for repair.
+    fn record(&self, key: &[u8]) -> Option<Record>;
+    /// The digest of live entries.
+    fn sync_digest(&self) -> SyncDigest;
+    /// Every key of one bucket with its version, tombstones included.
+    fn bucket_versions(&self, bucket: usize) -> Vec<KeyVersion>;
+    /// Live records (and tombstones) in a stable cursor order for state transfer: returns up to
+    /// roughly `max_bytes` of records starting at `cursor`, and the next cursor (`None` at end).
+    fn snapshot_chunk(&self, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>);
+    /// Housekeeping: sweep expired entries, collect tombstones older than `tombstone_ttl`.
+    fn housekeep(&self, tombstone_ttl: std::time::Duration);
+    /// Local metrics.
+    fn metrics(&self) -> crate::cache::metrics::CacheMetrics;
+}

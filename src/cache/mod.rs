@@ -1,0 +1,4 @@
+//! The local store: typed caches over sharded maps with CLOCK eviction, TTL and byte caps.
+
+pub mod hooks;
+pub mod metrics;

@@ -1,0 +1,1 @@
+//! Sockets and the single tokio driver task that connects the protocol core to the network.

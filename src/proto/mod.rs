@@ -1,0 +1,6 @@
+//! The replication protocol as an I/O-free state machine: no sockets, no clock reads.
+//!
+//! Time comes in as an argument; datagrams, timers and events come out to be polled.
+
+pub mod record;
+pub mod version;
