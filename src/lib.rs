@@ -15,5 +15,6 @@ pub mod proto;
 
 pub use cache::metrics::CacheMetrics;
 pub use config::{CacheConfig, CacheMode, Config};
+pub use config::{TantrumSide, generate_key};
 pub use error::{Error, Result};
 pub use proto::version::{NodeId, Version};
