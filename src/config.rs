@@ -1286,3 +1286,208 @@ fn hostname() -> String {
         .find(|s| !s.is_empty())
         .unwrap_or_else(|| "node".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(text: &str) -> Value {
+        Value::from(text.to_string())
+    }
+
+    #[test]
+    fn whole_numbers_accept_every_spelling_of_an_integer() {
+        for v in [
+            s("2"),
+            s(" 2 "),
+            s("2.0"),
+            s("2e0"),
+            Value::from(2u8),
+            Value::from(2.0f64),
+        ] {
+            assert_eq!(whole(&v, "r"), Ok(2), "{v:?}");
+        }
+        for v in [
+            s("2.5"),
+            s("-2"),
+            s("x"),
+            s(""),
+            s("inf"),
+            Value::from(-2i64),
+            Value::from(true),
+        ] {
+            assert_eq!(whole(&v, "r"), Err("r"), "{v:?}");
+        }
+        assert_eq!(whole(&s("18446744073709551615"), "r"), Ok(u64::MAX));
+        assert_eq!(whole(&s("1_000"), "r"), Ok(1000));
+    }
+
+    #[test]
+    fn byte_counts_take_binary_suffixes() {
+        assert_eq!(bytes(&s("1 KiB")), Ok(1024));
+        assert_eq!(bytes(&s("8mib")), Ok(8 << 20));
+        assert_eq!(bytes(&s("1.5 MiB")), Ok(3 << 19));
+        assert_eq!(bytes(&s("2GiB")), Ok(2 << 30));
+        assert_eq!(
+            bytes(&s("0.3 KiB")),
+            Err(REASON_BYTES),
+            "307.2 bytes is not whole"
+        );
+        assert_eq!(bytes(&s("-1 KiB")), Err(REASON_BYTES));
+        assert_eq!(bytes(&s("KiB")), Err(REASON_BYTES));
+        assert_eq!(
+            bytes(&s("1 kB")),
+            Err(REASON_BYTES),
+            "decimal units are ambiguous"
+        );
+    }
+
+    #[test]
+    fn seconds_refuse_non_finite_spellings() {
+        for text in [
+            "nan", "NaN", "inf", "-inf", "infinity", "1e400", "0x10", "5s",
+        ] {
+            assert_eq!(secs(&s(text)), Err(REASON_SECONDS), "{text}");
+        }
+        assert_eq!(secs(&s(" 0.25 ")), Ok(0.25));
+        assert_eq!(secs(&Value::from(3i64)), Ok(3.0));
+    }
+
+    #[test]
+    fn keys_decode_in_every_base64_flavour() {
+        let raw = [0xfbu8; 32];
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+            assert_eq!(decode_key(&engine.encode(raw)), Ok(raw));
+        }
+        assert_eq!(decode_key(&STANDARD.encode([1u8; 31])), Err(REASON_KEY));
+        assert_eq!(decode_key(&STANDARD.encode([1u8; 33])), Err(REASON_KEY));
+        assert_eq!(decode_key("!!!"), Err(REASON_KEY));
+        assert_eq!(decode_key(&generate_key()).map(|k| k.len()), Ok(32));
+    }
+
+    #[test]
+    fn multicast_ip_splits_an_optional_port() {
+        assert_eq!(
+            multicast_ip(&s("239.1.2.3")),
+            Ok((Ipv4Addr::new(239, 1, 2, 3), None))
+        );
+        assert_eq!(
+            multicast_ip(&s(" 224.0.0.3:4000 ")),
+            Ok((Ipv4Addr::new(224, 0, 0, 3), Some(4000)))
+        );
+        assert_eq!(
+            multicast_ip(&s("239.255.255.255:65535")).map(|p| p.1),
+            Ok(Some(65535))
+        );
+        assert_eq!(multicast_ip(&s("223.255.255.255")), Err(REASON_MULTICAST));
+        assert_eq!(multicast_ip(&s("239.1.2.3:65536")), Err(REASON_GROUP_PORT));
+        assert_eq!(multicast_ip(&s("239.1.2.3:4:5")), Err(REASON_GROUP_PORT));
+    }
+
+    #[test]
+    fn interface_accepts_unicast_and_unspecified_only() {
+        assert_eq!(interface(Ipv4Addr::UNSPECIFIED), Ok(()));
+        assert_eq!(interface(Ipv4Addr::LOCALHOST), Ok(()));
+        assert_eq!(interface(Ipv4Addr::new(10, 1, 2, 3)), Ok(()));
+        assert_eq!(interface(Ipv4Addr::BROADCAST), Err(REASON_INTERFACE));
+        assert_eq!(
+            interface(Ipv4Addr::new(239, 0, 0, 1)),
+            Err(REASON_INTERFACE)
+        );
+    }
+
+    #[test]
+    fn env_key_filter_knows_top_level_and_cache_keys() {
+        assert!(is_env_key("cache_ttl"));
+        assert!(is_env_key("CACHE_TTL"));
+        assert!(is_env_key("caches.users.cache_mode"));
+        assert!(!is_env_key("caches"));
+        assert!(!is_env_key("config"));
+        assert!(!is_env_key("caches.users.packet_mtu"));
+        assert!(!is_env_key("caches..cache_ttl"));
+        assert!(!is_env_key("cache_ttl.extra"));
+    }
+
+    #[test]
+    fn unknown_keys_get_a_hint_only_when_close() {
+        assert_eq!(
+            unknown_reason("cache_tll", TOP_KEYS),
+            "is not a known key (did you mean cache_ttl?)"
+        );
+        assert_eq!(
+            unknown_reason("multicastip", TOP_KEYS),
+            "is not a known key (did you mean multicast_ip?)"
+        );
+        assert_eq!(
+            unknown_reason("debug_level", TOP_KEYS),
+            "is not a known key"
+        );
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+
+    #[test]
+    fn durations_saturate_instead_of_panicking() {
+        assert_eq!(secs_to_duration(-1.0), Duration::ZERO);
+        assert_eq!(secs_to_duration(f64::NAN), Duration::ZERO);
+        assert_eq!(secs_to_duration(f64::INFINITY), Duration::MAX);
+        assert_eq!(secs_to_duration(1e300), Duration::MAX);
+        assert_eq!(secs_to_duration(0.5), Duration::from_millis(500));
+        let c = Config {
+            cache_ttl: f64::NAN,
+            callback_win: -3.0,
+            ..Config::default()
+        };
+        let cc = c.cache_config("x");
+        assert_eq!((cc.ttl, cc.callback_win), (None, Duration::ZERO));
+    }
+
+    #[test]
+    fn insert_path_nests_and_later_values_replace() {
+        let mut d = Dict::new();
+        insert_path(&mut d, &["caches", "users", "cache_ttl"], s("1"));
+        insert_path(&mut d, &["caches", "users", "cache_max"], s("2"));
+        insert_path(&mut d, &["cache_ttl"], s("3"));
+        let users = d["caches"]
+            .find_ref("users")
+            .and_then(|u| u.as_dict())
+            .map(|u| u.len());
+        assert_eq!(users, Some(2));
+        insert_path(&mut d, &["cache_ttl", "x"], s("4"));
+        assert!(matches!(d["cache_ttl"], Value::Dict(..)));
+    }
+
+    #[test]
+    fn shown_renders_values_as_written() {
+        assert_eq!(shown(&s(" a ")), " a ");
+        assert_eq!(shown(&Value::from(2.5f64)), "2.5");
+        assert_eq!(shown(&Value::from(-7i64)), "-7");
+        assert_eq!(shown(&Value::from(vec![1u8, 2])), "[1, 2]");
+        assert_eq!(redact("abcd"), "<4 characters, not shown>");
+    }
+
+    #[test]
+    fn the_default_config_round_trips_through_its_own_provider() {
+        let c = Config {
+            node_name: Some("n".into()),
+            crypto_keys: vec![generate_key()],
+            ..Config::default()
+        };
+        assert_eq!(Config::from_figment(&Figment::from(c.clone())).unwrap(), c);
+        assert_eq!(
+            Config::from_figment(&Figment::new()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn tantrum_side_directions() {
+        assert!(TantrumSide::Send.drops_sends() && !TantrumSide::Send.drops_receives());
+        assert!(!TantrumSide::Recv.drops_sends() && TantrumSide::Recv.drops_receives());
+        assert_eq!(TantrumSide::default().as_str(), "both");
+    }
+}
