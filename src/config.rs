@@ -281,7 +281,7 @@ impl Config {
         {
             return Err(Error::ConfigFile {
                 path: path.display().to_string(),
-                message: format!("{CONFIG_PATH_ENV} names a file that does not exist"),
+                message: format!("{CONFIG_PATH_ENV} names no such file"),
             });
         }
         Config::from_figment(&Config::figment())

@@ -940,3 +940,17 @@ fn hostname_default_node_name() {
     assert!(!host.is_empty());
     assert_eq!(pid, std::process::id().to_string());
 }
+
+#[test]
+fn the_example_in_the_docs_loads() {
+    let doc = include_str!("../docs/CONFIG.md");
+    let start = doc
+        .find("```toml\n")
+        .expect("docs/CONFIG.md has a toml example")
+        + "```toml\n".len();
+    let end = start + doc[start..].find("```").expect("the example is closed");
+    let c = Config::from_toml_str(&doc[start..end]).unwrap();
+    assert_eq!(c.cache_size, 64 << 20);
+    assert_eq!(c.cache_config("sessions").mode, CacheMode::Invalidate);
+    assert_eq!(c.group().to_string(), "239.255.77.3:4000");
+}
