@@ -12,20 +12,28 @@ use crate::{Error, Result};
 
 /// The largest TTL tried.
 pub const MAX_HOPS: u8 = 30;
-/// Probes in flight at once (one socket each), like traceroute's simultaneous queries but
-/// fewer, so the destination's ICMP rate limit is not spent on TTLs beyond it.
-const WINDOW: u8 = 5;
-/// How long a window of probes waits for answers.
-const WINDOW_WAIT: Duration = Duration::from_millis(500);
+/// How long a probe waits for an answer before it is sent once more.
+const FIRST_WAIT: Duration = Duration::from_millis(300);
+/// How long the second probe of a TTL waits. Routers rate-limit ICMP per destination (Linux:
+/// a burst of 6, then one per second), so a silent hop gets a second chance a bit later.
+const RETRY_WAIT: Duration = Duration::from_millis(700);
+/// Upper bound on the whole count.
+const TOTAL: Duration = Duration::from_secs(6);
 
 /// Counts the IP hops to the unicast IPv4 address `ip`: the smallest TTL that reaches it.
 /// A directly connected host (or this host) is 1 hop, a host behind one router is 2.
 ///
 /// How: UDP datagrams to `ip`, port 33434, with `IP_TTL` = 1, 2, … up to 30 and
-/// `IP_RECVERR`, five TTLs in flight at a time, one socket per TTL. An ICMP time-exceeded on a
-/// socket's error queue means "not there yet"; a port-unreachable from `ip` (or any reply)
-/// means that TTL reached it. No root, no raw sockets, no external commands; at most about
-/// three seconds (six windows of 500 ms), much less when every hop answers.
+/// `IP_RECVERR`, one socket per TTL, one TTL at a time (so each router spends one ICMP of its
+/// rate limit on us). An ICMP time-exceeded on the error queue means "not there yet"; a
+/// port-unreachable from `ip` (or any reply) means that TTL reached it. A silent TTL is probed
+/// once more after 300 ms, then skipped after another 700 ms. No root, no raw sockets, no
+/// external commands; one round trip per hop when every hop answers, six seconds at most.
+///
+/// Caveat: routers and hosts rate-limit ICMP (Linux: a burst of 6 per peer, then one per
+/// second). Many calls per second towards the same host can exhaust that budget; a
+/// destination that stays silent at the right TTL but answers the next one makes the count
+/// one too high.
 ///
 /// # Errors
 /// [`Error::Diagnostic`] for an IPv6, multicast or unspecified address, when a router reports
@@ -54,64 +62,67 @@ pub fn get_hops(ip: IpAddr) -> Result<u8> {
         )));
     }
     let dest = SocketAddrV4::new(v4, PROBE_PORT);
-    let mut first = 1u8;
-    while first <= MAX_HOPS {
-        let last = first.saturating_add(WINDOW - 1).min(MAX_HOPS);
-        let mut probes = Vec::with_capacity(usize::from(WINDOW));
-        for ttl in first..=last {
-            let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-            sockopt::set_recverr_v4(&sock, true)?;
-            sock.set_ttl_v4(u32::from(ttl))?;
-            sock.connect(&dest.into())?;
-            sock.send(b"mccache hop probe")?;
-            probes.push((ttl, sock, None::<Answer>));
-        }
-        let until = Instant::now() + WINDOW_WAIT;
-        loop {
-            if let Some(hops) = decided(&probes, false) {
-                return Ok(hops);
+    let deadline = Instant::now() + TOTAL;
+    for ttl in 1..=MAX_HOPS {
+        // One socket per TTL: whatever arrives on it, even late, is about this TTL.
+        let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        sockopt::set_recverr_v4(&sock, true)?;
+        sock.set_ttl_v4(u32::from(ttl))?;
+        sock.connect(&dest.into())?;
+        let mut answer = None;
+        for wait in [FIRST_WAIT, RETRY_WAIT] {
+            let until = (Instant::now() + wait).min(deadline);
+            if let Err(e) = sock.send(b"mccache hop probe") {
+                // A pending error from the first probe's answer surfaces on the second send;
+                // the answer itself is on the error queue.
+                tracing::debug!(%ip, ttl, error = %e, "hop probe send");
             }
-            if probes.iter().all(|p| p.2.is_some()) {
+            answer = await_answer(&sock, ip, ttl, until)?;
+            if answer.is_some() || Instant::now() >= deadline {
                 break;
             }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let fds: Vec<_> = probes.iter().map(|p| p.1.as_fd()).collect();
-            let ready = sockopt::wait_events(&fds, left)?;
-            drop(fds);
-            for ((ttl, sock, answer), r) in probes.iter_mut().zip(ready) {
-                if answer.is_some() {
-                    continue;
-                }
-                if r.readable {
-                    *answer = Some(Answer::Reached);
-                    continue;
-                }
-                if r.error {
-                    while let Some(ev) = read_error_queue(sock)? {
-                        *answer = classify(ip, ev).or(*answer);
-                    }
-                    if let Some(Answer::Unreachable(why)) = answer {
-                        return Err(Error::Diagnostic(format!(
-                            "get_hops({ip}): unreachable at TTL {ttl}: {why}"
-                        )));
-                    }
-                }
-            }
         }
-        if let Some(hops) = decided(&probes, true) {
-            return Ok(hops);
+        match answer {
+            Some(Answer::Reached) => return Ok(ttl),
+            Some(Answer::Unreachable(why)) => {
+                return Err(Error::Diagnostic(format!(
+                    "get_hops({ip}): unreachable at TTL {ttl}: {why}"
+                )));
+            }
+            Some(Answer::Router) | None => {}
         }
-        first = last.saturating_add(1);
-        if last == MAX_HOPS {
-            break;
+        if Instant::now() >= deadline {
+            return Err(Error::Diagnostic(format!(
+                "get_hops({ip}): not reached within {TOTAL:?} (gave up at TTL {ttl})"
+            )));
         }
     }
     Err(Error::Diagnostic(format!(
         "get_hops({ip}): not reached within {MAX_HOPS} hops (no port-unreachable or reply came back)"
     )))
+}
+
+/// Waits until `until` for the first answer to the probes sent on `sock`.
+fn await_answer(sock: &Socket, ip: IpAddr, ttl: u8, until: Instant) -> Result<Option<Answer>> {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let ready = sockopt::wait_events(&[sock.as_fd()], left)?;
+        if ready[0].readable {
+            // The destination replied at the application level.
+            return Ok(Some(Answer::Reached));
+        }
+        let mut answer = None;
+        while let Some(ev) = read_error_queue(sock)? {
+            tracing::debug!(%ip, ttl, ?ev, "hop probe answer");
+            answer = answer.or(classify(ip, ev));
+        }
+        if answer.is_some() {
+            return Ok(answer);
+        }
+    }
 }
 
 /// What came back for one probe.
@@ -165,21 +176,6 @@ fn classify(ip: IpAddr, ev: ErrQueueEvent) -> Option<Answer> {
         } => Some(Answer::Unreachable(UnreachableWhy { kind, code, from })),
         ErrQueueEvent::Other { .. } | ErrQueueEvent::FragNeeded { .. } => None,
     }
-}
-
-/// The hop count, if the answers so far decide it: the lowest TTL that reached the
-/// destination, once every lower TTL of the window has answered (or, with `final_`, at the
-/// end of the window's wait, when silent routers are given up on).
-fn decided(probes: &[(u8, Socket, Option<Answer>)], final_: bool) -> Option<u8> {
-    for (ttl, _, answer) in probes {
-        match answer {
-            Some(Answer::Reached) => return Some(*ttl),
-            Some(_) => {}
-            None if final_ => {}
-            None => return None,
-        }
-    }
-    None
 }
 
 #[cfg(test)]
