@@ -24,7 +24,9 @@ fn mtu_of_a_1400_byte_veth_is_1400() {
     let a = lab.ns("a");
     let b = lab.ns("b");
     lab.veth(&a, "10.201.0.1/24", &b, "10.201.0.2/24", 1400);
+    let t = std::time::Instant::now();
     let mtu = lab.run_in(&a, || get_mtu(ip("10.201.0.2")));
+    eprintln!("get_mtu over a veth took {:?}", t.elapsed());
     assert_eq!(mtu.unwrap(), 1400);
     // packet_mtu for this link would be 1400 - 28.
     assert_eq!(lab.run_in(&a, || get_hops(ip("10.201.0.2"))).unwrap(), 1);
@@ -44,7 +46,9 @@ fn hops_through_a_router() {
     lab.route(&a, "10.202.2.0/24", "10.202.1.254");
     lab.route(&b, "default", "10.202.2.254");
 
+    let t = std::time::Instant::now();
     assert_eq!(lab.run_in(&a, || get_hops(ip("10.202.2.2"))).unwrap(), 2);
+    eprintln!("get_hops through a router took {:?}", t.elapsed());
     assert_eq!(lab.run_in(&a, || get_hops(ip("10.202.1.254"))).unwrap(), 1);
     // The router's far address is on the router itself: one hop.
     assert_eq!(lab.run_in(&a, || get_hops(ip("10.202.2.254"))).unwrap(), 1);
@@ -67,7 +71,9 @@ fn mtu_of_a_smaller_far_link_comes_from_frag_needed() {
     lab.route(&b, "default", "10.203.2.254");
 
     // A's own link is 1500: only the router's ICMP frag-needed can reveal 1280.
+    let t = std::time::Instant::now();
     assert_eq!(lab.run_in(&a, || get_mtu(ip("10.203.2.2"))).unwrap(), 1280);
+    eprintln!("get_mtu through a router took {:?}", t.elapsed());
     assert_eq!(
         lab.run_in(&a, || get_mtu(ip("10.203.1.254"))).unwrap(),
         1500
@@ -121,4 +127,24 @@ fn multicast_loops_back_on_127_0_0_1() {
     assert!(check.received, "{check:?}");
     assert_eq!(check.group, group);
     assert!(check.elapsed <= Duration::from_secs(5));
+}
+
+#[test]
+fn lab_deletes_its_namespaces_even_on_panic() {
+    let Some(mut lab) = netns::Lab::new("lab_cleanup") else {
+        return;
+    };
+    let a = lab.ns("a");
+    let b = lab.ns("b");
+    lab.veth(&a, "10.206.0.1/24", &b, "10.206.0.2/24", 1500);
+    let paths = [a, b].map(|ns| format!("/var/run/netns/{}", ns.name));
+    assert!(paths.iter().all(|p| std::path::Path::new(p).exists()));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _lab = lab;
+        panic!("test body failed");
+    }));
+    assert!(result.is_err());
+    for p in &paths {
+        assert!(!std::path::Path::new(p).exists(), "{p} left behind");
+    }
 }
