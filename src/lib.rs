@@ -16,5 +16,6 @@ pub mod proto;
 pub use cache::metrics::CacheMetrics;
 pub use config::{CacheConfig, CacheMode, Config};
 pub use config::{TantrumSide, generate_key};
+pub use diag::{MulticastCheck, check_multicast, get_hops, get_mtu};
 pub use error::{Error, Result};
 pub use proto::version::{NodeId, Version};

@@ -1,1 +1,3 @@
 //! Sockets and the single tokio driver task that connects the protocol core to the network.
+
+pub mod sockopt;
