@@ -2,11 +2,11 @@
 //!
 //! Time comes in as an argument; datagrams, timers and events come out to be polled.
 
+pub mod record;
+pub mod version;
 pub mod crypto;
 pub mod drop;
 pub mod fragment;
 pub mod header;
-pub mod record;
 pub mod replay;
-pub mod version;
 pub mod wire;
