@@ -12,7 +12,10 @@ fn roundtrip(c: &mut Criterion) {
     let mut group = c.benchmark_group("wire_1200B");
     group.throughput(Throughput::Bytes(1200));
     for (name, keys) in [("sealed", vec![[7u8; 32]]), ("plaintext", vec![])] {
-        let cfg = WireConfig { keys, ..WireConfig::default() };
+        let cfg = WireConfig {
+            keys,
+            ..WireConfig::default()
+        };
         let mut tx = Wire::new(cfg.clone(), NodeId(1));
         let mut rx = Wire::new(cfg, NodeId(2));
         let payload = vec![0xA5u8; 1200];
