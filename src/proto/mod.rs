@@ -4,3 +4,9 @@
 
 pub mod record;
 pub mod version;
+pub mod crypto;
+pub mod drop;
+pub mod fragment;
+pub mod header;
+pub mod replay;
+pub mod wire;

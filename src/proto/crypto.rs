@@ -1,0 +1,335 @@
+//! Sealing and opening datagram bodies: XChaCha20-Poly1305 with a keyring, or a crc32 in
+//! plaintext mode.
+//!
+//! * **Sealed** (keyring not empty): the first key seals, every key opens. The nonce is
+//!   `sender node id (8, BE) ‖ packet number (8, BE) ‖ 8 zero bytes`; the associated data is
+//!   the 40 header bytes followed by the cluster name, so a datagram of another cluster fails
+//!   authentication even under the same key. Body = ciphertext ‖ 16-byte tag.
+//! * **Plaintext** (empty keyring): body = payload ‖ crc32 (BE) over header ‖ cluster name ‖
+//!   payload. This detects corruption and strays, not attackers.
+//!
+//! The header's key id is a one-byte *fingerprint* of the sealing key (a PRF output of the key,
+//! see [`key_id`]), not an index into the keyring: nodes in the middle of a key rotation hold
+//! their keys in different orders, and a fingerprint names the same key on all of them.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+
+use super::drop::DropReason;
+use super::header::{HEADER_LEN, Header};
+use super::version::NodeId;
+
+/// Bytes of the Poly1305 tag appended to a sealed body.
+pub const TAG_LEN: usize = 16;
+/// Bytes of the crc32 appended to a plaintext body.
+pub const CRC_LEN: usize = 4;
+
+/// Domain-separation label for key fingerprints.
+const KEY_ID_LABEL: &[u8] = b"mccache key id v1";
+/// Nonce used only to fingerprint keys. Real nonces end in 8 zero bytes, so it never collides.
+const KEY_ID_NONCE: [u8; 24] = [0xFF; 24];
+
+/// The keys of a node plus the cluster label they authenticate.
+///
+/// ```
+/// use mccache::proto::crypto::Keyring;
+/// use mccache::proto::header::{Header, HEADER_LEN, cluster_id};
+/// use mccache::NodeId;
+///
+/// let mut ring = Keyring::new(&[[7u8; 32]], "prod");
+/// let header = Header { encrypted: true, key_id: ring.sealing_key_id().unwrap(),
+///     frag_index: 0, frag_count: 1, cluster_id: cluster_id("prod"),
+///     sender: NodeId(1), packet_number: 1, message_id: 1 };
+/// let mut datagram = header.encode().to_vec();
+/// datagram.extend_from_slice(b"hello");
+/// ring.seal(&mut datagram);
+/// assert_ne!(&datagram[HEADER_LEN..HEADER_LEN + 5], b"hello");
+/// assert_eq!(ring.open(&header, &datagram).unwrap(), b"hello");
+/// ```
+pub struct Keyring {
+    keys: Vec<KeyEntry>,
+    cluster_name: Box<[u8]>,
+    /// Reused buffer for the associated data (header ‖ cluster name).
+    aad: Vec<u8>,
+}
+
+struct KeyEntry {
+    id: u8,
+    cipher: XChaCha20Poly1305,
+}
+
+impl Keyring {
+    /// A keyring; `keys[0]` seals, all keys open. No keys means plaintext mode.
+    pub fn new(keys: &[[u8; 32]], cluster_name: &str) -> Keyring {
+        let keys = keys
+            .iter()
+            .map(|k| KeyEntry {
+                id: key_id(k),
+                cipher: XChaCha20Poly1305::new(Key::from_slice(k)),
+            })
+            .collect();
+        let cluster_name: Box<[u8]> = cluster_name.as_bytes().into();
+        let mut aad = Vec::with_capacity(HEADER_LEN + cluster_name.len());
+        aad.extend_from_slice(&[0u8; HEADER_LEN]);
+        aad.extend_from_slice(&cluster_name);
+        Keyring {
+            keys,
+            cluster_name,
+            aad,
+        }
+    }
+
+    /// Whether datagrams are sealed (at least one key).
+    pub fn is_encrypted(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The key id to put in headers of sealed datagrams (`None` in plaintext mode).
+    pub fn sealing_key_id(&self) -> Option<u8> {
+        self.keys.first().map(|k| k.id)
+    }
+
+    /// Bytes [`Keyring::seal`] appends to a body: the tag or the crc.
+    pub fn overhead(&self) -> usize {
+        if self.is_encrypted() {
+            TAG_LEN
+        } else {
+            CRC_LEN
+        }
+    }
+
+    /// Seals `datagram` in place: it holds an encoded header followed by the payload; on return
+    /// the payload is encrypted and the tag appended (or, in plaintext mode, the crc appended).
+    ///
+    /// The header must name this keyring's mode and sealing key id, and its `(sender, packet
+    /// number)` must never have been sealed before under the same key.
+    pub fn seal(&mut self, datagram: &mut Vec<u8>) {
+        debug_assert!(datagram.len() >= HEADER_LEN);
+        let Some(key) = self.keys.first() else {
+            let crc = plaintext_crc(
+                &datagram[..HEADER_LEN],
+                &self.cluster_name,
+                &datagram[HEADER_LEN..],
+            );
+            datagram.extend_from_slice(&crc.to_be_bytes());
+            return;
+        };
+        let (header, body) = datagram.split_at_mut(HEADER_LEN);
+        let nonce = nonce_from_header(header);
+        self.aad[..HEADER_LEN].copy_from_slice(header);
+        let tag = key
+            .cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &self.aad, body)
+            // Invariant: XChaCha20-Poly1305 only refuses plaintexts longer than ~256 GiB;
+            // callers seal single datagrams (< 64 KiB).
+            .expect("datagram body within XChaCha20-Poly1305 length limit");
+        datagram.extend_from_slice(&tag);
+    }
+
+    /// Authenticates and opens the body of `datagram`, whose already-decoded header is `header`.
+    /// Returns the payload. The caller checks the cluster id before calling this.
+    pub fn open(&mut self, header: &Header, datagram: &[u8]) -> Result<Vec<u8>, DropReason> {
+        let Some(body) = datagram.get(HEADER_LEN..) else {
+            return Err(DropReason::TooShort);
+        };
+        let head = &datagram[..HEADER_LEN];
+        match (self.is_encrypted(), header.encrypted) {
+            // We require authentication; an unsealed datagram is not authentic.
+            (true, false) => Err(DropReason::AuthFailure),
+            // We have no key to open it with.
+            (false, true) => Err(DropReason::UnknownKeyId),
+            (false, false) => {
+                let Some(split) = body.len().checked_sub(CRC_LEN) else {
+                    return Err(DropReason::TooShort);
+                };
+                let (payload, crc) = body.split_at(split);
+                let expected = plaintext_crc(head, &self.cluster_name, payload);
+                if crc != expected.to_be_bytes() {
+                    return Err(DropReason::BadChecksum);
+                }
+                Ok(payload.to_vec())
+            }
+            (true, true) => {
+                let Some(split) = body.len().checked_sub(TAG_LEN) else {
+                    return Err(DropReason::TooShort);
+                };
+                let (ciphertext, tag) = body.split_at(split);
+                let tag = Tag::from_slice(tag);
+                let nonce = nonce_from_header(head);
+                let nonce = XNonce::from_slice(&nonce);
+                self.aad[..HEADER_LEN].copy_from_slice(head);
+                let mut candidates = self
+                    .keys
+                    .iter()
+                    .filter(|k| k.id == header.key_id)
+                    .peekable();
+                if candidates.peek().is_none() {
+                    return Err(DropReason::UnknownKeyId);
+                }
+                let mut buf = Vec::with_capacity(ciphertext.len());
+                for key in candidates {
+                    // Reset for each try: the buffer must hold the ciphertext, whatever a failed
+                    // attempt left in it.
+                    buf.clear();
+                    buf.extend_from_slice(ciphertext);
+                    if key
+                        .cipher
+                        .decrypt_in_place_detached(nonce, &self.aad, &mut buf, tag)
+                        .is_ok()
+                    {
+                        return Ok(buf);
+                    }
+                }
+                Err(DropReason::AuthFailure)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Keyring")
+            .field(
+                "key_ids",
+                &self.keys.iter().map(|k| k.id).collect::<Vec<_>>(),
+            )
+            .field("cluster_name", &String::from_utf8_lossy(&self.cluster_name))
+            .finish()
+    }
+}
+
+/// The one-byte key id of `key`: the first byte of the Poly1305 tag of an empty message sealed
+/// under `key` with a reserved nonce and a fixed label. It reveals nothing usable about the key,
+/// and every node computes the same id for the same key.
+pub fn key_id(key: &[u8; 32]) -> u8 {
+    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(&KEY_ID_NONCE), KEY_ID_LABEL, &mut [])
+        // Invariant: an empty plaintext is always within the length limit.
+        .expect("empty plaintext always seals");
+    tag[0]
+}
+
+/// The 24-byte nonce of a datagram: sender id (BE) ‖ packet number (BE) ‖ 8 zero bytes.
+pub fn nonce(sender: NodeId, packet_number: u64) -> [u8; 24] {
+    let mut n = [0u8; 24];
+    n[..8].copy_from_slice(&sender.0.to_be_bytes());
+    n[8..16].copy_from_slice(&packet_number.to_be_bytes());
+    n
+}
+
+/// The nonce from encoded header bytes (sender at 14..22, packet number at 22..30).
+fn nonce_from_header(header: &[u8]) -> [u8; 24] {
+    let mut n = [0u8; 24];
+    n[..16].copy_from_slice(&header[14..30]);
+    n
+}
+
+fn plaintext_crc(header: &[u8], cluster_name: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(header);
+    h.update(cluster_name);
+    h.update(payload);
+    h.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::header::cluster_id;
+
+    fn header(ring: &Keyring, cluster: &str) -> Header {
+        Header {
+            encrypted: ring.is_encrypted(),
+            key_id: ring.sealing_key_id().unwrap_or(0),
+            frag_index: 0,
+            frag_count: 1,
+            cluster_id: cluster_id(cluster),
+            sender: NodeId(0xABCD),
+            packet_number: 77,
+            message_id: 3,
+        }
+    }
+
+    fn sealed(ring: &mut Keyring, h: &Header, payload: &[u8]) -> Vec<u8> {
+        let mut d = h.encode().to_vec();
+        d.extend_from_slice(payload);
+        ring.seal(&mut d);
+        d
+    }
+
+    #[test]
+    fn nonce_layout() {
+        let n = nonce(NodeId(0x0102030405060708), 0x1112131415161718);
+        assert_eq!(&n[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&n[8..16], &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
+        assert_eq!(&n[16..], &[0; 8]);
+        let h = Header {
+            encrypted: true,
+            key_id: 0,
+            frag_index: 0,
+            frag_count: 1,
+            cluster_id: 0,
+            sender: NodeId(0x0102030405060708),
+            packet_number: 0x1112131415161718,
+            message_id: 1,
+        };
+        assert_eq!(nonce_from_header(&h.encode()), n);
+    }
+
+    #[test]
+    fn key_ids_are_stable_and_differ_between_keys() {
+        assert_eq!(key_id(&[1; 32]), key_id(&[1; 32]));
+        let distinct: std::collections::HashSet<u8> =
+            (0..=255u8).map(|b| key_id(&[b; 32])).collect();
+        // 256 keys into 256 ids: a fingerprint, not a constant.
+        assert!(distinct.len() > 100, "{}", distinct.len());
+    }
+
+    #[test]
+    fn cluster_label_is_authenticated() {
+        let mut a = Keyring::new(&[[9; 32]], "blue");
+        let mut b = Keyring::new(&[[9; 32]], "green");
+        let h = header(&a, "blue");
+        let d = sealed(&mut a, &h, b"payload");
+        assert_eq!(a.open(&h, &d).unwrap(), b"payload");
+        assert_eq!(b.open(&h, &d), Err(DropReason::AuthFailure));
+    }
+
+    #[test]
+    fn plaintext_crc_detects_any_flip() {
+        let mut ring = Keyring::new(&[], "c");
+        let h = header(&ring, "c");
+        let d = sealed(&mut ring, &h, b"abcdef");
+        assert_eq!(ring.open(&h, &d).unwrap(), b"abcdef");
+        for i in HEADER_LEN..d.len() {
+            let mut bad = d.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(
+                ring.open(&h, &bad),
+                Err(DropReason::BadChecksum),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn mode_mismatch_is_refused() {
+        let mut plain = Keyring::new(&[], "c");
+        let mut sealed_ring = Keyring::new(&[[1; 32]], "c");
+        let hp = header(&plain, "c");
+        let hs = header(&sealed_ring, "c");
+        let dp = sealed(&mut plain, &hp, b"x");
+        let ds = sealed(&mut sealed_ring, &hs, b"x");
+        assert_eq!(sealed_ring.open(&hp, &dp), Err(DropReason::AuthFailure));
+        assert_eq!(plain.open(&hs, &ds), Err(DropReason::UnknownKeyId));
+    }
+
+    #[test]
+    fn debug_does_not_print_keys() {
+        let ring = Keyring::new(&[[0x42; 32]], "c");
+        let s = format!("{ring:?}");
+        assert!(!s.contains("66, 66"), "{s}");
+    }
+}
