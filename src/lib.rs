@@ -12,6 +12,7 @@ pub mod diag;
 pub mod error;
 pub mod net;
 pub mod proto;
+pub mod replica;
 
 pub use cache::metrics::CacheMetrics;
 pub use config::{CacheConfig, CacheMode, Config};

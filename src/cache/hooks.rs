@@ -45,6 +45,31 @@ impl Publisher for NoPublisher {
 /// Number of anti-entropy buckets per cache. A key's bucket is `crc32(key bytes) % SYNC_BUCKETS`.
 pub const SYNC_BUCKETS: usize = 64;
 
+/// The anti-entropy bucket of a key.
+pub fn key_bucket(key: &[u8]) -> usize {
+    crc32fast::hash(key) as usize % SYNC_BUCKETS
+}
+
+/// The per-entry digest every node computes the same way: a 64-bit mix (splitmix64) of
+/// crc32(key bytes ‖ value bytes ‖ version bytes). A cache checksum is the wrapping sum of its
+/// entries' digests, so it does not depend on insertion order.
+pub fn entry_digest(key: &[u8], value: &[u8], version: crate::proto::version::Version) -> u64 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(key.len() as u32).to_be_bytes());
+    h.update(key);
+    h.update(value);
+    h.update(&version.to_bytes());
+    splitmix64(u64::from(h.finalize()))
+}
+
+/// splitmix64 finalizer: spreads a 32-bit crc over 64 bits so sums of digests rarely collide.
+pub fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 /// Digest of a cache's live entries for anti-entropy: count, order-independent checksum, and
 /// one checksum per bucket. Tombstones are not included (see docs/PROTOCOL.md).
 #[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -2,3 +2,4 @@
 
 pub mod hooks;
 pub mod metrics;
+pub mod parked;

@@ -1,12 +1,23 @@
 //! The replication protocol as an I/O-free state machine: no sockets, no clock reads.
 //!
 //! Time comes in as an argument; datagrams, timers and events come out to be polled.
+//!
+//! - [`wire`]: datagram format ([`header`]), sealing ([`crypto`]), fragments ([`fragment`]),
+//!   replay protection ([`replay`]), drop reasons ([`drop`]);
+//! - [`message`]: what travels inside; [`record`] and [`version`]: the changes and their order;
+//! - [`endpoint`]: the state machine (membership, [`reliability`], anti-entropy, state transfer);
+//! - [`state`]: what the core needs from the application.
 
-pub mod record;
-pub mod version;
 pub mod crypto;
 pub mod drop;
+pub mod endpoint;
 pub mod fragment;
 pub mod header;
+pub mod message;
+pub mod metrics;
+pub mod record;
+pub mod reliability;
 pub mod replay;
+pub mod state;
+pub mod version;
 pub mod wire;

@@ -1,0 +1,904 @@
+//! The protocol core: one node's replication state machine.
+//!
+//! It is I/O-free in the manner of quinn-proto: the driver feeds it datagrams
+//! ([`Endpoint::handle_datagram`]), timer expiries ([`Endpoint::handle_timeout`]) and local changes
+//! ([`Endpoint::publish`]), always passing `now`; it yields datagrams to send
+//! ([`Endpoint::poll_transmit`]), the next deadline ([`Endpoint::poll_timeout`]) and events
+//! ([`Endpoint::poll_event`]). The same code runs under the tokio driver and the simulator.
+//!
+//! Every datagram goes to the whole group; messages meant for one peer name it (`to`) and the
+//! others ignore them. A unicast fan-out transport can therefore be added in the driver alone.
+
+use std::collections::{BTreeMap, VecDeque};
+
+type PeerMap = BTreeMap<NodeId, Peer>;
+use std::time::{Duration, Instant};
+
+use super::message::{CacheDigest, Item, Msg, Query};
+use super::metrics::NetworkMetrics;
+use super::record::Record;
+use super::reliability::{Arrival, NakPolicy, RecvStream, SendBuffer, to_ranges};
+use super::state::AppState;
+use super::version::NodeId;
+use super::wire::{Wire, WireConfig};
+use crate::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS};
+
+/// Tunables of the protocol core. [`EndpointConfig::new`] derives sane values from the node
+/// configuration; the simulator shrinks them.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Human name announced in heartbeats.
+    pub name: String,
+    /// Datagram format, keys and limits.
+    pub wire: WireConfig,
+    /// Heartbeat and housekeeping period (`daemon_sleep`).
+    pub heartbeat: Duration,
+    /// Anti-entropy pulse period (`cache_pulse`).
+    pub pulse: Duration,
+    /// Heartbeats missed before a peer is suspected.
+    pub suspect_after: u32,
+    /// Heartbeats missed before a peer is removed.
+    pub remove_after: u32,
+    /// NAK timing.
+    pub nak: NakPolicy,
+    /// Bytes of sent data messages kept for retransmission.
+    pub retransmit_bytes: usize,
+    /// Unacknowledged data messages allowed in flight before new data waits (flow control).
+    pub window: u64,
+    /// Changes that may wait to be sent; beyond it changes are dropped and repaired by
+    /// anti-entropy.
+    pub queue_max: usize,
+    /// Delay after a burst before the tail announcement.
+    pub tail_delay: Duration,
+    /// Bytes per state-transfer chunk.
+    pub snapshot_chunk: usize,
+    /// How long a joining node waits for a peer before declaring itself ready alone.
+    pub join_wait: Duration,
+    /// Send a cumulative ack after this many data messages received.
+    pub ack_every: u64,
+    /// Most peers tracked (membership table bound).
+    pub max_peers: usize,
+}
+
+impl EndpointConfig {
+    /// Defaults derived from the heartbeat and pulse periods.
+    pub fn new(name: String, wire: WireConfig, heartbeat: Duration, pulse: Duration) -> EndpointConfig {
+        EndpointConfig {
+            name,
+            wire,
+            heartbeat,
+            pulse,
+            suspect_after: 3,
+            remove_after: 6,
+            nak: NakPolicy::default(),
+            retransmit_bytes: 32 << 20,
+            window: 16_384,
+            queue_max: 65_536,
+            tail_delay: Duration::from_millis(2),
+            snapshot_chunk: 32 << 10,
+            join_wait: heartbeat.mul_f64(1.5).max(Duration::from_millis(300)),
+            ack_every: 256,
+            max_peers: 256,
+        }
+    }
+}
+
+/// Membership and readiness events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A peer was heard for the first time (or again after removal).
+    Joined {
+        /// The peer.
+        id: NodeId,
+        /// Its name.
+        name: String,
+    },
+    /// A peer missed `suspect_after` heartbeats.
+    Suspect {
+        /// The peer.
+        id: NodeId,
+    },
+    /// A suspected peer was heard again.
+    Alive {
+        /// The peer.
+        id: NodeId,
+    },
+    /// A peer left (it said so) or failed (it went silent).
+    Left {
+        /// The peer.
+        id: NodeId,
+        /// True if it failed rather than leaving cleanly.
+        failed: bool,
+    },
+    /// This node holds a full copy of the caches its first peer offered (or found no peer).
+    Ready,
+    /// A peer answered query `id`.
+    Reply {
+        /// Request id.
+        id: u64,
+        /// The peer.
+        from: NodeId,
+        /// Its answer, msgpack-encoded.
+        body: Vec<u8>,
+    },
+}
+
+/// A peer as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// When it was last heard from.
+    pub last_seen: Instant,
+    /// True while suspected.
+    pub suspect: bool,
+    /// Its data messages not yet received here.
+    pub lag: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    name: String,
+    last_seen: Instant,
+    suspect: bool,
+    /// Our stream, as acknowledged by this peer.
+    acked: u64,
+    /// This peer's stream, as received here.
+    recv: RecvStream,
+    received_since_ack: u64,
+}
+
+#[derive(Debug)]
+struct Transfer {
+    donor: NodeId,
+    pending: BTreeMap<String, (u64, Instant)>,
+    deadline: Instant,
+}
+
+/// One node's replication state machine.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    me: NodeId,
+    wire: Wire,
+    peers: PeerMap,
+    send: SendBuffer,
+    outbox: VecDeque<Item>,
+    outbox_bytes: usize,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    metrics: NetworkMetrics,
+    next_heartbeat: Instant,
+    next_pulse: Instant,
+    next_housekeeping: Instant,
+    tail_at: Option<Instant>,
+    tail_repeats: u8,
+    join: JoinState,
+    next_query: u64,
+    left: bool,
+}
+
+#[derive(Debug)]
+enum JoinState {
+    Waiting { until: Instant },
+    Transferring(Transfer),
+    Ready,
+}
+
+impl Endpoint {
+    /// A node that has just started: it will announce itself on the first
+    /// [`Endpoint::handle_timeout`] (or right away through [`Endpoint::poll_transmit`]).
+    pub fn new(cfg: EndpointConfig, me: NodeId, now: Instant) -> Endpoint {
+        let wire = Wire::new(cfg.wire.clone(), me);
+        let send = SendBuffer::new(cfg.retransmit_bytes);
+        let join_until = now + cfg.join_wait;
+        let mut ep = Endpoint {
+            me,
+            wire,
+            peers: PeerMap::new(),
+            send,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            metrics: NetworkMetrics::default(),
+            next_heartbeat: now + cfg.heartbeat,
+            next_pulse: now + cfg.pulse,
+            next_housekeeping: now + Duration::from_millis(250),
+            tail_at: None,
+            tail_repeats: 0,
+            join: JoinState::Waiting { until: join_until },
+            next_query: 1,
+            left: false,
+            cfg,
+        };
+        ep.send_hello(true, Vec::new());
+        ep
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// True once this node holds a full copy (see [`Event::Ready`]).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.join, JoinState::Ready)
+    }
+
+    /// Queues a local change for replication. Never blocks: if the outbound queue is full the
+    /// change is dropped, counted, and an anti-entropy pulse is scheduled so peers repair it.
+    pub fn publish(&mut self, now: Instant, item: Item) {
+        if self.left {
+            return;
+        }
+        if self.outbox.len() >= self.cfg.queue_max {
+            self.metrics.outbound_overflow += 1;
+            self.next_pulse = self.next_pulse.min(now + Duration::from_millis(50));
+            return;
+        }
+        self.outbox_bytes += item.weight();
+        self.outbox.push_back(item);
+    }
+
+    /// Packs queued changes into data messages (as many per datagram as fit) and queues the
+    /// datagrams. Call after a batch of [`Endpoint::publish`] calls.
+    pub fn flush(&mut self, now: Instant) {
+        let chunk = self.wire.chunk_size().max(64);
+        let mut sent_any = false;
+        while !self.outbox.is_empty() {
+            if self.in_flight() >= self.cfg.window {
+                break; // flow control: wait for acks (or for slow peers to be removed)
+            }
+            let mut items = Vec::new();
+            let mut bytes = 16;
+            while let Some(item) = self.outbox.front() {
+                let w = item.weight();
+                if !items.is_empty() && bytes + w > chunk {
+                    break;
+                }
+                bytes += w;
+                self.outbox_bytes = self.outbox_bytes.saturating_sub(w);
+                items.push(self.outbox.pop_front().expect("front() was Some"));
+                if bytes >= chunk {
+                    break;
+                }
+            }
+            self.metrics.changes_sent += items.len() as u64;
+            let keep = !self.peers.is_empty();
+            let (_, payload) = self.send.push(|seq| Msg::Data { seq, items }.encode(), keep);
+            self.metrics.data_messages_sent += 1;
+            self.transmit_payload(&payload);
+            sent_any = true;
+        }
+        if sent_any {
+            self.tail_at = Some(now + self.cfg.tail_delay);
+            self.tail_repeats = 2;
+        }
+    }
+
+    /// Runs an anti-entropy pulse soon (after local changes could not be queued).
+    pub fn schedule_pulse(&mut self, now: Instant) {
+        self.next_pulse = self.next_pulse.min(now + Duration::from_millis(50));
+    }
+
+    /// Sends a cluster query; answers arrive as [`Event::Reply`] with the returned id.
+    pub fn query(&mut self, query: Query) -> u64 {
+        let id = self.next_query;
+        self.next_query += 1;
+        self.send_msg(&Msg::Query { id, query });
+        id
+    }
+
+    /// Announces that this node leaves; peers drop it at once.
+    pub fn leave(&mut self) {
+        if !self.left {
+            self.send_msg(&Msg::Leave);
+            self.left = true;
+        }
+    }
+
+    /// The next datagram to send to the group.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest moment [`Endpoint::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_heartbeat.min(self.next_pulse).min(self.next_housekeeping);
+        if let Some(tail) = self.tail_at {
+            t = t.min(tail);
+        }
+        for p in self.peers.values() {
+            if let Some(n) = p.recv.next_nak() {
+                t = t.min(n);
+            }
+        }
+        match &self.join {
+            JoinState::Waiting { until } => t = t.min(*until),
+            JoinState::Transferring(tr) => t = t.min(tr.deadline),
+            JoinState::Ready => {}
+        }
+        t
+    }
+
+    /// Live peers.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(id, p)| PeerInfo {
+                id: *id,
+                name: p.name.clone(),
+                last_seen: p.last_seen,
+                suspect: p.suspect,
+                lag: p.recv.seq_hi() - p.recv.contiguous(),
+            })
+            .collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    /// Counters, with the gauges filled in.
+    pub fn metrics(&self) -> NetworkMetrics {
+        let mut m = self.metrics.clone();
+        let ws = self.wire.stats();
+        m.reassemblies_in_progress = ws.in_progress as u64;
+        m.reassembly_bytes = ws.bytes_held as u64;
+        m.outbound_queue = self.outbox.len() as u64;
+        m.retransmit_buffer_msgs = self.send.len() as u64;
+        m.retransmit_buffer_bytes = self.send.bytes() as u64;
+        m.gaps = self.metrics.gaps + self.peers.values().map(|p| p.recv.gaps_detected).sum::<u64>();
+        m.gaps_abandoned =
+            self.metrics.gaps_abandoned + self.peers.values().map(|p| p.recv.abandoned).sum::<u64>();
+        m.peer_lag = self.peers.iter().map(|(id, p)| (id.to_string(), p.recv.seq_hi() - p.recv.contiguous())).collect();
+        m
+    }
+
+    /// Mutable counters, for the driver (send/receive byte counts, drops it decides).
+    pub fn metrics_mut(&mut self) -> &mut NetworkMetrics {
+        &mut self.metrics
+    }
+
+    /// Changes queued, not yet sent.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Data messages sent but not yet acknowledged by every live peer.
+    pub fn in_flight(&self) -> u64 {
+        let hi = self.send.seq_hi();
+        // Suspected peers do not hold the window shut: they are removed or come back.
+        self.peers.values().filter(|p| !p.suspect).map(|p| hi.saturating_sub(p.acked)).max().unwrap_or(0)
+    }
+
+    /// True when nothing is queued, in flight or missing: the node has quiesced.
+    pub fn is_quiet(&self) -> bool {
+        self.outbox.is_empty()
+            && self.in_flight() == 0
+            && self.peers.values().all(|p| p.recv.missing() == 0)
+            && self.transmits.is_empty()
+    }
+
+    /// Handles one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8], app: &mut dyn AppState) {
+        self.metrics.datagrams_received += 1;
+        self.metrics.bytes_received += datagram.len() as u64;
+        let (from, payload) = match self.wire.decode(now, datagram) {
+            Ok(Some(done)) => done,
+            Ok(None) => return,
+            Err(reason) => {
+                *self.metrics.dropped.entry(reason.as_str().to_string()).or_default() += 1;
+                tracing::trace!(reason = reason.as_str(), "datagram dropped");
+                return;
+            }
+        };
+        let Some(msg) = Msg::decode(&payload) else {
+            self.metrics.malformed_messages += 1;
+            *self.metrics.dropped.entry("malformed".to_string()).or_default() += 1;
+            tracing::debug!(%from, len = payload.len(), "undecodable message dropped");
+            return;
+        };
+        if self.left {
+            return;
+        }
+        if let Some(to) = msg.target() {
+            if to != self.me {
+                // Still proof of life.
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.last_seen = now;
+                }
+                return;
+            }
+        }
+        self.handle_msg(now, from, msg, app);
+    }
+
+    fn handle_msg(&mut self, now: Instant, from: NodeId, msg: Msg, app: &mut dyn AppState) {
+        if matches!(msg, Msg::Leave) {
+            if self.peers.remove(&from).is_some() {
+                self.wire.forget_sender(from);
+                self.events.push_back(Event::Left { id: from, failed: false });
+                self.release_acked();
+            }
+            return;
+        }
+        let is_hello = matches!(msg, Msg::Hello { .. });
+        if !self.touch_peer(now, from, &msg) {
+            return;
+        }
+        match msg {
+            Msg::Data { seq, items } => {
+                let p = self.peers.get_mut(&from).expect("touch_peer inserted it");
+                match p.recv.receive(now, seq, &self.cfg.nak) {
+                    Arrival::Duplicate => {
+                        self.metrics.duplicates += 1;
+                        *self.metrics.dropped.entry("duplicate".to_string()).or_default() += 1;
+                    }
+                    Arrival::New => {
+                        p.received_since_ack += 1;
+                        let ack_now = p.received_since_ack >= self.cfg.ack_every;
+                        self.apply_items(&items, from, app, false);
+                        if ack_now {
+                            self.send_ack();
+                        }
+                    }
+                }
+            }
+            Msg::Hello { name, join, seq_hi, acks, caches } => {
+                let _ = is_hello;
+                self.on_ack_list(from, &acks);
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.name = name;
+                    p.recv.learn_hi(now, seq_hi, &self.cfg.nak);
+                }
+                if join {
+                    // Answer at once so the joiner learns the membership and our caches.
+                    self.send_hello(false, app.caches());
+                }
+                self.maybe_start_transfer(now, from, caches);
+            }
+            Msg::Ack { acks } => self.on_ack_list(from, &acks),
+            Msg::Tail { seq_hi } => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.recv.learn_hi(now, seq_hi, &self.cfg.nak);
+                }
+            }
+            Msg::Leave => {}
+            Msg::Nak { ranges, .. } => self.on_nak(from, &ranges),
+            Msg::Gone { ranges, .. } => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.recv.give_up(&ranges);
+                }
+                // What was lost must come back through anti-entropy: pulse soon.
+                self.next_pulse = self.next_pulse.min(now + Duration::from_millis(10));
+            }
+            Msg::Digest { caches } => self.on_digest(from, caches, app),
+            Msg::Buckets { cache, buckets, keys, .. } => self.on_buckets(from, &cache, &buckets, keys, app),
+            Msg::Pull { cache, keys, .. } => {
+                let items: Vec<Item> = keys
+                    .iter()
+                    .filter_map(|k| app.record(&cache, k))
+                    .map(|rec| Item::Rec { cache: cache.clone(), rec })
+                    .collect();
+                self.send_repair(items);
+            }
+            Msg::Repair { items } => self.apply_items(&items, from, app, true),
+            Msg::SnapshotReq { cache, cursor, .. } => {
+                let (records, next) = app.snapshot_chunk(&cache, cursor, self.cfg.snapshot_chunk);
+                self.metrics.snapshot_chunks_served += 1;
+                self.send_msg(&Msg::SnapshotChunk { to: from, cache, cursor, records, next });
+            }
+            Msg::SnapshotChunk { cache, cursor, records, next, .. } => {
+                self.on_snapshot_chunk(now, from, cache, cursor, records, next, app)
+            }
+            Msg::Query { id, query } => {
+                let body = app.answer(&query);
+                self.send_msg(&Msg::Reply { to: from, id, body });
+            }
+            Msg::Reply { id, body, .. } => self.events.push_back(Event::Reply { id, from, body }),
+        }
+    }
+
+    /// Records that `from` is alive; adds it if new. Returns false if the table is full.
+    fn touch_peer(&mut self, now: Instant, from: NodeId, msg: &Msg) -> bool {
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.last_seen = now;
+            if p.suspect {
+                p.suspect = false;
+                self.events.push_back(Event::Alive { id: from });
+            }
+            return true;
+        }
+        if self.peers.len() >= self.cfg.max_peers {
+            *self.metrics.dropped.entry("membership_full".to_string()).or_default() += 1;
+            return false;
+        }
+        // Where its stream starts for us: history before we met is covered by state transfer
+        // and anti-entropy. A young stream is taken from the start so that its first messages,
+        // if lost, are still NAKed.
+        let base = match msg {
+            Msg::Hello { seq_hi, .. } => *seq_hi,
+            Msg::Data { seq, .. } if *seq <= 4096 => 0,
+            Msg::Data { seq, .. } => seq - 1,
+            _ => 0,
+        };
+        let name = match msg {
+            Msg::Hello { name, .. } => name.clone(),
+            _ => String::new(),
+        };
+        self.peers.insert(
+            from,
+            Peer {
+                name: name.clone(),
+                last_seen: now,
+                suspect: false,
+                // It does not need our past: it fetches state on its own.
+                acked: self.send.seq_hi(),
+                recv: RecvStream::new(base),
+                received_since_ack: 0,
+            },
+        );
+        self.events.push_back(Event::Joined { id: from, name });
+        if !matches!(msg, Msg::Hello { .. }) {
+            // Learn its name and our caches quickly; also ask it to announce itself.
+            self.send_hello(true, Vec::new());
+        }
+        // A peer that (re)appears may have missed anything: compare digests soon.
+        self.next_pulse = self.next_pulse.min(now + Duration::from_millis(20));
+        true
+    }
+
+    fn apply_items(&mut self, items: &[Item], from: NodeId, app: &mut dyn AppState, repair: bool) {
+        for item in items {
+            match item {
+                Item::Rec { cache, rec } => match app.apply(cache, rec, from) {
+                    Applied::Changed => {
+                        self.metrics.changes_applied += 1;
+                        if repair {
+                            self.metrics.ae_repairs += 1;
+                        }
+                    }
+                    Applied::Stale | Applied::Skipped => self.metrics.changes_stale += 1,
+                    Applied::Undecodable => {
+                        *self.metrics.dropped.entry("undecodable_record".to_string()).or_default() += 1
+                    }
+                },
+                Item::Clear { cache, version } => app.apply_clear(cache, *version, from),
+            }
+        }
+    }
+
+    fn on_ack_list(&mut self, from: NodeId, acks: &[(NodeId, u64)]) {
+        if let Some(&(_, upto)) = acks.iter().find(|(id, _)| *id == self.me) {
+            if let Some(p) = self.peers.get_mut(&from) {
+                p.acked = p.acked.max(upto.min(self.send.seq_hi()));
+            }
+            self.release_acked();
+        }
+    }
+
+    fn release_acked(&mut self) {
+        match self.peers.values().map(|p| p.acked).min() {
+            Some(min) => self.send.release(min),
+            None => self.send.release_all(),
+        }
+    }
+
+    fn on_nak(&mut self, from: NodeId, ranges: &[(u64, u64)]) {
+        let mut gone = Vec::new();
+        let mut budget = 4096u32; // bound the work one NAK can cause
+        for &(a, b) in ranges {
+            if a > b || b > self.send.seq_hi() {
+                continue;
+            }
+            for seq in a..=b {
+                if budget == 0 {
+                    break;
+                }
+                budget -= 1;
+                match self.send.get(seq).map(|p| p.to_vec()) {
+                    Some(payload) => {
+                        self.metrics.retransmits_served += 1;
+                        self.transmit_payload(&payload);
+                    }
+                    None => gone.push(seq),
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.metrics.retransmits_gone += gone.len() as u64;
+            self.send_msg(&Msg::Gone { to: from, ranges: to_ranges(&gone) });
+        }
+    }
+
+    fn on_digest(&mut self, from: NodeId, caches: Vec<CacheDigest>, app: &mut dyn AppState) {
+        for line in caches {
+            let Some(mine) = app.digest(&line.cache) else { continue };
+            if mine.checksum == line.digest.checksum && mine.count == line.digest.count {
+                continue;
+            }
+            self.metrics.ae_exchanges += 1;
+            let differing: Vec<u16> = (0..SYNC_BUCKETS)
+                .filter(|&b| mine.buckets.get(b) != line.digest.buckets.get(b))
+                .map(|b| b as u16)
+                .collect();
+            // Send our key versions for those buckets, several buckets per message.
+            let mut buckets = Vec::new();
+            let mut keys = Vec::new();
+            let mut bytes = 0usize;
+            for b in differing {
+                let kv = app.bucket_versions(&line.cache, b as usize);
+                bytes += kv.iter().map(|k| k.key.len() + 24).sum::<usize>();
+                keys.extend(kv);
+                buckets.push(b);
+                if bytes > 256 << 10 {
+                    let msg = Msg::Buckets { to: from, cache: line.cache.clone(), buckets: std::mem::take(&mut buckets), keys: std::mem::take(&mut keys) };
+                    self.send_msg(&msg);
+                    bytes = 0;
+                }
+            }
+            if !buckets.is_empty() {
+                self.send_msg(&Msg::Buckets { to: from, cache: line.cache.clone(), buckets, keys });
+            }
+        }
+    }
+
+    fn on_buckets(&mut self, from: NodeId, cache: &str, buckets: &[u16], theirs: Vec<KeyVersion>, app: &mut dyn AppState) {
+        if app.digest(cache).is_none() {
+            return;
+        }
+        let mut their_map: BTreeMap<Vec<u8>, KeyVersion> = BTreeMap::new();
+        for kv in theirs {
+            their_map.insert(kv.key.clone(), kv);
+        }
+        let mut push = Vec::new();
+        let mut pull = Vec::new();
+        for &b in buckets {
+            if b as usize >= SYNC_BUCKETS {
+                continue;
+            }
+            for mine in app.bucket_versions(cache, b as usize) {
+                match their_map.remove(&mine.key) {
+                    Some(t) if t.version > mine.version => pull.push(mine.key),
+                    Some(t) if t.version == mine.version => {}
+                    _ => push.push(mine.key),
+                }
+            }
+        }
+        // Keys they hold and we do not know at all.
+        pull.extend(their_map.into_keys());
+        let items: Vec<Item> =
+            push.iter().filter_map(|k| app.record(cache, k)).map(|rec| Item::Rec { cache: cache.to_string(), rec }).collect();
+        self.send_repair(items);
+        for chunk in pull.chunks(4096) {
+            let keys = chunk.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect();
+            self.send_msg(&Msg::Pull { to: from, cache: cache.to_string(), keys });
+        }
+    }
+
+    fn maybe_start_transfer(&mut self, now: Instant, from: NodeId, caches: Vec<String>) {
+        if !matches!(self.join, JoinState::Waiting { .. }) || caches.is_empty() {
+            return;
+        }
+        let mut pending = BTreeMap::new();
+        for cache in caches {
+            self.send_msg(&Msg::SnapshotReq { to: from, cache: cache.clone(), cursor: 0 });
+            pending.insert(cache, (0, now));
+        }
+        self.join = JoinState::Transferring(Transfer { donor: from, pending, deadline: now + self.transfer_timeout() });
+    }
+
+    fn transfer_timeout(&self) -> Duration {
+        self.cfg.heartbeat.max(Duration::from_millis(200))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot_chunk(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        cache: String,
+        cursor: u64,
+        records: Vec<Record>,
+        next: Option<u64>,
+        app: &mut dyn AppState,
+    ) {
+        for rec in &records {
+            if app.apply(&cache, rec, from) == Applied::Changed {
+                self.metrics.ae_repairs += 1;
+            }
+        }
+        let timeout = self.transfer_timeout();
+        let JoinState::Transferring(tr) = &mut self.join else { return };
+        if tr.donor != from || tr.pending.get(&cache).map(|(c, _)| *c) != Some(cursor) {
+            return;
+        }
+        match next {
+            Some(n) => {
+                tr.pending.insert(cache.clone(), (n, now));
+                tr.deadline = now + timeout;
+                self.send_msg(&Msg::SnapshotReq { to: from, cache, cursor: n });
+            }
+            None => {
+                tr.pending.remove(&cache);
+                if tr.pending.is_empty() {
+                    self.metrics.state_transfers += 1;
+                    self.become_ready(now);
+                }
+            }
+        }
+    }
+
+    fn become_ready(&mut self, now: Instant) {
+        self.join = JoinState::Ready;
+        self.events.push_back(Event::Ready);
+        // Close any race between the snapshot cursor and live changes.
+        self.next_pulse = self.next_pulse.min(now + Duration::from_millis(5));
+    }
+
+    /// Runs timers: heartbeats, tail announcements, NAKs, failure detection, pulses, joins.
+    pub fn handle_timeout(&mut self, now: Instant, app: &mut dyn AppState) {
+        if self.left {
+            return;
+        }
+        self.flush(now);
+        if let Some(t) = self.tail_at {
+            if now >= t {
+                self.send_msg(&Msg::Tail { seq_hi: self.send.seq_hi() });
+                self.tail_repeats = self.tail_repeats.saturating_sub(1);
+                self.tail_at = (self.tail_repeats > 0).then(|| now + self.cfg.tail_delay * 8);
+            }
+        }
+        // NAKs, one message per peer with gaps.
+        let mut naks = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            if p.recv.next_nak().is_some_and(|t| t <= now) {
+                let ranges = p.recv.due_naks(now, &self.cfg.nak);
+                if !ranges.is_empty() {
+                    naks.push((*id, ranges));
+                }
+            }
+        }
+        for (to, ranges) in naks {
+            self.metrics.retransmits_requested += ranges.len() as u64;
+            self.send_msg(&Msg::Nak { to, ranges });
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.cfg.heartbeat;
+            self.send_hello(false, app.caches());
+            self.detect_failures(now);
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + Duration::from_millis(250);
+            self.wire.expire(now);
+        }
+        match &mut self.join {
+            JoinState::Waiting { until } if now >= *until => self.become_ready(now),
+            JoinState::Transferring(tr) if now >= tr.deadline => {
+                // The donor stalled: ask again from where we are, or give up if it is gone.
+                if self.peers.contains_key(&tr.donor) {
+                    tr.deadline = now + self.cfg.heartbeat.max(Duration::from_millis(200));
+                    let reqs: Vec<Msg> = tr
+                        .pending
+                        .iter()
+                        .map(|(c, (cursor, _))| Msg::SnapshotReq { to: tr.donor, cache: c.clone(), cursor: *cursor })
+                        .collect();
+                    for m in reqs {
+                        self.send_msg(&m);
+                    }
+                } else {
+                    // Anti-entropy with the remaining peers completes the copy.
+                    self.become_ready(now);
+                }
+            }
+            _ => {}
+        }
+        if now >= self.next_pulse {
+            self.next_pulse = now + self.cfg.pulse;
+            self.send_pulse(app);
+        }
+    }
+
+    fn detect_failures(&mut self, now: Instant) {
+        let suspect_after = self.cfg.heartbeat * self.cfg.suspect_after;
+        let remove_after = self.cfg.heartbeat * self.cfg.remove_after;
+        let mut removed = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            let silent = now.saturating_duration_since(p.last_seen);
+            if silent >= remove_after {
+                removed.push(*id);
+            } else if silent >= suspect_after && !p.suspect {
+                p.suspect = true;
+                self.events.push_back(Event::Suspect { id: *id });
+            }
+        }
+        for id in removed {
+            self.peers.remove(&id);
+            self.wire.forget_sender(id);
+            self.events.push_back(Event::Left { id, failed: true });
+        }
+        self.release_acked();
+    }
+
+    fn send_pulse(&mut self, app: &mut dyn AppState) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let caches: Vec<CacheDigest> = app
+            .caches()
+            .into_iter()
+            .filter_map(|cache| app.digest(&cache).map(|digest| CacheDigest { cache, digest }))
+            .collect();
+        if caches.is_empty() {
+            return;
+        }
+        self.metrics.pulses_sent += 1;
+        self.send_msg(&Msg::Digest { caches });
+    }
+
+    fn send_hello(&mut self, join: bool, caches: Vec<String>) {
+        let acks = self.ack_list();
+        for p in self.peers.values_mut() {
+            p.received_since_ack = 0;
+        }
+        let msg = Msg::Hello { name: self.cfg.name.clone(), join, seq_hi: self.send.seq_hi(), acks, caches };
+        self.send_msg(&msg);
+    }
+
+    fn send_ack(&mut self) {
+        let acks = self.ack_list();
+        for p in self.peers.values_mut() {
+            p.received_since_ack = 0;
+        }
+        self.send_msg(&Msg::Ack { acks });
+    }
+
+    fn ack_list(&self) -> Vec<(NodeId, u64)> {
+        self.peers.iter().map(|(id, p)| (*id, p.recv.contiguous())).collect()
+    }
+
+    fn send_repair(&mut self, items: Vec<Item>) {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for item in items {
+            bytes += item.weight();
+            batch.push(item);
+            if bytes > 128 << 10 {
+                self.send_msg(&Msg::Repair { items: std::mem::take(&mut batch) });
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.send_msg(&Msg::Repair { items: batch });
+        }
+    }
+
+    fn send_msg(&mut self, msg: &Msg) {
+        let payload = msg.encode();
+        self.transmit_payload(&payload);
+    }
+
+    fn transmit_payload(&mut self, payload: &[u8]) {
+        match self.wire.encode(payload) {
+            Ok(datagrams) => {
+                for d in datagrams {
+                    self.metrics.datagrams_sent += 1;
+                    self.metrics.bytes_sent += d.len() as u64;
+                    self.transmits.push_back(d);
+                }
+            }
+            Err(e) => {
+                // Only oversized messages fail; caches refuse entries that could cause this.
+                tracing::warn!(error = %e, len = payload.len(), "message not sent");
+                *self.metrics.dropped.entry("unsendable".to_string()).or_default() += 1;
+            }
+        }
+    }
+}

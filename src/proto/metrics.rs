@@ -1,0 +1,73 @@
+//! Network and protocol counters.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the node's network and replication counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkMetrics {
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes_sent: u64,
+    /// Datagrams received (before any check).
+    pub datagrams_received: u64,
+    /// Bytes received (UDP payload).
+    pub bytes_received: u64,
+    /// Datagrams dropped, by reason (`bad_magic`, `bad_version`, `auth_failure`, `malformed`,
+    /// `duplicate`, `foreign_cluster`, `replay`, ...).
+    pub dropped: BTreeMap<String, u64>,
+    /// Messages (after reassembly) that did not decode.
+    pub malformed_messages: u64,
+    /// Datagrams dropped on purpose by `monkey_tantrum`.
+    pub tantrum_drops: u64,
+    /// Messages being reassembled now.
+    pub reassemblies_in_progress: u64,
+    /// Bytes held by reassembly now.
+    pub reassembly_bytes: u64,
+    /// Changes waiting to be sent now.
+    pub outbound_queue: u64,
+    /// Changes that did not fit the outbound queue (repaired by anti-entropy).
+    pub outbound_overflow: u64,
+    /// Data messages in the retransmit buffer now.
+    pub retransmit_buffer_msgs: u64,
+    /// Bytes in the retransmit buffer now.
+    pub retransmit_buffer_bytes: u64,
+    /// Data messages sent.
+    pub data_messages_sent: u64,
+    /// Changes sent in data messages.
+    pub changes_sent: u64,
+    /// Changes received from peers and applied (newer than what was held).
+    pub changes_applied: u64,
+    /// Changes received but not newer than what was held.
+    pub changes_stale: u64,
+    /// Gaps detected in peers' streams.
+    pub gaps: u64,
+    /// Duplicate data messages dropped.
+    pub duplicates: u64,
+    /// NAK ranges sent.
+    pub retransmits_requested: u64,
+    /// Messages retransmitted in answer to NAKs.
+    pub retransmits_served: u64,
+    /// Messages asked for that were no longer held (answered `Gone`).
+    pub retransmits_gone: u64,
+    /// Gaps given up on and left to anti-entropy.
+    pub gaps_abandoned: u64,
+    /// Anti-entropy digest pulses sent.
+    pub pulses_sent: u64,
+    /// Anti-entropy bucket exchanges started (digests differed).
+    pub ae_exchanges: u64,
+    /// Records changed by anti-entropy or state transfer repair.
+    pub ae_repairs: u64,
+    /// State transfers completed (as the joining node).
+    pub state_transfers: u64,
+    /// Chunks served to joining peers.
+    pub snapshot_chunks_served: u64,
+    /// Per-peer lag: messages known sent by the peer but not yet received here.
+    pub peer_lag: BTreeMap<String, u64>,
+    /// Apply lag in microseconds (write time on the origin to apply time here), p50.
+    pub apply_lag_p50_us: u64,
+    /// Apply lag p99 in microseconds.
+    pub apply_lag_p99_us: u64,
+}

@@ -1,0 +1,29 @@
+//! What the protocol core needs from the application: the caches, seen as bytes.
+//!
+//! The real node implements it over its typed caches; the simulator implements it over a
+//! plain in-memory model. Nothing here does I/O.
+
+use super::message::Query;
+use super::record::Record;
+use super::version::{NodeId, Version};
+use crate::cache::hooks::{Applied, KeyVersion, SyncDigest};
+
+/// The application state the protocol replicates.
+pub trait AppState {
+    /// Applies a peer's change by version (see [`crate::cache::hooks::ErasedCache::apply_remote`]).
+    fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied;
+    /// Applies a peer's versioned clear.
+    fn apply_clear(&mut self, cache: &str, version: Version, origin: NodeId);
+    /// Names of the caches this node holds (and replicates).
+    fn caches(&self) -> Vec<String>;
+    /// Digest of one cache, `None` if this node does not hold it.
+    fn digest(&self, cache: &str) -> Option<SyncDigest>;
+    /// Keys and versions (tombstones included) of one bucket.
+    fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion>;
+    /// The record for one key (value or tombstone), for repair.
+    fn record(&self, cache: &str, key: &[u8]) -> Option<Record>;
+    /// A chunk of a cache for state transfer.
+    fn snapshot_chunk(&self, cache: &str, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>);
+    /// The answer to a cluster query, msgpack-encoded.
+    fn answer(&self, query: &Query) -> Vec<u8>;
+}

@@ -1,0 +1,221 @@
+//! The node's side of replication: the [`AppState`] the protocol core works on (the node's
+//! caches, opened or parked), and the [`Publisher`] that feeds local changes to the driver.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+
+use crate::cache::hooks::{Applied, Change, ChangeKindWire, ErasedCache, KeyVersion, Publisher, SyncDigest};
+use crate::cache::metrics::CacheMetrics;
+use crate::cache::parked::ParkedCache;
+use crate::net::driver::Command;
+use crate::proto::message::{Item, Query};
+use crate::proto::record::Record;
+use crate::proto::state::AppState;
+use crate::proto::version::{Hlc, NodeId, Version};
+
+/// The caches of one node, by name: the opened (typed) ones and the parked ones.
+#[derive(Default)]
+pub struct Registry {
+    /// Caches opened by the application.
+    pub open: RwLock<HashMap<String, Arc<dyn ErasedCache>>>,
+    /// Peers' data for caches not opened here yet.
+    pub parked: Mutex<BTreeMap<String, ParkedCache>>,
+    /// Bounds for parked caches (node-wide `cache_max`, `cache_size`).
+    pub parked_limits: (usize, usize),
+}
+
+impl Registry {
+    /// Hands the parked records of `name` to a cache that has just been opened.
+    pub fn unpark(&self, name: &str, cache: &dyn ErasedCache) {
+        let Some(mut parked) = self.parked.lock().remove(name) else { return };
+        let floor = parked.clear_floor();
+        if floor != Version::ZERO {
+            cache.apply_clear(floor, floor.node);
+        }
+        for rec in parked.drain() {
+            cache.apply_remote(&rec, rec.version.node);
+        }
+    }
+
+    fn opened(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
+        self.open.read().get(name).cloned()
+    }
+}
+
+/// Apply-lag samples (origin write time to local apply), in microseconds, kept in a small ring.
+#[derive(Default)]
+pub struct LagSamples {
+    ring: Mutex<Vec<u64>>,
+    next: AtomicU64,
+}
+
+impl LagSamples {
+    const CAP: usize = 4096;
+
+    /// Records one sample.
+    pub fn record(&self, us: u64) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % Self::CAP;
+        let mut r = self.ring.lock();
+        if r.len() < Self::CAP {
+            r.push(us);
+        } else {
+            r[i] = us;
+        }
+    }
+
+    /// (p50, p99) of the samples held.
+    pub fn percentiles(&self) -> (u64, u64) {
+        let mut v = self.ring.lock().clone();
+        if v.is_empty() {
+            return (0, 0);
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        (at(0.50), at(0.99))
+    }
+}
+
+/// The [`AppState`] over a node's registry. Owned by the driver task.
+pub struct NodeApp {
+    /// The caches.
+    pub registry: Arc<Registry>,
+    /// The node's clock, advanced past every remote version seen.
+    pub hlc: Arc<Hlc>,
+    /// Apply lag samples.
+    pub lag: Arc<LagSamples>,
+}
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl AppState for NodeApp {
+    fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied {
+        self.hlc.observe(record.version.hlc);
+        let applied = match self.registry.opened(cache) {
+            Some(c) => c.apply_remote(record, origin),
+            None => {
+                let (max_e, max_b) = self.registry.parked_limits;
+                self.registry.parked.lock().entry(cache.to_string()).or_default().apply(record, max_e, max_b)
+            }
+        };
+        if applied == Applied::Changed {
+            let written_us = record.version.millis() * 1000;
+            self.lag.record(wall_us().saturating_sub(written_us));
+        }
+        applied
+    }
+
+    fn apply_clear(&mut self, cache: &str, version: Version, origin: NodeId) {
+        self.hlc.observe(version.hlc);
+        match self.registry.opened(cache) {
+            Some(c) => c.apply_clear(version, origin),
+            None => self.registry.parked.lock().entry(cache.to_string()).or_default().clear(version),
+        }
+    }
+
+    fn caches(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.registry.open.read().keys().cloned().collect();
+        names.extend(self.registry.parked.lock().keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn digest(&self, cache: &str) -> Option<SyncDigest> {
+        match self.registry.opened(cache) {
+            Some(c) => Some(c.sync_digest()),
+            None => self.registry.parked.lock().get(cache).map(|p| p.digest()),
+        }
+    }
+
+    fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
+        match self.registry.opened(cache) {
+            Some(c) => c.bucket_versions(bucket),
+            None => self.registry.parked.lock().get(cache).map(|p| p.bucket_versions(bucket)).unwrap_or_default(),
+        }
+    }
+
+    fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
+        match self.registry.opened(cache) {
+            Some(c) => c.record(key),
+            None => self.registry.parked.lock().get(cache).and_then(|p| p.record(key)),
+        }
+    }
+
+    fn snapshot_chunk(&self, cache: &str, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>) {
+        match self.registry.opened(cache) {
+            Some(c) => c.snapshot_chunk(cursor, max_bytes),
+            None => {
+                self.registry.parked.lock().get(cache).map(|p| p.snapshot_chunk(cursor, max_bytes)).unwrap_or_default()
+            }
+        }
+    }
+
+    fn answer(&self, query: &Query) -> Vec<u8> {
+        let encoded = match query {
+            Query::Metrics { cache } => {
+                let open = self.registry.open.read();
+                let m: BTreeMap<String, CacheMetrics> = open
+                    .iter()
+                    .filter(|(n, _)| cache.as_ref().is_none_or(|c| c == *n))
+                    .map(|(n, c)| (n.clone(), c.metrics()))
+                    .collect();
+                rmp_serde::to_vec_named(&m)
+            }
+            Query::Checksum { cache, key } => {
+                let answer: Option<u64> = match (self.registry.opened(cache), key) {
+                    (Some(c), None) => Some(c.sync_digest().checksum),
+                    (Some(c), Some(k)) => c.record(k).and_then(|r| match r.op {
+                        crate::proto::record::Op::Put { value, .. } => {
+                            Some(crate::cache::hooks::entry_digest(&r.key, &value, r.version))
+                        }
+                        _ => None,
+                    }),
+                    (None, _) => None,
+                };
+                rmp_serde::to_vec(&answer)
+            }
+        };
+        encoded.unwrap_or_default()
+    }
+}
+
+/// Sends local changes to the driver without ever blocking the caller.
+///
+/// Overload policy: the channel holds `queue_max` changes. When it is full the change is not
+/// queued, the overflow is counted, and the driver is told to run an anti-entropy pulse, which
+/// brings peers the newer versions this node holds. Overload therefore delays convergence but
+/// never causes silent divergence.
+pub struct ChannelPublisher {
+    /// To the driver.
+    pub tx: mpsc::Sender<Command>,
+    /// Changes not queued because the channel was full.
+    pub overflow: AtomicU64,
+    /// Raised on overflow; the driver answers with an anti-entropy pulse.
+    pub overflowed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Publisher for ChannelPublisher {
+    fn publish(&self, change: Change) {
+        let cache = change.cache.to_string();
+        let item = match change.kind {
+            ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
+            ChangeKindWire::Clear(version) => Item::Clear { cache, version },
+        };
+        match self.tx.try_send(Command::Publish(item)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("replication queue full: changes will be repaired by anti-entropy");
+                }
+                self.overflowed.store(true, Ordering::Release);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Seeded simulation of whole clusters over the I/O-free protocol core.
+//!
+//! Each seed builds a scenario — 2 to 5 nodes, loss 0–30 %, duplication, reordering jitter, a
+//! random MTU, partitions that heal, crashes and restarts, late joiners, and a random workload
+//! of puts (some multi-fragment), deletes and clears — runs it, heals the network, lets it
+//! quiesce, and checks the invariants:
+//! - every live node holds identical entries (same keys, values and versions);
+//! - no deleted key reappears: for every key, the newest write made by a surviving node is what
+//!   every node ends with (a delete means absent everywhere);
+//! - buffers are back to baseline (nothing queued, in flight, missing or half-reassembled).
+//!
+//! `MCCACHE_SIM_SEEDS=N` runs N seeds (default 1000); `MCCACHE_SIM_SEED=S` replays one seed.
+
+#[path = "support/sim.rs"]
+mod sim_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mccache::proto::record::Op;
+use rand::Rng;
+use sim_support::{NetParams, Sim};
+
+const CACHES: [&str; 2] = ["alpha", "beta"];
+
+fn scenario(seed: u64) -> Result<(), String> {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed ^ 0x5eed);
+    let n = rng.random_range(2..=5);
+    let net = NetParams {
+        loss: [0.0, 0.01, 0.05, 0.1, 0.2, 0.3][rng.random_range(0..6)],
+        dup: if rng.random_bool(0.3) { 0.05 } else { 0.0 },
+        delay: Duration::from_micros(rng.random_range(20..500)),
+        jitter: Duration::from_micros(if rng.random_bool(0.5) { rng.random_range(0..3000) } else { 0 }),
+        mtu: [576, 1200, 1472, 9000][rng.random_range(0..4)],
+    };
+    let desc = format!("seed {seed}: {n} nodes, {net:?}");
+    let mut sim = Sim::new(seed, n, net.clone());
+    let late_joiner = rng.random_bool(0.3);
+    let crash = rng.random_bool(0.3);
+    let partition = rng.random_bool(0.3);
+    let ops = rng.random_range(50..300);
+    let keys = rng.random_range(4..40u32);
+    let mut t = Duration::from_millis(50);
+    let mut crashed: Option<usize> = None;
+    let mut joined = false;
+    for op in 0..ops {
+        t += Duration::from_micros(rng.random_range(0..20_000));
+        sim.run_until(t);
+        if partition && op == ops / 4 {
+            let groups: Vec<u8> = (0..sim.len()).map(|i| (i % 2) as u8).collect();
+            sim.partition = Some(groups);
+        }
+        if partition && op == ops / 2 {
+            sim.partition = None;
+        }
+        if crash && op == ops / 3 {
+            let i = rng.random_range(0..sim.len());
+            sim.crash(i);
+            crashed = Some(i);
+        }
+        if let Some(i) = crashed {
+            if op == 2 * ops / 3 {
+                sim.restart(i);
+                crashed = None;
+            }
+        }
+        if late_joiner && !joined && op == ops / 2 {
+            sim.add_node();
+            joined = true;
+        }
+        let i = rng.random_range(0..sim.len());
+        let cache = CACHES[rng.random_range(0..CACHES.len())];
+        let key = format!("k{}", rng.random_range(0..keys)).into_bytes();
+        match rng.random_range(0..100) {
+            0..=69 => {
+                let len = if rng.random_bool(0.05) { rng.random_range(2_000..40_000) } else { rng.random_range(0..200) };
+                let value: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                sim.write(i, cache, key, Op::Put { value, ttl_ms: None });
+            }
+            70..=97 => sim.write(i, cache, key, Op::Del),
+            _ => sim.clear(i, cache),
+        }
+    }
+    if let Some(i) = crashed {
+        sim.restart(i);
+    }
+    // Heal and quiesce: the network stays lossy, but no more partitions or crashes.
+    sim.partition = None;
+    let quiesce = t + Duration::from_secs(30);
+    let mut check_at = t;
+    let result = loop {
+        check_at += Duration::from_millis(500);
+        sim.run_until(check_at);
+        match check(&sim) {
+            Ok(()) => break Ok(()),
+            Err(e) if check_at >= quiesce => break Err(e),
+            Err(_) => {}
+        }
+    };
+    result.map_err(|e| format!("{desc}: {e}"))
+}
+
+fn check(sim: &Sim) -> Result<(), String> {
+    let live: Vec<usize> = (0..sim.len()).filter(|&i| sim.alive(i)).collect();
+    // 1. identical entries
+    for cache in CACHES {
+        let first = sim.live(live[0], cache);
+        for &i in &live[1..] {
+            let other = sim.live(i, cache);
+            if other != first {
+                let differing = first.keys().chain(other.keys()).filter(|k| first.get(*k) != other.get(*k)).count();
+                return Err(format!("cache {cache}: node {} and node {i} differ on {differing} keys", live[0]));
+            }
+        }
+    }
+    // 2. no resurrection: the newest surviving write per key decides the final state.
+    let mut newest: BTreeMap<(String, Vec<u8>), (mccache::Version, bool)> = BTreeMap::new();
+    for (cache, rec) in sim.surviving_writes() {
+        let e = newest.entry((cache, rec.key.clone())).or_insert((rec.version, false));
+        if rec.version >= e.0 {
+            *e = (rec.version, matches!(rec.op, Op::Del));
+        }
+    }
+    for ((cache, key), (version, deleted)) in &newest {
+        let held = sim.live(live[0], cache).get(key).map(|(v, _)| *v);
+        match held {
+            Some(v) if v < *version && *deleted => {
+                return Err(format!("deleted key {:?} reappeared in {cache} at {v:?} (deleted at {version:?})", String::from_utf8_lossy(key)));
+            }
+            Some(v) if v < *version => {
+                return Err(format!("key {:?} in {cache} holds {v:?}, older than surviving write {version:?}", String::from_utf8_lossy(key)));
+            }
+            None if !*deleted => {
+                // Absent although a surviving node wrote it: only a newer clear may explain that.
+                let floor = sim.model(live[0]).caches.get(cache).map(|c| c.floor).unwrap_or_default();
+                if floor < *version {
+                    return Err(format!("key {:?} missing in {cache} (written at {version:?})", String::from_utf8_lossy(key)));
+                }
+            }
+            _ => {}
+        }
+    }
+    // 3. buffers back to baseline
+    for &i in &live {
+        let ep = sim.endpoint_of(i);
+        let m = ep.metrics();
+        if !ep.is_quiet() || m.reassemblies_in_progress != 0 || m.retransmit_buffer_msgs != 0 {
+            return Err(format!(
+                "node {i} not quiet: queued {} in flight {} reassembling {} retransmit buffer {}",
+                ep.queued(),
+                ep.in_flight(),
+                m.reassemblies_in_progress,
+                m.retransmit_buffer_msgs
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn simulated_clusters_converge() {
+    if let Ok(seed) = std::env::var("MCCACHE_SIM_SEED") {
+        let seed: u64 = seed.parse().expect("MCCACHE_SIM_SEED is a number");
+        scenario(seed).unwrap_or_else(|e| panic!("{e}"));
+        return;
+    }
+    let seeds: u64 = std::env::var("MCCACHE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        if let Err(e) = scenario(seed) {
+            eprintln!("FAILED {e}\n  replay: MCCACHE_SIM_SEED={seed} cargo test --release --test sim");
+            failures.push(seed);
+        }
+    }
+    assert!(failures.is_empty(), "{} of {seeds} seeds failed: {:?}", failures.len(), failures);
+}
+
+#[test]
+fn a_lost_message_is_repaired_by_nak_not_by_anti_entropy() {
+    // Heavy loss, short run: completion must come from the reliable stream (retransmits).
+    let net = NetParams { loss: 0.2, dup: 0.0, delay: Duration::from_micros(50), jitter: Duration::ZERO, mtu: 1472 };
+    let mut sim = Sim::new(42, 3, net);
+    sim.run_until(Duration::from_millis(400));
+    for k in 0..50u32 {
+        sim.write(0, "alpha", format!("k{k}").into_bytes(), Op::Put { value: vec![k as u8; 10], ttl_ms: None });
+    }
+    sim.run_until(Duration::from_millis(450));
+    for i in 1..3 {
+        assert_eq!(sim.live(i, "alpha").len(), 50, "node {i} within 50 ms (before any pulse)");
+    }
+    assert!(sim.endpoint_of(0).metrics().retransmits_served > 0);
+}

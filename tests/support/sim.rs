@@ -1,0 +1,391 @@
+//! A deterministic discrete-event simulator for clusters of protocol cores.
+//!
+//! N [`Endpoint`]s exchange datagrams over a virtual network with seeded loss, duplication,
+//! delay jitter (hence reordering), partitions, crashes, restarts and late joins. Time is virtual:
+//! the simulator jumps from event to event. Everything is derived from one seed, so a failing
+//! seed replays exactly.
+
+#![allow(dead_code)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use mccache::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket};
+use mccache::proto::endpoint::{Endpoint, EndpointConfig};
+use mccache::proto::message::{Item, Query};
+use mccache::proto::record::{Op, Record};
+use mccache::proto::state::AppState;
+use mccache::proto::version::{Hlc, NodeId, Version};
+use mccache::proto::wire::WireConfig;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One node's caches, as the simulator models them: key -> latest record (puts and tombstones).
+#[derive(Default, Clone, Debug)]
+pub struct Model {
+    pub caches: BTreeMap<String, ModelCache>,
+    /// Highest HLC timestamp seen in peers' changes (the real node's clock observes these).
+    pub seen: u64,
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct ModelCache {
+    pub records: BTreeMap<Vec<u8>, Record>,
+    pub floor: Version,
+}
+
+impl ModelCache {
+    fn apply(&mut self, rec: &Record) -> Applied {
+        if rec.version <= self.floor {
+            return Applied::Stale;
+        }
+        if let Some(old) = self.records.get(&rec.key) {
+            if old.version >= rec.version {
+                return Applied::Stale;
+            }
+        }
+        self.records.insert(rec.key.clone(), rec.clone());
+        Applied::Changed
+    }
+
+    /// Live entries: key -> (version, value).
+    pub fn live(&self) -> BTreeMap<Vec<u8>, (Version, Vec<u8>)> {
+        self.records
+            .iter()
+            .filter_map(|(k, r)| match &r.op {
+                Op::Put { value, .. } => Some((k.clone(), (r.version, value.clone()))),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl AppState for Model {
+    fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
+        self.seen = self.seen.max(record.version.hlc);
+        self.caches.entry(cache.to_string()).or_default().apply(record)
+    }
+    fn apply_clear(&mut self, cache: &str, version: Version, _origin: NodeId) {
+        self.seen = self.seen.max(version.hlc);
+        let c = self.caches.entry(cache.to_string()).or_default();
+        if version > c.floor {
+            c.floor = version;
+        }
+        let floor = c.floor;
+        c.records.retain(|_, r| r.version > floor);
+    }
+    fn caches(&self) -> Vec<String> {
+        self.caches.keys().cloned().collect()
+    }
+    fn digest(&self, cache: &str) -> Option<SyncDigest> {
+        let c = self.caches.get(cache)?;
+        let mut d = SyncDigest { count: 0, checksum: 0, buckets: vec![0; SYNC_BUCKETS] };
+        for (k, (v, val)) in c.live() {
+            let e = entry_digest(&k, &val, v);
+            d.count += 1;
+            d.checksum = d.checksum.wrapping_add(e);
+            d.buckets[key_bucket(&k)] = d.buckets[key_bucket(&k)].wrapping_add(e);
+        }
+        Some(d)
+    }
+    fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
+        let Some(c) = self.caches.get(cache) else { return Vec::new() };
+        c.records
+            .values()
+            .filter(|r| key_bucket(&r.key) == bucket)
+            .map(|r| KeyVersion { key: r.key.clone(), version: r.version, deleted: !matches!(r.op, Op::Put { .. }) })
+            .collect()
+    }
+    fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
+        self.caches.get(cache)?.records.get(key).cloned()
+    }
+    fn snapshot_chunk(&self, cache: &str, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>) {
+        let Some(c) = self.caches.get(cache) else { return (Vec::new(), None) };
+        let all: Vec<&Record> = c.records.values().collect();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut i = cursor as usize;
+        while i < all.len() && (bytes < max_bytes || out.is_empty()) {
+            bytes += all[i].weight();
+            out.push(all[i].clone());
+            i += 1;
+        }
+        (out, (i < all.len()).then_some(i as u64))
+    }
+    fn answer(&self, _query: &Query) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// Network and fault parameters of one scenario.
+#[derive(Clone, Debug)]
+pub struct NetParams {
+    pub loss: f64,
+    pub dup: f64,
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub mtu: usize,
+}
+
+struct SimNode {
+    ep: Endpoint,
+    app: Model,
+    hlc: Hlc,
+    alive: bool,
+    /// Writes this node made (cache, record), for the no-resurrection oracle.
+    writes: Vec<(String, Record)>,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver { to: usize, incarnation: u64, data: Vec<u8> },
+}
+
+/// The simulated cluster.
+pub struct Sim {
+    pub rng: StdRng,
+    base: Instant,
+    pub now: Duration,
+    nodes: Vec<SimNode>,
+    incarnations: Vec<u64>,
+    queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
+    events: BTreeMap<usize, Ev>,
+    next_ev: usize,
+    seq: u64,
+    pub net: NetParams,
+    /// Partition: nodes in the same group can talk; `None` = fully connected.
+    pub partition: Option<Vec<u8>>,
+    heartbeat: Duration,
+    pulse: Duration,
+    pub delivered: u64,
+    pub dropped: u64,
+    /// Whether datagrams are sealed (all nodes of one cluster share the mode).
+    pub encrypted: bool,
+}
+
+pub fn wire_config(mtu: usize, encrypted: bool) -> WireConfig {
+    WireConfig {
+        cluster_name: "sim".to_string(),
+        keys: if encrypted { vec![[7u8; 32]] } else { Vec::new() },
+        mtu,
+        max_message_size: 1 << 20,
+        reassembly_timeout: Duration::from_secs(2),
+        max_reassembly_bytes: 8 << 20,
+    }
+}
+
+impl Sim {
+    pub fn new(seed: u64, n: usize, net: NetParams) -> Sim {
+        let mut sim = Sim {
+            rng: StdRng::seed_from_u64(seed),
+            base: Instant::now(),
+            now: Duration::ZERO,
+            nodes: Vec::new(),
+            incarnations: Vec::new(),
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_ev: 0,
+            seq: 0,
+            net,
+            partition: None,
+            heartbeat: Duration::from_millis(100),
+            pulse: Duration::from_millis(500),
+            delivered: 0,
+            dropped: 0,
+            encrypted: seed % 2 == 0,
+        };
+        for _ in 0..n {
+            sim.add_node();
+        }
+        sim
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    fn endpoint(&mut self) -> Endpoint {
+        let id = NodeId(self.rng.random::<u64>() | 1);
+        let cfg = EndpointConfig::new(format!("n{id}"), wire_config(self.net.mtu, self.encrypted), self.heartbeat, self.pulse);
+        Endpoint::new(cfg, id, self.instant())
+    }
+
+    /// Adds a node (a late joiner if the simulation already runs). Returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let ep = self.endpoint();
+        self.nodes.push(SimNode { ep, app: Model::default(), hlc: Hlc::new(), alive: true, writes: Vec::new() });
+        self.incarnations.push(0);
+        let i = self.nodes.len() - 1;
+        self.pump(i);
+        i
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn alive(&self, i: usize) -> bool {
+        self.nodes[i].alive
+    }
+
+    /// Crashes node `i`: it stops at once, sends nothing more, loses its state.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].alive = false;
+        self.incarnations[i] += 1;
+    }
+
+    /// Restarts a crashed node with empty state and a new identity (a new incarnation).
+    pub fn restart(&mut self, i: usize) {
+        let ep = self.endpoint();
+        let n = &mut self.nodes[i];
+        n.ep = ep;
+        n.app = Model::default();
+        n.hlc = Hlc::new();
+        n.alive = true;
+        n.writes.clear();
+        self.incarnations[i] += 1;
+        self.pump(i);
+    }
+
+    fn wall_ms(&self) -> u64 {
+        1_700_000_000_000 + self.now.as_millis() as u64
+    }
+
+    /// A local write on node `i`: applied locally, then published.
+    pub fn write(&mut self, i: usize, cache: &str, key: Vec<u8>, op: Op) {
+        if !self.nodes[i].alive {
+            return;
+        }
+        let wall = self.wall_ms();
+        let now = self.instant();
+        let n = &mut self.nodes[i];
+        n.hlc.observe(n.app.seen);
+        let version = Version::new(n.hlc.tick(wall), n.ep.id());
+        let rec = Record { key, version, op };
+        n.app.caches.entry(cache.to_string()).or_default().apply(&rec);
+        n.writes.push((cache.to_string(), rec.clone()));
+        n.ep.publish(now, Item::Rec { cache: cache.to_string(), rec });
+        n.ep.flush(now);
+        self.pump(i);
+    }
+
+    /// A versioned clear on node `i`.
+    pub fn clear(&mut self, i: usize, cache: &str) {
+        if !self.nodes[i].alive {
+            return;
+        }
+        let wall = self.wall_ms();
+        let now = self.instant();
+        let n = &mut self.nodes[i];
+        n.hlc.observe(n.app.seen);
+        let version = Version::new(n.hlc.tick(wall), n.ep.id());
+        n.app.apply_clear(cache, version, n.ep.id());
+        n.ep.publish(now, Item::Clear { cache: cache.to_string(), version });
+        n.ep.flush(now);
+        self.pump(i);
+    }
+
+    fn can_talk(&self, a: usize, b: usize) -> bool {
+        match &self.partition {
+            None => true,
+            Some(groups) => groups.get(a) == groups.get(b),
+        }
+    }
+
+    /// Moves node `i`'s output datagrams into the network.
+    fn pump(&mut self, i: usize) {
+        while let Some(d) = self.nodes[i].ep.poll_transmit() {
+            assert!(d.len() <= self.net.mtu, "datagram of {} bytes exceeds the MTU {}", d.len(), self.net.mtu);
+            if !self.nodes[i].alive {
+                continue;
+            }
+            for to in 0..self.nodes.len() {
+                if !self.can_talk(i, to) {
+                    self.dropped += 1;
+                    continue;
+                }
+                let copies = if self.rng.random_bool(self.net.dup) { 2 } else { 1 };
+                for _ in 0..copies {
+                    if self.rng.random_bool(self.net.loss) {
+                        self.dropped += 1;
+                        continue;
+                    }
+                    let jitter = if self.net.jitter.is_zero() {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_nanos(self.rng.random_range(0..self.net.jitter.as_nanos() as u64))
+                    };
+                    let at = self.now + self.net.delay + jitter;
+                    let ev = Ev::Deliver { to, incarnation: self.incarnations[to], data: d.clone() };
+                    let id = self.next_ev;
+                    self.next_ev += 1;
+                    self.events.insert(id, ev);
+                    self.seq += 1;
+                    self.queue.push(Reverse((at, self.seq, id)));
+                }
+            }
+        }
+        while self.nodes[i].ep.poll_event().is_some() {}
+    }
+
+    /// Runs the simulation until virtual time `until`.
+    pub fn run_until(&mut self, until: Duration) {
+        loop {
+            let next_net = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let (ti, next_timer) = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.alive)
+                .map(|(i, n)| (i, n.ep.poll_timeout().saturating_duration_since(self.base)))
+                .min_by_key(|(_, t)| *t)
+                .unwrap_or((usize::MAX, Duration::MAX));
+            let next = next_net.unwrap_or(Duration::MAX).min(next_timer);
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = self.now.max(next);
+            if next_net == Some(next) {
+                let Some(Reverse((_, _, id))) = self.queue.pop() else { continue };
+                let Some(Ev::Deliver { to, incarnation, data }) = self.events.remove(&id) else { continue };
+                if !self.nodes[to].alive || self.incarnations[to] != incarnation {
+                    continue;
+                }
+                self.delivered += 1;
+                let now = self.instant();
+                let n = &mut self.nodes[to];
+                n.ep.handle_datagram(now, &data, &mut n.app);
+                self.pump(to);
+            } else if ti != usize::MAX {
+                let now = self.instant();
+                let n = &mut self.nodes[ti];
+                n.ep.handle_timeout(now, &mut n.app);
+                self.pump(ti);
+            }
+        }
+    }
+
+    /// Node `i`'s live entries of `cache`.
+    pub fn live(&self, i: usize, cache: &str) -> BTreeMap<Vec<u8>, (Version, Vec<u8>)> {
+        self.nodes[i].app.caches.get(cache).map(|c| c.live()).unwrap_or_default()
+    }
+
+    pub fn endpoint_of(&self, i: usize) -> &Endpoint {
+        &self.nodes[i].ep
+    }
+
+    pub fn caches_of(&self, i: usize) -> BTreeSet<String> {
+        self.nodes[i].app.caches.keys().cloned().collect()
+    }
+
+    /// The newest write per (cache, key) made by nodes alive now, with clears applied.
+    pub fn surviving_writes(&self) -> Vec<(String, Record)> {
+        self.nodes.iter().filter(|n| n.alive).flat_map(|n| n.writes.iter().cloned()).collect()
+    }
+
+    pub fn model(&self, i: usize) -> &Model {
+        &self.nodes[i].app
+    }
+}
