@@ -131,9 +131,13 @@ fn check(sim: &Sim) -> Result<(), String> {
                 return Err(format!("key {:?} in {cache} holds {v:?}, older than surviving write {version:?}", String::from_utf8_lossy(key)));
             }
             None if !*deleted => {
-                // Absent although a surviving node wrote it: only a newer clear may explain that.
-                let floor = sim.model(live[0]).caches.get(cache).map(|c| c.floor).unwrap_or_default();
-                if floor < *version {
+                // Absent although a surviving node wrote it: only a newer delete or clear (perhaps
+                // by a node that crashed later) may explain that.
+                let newer_delete = sim.all_writes.iter().any(|(c, r)| {
+                    c == cache && r.key == *key && r.version > *version && matches!(r.op, Op::Del)
+                });
+                let newer_clear = sim.all_clears.iter().any(|(c, v)| c == cache && v > version);
+                if !newer_delete && !newer_clear {
                     return Err(format!("key {:?} missing in {cache} (written at {version:?})", String::from_utf8_lossy(key)));
                 }
             }

@@ -177,6 +177,8 @@ pub struct Endpoint {
     join: JoinState,
     next_query: u64,
     left: bool,
+    /// Recently served snapshot chunks, by (requester, cache, cursor), for resending.
+    served: VecDeque<((NodeId, String, u64), u64, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -211,6 +213,7 @@ impl Endpoint {
             join: JoinState::Waiting { until: join_until },
             next_query: 1,
             left: false,
+            served: VecDeque::new(),
             cfg,
         };
         ep.send_hello(true, Vec::new());
@@ -266,10 +269,14 @@ impl Endpoint {
                 }
             }
             self.metrics.changes_sent += items.len() as u64;
-            let keep = !self.peers.is_empty();
-            let (_, payload) = self.send.push(|seq| Msg::Data { seq, items }.encode(), keep);
+            let seq = self.send.next();
+            let payload = Msg::Data { seq, items }.encode();
             self.metrics.data_messages_sent += 1;
-            self.transmit_payload(&payload);
+            if let Some(id) = self.transmit_as(&payload, None) {
+                if !self.peers.is_empty() {
+                    self.send.keep(seq, id, payload);
+                }
+            }
             sent_any = true;
         }
         if sent_any {
@@ -480,20 +487,34 @@ impl Endpoint {
                 self.next_pulse = self.next_pulse.min(now + Duration::from_millis(10));
             }
             Msg::Digest { caches } => self.on_digest(from, caches, app),
-            Msg::Buckets { cache, buckets, keys, .. } => self.on_buckets(from, &cache, &buckets, keys, app),
+            Msg::Buckets { cache, buckets, keys, .. } => self.on_buckets(now, from, &cache, &buckets, keys, app),
             Msg::Pull { cache, keys, .. } => {
                 let items: Vec<Item> = keys
                     .iter()
                     .filter_map(|k| app.record(&cache, k))
                     .map(|rec| Item::Rec { cache: cache.clone(), rec })
                     .collect();
-                self.send_repair(items);
+                self.send_repair(now, items);
             }
             Msg::Repair { items } => self.apply_items(&items, from, app, true),
             Msg::SnapshotReq { cache, cursor, .. } => {
-                let (records, next) = app.snapshot_chunk(&cache, cursor, self.cfg.snapshot_chunk);
+                let key = (from, cache.clone(), cursor);
+                if let Some((id, payload)) = self.served.iter().find(|(k, _, _)| *k == key).map(|(_, id, p)| (*id, p.clone())) {
+                    // A repeated request: resend under the same message id so fragments the
+                    // joiner already holds still count.
+                    self.transmit_as(&payload, Some(id));
+                    return;
+                }
+                let budget = self.cfg.snapshot_chunk.min(self.list_budget());
+                let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
                 self.metrics.snapshot_chunks_served += 1;
-                self.send_msg(&Msg::SnapshotChunk { to: from, cache, cursor, records, next });
+                let payload = Msg::SnapshotChunk { to: from, cache, cursor, records, next }.encode();
+                if let Some(id) = self.transmit_as(&payload, None) {
+                    if self.served.len() >= 16 {
+                        self.served.pop_front();
+                    }
+                    self.served.push_back((key, id, payload));
+                }
             }
             Msg::SnapshotChunk { cache, cursor, records, next, .. } => {
                 self.on_snapshot_chunk(now, from, cache, cursor, records, next, app)
@@ -603,10 +624,11 @@ impl Endpoint {
                     break;
                 }
                 budget -= 1;
-                match self.send.get(seq).map(|p| p.to_vec()) {
-                    Some(payload) => {
+                match self.send.get(seq).map(|(id, p)| (id, p.to_vec())) {
+                    Some((id, payload)) => {
                         self.metrics.retransmits_served += 1;
-                        self.transmit_payload(&payload);
+                        // Same message id: fragments the receiver already holds still count.
+                        self.transmit_as(&payload, Some(id));
                     }
                     None => gone.push(seq),
                 }
@@ -629,28 +651,38 @@ impl Endpoint {
                 .filter(|&b| mine.buckets.get(b) != line.digest.buckets.get(b))
                 .map(|b| b as u16)
                 .collect();
-            // Send our key versions for those buckets, several buckets per message.
+            // Send our key versions for those buckets in messages of a few datagrams. A bucket
+            // split over two messages makes the peer push keys we hold in the other half:
+            // wasted bytes, never a wrong result (repairs apply by version).
+            let budget = self.list_budget();
             let mut buckets = Vec::new();
             let mut keys = Vec::new();
             let mut bytes = 0usize;
             for b in differing {
-                let kv = app.bucket_versions(&line.cache, b as usize);
-                bytes += kv.iter().map(|k| k.key.len() + 24).sum::<usize>();
-                keys.extend(kv);
                 buckets.push(b);
-                if bytes > 256 << 10 {
-                    let msg = Msg::Buckets { to: from, cache: line.cache.clone(), buckets: std::mem::take(&mut buckets), keys: std::mem::take(&mut keys) };
-                    self.send_msg(&msg);
-                    bytes = 0;
+                for kv in app.bucket_versions(&line.cache, b as usize) {
+                    bytes += kv.key.len() + 24;
+                    keys.push(kv);
+                    if bytes >= budget {
+                        let msg = Msg::Buckets {
+                            to: from,
+                            cache: line.cache.clone(),
+                            buckets: buckets.clone(),
+                            keys: std::mem::take(&mut keys),
+                        };
+                        self.send_msg(&msg);
+                        buckets.retain(|x| *x == b);
+                        bytes = 0;
+                    }
                 }
             }
-            if !buckets.is_empty() {
+            if !keys.is_empty() || !buckets.is_empty() {
                 self.send_msg(&Msg::Buckets { to: from, cache: line.cache.clone(), buckets, keys });
             }
         }
     }
 
-    fn on_buckets(&mut self, from: NodeId, cache: &str, buckets: &[u16], theirs: Vec<KeyVersion>, app: &mut dyn AppState) {
+    fn on_buckets(&mut self, now: Instant, from: NodeId, cache: &str, buckets: &[u16], theirs: Vec<KeyVersion>, app: &mut dyn AppState) {
         if app.digest(cache).is_none() {
             return;
         }
@@ -676,9 +708,19 @@ impl Endpoint {
         pull.extend(their_map.into_keys());
         let items: Vec<Item> =
             push.iter().filter_map(|k| app.record(cache, k)).map(|rec| Item::Rec { cache: cache.to_string(), rec }).collect();
-        self.send_repair(items);
-        for chunk in pull.chunks(4096) {
-            let keys = chunk.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect();
+        self.send_repair(now, items);
+        let budget = self.list_budget();
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        for k in pull {
+            bytes += k.len() + 4;
+            keys.push(serde_bytes::ByteBuf::from(k));
+            if bytes >= budget {
+                self.send_msg(&Msg::Pull { to: from, cache: cache.to_string(), keys: std::mem::take(&mut keys) });
+                bytes = 0;
+            }
+        }
+        if !keys.is_empty() {
             self.send_msg(&Msg::Pull { to: from, cache: cache.to_string(), keys });
         }
     }
@@ -695,8 +737,10 @@ impl Endpoint {
         self.join = JoinState::Transferring(Transfer { donor: from, pending, deadline: now + self.transfer_timeout() });
     }
 
+    /// How long a joiner waits for a chunk before asking again (the donor resends it under
+    /// the same message id, so partial reassemblies complete).
     fn transfer_timeout(&self) -> Duration {
-        self.cfg.heartbeat.max(Duration::from_millis(200))
+        (self.cfg.tail_delay * 25).min(self.cfg.heartbeat)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -784,7 +828,7 @@ impl Endpoint {
             JoinState::Transferring(tr) if now >= tr.deadline => {
                 // The donor stalled: ask again from where we are, or give up if it is gone.
                 if self.peers.contains_key(&tr.donor) {
-                    tr.deadline = now + self.cfg.heartbeat.max(Duration::from_millis(200));
+                    tr.deadline = now + (self.cfg.tail_delay * 25).min(self.cfg.heartbeat);
                     let reqs: Vec<Msg> = tr
                         .pending
                         .iter()
@@ -864,41 +908,45 @@ impl Endpoint {
         self.peers.iter().map(|(id, p)| (*id, p.recv.contiguous())).collect()
     }
 
-    fn send_repair(&mut self, items: Vec<Item>) {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
+    /// Repairs travel on the reliable stream like local changes (they are idempotent by
+    /// version), so they get the same loss recovery.
+    fn send_repair(&mut self, now: Instant, items: Vec<Item>) {
         for item in items {
-            bytes += item.weight();
-            batch.push(item);
-            if bytes > 128 << 10 {
-                self.send_msg(&Msg::Repair { items: std::mem::take(&mut batch) });
-                bytes = 0;
-            }
+            self.outbox_bytes += item.weight();
+            self.outbox.push_back(item);
         }
-        if !batch.is_empty() {
-            self.send_msg(&Msg::Repair { items: batch });
-        }
+        self.flush(now);
     }
 
-    fn send_msg(&mut self, msg: &Msg) {
+    fn send_msg(&mut self, msg: &Msg) -> Option<u64> {
         let payload = msg.encode();
-        self.transmit_payload(&payload);
+        self.transmit_as(&payload, None)
     }
 
-    fn transmit_payload(&mut self, payload: &[u8]) {
-        match self.wire.encode(payload) {
-            Ok(datagrams) => {
-                for d in datagrams {
+    /// Encodes and queues one message; returns its wire message id.
+    fn transmit_as(&mut self, payload: &[u8], id: Option<u64>) -> Option<u64> {
+        let mut out = Vec::new();
+        match self.wire.encode_as(payload, id, &mut out) {
+            Ok(id) => {
+                for d in out {
                     self.metrics.datagrams_sent += 1;
                     self.metrics.bytes_sent += d.len() as u64;
                     self.transmits.push_back(d);
                 }
+                Some(id)
             }
             Err(e) => {
                 // Only oversized messages fail; caches refuse entries that could cause this.
                 tracing::warn!(error = %e, len = payload.len(), "message not sent");
                 *self.metrics.dropped.entry("unsendable".to_string()).or_default() += 1;
+                None
             }
         }
+    }
+
+    /// Bytes a control list may take before it is split: a few datagrams, so that one message
+    /// gets through a lossy network with good odds.
+    fn list_budget(&self) -> usize {
+        self.wire.chunk_size().max(256) * 4
     }
 }

@@ -17,7 +17,7 @@ pub type Range = (u64, u64);
 #[derive(Debug)]
 pub struct SendBuffer {
     next_seq: u64,
-    held: VecDeque<(u64, Vec<u8>)>,
+    held: VecDeque<(u64, u64, Vec<u8>)>,
     bytes: usize,
     max_bytes: usize,
     /// Messages dropped from the buffer before every peer acknowledged them (only when the byte
@@ -36,18 +36,21 @@ impl SendBuffer {
         self.next_seq - 1
     }
 
-    /// Assigns the next sequence number to a message and keeps its payload for retransmission
-    /// (only if someone may ask for it: `keep`). Returns the sequence number.
-    pub fn push(&mut self, payload_of: impl FnOnce(u64) -> Vec<u8>, keep: bool) -> (u64, Vec<u8>) {
+    /// Assigns the next sequence number to a message. Returns it.
+    pub fn next(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let payload = payload_of(seq);
-        if keep {
+        seq
+    }
+
+    /// Keeps message `seq` (sent as wire message `message_id`) for retransmission.
+    pub fn keep(&mut self, seq: u64, message_id: u64, payload: Vec<u8>) {
+        {
             self.bytes += payload.len();
-            self.held.push_back((seq, payload.clone()));
+            self.held.push_back((seq, message_id, payload));
             while self.bytes > self.max_bytes {
                 match self.held.pop_front() {
-                    Some((_, p)) => {
+                    Some((_, _, p)) => {
                         self.bytes -= p.len();
                         self.evicted_unacked += 1;
                     }
@@ -55,16 +58,15 @@ impl SendBuffer {
                 }
             }
         }
-        (seq, payload)
     }
 
     /// Frees every message with sequence number `<= upto` (acknowledged by all live peers).
     pub fn release(&mut self, upto: u64) {
-        while let Some((seq, _)) = self.held.front() {
+        while let Some((seq, _, _)) = self.held.front() {
             if *seq > upto {
                 break;
             }
-            if let Some((_, p)) = self.held.pop_front() {
+            if let Some((_, _, p)) = self.held.pop_front() {
                 self.bytes -= p.len();
             }
         }
@@ -76,11 +78,11 @@ impl SendBuffer {
         self.bytes = 0;
     }
 
-    /// The payload of message `seq` if still held.
-    pub fn get(&self, seq: u64) -> Option<&[u8]> {
+    /// The wire message id and payload of message `seq`, if still held.
+    pub fn get(&self, seq: u64) -> Option<(u64, &[u8])> {
         let first = self.held.front()?.0;
         let idx = seq.checked_sub(first)? as usize;
-        self.held.get(idx).filter(|(s, _)| *s == seq).map(|(_, p)| p.as_slice())
+        self.held.get(idx).filter(|(s, _, _)| *s == seq).map(|(_, id, p)| (*id, p.as_slice()))
     }
 
     /// Messages currently held.
@@ -100,7 +102,7 @@ impl SendBuffer {
 
     /// Sequence number of the oldest held message.
     pub fn oldest(&self) -> Option<u64> {
-        self.held.front().map(|(s, _)| *s)
+        self.held.front().map(|(s, _, _)| *s)
     }
 }
 
@@ -376,8 +378,9 @@ mod tests {
     #[test]
     fn send_buffer_releases_on_ack_and_evicts_at_its_cap() {
         let mut b = SendBuffer::new(250);
-        for _ in 0..3 {
-            b.push(|_| vec![0; 100], true);
+        for id in 0..3 {
+            let seq = b.next();
+            b.keep(seq, id, vec![0; 100]);
         }
         assert_eq!(b.len(), 2, "byte cap evicts the oldest");
         assert_eq!(b.evicted_unacked, 1);

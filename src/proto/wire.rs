@@ -189,6 +189,23 @@ impl Wire {
         payload: &[u8],
         out: &mut Vec<Vec<u8>>,
     ) -> Result<usize, EncodeError> {
+        let before = out.len();
+        self.encode_as(payload, None, out)?;
+        Ok(out.len() - before)
+    }
+
+    /// Encodes `payload` as message `message_id` (a new id if `None`) and returns the id used.
+    ///
+    /// Resending a message under its original id (with fresh packet numbers, so the replay
+    /// window accepts them) lets a receiver complete a partial reassembly from fragments of
+    /// several transmissions: under loss, a long message then needs a few rounds, not one
+    /// lossless round.
+    pub fn encode_as(
+        &mut self,
+        payload: &[u8],
+        message_id: Option<u64>,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<u64, EncodeError> {
         let size = payload.len();
         if size > self.max_message_size {
             return Err(EncodeError::TooLarge {
@@ -210,8 +227,14 @@ impl Wire {
             .packet
             .checked_add(u64::from(count))
             .ok_or(EncodeError::Exhausted)?;
-        let message_id = self.message.checked_add(1).ok_or(EncodeError::Exhausted)?;
-        self.message = message_id;
+        let message_id = match message_id {
+            Some(id) => id,
+            None => {
+                let id = self.message.checked_add(1).ok_or(EncodeError::Exhausted)?;
+                self.message = id;
+                id
+            }
+        };
         out.reserve(usize::from(count));
         let overhead = HEADER_LEN + self.keyring.overhead();
         for (index, part) in (0u16..).zip(split(payload, self.chunk)) {
@@ -234,7 +257,7 @@ impl Wire {
             out.push(d);
         }
         debug_assert_eq!(self.packet, last_packet);
-        Ok(usize::from(count))
+        Ok(message_id)
     }
 
     /// Opens one datagram. Returns `Ok(Some((sender, payload)))` when a message completes,

@@ -160,6 +160,10 @@ pub struct Sim {
     pulse: Duration,
     pub delivered: u64,
     pub dropped: u64,
+    /// Every write ever made, by any node or incarnation (crashed ones included).
+    pub all_writes: Vec<(String, Record)>,
+    /// Every clear ever made: (cache, version).
+    pub all_clears: Vec<(String, Version)>,
     /// Whether datagrams are sealed (all nodes of one cluster share the mode).
     pub encrypted: bool,
 }
@@ -193,6 +197,8 @@ impl Sim {
             pulse: Duration::from_millis(500),
             delivered: 0,
             dropped: 0,
+            all_writes: Vec::new(),
+            all_clears: Vec::new(),
             encrypted: seed % 2 == 0,
         };
         for _ in 0..n {
@@ -265,6 +271,8 @@ impl Sim {
         let rec = Record { key, version, op };
         n.app.caches.entry(cache.to_string()).or_default().apply(&rec);
         n.writes.push((cache.to_string(), rec.clone()));
+        self.all_writes.push((cache.to_string(), rec.clone()));
+        let n = &mut self.nodes[i];
         n.ep.publish(now, Item::Rec { cache: cache.to_string(), rec });
         n.ep.flush(now);
         self.pump(i);
@@ -281,6 +289,8 @@ impl Sim {
         n.hlc.observe(n.app.seen);
         let version = Version::new(n.hlc.tick(wall), n.ep.id());
         n.app.apply_clear(cache, version, n.ep.id());
+        self.all_clears.push((cache.to_string(), version));
+        let n = &mut self.nodes[i];
         n.ep.publish(now, Item::Clear { cache: cache.to_string(), version });
         n.ep.flush(now);
         self.pump(i);
