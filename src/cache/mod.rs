@@ -1,4 +1,8 @@
 //! The local store: typed caches over sharded maps with CLOCK eviction, TTL and byte caps.
 
+pub mod clock;
+pub mod event;
+pub mod handle;
 pub mod hooks;
 pub mod metrics;
+pub mod store;

@@ -58,7 +58,10 @@ pub struct Version {
 
 impl Version {
     /// The smallest version; every real write is newer.
-    pub const ZERO: Version = Version { hlc: 0, node: NodeId(0) };
+    pub const ZERO: Version = Version {
+        hlc: 0,
+        node: NodeId(0),
+    };
 
     /// Builds a version from its parts.
     pub const fn new(hlc: u64, node: NodeId) -> Version {
@@ -111,7 +114,9 @@ pub struct Hlc {
 impl Hlc {
     /// A clock that has seen nothing yet.
     pub const fn new() -> Hlc {
-        Hlc { last: AtomicU64::new(0) }
+        Hlc {
+            last: AtomicU64::new(0),
+        }
     }
 
     /// A new timestamp for a local event, strictly greater than every one returned or observed
@@ -121,7 +126,10 @@ impl Hlc {
         let mut cur = self.last.load(Ordering::Relaxed);
         loop {
             let next = if physical > cur { physical } else { cur + 1 };
-            match self.last.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed) {
+            match self
+                .last
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => return next,
                 Err(actual) => cur = actual,
             }
