@@ -949,8 +949,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     }
 
     fn evict_one(&self, capacity: bool, protect: Version, ev: &mut Events<K>) -> bool {
+        // Two rounds: the first may only clear referenced bits everywhere.
         let n = self.shards.len();
-        for _ in 0..n {
+        for _ in 0..2 * n {
             let si = self.evict_hand.fetch_add(1, Ordering::Relaxed) & (n - 1);
             if self.clock_evict(&self.shards[si], capacity, protect, ev) {
                 return true;
@@ -960,7 +961,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     }
 
     /// CLOCK over one shard's dense order: clears referenced bits until it finds an
-    /// unreferenced (or expired) entry other than `protect`, and removes it.
+    /// unreferenced (or expired) entry other than `protect`, and removes it. Gives up after one
+    /// pass over the shard, leaving the hand where it stopped, so the global hand moves on to
+    /// the next shard (bits cleared here are checked on the next visit).
     fn clock_evict(
         &self,
         shard: &Shard<K, V>,
@@ -974,7 +977,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         if len == 0 {
             return false;
         }
-        for _ in 0..=2 * len {
+        for _ in 0..len {
             if g.hand >= g.map.len() {
                 g.hand = 0;
             }
@@ -1384,4 +1387,401 @@ pub(crate) fn type_names<K, V>() -> String {
         std::any::type_name::<K>(),
         std::any::type_name::<V>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::clock::FakeClock;
+    use crate::cache::hooks::Publisher;
+    use crate::node::Node;
+    use crate::{Cache, Config};
+    use std::sync::Mutex as StdMutex;
+
+    #[derive(Default)]
+    struct Recorder(StdMutex<Vec<Change>>);
+
+    impl Publisher for Recorder {
+        fn publish(&self, change: Change) {
+            self.0.lock().unwrap().push(change);
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<Change> {
+            std::mem::take(&mut self.0.lock().unwrap())
+        }
+    }
+
+    fn setup(config: Config) -> (Node, Arc<Recorder>, Arc<FakeClock>) {
+        let rec = Arc::new(Recorder::default());
+        let clock = Arc::new(FakeClock::new());
+        let node = Node::start_with(config, rec.clone(), clock.clone()).unwrap();
+        (node, rec, clock)
+    }
+
+    fn bytes<T: Serialize>(t: &T) -> Vec<u8> {
+        rmp_serde::to_vec(t).unwrap()
+    }
+
+    fn put(key: u32, value: u32, version: Version) -> Record {
+        Record {
+            key: bytes(&key),
+            version,
+            op: Op::Put {
+                value: bytes(&value),
+                ttl_ms: None,
+            },
+        }
+    }
+
+    /// A peer's version `ms` milliseconds after the fake clock's wall origin.
+    fn remote(ms: u64) -> Version {
+        Version::new((1_700_000_000_000 + ms) << 16, NodeId(7))
+    }
+
+    fn erased(node: &Node, name: &str) -> Arc<dyn ErasedCache> {
+        node.erased(name).unwrap()
+    }
+
+    #[test]
+    fn local_writes_publish_versioned_records() {
+        let (node, rec, _) = setup(Config::default());
+        let c: Cache<u32, u32> = node.cache("p").unwrap();
+        c.insert(1, 10).unwrap();
+        c.insert_with_ttl(2, 20, Duration::from_secs(3)).unwrap();
+        c.remove(&1).unwrap();
+        c.remove(&99).unwrap(); // absent: nothing published
+        c.clear();
+        let out = rec.take();
+        assert_eq!(out.len(), 4);
+        let recs: Vec<&Record> = out
+            .iter()
+            .filter_map(|c| match &c.kind {
+                ChangeKindWire::Record(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            recs[0].op,
+            Op::Put {
+                value: bytes(&10u32),
+                ttl_ms: None
+            }
+        );
+        assert_eq!(
+            recs[1].op,
+            Op::Put {
+                value: bytes(&20u32),
+                ttl_ms: Some(3000)
+            }
+        );
+        assert_eq!(recs[2].op, Op::Del);
+        assert_eq!(recs[0].key, bytes(&1u32));
+        assert!(recs[0].version < recs[1].version && recs[1].version < recs[2].version);
+        assert!(recs.iter().all(|r| r.version.node == node.id()));
+        assert!(matches!(out[3].kind, ChangeKindWire::Clear(v) if v > recs[2].version));
+        assert_eq!(&*out[0].cache, "p");
+    }
+
+    #[test]
+    fn invalidate_mode_publishes_inval_and_applies_puts_as_invalidations() {
+        let mut config = Config::default();
+        config.cache_mode = CacheMode::Invalidate;
+        let (node, rec, _) = setup(config);
+        let c: Cache<u32, u32> = node.cache("i").unwrap();
+        c.insert(1, 10).unwrap();
+        let out = rec.take();
+        assert!(matches!(&out[0].kind, ChangeKindWire::Record(r) if r.op == Op::Inval));
+        let e = erased(&node, "i");
+        let v = Version::new(node.core().hlc.peek() + 1, NodeId(7));
+        assert_eq!(e.apply_remote(&put(1, 11, v), NodeId(7)), Applied::Changed);
+        assert_eq!(c.get(&1), None);
+        // The invalidation is a floor for older puts.
+        let older = Version::new(v.hlc - 1, NodeId(7));
+        assert_eq!(
+            e.apply_remote(&put(1, 12, older), NodeId(7)),
+            Applied::Stale
+        );
+        assert!(
+            rec.take().is_empty(),
+            "remote applies are never re-published"
+        );
+    }
+
+    #[test]
+    fn remote_apply_orders_by_version_with_tombstones_and_clear_floor() {
+        let (node, _, _) = setup(Config::default());
+        let c: Cache<u32, u32> = node.cache("r").unwrap();
+        let e = erased(&node, "r");
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let s = seen.clone();
+        c.on_change(move |ev| s.lock().unwrap().push((ev.kind, ev.origin)));
+
+        assert_eq!(
+            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            Applied::Changed
+        );
+        assert_eq!(c.get(&1), Some(1));
+        assert_eq!(
+            e.apply_remote(&put(1, 2, remote(99)), NodeId(7)),
+            Applied::Stale
+        );
+        assert_eq!(
+            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            Applied::Stale
+        );
+        let del = Record {
+            key: bytes(&1u32),
+            version: remote(101),
+            op: Op::Del,
+        };
+        assert_eq!(e.apply_remote(&del, NodeId(7)), Applied::Changed);
+        assert_eq!(c.get(&1), None);
+        // An older put can't resurrect the key; a newer one can.
+        assert_eq!(
+            e.apply_remote(&put(1, 3, remote(100)), NodeId(7)),
+            Applied::Stale
+        );
+        assert_eq!(e.record(&bytes(&1u32)).unwrap().op, Op::Del);
+        assert_eq!(
+            e.apply_remote(&put(1, 4, remote(102)), NodeId(7)),
+            Applied::Changed
+        );
+        assert_eq!(c.get(&1), Some(4));
+        // Local writes version after everything observed.
+        c.insert(2, 2).unwrap();
+        assert!(c.get_with_version(&2).unwrap().1 > remote(102));
+        // Clear floor.
+        e.apply_clear(remote(2000), NodeId(7));
+        assert!(c.is_empty());
+        assert_eq!(
+            e.apply_remote(&put(3, 3, remote(1500)), NodeId(7)),
+            Applied::Stale
+        );
+        assert_eq!(
+            e.apply_remote(&put(3, 3, remote(2001)), NodeId(7)),
+            Applied::Changed
+        );
+        // Garbage.
+        let bad = Record {
+            key: vec![0xc1],
+            version: remote(3000),
+            op: Op::Del,
+        };
+        assert_eq!(e.apply_remote(&bad, NodeId(7)), Applied::Undecodable);
+        let bad_val = Record {
+            key: bytes(&5u32),
+            version: remote(3000),
+            op: Op::Put {
+                value: vec![0xc1, 0xff],
+                ttl_ms: None,
+            },
+        };
+        assert_eq!(e.apply_remote(&bad_val, NodeId(7)), Applied::Undecodable);
+
+        let r = Origin::Remote(NodeId(7));
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen[..4],
+            [
+                (ChangeKind::Insert, r),
+                (ChangeKind::Remove, r),
+                (ChangeKind::Insert, r),
+                (ChangeKind::Insert, Origin::Local)
+            ]
+        );
+        assert!(seen.contains(&(ChangeKind::Clear, r)));
+    }
+
+    #[test]
+    fn update_if_present_mode_skips_puts_for_absent_keys() {
+        let mut config = Config::default();
+        config.cache_mode = CacheMode::UpdateIfPresent;
+        let (node, _, _) = setup(config);
+        let c: Cache<u32, u32> = node.cache("u").unwrap();
+        let e = erased(&node, "u");
+        assert_eq!(
+            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            Applied::Skipped
+        );
+        assert!(!c.contains_key(&1));
+        c.insert(1, 0).unwrap();
+        let v = Version::new(node.core().hlc.peek() + 1, NodeId(7));
+        assert_eq!(e.apply_remote(&put(1, 5, v), NodeId(7)), Applied::Changed);
+        assert_eq!(c.get(&1), Some(5));
+    }
+
+    #[test]
+    fn remote_ttl_is_counted_on_the_local_clock() {
+        let (node, _, clock) = setup(Config {
+            cache_ttl: 0.0,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("t").unwrap();
+        let e = erased(&node, "t");
+        let rec = Record {
+            key: bytes(&1u32),
+            version: remote(1), // written "long ago" by the peer's clock
+            op: Op::Put {
+                value: bytes(&1u32),
+                ttl_ms: Some(1000),
+            },
+        };
+        assert_eq!(e.apply_remote(&rec, NodeId(7)), Applied::Changed);
+        assert_eq!(c.get(&1), Some(1));
+        clock.advance(Duration::from_millis(1001));
+        assert_eq!(c.get(&1), None);
+        // An expiring entry leaves no tombstone: the record is gone.
+        e.housekeep(Duration::from_secs(60));
+        assert!(e.record(&bytes(&1u32)).is_none());
+        assert_eq!(e.metrics().evictions_ttl, 1);
+    }
+
+    #[test]
+    fn digest_buckets_and_snapshot_cover_every_entry_and_tombstone() {
+        let (node, _, _) = setup(Config {
+            cache_max: 10_000,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("d").unwrap();
+        for i in 0..500 {
+            c.insert(i, i * 3).unwrap();
+        }
+        for i in 0..50 {
+            c.remove(&i).unwrap();
+        }
+        let e = erased(&node, "d");
+        let d = e.sync_digest();
+        assert_eq!(d.count, 450);
+        assert_eq!(d.checksum, c.checksum());
+        assert_eq!(
+            d.buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
+            d.checksum
+        );
+        let mut listed = 0;
+        let mut deleted = 0;
+        for b in 0..SYNC_BUCKETS {
+            for kv in e.bucket_versions(b) {
+                assert_eq!(crc32fast::hash(&kv.key) as usize % SYNC_BUCKETS, b);
+                listed += 1;
+                deleted += kv.deleted as usize;
+            }
+        }
+        assert_eq!((listed, deleted), (500, 50));
+        let mut cursor = 0;
+        let mut recs = Vec::new();
+        loop {
+            let (chunk, next) = e.snapshot_chunk(cursor, 1000);
+            assert!(chunk.iter().map(Record::weight).sum::<usize>() < 1000 + 64);
+            recs.extend(chunk);
+            match next {
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        assert_eq!(recs.len(), 500);
+        // Feeding the snapshot to another node reproduces the checksum.
+        let (other, _, _) = setup(Config {
+            cache_max: 10_000,
+            ..Config::default()
+        });
+        let c2: Cache<u32, u32> = other.cache("d").unwrap();
+        let e2 = erased(&other, "d");
+        for r in recs.iter().rev() {
+            assert_eq!(e2.apply_remote(r, node.id()), Applied::Changed);
+        }
+        assert_eq!(c2.checksum(), c.checksum());
+        assert_eq!(c2.len(), 450);
+    }
+
+    #[test]
+    fn clock_gives_referenced_entries_a_second_chance() {
+        let (node, _, _) = setup(Config {
+            cache_max: 4,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("c").unwrap();
+        for i in 0..4 {
+            c.insert(i, i).unwrap();
+        }
+        // One full pass clears every insert bit, evicting one entry.
+        c.insert(4, 4).unwrap();
+        assert_eq!(c.len(), 4);
+        // Read the survivors except one; that one must be the next victim.
+        let mut live: Vec<u32> = c.keys().into_iter().filter(|k| *k != 4).collect();
+        live.sort();
+        let victim = live[0];
+        for k in &live[1..] {
+            c.get(k);
+        }
+        c.get(&4);
+        c.insert(5, 5).unwrap();
+        assert!(
+            !c.contains_key(&victim),
+            "unreferenced {victim} should go first"
+        );
+        assert_eq!(c.len(), 4);
+        assert_eq!(c.metrics().evictions_capacity, 2);
+    }
+
+    #[test]
+    fn byte_cap_evicts_for_bytes_and_updates_never_evict() {
+        // Each u32 key (1..5 bytes) + 10-byte string value.
+        let (node, _, _) = setup(Config {
+            cache_size: 60,
+            cache_max: 100,
+            ..Config::default()
+        });
+        let c: Cache<u32, String> = node.cache("b").unwrap();
+        for i in 0..5 {
+            c.insert(i, "x".repeat(10)).unwrap();
+        }
+        assert_eq!(c.len(), 5);
+        assert_eq!(c.metrics().bytes, 60);
+        // Growing an update overshoots the cap without evicting.
+        c.insert(0, "x".repeat(30)).unwrap();
+        assert_eq!(c.len(), 5);
+        assert_eq!(c.metrics().evictions(), 0);
+        assert!(c.metrics().bytes > 60);
+        // The next new key trims back under the cap.
+        c.insert(9, "y".repeat(10)).unwrap();
+        let m = c.metrics();
+        assert!(m.bytes <= 60, "{m:?}");
+        assert!(m.evictions_bytes >= 1 && m.evictions_capacity == 0);
+        assert_eq!(c.get(&9), Some("y".repeat(10)));
+        assert!(matches!(
+            c.insert(10, "z".repeat(100)),
+            Err(Error::ExceedsCacheSize { size: 103, max: 60 })
+        ));
+    }
+
+    #[test]
+    fn spikes_count_mutations_within_the_window() {
+        let (node, _, clock) = setup(Config {
+            callback_win: 1.0,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("s").unwrap();
+        c.insert(1, 1).unwrap(); // first mutation: nothing to compare with
+        clock.advance(Duration::from_millis(500));
+        c.insert(2, 2).unwrap(); // gap 0.5 s
+        clock.advance(Duration::from_millis(1500));
+        c.insert(3, 3).unwrap(); // gap 1.5 s: not a spike
+        clock.advance(Duration::from_millis(250));
+        c.remove(&3).unwrap(); // gap 0.25 s
+        let m = c.metrics();
+        assert_eq!(m.spikes, 2);
+        assert!(
+            (m.spike_interval - 0.375).abs() < 1e-9,
+            "{}",
+            m.spike_interval
+        );
+    }
+
+    #[test]
+    fn mix64_spreads_small_inputs() {
+        assert_ne!(mix64(1), mix64(2));
+        assert_ne!(mix64(0), 0);
+    }
 }
