@@ -203,6 +203,13 @@ impl Node {
         self.inner.stop();
     }
 
+    /// One cache without types, by name: the view the replication layer drives (remote
+    /// applies, digests, snapshots). Exposed for tests and tools.
+    #[doc(hidden)]
+    pub fn erased_cache(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
+        self.erased(name)
+    }
+
     /// Every cache of the node, without types (for the replication layer).
     #[allow(dead_code)]
     pub(crate) fn erased_caches(&self) -> Vec<Arc<dyn ErasedCache>> {

@@ -8,17 +8,23 @@ use mccache::cache::clock::FakeClock;
 use mccache::{Cache, ChangeEvent, ChangeKind, Config, Error, Node, Origin};
 
 fn config() -> Config {
-    Config { cache_ttl: 0.0, cache_max: 1000, callback_win: 2.0, ..Config::default() }
+    Config {
+        cache_ttl: 0.0,
+        cache_max: 1000,
+        callback_win: 2.0,
+        ..Config::default()
+    }
 }
 
 fn fake(config: Config) -> (Node, Arc<FakeClock>) {
     let clock = Arc::new(FakeClock::new());
-    (Node::start_with_clock(config, clock.clone()).unwrap(), clock)
+    (
+        Node::start_with_clock(config, clock.clone()).unwrap(),
+        clock,
+    )
 }
 
-fn recorder<K: Clone + Send + 'static>(
-    c: &Cache<K, String>,
-) -> Arc<Mutex<Vec<ChangeEvent<K>>>>
+fn recorder<K: Clone + Send + 'static>(c: &Cache<K, String>) -> Arc<Mutex<Vec<ChangeEvent<K>>>>
 where
     K: mccache::CacheKey,
 {
@@ -59,7 +65,10 @@ fn add_replace_many_keys_entries() {
     assert!(!c.contains_key(&2));
     assert_eq!(c.replace(1, "z".into()).unwrap(), Some("x".into()));
     c.insert_many((10..15).map(|i| (i, i.to_string()))).unwrap();
-    assert_eq!(c.get_many(&[1, 2, 12]), vec![Some("z".into()), None, Some("12".into())]);
+    assert_eq!(
+        c.get_many(&[1, 2, 12]),
+        vec![Some("z".into()), None, Some("12".into())]
+    );
     let mut keys = c.keys();
     keys.sort();
     assert_eq!(keys, vec![1, 10, 11, 12, 13, 14]);
@@ -74,16 +83,29 @@ fn add_replace_many_keys_entries() {
 
 #[test]
 fn insert_many_refuses_the_whole_batch_when_one_pair_is_too_large() {
-    let node = Node::start(Config { max_message_size: 100, ..config() }).unwrap();
+    let node = Node::start(Config {
+        max_message_size: 100,
+        ..config()
+    })
+    .unwrap();
     let c: Cache<u32, String> = node.cache("batch").unwrap();
-    let r = c.insert_many(vec![(1, "ok".into()), (2, "x".repeat(200)), (3, "ok".into())]);
+    let r = c.insert_many(vec![
+        (1, "ok".into()),
+        (2, "x".repeat(200)),
+        (3, "ok".into()),
+    ]);
     assert!(matches!(r, Err(Error::TooLarge { max: 100, .. })));
     assert!(c.is_empty());
 }
 
 #[test]
 fn too_large_and_exceeds_cache_size_store_nothing() {
-    let node = Node::start(Config { max_message_size: 64, cache_size: 1000, ..config() }).unwrap();
+    let node = Node::start(Config {
+        max_message_size: 64,
+        cache_size: 1000,
+        ..config()
+    })
+    .unwrap();
     let c: Cache<u32, Vec<u8>> = node.cache("big").unwrap();
     c.insert(1, vec![1; 10]).unwrap();
     match c.insert(1, vec![7; 100]) {
@@ -91,22 +113,37 @@ fn too_large_and_exceeds_cache_size_store_nothing() {
         other => panic!("{other:?}"),
     }
     assert_eq!(c.get(&1), Some(vec![1; 10]), "old value kept");
-    let node = Node::start(Config { cache_size: 50, ..config() }).unwrap();
+    let node = Node::start(Config {
+        cache_size: 50,
+        ..config()
+    })
+    .unwrap();
     let c: Cache<u32, Vec<u8>> = node.cache("big").unwrap();
-    assert!(matches!(c.insert(2, vec![0; 60]), Err(Error::ExceedsCacheSize { max: 50, .. })));
+    assert!(matches!(
+        c.insert(2, vec![0; 60]),
+        Err(Error::ExceedsCacheSize { max: 50, .. })
+    ));
     assert!(c.is_empty());
     assert_eq!(c.metrics().inserts, 0);
 }
 
 #[test]
 fn ttl_per_cache_and_per_entry_and_touch() {
-    let (node, clock) = fake(Config { cache_ttl: 10.0, ..config() });
+    let (node, clock) = fake(Config {
+        cache_ttl: 10.0,
+        ..config()
+    });
     let c: Cache<u32, String> = node.cache("ttl").unwrap();
     c.insert(1, "cache-ttl".into()).unwrap();
-    c.insert_with_ttl(2, "short".into(), Duration::from_secs(2)).unwrap();
-    c.insert_with_ttl(3, "forever".into(), Duration::ZERO).unwrap();
+    c.insert_with_ttl(2, "short".into(), Duration::from_secs(2))
+        .unwrap();
+    c.insert_with_ttl(3, "forever".into(), Duration::ZERO)
+        .unwrap();
     let md = c.metadata(&2).unwrap();
-    assert_eq!(md.expires.unwrap().duration_since(md.written).unwrap(), Duration::from_secs(2));
+    assert_eq!(
+        md.expires.unwrap().duration_since(md.written).unwrap(),
+        Duration::from_secs(2)
+    );
     assert!(c.metadata(&3).unwrap().expires.is_none());
     clock.advance(Duration::from_secs(3));
     assert_eq!(c.get(&2), None);
@@ -115,7 +152,11 @@ fn ttl_per_cache_and_per_entry_and_touch() {
     assert!(c.touch(&1, Duration::from_secs(20)).unwrap());
     assert!(!c.touch(&2, Duration::from_secs(20)).unwrap());
     clock.advance(Duration::from_secs(10));
-    assert_eq!(c.get(&1), Some("cache-ttl".into()), "touch extended the TTL");
+    assert_eq!(
+        c.get(&1),
+        Some("cache-ttl".into()),
+        "touch extended the TTL"
+    );
     clock.advance(Duration::from_secs(10));
     let mut keys = c.keys();
     keys.sort();
@@ -153,9 +194,15 @@ fn get_or_insert_with_loads_once_and_try_variant_propagates_errors() {
             MyErr::Cache(e.to_string())
         }
     }
-    assert_eq!(c.try_get_or_insert_with(2, || Err(MyErr::Db)), Err(MyErr::Db));
+    assert_eq!(
+        c.try_get_or_insert_with(2, || Err(MyErr::Db)),
+        Err(MyErr::Db)
+    );
     assert!(!c.contains_key(&2));
-    assert_eq!(c.try_get_or_insert_with(2, || Ok::<_, MyErr>("two".into())), Ok("two".into()));
+    assert_eq!(
+        c.try_get_or_insert_with(2, || Ok::<_, MyErr>("two".into())),
+        Ok("two".into())
+    );
     assert_eq!(c.get(&2), Some("two".into()));
 }
 
@@ -195,7 +242,13 @@ fn metadata_checksum_and_key_checksum() {
     clock.advance(Duration::from_millis(1500));
     c.get(&"k".into());
     let md2 = c.metadata(&"k".into()).unwrap();
-    assert_eq!(md2.last_lookup.unwrap().duration_since(md2.written).unwrap(), Duration::from_millis(1500));
+    assert_eq!(
+        md2.last_lookup
+            .unwrap()
+            .duration_since(md2.written)
+            .unwrap(),
+        Duration::from_millis(1500)
+    );
     let mut h = crc32fast::Hasher::new();
     h.update(&kbytes);
     h.update(&vbytes);
@@ -204,29 +257,43 @@ fn metadata_checksum_and_key_checksum() {
     assert_eq!(c.key_checksum(&"k".into()), Some(crc));
     assert_ne!(c.checksum(), 0);
     c.remove(&"k".into()).unwrap();
-    assert_eq!(c.checksum(), 0, "incremental checksum returns to the empty value");
+    assert_eq!(
+        c.checksum(),
+        0,
+        "incremental checksum returns to the empty value"
+    );
     assert_eq!(c.key_checksum(&"k".into()), None);
 }
 
 #[test]
 fn listeners_see_every_kind_with_local_origin() {
-    let (node, clock) = fake(Config { cache_max: 2, ..config() });
+    let (node, clock) = fake(Config {
+        cache_max: 2,
+        ..config()
+    });
     let c: Cache<u32, String> = node.cache("events").unwrap();
     let seen = recorder(&c);
     c.insert(1, "a".into()).unwrap();
     c.insert(1, "b".into()).unwrap();
     c.remove(&1).unwrap();
-    c.insert_with_ttl(2, "t".into(), Duration::from_secs(1)).unwrap();
+    c.insert_with_ttl(2, "t".into(), Duration::from_secs(1))
+        .unwrap();
     clock.advance(Duration::from_secs(2));
     assert_eq!(c.len(), 0); // sweeps the expired entry
     c.insert(3, "x".into()).unwrap();
     c.insert(4, "y".into()).unwrap();
     c.insert(5, "z".into()).unwrap(); // evicts 3 or 4
     c.clear();
-    let kinds: Vec<(ChangeKind, Origin)> =
-        seen.lock().unwrap().iter().map(|e| (e.kind, e.origin)).collect();
+    let kinds: Vec<(ChangeKind, Origin)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| (e.kind, e.origin))
+        .collect();
     use ChangeKind::*;
-    let expect = [Insert, Update, Remove, Insert, Expire, Insert, Insert, Insert, Evict, Clear, Clear];
+    let expect = [
+        Insert, Update, Remove, Insert, Expire, Insert, Insert, Insert, Evict, Clear, Clear,
+    ];
     assert_eq!(kinds.iter().map(|k| k.0).collect::<Vec<_>>(), expect);
     assert!(kinds.iter().all(|k| k.1 == Origin::Local));
     let evicted = seen.lock().unwrap()[8].key;
@@ -251,8 +318,12 @@ fn callback_window_flags_changes_to_recently_read_keys_only() {
     c.get_many(&[2]);
     clock.advance(Duration::from_millis(2000));
     c.insert(2, "y".into()).unwrap(); // exactly at the window edge: flagged
-    let flags: Vec<(ChangeKind, bool)> =
-        seen.lock().unwrap().iter().map(|e| (e.kind, e.in_callback_window)).collect();
+    let flags: Vec<(ChangeKind, bool)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| (e.kind, e.in_callback_window))
+        .collect();
     use ChangeKind::*;
     assert_eq!(
         flags,
@@ -268,7 +339,10 @@ fn callback_window_flags_changes_to_recently_read_keys_only() {
     );
 
     // callback_win = 0 disables the flag.
-    let (node, _) = fake(Config { callback_win: 0.0, ..config() });
+    let (node, _) = fake(Config {
+        callback_win: 0.0,
+        ..config()
+    });
     let c: Cache<u32, String> = node.cache("nowin").unwrap();
     let seen = recorder(&c);
     c.insert(1, "a".into()).unwrap();
@@ -303,9 +377,17 @@ fn reopening_with_other_types_is_a_type_mismatch() {
     let a: Cache<u32, String> = node.cache("typed").unwrap();
     a.insert(1, "x".into()).unwrap();
     let same: Cache<u32, String> = node.cache("typed").unwrap();
-    assert_eq!(same.get(&1), Some("x".into()), "same name and types share entries");
+    assert_eq!(
+        same.get(&1),
+        Some("x".into()),
+        "same name and types share entries"
+    );
     match node.cache::<String, String>("typed") {
-        Err(Error::TypeMismatch { name, existing, requested }) => {
+        Err(Error::TypeMismatch {
+            name,
+            existing,
+            requested,
+        }) => {
             assert_eq!(name, "typed");
             assert!(existing.contains("u32") && existing.contains("String"));
             assert!(requested.starts_with("alloc::string::String"));
@@ -327,7 +409,10 @@ fn two_nodes_in_one_process_are_independent() {
     assert_eq!(b.len(), 1);
     assert_eq!(n1.cache_names(), vec!["shared-name".to_string()]);
     n1.shutdown();
-    assert!(matches!(n1.cache::<u32, String>("other"), Err(Error::Shutdown)));
+    assert!(matches!(
+        n1.cache::<u32, String>("other"),
+        Err(Error::Shutdown)
+    ));
     assert!(n2.cache::<u32, String>("other").is_ok());
     assert_eq!(n2.config().cache_max, 1000);
 }
@@ -337,7 +422,10 @@ fn per_cache_overrides_apply() {
     let mut cfg = config();
     cfg.caches.insert(
         "small".into(),
-        mccache::config::CacheOverrides { cache_max: Some(3), ..Default::default() },
+        mccache::config::CacheOverrides {
+            cache_max: Some(3),
+            ..Default::default()
+        },
     );
     let node = Node::start(cfg).unwrap();
     let small: Cache<u32, u32> = node.cache("small").unwrap();
@@ -362,10 +450,16 @@ fn default_node_functions() {
     let m = mccache::get_local_metrics("default-api").unwrap();
     assert_eq!(m.entries, 1);
     assert!(mccache::get_local_metrics("never-opened").is_none());
-    assert_eq!(mccache::get_local_checksum::<String>("default-api", None), Some(c.checksum()));
+    assert_eq!(
+        mccache::get_local_checksum::<String>("default-api", None),
+        Some(c.checksum())
+    );
     assert_eq!(
         mccache::get_local_checksum("default-api", Some(&"k".to_string())),
         c.key_checksum(&"k".into()).map(u64::from)
     );
-    assert_eq!(mccache::get_local_checksum("default-api", Some(&"nope".to_string())), None);
+    assert_eq!(
+        mccache::get_local_checksum("default-api", Some(&"nope".to_string())),
+        None
+    );
 }
