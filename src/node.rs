@@ -125,9 +125,10 @@ impl Node {
         let handle = {
             let registry = registry.clone();
             let stop = stop.clone();
+            let clock = core.clock.clone();
             std::thread::Builder::new()
                 .name("mccache-housekeeper".into())
-                .spawn(move || housekeeper(registry, stop, period, tomb_ttl))?
+                .spawn(move || housekeeper(registry, stop, clock, period, tomb_ttl))?
         };
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -254,17 +255,33 @@ impl Drop for NodeInner {
     }
 }
 
-fn housekeeper(registry: Registry, stop: Arc<Stop>, period: Duration, tomb_ttl: Duration) {
+/// How often the housekeeper refreshes the clock's coarse reading (last-lookup granularity).
+const CLOCK_TICK: Duration = Duration::from_millis(10);
+
+fn housekeeper(
+    registry: Registry,
+    stop: Arc<Stop>,
+    clock: Arc<dyn Clock>,
+    period: Duration,
+    tomb_ttl: Duration,
+) {
+    let mut next = std::time::Instant::now() + period;
     loop {
         {
             let mut stopped = stop.stopped.lock();
             if !*stopped {
-                stop.wake.wait_for(&mut stopped, period);
+                stop.wake.wait_for(&mut stopped, CLOCK_TICK.min(period));
             }
             if *stopped {
                 return;
             }
         }
+        clock.refresh();
+        let now = std::time::Instant::now();
+        if now < next {
+            continue;
+        }
+        next = now + period;
         let caches: Vec<Arc<dyn ErasedCache>> =
             registry.read().values().map(|r| r.erased.clone()).collect();
         for c in caches {

@@ -47,7 +47,8 @@ pub struct ChangeEvent<K> {
     /// `get_many`, `get_with_version`, `contains_key` or `get_or_insert_with`) at most
     /// `callback_win` before this change, and the change is an update, removal, expiry,
     /// eviction or clear. Always `false` for an [`ChangeKind::Insert`] and when `callback_win`
-    /// is zero. Reads are tracked at millisecond granularity on the monotonic clock.
+    /// is zero. Reads are timed on the monotonic clock with the granularity of its coarse
+    /// reading (the housekeeper refreshes it every 10 ms; see `SystemClock`).
     pub in_callback_window: bool,
 }
 

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use indexmap::IndexMap;
+use indexmap::map::RawEntryApiV1;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -138,10 +139,11 @@ impl Encoded {
         (self.key_crc.clone().finalize() as usize % SYNC_BUCKETS) as u8
     }
 
-    /// crc32(key ‖ value ‖ version bytes).
+    /// crc32(key ‖ value ‖ version bytes). (One pass over the buffer: `Hasher::combine` is
+    /// far slower than re-hashing small entries.)
     fn entry_crc(&self, version: &Version) -> u32 {
-        let mut h = self.key_crc.clone();
-        h.combine(&self.value_crc);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&self.buf);
         h.update(&version.to_bytes());
         h.finalize()
     }
@@ -351,9 +353,12 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     }
 
     fn shard(&self, key: &K) -> &Shard<K, V> {
-        let h = self.hasher.hash_one(key);
+        self.shard_of(self.hasher.hash_one(key))
+    }
+
+    fn shard_of(&self, hash: u64) -> &Shard<K, V> {
         // Middle bits: hashbrown uses the low bits for the slot and the top 7 as the tag.
-        &self.shards[(h >> 32) as usize & (self.shards.len() - 1)]
+        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
     }
 
     fn events(&self) -> Events<K> {
@@ -418,7 +423,14 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         Ok(())
     }
 
-    fn new_entry(&self, value: V, enc: &Encoded, version: Version, now: u64, ttl: Ttl) -> Entry<V> {
+    fn new_entry(
+        &self,
+        value: V,
+        enc: &Encoded,
+        version: Version,
+        (now, wall): (u64, u64),
+        ttl: Ttl,
+    ) -> Entry<V> {
         let (ttl_nanos, ttl_ms) = match ttl {
             Ttl::Cache => (self.ttl_nanos, None),
             Ttl::Entry(d) => (
@@ -430,7 +442,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             value,
             version,
             size: enc.size(),
-            written_ms: self.core.clock.wall_ms(),
+            written_ms: wall,
             expires_at: if ttl_nanos == 0 {
                 0
             } else {
@@ -468,20 +480,24 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     // ---------------------------------------------------------------- reads
 
     /// A read of one key: counts a lookup, marks the entry referenced and read.
+    ///
+    /// The hit path hashes once (the shard and the map slot come from the same hash), takes the
+    /// shard's read lock, reads the exact clock only if the entry has a TTL, and stores the
+    /// referenced bit and last-lookup time only when they change.
     fn lookup<R>(&self, key: &K, f: impl FnOnce(&Entry<V>) -> R) -> Option<R> {
-        let shard = self.shard(key);
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard_of(hash);
         let out = {
             let g = shard.lock.read();
-            match g.map.get(key) {
-                Some(e) => {
-                    let now = self.core.clock.now_nanos();
-                    if e.expired(now) {
+            match g.map.raw_entry_v1().from_hash(hash, |k| k == key) {
+                Some((_, e)) => {
+                    if e.expires_at != 0 && e.expired(self.core.clock.now_nanos()) {
                         None
                     } else {
                         if !e.referenced.load(Ordering::Relaxed) {
                             e.referenced.store(true, Ordering::Relaxed);
                         }
-                        let ms = Self::now_ms1(now);
+                        let ms = Self::now_ms1(self.core.clock.coarse_nanos());
                         if e.last_lookup.load(Ordering::Relaxed) != ms {
                             e.last_lookup.store(ms, Ordering::Relaxed);
                         }
@@ -644,7 +660,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     ) -> Result<Written<V>> {
         let shard = self.shard(&key);
         let mut ev = self.events();
-        let now = self.core.clock.now_nanos();
+        let (now, wall) = self.core.clock.now_both();
         let mut mutations = 0;
         let outcome: Result<(Option<V>, Version, bool)> = 'locked: {
             let mut g = shard.lock.write();
@@ -672,8 +688,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             if !g.tombs.is_empty() {
                 g.tombs.swap_remove(&key);
             }
-            let version = Version::new(self.core.hlc.tick(self.core.clock.wall_ms()), self.core.id);
-            let entry = self.new_entry(value, &enc, version, now, ttl);
+            let version = Version::new(self.core.hlc.tick(wall), self.core.id);
+            let entry = self.new_entry(value, &enc, version, (now, wall), ttl);
             let expires_at = entry.expires_at;
             let old = match live {
                 Some(i) => {
@@ -719,7 +735,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             Ok((old, version, new_key)) if version != Version::ZERO => {
                 self.publish_put(&enc, version, ttl);
                 if new_key {
-                    self.enforce_caps(version, &mut ev);
+                    self.enforce_caps(version, now, &mut ev);
                 }
                 Ok(Written {
                     old,
@@ -769,7 +785,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let key_bytes = rmp_serde::to_vec(key).map_err(ser_err)?;
         let shard = self.shard(key);
         let mut ev = self.events();
-        let now = self.core.clock.now_nanos();
+        let (now, wall) = self.core.clock.now_both();
         let removed = {
             let mut g = shard.lock.write();
             match g.map.get_index_of(key) {
@@ -784,10 +800,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                             None
                         }
                         Some((k, e)) => {
-                            let version = Version::new(
-                                self.core.hlc.tick(self.core.clock.wall_ms()),
-                                self.core.id,
-                            );
+                            let version = Version::new(self.core.hlc.tick(wall), self.core.id);
                             let window = self.in_window(&e, now);
                             shard.stats.deletes.fetch_add(1, Ordering::Relaxed);
                             ev.push(|| ChangeEvent {
@@ -883,8 +896,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     // ---------------------------------------------------------------- expiry and eviction
 
     /// Sweeps expired entries from shards whose earliest expiry has passed.
-    fn expire_due(&self, ev: &mut Events<K>) {
-        let now = self.core.clock.now_nanos();
+    fn expire_due(&self, now: u64, ev: &mut Events<K>) {
         for shard in self.shards.iter() {
             if shard.next_expiry.load(Ordering::Relaxed) <= now {
                 self.sweep_shard(shard, now, ev);
@@ -894,7 +906,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 
     fn expire_due_and_fire(&self) {
         let mut ev = self.events();
-        self.expire_due(&mut ev);
+        self.expire_due(self.core.clock.now_nanos(), &mut ev);
         self.fire(ev);
     }
 
@@ -928,7 +940,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 
     /// Brings the cache back under both caps after a new key was stored (never evicting the
     /// entry written at `protect`).
-    fn enforce_caps(&self, protect: Version, ev: &mut Events<K>) {
+    fn enforce_caps(&self, protect: Version, now: u64, ev: &mut Events<K>) {
         let mut swept = false;
         loop {
             let over_entries =
@@ -939,21 +951,21 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             }
             if !swept {
                 swept = true;
-                self.expire_due(ev);
+                self.expire_due(now, ev);
                 continue;
             }
-            if !self.evict_one(over_entries, protect, ev) {
+            if !self.evict_one(over_entries, protect, now, ev) {
                 return;
             }
         }
     }
 
-    fn evict_one(&self, capacity: bool, protect: Version, ev: &mut Events<K>) -> bool {
+    fn evict_one(&self, capacity: bool, protect: Version, now: u64, ev: &mut Events<K>) -> bool {
         // Two rounds: the first may only clear referenced bits everywhere.
         let n = self.shards.len();
         for _ in 0..2 * n {
             let si = self.evict_hand.fetch_add(1, Ordering::Relaxed) & (n - 1);
-            if self.clock_evict(&self.shards[si], capacity, protect, ev) {
+            if self.clock_evict(&self.shards[si], capacity, protect, now, ev) {
                 return true;
             }
         }
@@ -969,9 +981,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         shard: &Shard<K, V>,
         capacity: bool,
         protect: Version,
+        now: u64,
         ev: &mut Events<K>,
     ) -> bool {
-        let now = self.core.clock.now_nanos();
         let mut g = shard.lock.write();
         let len = g.map.len();
         if len == 0 {
@@ -1108,7 +1120,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         };
         let shard = self.shard(&key);
         let mut ev = self.events();
-        let now = self.core.clock.now_nanos();
+        let (now, wall) = self.core.clock.now_both();
         let version = rec.version;
         let mut new_key = false;
         let applied = {
@@ -1133,7 +1145,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                         if live.is_none() && self.cfg.mode == CacheMode::UpdateIfPresent {
                             Applied::Skipped
                         } else {
-                            let entry = self.new_entry(value, &enc, version, now, ttl);
+                            let entry = self.new_entry(value, &enc, version, (now, wall), ttl);
                             if entry.expires_at != 0 {
                                 shard
                                     .next_expiry
@@ -1205,7 +1217,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             }
         };
         if new_key {
-            self.enforce_caps(version, &mut ev);
+            self.enforce_caps(version, now, &mut ev);
         }
         self.fire(ev);
         applied
