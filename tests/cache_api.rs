@@ -24,10 +24,7 @@ fn fake(config: Config) -> (Node, Arc<FakeClock>) {
     )
 }
 
-fn recorder<K: Clone + Send + 'static>(c: &Cache<K, String>) -> Arc<Mutex<Vec<ChangeEvent<K>>>>
-where
-    K: mccache::CacheKey,
-{
+fn recorder<K: mccache::CacheKey>(c: &Cache<K, String>) -> Arc<Mutex<Vec<ChangeEvent<K>>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     c.on_change(move |e| s.lock().unwrap().push(e.clone()));

@@ -309,8 +309,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let shards = (0..n)
             .map(|_| Shard {
                 lock: RwLock::new(ShardMap {
-                    map: IndexMap::with_hasher(hasher.clone()),
-                    tombs: IndexMap::with_hasher(hasher.clone()),
+                    map: IndexMap::with_hasher(hasher),
+                    tombs: IndexMap::with_hasher(hasher),
                     hand: 0,
                 }),
                 next_expiry: AtomicU64::new(u64::MAX),
@@ -326,7 +326,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             win_ms: cfg.callback_win.as_millis().min(u64::MAX as u128) as u64,
             cfg,
             core,
-            hasher: hasher.clone(),
+            hasher,
             shards,
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -1498,8 +1498,10 @@ mod tests {
 
     #[test]
     fn invalidate_mode_publishes_inval_and_applies_puts_as_invalidations() {
-        let mut config = Config::default();
-        config.cache_mode = CacheMode::Invalidate;
+        let config = Config {
+            cache_mode: CacheMode::Invalidate,
+            ..Config::default()
+        };
         let (node, rec, _) = setup(config);
         let c: Cache<u32, u32> = node.cache("i").unwrap();
         c.insert(1, 10).unwrap();
@@ -1608,8 +1610,10 @@ mod tests {
 
     #[test]
     fn update_if_present_mode_skips_puts_for_absent_keys() {
-        let mut config = Config::default();
-        config.cache_mode = CacheMode::UpdateIfPresent;
+        let config = Config {
+            cache_mode: CacheMode::UpdateIfPresent,
+            ..Config::default()
+        };
         let (node, _, _) = setup(config);
         let c: Cache<u32, u32> = node.cache("u").unwrap();
         let e = erased(&node, "u");
