@@ -44,7 +44,8 @@ fn main() -> mccache::Result<()> {
     println!("Braga later   -> {:?}", cities.get(&"Braga".to_string()));
 
     println!("-- eviction: cache_max = 3");
-    cities.get(&"Lisbon".to_string()); // referenced: gets a second chance
+    // CLOCK: entries read or written since the hand last passed them get a second chance.
+    cities.get(&"Lisbon".to_string());
     for (name, pop) in [("Faro", 61_000), ("Coimbra", 106_000), ("Aveiro", 80_000)] {
         cities.insert(name.into(), pop)?;
     }
