@@ -32,6 +32,12 @@ pub enum ChangeKindWire {
 pub trait Publisher: Send + Sync + 'static {
     /// Queues one change for replication.
     fn publish(&self, change: Change);
+
+    /// Whether published changes go anywhere. Caches skip building records when this is
+    /// `false` (a local-only node), which keeps local writes cheap.
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// A publisher that drops everything: a node with no network.
@@ -40,6 +46,10 @@ pub struct NoPublisher;
 
 impl Publisher for NoPublisher {
     fn publish(&self, _change: Change) {}
+
+    fn enabled(&self) -> bool {
+        false
+    }
 }
 
 /// Number of anti-entropy buckets per cache. A key's bucket is `crc32(key bytes) % SYNC_BUCKETS`.
@@ -55,7 +65,6 @@ pub fn key_bucket(key: &[u8]) -> usize {
 /// entries' digests, so it does not depend on insertion order.
 pub fn entry_digest(key: &[u8], value: &[u8], version: crate::proto::version::Version) -> u64 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&(key.len() as u32).to_be_bytes());
     h.update(key);
     h.update(value);
     h.update(&version.to_bytes());
@@ -136,4 +145,22 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn housekeep(&self, tombstone_ttl: std::time::Duration);
     /// Local metrics.
     fn metrics(&self) -> crate::cache::metrics::CacheMetrics;
+    /// The per-entry crc of a live key (`crc32(key bytes ‖ value bytes ‖ version bytes)`), as
+    /// [`crate::Cache::key_checksum`] returns it. The default derives it from [`Self::record`].
+    fn key_checksum(&self, key: &[u8]) -> Option<u32> {
+        match self.record(key)? {
+            Record {
+                key,
+                version,
+                op: crate::proto::record::Op::Put { value, .. },
+            } => {
+                let mut h = crc32fast::Hasher::new();
+                h.update(&key);
+                h.update(&value);
+                h.update(&version.to_bytes());
+                Some(h.finalize())
+            }
+            _ => None,
+        }
+    }
 }

@@ -1,5 +1,9 @@
 //! The local store: typed caches over sharded maps with CLOCK eviction, TTL and byte caps.
 
+pub mod clock;
+pub mod event;
+pub mod handle;
 pub mod hooks;
 pub mod metrics;
 pub mod parked;
+pub mod store;

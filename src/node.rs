@@ -1,0 +1,364 @@
+//! A node: the caches of one process (or of one part of it), their shared clock and write
+//! versions, and the housekeeper thread that sweeps expired entries.
+//!
+//! Several nodes can live in one process; each has its own random [`NodeId`] and its own caches.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::cache::clock::{Clock, SystemClock};
+use crate::cache::handle::Cache;
+use crate::cache::hooks::{ErasedCache, NoPublisher, Publisher};
+use crate::cache::store::{CacheKey, CacheValue, Store, type_names};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::proto::version::{Hlc, NodeId};
+
+/// What every cache of a node shares: identity, version clock, time source, outbound changes.
+pub(crate) struct NodeCore {
+    pub(crate) id: NodeId,
+    pub(crate) hlc: Arc<Hlc>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) max_message_size: usize,
+}
+
+struct Registered {
+    erased: Arc<dyn ErasedCache>,
+    typed: Arc<dyn Any + Send + Sync>,
+}
+
+type Registry = Arc<RwLock<HashMap<String, Registered>>>;
+
+struct Stop {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+struct NodeInner {
+    core: Arc<NodeCore>,
+    config: Config,
+    registry: Registry,
+    stop: Arc<Stop>,
+    housekeeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A cache node. `Clone` is cheap (an `Arc`); the node stops when [`Node::shutdown`] is called
+/// or the last handle is dropped. Cache handles keep working locally after that, but nothing
+/// sweeps their expired entries in the background any more (reads still never return them).
+///
+/// ```
+/// use mccache::{Config, Node};
+///
+/// let node = Node::start(Config::default())?;
+/// let a = node.cache::<u32, String>("a")?;
+/// a.insert(1, "one".into())?;
+/// assert_eq!(node.cache_names(), vec!["a".to_string()]);
+/// // The same name with other types is refused.
+/// assert!(node.cache::<String, String>("a").is_err());
+/// node.shutdown();
+/// # Ok::<(), mccache::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.core.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a tombstone is kept: long enough for every peer's late or repaired copy of the
+/// deleted write to arrive (12 anti-entropy pulses, at least one minute).
+pub(crate) fn tombstone_ttl(config: &Config) -> Duration {
+    Duration::from_secs_f64((config.cache_pulse * 12.0).max(60.0))
+}
+
+impl Node {
+    /// Starts a node with `config` (validated first). This node is local-only: writes get
+    /// versions but are not sent anywhere.
+    ///
+    /// # Errors
+    /// The configuration error, if `config` is invalid.
+    pub fn start(config: Config) -> Result<Node> {
+        Node::start_with(config, Arc::new(NoPublisher), Arc::new(SystemClock::new()))
+    }
+
+    /// Starts a node on a given clock (tests drive time with
+    /// [`FakeClock`](crate::cache::clock::FakeClock)).
+    #[doc(hidden)]
+    pub fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Node> {
+        Node::start_with(config, Arc::new(NoPublisher), clock)
+    }
+
+    /// Starts a node whose caches hand their local writes to `publisher`.
+    pub(crate) fn start_with(
+        config: Config,
+        publisher: Arc<dyn Publisher>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node> {
+        config.validate()?;
+        let core = Arc::new(NodeCore {
+            id: NodeId::random(),
+            hlc: Arc::new(Hlc::new()),
+            clock,
+            publisher,
+            max_message_size: config.max_message_size,
+        });
+        let registry: Registry = Arc::new(RwLock::new(HashMap::new()));
+        let stop = Arc::new(Stop {
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let period = Duration::from_secs_f64(config.daemon_sleep.max(0.001));
+        let tomb_ttl = tombstone_ttl(&config);
+        let handle = {
+            let registry = registry.clone();
+            let stop = stop.clone();
+            let clock = core.clock.clone();
+            std::thread::Builder::new()
+                .name("mccache-housekeeper".into())
+                .spawn(move || housekeeper(registry, stop, clock, period, tomb_ttl))?
+        };
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                core,
+                config,
+                registry,
+                stop,
+                housekeeper: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// Opens (creating on first use) the cache `name` with key type `K` and value type `V`.
+    /// Its settings are the node's, with `[caches.NAME]` overrides applied.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] if `name` is already open with other types;
+    /// [`Error::Shutdown`] after [`Node::shutdown`].
+    pub fn cache<K: CacheKey, V: CacheValue>(&self, name: &str) -> Result<Cache<K, V>> {
+        if *self.inner.stop.stopped.lock() {
+            return Err(Error::Shutdown);
+        }
+        if let Some(r) = self.inner.registry.read().get(name) {
+            return Self::typed(name, r);
+        }
+        let mut reg = self.inner.registry.write();
+        if let Some(r) = reg.get(name) {
+            return Self::typed(name, r);
+        }
+        let cfg = self.inner.config.cache_config(name);
+        let store = Arc::new(Store::<K, V>::new(name, cfg, self.inner.core.clone()));
+        reg.insert(
+            name.to_string(),
+            Registered {
+                erased: store.clone(),
+                typed: store.clone(),
+            },
+        );
+        Ok(Cache { store })
+    }
+
+    fn typed<K: CacheKey, V: CacheValue>(name: &str, r: &Registered) -> Result<Cache<K, V>> {
+        match r.typed.clone().downcast::<Store<K, V>>() {
+            Ok(store) => Ok(Cache { store }),
+            Err(_) => Err(Error::TypeMismatch {
+                name: name.to_string(),
+                existing: r.erased.type_names(),
+                requested: type_names::<K, V>(),
+            }),
+        }
+    }
+
+    /// This node's random id (fresh at every start).
+    pub fn id(&self) -> crate::NodeId {
+        self.inner.core.id
+    }
+
+    /// The configuration the node was started with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Names of the caches opened so far, sorted.
+    pub fn cache_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.registry.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Stops the housekeeper thread (and joins it). Idempotent. Afterwards [`Node::cache`]
+    /// returns [`Error::Shutdown`]; caches already open keep working locally.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+
+    /// One cache without types, by name: the view the replication layer drives (remote
+    /// applies, digests, snapshots). Exposed for tests and tools.
+    #[doc(hidden)]
+    pub fn erased_cache(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
+        self.erased(name)
+    }
+
+    /// Every cache of the node, without types (for the replication layer).
+    #[allow(dead_code)]
+    pub(crate) fn erased_caches(&self) -> Vec<Arc<dyn ErasedCache>> {
+        self.inner
+            .registry
+            .read()
+            .values()
+            .map(|r| r.erased.clone())
+            .collect()
+    }
+
+    /// One cache without types, by name.
+    pub(crate) fn erased(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
+        self.inner
+            .registry
+            .read()
+            .get(name)
+            .map(|r| r.erased.clone())
+    }
+
+    /// The shared core (id, HLC, clock, publisher).
+    #[allow(dead_code)]
+    pub(crate) fn core(&self) -> &Arc<NodeCore> {
+        &self.inner.core
+    }
+}
+
+impl NodeInner {
+    fn stop(&self) {
+        *self.stop.stopped.lock() = true;
+        self.stop.wake.notify_all();
+        if let Some(h) = self.housekeeper.lock().take() {
+            // The housekeeper never holds a node handle, so this is never its own thread.
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for NodeInner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How often the housekeeper refreshes the clock's coarse reading (last-lookup granularity).
+const CLOCK_TICK: Duration = Duration::from_millis(10);
+
+fn housekeeper(
+    registry: Registry,
+    stop: Arc<Stop>,
+    clock: Arc<dyn Clock>,
+    period: Duration,
+    tomb_ttl: Duration,
+) {
+    let mut next = std::time::Instant::now() + period;
+    loop {
+        {
+            let mut stopped = stop.stopped.lock();
+            if !*stopped {
+                stop.wake.wait_for(&mut stopped, CLOCK_TICK.min(period));
+            }
+            if *stopped {
+                return;
+            }
+        }
+        clock.refresh();
+        let now = std::time::Instant::now();
+        if now < next {
+            continue;
+        }
+        next = now + period;
+        let caches: Vec<Arc<dyn ErasedCache>> =
+            registry.read().values().map(|r| r.erased.clone()).collect();
+        for c in caches {
+            c.housekeep(tomb_ttl);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::record::{Op, Record};
+
+    fn cfg() -> Config {
+        Config {
+            daemon_sleep: 0.01,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn housekeeper_sweeps_expired_entries_without_reads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let node = Node::start(Config {
+            cache_ttl: 0.05,
+            ..cfg()
+        })
+        .unwrap();
+        let c = node.cache::<u32, u32>("t").unwrap();
+        let expired = Arc::new(AtomicUsize::new(0));
+        let e2 = expired.clone();
+        c.on_change(move |e| {
+            if e.kind == crate::ChangeKind::Expire {
+                e2.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        c.insert(1, 1).unwrap();
+        // No call on the cache from here on: only the housekeeper can expire the entry.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while expired.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "entry never swept");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let erased = node.erased("t").unwrap();
+        assert_eq!(erased.metrics().evictions_ttl, 1);
+        assert_eq!(erased.metrics().entries, 0);
+    }
+
+    #[test]
+    fn shutdown_joins_and_refuses_new_caches() {
+        let node = Node::start(cfg()).unwrap();
+        let c = node.cache::<u32, u32>("x").unwrap();
+        node.shutdown();
+        node.shutdown();
+        assert!(matches!(node.cache::<u32, u32>("y"), Err(Error::Shutdown)));
+        c.insert(1, 2).unwrap();
+        assert_eq!(c.get(&1), Some(2));
+        assert!(node.inner.housekeeper.lock().is_none());
+    }
+
+    #[test]
+    fn erased_view_reaches_typed_cache() {
+        let node = Node::start(cfg()).unwrap();
+        let c = node.cache::<String, u64>("e").unwrap();
+        c.insert("k".into(), 5).unwrap();
+        let e = node.erased_caches();
+        assert_eq!(e.len(), 1);
+        let key = rmp_serde::to_vec(&"k".to_string()).unwrap();
+        let rec = e[0].record(&key).unwrap();
+        assert_eq!(
+            rec.op,
+            Op::Put {
+                value: rmp_serde::to_vec(&5u64).unwrap(),
+                ttl_ms: None
+            }
+        );
+        assert_eq!(e[0].key_checksum(&key), c.key_checksum(&"k".to_string()));
+        let _: Record = rec;
+    }
+}
