@@ -72,7 +72,7 @@ fn make(name: &str, cap: usize) -> Arc<dyn Bench> {
                 cache_size: 1 << 40,
                 ..mccache::Config::default()
             };
-            let node = mccache::Node::start(config).expect("default config is valid");
+            let node = mccache::Node::start_local(config).expect("default config is valid");
             let cache = node.cache("bench").expect("fresh node");
             Arc::new(Mc(cache, node))
         }

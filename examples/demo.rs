@@ -13,7 +13,7 @@ fn main() -> mccache::Result<()> {
         daemon_sleep: 0.1,
         ..Config::default()
     };
-    let node = Node::start(config)?;
+    let node = Node::start_local(config)?;
     println!("node {} started (local only)", node.id());
 
     let cities: Cache<String, u32> = node.cache("population")?;

@@ -23,7 +23,8 @@ pub use config::{CacheConfig, CacheMode, Config};
 pub use config::{TantrumSide, generate_key};
 pub use diag::{MulticastCheck, check_multicast, get_hops, get_mtu};
 pub use error::{Error, Result};
-pub use node::Node;
+pub use node::{Member, MemberEvent, Node};
+pub use proto::metrics::NetworkMetrics;
 pub use proto::version::{NodeId, Version};
 
 /// The process-wide default node, started on first use from [`Config::load`].
@@ -35,7 +36,7 @@ pub(crate) fn default_node() -> Result<Node> {
     if let Some(n) = slot.as_ref() {
         return Ok(n.clone());
     }
-    let node = Node::start(Config::load()?)?;
+    let node = Node::start_local(Config::load()?)?;
     *slot = Some(node.clone());
     Ok(node)
 }
@@ -94,4 +95,40 @@ pub fn get_local_checksum<K: serde::Serialize + ?Sized>(
             cache.key_checksum(&bytes).map(u64::from)
         }
     }
+}
+
+/// Metrics of cache `name` (all caches if `None`) from every node of the default node's
+/// cluster that answers within `timeout`, this one included (McCache's `get_cluster_metrics`,
+/// which only logged them).
+///
+/// # Errors
+/// The configuration error if the default node could not start.
+pub fn get_cluster_metrics(
+    name: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<std::collections::BTreeMap<NodeId, std::collections::BTreeMap<String, CacheMetrics>>> {
+    default_node()?.get_cluster_metrics(name, timeout)
+}
+
+/// Checksum of cache `name`, or of one key in it, from every node of the default node's
+/// cluster that answers within `timeout` (McCache's `get_cluster_checksum`).
+///
+/// # Errors
+/// The configuration error if the default node could not start; a serialization error for
+/// the key.
+pub fn get_cluster_checksum<K: serde::Serialize + ?Sized>(
+    name: &str,
+    key: Option<&K>,
+    timeout: std::time::Duration,
+) -> Result<std::collections::BTreeMap<NodeId, Option<u64>>> {
+    default_node()?.get_cluster_checksum(name, key, timeout)
+}
+
+/// Clears cache `name` on every node of the default node's cluster, this one included
+/// (McCache's `clear_cache`, which never cleared the caller and crashed its peers).
+///
+/// # Errors
+/// The configuration error if the default node could not start.
+pub fn clear_cache(name: &str) -> Result<()> {
+    default_node()?.clear_cache(name)
 }

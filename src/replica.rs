@@ -17,11 +17,18 @@ use crate::proto::record::Record;
 use crate::proto::state::AppState;
 use crate::proto::version::{Hlc, NodeId, Version};
 
+/// One opened cache: its untyped view (for replication) and its typed store (for handles).
+pub struct Registered {
+    /// The view the protocol drives.
+    pub erased: Arc<dyn ErasedCache>,
+    /// The typed `Store<K, V>`, for downcasting in `Node::cache`.
+    pub typed: Arc<dyn std::any::Any + Send + Sync>,
+}
+
 /// The caches of one node, by name: the opened (typed) ones and the parked ones.
-#[derive(Default)]
 pub struct Registry {
     /// Caches opened by the application.
-    pub open: RwLock<HashMap<String, Arc<dyn ErasedCache>>>,
+    pub open: RwLock<HashMap<String, Registered>>,
     /// Peers' data for caches not opened here yet.
     pub parked: Mutex<BTreeMap<String, ParkedCache>>,
     /// Bounds for parked caches (node-wide `cache_max`, `cache_size`).
@@ -29,6 +36,15 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry; parked caches are bounded by the node-wide caps.
+    pub fn new(config: &crate::Config) -> Registry {
+        Registry {
+            open: RwLock::new(HashMap::new()),
+            parked: Mutex::new(BTreeMap::new()),
+            parked_limits: (config.cache_max.max(1), usize::try_from(config.cache_size).unwrap_or(usize::MAX)),
+        }
+    }
+
     /// Hands the parked records of `name` to a cache that has just been opened.
     pub fn unpark(&self, name: &str, cache: &dyn ErasedCache) {
         let Some(mut parked) = self.parked.lock().remove(name) else { return };
@@ -42,7 +58,7 @@ impl Registry {
     }
 
     fn opened(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
-        self.open.read().get(name).cloned()
+        self.open.read().get(name).map(|r| r.erased.clone())
     }
 }
 
@@ -163,19 +179,14 @@ impl AppState for NodeApp {
                 let m: BTreeMap<String, CacheMetrics> = open
                     .iter()
                     .filter(|(n, _)| cache.as_ref().is_none_or(|c| c == *n))
-                    .map(|(n, c)| (n.clone(), c.metrics()))
+                    .map(|(n, c)| (n.clone(), c.erased.metrics()))
                     .collect();
                 rmp_serde::to_vec_named(&m)
             }
             Query::Checksum { cache, key } => {
                 let answer: Option<u64> = match (self.registry.opened(cache), key) {
                     (Some(c), None) => Some(c.sync_digest().checksum),
-                    (Some(c), Some(k)) => c.record(k).and_then(|r| match r.op {
-                        crate::proto::record::Op::Put { value, .. } => {
-                            Some(crate::cache::hooks::entry_digest(&r.key, &value, r.version))
-                        }
-                        _ => None,
-                    }),
+                    (Some(c), Some(k)) => c.key_checksum(k).map(u64::from),
                     (None, _) => None,
                 };
                 rmp_serde::to_vec(&answer)

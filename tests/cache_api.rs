@@ -33,7 +33,7 @@ fn recorder<K: mccache::CacheKey>(c: &Cache<K, String>) -> Arc<Mutex<Vec<ChangeE
 
 #[test]
 fn insert_get_remove_and_counts() {
-    let node = Node::start(config()).unwrap();
+    let node = Node::start_local(config()).unwrap();
     let c: Cache<String, String> = node.cache("basic").unwrap();
     assert_eq!(c.name(), "basic");
     assert!(c.is_empty());
@@ -53,7 +53,7 @@ fn insert_get_remove_and_counts() {
 
 #[test]
 fn add_replace_many_keys_entries() {
-    let node = Node::start(config()).unwrap();
+    let node = Node::start_local(config()).unwrap();
     let c: Cache<u32, String> = node.cache("ops").unwrap();
     assert!(c.add(1, "x".into()).unwrap());
     assert!(!c.add(1, "y".into()).unwrap());
@@ -80,7 +80,7 @@ fn add_replace_many_keys_entries() {
 
 #[test]
 fn insert_many_refuses_the_whole_batch_when_one_pair_is_too_large() {
-    let node = Node::start(Config {
+    let node = Node::start_local(Config {
         max_message_size: 100,
         ..config()
     })
@@ -97,7 +97,7 @@ fn insert_many_refuses_the_whole_batch_when_one_pair_is_too_large() {
 
 #[test]
 fn too_large_and_exceeds_cache_size_store_nothing() {
-    let node = Node::start(Config {
+    let node = Node::start_local(Config {
         max_message_size: 64,
         cache_size: 1000,
         ..config()
@@ -110,7 +110,7 @@ fn too_large_and_exceeds_cache_size_store_nothing() {
         other => panic!("{other:?}"),
     }
     assert_eq!(c.get(&1), Some(vec![1; 10]), "old value kept");
-    let node = Node::start(Config {
+    let node = Node::start_local(Config {
         cache_size: 50,
         ..config()
     })
@@ -167,7 +167,7 @@ fn ttl_per_cache_and_per_entry_and_touch() {
 
 #[test]
 fn get_or_insert_with_loads_once_and_try_variant_propagates_errors() {
-    let node = Node::start(config()).unwrap();
+    let node = Node::start_local(config()).unwrap();
     let c: Cache<u32, String> = node.cache("load").unwrap();
     let mut calls = 0;
     assert_eq!(
@@ -205,7 +205,7 @@ fn get_or_insert_with_loads_once_and_try_variant_propagates_errors() {
 
 #[test]
 fn compare_and_swap_and_versions() {
-    let node = Node::start(config()).unwrap();
+    let node = Node::start_local(config()).unwrap();
     let c: Cache<u32, String> = node.cache("cas").unwrap();
     let v1 = c.compare_and_swap(1, None, "a".into()).unwrap();
     assert!(matches!(
@@ -350,7 +350,7 @@ fn callback_window_flags_changes_to_recently_read_keys_only() {
 
 #[test]
 fn listeners_can_call_the_cache_and_be_removed() {
-    let node = Node::start(config()).unwrap();
+    let node = Node::start_local(config()).unwrap();
     let c: Cache<u32, String> = node.cache("reentrant").unwrap();
     let c2 = c.clone();
     let id = c.on_change(move |e| {
@@ -370,7 +370,7 @@ fn listeners_can_call_the_cache_and_be_removed() {
 
 #[test]
 fn reopening_with_other_types_is_a_type_mismatch() {
-    let node = Node::start(config()).unwrap();
+    let node = Node::start_local(config()).unwrap();
     let a: Cache<u32, String> = node.cache("typed").unwrap();
     a.insert(1, "x".into()).unwrap();
     let same: Cache<u32, String> = node.cache("typed").unwrap();
@@ -395,8 +395,8 @@ fn reopening_with_other_types_is_a_type_mismatch() {
 
 #[test]
 fn two_nodes_in_one_process_are_independent() {
-    let n1 = Node::start(config()).unwrap();
-    let n2 = Node::start(config()).unwrap();
+    let n1 = Node::start_local(config()).unwrap();
+    let n2 = Node::start_local(config()).unwrap();
     assert_ne!(n1.id(), n2.id());
     let a: Cache<u32, String> = n1.cache("shared-name").unwrap();
     let b: Cache<String, u64> = n2.cache("shared-name").unwrap();
@@ -424,7 +424,7 @@ fn per_cache_overrides_apply() {
             ..Default::default()
         },
     );
-    let node = Node::start(cfg).unwrap();
+    let node = Node::start_local(cfg).unwrap();
     let small: Cache<u32, u32> = node.cache("small").unwrap();
     let big: Cache<u32, u32> = node.cache("big").unwrap();
     for i in 0..10 {

@@ -154,7 +154,7 @@ fn mixed_ops_from_many_threads_keep_invariants() {
 
 #[test]
 fn get_or_insert_with_runs_the_loader_once_for_concurrent_callers() {
-    let node = Node::start(Config::default()).unwrap();
+    let node = Node::start_local(Config::default()).unwrap();
     let c: Cache<u64, Vec<u8>> = node.cache("single-flight").unwrap();
     for round in 0..20u64 {
         let n = 8;
@@ -189,7 +189,7 @@ fn get_or_insert_with_runs_the_loader_once_for_concurrent_callers() {
 
 #[test]
 fn waiters_get_loader_failed_when_the_loader_panics() {
-    let node = Node::start(Config::default()).unwrap();
+    let node = Node::start_local(Config::default()).unwrap();
     let c: Cache<u64, Vec<u8>> = node.cache("panicky").unwrap();
     let started = Arc::new(Barrier::new(2));
     let leader = {

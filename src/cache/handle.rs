@@ -26,7 +26,7 @@ use crate::proto::version::Version;
 /// ```
 /// use mccache::{Config, Node};
 ///
-/// let node = Node::start(Config::default())?;
+/// let node = Node::start_local(Config::default())?;
 /// let cache = node.cache::<String, u64>("visits")?;
 /// cache.insert("home".to_string(), 1)?;
 /// assert_eq!(cache.get(&"home".to_string()), Some(1));
@@ -143,7 +143,7 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     ///
     /// ```
     /// # use mccache::{Config, Node, Error};
-    /// # let node = Node::start(Config::default())?;
+    /// # let node = Node::start_local(Config::default())?;
     /// let c = node.cache::<u32, String>("cas")?;
     /// let v1 = c.compare_and_swap(1, None, "a".into())?;
     /// let v2 = c.compare_and_swap(1, Some(v1), "b".into())?;
@@ -231,7 +231,7 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     ///
     /// ```
     /// # use mccache::{Config, Node};
-    /// # let node = Node::start(Config::default())?;
+    /// # let node = Node::start_local(Config::default())?;
     /// let c = node.cache::<u32, u32>("squares")?;
     /// assert_eq!(c.get_or_insert_with(7, || 49)?, 49);
     /// assert_eq!(c.get_or_insert_with(7, || unreachable!())?, 49);
@@ -307,7 +307,7 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     /// ```
     /// # use mccache::{Config, Node, ChangeKind};
     /// # use std::sync::{Arc, Mutex};
-    /// # let node = Node::start(Config::default())?;
+    /// # let node = Node::start_local(Config::default())?;
     /// let c = node.cache::<u32, u32>("watched")?;
     /// let seen = Arc::new(Mutex::new(Vec::new()));
     /// let s = seen.clone();

@@ -145,6 +145,8 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn housekeep(&self, tombstone_ttl: std::time::Duration);
     /// Local metrics.
     fn metrics(&self) -> crate::cache::metrics::CacheMetrics;
+    /// Clears the cache here and publishes a versioned clear (what `Cache::clear` does).
+    fn clear_all(&self);
     /// The per-entry crc of a live key (`crc32(key bytes ‖ value bytes ‖ version bytes)`), as
     /// [`crate::Cache::key_checksum`] returns it. The default derives it from [`Self::record`].
     fn key_checksum(&self, key: &[u8]) -> Option<u32> {

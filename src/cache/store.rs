@@ -1376,6 +1376,10 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         self.gc_tombs(tombstone_ttl);
     }
 
+    fn clear_all(&self) {
+        self.clear();
+    }
+
     fn metrics(&self) -> CacheMetrics {
         Store::metrics(self)
     }

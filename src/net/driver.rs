@@ -58,6 +58,8 @@ pub struct Shared {
     pub stopped: AtomicBool,
     /// Set by the publisher when its queue overflowed: the driver schedules a repair pulse.
     pub overflowed: Arc<AtomicBool>,
+    /// Notified to stop the driver (it leaves the cluster first).
+    pub stop: tokio::sync::Notify,
 }
 
 /// The sockets: multicast to a group.
@@ -95,6 +97,7 @@ pub async fn run(
         let deadline = to_tokio(ep.poll_timeout());
         tokio::select! {
             biased;
+            _ = shared.stop.notified() => stopping = true,
             cmd = commands.recv() => {
                 let now = Instant::now();
                 let mut next = cmd;

@@ -3,14 +3,12 @@
 //!
 //! Several nodes can live in one process; each has its own random [`NodeId`] and its own caches.
 
-use std::any::Any;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex};
 
 use crate::cache::clock::{Clock, SystemClock};
 use crate::cache::handle::Cache;
@@ -29,12 +27,12 @@ pub(crate) struct NodeCore {
     pub(crate) max_message_size: usize,
 }
 
-struct Registered {
-    erased: Arc<dyn ErasedCache>,
-    typed: Arc<dyn Any + Send + Sync>,
-}
+mod cluster;
 
-type Registry = Arc<RwLock<HashMap<String, Registered>>>;
+pub use cluster::{Member, MemberEvent};
+
+type Registry = Arc<crate::replica::Registry>;
+use crate::replica::Registered;
 
 struct Stop {
     stopped: Mutex<bool>,
@@ -47,6 +45,8 @@ struct NodeInner {
     registry: Registry,
     stop: Arc<Stop>,
     housekeeper: Mutex<Option<JoinHandle<()>>>,
+    /// The network side; `None` for a local-only node ([`Node::start_local`]).
+    net: Option<cluster::Net>,
 }
 
 /// A cache node. `Clone` is cheap (an `Arc`); the node stops when [`Node::shutdown`] is called
@@ -56,7 +56,7 @@ struct NodeInner {
 /// ```
 /// use mccache::{Config, Node};
 ///
-/// let node = Node::start(Config::default())?;
+/// let node = Node::start_local(Config::default())?;
 /// let a = node.cache::<u32, String>("a")?;
 /// a.insert(1, "one".into())?;
 /// assert_eq!(node.cache_names(), vec!["a".to_string()]);
@@ -85,20 +85,43 @@ pub(crate) fn tombstone_ttl(config: &Config) -> Duration {
 }
 
 impl Node {
-    /// Starts a node with `config` (validated first). This node is local-only: writes get
-    /// versions but are not sent anywhere.
+    /// Starts a cluster node with `config` (validated first): it joins the multicast group
+    /// `multicast_ip:multicast_port` on `interface`, announces itself, fetches the caches' state
+    /// from a peer (see [`Node::wait_ready`]) and replicates every local write.
+    ///
+    /// Networking runs on a background thread the node owns; no cache call ever waits for it.
+    ///
+    /// ```no_run
+    /// use mccache::{Config, Node};
+    ///
+    /// let node = Node::start(Config { interface: "10.0.0.5".parse().unwrap(), ..Config::default() })?;
+    /// node.wait_ready(std::time::Duration::from_secs(2));
+    /// let users = node.cache::<u64, String>("users")?;
+    /// users.insert(1, "ada".into())?; // now on every node of the cluster
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The configuration error if `config` is invalid; [`Error::Network`] if the sockets cannot
+    /// be opened (for example, no such interface).
+    pub fn start(config: Config) -> Result<Node> {
+        cluster::start(config)
+    }
+
+    /// Starts a node that replicates nothing: the same caches and API, no sockets, no threads
+    /// but the housekeeper. Useful in tests and single-process tools.
     ///
     /// # Errors
     /// The configuration error, if `config` is invalid.
-    pub fn start(config: Config) -> Result<Node> {
-        Node::start_with(config, Arc::new(NoPublisher), Arc::new(SystemClock::new()))
+    pub fn start_local(config: Config) -> Result<Node> {
+        Node::start_with(config, Arc::new(NoPublisher), Arc::new(SystemClock::new()), None)
     }
 
     /// Starts a node on a given clock (tests drive time with
     /// [`FakeClock`](crate::cache::clock::FakeClock)).
     #[doc(hidden)]
     pub fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Node> {
-        Node::start_with(config, Arc::new(NoPublisher), clock)
+        Node::start_with(config, Arc::new(NoPublisher), clock, None)
     }
 
     /// Starts a node whose caches hand their local writes to `publisher`.
@@ -106,16 +129,24 @@ impl Node {
         config: Config,
         publisher: Arc<dyn Publisher>,
         clock: Arc<dyn Clock>,
+        net: Option<(NodeId, cluster::Net)>,
     ) -> Result<Node> {
         config.validate()?;
+        let (id, net) = match net {
+            Some((id, net)) => (id, Some(net)),
+            None => (NodeId::random(), None),
+        };
         let core = Arc::new(NodeCore {
-            id: NodeId::random(),
+            id,
             hlc: Arc::new(Hlc::new()),
             clock,
             publisher,
             max_message_size: config.max_message_size,
         });
-        let registry: Registry = Arc::new(RwLock::new(HashMap::new()));
+        let registry: Registry = match &net {
+            Some(n) => n.registry.clone(),
+            None => Arc::new(crate::replica::Registry::new(&config)),
+        };
         let stop = Arc::new(Stop {
             stopped: Mutex::new(false),
             wake: Condvar::new(),
@@ -137,6 +168,7 @@ impl Node {
                 registry,
                 stop,
                 housekeeper: Mutex::new(Some(handle)),
+                net,
             }),
         })
     }
@@ -151,10 +183,10 @@ impl Node {
         if *self.inner.stop.stopped.lock() {
             return Err(Error::Shutdown);
         }
-        if let Some(r) = self.inner.registry.read().get(name) {
+        if let Some(r) = self.inner.registry.open.read().get(name) {
             return Self::typed(name, r);
         }
-        let mut reg = self.inner.registry.write();
+        let mut reg = self.inner.registry.open.write();
         if let Some(r) = reg.get(name) {
             return Self::typed(name, r);
         }
@@ -167,6 +199,9 @@ impl Node {
                 typed: store.clone(),
             },
         );
+        drop(reg);
+        // Peers' data that arrived before the application opened the cache.
+        self.inner.registry.unpark(name, store.as_ref());
         Ok(Cache { store })
     }
 
@@ -193,13 +228,15 @@ impl Node {
 
     /// Names of the caches opened so far, sorted.
     pub fn cache_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.inner.registry.read().keys().cloned().collect();
+        let mut names: Vec<String> = self.inner.registry.open.read().keys().cloned().collect();
         names.sort();
         names
     }
 
-    /// Stops the housekeeper thread (and joins it). Idempotent. Afterwards [`Node::cache`]
-    /// returns [`Error::Shutdown`]; caches already open keep working locally.
+    /// Leaves the cluster (peers see a leave at once), stops the network thread and the
+    /// housekeeper, and joins them. Idempotent; also done when the last handle is dropped.
+    /// Afterwards [`Node::cache`] returns [`Error::Shutdown`]; caches already open keep working
+    /// locally, without replication.
     pub fn shutdown(&self) {
         self.inner.stop();
     }
@@ -216,6 +253,7 @@ impl Node {
     pub(crate) fn erased_caches(&self) -> Vec<Arc<dyn ErasedCache>> {
         self.inner
             .registry
+            .open
             .read()
             .values()
             .map(|r| r.erased.clone())
@@ -226,6 +264,7 @@ impl Node {
     pub(crate) fn erased(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
         self.inner
             .registry
+            .open
             .read()
             .get(name)
             .map(|r| r.erased.clone())
@@ -240,6 +279,9 @@ impl Node {
 
 impl NodeInner {
     fn stop(&self) {
+        if let Some(net) = &self.net {
+            net.stop();
+        }
         *self.stop.stopped.lock() = true;
         self.stop.wake.notify_all();
         if let Some(h) = self.housekeeper.lock().take() {
@@ -283,7 +325,7 @@ fn housekeeper(
         }
         next = now + period;
         let caches: Vec<Arc<dyn ErasedCache>> =
-            registry.read().values().map(|r| r.erased.clone()).collect();
+            registry.open.read().values().map(|r| r.erased.clone()).collect();
         for c in caches {
             c.housekeep(tomb_ttl);
         }
@@ -305,7 +347,7 @@ mod tests {
     #[test]
     fn housekeeper_sweeps_expired_entries_without_reads() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let node = Node::start(Config {
+        let node = Node::start_local(Config {
             cache_ttl: 0.05,
             ..cfg()
         })
@@ -332,7 +374,7 @@ mod tests {
 
     #[test]
     fn shutdown_joins_and_refuses_new_caches() {
-        let node = Node::start(cfg()).unwrap();
+        let node = Node::start_local(cfg()).unwrap();
         let c = node.cache::<u32, u32>("x").unwrap();
         node.shutdown();
         node.shutdown();
@@ -344,7 +386,7 @@ mod tests {
 
     #[test]
     fn erased_view_reaches_typed_cache() {
-        let node = Node::start(cfg()).unwrap();
+        let node = Node::start_local(cfg()).unwrap();
         let c = node.cache::<String, u64>("e").unwrap();
         c.insert("k".into(), 5).unwrap();
         let e = node.erased_caches();

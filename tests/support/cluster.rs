@@ -1,0 +1,44 @@
+//! Helpers for loopback cluster tests: a config on a test-unique group/port leaving through
+//! 127.0.0.1, and bounded polling.
+
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use mccache::Config;
+
+/// The shared test key (32 bytes, base64).
+pub const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A config for a loopback test: group 239.255.93.`group`, port `port`, interface 127.0.0.1,
+/// fast heartbeats and pulses, roomy caps, sealed with [`KEY`].
+pub fn config(group: u8, port: u16) -> Config {
+    Config {
+        interface: Ipv4Addr::LOCALHOST,
+        multicast_ip: Ipv4Addr::new(239, 255, 93, group),
+        multicast_port: port,
+        daemon_sleep: 0.1,
+        cache_pulse: 0.5,
+        cache_max: 100_000,
+        cache_size: 512 << 20,
+        cache_ttl: 0.0,
+        crypto_key: Some(KEY.to_string()),
+        cluster_name: format!("test-{group}-{port}"),
+        ..Config::default()
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
