@@ -134,6 +134,13 @@ impl AppState for NodeApp {
         }
     }
 
+    fn clear_floor(&self, cache: &str) -> Version {
+        match self.registry.opened(cache) {
+            Some(c) => c.clear_floor(),
+            None => self.registry.parked.lock().get(cache).map(|p| p.clear_floor()).unwrap_or(Version::ZERO),
+        }
+    }
+
     fn caches(&self) -> Vec<String> {
         let mut names: Vec<String> = self.registry.open.read().keys().cloned().collect();
         names.extend(self.registry.parked.lock().keys().cloned());

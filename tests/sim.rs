@@ -88,19 +88,34 @@ fn scenario(seed: u64) -> Result<(), String> {
     sim.partition = None;
     let quiesce = t + Duration::from_secs(30);
     let mut check_at = t;
+    // Phase 1: entries converge while the network is still lossy.
     let result = loop {
         check_at += Duration::from_millis(500);
         sim.run_until(check_at);
-        match check(&sim) {
+        match check_entries(&sim) {
             Ok(()) => break Ok(()),
             Err(e) if check_at >= quiesce => break Err(e),
             Err(_) => {}
         }
     };
-    result.map_err(|e| format!("{desc}: {e}"))
+    result.map_err(|e| format!("{desc}: {e}"))?;
+    // Phase 2: the loss stops; every buffer drains back to its baseline. (While loss goes on,
+    // periodic multi-fragment heartbeats always leave a few young partial reassemblies.)
+    sim.net.loss = 0.0;
+    sim.net.dup = 0.0;
+    let drained = check_at + Duration::from_secs(5);
+    loop {
+        check_at += Duration::from_millis(500);
+        sim.run_until(check_at);
+        match check_entries(&sim).and_then(|()| check_quiet(&sim)) {
+            Ok(()) => return Ok(()),
+            Err(e) if check_at >= drained => return Err(format!("{desc}: {e}")),
+            Err(_) => {}
+        }
+    }
 }
 
-fn check(sim: &Sim) -> Result<(), String> {
+fn check_entries(sim: &Sim) -> Result<(), String> {
     let live: Vec<usize> = (0..sim.len()).filter(|&i| sim.alive(i)).collect();
     // 1. identical entries
     for cache in CACHES {
@@ -108,8 +123,17 @@ fn check(sim: &Sim) -> Result<(), String> {
         for &i in &live[1..] {
             let other = sim.live(i, cache);
             if other != first {
-                let differing = first.keys().chain(other.keys()).filter(|k| first.get(*k) != other.get(*k)).count();
-                return Err(format!("cache {cache}: node {} and node {i} differ on {differing} keys", live[0]));
+                let differing: Vec<String> = first
+                    .keys()
+                    .chain(other.keys())
+                    .filter(|k| first.get(*k) != other.get(*k))
+                    .map(|k| {
+                        let v = |m: &BTreeMap<Vec<u8>, (mccache::Version, Vec<u8>)>| m.get(k).map(|(v, val)| (*v, val.len()));
+                        let rec = |n: usize| sim.model(n).caches.get(cache).and_then(|c| c.records.get(k)).map(|r| (r.version, matches!(r.op, Op::Del)));
+                        format!("{}: {:?} vs {:?} (records {:?} / {:?})", String::from_utf8_lossy(k), v(&first), v(&other), rec(live[0]), rec(i))
+                    })
+                    .collect();
+                return Err(format!("cache {cache}: node {} and node {i} differ on {} keys: {differing:?}", live[0], differing.len()));
             }
         }
     }
@@ -144,6 +168,11 @@ fn check(sim: &Sim) -> Result<(), String> {
             _ => {}
         }
     }
+    Ok(())
+}
+
+fn check_quiet(sim: &Sim) -> Result<(), String> {
+    let live: Vec<usize> = (0..sim.len()).filter(|&i| sim.alive(i)).collect();
     // 3. buffers back to baseline
     for &i in &live {
         let ep = sim.endpoint_of(i);

@@ -147,6 +147,8 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn metrics(&self) -> crate::cache::metrics::CacheMetrics;
     /// Clears the cache here and publishes a versioned clear (what `Cache::clear` does).
     fn clear_all(&self);
+    /// The newest clear applied (entries at or below it are refused).
+    fn clear_floor(&self) -> crate::proto::version::Version;
     /// The per-entry crc of a live key (`crc32(key bytes ‖ value bytes ‖ version bytes)`), as
     /// [`crate::Cache::key_checksum`] returns it. The default derives it from [`Self::record`].
     fn key_checksum(&self, key: &[u8]) -> Option<u32> {

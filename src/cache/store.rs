@@ -1380,6 +1380,10 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         self.clear();
     }
 
+    fn clear_floor(&self) -> Version {
+        *self.clear_floor.read()
+    }
+
     fn metrics(&self) -> CacheMetrics {
         Store::metrics(self)
     }
@@ -1426,7 +1430,7 @@ mod tests {
     fn setup(config: Config) -> (Node, Arc<Recorder>, Arc<FakeClock>) {
         let rec = Arc::new(Recorder::default());
         let clock = Arc::new(FakeClock::new());
-        let node = Node::start_with(config, rec.clone(), clock.clone()).unwrap();
+        let node = Node::start_with(config, rec.clone(), clock.clone(), None).unwrap();
         (node, rec, clock)
     }
 

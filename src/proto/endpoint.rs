@@ -508,7 +508,8 @@ impl Endpoint {
                 let budget = self.cfg.snapshot_chunk.min(self.list_budget());
                 let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
                 self.metrics.snapshot_chunks_served += 1;
-                let payload = Msg::SnapshotChunk { to: from, cache, cursor, records, next }.encode();
+                let floor = app.clear_floor(&cache);
+                let payload = Msg::SnapshotChunk { to: from, cache, cursor, records, next, floor }.encode();
                 if let Some(id) = self.transmit_as(&payload, None) {
                     if self.served.len() >= 16 {
                         self.served.pop_front();
@@ -516,7 +517,10 @@ impl Endpoint {
                     self.served.push_back((key, id, payload));
                 }
             }
-            Msg::SnapshotChunk { cache, cursor, records, next, .. } => {
+            Msg::SnapshotChunk { cache, cursor, records, next, floor, .. } => {
+                if floor > app.clear_floor(&cache) {
+                    app.apply_clear(&cache, floor, from);
+                }
                 self.on_snapshot_chunk(now, from, cache, cursor, records, next, app)
             }
             Msg::Query { id, query } => {
@@ -642,6 +646,13 @@ impl Endpoint {
 
     fn on_digest(&mut self, from: NodeId, caches: Vec<CacheDigest>, app: &mut dyn AppState) {
         for line in caches {
+            if app.digest(&line.cache).is_none() {
+                continue;
+            }
+            // A clear this node missed (it joined later, or the message was lost for good).
+            if line.floor > app.clear_floor(&line.cache) {
+                app.apply_clear(&line.cache, line.floor, from);
+            }
             let Some(mine) = app.digest(&line.cache) else { continue };
             if mine.checksum == line.digest.checksum && mine.count == line.digest.count {
                 continue;
@@ -878,7 +889,10 @@ impl Endpoint {
         let caches: Vec<CacheDigest> = app
             .caches()
             .into_iter()
-            .filter_map(|cache| app.digest(&cache).map(|digest| CacheDigest { cache, digest }))
+            .filter_map(|cache| {
+                let floor = app.clear_floor(&cache);
+                app.digest(&cache).map(|digest| CacheDigest { cache, digest, floor })
+            })
             .collect();
         if caches.is_empty() {
             return;

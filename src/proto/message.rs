@@ -61,6 +61,8 @@ pub struct CacheDigest {
     pub cache: String,
     /// Count, checksum and bucket sums.
     pub digest: SyncDigest,
+    /// The newest clear the sender applied: a peer that missed it applies it.
+    pub floor: Version,
 }
 
 /// Every message of the protocol.
@@ -166,6 +168,8 @@ pub enum Msg {
         records: Vec<Record>,
         /// Cursor of the next chunk, `None` when this is the last one.
         next: Option<u64>,
+        /// The donor's newest clear of this cache.
+        floor: Version,
     },
     /// A cluster-wide question (metrics, checksums).
     Query {
@@ -244,7 +248,7 @@ mod tests {
             Msg::Nak { to: NodeId(3), ranges: vec![(1, 4)] },
             Msg::Query { id: 9, query: Query::Checksum { cache: "c".into(), key: Some(vec![1]) } },
             Msg::Reply { to: NodeId(2), id: 9, body: vec![1, 2] },
-            Msg::SnapshotChunk { to: NodeId(2), cache: "c".into(), cursor: 0, records: vec![rec], next: None },
+            Msg::SnapshotChunk { to: NodeId(2), cache: "c".into(), cursor: 0, records: vec![rec], next: None, floor: Version::ZERO },
         ];
         for m in msgs {
             assert_eq!(Msg::decode(&m.encode()), Some(m));

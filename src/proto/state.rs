@@ -14,6 +14,8 @@ pub trait AppState {
     fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied;
     /// Applies a peer's versioned clear.
     fn apply_clear(&mut self, cache: &str, version: Version, origin: NodeId);
+    /// The newest clear applied to a cache ([`Version::ZERO`] if none or no such cache).
+    fn clear_floor(&self, cache: &str) -> Version;
     /// Names of the caches this node holds (and replicates).
     fn caches(&self) -> Vec<String>;
     /// Digest of one cache, `None` if this node does not hold it.

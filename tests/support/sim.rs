@@ -75,6 +75,9 @@ impl AppState for Model {
         let floor = c.floor;
         c.records.retain(|_, r| r.version > floor);
     }
+    fn clear_floor(&self, cache: &str) -> Version {
+        self.caches.get(cache).map(|c| c.floor).unwrap_or_default()
+    }
     fn caches(&self) -> Vec<String> {
         self.caches.keys().cloned().collect()
     }
