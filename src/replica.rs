@@ -141,6 +141,10 @@ impl AppState for NodeApp {
         }
     }
 
+    fn wall_ms(&self) -> u64 {
+        wall_us() / 1000
+    }
+
     fn caches(&self) -> Vec<String> {
         let mut names: Vec<String> = self.registry.open.read().keys().cloned().collect();
         names.extend(self.registry.parked.lock().keys().cloned());

@@ -156,6 +156,12 @@ pub async fn run(
                 ep.handle_timeout(Instant::now(), app.as_mut());
             }
         }
+        // Timers run on every pass, whichever branch woke us: under steady traffic the biased
+        // select above would otherwise starve heartbeats (acks), NAKs and tail announcements.
+        let now = Instant::now();
+        if now >= ep.poll_timeout() {
+            ep.handle_timeout(now, app.as_mut());
+        }
         if shared.overflowed.swap(false, Ordering::AcqRel) {
             ep.metrics_mut().outbound_overflow += 1;
             ep.schedule_pulse(Instant::now());

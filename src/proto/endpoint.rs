@@ -58,6 +58,9 @@ pub struct EndpointConfig {
     pub ack_every: u64,
     /// Most peers tracked (membership table bound).
     pub max_peers: usize,
+    /// Anti-entropy leaves alone keys whose newest version is younger than this: they are most
+    /// likely still in flight on the reliable stream, and repairing them would only add load.
+    pub settle: Duration,
 }
 
 impl EndpointConfig {
@@ -79,6 +82,7 @@ impl EndpointConfig {
             join_wait: heartbeat.mul_f64(1.5).max(Duration::from_millis(300)),
             ack_every: 256,
             max_peers: 256,
+            settle: (pulse / 2).min(Duration::from_secs(1)),
         }
     }
 }
@@ -703,20 +707,30 @@ impl Endpoint {
         }
         let mut push = Vec::new();
         let mut pull = Vec::new();
+        let cutoff = app.wall_ms().saturating_sub(self.cfg.settle.as_millis() as u64);
+        let settled = |v: &crate::proto::version::Version| v.millis() <= cutoff;
         for &b in buckets {
             if b as usize >= SYNC_BUCKETS {
                 continue;
             }
             for mine in app.bucket_versions(cache, b as usize) {
                 match their_map.remove(&mine.key) {
-                    Some(t) if t.version > mine.version => pull.push(mine.key),
+                    Some(t) if t.version > mine.version => {
+                        if settled(&t.version) {
+                            pull.push(mine.key)
+                        }
+                    }
                     Some(t) if t.version == mine.version => {}
-                    _ => push.push(mine.key),
+                    _ => {
+                        if settled(&mine.version) {
+                            push.push(mine.key)
+                        }
+                    }
                 }
             }
         }
         // Keys they hold and we do not know at all.
-        pull.extend(their_map.into_keys());
+        pull.extend(their_map.into_values().filter(|kv| settled(&kv.version)).map(|kv| kv.key));
         let items: Vec<Item> =
             push.iter().filter_map(|k| app.record(cache, k)).map(|rec| Item::Rec { cache: cache.to_string(), rec }).collect();
         self.send_repair(now, items);

@@ -27,6 +27,8 @@ pub struct Model {
     pub caches: BTreeMap<String, ModelCache>,
     /// Highest HLC timestamp seen in peers' changes (the real node's clock observes these).
     pub seen: u64,
+    /// Virtual wall clock, set by the simulator before every call.
+    pub wall_ms: u64,
 }
 
 #[derive(Default, Clone, Debug)]
@@ -77,6 +79,9 @@ impl AppState for Model {
     }
     fn clear_floor(&self, cache: &str) -> Version {
         self.caches.get(cache).map(|c| c.floor).unwrap_or_default()
+    }
+    fn wall_ms(&self) -> u64 {
+        self.wall_ms
     }
     fn caches(&self) -> Vec<String> {
         self.caches.keys().cloned().collect()
@@ -368,12 +373,16 @@ impl Sim {
                 }
                 self.delivered += 1;
                 let now = self.instant();
+                let wall = self.wall_ms();
                 let n = &mut self.nodes[to];
+                n.app.wall_ms = wall;
                 n.ep.handle_datagram(now, &data, &mut n.app);
                 self.pump(to);
             } else if ti != usize::MAX {
                 let now = self.instant();
+                let wall = self.wall_ms();
                 let n = &mut self.nodes[ti];
+                n.app.wall_ms = wall;
                 n.ep.handle_timeout(now, &mut n.app);
                 self.pump(ti);
             }
