@@ -223,3 +223,63 @@ fn a_lost_message_is_repaired_by_nak_not_by_anti_entropy() {
     }
     assert!(sim.endpoint_of(0).metrics().retransmits_served > 0);
 }
+
+/// Runs until all live nodes hold identical entries and are quiet; returns the virtual time it
+/// took from `from`, or `None` if not within `limit`.
+fn time_to_converge(sim: &mut Sim, from: Duration, limit: Duration) -> Option<Duration> {
+    let mut t = from;
+    while t < from + limit {
+        t += Duration::from_millis(50);
+        sim.run_until(t);
+        if check_entries(sim).is_ok() {
+            return Some(t - from);
+        }
+    }
+    None
+}
+
+fn bulk_writes(sim: &mut Sim, start: Duration, per_node: u32, rng: &mut impl Rng) -> Duration {
+    let mut t = start;
+    for j in 0..per_node {
+        for i in 0..sim.len() {
+            t += Duration::from_micros(30);
+            sim.run_until(t);
+            let key = format!("k{}", rng.random_range(0..per_node * 2)).into_bytes();
+            let op = if j % 10 == 9 { Op::Del } else { Op::Put { value: vec![i as u8; 40], ttl_ms: None } };
+            sim.write(i, "alpha", key, op);
+        }
+    }
+    t
+}
+
+#[test]
+fn many_writes_under_5_and_20_percent_loss_converge_within_a_few_pulses() {
+    for (seed, loss) in [(1u64, 0.05), (2, 0.20)] {
+        let net = NetParams { loss, dup: 0.0, delay: Duration::from_micros(100), jitter: Duration::from_micros(200), mtu: 1472 };
+        let mut sim = Sim::new(seed, 3, net);
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+        sim.run_until(Duration::from_millis(500));
+        let end = bulk_writes(&mut sim, Duration::from_millis(500), 1000, &mut rng);
+        let took = time_to_converge(&mut sim, end, Duration::from_secs(30));
+        eprintln!("loss {loss}: converged {took:?} after the last write (pulse 500 ms)");
+        // Within 4 pulses of quiesce (the pulse is 500 ms in the simulator).
+        assert!(took.is_some_and(|d| d <= Duration::from_secs(2)), "loss {loss}: {took:?}");
+    }
+}
+
+#[test]
+fn a_healed_partition_converges_within_two_pulses() {
+    let net = NetParams { loss: 0.0, dup: 0.0, delay: Duration::from_micros(100), jitter: Duration::ZERO, mtu: 1472 };
+    let mut sim = Sim::new(9, 3, net);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9);
+    sim.run_until(Duration::from_millis(500));
+    // Node 2 is cut off for 2 s (past suspicion and removal) while everyone writes.
+    sim.partition = Some(vec![0, 0, 1]);
+    let end = bulk_writes(&mut sim, Duration::from_millis(500), 300, &mut rng);
+    sim.run_until(end.max(Duration::from_millis(2500)));
+    let healed = sim.now;
+    sim.partition = None;
+    let took = time_to_converge(&mut sim, healed, Duration::from_secs(30));
+    eprintln!("partition healed: converged {took:?} after the heal (pulse 500 ms)");
+    assert!(took.is_some_and(|d| d <= Duration::from_secs(1)), "{took:?}");
+}

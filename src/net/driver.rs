@@ -22,12 +22,15 @@ use crate::proto::metrics::NetworkMetrics;
 use crate::proto::state::AppState;
 use crate::proto::version::NodeId;
 
+/// Where the answers to one cluster query go: (answering node, msgpack body).
+pub type ReplySender = std::sync::mpsc::Sender<(NodeId, Vec<u8>)>;
+
 /// Requests from the node to the driver.
 pub enum Command {
     /// Replicate a local change.
     Publish(Item),
     /// Ask the cluster; every reply is forwarded to the sender.
-    Query(Query, std::sync::mpsc::Sender<(NodeId, Vec<u8>)>),
+    Query(Query, ReplySender),
     /// Snapshot of the counters.
     Metrics(std::sync::mpsc::Sender<NetworkMetrics>),
     /// Leave the cluster and stop.
@@ -87,7 +90,7 @@ pub async fn run(
     mut on_event: Box<dyn FnMut(&Event) + Send>,
 ) {
     let mut buf = vec![0u8; 65_536];
-    let mut queries: HashMap<u64, (std::sync::mpsc::Sender<(NodeId, Vec<u8>)>, Instant)> = HashMap::new();
+    let mut queries: HashMap<u64, (ReplySender, Instant)> = HashMap::new();
     let mut rng = rand::rng();
     let epoch = tokio::time::Instant::now();
     let base = Instant::now();

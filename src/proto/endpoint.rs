@@ -21,7 +21,7 @@ use super::reliability::{Arrival, NakPolicy, RecvStream, SendBuffer, to_ranges};
 use super::state::AppState;
 use super::version::NodeId;
 use super::wire::{Wire, WireConfig};
-use crate::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS};
+use crate::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
 
 /// Tunables of the protocol core. [`EndpointConfig::new`] derives sane values from the node
 /// configuration; the simulator shrinks them.
@@ -181,9 +181,12 @@ pub struct Endpoint {
     join: JoinState,
     next_query: u64,
     left: bool,
-    /// Recently served snapshot chunks, by (requester, cache, cursor), for resending.
-    served: VecDeque<((NodeId, String, u64), u64, Vec<u8>)>,
+    /// Recently served snapshot chunks, for resending under the same message id.
+    served: VecDeque<Served>,
 }
+
+/// A snapshot chunk sent: (requester, cache, cursor), wire message id, payload.
+type Served = ((NodeId, String, u64), u64, Vec<u8>);
 
 #[derive(Debug)]
 enum JoinState {
@@ -273,7 +276,7 @@ impl Endpoint {
                 }
             }
             self.metrics.changes_sent += items.len() as u64;
-            let seq = self.send.next();
+            let seq = self.send.next_seq();
             let payload = Msg::Data { seq, items }.encode();
             self.metrics.data_messages_sent += 1;
             if let Some(id) = self.transmit_as(&payload, None) {
@@ -491,7 +494,7 @@ impl Endpoint {
                 self.next_pulse = self.next_pulse.min(now + Duration::from_millis(10));
             }
             Msg::Digest { caches } => self.on_digest(from, caches, app),
-            Msg::Buckets { cache, buckets, keys, .. } => self.on_buckets(now, from, &cache, &buckets, keys, app),
+            Msg::Buckets { cache, parts, keys, .. } => self.on_buckets(now, from, &cache, &parts, keys, app),
             Msg::Pull { cache, keys, .. } => {
                 let items: Vec<Item> = keys
                     .iter()
@@ -591,7 +594,7 @@ impl Endpoint {
                     Applied::Changed => {
                         self.metrics.changes_applied += 1;
                         if repair {
-                            self.metrics.ae_repairs += 1;
+                            self.metrics.snapshot_records_applied += 1;
                         }
                     }
                     Applied::Stale | Applied::Skipped => self.metrics.changes_stale += 1,
@@ -666,38 +669,53 @@ impl Endpoint {
                 .filter(|&b| mine.buckets.get(b) != line.digest.buckets.get(b))
                 .map(|b| b as u16)
                 .collect();
-            // Send our key versions for those buckets in messages of a few datagrams. A bucket
-            // split over two messages makes the peer push keys we hold in the other half:
-            // wasted bytes, never a wrong result (repairs apply by version).
+            // Send our key versions for those buckets in messages of a few datagrams each, so
+            // they get through a lossy network. A bucket too long for one message is split into
+            // parts by a second hash both sides compute, so every list is compared exactly.
             let budget = self.list_budget();
-            let mut buckets = Vec::new();
+            let mut parts: Vec<(u16, u16, u16)> = Vec::new();
             let mut keys = Vec::new();
             let mut bytes = 0usize;
             for b in differing {
-                buckets.push(b);
-                for kv in app.bucket_versions(&line.cache, b as usize) {
-                    bytes += kv.key.len() + 24;
-                    keys.push(kv);
-                    if bytes >= budget {
+                let all = app.bucket_versions(&line.cache, b as usize);
+                let size: usize = all.iter().map(|k| k.key.len() + 24).sum();
+                let of = size.div_ceil(budget).clamp(1, 4096) as u16;
+                let mut split: Vec<Vec<KeyVersion>> = vec![Vec::new(); of as usize];
+                for kv in all {
+                    split[key_part(&kv.key, of) as usize].push(kv);
+                }
+                for (p, part_keys) in split.into_iter().enumerate() {
+                    let part_bytes: usize = part_keys.iter().map(|k| k.key.len() + 24).sum();
+                    if !parts.is_empty() && bytes + part_bytes > budget {
                         let msg = Msg::Buckets {
                             to: from,
                             cache: line.cache.clone(),
-                            buckets: buckets.clone(),
+                            parts: std::mem::take(&mut parts),
                             keys: std::mem::take(&mut keys),
                         };
                         self.send_msg(&msg);
-                        buckets.retain(|x| *x == b);
                         bytes = 0;
                     }
+                    parts.push((b, p as u16, of));
+                    keys.extend(part_keys);
+                    bytes += part_bytes;
                 }
             }
-            if !keys.is_empty() || !buckets.is_empty() {
-                self.send_msg(&Msg::Buckets { to: from, cache: line.cache.clone(), buckets, keys });
+            if !parts.is_empty() {
+                self.send_msg(&Msg::Buckets { to: from, cache: line.cache.clone(), parts, keys });
             }
         }
     }
 
-    fn on_buckets(&mut self, now: Instant, from: NodeId, cache: &str, buckets: &[u16], theirs: Vec<KeyVersion>, app: &mut dyn AppState) {
+    fn on_buckets(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        cache: &str,
+        parts: &[(u16, u16, u16)],
+        theirs: Vec<KeyVersion>,
+        app: &mut dyn AppState,
+    ) {
         if app.digest(cache).is_none() {
             return;
         }
@@ -709,11 +727,11 @@ impl Endpoint {
         let mut pull = Vec::new();
         let cutoff = app.wall_ms().saturating_sub(self.cfg.settle.as_millis() as u64);
         let settled = |v: &crate::proto::version::Version| v.millis() <= cutoff;
-        for &b in buckets {
-            if b as usize >= SYNC_BUCKETS {
+        for &(b, part, of) in parts {
+            if b as usize >= SYNC_BUCKETS || of == 0 || part >= of {
                 continue;
             }
-            for mine in app.bucket_versions(cache, b as usize) {
+            for mine in app.bucket_versions(cache, b as usize).into_iter().filter(|kv| key_part(&kv.key, of) == part) {
                 match their_map.remove(&mine.key) {
                     Some(t) if t.version > mine.version => {
                         if settled(&t.version) {
@@ -781,7 +799,7 @@ impl Endpoint {
     ) {
         for rec in &records {
             if app.apply(&cache, rec, from) == Applied::Changed {
-                self.metrics.ae_repairs += 1;
+                self.metrics.snapshot_records_applied += 1;
             }
         }
         let timeout = self.transfer_timeout();
@@ -939,6 +957,7 @@ impl Endpoint {
     /// Repairs travel on the reliable stream like local changes (they are idempotent by
     /// version), so they get the same loss recovery.
     fn send_repair(&mut self, now: Instant, items: Vec<Item>) {
+        self.metrics.ae_repairs += items.len() as u64;
         for item in items {
             self.outbox_bytes += item.weight();
             self.outbox.push_back(item);

@@ -128,9 +128,10 @@ pub enum Msg {
         to: NodeId,
         /// Cache name.
         cache: String,
-        /// Which buckets are listed (complete lists for each).
-        buckets: Vec<u16>,
-        /// Every key in those buckets with its version (tombstones included).
+        /// Which parts are listed, each complete: `(bucket, part, parts)` covers the keys of
+        /// `bucket` whose [`crate::cache::hooks::key_part`]`(key, parts)` is `part`.
+        parts: Vec<(u16, u16, u16)>,
+        /// Every key in those parts with its version (tombstones included).
         keys: Vec<KeyVersion>,
     },
     /// Anti-entropy: `to` should send its records for these keys.

@@ -58,8 +58,10 @@ pub struct NetworkMetrics {
     pub pulses_sent: u64,
     /// Anti-entropy bucket exchanges started (digests differed).
     pub ae_exchanges: u64,
-    /// Records changed by anti-entropy or state transfer repair.
+    /// Records this node sent to repair peers (anti-entropy pushes and answers to pulls).
     pub ae_repairs: u64,
+    /// Records applied from state transfer (and legacy repair messages).
+    pub snapshot_records_applied: u64,
     /// State transfers completed (as the joining node).
     pub state_transfers: u64,
     /// Chunks served to joining peers.

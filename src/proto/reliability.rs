@@ -37,7 +37,7 @@ impl SendBuffer {
     }
 
     /// Assigns the next sequence number to a message. Returns it.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         seq
@@ -379,7 +379,7 @@ mod tests {
     fn send_buffer_releases_on_ack_and_evicts_at_its_cap() {
         let mut b = SendBuffer::new(250);
         for id in 0..3 {
-            let seq = b.next();
+            let seq = b.next_seq();
             b.keep(seq, id, vec![0; 100]);
         }
         assert_eq!(b.len(), 2, "byte cap evicts the oldest");
