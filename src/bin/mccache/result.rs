@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Everything one node reports at the end of a stress run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeResult {
     /// The node id (hex).
     pub node_id: String,
@@ -43,6 +44,7 @@ pub struct NodeResult {
 
 /// The workload knobs of a run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Settings {
     /// Shared keys are `K000-0 ..= K000-keys`.
     pub keys: u32,
@@ -60,6 +62,7 @@ pub struct Settings {
 
 /// Operations by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OpCounts {
     /// Inserts of absent keys.
     pub inserts: u64,
@@ -93,6 +96,7 @@ impl OpCounts {
 
 /// One cache's end state on one node.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CacheResult {
     /// `Cache::checksum`.
     pub checksum: u64,
@@ -106,6 +110,7 @@ pub struct CacheResult {
 
 /// One key's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KeyState {
     /// HLC timestamp of the version.
     pub hlc: u64,
@@ -119,6 +124,7 @@ pub struct KeyState {
 
 /// Replication lag (µs) of remote inserts and updates.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LagSummary {
     /// Samples.
     pub count: u64,
@@ -134,6 +140,7 @@ pub struct LagSummary {
 
 /// One second of the workload.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Sample {
     /// Wall clock (ms since the epoch) at the end of the second.
     pub at_ms: u64,
