@@ -23,12 +23,7 @@ pub trait AppState {
     /// The record for one key (value or tombstone), for repair.
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record>;
     /// A chunk of a cache for state transfer.
-    fn snapshot_chunk(
-        &self,
-        cache: &str,
-        cursor: u64,
-        max_bytes: usize,
-    ) -> (Vec<Record>, Option<u64>);
+    fn snapshot_chunk(&self, cache: &str, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>);
     /// The answer to a cluster query, msgpack-encoded.
     fn answer(&self, query: &Query) -> Vec<u8>;
 }
