@@ -1,0 +1,69 @@
+# Shared by run.sh and run-netns.sh: the knobs, the usage text and the static build.
+# shellcheck shell=bash
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+
+NODES=3 KEYS=200 APERTURE=0.01 MIX=small DURATION=10 TANTRUM=0 CRYPTO_KEY="" OUT=""
+
+usage() {
+    cat <<USAGE
+Usage: $(basename "$0") [-C nodes] [-K keys] [-A aperture] [-M mix] [-R seconds] [-T tantrum] [-k key] [-o dir]
+
+Runs N \`mccache node\` processes with the stress workload of McCache's test suite, waits for
+them to quiesce, and judges coherence with \`mccache report\` (lenient and strict rules).
+
+  -C nodes     cluster size, 1..9 (default $NODES)
+  -K keys      keys per key space (default $KEYS)
+  -A aperture  seconds between operations per node (default $APERTURE)
+  -M mix       value sizes: small | large | mixed (default $MIX)
+  -R seconds   workload duration (default $DURATION)
+  -T tantrum   percent of datagrams each node drops on purpose (default $TANTRUM)
+  -k key       crypto key, base64 of 32 bytes (default: a fresh \`mccache keygen\`)
+  -o dir       output directory (default cluster-test/out/<run id>)
+  -h           this help
+
+Exit status: 0 when the report says PASS, 1 on FAIL, 2 on a setup error.
+USAGE
+}
+
+parse_args() {
+    local opt
+    while getopts "C:K:A:M:R:T:k:o:h" opt; do
+        case "$opt" in
+            C) NODES="$OPTARG" ;;
+            K) KEYS="$OPTARG" ;;
+            A) APERTURE="$OPTARG" ;;
+            M) MIX="$OPTARG" ;;
+            R) DURATION="$OPTARG" ;;
+            T) TANTRUM="$OPTARG" ;;
+            k) CRYPTO_KEY="$OPTARG" ;;
+            o) OUT="$OPTARG" ;;
+            h) usage; exit 0 ;;
+            *) usage >&2; exit 2 ;;
+        esac
+    done
+    if ! [[ "$NODES" =~ ^[1-9]$ ]]; then
+        echo "error: -C must be 1..9, got '$NODES'" >&2; exit 2
+    fi
+    case "$MIX" in small|large|mixed) ;; *) echo "error: -M must be small, large or mixed" >&2; exit 2 ;; esac
+    RUN_ID="mcct$(date +%H%M%S)$$"
+    OUT="${OUT:-$HERE/out/$RUN_ID}"
+    mkdir -p "$OUT"
+    OUT="$(cd "$OUT" && pwd)"
+}
+
+# Builds the statically linked binary (glibc, crt-static) and sets BIN.
+build_static() {
+    local target_dir="${CARGO_TARGET_DIR:-$REPO/target}"
+    echo "== building a static mccache (crt-static)"
+    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --quiet --release --target x86_64-unknown-linux-gnu --bin mccache) || exit 2
+    BIN="$target_dir/x86_64-unknown-linux-gnu/release/mccache"
+    if ldd "$BIN" 2>&1 | grep -Eq "not a dynamic executable|statically linked"; then
+        echo "   $BIN: statically linked"
+    else
+        echo "error: $BIN is not statically linked:" >&2; ldd "$BIN" >&2; exit 2
+    fi
+    if [ -z "$CRYPTO_KEY" ]; then CRYPTO_KEY="$("$BIN" keygen)"; fi
+}

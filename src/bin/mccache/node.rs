@@ -1,0 +1,289 @@
+//! `mccache node`: one cluster node running the ancestor's stress workload, then a bounded
+//! wait for the cluster to quiesce and a JSON result.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mccache::{Config, Node};
+
+use crate::result::{NodeResult, Settings};
+use crate::workload::{self, CACHE, Counters, Lag, Mix, Sampler, Spec, Val};
+
+/// The cache where each node marks the end of its workload (node id → done ms).
+const DONE_CACHE: &str = "_done";
+
+/// Arguments of `mccache node`. Every knob also reads the ancestor's `TEST_*` variable; the
+/// node's own configuration comes from `MCCACHE_*` variables (and `mccache.toml`).
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// Keys per key space: shared `K000-0..=N`, private `P<tag>-0..=N`.
+    #[arg(long, env = "TEST_KEY_ENTRIES", default_value_t = 200)]
+    pub keys: u32,
+    /// Seconds between operations (skewed ±35 %); 0 = flat out.
+    #[arg(long, env = "TEST_APERTURE", default_value_t = 0.01)]
+    pub aperture: f64,
+    /// Value sizes.
+    #[arg(long, env = "TEST_DATA_SIZE_MIX", value_enum, default_value_t = Mix::Small)]
+    pub mix: Mix,
+    /// Seconds of workload.
+    #[arg(long, env = "TEST_RUN_DURATION", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Random seed (default: random). Also the default tag.
+    #[arg(long, env = "TEST_RANDOM_SEED")]
+    pub seed: Option<u64>,
+    /// Names this node's private keys (default: the seed, else the interface's last octet).
+    #[arg(long, env = "TEST_NODE_TAG")]
+    pub tag: Option<u32>,
+    /// Percent of datagrams dropped on purpose (sets `monkey_tantrum`).
+    #[arg(long, env = "TEST_MONKEY_TANTRUM")]
+    pub tantrum: Option<f64>,
+    /// Crypto key, base64 of 32 bytes (sets `crypto_key`; see `mccache keygen`).
+    #[arg(long, env = "TEST_CRYPTO_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Nodes in the cluster: the workload waits for this many to join, and the end waits for
+    /// this many to finish.
+    #[arg(long, env = "TEST_CLUSTER_SIZE", default_value_t = 1)]
+    pub peers: usize,
+    /// Seconds to wait for the peers to join before starting anyway.
+    #[arg(long, env = "TEST_JOIN_TIMEOUT", default_value_t = 30.0)]
+    pub join_timeout: f64,
+    /// Seconds to wait for the cluster to quiesce at the end.
+    #[arg(long, env = "TEST_QUIESCE_TIMEOUT", default_value_t = 60.0)]
+    pub quiesce_timeout: f64,
+    /// Use the address of the interface holding the default route as `interface`.
+    #[arg(long)]
+    pub interface_from_route: bool,
+    /// Where to write the JSON result (default: stdout).
+    #[arg(long, env = "TEST_OUT")]
+    pub out: Option<PathBuf>,
+}
+
+/// Settings the stress run needs that differ from the library defaults, applied unless the
+/// environment sets them: no capacity or byte evictions and no expiry during a run, because
+/// those are local decisions that would make the nodes' contents differ.
+const RUN_DEFAULTS: &[&str] = &[
+    "MCCACHE_CACHE_MAX",
+    "MCCACHE_CACHE_SIZE",
+    "MCCACHE_CACHE_TTL",
+];
+
+fn env_sets(name: &str) -> bool {
+    std::env::vars_os().any(|(k, _)| k.to_string_lossy().eq_ignore_ascii_case(name))
+}
+
+/// The node configuration: `Config::load()`, run defaults, then the flags.
+pub fn config(args: &NodeArgs) -> Result<Config, String> {
+    let mut config = Config::load().map_err(|e| e.to_string())?;
+    if !env_sets(RUN_DEFAULTS[0]) {
+        config.cache_max = 1_000_000;
+    }
+    if !env_sets(RUN_DEFAULTS[1]) {
+        config.cache_size = 1 << 30;
+    }
+    if !env_sets(RUN_DEFAULTS[2]) {
+        config.cache_ttl = 0.0;
+    }
+    if let Some(k) = &args.key {
+        config.crypto_key = Some(k.clone());
+    }
+    if let Some(t) = args.tantrum {
+        config.monkey_tantrum = t;
+    }
+    if args.interface_from_route {
+        config.interface = crate::route::interface_from_route(config.multicast_ip)?;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// Runs `mccache node`.
+pub fn main(args: NodeArgs) -> Result<(), String> {
+    if !(args.duration.is_finite() && args.duration >= 0.0) {
+        return Err(format!(
+            "--duration must be >= 0 seconds, got {}",
+            args.duration
+        ));
+    }
+    if !(args.aperture.is_finite() && args.aperture >= 0.0) {
+        return Err(format!(
+            "--aperture must be >= 0 seconds, got {}",
+            args.aperture
+        ));
+    }
+    let config = config(&args)?;
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let tag = args.tag.unwrap_or_else(|| match args.seed {
+        Some(s) => (s % 1_000_000) as u32,
+        None => u32::from(config.interface.octets()[3]),
+    });
+    let interactive = std::io::stderr().is_terminal();
+    eprintln!(
+        "mccache node: interface {} group {} tag {tag} seed {seed}",
+        config.interface,
+        config.group()
+    );
+    let node = Node::start(config.clone()).map_err(|e| format!("node start: {e}"))?;
+    let cache = node
+        .cache::<String, Val>(CACHE)
+        .map_err(|e| e.to_string())?;
+    let done = node
+        .cache::<String, u64>(DONE_CACHE)
+        .map_err(|e| e.to_string())?;
+    let lag = Arc::new(Lag::default());
+    lag.listen(&cache);
+
+    let join_deadline = Instant::now() + Duration::from_secs_f64(args.join_timeout);
+    while node.members().len() + 1 < args.peers && Instant::now() < join_deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !node.wait_ready(join_deadline.saturating_duration_since(Instant::now())) {
+        eprintln!("mccache node: not ready after the join timeout; starting anyway");
+    }
+    eprintln!("mccache node: {} peer(s); running", node.members().len());
+
+    let spec = Spec {
+        keys: args.keys,
+        aperture: args.aperture,
+        mix: args.mix,
+        duration: Duration::from_secs_f64(args.duration),
+        seed,
+        tag,
+    };
+    let counters = Counters::default();
+    let sampler = Sampler::default();
+    let running = AtomicBool::new(true);
+    let stop = AtomicBool::new(false);
+    let started_ms = workload::now_ms();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let bar = crate::progress::bar(interactive, args.duration);
+            let start = Instant::now();
+            let mut next = start + Duration::from_secs(1);
+            while running.load(Ordering::Relaxed) {
+                std::thread::sleep(
+                    Duration::from_millis(50).min(next.saturating_duration_since(Instant::now())),
+                );
+                if Instant::now() >= next {
+                    next += Duration::from_secs(1);
+                    sampler.tick(&counters, &lag);
+                    let o = counters.snapshot();
+                    bar.set_position(start.elapsed().as_secs());
+                    bar.set_message(format!(
+                        "{} ops, {} writes, {} peers",
+                        o.total(),
+                        o.writes(),
+                        node.members().len()
+                    ));
+                }
+            }
+            bar.finish_and_clear();
+        });
+        workload::run(&cache, &spec, &counters, &stop);
+        running.store(false, Ordering::Relaxed);
+    });
+    // The last partial second.
+    sampler.tick(&counters, &lag);
+    let done_ms = workload::now_ms();
+    let peers_at_done = node.members().len();
+    let ops = counters.snapshot();
+    eprintln!(
+        "mccache node: done: {} ops ({} writes); waiting for quiesce",
+        ops.total(),
+        ops.writes()
+    );
+    done.insert(node.id().to_string(), done_ms)
+        .map_err(|e| e.to_string())?;
+
+    let quiesced = quiesce(
+        &node,
+        &done,
+        args.peers,
+        Duration::from_secs_f64(args.quiesce_timeout),
+    );
+    if !quiesced {
+        eprintln!(
+            "mccache node: the cluster did not quiesce within {} s",
+            args.quiesce_timeout
+        );
+    }
+    let mut caches = BTreeMap::new();
+    caches.insert(CACHE.to_string(), workload::cache_state(&cache));
+    let result = NodeResult {
+        node_id: node.id().to_string(),
+        node_name: config.node_name_or_default(),
+        tag,
+        settings: Settings {
+            keys: args.keys,
+            aperture: args.aperture,
+            mix: args.mix.as_str().to_string(),
+            duration: args.duration,
+            seed,
+            tantrum: config.monkey_tantrum,
+        },
+        started_ms,
+        done_ms,
+        finished_ms: workload::now_ms(),
+        quiesced,
+        peers_at_done,
+        ops,
+        caches,
+        network: node.network_metrics(),
+        lag: lag.summary(),
+        listener_reads: lag.reads.load(Ordering::Relaxed),
+        samples: sampler.samples(),
+    };
+    node.shutdown();
+    let json = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
+    match &args.out {
+        Some(path) => std::fs::write(path, json + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        None => println!("{json}"),
+    }
+    eprintln!(
+        "mccache node: {} entries, checksum {:016x}, lag p50 {} µs p99 {} µs, quiesced {quiesced}",
+        result.caches[CACHE].entries,
+        result.caches[CACHE].checksum,
+        result.lag.p50_us,
+        result.lag.p99_us
+    );
+    Ok(())
+}
+
+/// Waits (bounded) until every node has finished its workload (at least `peers` done marks,
+/// one from every current member), nothing is in flight here, and every member answers the
+/// same checksums for both caches, twice in a row.
+fn quiesce(
+    node: &Node,
+    done: &mccache::Cache<String, u64>,
+    peers: usize,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut agreed = 0;
+    while Instant::now() < deadline {
+        let members = node.members();
+        let all_done = done.len() >= peers
+            && members
+                .iter()
+                .all(|m| done.get(&m.id.to_string()).is_some());
+        let ok = all_done
+            && workload::idle(node)
+            && [CACHE, DONE_CACHE].iter().all(|name| {
+                node.get_cluster_checksum(name, None::<&String>, Duration::from_secs(1))
+                    .is_ok_and(|sums| {
+                        sums.len() == members.len() + 1
+                            && sums.values().all(|s| s.is_some() && *s == sums[&node.id()])
+                    })
+            });
+        agreed = if ok { agreed + 1 } else { 0 };
+        if agreed >= 2 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
