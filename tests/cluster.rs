@@ -188,6 +188,8 @@ fn remote_changes_reach_listeners_with_a_remote_origin_and_cluster_functions_ans
     let s2 = seen.clone();
     b.on_change(move |e| s2.lock().push((e.key.clone(), e.kind, e.origin, e.in_callback_window)));
     b.insert("k".into(), 1).unwrap();
+    // a writes only once it holds b's value, so its version orders after b's.
+    assert!(wait_until(T, || a.get(&"k".to_string()) == Some(1)));
     assert_eq!(b.get(&"k".to_string()), Some(1)); // a read arms the callback window
     a.insert("k".into(), 2).unwrap();
     assert!(wait_until(T, || seen.lock().iter().any(|(_, k, o, _)| *k == ChangeKind::Update && matches!(o, Origin::Remote(_)))));
