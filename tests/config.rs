@@ -27,7 +27,8 @@ fn load_err() -> String {
 
 #[test]
 fn defaults_without_file_or_env() {
-    Jail::expect_with(|_| {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
         let c = load()?;
         assert_eq!(c, Config::default());
         assert_eq!(c.cache_ttl, 3600.0);
@@ -51,6 +52,7 @@ fn defaults_without_file_or_env() {
 #[test]
 fn file_layer_sets_every_kind_of_key() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         let key = generate_key();
         jail.create_file(
             "mccache.toml",
@@ -105,6 +107,7 @@ fn file_layer_sets_every_kind_of_key() {
 #[test]
 fn env_beats_file_and_accepts_number_spellings() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.create_file(
             "mccache.toml",
             "cache_ttl = 60\ncache_max = 5\nqueue_max = 7",
@@ -129,6 +132,7 @@ fn env_beats_file_and_accepts_number_spellings() {
 #[test]
 fn env_strings_stay_strings() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.set_env("MCCACHE_CLUSTER_NAME", "2024");
         jail.set_env("MCCACHE_NODE_NAME", "[a, b]");
         let c = load()?;
@@ -141,6 +145,7 @@ fn env_strings_stay_strings() {
 #[test]
 fn unknown_env_variables_are_ignored_but_file_typos_are_errors() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.set_env("MCCACHE_NOT_A_KEY", "whatever");
         jail.set_env("MCCACHE_CACHES__USERS__NOPE", "1");
         jail.set_env("MCCACHE_CACHES", "x");
@@ -170,6 +175,7 @@ fn unknown_env_variables_are_ignored_but_file_typos_are_errors() {
 #[test]
 fn mccache_config_names_the_file() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.create_file("mccache.toml", "cache_max = 5")?;
         jail.create_file("other.toml", "cache_max = 9")?;
         jail.set_env("MCCACHE_CONFIG", "other.toml");
@@ -199,6 +205,7 @@ fn mccache_config_names_the_file() {
 #[test]
 fn default_file_is_only_read_from_the_working_directory() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.create_file("mccache.toml", "cache_max = 5")?;
         std::fs::create_dir("sub").map_err(|e| e.to_string())?;
         jail.change_dir("sub")?;
@@ -214,6 +221,7 @@ fn default_file_is_only_read_from_the_working_directory() {
 #[test]
 fn broken_toml_is_a_config_file_error() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.create_file("mccache.toml", "cache_ttl = = 3")?;
         match Config::load() {
             Err(Error::ConfigFile { path, .. }) => {
@@ -228,6 +236,7 @@ fn broken_toml_is_a_config_file_error() {
 #[test]
 fn ip_port_form_sets_the_port_and_wins() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.set_env("MCCACHE_MULTICAST_IP", "239.9.9.9:5001");
         assert_eq!(load()?.group().to_string(), "239.9.9.9:5001");
 
@@ -249,6 +258,7 @@ fn ip_port_form_sets_the_port_and_wins() {
 #[test]
 fn per_cache_overrides_from_file_and_env() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.create_file(
             "mccache.toml",
             r#"
@@ -292,6 +302,7 @@ fn per_cache_overrides_from_file_and_env() {
 #[test]
 fn zero_ttl_means_no_expiry() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.set_env("MCCACHE_CACHE_TTL", "0");
         assert_eq!(load()?.cache_config("any").ttl, None);
         Ok(())
@@ -301,6 +312,7 @@ fn zero_ttl_means_no_expiry() {
 #[test]
 fn keyring_from_env_list_and_single_key() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         let (a, b) = (generate_key(), generate_key());
         jail.set_env("MCCACHE_CRYPTO_KEYS", format!("{a}, {b}"));
         let c = load()?;
@@ -640,6 +652,7 @@ fn every_bad_env_value_names_key_and_value() {
 
     for (var, value, expected) in all {
         Jail::expect_with(|jail| {
+        jail.clear_env();
             jail.set_env(format!("MCCACHE_{var}"), value);
             let got = load_err();
             assert_eq!(got, expected, "MCCACHE_{var}={value:?}");
@@ -915,6 +928,7 @@ fn validate_checks_cache_overrides() {
 #[test]
 fn config_is_a_figment_provider() {
     Jail::expect_with(|jail| {
+        jail.clear_env();
         jail.set_env("MCCACHE_CACHE_MAX", "7");
         // An application's own config over ours: it decides precedence.
         let mine = Config {
