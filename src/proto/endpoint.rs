@@ -58,6 +58,10 @@ pub struct EndpointConfig {
     pub ack_every: u64,
     /// Most peers tracked (membership table bound).
     pub max_peers: usize,
+    /// Batching window: when a data message went out less than this long ago and the queued
+    /// changes do not fill a datagram, they wait (at most this long) for more to join them.
+    /// At low load every change leaves at once; under load datagrams fill up.
+    pub linger: Duration,
     /// Anti-entropy leaves alone keys whose newest version is younger than this: they are most
     /// likely still in flight on the reliable stream, and repairing them would only add load.
     pub settle: Duration,
@@ -83,6 +87,7 @@ impl EndpointConfig {
             ack_every: 256,
             max_peers: 256,
             settle: (pulse / 2).min(Duration::from_secs(1)),
+            linger: Duration::from_micros(200),
         }
     }
 }
@@ -178,6 +183,9 @@ pub struct Endpoint {
     next_housekeeping: Instant,
     tail_at: Option<Instant>,
     tail_repeats: u8,
+    /// When the last data message was sent, and when lingering changes must go out.
+    last_data_at: Option<Instant>,
+    flush_at: Option<Instant>,
     join: JoinState,
     next_query: u64,
     left: bool,
@@ -217,6 +225,8 @@ impl Endpoint {
             next_housekeeping: now + Duration::from_millis(250),
             tail_at: None,
             tail_repeats: 0,
+            last_data_at: None,
+            flush_at: None,
             join: JoinState::Waiting { until: join_until },
             next_query: 1,
             left: false,
@@ -256,6 +266,20 @@ impl Endpoint {
     /// datagrams. Call after a batch of [`Endpoint::publish`] calls.
     pub fn flush(&mut self, now: Instant) {
         let chunk = self.wire.chunk_size().max(64);
+        if self.outbox.is_empty() {
+            self.flush_at = None;
+            return;
+        }
+        if self.outbox_bytes + 16 < chunk {
+            if let Some(last) = self.last_data_at {
+                let due = last + self.cfg.linger;
+                if now < due {
+                    self.flush_at = Some(due);
+                    return;
+                }
+            }
+        }
+        self.flush_at = None;
         let mut sent_any = false;
         while !self.outbox.is_empty() {
             if self.in_flight() >= self.cfg.window {
@@ -287,6 +311,7 @@ impl Endpoint {
             sent_any = true;
         }
         if sent_any {
+            self.last_data_at = Some(now);
             self.tail_at = Some(now + self.cfg.tail_delay);
             self.tail_repeats = 2;
         }
@@ -328,6 +353,9 @@ impl Endpoint {
         let mut t = self.next_heartbeat.min(self.next_pulse).min(self.next_housekeeping);
         if let Some(tail) = self.tail_at {
             t = t.min(tail);
+        }
+        if let Some(f) = self.flush_at {
+            t = t.min(f);
         }
         for p in self.peers.values() {
             if let Some(n) = p.recv.next_nak() {
