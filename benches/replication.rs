@@ -31,7 +31,9 @@ fn config(group: u8, port: u16) -> Config {
 }
 
 fn start(n: usize, cfg: &Config) -> Vec<Node> {
-    let nodes: Vec<Node> = (0..n).map(|_| Node::start(cfg.clone()).expect("node starts")).collect();
+    let nodes: Vec<Node> = (0..n)
+        .map(|_| Node::start(cfg.clone()).expect("node starts"))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     while nodes.iter().any(|x| x.members().len() + 1 < n) {
         assert!(Instant::now() < deadline, "membership did not form");
@@ -83,9 +85,15 @@ fn lag() {
 }
 
 fn throughput() {
-    let secs: f64 = std::env::var("MCCACHE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let secs: f64 = std::env::var("MCCACHE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
     let nodes = start(3, &config(2, 47802));
-    let caches: Vec<_> = nodes.iter().map(|n| n.cache::<u32, u64>("tput").unwrap()).collect();
+    let caches: Vec<_> = nodes
+        .iter()
+        .map(|n| n.cache::<u32, u64>("tput").unwrap())
+        .collect();
     let writes = AtomicU64::new(0);
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     std::thread::scope(|s| {

@@ -41,19 +41,40 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { nodes: 3, seconds: 5.0, keys: 10_000, json: false, rate: None, tantrum: 0.0 };
+    let mut a = Args {
+        nodes: 3,
+        seconds: 5.0,
+        keys: 10_000,
+        json: false,
+        rate: None,
+        tantrum: 0.0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match flag.as_str() {
-            "--nodes" => a.nodes = val("--nodes")?.parse().map_err(|e| format!("--nodes: {e}"))?,
-            "--seconds" => a.seconds = val("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--nodes" => {
+                a.nodes = val("--nodes")?
+                    .parse()
+                    .map_err(|e| format!("--nodes: {e}"))?
+            }
+            "--seconds" => {
+                a.seconds = val("--seconds")?
+                    .parse()
+                    .map_err(|e| format!("--seconds: {e}"))?
+            }
             "--keys" => a.keys = val("--keys")?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--rate" => a.rate = Some(val("--rate")?.parse().map_err(|e| format!("--rate: {e}"))?),
-            "--tantrum" => a.tantrum = val("--tantrum")?.parse().map_err(|e| format!("--tantrum: {e}"))?,
+            "--tantrum" => {
+                a.tantrum = val("--tantrum")?
+                    .parse()
+                    .map_err(|e| format!("--tantrum: {e}"))?
+            }
             "--json" => a.json = true,
             "-h" | "--help" => {
-                println!("usage: cluster [--nodes N] [--seconds S] [--keys K] [--rate WRITES_PER_SEC_PER_NODE] [--tantrum PERCENT_DROPPED] [--json]");
+                println!(
+                    "usage: cluster [--nodes N] [--seconds S] [--keys K] [--rate WRITES_PER_SEC_PER_NODE] [--tantrum PERCENT_DROPPED] [--json]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -83,7 +104,12 @@ fn main() {
     let mut rng = rand::rng();
     let config = Config {
         interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, rng.random_range(100..200), rng.random_range(1..250)),
+        multicast_ip: Ipv4Addr::new(
+            239,
+            255,
+            rng.random_range(100..200),
+            rng.random_range(1..250),
+        ),
         multicast_port: rng.random_range(20_000..60_000),
         crypto_key: Some(mccache::generate_key()),
         cluster_name: format!("demo-{}", std::process::id()),
@@ -98,7 +124,13 @@ fn main() {
     let base = Instant::now();
     let now_us = move || base.elapsed().as_micros() as u64;
     let nodes: Vec<Node> = (0..args.nodes)
-        .map(|i| Node::start(Config { node_name: Some(format!("node{i}")), ..config.clone() }).expect("node starts"))
+        .map(|i| {
+            Node::start(Config {
+                node_name: Some(format!("node{i}")),
+                ..config.clone()
+            })
+            .expect("node starts")
+        })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     while nodes.iter().any(|n| n.members().len() + 1 < args.nodes) && Instant::now() < deadline {
@@ -113,7 +145,9 @@ fn main() {
             let reader = c.clone();
             // Listeners run after the store's locks are released, so they may read the cache.
             c.on_change(move |e| {
-                if matches!(e.origin, Origin::Remote(_)) && matches!(e.kind, ChangeKind::Insert | ChangeKind::Update) {
+                if matches!(e.origin, Origin::Remote(_))
+                    && matches!(e.kind, ChangeKind::Insert | ChangeKind::Update)
+                {
                     if let Some(v) = reader.get(&e.key) {
                         lags.lock().push(now_us().saturating_sub(v.sent_us));
                     }
@@ -127,7 +161,10 @@ fn main() {
     let writes = Arc::new(AtomicU64::new(0));
     let stop_at = Instant::now() + Duration::from_secs_f64(args.seconds);
     if !args.json {
-        println!("{} nodes on loopback, {}s of mixed workload over {} keys ...", args.nodes, args.seconds, args.keys);
+        println!(
+            "{} nodes on loopback, {}s of mixed workload over {} keys ...",
+            args.nodes, args.seconds, args.keys
+        );
     }
     std::thread::scope(|s| {
         for (i, c) in caches.iter().enumerate() {
@@ -152,7 +189,11 @@ fn main() {
                         }
                         55..=94 => {
                             let len = if rng.random_bool(0.01) { 4_000 } else { 32 };
-                            let v = Value { writer: i as u16, sent_us: now_us(), payload: vec![i as u8; len] };
+                            let v = Value {
+                                writer: i as u16,
+                                sent_us: now_us(),
+                                payload: vec![i as u8; len],
+                            };
                             c.insert(key, v).expect("insert");
                             n += 1;
                             writes.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +211,10 @@ fn main() {
         if !args.json {
             let mut last = 0;
             while Instant::now() < stop_at {
-                std::thread::sleep(Duration::from_millis(1000).min(stop_at.saturating_duration_since(Instant::now())));
+                std::thread::sleep(
+                    Duration::from_millis(1000)
+                        .min(stop_at.saturating_duration_since(Instant::now())),
+                );
                 let w = writes.load(Ordering::Relaxed);
                 println!("  {:>9} replicated writes/s", w - last);
                 last = w;
@@ -230,7 +274,10 @@ fn main() {
         println!("{out}");
     } else {
         println!();
-        println!("{:<8} {:>9} {:>18} {:>10} {:>11} {:>10}", "node", "entries", "checksum", "datagrams", "retransmits", "repairs");
+        println!(
+            "{:<8} {:>9} {:>18} {:>10} {:>11} {:>10}",
+            "node", "entries", "checksum", "datagrams", "retransmits", "repairs"
+        );
         for r in &rows {
             println!(
                 "{:<8} {:>9} {:>18} {:>10} {:>11} {:>10}",

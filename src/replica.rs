@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
-use crate::cache::hooks::{Applied, Change, ChangeKindWire, ErasedCache, KeyVersion, Publisher, SyncDigest};
+use crate::cache::hooks::{
+    Applied, Change, ChangeKindWire, ErasedCache, KeyVersion, Publisher, SyncDigest,
+};
 use crate::cache::metrics::CacheMetrics;
 use crate::cache::parked::ParkedCache;
 use crate::net::driver::Command;
@@ -41,13 +43,18 @@ impl Registry {
         Registry {
             open: RwLock::new(HashMap::new()),
             parked: Mutex::new(BTreeMap::new()),
-            parked_limits: (config.cache_max.max(1), usize::try_from(config.cache_size).unwrap_or(usize::MAX)),
+            parked_limits: (
+                config.cache_max.max(1),
+                usize::try_from(config.cache_size).unwrap_or(usize::MAX),
+            ),
         }
     }
 
     /// Hands the parked records of `name` to a cache that has just been opened.
     pub fn unpark(&self, name: &str, cache: &dyn ErasedCache) {
-        let Some(mut parked) = self.parked.lock().remove(name) else { return };
+        let Some(mut parked) = self.parked.lock().remove(name) else {
+            return;
+        };
         let floor = parked.clear_floor();
         if floor != Version::ZERO {
             cache.apply_clear(floor, floor.node);
@@ -106,7 +113,10 @@ pub struct NodeApp {
 }
 
 fn wall_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl AppState for NodeApp {
@@ -116,7 +126,12 @@ impl AppState for NodeApp {
             Some(c) => c.apply_remote(record, origin),
             None => {
                 let (max_e, max_b) = self.registry.parked_limits;
-                self.registry.parked.lock().entry(cache.to_string()).or_default().apply(record, max_e, max_b)
+                self.registry
+                    .parked
+                    .lock()
+                    .entry(cache.to_string())
+                    .or_default()
+                    .apply(record, max_e, max_b)
             }
         };
         if applied == Applied::Changed {
@@ -130,14 +145,26 @@ impl AppState for NodeApp {
         self.hlc.observe(version.hlc);
         match self.registry.opened(cache) {
             Some(c) => c.apply_clear(version, origin),
-            None => self.registry.parked.lock().entry(cache.to_string()).or_default().clear(version),
+            None => self
+                .registry
+                .parked
+                .lock()
+                .entry(cache.to_string())
+                .or_default()
+                .clear(version),
         }
     }
 
     fn clear_floor(&self, cache: &str) -> Version {
         match self.registry.opened(cache) {
             Some(c) => c.clear_floor(),
-            None => self.registry.parked.lock().get(cache).map(|p| p.clear_floor()).unwrap_or(Version::ZERO),
+            None => self
+                .registry
+                .parked
+                .lock()
+                .get(cache)
+                .map(|p| p.clear_floor())
+                .unwrap_or(Version::ZERO),
         }
     }
 
@@ -163,23 +190,43 @@ impl AppState for NodeApp {
     fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
         match self.registry.opened(cache) {
             Some(c) => c.bucket_versions(bucket),
-            None => self.registry.parked.lock().get(cache).map(|p| p.bucket_versions(bucket)).unwrap_or_default(),
+            None => self
+                .registry
+                .parked
+                .lock()
+                .get(cache)
+                .map(|p| p.bucket_versions(bucket))
+                .unwrap_or_default(),
         }
     }
 
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
         match self.registry.opened(cache) {
             Some(c) => c.record(key),
-            None => self.registry.parked.lock().get(cache).and_then(|p| p.record(key)),
+            None => self
+                .registry
+                .parked
+                .lock()
+                .get(cache)
+                .and_then(|p| p.record(key)),
         }
     }
 
-    fn snapshot_chunk(&self, cache: &str, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>) {
+    fn snapshot_chunk(
+        &self,
+        cache: &str,
+        cursor: u64,
+        max_bytes: usize,
+    ) -> (Vec<Record>, Option<u64>) {
         match self.registry.opened(cache) {
             Some(c) => c.snapshot_chunk(cursor, max_bytes),
-            None => {
-                self.registry.parked.lock().get(cache).map(|p| p.snapshot_chunk(cursor, max_bytes)).unwrap_or_default()
-            }
+            None => self
+                .registry
+                .parked
+                .lock()
+                .get(cache)
+                .map(|p| p.snapshot_chunk(cursor, max_bytes))
+                .unwrap_or_default(),
         }
     }
 
@@ -233,7 +280,9 @@ impl Publisher for ChannelPublisher {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!("replication queue full: changes will be repaired by anti-entropy");
+                    tracing::warn!(
+                        "replication queue full: changes will be repaired by anti-entropy"
+                    );
                 }
                 self.overflowed.store(true, Ordering::Release);
             }

@@ -652,7 +652,7 @@ fn every_bad_env_value_names_key_and_value() {
 
     for (var, value, expected) in all {
         Jail::expect_with(|jail| {
-        jail.clear_env();
+            jail.clear_env();
             jail.set_env(format!("MCCACHE_{var}"), value);
             let got = load_err();
             assert_eq!(got, expected, "MCCACHE_{var}={value:?}");

@@ -30,7 +30,11 @@ fn scenario(seed: u64) -> Result<(), String> {
         loss: [0.0, 0.01, 0.05, 0.1, 0.2, 0.3][rng.random_range(0..6)],
         dup: if rng.random_bool(0.3) { 0.05 } else { 0.0 },
         delay: Duration::from_micros(rng.random_range(20..500)),
-        jitter: Duration::from_micros(if rng.random_bool(0.5) { rng.random_range(0..3000) } else { 0 }),
+        jitter: Duration::from_micros(if rng.random_bool(0.5) {
+            rng.random_range(0..3000)
+        } else {
+            0
+        }),
         mtu: [576, 1200, 1472, 9000][rng.random_range(0..4)],
     };
     let desc = format!("seed {seed}: {n} nodes, {net:?}");
@@ -73,9 +77,21 @@ fn scenario(seed: u64) -> Result<(), String> {
         let key = format!("k{}", rng.random_range(0..keys)).into_bytes();
         match rng.random_range(0..100) {
             0..=69 => {
-                let len = if rng.random_bool(0.05) { rng.random_range(2_000..40_000) } else { rng.random_range(0..200) };
+                let len = if rng.random_bool(0.05) {
+                    rng.random_range(2_000..40_000)
+                } else {
+                    rng.random_range(0..200)
+                };
                 let value: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-                sim.write(i, cache, key, Op::Put { value, ttl_ms: None });
+                sim.write(
+                    i,
+                    cache,
+                    key,
+                    Op::Put {
+                        value,
+                        ttl_ms: None,
+                    },
+                );
             }
             70..=97 => sim.write(i, cache, key, Op::Del),
             _ => sim.clear(i, cache),
@@ -128,19 +144,40 @@ fn check_entries(sim: &Sim) -> Result<(), String> {
                     .chain(other.keys())
                     .filter(|k| first.get(*k) != other.get(*k))
                     .map(|k| {
-                        let v = |m: &BTreeMap<Vec<u8>, (mccache::Version, Vec<u8>)>| m.get(k).map(|(v, val)| (*v, val.len()));
-                        let rec = |n: usize| sim.model(n).caches.get(cache).and_then(|c| c.records.get(k)).map(|r| (r.version, matches!(r.op, Op::Del)));
-                        format!("{}: {:?} vs {:?} (records {:?} / {:?})", String::from_utf8_lossy(k), v(&first), v(&other), rec(live[0]), rec(i))
+                        let v = |m: &BTreeMap<Vec<u8>, (mccache::Version, Vec<u8>)>| {
+                            m.get(k).map(|(v, val)| (*v, val.len()))
+                        };
+                        let rec = |n: usize| {
+                            sim.model(n)
+                                .caches
+                                .get(cache)
+                                .and_then(|c| c.records.get(k))
+                                .map(|r| (r.version, matches!(r.op, Op::Del)))
+                        };
+                        format!(
+                            "{}: {:?} vs {:?} (records {:?} / {:?})",
+                            String::from_utf8_lossy(k),
+                            v(&first),
+                            v(&other),
+                            rec(live[0]),
+                            rec(i)
+                        )
                     })
                     .collect();
-                return Err(format!("cache {cache}: node {} and node {i} differ on {} keys: {differing:?}", live[0], differing.len()));
+                return Err(format!(
+                    "cache {cache}: node {} and node {i} differ on {} keys: {differing:?}",
+                    live[0],
+                    differing.len()
+                ));
             }
         }
     }
     // 2. no resurrection: the newest surviving write per key decides the final state.
     let mut newest: BTreeMap<(String, Vec<u8>), (mccache::Version, bool)> = BTreeMap::new();
     for (cache, rec) in sim.surviving_writes() {
-        let e = newest.entry((cache, rec.key.clone())).or_insert((rec.version, false));
+        let e = newest
+            .entry((cache, rec.key.clone()))
+            .or_insert((rec.version, false));
         if rec.version >= e.0 {
             *e = (rec.version, matches!(rec.op, Op::Del));
         }
@@ -149,10 +186,16 @@ fn check_entries(sim: &Sim) -> Result<(), String> {
         let held = sim.live(live[0], cache).get(key).map(|(v, _)| *v);
         match held {
             Some(v) if v < *version && *deleted => {
-                return Err(format!("deleted key {:?} reappeared in {cache} at {v:?} (deleted at {version:?})", String::from_utf8_lossy(key)));
+                return Err(format!(
+                    "deleted key {:?} reappeared in {cache} at {v:?} (deleted at {version:?})",
+                    String::from_utf8_lossy(key)
+                ));
             }
             Some(v) if v < *version => {
-                return Err(format!("key {:?} in {cache} holds {v:?}, older than surviving write {version:?}", String::from_utf8_lossy(key)));
+                return Err(format!(
+                    "key {:?} in {cache} holds {v:?}, older than surviving write {version:?}",
+                    String::from_utf8_lossy(key)
+                ));
             }
             None if !*deleted => {
                 // Absent although a surviving node wrote it: only a newer delete or clear (perhaps
@@ -160,9 +203,15 @@ fn check_entries(sim: &Sim) -> Result<(), String> {
                 let newer_delete = sim.all_writes.iter().any(|(c, r)| {
                     c == cache && r.key == *key && r.version > *version && matches!(r.op, Op::Del)
                 });
-                let newer_clear = sim.all_clears.iter().any(|(c, v)| c == cache && v > version);
+                let newer_clear = sim
+                    .all_clears
+                    .iter()
+                    .any(|(c, v)| c == cache && v > version);
                 if !newer_delete && !newer_clear {
-                    return Err(format!("key {:?} missing in {cache} (written at {version:?})", String::from_utf8_lossy(key)));
+                    return Err(format!(
+                        "key {:?} missing in {cache} (written at {version:?})",
+                        String::from_utf8_lossy(key)
+                    ));
                 }
             }
             _ => {}
@@ -197,29 +246,57 @@ fn simulated_clusters_converge() {
         scenario(seed).unwrap_or_else(|e| panic!("{e}"));
         return;
     }
-    let seeds: u64 = std::env::var("MCCACHE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let seeds: u64 = std::env::var("MCCACHE_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let mut failures = Vec::new();
     for seed in 0..seeds {
         if let Err(e) = scenario(seed) {
-            eprintln!("FAILED {e}\n  replay: MCCACHE_SIM_SEED={seed} cargo test --release --test sim");
+            eprintln!(
+                "FAILED {e}\n  replay: MCCACHE_SIM_SEED={seed} cargo test --release --test sim"
+            );
             failures.push(seed);
         }
     }
-    assert!(failures.is_empty(), "{} of {seeds} seeds failed: {:?}", failures.len(), failures);
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed: {:?}",
+        failures.len(),
+        failures
+    );
 }
 
 #[test]
 fn a_lost_message_is_repaired_by_nak_not_by_anti_entropy() {
     // Heavy loss, short run: completion must come from the reliable stream (retransmits).
-    let net = NetParams { loss: 0.2, dup: 0.0, delay: Duration::from_micros(50), jitter: Duration::ZERO, mtu: 1472 };
+    let net = NetParams {
+        loss: 0.2,
+        dup: 0.0,
+        delay: Duration::from_micros(50),
+        jitter: Duration::ZERO,
+        mtu: 1472,
+    };
     let mut sim = Sim::new(42, 3, net);
     sim.run_until(Duration::from_millis(400));
     for k in 0..50u32 {
-        sim.write(0, "alpha", format!("k{k}").into_bytes(), Op::Put { value: vec![k as u8; 10], ttl_ms: None });
+        sim.write(
+            0,
+            "alpha",
+            format!("k{k}").into_bytes(),
+            Op::Put {
+                value: vec![k as u8; 10],
+                ttl_ms: None,
+            },
+        );
     }
     sim.run_until(Duration::from_millis(450));
     for i in 1..3 {
-        assert_eq!(sim.live(i, "alpha").len(), 50, "node {i} within 50 ms (before any pulse)");
+        assert_eq!(
+            sim.live(i, "alpha").len(),
+            50,
+            "node {i} within 50 ms (before any pulse)"
+        );
     }
     assert!(sim.endpoint_of(0).metrics().retransmits_served > 0);
 }
@@ -245,7 +322,14 @@ fn bulk_writes(sim: &mut Sim, start: Duration, per_node: u32, rng: &mut impl Rng
             t += Duration::from_micros(30);
             sim.run_until(t);
             let key = format!("k{}", rng.random_range(0..per_node * 2)).into_bytes();
-            let op = if j % 10 == 9 { Op::Del } else { Op::Put { value: vec![i as u8; 40], ttl_ms: None } };
+            let op = if j % 10 == 9 {
+                Op::Del
+            } else {
+                Op::Put {
+                    value: vec![i as u8; 40],
+                    ttl_ms: None,
+                }
+            };
             sim.write(i, "alpha", key, op);
         }
     }
@@ -255,7 +339,13 @@ fn bulk_writes(sim: &mut Sim, start: Duration, per_node: u32, rng: &mut impl Rng
 #[test]
 fn many_writes_under_5_and_20_percent_loss_converge_within_a_few_pulses() {
     for (seed, loss) in [(1u64, 0.05), (2, 0.20)] {
-        let net = NetParams { loss, dup: 0.0, delay: Duration::from_micros(100), jitter: Duration::from_micros(200), mtu: 1472 };
+        let net = NetParams {
+            loss,
+            dup: 0.0,
+            delay: Duration::from_micros(100),
+            jitter: Duration::from_micros(200),
+            mtu: 1472,
+        };
         let mut sim = Sim::new(seed, 3, net);
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
         sim.run_until(Duration::from_millis(500));
@@ -263,13 +353,22 @@ fn many_writes_under_5_and_20_percent_loss_converge_within_a_few_pulses() {
         let took = time_to_converge(&mut sim, end, Duration::from_secs(30));
         eprintln!("loss {loss}: converged {took:?} after the last write (pulse 500 ms)");
         // Within 4 pulses of quiesce (the pulse is 500 ms in the simulator).
-        assert!(took.is_some_and(|d| d <= Duration::from_secs(2)), "loss {loss}: {took:?}");
+        assert!(
+            took.is_some_and(|d| d <= Duration::from_secs(2)),
+            "loss {loss}: {took:?}"
+        );
     }
 }
 
 #[test]
 fn a_healed_partition_converges_within_two_pulses() {
-    let net = NetParams { loss: 0.0, dup: 0.0, delay: Duration::from_micros(100), jitter: Duration::ZERO, mtu: 1472 };
+    let net = NetParams {
+        loss: 0.0,
+        dup: 0.0,
+        delay: Duration::from_micros(100),
+        jitter: Duration::ZERO,
+        mtu: 1472,
+    };
     let mut sim = Sim::new(9, 3, net);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9);
     sim.run_until(Duration::from_millis(500));
@@ -281,5 +380,8 @@ fn a_healed_partition_converges_within_two_pulses() {
     sim.partition = None;
     let took = time_to_converge(&mut sim, healed, Duration::from_secs(30));
     eprintln!("partition healed: converged {took:?} after the heal (pulse 500 ms)");
-    assert!(took.is_some_and(|d| d <= Duration::from_secs(1)), "{took:?}");
+    assert!(
+        took.is_some_and(|d| d <= Duration::from_secs(1)),
+        "{took:?}"
+    );
 }

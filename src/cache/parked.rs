@@ -33,13 +33,21 @@ impl ParkedCache {
         }
         let stored = match &rec.op {
             // An invalidation leaves a marker like a delete: the value is gone here.
-            Op::Inval => Record { op: Op::Del, ..rec.clone() },
+            Op::Inval => Record {
+                op: Op::Del,
+                ..rec.clone()
+            },
             _ => rec.clone(),
         };
         self.bytes += stored.weight();
         self.records.insert(rec.key.clone(), stored);
         while self.records.len() > max_entries || self.bytes > max_bytes {
-            let Some(oldest) = self.records.values().min_by_key(|r| r.version).map(|r| r.key.clone()) else {
+            let Some(oldest) = self
+                .records
+                .values()
+                .min_by_key(|r| r.version)
+                .map(|r| r.key.clone())
+            else {
                 break;
             };
             if let Some(r) = self.records.remove(&oldest) {
@@ -72,7 +80,11 @@ impl ParkedCache {
 
     /// Digest of the live (non-deleted) records, computed as a typed cache computes it.
     pub fn digest(&self) -> SyncDigest {
-        let mut d = SyncDigest { count: 0, checksum: 0, buckets: vec![0; SYNC_BUCKETS] };
+        let mut d = SyncDigest {
+            count: 0,
+            checksum: 0,
+            buckets: vec![0; SYNC_BUCKETS],
+        };
         for r in self.records.values() {
             if let Op::Put { value, .. } = &r.op {
                 let e = entry_digest(&r.key, value, r.version);
@@ -90,7 +102,11 @@ impl ParkedCache {
         self.records
             .values()
             .filter(|r| key_bucket(&r.key) == bucket)
-            .map(|r| KeyVersion { key: r.key.clone(), version: r.version, deleted: !matches!(r.op, Op::Put { .. }) })
+            .map(|r| KeyVersion {
+                key: r.key.clone(),
+                version: r.version,
+                deleted: !matches!(r.op, Op::Put { .. }),
+            })
             .collect()
     }
 

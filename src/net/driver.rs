@@ -74,8 +74,16 @@ pub struct Transport {
 
 impl Transport {
     /// Wraps sockets opened by [`super::socket`] (must be called inside the runtime).
-    pub fn new(recv: std::net::UdpSocket, send: std::net::UdpSocket, group: SocketAddrV4) -> std::io::Result<Transport> {
-        Ok(Transport { recv: UdpSocket::from_std(recv)?, send: UdpSocket::from_std(send)?, group })
+    pub fn new(
+        recv: std::net::UdpSocket,
+        send: std::net::UdpSocket,
+        group: SocketAddrV4,
+    ) -> std::io::Result<Transport> {
+        Ok(Transport {
+            recv: UdpSocket::from_std(recv)?,
+            send: UdpSocket::from_std(send)?,
+            group,
+        })
     }
 }
 
@@ -174,13 +182,19 @@ pub async fn run(
             ep.leave();
         }
         while let Some(d) = ep.poll_transmit() {
-            if tantrum.send && tantrum.percent > 0.0 && rng.random::<f64>() * 100.0 < tantrum.percent {
+            if tantrum.send
+                && tantrum.percent > 0.0
+                && rng.random::<f64>() * 100.0 < tantrum.percent
+            {
                 ep.metrics_mut().tantrum_drops += 1;
                 continue;
             }
             if let Err(e) = transport.send.send_to(&d, transport.group).await {
                 tracing::debug!(error = %e, "send failed");
-                *ep.metrics_mut().dropped.entry("send_error".to_string()).or_default() += 1;
+                *ep.metrics_mut()
+                    .dropped
+                    .entry("send_error".to_string())
+                    .or_default() += 1;
             }
         }
         let mut membership_changed = false;

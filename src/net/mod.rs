@@ -1,5 +1,5 @@
 //! Sockets and the single tokio driver task that connects the protocol core to the network.
 
 pub mod driver;
-pub mod sockopt;
 pub mod socket;
+pub mod sockopt;

@@ -133,7 +133,12 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         started: Instant::now(),
         started_wall: SystemTime::now(),
     };
-    let node = Node::start_with(config.clone(), publisher, Arc::new(SystemClock::new()), Some((id, net)))?;
+    let node = Node::start_with(
+        config.clone(),
+        publisher,
+        Arc::new(SystemClock::new()),
+        Some((id, net)),
+    )?;
 
     let wire = WireConfig {
         cluster_name: config.cluster_name.clone(),
@@ -144,10 +149,19 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         reassembly_timeout: Duration::from_secs(5),
         max_reassembly_bytes: 4 * (config.max_message_size + (64 << 10)),
     };
-    let mut ep_cfg = EndpointConfig::new(config.node_name_or_default(), wire, config.daemon_sleep(), config.pulse());
+    let mut ep_cfg = EndpointConfig::new(
+        config.node_name_or_default(),
+        wire,
+        config.daemon_sleep(),
+        config.pulse(),
+    );
     ep_cfg.queue_max = config.queue_max;
     let endpoint = Endpoint::new(ep_cfg, id, Instant::now());
-    let app = NodeApp { registry, hlc: node.inner.core.hlc.clone(), lag };
+    let app = NodeApp {
+        registry,
+        hlc: node.inner.core.hlc.clone(),
+        lag,
+    };
     let tantrum = Tantrum {
         percent: config.monkey_tantrum,
         send: config.monkey_tantrum_side.drops_sends(),
@@ -155,10 +169,16 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     };
     let on_event: Box<dyn FnMut(&Event) + Send> = Box::new(move |ev| {
         let mapped = match ev {
-            Event::Joined { id, name } => MemberEvent::Joined { id: *id, name: name.clone() },
+            Event::Joined { id, name } => MemberEvent::Joined {
+                id: *id,
+                name: name.clone(),
+            },
             Event::Suspect { id } => MemberEvent::Suspect { id: *id },
             Event::Alive { id } => MemberEvent::Alive { id: *id },
-            Event::Left { id, failed } => MemberEvent::Left { id: *id, failed: *failed },
+            Event::Left { id, failed } => MemberEvent::Left {
+                id: *id,
+                failed: *failed,
+            },
             Event::Ready => MemberEvent::Ready,
             Event::Reply { .. } => return,
         };
@@ -168,21 +188,28 @@ pub(crate) fn start(config: Config) -> Result<Node> {
             l(&mapped);
         }
     });
-    let handle = std::thread::Builder::new().name("mccache-net".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "mccache: cannot build the network runtime");
-                return;
-            }
-        };
-        rt.block_on(async move {
-            match Transport::new(recv, send, group) {
-                Ok(t) => driver::run(endpoint, Box::new(app), t, rx, shared, tantrum, on_event).await,
-                Err(e) => tracing::error!(error = %e, "mccache: cannot register sockets"),
-            }
-        });
-    })?;
+    let handle = std::thread::Builder::new()
+        .name("mccache-net".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "mccache: cannot build the network runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match Transport::new(recv, send, group) {
+                    Ok(t) => {
+                        driver::run(endpoint, Box::new(app), t, rx, shared, tantrum, on_event).await
+                    }
+                    Err(e) => tracing::error!(error = %e, "mccache: cannot register sockets"),
+                }
+            });
+        })?;
     if let Some(net) = &node.inner.net {
         *net.thread.lock() = Some(handle);
     }
@@ -196,7 +223,9 @@ impl Node {
 
     /// The live peers (not this node), sorted by id. Empty for a local-only node.
     pub fn members(&self) -> Vec<Member> {
-        let Some(net) = &self.inner.net else { return Vec::new() };
+        let Some(net) = &self.inner.net else {
+            return Vec::new();
+        };
         let now = Instant::now();
         net.shared
             .members
@@ -223,19 +252,29 @@ impl Node {
     /// True once this node holds a full copy of the caches its first peer offered (state
     /// transfer done), or found no peer to copy from. Always true for a local-only node.
     pub fn is_ready(&self) -> bool {
-        self.inner.net.as_ref().is_none_or(|n| *n.shared.ready.lock())
+        self.inner
+            .net
+            .as_ref()
+            .is_none_or(|n| *n.shared.ready.lock())
     }
 
     /// Waits up to `timeout` for [`Node::is_ready`]; returns whether it became ready.
     pub fn wait_ready(&self, timeout: Duration) -> bool {
-        let Some(net) = &self.inner.net else { return true };
+        let Some(net) = &self.inner.net else {
+            return true;
+        };
         let deadline = Instant::now() + timeout;
         let mut ready = net.shared.ready.lock();
         while !*ready {
             if net.shared.stopped.load(Ordering::Acquire) {
                 return false;
             }
-            if net.shared.ready_cv.wait_until(&mut ready, deadline).timed_out() {
+            if net
+                .shared
+                .ready_cv
+                .wait_until(&mut ready, deadline)
+                .timed_out()
+            {
                 return *ready;
             }
         }
@@ -245,7 +284,9 @@ impl Node {
     /// Network and replication counters (datagrams, drops by reason, retransmits, repairs,
     /// queue depths, apply lag). Zeroed for a local-only node.
     pub fn network_metrics(&self) -> NetworkMetrics {
-        let Some(net) = &self.inner.net else { return NetworkMetrics::default() };
+        let Some(net) = &self.inner.net else {
+            return NetworkMetrics::default();
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         let mut m = if net.tx.try_send(Command::Metrics(tx)).is_ok() {
             rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
@@ -271,7 +312,9 @@ impl Node {
         let net = self.net()?;
         let expected = self.members().len();
         let (tx, rx) = std::sync::mpsc::channel();
-        net.tx.try_send(Command::Query(query, tx)).map_err(|_| Error::Shutdown)?;
+        net.tx
+            .try_send(Command::Query(query, tx))
+            .map_err(|_| Error::Shutdown)?;
         let deadline = Instant::now() + timeout;
         let mut answers = Vec::new();
         while answers.len() < expected {
@@ -303,7 +346,12 @@ impl Node {
             .filter_map(|n| self.erased(&n).map(|c| (n, c.metrics())))
             .collect();
         out.insert(self.id(), local);
-        for (from, body) in self.ask(Query::Metrics { cache: name.map(str::to_string) }, timeout)? {
+        for (from, body) in self.ask(
+            Query::Metrics {
+                cache: name.map(str::to_string),
+            },
+            timeout,
+        )? {
             if let Ok(m) = rmp_serde::from_slice::<BTreeMap<String, CacheMetrics>>(&body) {
                 out.insert(from, m);
             }
@@ -324,14 +372,22 @@ impl Node {
         key: Option<&K>,
         timeout: Duration,
     ) -> Result<BTreeMap<NodeId, Option<u64>>> {
-        let key = key.map(|k| rmp_serde::to_vec(k).map_err(|e| Error::Serialization(e.to_string()))).transpose()?;
+        let key = key
+            .map(|k| rmp_serde::to_vec(k).map_err(|e| Error::Serialization(e.to_string())))
+            .transpose()?;
         let local = self.erased(name).and_then(|c| match &key {
             None => Some(c.sync_digest().checksum),
             Some(k) => c.key_checksum(k).map(u64::from),
         });
         let mut out = BTreeMap::new();
         out.insert(self.id(), local);
-        for (from, body) in self.ask(Query::Checksum { cache: name.to_string(), key }, timeout)? {
+        for (from, body) in self.ask(
+            Query::Checksum {
+                cache: name.to_string(),
+                key,
+            },
+            timeout,
+        )? {
             if let Ok(v) = rmp_serde::from_slice::<Option<u64>>(&body) {
                 out.insert(from, v);
             }
@@ -353,9 +409,17 @@ impl Node {
         let core = &self.inner.core;
         let version = Version::new(core.hlc.tick(core.clock.wall_ms()), core.id);
         if let Some(net) = &self.inner.net {
-            net.registry.parked.lock().entry(name.to_string()).or_default().clear(version);
+            net.registry
+                .parked
+                .lock()
+                .entry(name.to_string())
+                .or_default()
+                .clear(version);
             net.tx
-                .try_send(Command::Publish(Item::Clear { cache: name.to_string(), version }))
+                .try_send(Command::Publish(Item::Clear {
+                    cache: name.to_string(),
+                    version,
+                }))
                 .map_err(|_| Error::Shutdown)?;
         }
         Ok(())
@@ -363,6 +427,9 @@ impl Node {
 
     /// Whether writes are being replicated right now (false for local-only or stopped nodes).
     pub fn is_networked(&self) -> bool {
-        self.inner.net.as_ref().is_some_and(|n| !n.shared.stopped.load(Ordering::Acquire))
+        self.inner
+            .net
+            .as_ref()
+            .is_some_and(|n| !n.shared.stopped.load(Ordering::Acquire))
     }
 }

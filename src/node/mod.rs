@@ -114,7 +114,12 @@ impl Node {
     /// # Errors
     /// The configuration error, if `config` is invalid.
     pub fn start_local(config: Config) -> Result<Node> {
-        Node::start_with(config, Arc::new(NoPublisher), Arc::new(SystemClock::new()), None)
+        Node::start_with(
+            config,
+            Arc::new(NoPublisher),
+            Arc::new(SystemClock::new()),
+            None,
+        )
     }
 
     /// Starts a node on a given clock (tests drive time with
@@ -324,8 +329,12 @@ fn housekeeper(
             continue;
         }
         next = now + period;
-        let caches: Vec<Arc<dyn ErasedCache>> =
-            registry.open.read().values().map(|r| r.erased.clone()).collect();
+        let caches: Vec<Arc<dyn ErasedCache>> = registry
+            .open
+            .read()
+            .values()
+            .map(|r| r.erased.clone())
+            .collect();
         for c in caches {
             c.housekeep(tomb_ttl);
         }

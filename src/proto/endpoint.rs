@@ -69,7 +69,12 @@ pub struct EndpointConfig {
 
 impl EndpointConfig {
     /// Defaults derived from the heartbeat and pulse periods.
-    pub fn new(name: String, wire: WireConfig, heartbeat: Duration, pulse: Duration) -> EndpointConfig {
+    pub fn new(
+        name: String,
+        wire: WireConfig,
+        heartbeat: Duration,
+        pulse: Duration,
+    ) -> EndpointConfig {
         EndpointConfig {
             name,
             wire,
@@ -350,7 +355,10 @@ impl Endpoint {
 
     /// The earliest moment [`Endpoint::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Instant {
-        let mut t = self.next_heartbeat.min(self.next_pulse).min(self.next_housekeeping);
+        let mut t = self
+            .next_heartbeat
+            .min(self.next_pulse)
+            .min(self.next_housekeeping);
         if let Some(tail) = self.tail_at {
             t = t.min(tail);
         }
@@ -396,10 +404,19 @@ impl Endpoint {
         m.outbound_queue = self.outbox.len() as u64;
         m.retransmit_buffer_msgs = self.send.len() as u64;
         m.retransmit_buffer_bytes = self.send.bytes() as u64;
-        m.gaps = self.metrics.gaps + self.peers.values().map(|p| p.recv.gaps_detected).sum::<u64>();
-        m.gaps_abandoned =
-            self.metrics.gaps_abandoned + self.peers.values().map(|p| p.recv.abandoned).sum::<u64>();
-        m.peer_lag = self.peers.iter().map(|(id, p)| (id.to_string(), p.recv.seq_hi() - p.recv.contiguous())).collect();
+        m.gaps = self.metrics.gaps
+            + self
+                .peers
+                .values()
+                .map(|p| p.recv.gaps_detected)
+                .sum::<u64>();
+        m.gaps_abandoned = self.metrics.gaps_abandoned
+            + self.peers.values().map(|p| p.recv.abandoned).sum::<u64>();
+        m.peer_lag = self
+            .peers
+            .iter()
+            .map(|(id, p)| (id.to_string(), p.recv.seq_hi() - p.recv.contiguous()))
+            .collect();
         m
     }
 
@@ -417,7 +434,12 @@ impl Endpoint {
     pub fn in_flight(&self) -> u64 {
         let hi = self.send.seq_hi();
         // Suspected peers do not hold the window shut: they are removed or come back.
-        self.peers.values().filter(|p| !p.suspect).map(|p| hi.saturating_sub(p.acked)).max().unwrap_or(0)
+        self.peers
+            .values()
+            .filter(|p| !p.suspect)
+            .map(|p| hi.saturating_sub(p.acked))
+            .max()
+            .unwrap_or(0)
     }
 
     /// True when nothing is queued, in flight or missing: the node has quiesced.
@@ -436,14 +458,22 @@ impl Endpoint {
             Ok(Some(done)) => done,
             Ok(None) => return,
             Err(reason) => {
-                *self.metrics.dropped.entry(reason.as_str().to_string()).or_default() += 1;
+                *self
+                    .metrics
+                    .dropped
+                    .entry(reason.as_str().to_string())
+                    .or_default() += 1;
                 tracing::trace!(reason = reason.as_str(), "datagram dropped");
                 return;
             }
         };
         let Some(msg) = Msg::decode(&payload) else {
             self.metrics.malformed_messages += 1;
-            *self.metrics.dropped.entry("malformed".to_string()).or_default() += 1;
+            *self
+                .metrics
+                .dropped
+                .entry("malformed".to_string())
+                .or_default() += 1;
             tracing::debug!(%from, len = payload.len(), "undecodable message dropped");
             return;
         };
@@ -466,7 +496,10 @@ impl Endpoint {
         if matches!(msg, Msg::Leave) {
             if self.peers.remove(&from).is_some() {
                 self.wire.forget_sender(from);
-                self.events.push_back(Event::Left { id: from, failed: false });
+                self.events.push_back(Event::Left {
+                    id: from,
+                    failed: false,
+                });
                 self.release_acked();
             }
             return;
@@ -481,7 +514,11 @@ impl Endpoint {
                 match p.recv.receive(now, seq, &self.cfg.nak) {
                     Arrival::Duplicate => {
                         self.metrics.duplicates += 1;
-                        *self.metrics.dropped.entry("duplicate".to_string()).or_default() += 1;
+                        *self
+                            .metrics
+                            .dropped
+                            .entry("duplicate".to_string())
+                            .or_default() += 1;
                     }
                     Arrival::New => {
                         p.received_since_ack += 1;
@@ -493,7 +530,13 @@ impl Endpoint {
                     }
                 }
             }
-            Msg::Hello { name, join, seq_hi, acks, caches } => {
+            Msg::Hello {
+                name,
+                join,
+                seq_hi,
+                acks,
+                caches,
+            } => {
                 let _ = is_hello;
                 self.on_ack_list(from, &acks);
                 if let Some(p) = self.peers.get_mut(&from) {
@@ -522,19 +565,29 @@ impl Endpoint {
                 self.next_pulse = self.next_pulse.min(now + Duration::from_millis(10));
             }
             Msg::Digest { caches } => self.on_digest(from, caches, app),
-            Msg::Buckets { cache, parts, keys, .. } => self.on_buckets(now, from, &cache, &parts, keys, app),
+            Msg::Buckets {
+                cache, parts, keys, ..
+            } => self.on_buckets(now, from, &cache, &parts, keys, app),
             Msg::Pull { cache, keys, .. } => {
                 let items: Vec<Item> = keys
                     .iter()
                     .filter_map(|k| app.record(&cache, k))
-                    .map(|rec| Item::Rec { cache: cache.clone(), rec })
+                    .map(|rec| Item::Rec {
+                        cache: cache.clone(),
+                        rec,
+                    })
                     .collect();
                 self.send_repair(now, items);
             }
             Msg::Repair { items } => self.apply_items(&items, from, app, true),
             Msg::SnapshotReq { cache, cursor, .. } => {
                 let key = (from, cache.clone(), cursor);
-                if let Some((id, payload)) = self.served.iter().find(|(k, _, _)| *k == key).map(|(_, id, p)| (*id, p.clone())) {
+                if let Some((id, payload)) = self
+                    .served
+                    .iter()
+                    .find(|(k, _, _)| *k == key)
+                    .map(|(_, id, p)| (*id, p.clone()))
+                {
                     // A repeated request: resend under the same message id so fragments the
                     // joiner already holds still count.
                     self.transmit_as(&payload, Some(id));
@@ -544,7 +597,15 @@ impl Endpoint {
                 let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
                 self.metrics.snapshot_chunks_served += 1;
                 let floor = app.clear_floor(&cache);
-                let payload = Msg::SnapshotChunk { to: from, cache, cursor, records, next, floor }.encode();
+                let payload = Msg::SnapshotChunk {
+                    to: from,
+                    cache,
+                    cursor,
+                    records,
+                    next,
+                    floor,
+                }
+                .encode();
                 if let Some(id) = self.transmit_as(&payload, None) {
                     if self.served.len() >= 16 {
                         self.served.pop_front();
@@ -552,7 +613,14 @@ impl Endpoint {
                     self.served.push_back((key, id, payload));
                 }
             }
-            Msg::SnapshotChunk { cache, cursor, records, next, floor, .. } => {
+            Msg::SnapshotChunk {
+                cache,
+                cursor,
+                records,
+                next,
+                floor,
+                ..
+            } => {
                 if floor > app.clear_floor(&cache) {
                     app.apply_clear(&cache, floor, from);
                 }
@@ -577,7 +645,11 @@ impl Endpoint {
             return true;
         }
         if self.peers.len() >= self.cfg.max_peers {
-            *self.metrics.dropped.entry("membership_full".to_string()).or_default() += 1;
+            *self
+                .metrics
+                .dropped
+                .entry("membership_full".to_string())
+                .or_default() += 1;
             return false;
         }
         // Where its stream starts for us: history before we met is covered by state transfer
@@ -627,7 +699,11 @@ impl Endpoint {
                     }
                     Applied::Stale | Applied::Skipped => self.metrics.changes_stale += 1,
                     Applied::Undecodable => {
-                        *self.metrics.dropped.entry("undecodable_record".to_string()).or_default() += 1
+                        *self
+                            .metrics
+                            .dropped
+                            .entry("undecodable_record".to_string())
+                            .or_default() += 1
                     }
                 },
                 Item::Clear { cache, version } => app.apply_clear(cache, *version, from),
@@ -675,7 +751,10 @@ impl Endpoint {
         }
         if !gone.is_empty() {
             self.metrics.retransmits_gone += gone.len() as u64;
-            self.send_msg(&Msg::Gone { to: from, ranges: to_ranges(&gone) });
+            self.send_msg(&Msg::Gone {
+                to: from,
+                ranges: to_ranges(&gone),
+            });
         }
     }
 
@@ -688,7 +767,9 @@ impl Endpoint {
             if line.floor > app.clear_floor(&line.cache) {
                 app.apply_clear(&line.cache, line.floor, from);
             }
-            let Some(mine) = app.digest(&line.cache) else { continue };
+            let Some(mine) = app.digest(&line.cache) else {
+                continue;
+            };
             if mine.checksum == line.digest.checksum && mine.count == line.digest.count {
                 continue;
             }
@@ -730,7 +811,12 @@ impl Endpoint {
                 }
             }
             if !parts.is_empty() {
-                self.send_msg(&Msg::Buckets { to: from, cache: line.cache.clone(), parts, keys });
+                self.send_msg(&Msg::Buckets {
+                    to: from,
+                    cache: line.cache.clone(),
+                    parts,
+                    keys,
+                });
             }
         }
     }
@@ -753,13 +839,19 @@ impl Endpoint {
         }
         let mut push = Vec::new();
         let mut pull = Vec::new();
-        let cutoff = app.wall_ms().saturating_sub(self.cfg.settle.as_millis() as u64);
+        let cutoff = app
+            .wall_ms()
+            .saturating_sub(self.cfg.settle.as_millis() as u64);
         let settled = |v: &crate::proto::version::Version| v.millis() <= cutoff;
         for &(b, part, of) in parts {
             if b as usize >= SYNC_BUCKETS || of == 0 || part >= of {
                 continue;
             }
-            for mine in app.bucket_versions(cache, b as usize).into_iter().filter(|kv| key_part(&kv.key, of) == part) {
+            for mine in app
+                .bucket_versions(cache, b as usize)
+                .into_iter()
+                .filter(|kv| key_part(&kv.key, of) == part)
+            {
                 match their_map.remove(&mine.key) {
                     Some(t) if t.version > mine.version => {
                         if settled(&t.version) {
@@ -776,9 +868,20 @@ impl Endpoint {
             }
         }
         // Keys they hold and we do not know at all.
-        pull.extend(their_map.into_values().filter(|kv| settled(&kv.version)).map(|kv| kv.key));
-        let items: Vec<Item> =
-            push.iter().filter_map(|k| app.record(cache, k)).map(|rec| Item::Rec { cache: cache.to_string(), rec }).collect();
+        pull.extend(
+            their_map
+                .into_values()
+                .filter(|kv| settled(&kv.version))
+                .map(|kv| kv.key),
+        );
+        let items: Vec<Item> = push
+            .iter()
+            .filter_map(|k| app.record(cache, k))
+            .map(|rec| Item::Rec {
+                cache: cache.to_string(),
+                rec,
+            })
+            .collect();
         self.send_repair(now, items);
         let budget = self.list_budget();
         let mut keys = Vec::new();
@@ -787,12 +890,20 @@ impl Endpoint {
             bytes += k.len() + 4;
             keys.push(serde_bytes::ByteBuf::from(k));
             if bytes >= budget {
-                self.send_msg(&Msg::Pull { to: from, cache: cache.to_string(), keys: std::mem::take(&mut keys) });
+                self.send_msg(&Msg::Pull {
+                    to: from,
+                    cache: cache.to_string(),
+                    keys: std::mem::take(&mut keys),
+                });
                 bytes = 0;
             }
         }
         if !keys.is_empty() {
-            self.send_msg(&Msg::Pull { to: from, cache: cache.to_string(), keys });
+            self.send_msg(&Msg::Pull {
+                to: from,
+                cache: cache.to_string(),
+                keys,
+            });
         }
     }
 
@@ -802,10 +913,18 @@ impl Endpoint {
         }
         let mut pending = BTreeMap::new();
         for cache in caches {
-            self.send_msg(&Msg::SnapshotReq { to: from, cache: cache.clone(), cursor: 0 });
+            self.send_msg(&Msg::SnapshotReq {
+                to: from,
+                cache: cache.clone(),
+                cursor: 0,
+            });
             pending.insert(cache, (0, now));
         }
-        self.join = JoinState::Transferring(Transfer { donor: from, pending, deadline: now + self.transfer_timeout() });
+        self.join = JoinState::Transferring(Transfer {
+            donor: from,
+            pending,
+            deadline: now + self.transfer_timeout(),
+        });
     }
 
     /// How long a joiner waits for a chunk before asking again (the donor resends it under
@@ -831,7 +950,9 @@ impl Endpoint {
             }
         }
         let timeout = self.transfer_timeout();
-        let JoinState::Transferring(tr) = &mut self.join else { return };
+        let JoinState::Transferring(tr) = &mut self.join else {
+            return;
+        };
         if tr.donor != from || tr.pending.get(&cache).map(|(c, _)| *c) != Some(cursor) {
             return;
         }
@@ -839,7 +960,11 @@ impl Endpoint {
             Some(n) => {
                 tr.pending.insert(cache.clone(), (n, now));
                 tr.deadline = now + timeout;
-                self.send_msg(&Msg::SnapshotReq { to: from, cache, cursor: n });
+                self.send_msg(&Msg::SnapshotReq {
+                    to: from,
+                    cache,
+                    cursor: n,
+                });
             }
             None => {
                 tr.pending.remove(&cache);
@@ -866,7 +991,9 @@ impl Endpoint {
         self.flush(now);
         if let Some(t) = self.tail_at {
             if now >= t {
-                self.send_msg(&Msg::Tail { seq_hi: self.send.seq_hi() });
+                self.send_msg(&Msg::Tail {
+                    seq_hi: self.send.seq_hi(),
+                });
                 self.tail_repeats = self.tail_repeats.saturating_sub(1);
                 self.tail_at = (self.tail_repeats > 0).then(|| now + self.cfg.tail_delay * 8);
             }
@@ -903,7 +1030,11 @@ impl Endpoint {
                     let reqs: Vec<Msg> = tr
                         .pending
                         .iter()
-                        .map(|(c, (cursor, _))| Msg::SnapshotReq { to: tr.donor, cache: c.clone(), cursor: *cursor })
+                        .map(|(c, (cursor, _))| Msg::SnapshotReq {
+                            to: tr.donor,
+                            cache: c.clone(),
+                            cursor: *cursor,
+                        })
                         .collect();
                     for m in reqs {
                         self.send_msg(&m);
@@ -951,7 +1082,11 @@ impl Endpoint {
             .into_iter()
             .filter_map(|cache| {
                 let floor = app.clear_floor(&cache);
-                app.digest(&cache).map(|digest| CacheDigest { cache, digest, floor })
+                app.digest(&cache).map(|digest| CacheDigest {
+                    cache,
+                    digest,
+                    floor,
+                })
             })
             .collect();
         if caches.is_empty() {
@@ -966,7 +1101,13 @@ impl Endpoint {
         for p in self.peers.values_mut() {
             p.received_since_ack = 0;
         }
-        let msg = Msg::Hello { name: self.cfg.name.clone(), join, seq_hi: self.send.seq_hi(), acks, caches };
+        let msg = Msg::Hello {
+            name: self.cfg.name.clone(),
+            join,
+            seq_hi: self.send.seq_hi(),
+            acks,
+            caches,
+        };
         self.send_msg(&msg);
     }
 
@@ -979,7 +1120,10 @@ impl Endpoint {
     }
 
     fn ack_list(&self) -> Vec<(NodeId, u64)> {
-        self.peers.iter().map(|(id, p)| (*id, p.recv.contiguous())).collect()
+        self.peers
+            .iter()
+            .map(|(id, p)| (*id, p.recv.contiguous()))
+            .collect()
     }
 
     /// Repairs travel on the reliable stream like local changes (they are idempotent by
@@ -1013,7 +1157,11 @@ impl Endpoint {
             Err(e) => {
                 // Only oversized messages fail; caches refuse entries that could cause this.
                 tracing::warn!(error = %e, len = payload.len(), "message not sent");
-                *self.metrics.dropped.entry("unsendable".to_string()).or_default() += 1;
+                *self
+                    .metrics
+                    .dropped
+                    .entry("unsendable".to_string())
+                    .or_default() += 1;
                 None
             }
         }

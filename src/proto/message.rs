@@ -241,15 +241,50 @@ mod tests {
         let rec = Record {
             key: vec![1, 2, 3],
             version: Version::new(42, NodeId(7)),
-            op: Op::Put { value: vec![9; 100], ttl_ms: Some(5) },
+            op: Op::Put {
+                value: vec![9; 100],
+                ttl_ms: Some(5),
+            },
         };
         let msgs = vec![
-            Msg::Data { seq: 1, items: vec![Item::Rec { cache: "c".into(), rec: rec.clone() }] },
-            Msg::Hello { name: "n".into(), join: true, seq_hi: 3, acks: vec![(NodeId(1), 2)], caches: vec!["c".into()] },
-            Msg::Nak { to: NodeId(3), ranges: vec![(1, 4)] },
-            Msg::Query { id: 9, query: Query::Checksum { cache: "c".into(), key: Some(vec![1]) } },
-            Msg::Reply { to: NodeId(2), id: 9, body: vec![1, 2] },
-            Msg::SnapshotChunk { to: NodeId(2), cache: "c".into(), cursor: 0, records: vec![rec], next: None, floor: Version::ZERO },
+            Msg::Data {
+                seq: 1,
+                items: vec![Item::Rec {
+                    cache: "c".into(),
+                    rec: rec.clone(),
+                }],
+            },
+            Msg::Hello {
+                name: "n".into(),
+                join: true,
+                seq_hi: 3,
+                acks: vec![(NodeId(1), 2)],
+                caches: vec!["c".into()],
+            },
+            Msg::Nak {
+                to: NodeId(3),
+                ranges: vec![(1, 4)],
+            },
+            Msg::Query {
+                id: 9,
+                query: Query::Checksum {
+                    cache: "c".into(),
+                    key: Some(vec![1]),
+                },
+            },
+            Msg::Reply {
+                to: NodeId(2),
+                id: 9,
+                body: vec![1, 2],
+            },
+            Msg::SnapshotChunk {
+                to: NodeId(2),
+                cache: "c".into(),
+                cursor: 0,
+                records: vec![rec],
+                next: None,
+                floor: Version::ZERO,
+            },
         ];
         for m in msgs {
             assert_eq!(Msg::decode(&m.encode()), Some(m));

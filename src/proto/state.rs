@@ -25,7 +25,12 @@ pub trait AppState {
     /// The record for one key (value or tombstone), for repair.
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record>;
     /// A chunk of a cache for state transfer.
-    fn snapshot_chunk(&self, cache: &str, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>);
+    fn snapshot_chunk(
+        &self,
+        cache: &str,
+        cursor: u64,
+        max_bytes: usize,
+    ) -> (Vec<Record>, Option<u64>);
     /// The application's wall clock, in milliseconds since the Unix epoch (the core reads no
     /// clock itself; anti-entropy uses this to leave changes still in flight alone).
     fn wall_ms(&self) -> u64;
