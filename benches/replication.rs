@@ -84,12 +84,13 @@ fn lag() {
     }
 }
 
-fn throughput() {
+/// 3 nodes, one writer each: flat out (`rate_per_node = None`) or paced.
+fn throughput(rate_per_node: Option<f64>, group: u8, port: u16) {
     let secs: f64 = std::env::var("MCCACHE_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5.0);
-    let nodes = start(3, &config(2, 47802));
+    let nodes = start(3, &config(group, port));
     let caches: Vec<_> = nodes
         .iter()
         .map(|n| n.cache::<u32, u64>("tput").unwrap())
@@ -102,7 +103,14 @@ fn throughput() {
             s.spawn(move || {
                 let mut n = 0u64;
                 let mut x = i as u64 + 1;
+                let started = Instant::now();
                 while Instant::now() < stop {
+                    if let Some(r) = rate_per_node {
+                        let due = started + Duration::from_secs_f64(n as f64 / r);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
                     for _ in 0..64 {
                         x ^= x << 13;
                         x ^= x >> 7;
@@ -134,8 +142,12 @@ fn throughput() {
     let quiesce = q0.elapsed();
     let m: Vec<_> = nodes.iter().map(|n| n.network_metrics()).collect();
     println!(
-        "sustained replication (3 nodes, 3 writer threads, 10k keys, {secs} s): {:.0} replicated mutations/s in aggregate; \
+        "sustained replication (3 nodes, {}, 10k keys, {secs} s): {:.0} replicated mutations/s in aggregate; \
          caches identical after quiesce: {identical} (quiesce took {} ms); retransmits served {}, anti-entropy repairs {}, overflow {}",
+        match rate_per_node {
+            Some(r) => format!("writers paced at {r:.0} writes/s each"),
+            None => "writers flat out".to_string(),
+        },
         total as f64 / secs,
         quiesce.as_millis(),
         m.iter().map(|x| x.retransmits_served).sum::<u64>(),
@@ -153,5 +165,6 @@ fn main() {
         return;
     }
     lag();
-    throughput();
+    throughput(Some(40_000.0), 2, 47802);
+    throughput(None, 3, 47803);
 }
