@@ -7,15 +7,20 @@ mod cluster_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mccache::{CacheMode, ChangeKind, Node, Origin};
 use cluster_support::{config, wait_until};
+use mccache::{CacheMode, ChangeKind, Node, Origin};
 
 const T: Duration = Duration::from_secs(10);
 
 fn start(n: usize, group: u8, port: u16) -> Vec<Node> {
-    let nodes: Vec<Node> = (0..n).map(|_| Node::start(config(group, port)).expect("node starts")).collect();
+    let nodes: Vec<Node> = (0..n)
+        .map(|_| Node::start(config(group, port)).expect("node starts"))
+        .collect();
     for node in &nodes {
-        assert!(wait_until(T, || node.members().len() == n - 1), "membership forms");
+        assert!(
+            wait_until(T, || node.members().len() == n - 1),
+            "membership forms"
+        );
     }
     nodes
 }
@@ -23,19 +28,33 @@ fn start(n: usize, group: u8, port: u16) -> Vec<Node> {
 #[test]
 fn inserts_updates_deletes_and_clear_propagate() {
     let nodes = start(3, 1, 46101);
-    let caches: Vec<_> = nodes.iter().map(|n| n.cache::<String, String>("users").unwrap()).collect();
+    let caches: Vec<_> = nodes
+        .iter()
+        .map(|n| n.cache::<String, String>("users").unwrap())
+        .collect();
     caches[0].insert("a".into(), "1".into()).unwrap();
-    assert!(wait_until(T, || caches.iter().all(|c| c.get(&"a".to_string()).as_deref() == Some("1"))));
+    assert!(wait_until(T, || caches
+        .iter()
+        .all(|c| c.get(&"a".to_string()).as_deref() == Some("1"))));
     caches[1].insert("a".into(), "2".into()).unwrap();
-    assert!(wait_until(T, || caches.iter().all(|c| c.get(&"a".to_string()).as_deref() == Some("2"))));
+    assert!(wait_until(T, || caches
+        .iter()
+        .all(|c| c.get(&"a".to_string()).as_deref() == Some("2"))));
     caches[2].remove(&"a".to_string()).unwrap();
-    assert!(wait_until(T, || caches.iter().all(|c| !c.contains_key(&"a".to_string()))));
+    assert!(wait_until(T, || caches
+        .iter()
+        .all(|c| !c.contains_key(&"a".to_string()))));
     for i in 0..20 {
-        caches[i % 3].insert(format!("k{i}"), format!("v{i}")).unwrap();
+        caches[i % 3]
+            .insert(format!("k{i}"), format!("v{i}"))
+            .unwrap();
     }
     assert!(wait_until(T, || caches.iter().all(|c| c.len() == 20)));
     caches[1].clear();
-    assert!(wait_until(T, || caches.iter().all(|c| c.is_empty())), "clear reaches every node, the caller included");
+    assert!(
+        wait_until(T, || caches.iter().all(|c| c.is_empty())),
+        "clear reaches every node, the caller included"
+    );
     // A write after the clear survives it everywhere.
     caches[0].insert("after".into(), "x".into()).unwrap();
     assert!(wait_until(T, || caches.iter().all(|c| c.len() == 1)));
@@ -44,7 +63,10 @@ fn inserts_updates_deletes_and_clear_propagate() {
 #[test]
 fn concurrent_writers_on_three_nodes_end_with_identical_checksums() {
     let nodes = start(3, 2, 46102);
-    let caches: Vec<_> = nodes.iter().map(|n| n.cache::<u32, u64>("hot").unwrap()).collect();
+    let caches: Vec<_> = nodes
+        .iter()
+        .map(|n| n.cache::<u32, u64>("hot").unwrap())
+        .collect();
     std::thread::scope(|s| {
         for (i, c) in caches.iter().enumerate() {
             s.spawn(move || {
@@ -63,8 +85,15 @@ fn concurrent_writers_on_three_nodes_end_with_identical_checksums() {
         let sums: Vec<u64> = caches.iter().map(|c| c.checksum()).collect();
         sums.windows(2).all(|w| w[0] == w[1])
     });
-    let contents: Vec<BTreeMap<u32, u64>> = caches.iter().map(|c| c.entries().into_iter().collect()).collect();
-    assert!(converged, "checksums differ: {:?}", caches.iter().map(|c| c.checksum()).collect::<Vec<_>>());
+    let contents: Vec<BTreeMap<u32, u64>> = caches
+        .iter()
+        .map(|c| c.entries().into_iter().collect())
+        .collect();
+    assert!(
+        converged,
+        "checksums differ: {:?}",
+        caches.iter().map(|c| c.checksum()).collect::<Vec<_>>()
+    );
     assert_eq!(contents[0], contents[1]);
     assert_eq!(contents[1], contents[2]);
 }
@@ -72,23 +101,46 @@ fn concurrent_writers_on_three_nodes_end_with_identical_checksums() {
 #[test]
 fn values_from_zero_bytes_to_the_max_message_size_replicate() {
     let nodes = start(2, 3, 46103);
-    let a = nodes[0].cache::<u32, serde_bytes::ByteBuf>("blobs").unwrap();
-    let b = nodes[1].cache::<u32, serde_bytes::ByteBuf>("blobs").unwrap();
+    let a = nodes[0]
+        .cache::<u32, serde_bytes::ByteBuf>("blobs")
+        .unwrap();
+    let b = nodes[1]
+        .cache::<u32, serde_bytes::ByteBuf>("blobs")
+        .unwrap();
     let max = nodes[0].config().max_message_size;
     // Around one datagram, exact fragment multiples, and the largest value that fits.
-    let sizes = [0usize, 1, 100, 1_300, 1_394, 1_395, 1_396, 2_790, 10_000, 100_000, max - 64];
+    let sizes = [
+        0usize,
+        1,
+        100,
+        1_300,
+        1_394,
+        1_395,
+        1_396,
+        2_790,
+        10_000,
+        100_000,
+        max - 64,
+    ];
     for (i, &size) in sizes.iter().enumerate() {
         let value = serde_bytes::ByteBuf::from(vec![(i % 251) as u8; size]);
         a.insert(i as u32, value).unwrap();
     }
     assert!(wait_until(T, || b.len() == sizes.len()));
     for (i, &size) in sizes.iter().enumerate() {
-        assert_eq!(b.get(&(i as u32)).map(|v| v.len()), Some(size), "size {size}");
+        assert_eq!(
+            b.get(&(i as u32)).map(|v| v.len()),
+            Some(size),
+            "size {size}"
+        );
     }
     assert_eq!(a.checksum(), b.checksum());
     // One byte too many is refused locally, and nothing is half-stored anywhere.
     let too_big = serde_bytes::ByteBuf::from(vec![0u8; max]);
-    assert!(matches!(a.insert(999, too_big), Err(mccache::Error::TooLarge { .. })));
+    assert!(matches!(
+        a.insert(999, too_big),
+        Err(mccache::Error::TooLarge { .. })
+    ));
     assert!(!a.contains_key(&999));
 }
 
@@ -105,24 +157,43 @@ fn a_node_with_the_wrong_key_applies_nothing_and_counts_it() {
     // collision, authentication fails). Either way it is counted and dropped.
     let dropped = || {
         let m = good.network_metrics();
-        m.dropped.get("auth_failure").copied().unwrap_or(0) + m.dropped.get("unknown_key_id").copied().unwrap_or(0)
+        m.dropped.get("auth_failure").copied().unwrap_or(0)
+            + m.dropped.get("unknown_key_id").copied().unwrap_or(0)
     };
     assert!(wait_until(T, || dropped() > 0), "auth failures are counted");
     assert!(!g.contains_key(&"x".to_string()));
-    assert!(good.members().is_empty(), "a node without the key is not a member");
+    assert!(
+        good.members().is_empty(),
+        "a node without the key is not a member"
+    );
 }
 
 #[test]
 fn cache_modes_replicate_update_if_present_and_invalidate() {
     let mut cfg = config(5, 46105);
-    cfg.caches.insert("present".into(), mccache::config::CacheOverrides { cache_mode: Some(CacheMode::UpdateIfPresent), ..Default::default() });
-    cfg.caches.insert("inval".into(), mccache::config::CacheOverrides { cache_mode: Some(CacheMode::Invalidate), ..Default::default() });
+    cfg.caches.insert(
+        "present".into(),
+        mccache::config::CacheOverrides {
+            cache_mode: Some(CacheMode::UpdateIfPresent),
+            ..Default::default()
+        },
+    );
+    cfg.caches.insert(
+        "inval".into(),
+        mccache::config::CacheOverrides {
+            cache_mode: Some(CacheMode::Invalidate),
+            ..Default::default()
+        },
+    );
     let a = Node::start(cfg.clone()).unwrap();
     let b = Node::start(cfg).unwrap();
     assert!(wait_until(T, || a.members().len() == 1 && b.members().len() == 1));
 
     // Mode 1: full replication.
-    let (fa, fb) = (a.cache::<u8, u8>("full").unwrap(), b.cache::<u8, u8>("full").unwrap());
+    let (fa, fb) = (
+        a.cache::<u8, u8>("full").unwrap(),
+        b.cache::<u8, u8>("full").unwrap(),
+    );
     fa.insert(1, 1).unwrap();
     assert!(wait_until(T, || fb.get(&1) == Some(1)));
 
@@ -132,25 +203,40 @@ fn cache_modes_replicate_update_if_present_and_invalidate() {
         let m = n.network_metrics();
         m.changes_applied + m.changes_stale
     };
-    let (pa, pb) = (a.cache::<u8, u8>("present").unwrap(), b.cache::<u8, u8>("present").unwrap());
+    let (pa, pb) = (
+        a.cache::<u8, u8>("present").unwrap(),
+        b.cache::<u8, u8>("present").unwrap(),
+    );
     let a_seen = seen(&a);
     pb.insert(2, 0).unwrap();
-    assert!(wait_until(T, || seen(&a) > a_seen), "a hears b's write (and skips it: a lacks key 2)");
+    assert!(
+        wait_until(T, || seen(&a) > a_seen),
+        "a hears b's write (and skips it: a lacks key 2)"
+    );
     assert_eq!(pa.get(&2), None);
     let b_seen = seen(&b);
     pa.insert(2, 20).unwrap();
     pa.insert(3, 30).unwrap();
-    assert!(wait_until(T, || seen(&b) >= b_seen + 2), "b hears both writes");
+    assert!(
+        wait_until(T, || seen(&b) >= b_seen + 2),
+        "b hears both writes"
+    );
     assert_eq!(pb.get(&2), Some(20), "a held key is updated");
     assert_eq!(pb.get(&3), None, "an absent key is not created");
 
     // Mode 2: b drops its copy, so its next read misses.
-    let (ia, ib) = (a.cache::<u8, u8>("inval").unwrap(), b.cache::<u8, u8>("inval").unwrap());
+    let (ia, ib) = (
+        a.cache::<u8, u8>("inval").unwrap(),
+        b.cache::<u8, u8>("inval").unwrap(),
+    );
     let a_seen = seen(&a);
     ib.insert(5, 1).unwrap();
     assert!(wait_until(T, || seen(&a) > a_seen));
     ia.insert(5, 2).unwrap();
-    assert!(wait_until(T, || !ib.contains_key(&5)), "the stale copy is dropped");
+    assert!(
+        wait_until(T, || !ib.contains_key(&5)),
+        "the stale copy is dropped"
+    );
     assert_eq!(ia.get(&5), Some(2), "the writer keeps its value");
 }
 
@@ -186,18 +272,35 @@ fn remote_changes_reach_listeners_with_a_remote_origin_and_cluster_functions_ans
     let b = nodes[1].cache::<String, u32>("l").unwrap();
     let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    b.on_change(move |e| s2.lock().push((e.key.clone(), e.kind, e.origin, e.in_callback_window)));
+    b.on_change(move |e| {
+        s2.lock()
+            .push((e.key.clone(), e.kind, e.origin, e.in_callback_window))
+    });
     b.insert("k".into(), 1).unwrap();
     assert_eq!(b.get(&"k".to_string()), Some(1)); // a read arms the callback window
     a.insert("k".into(), 2).unwrap();
-    assert!(wait_until(T, || seen.lock().iter().any(|(_, k, o, _)| *k == ChangeKind::Update && matches!(o, Origin::Remote(_)))));
-    let ev = seen.lock().iter().find(|(_, k, _, _)| *k == ChangeKind::Update).cloned().unwrap();
+    assert!(wait_until(T, || seen.lock().iter().any(|(_, k, o, _)| *k
+        == ChangeKind::Update
+        && matches!(o, Origin::Remote(_)))));
+    let ev = seen
+        .lock()
+        .iter()
+        .find(|(_, k, _, _)| *k == ChangeKind::Update)
+        .cloned()
+        .unwrap();
     assert_eq!(ev.2, Origin::Remote(nodes[0].id()));
-    assert!(ev.3, "a remote update of a key read within callback_win is flagged");
+    assert!(
+        ev.3,
+        "a remote update of a key read within callback_win is flagged"
+    );
 
-    let metrics = nodes[0].get_cluster_metrics(Some("l"), Duration::from_secs(2)).unwrap();
+    let metrics = nodes[0]
+        .get_cluster_metrics(Some("l"), Duration::from_secs(2))
+        .unwrap();
     assert_eq!(metrics.len(), 2, "both nodes answer");
-    let sums = nodes[1].get_cluster_checksum("l", None::<&String>, Duration::from_secs(2)).unwrap();
+    let sums = nodes[1]
+        .get_cluster_checksum("l", None::<&String>, Duration::from_secs(2))
+        .unwrap();
     assert_eq!(sums.len(), 2);
     let distinct: std::collections::BTreeSet<_> = sums.values().collect();
     assert_eq!(distinct.len(), 1, "converged checksums agree: {sums:?}");
@@ -210,5 +313,8 @@ fn shutdown_is_seen_as_a_leave() {
     let nodes = start(2, 8, 46108);
     let id = nodes[1].id();
     nodes[1].shutdown();
-    assert!(wait_until(T, || nodes[0].members().iter().all(|m| m.id != id)));
+    assert!(wait_until(T, || nodes[0]
+        .members()
+        .iter()
+        .all(|m| m.id != id)));
 }

@@ -8,7 +8,9 @@ mod common;
 use std::path::Path;
 
 fn replay<T>(target: &str, run: fn(&[u8]) -> T) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())
@@ -56,7 +58,11 @@ fn endpoint_harness_reaches_message_handling() {
     assert_eq!(m.dropped.values().sum::<u64>(), 0, "{m:?}");
     // And the message target's round-trip check accepts every kind of message.
     for (name, m) in &msgs {
-        assert_eq!(mccache::proto::message::Msg::decode(&m.encode()).as_ref(), Some(m), "{name}");
+        assert_eq!(
+            mccache::proto::message::Msg::decode(&m.encode()).as_ref(),
+            Some(m),
+            "{name}"
+        );
         common::message(&m.encode());
     }
 }

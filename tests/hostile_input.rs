@@ -9,7 +9,9 @@ mod hostile_util;
 
 use std::time::Duration;
 
-use hostile_util::{Injector, KEY, KEY_B64, T, Tap, config, dropped, group, wait_members, wait_until};
+use hostile_util::{
+    Injector, KEY, KEY_B64, T, Tap, config, dropped, group, wait_members, wait_until,
+};
 use mccache::proto::crypto::{Keyring, key_id};
 use mccache::proto::header::{Header, cluster_id};
 use mccache::proto::message::{Item, Msg};
@@ -27,10 +29,22 @@ struct Forger {
 
 impl Forger {
     fn new(keys: Vec<[u8; 32]>, cluster: &str) -> Forger {
-        Forger { ring: Keyring::new(&keys, cluster), keys, cluster: cluster.into() }
+        Forger {
+            ring: Keyring::new(&keys, cluster),
+            keys,
+            cluster: cluster.into(),
+        }
     }
 
-    fn datagram(&mut self, sender: u64, pn: u64, mid: u64, index: u16, count: u16, body: &[u8]) -> Vec<u8> {
+    fn datagram(
+        &mut self,
+        sender: u64,
+        pn: u64,
+        mid: u64,
+        index: u16,
+        count: u16,
+        body: &[u8],
+    ) -> Vec<u8> {
         let h = Header {
             encrypted: !self.keys.is_empty(),
             key_id: self.keys.first().map(key_id).unwrap_or(0),
@@ -50,7 +64,12 @@ impl Forger {
 
 fn wire(keys: Vec<[u8; 32]>, cluster: &str, me: u64, max: usize) -> Wire {
     Wire::new(
-        WireConfig { cluster_name: cluster.into(), keys, max_message_size: max, ..WireConfig::default() },
+        WireConfig {
+            cluster_name: cluster.into(),
+            keys,
+            max_message_size: max,
+            ..WireConfig::default()
+        },
         NodeId(me),
     )
 }
@@ -107,7 +126,8 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
         wc.insert(format!("k{i}"), format!("v{i}")).unwrap();
     }
     wc.insert("r".into(), "new".into()).unwrap();
-    assert!(wait_until(T, || vc.len() == 11 && vc.get(&"r".to_string()).as_deref() == Some("new")));
+    assert!(wait_until(T, || vc.len() == 11
+        && vc.get(&"r".to_string()).as_deref() == Some("new")));
     let before = state(&vc);
     assert_eq!(before, state(&wc));
 
@@ -119,51 +139,131 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
         d[i] = v;
         d
     };
-    cases.push(("garbage", vec![b"\x00\x07 definitely not mccache".to_vec()], "bad_magic"));
-    cases.push(("truncated header", vec![captured[..20].to_vec()], "too_short"));
+    cases.push((
+        "garbage",
+        vec![b"\x00\x07 definitely not mccache".to_vec()],
+        "bad_magic",
+    ));
+    cases.push((
+        "truncated header",
+        vec![captured[..20].to_vec()],
+        "too_short",
+    ));
     cases.push(("wrong magic", vec![with(0, b'X')], "bad_magic"));
     cases.push(("wrong version", vec![with(2, 9)], "bad_version"));
-    cases.push(("reserved flag bits", vec![with(3, captured[3] | 0x40)], "malformed"));
+    cases.push((
+        "reserved flag bits",
+        vec![with(3, captured[3] | 0x40)],
+        "malformed",
+    ));
     let mut bad_index = captured.clone();
     bad_index[6..8].copy_from_slice(&7u16.to_be_bytes()); // index 7 of 1
     cases.push(("fragment index beyond count", vec![bad_index], "malformed"));
     // A header and less body than a tag (or crc) holds.
-    cases.push(("body shorter than tag", vec![captured[..42].to_vec()], "too_short"));
+    cases.push((
+        "body shorter than tag",
+        vec![captured[..42].to_vec()],
+        "too_short",
+    ));
     let mut flipped = captured.clone();
     let last = flipped.len() - 5;
     flipped[last] ^= 0x01;
-    cases.push(("tampered body", vec![flipped], if sealed { "auth_failure" } else { "bad_checksum" }));
+    cases.push((
+        "tampered body",
+        vec![flipped],
+        if sealed {
+            "auth_failure"
+        } else {
+            "bad_checksum"
+        },
+    ));
     cases.push(("replayed datagram", vec![captured.clone()], "replay"));
     let mut foreign = Forger::new(raw_keys.clone(), "some-other-cluster");
-    cases.push(("foreign cluster", vec![foreign.datagram(0x51, 1, 1, 0, 1, b"\x90")], "foreign_cluster"));
+    cases.push((
+        "foreign cluster",
+        vec![foreign.datagram(0x51, 1, 1, 0, 1, b"\x90")],
+        "foreign_cluster",
+    ));
     if sealed {
         let mut stranger = wire(vec![[0xee; 32]], &cluster, 0x52, 1 << 20);
         let d = stranger.encode(&Msg::Leave.encode()).unwrap();
-        let unknown = if key_id(&[0xee; 32]) == key_id(&KEY) { "auth_failure" } else { "unknown_key_id" };
+        let unknown = if key_id(&[0xee; 32]) == key_id(&KEY) {
+            "auth_failure"
+        } else {
+            "unknown_key_id"
+        };
         cases.push(("wrong key", d, unknown));
         let mut twin = wire(vec![colliding_key()], &cluster, 0x53, 1 << 20);
-        cases.push(("wrong key, same key id", twin.encode(&Msg::Leave.encode()).unwrap(), "auth_failure"));
+        cases.push((
+            "wrong key, same key id",
+            twin.encode(&Msg::Leave.encode()).unwrap(),
+            "auth_failure",
+        ));
         let mut plain = Forger::new(vec![], &cluster);
-        cases.push(("plaintext to a sealed node", vec![plain.datagram(0x54, 1, 1, 0, 1, b"\x90")], "auth_failure"));
+        cases.push((
+            "plaintext to a sealed node",
+            vec![plain.datagram(0x54, 1, 1, 0, 1, b"\x90")],
+            "auth_failure",
+        ));
     } else {
         let mut sealer = wire(vec![KEY], &cluster, 0x52, 1 << 20);
-        cases.push(("sealed to a plaintext node", sealer.encode(&Msg::Leave.encode()).unwrap(), "unknown_key_id"));
+        cases.push((
+            "sealed to a plaintext node",
+            sealer.encode(&Msg::Leave.encode()).unwrap(),
+            "unknown_key_id",
+        ));
     }
     cases.push((
         "inconsistent fragment counts",
-        vec![forger.datagram(0x61, 1, 5, 0, 3, &[1; 100]), forger.datagram(0x61, 2, 5, 1, 5, &[2; 100])],
+        vec![
+            forger.datagram(0x61, 1, 5, 0, 3, &[1; 100]),
+            forger.datagram(0x61, 2, 5, 1, 5, &[2; 100]),
+        ],
         "malformed",
     ));
     cases.push((
         "inconsistent fragment sizes",
-        vec![forger.datagram(0x62, 1, 5, 0, 3, &[1; 100]), forger.datagram(0x62, 2, 5, 1, 3, &[2; 90])],
+        vec![
+            forger.datagram(0x62, 1, 5, 0, 3, &[1; 100]),
+            forger.datagram(0x62, 2, 5, 1, 3, &[2; 90]),
+        ],
         "malformed",
     ));
-    cases.push(("duplicate fragment", vec![forger.datagram(0x63, 1, 5, 0, 3, &[1; 100]), forger.datagram(0x63, 2, 5, 0, 3, &[1; 100])], "duplicate"));
-    cases.push(("empty middle fragment", vec![forger.datagram(0x64, 1, 5, 1, 3, &[])], "malformed"));
-    cases.push(("huge claimed fragment count", vec![forger.datagram(0x65, 1, 5, 0, u16::MAX, &[0; 1000])], "oversize"));
-    cases.push(("malformed msgpack in an authentic envelope", vec![forger.datagram(0x66, 1, 1, 0, 1, b"\xc1\xc1 not msgpack")], "malformed"));
-    cases.push(("wrong shape msgpack in an authentic envelope", vec![forger.datagram(0x67, 1, 1, 0, 1, &rmp_serde::to_vec(&("Data", 1, 2, 3)).unwrap())], "malformed"));
+    cases.push((
+        "duplicate fragment",
+        vec![
+            forger.datagram(0x63, 1, 5, 0, 3, &[1; 100]),
+            forger.datagram(0x63, 2, 5, 0, 3, &[1; 100]),
+        ],
+        "duplicate",
+    ));
+    cases.push((
+        "empty middle fragment",
+        vec![forger.datagram(0x64, 1, 5, 1, 3, &[])],
+        "malformed",
+    ));
+    cases.push((
+        "huge claimed fragment count",
+        vec![forger.datagram(0x65, 1, 5, 0, u16::MAX, &[0; 1000])],
+        "oversize",
+    ));
+    cases.push((
+        "malformed msgpack in an authentic envelope",
+        vec![forger.datagram(0x66, 1, 1, 0, 1, b"\xc1\xc1 not msgpack")],
+        "malformed",
+    ));
+    cases.push((
+        "wrong shape msgpack in an authentic envelope",
+        vec![forger.datagram(
+            0x67,
+            1,
+            1,
+            0,
+            1,
+            &rmp_serde::to_vec(&("Data", 1, 2, 3)).unwrap(),
+        )],
+        "malformed",
+    ));
     // A member-built Data message whose value is larger than the node accepts.
     let huge = Msg::Data {
         seq: 1,
@@ -172,12 +272,19 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
             rec: Record {
                 key: rmp_serde::to_vec("huge").unwrap(),
                 version: Version::new(u64::MAX >> 1, NodeId(0x68)),
-                op: Op::Put { value: vec![7; 2 << 20], ttl_ms: None },
+                op: Op::Put {
+                    value: vec![7; 2 << 20],
+                    ttl_ms: None,
+                },
             },
         }],
     };
     let mut big = wire(raw_keys.clone(), &cluster, 0x68, 4 << 20);
-    cases.push(("oversize value", big.encode(&huge.encode()).unwrap(), "oversize"));
+    cases.push((
+        "oversize value",
+        big.encode(&huge.encode()).unwrap(),
+        "oversize",
+    ));
 
     for (name, datagrams, reason) in cases {
         let was = dropped(&victim, reason);
@@ -191,7 +298,10 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
             victim.network_metrics().dropped
         );
         if name.contains("msgpack") {
-            assert!(victim.network_metrics().malformed_messages > malformed_msgs, "{name}");
+            assert!(
+                victim.network_metrics().malformed_messages > malformed_msgs,
+                "{name}"
+            );
         }
         assert_eq!(state(&vc), before, "{name} changed the cache");
         assert_eq!(vc.get(&"r".to_string()).as_deref(), Some("new"), "{name}");
@@ -228,7 +338,8 @@ fn clusters_never_mix(g: u8, port: u16, keys: &[&str], a: &str, b: &str, reason:
     }
     assert!(wait_until(T, || ca2.len() == 20));
     // Heartbeats, pulses and data of the other cluster are all counted and dropped.
-    assert!(wait_until(T, || dropped(&b1, reason) >= 20 && dropped(&a1, reason) >= 5));
+    assert!(wait_until(T, || dropped(&b1, reason) >= 20
+        && dropped(&a1, reason) >= 5));
     assert!(b1.members().is_empty(), "{:?}", b1.members());
     assert_eq!(a1.members().len(), 1);
     assert_eq!(cb1.len(), 1);
@@ -302,7 +413,9 @@ fn replayed_burst_is_dropped() {
     for d in &burst {
         inject.send(d);
     }
-    assert!(wait_until(T, || dropped(&b, "replay") + dropped(&b, "duplicate") >= was + burst.len() as u64));
+    assert!(wait_until(T, || dropped(&b, "replay")
+        + dropped(&b, "duplicate")
+        >= was + burst.len() as u64));
     assert_eq!(cb.checksum(), sum);
     assert!((0..50).all(|i| cb.get(&format!("k{i}")).as_deref() == Some("second")));
 }

@@ -59,7 +59,11 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// The node's drop counter for `reason` (0 when absent).
 pub fn dropped(node: &Node, reason: &str) -> u64 {
-    node.network_metrics().dropped.get(reason).copied().unwrap_or(0)
+    node.network_metrics()
+        .dropped
+        .get(reason)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Waits until every node sees the other `nodes.len() - 1` as members.
@@ -82,9 +86,11 @@ pub struct Tap {
 impl Tap {
     /// Joins `group` on loopback (shares the port with the nodes).
     pub fn new(group: SocketAddrV4) -> Tap {
-        let sock = mccache::net::socket::recv_socket(group, Ipv4Addr::LOCALHOST).expect("tap socket");
+        let sock =
+            mccache::net::socket::recv_socket(group, Ipv4Addr::LOCALHOST).expect("tap socket");
         sock.set_nonblocking(false).expect("blocking");
-        sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
         Tap { sock }
     }
 
@@ -102,7 +108,11 @@ impl Tap {
     }
 
     /// Reads until `pick` returns `Some` or `timeout` passes.
-    pub fn find<R>(&self, timeout: Duration, mut pick: impl FnMut(&[u8]) -> Option<R>) -> Option<R> {
+    pub fn find<R>(
+        &self,
+        timeout: Duration,
+        mut pick: impl FnMut(&[u8]) -> Option<R>,
+    ) -> Option<R> {
         let end = Instant::now() + timeout;
         let mut buf = vec![0u8; 65_536];
         while Instant::now() < end {
