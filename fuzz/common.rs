@@ -63,7 +63,10 @@ fn datagrams(keys: Vec<[u8; 32]>, data: &[u8]) {
         }
         let _ = wire.decode(now, d);
         let s = wire.stats();
-        assert!(s.bytes_held <= 1024 * 1024, "reassembly over its byte cap: {s:?}");
+        assert!(
+            s.bytes_held <= 1024 * 1024,
+            "reassembly over its byte cap: {s:?}"
+        );
     }
     wire.expire(now + Duration::from_secs(10));
     assert_eq!(wire.stats().in_progress, 0);
@@ -167,8 +170,18 @@ impl AppState for MapState {
         self.caches.get(cache)?.get(key).cloned()
     }
 
-    fn snapshot_chunk(&self, cache: &str, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>) {
-        let all: Vec<&Record> = self.caches.get(cache).into_iter().flat_map(|m| m.values()).collect();
+    fn snapshot_chunk(
+        &self,
+        cache: &str,
+        cursor: u64,
+        max_bytes: usize,
+    ) -> (Vec<Record>, Option<u64>) {
+        let all: Vec<&Record> = self
+            .caches
+            .get(cache)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .collect();
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut i = usize::try_from(cursor).unwrap_or(usize::MAX);
@@ -214,7 +227,10 @@ pub fn endpoint(data: &[u8]) -> mccache::NetworkMetrics {
     );
     let mut ep = Endpoint::new(cfg, ME, now);
     let mut app = MapState::default();
-    let mut peers: Vec<Wire> = PEERS.iter().map(|&p| Wire::new(wire_config(Vec::new()), p)).collect();
+    let mut peers: Vec<Wire> = PEERS
+        .iter()
+        .map(|&p| Wire::new(wire_config(Vec::new()), p))
+        .collect();
     let mut steps = 0usize;
     for (tag, body) in records(data) {
         if tag & 0x80 != 0 {
@@ -284,8 +300,19 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
                 ],
             },
         ),
-        ("data_gap", Msg::Data { seq: 7, items: vec![] }),
-        ("ack", Msg::Ack { acks: vec![(ME, 3)] }),
+        (
+            "data_gap",
+            Msg::Data {
+                seq: 7,
+                items: vec![],
+            },
+        ),
+        (
+            "ack",
+            Msg::Ack {
+                acks: vec![(ME, 3)],
+            },
+        ),
         ("tail", Msg::Tail { seq_hi: 40 }),
         ("leave", Msg::Leave),
         (
@@ -295,7 +322,13 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
                 ranges: vec![(1, 3), (0, u64::MAX)],
             },
         ),
-        ("gone", Msg::Gone { to: ME, ranges: vec![(1, 2)] }),
+        (
+            "gone",
+            Msg::Gone {
+                to: ME,
+                ranges: vec![(1, 2)],
+            },
+        ),
         (
             "digest",
             Msg::Digest {

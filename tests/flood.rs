@@ -6,6 +6,8 @@
 //! Asserted: reassembly bytes and in-progress counts stay under their caps, membership stays
 //! bounded, this process's RSS grows by less than 64 MiB, and the real nodes converge.
 
+#![forbid(unsafe_code)]
+
 mod hostile_util;
 
 use std::sync::atomic::{AtomicBool, Ordering};

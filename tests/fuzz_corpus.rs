@@ -2,6 +2,8 @@
 //! code the fuzz targets run (`fuzz/common.rs`), so CI without cargo-fuzz still checks the seeds
 //! and every crash input that was ever minimized into the corpus.
 
+#![forbid(unsafe_code)]
+
 #[path = "../fuzz/common.rs"]
 mod common;
 

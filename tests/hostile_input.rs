@@ -5,6 +5,8 @@
 //! For each, the victim node must not panic, its cache must not change (length and checksum),
 //! and the datagram must be counted under its reason in `network_metrics().dropped`.
 
+#![forbid(unsafe_code)]
+
 mod hostile_util;
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! writing. At the end every cache is identical and holds every key with its last value, and a
 //! node still on `[old]` can no longer read or write the cluster.
 
+#![forbid(unsafe_code)]
+
 mod hostile_util;
 
 use std::collections::BTreeMap;
