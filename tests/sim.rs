@@ -30,11 +30,7 @@ fn scenario(seed: u64) -> Result<(), String> {
         loss: [0.0, 0.01, 0.05, 0.1, 0.2, 0.3][rng.random_range(0..6)],
         dup: if rng.random_bool(0.3) { 0.05 } else { 0.0 },
         delay: Duration::from_micros(rng.random_range(20..500)),
-        jitter: Duration::from_micros(if rng.random_bool(0.5) {
-            rng.random_range(0..3000)
-        } else {
-            0
-        }),
+        jitter: Duration::from_micros(if rng.random_bool(0.5) { rng.random_range(0..3000) } else { 0 }),
         mtu: [576, 1200, 1472, 9000][rng.random_range(0..4)],
     };
     let desc = format!("seed {seed}: {n} nodes, {net:?}");
@@ -77,21 +73,9 @@ fn scenario(seed: u64) -> Result<(), String> {
         let key = format!("k{}", rng.random_range(0..keys)).into_bytes();
         match rng.random_range(0..100) {
             0..=69 => {
-                let len = if rng.random_bool(0.05) {
-                    rng.random_range(2_000..40_000)
-                } else {
-                    rng.random_range(0..200)
-                };
+                let len = if rng.random_bool(0.05) { rng.random_range(2_000..40_000) } else { rng.random_range(0..200) };
                 let value: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-                sim.write(
-                    i,
-                    cache,
-                    key,
-                    Op::Put {
-                        value,
-                        ttl_ms: None,
-                    },
-                );
+                sim.write(i, cache, key, Op::Put { value, ttl_ms: None });
             }
             70..=97 => sim.write(i, cache, key, Op::Del),
             _ => sim.clear(i, cache),
@@ -124,24 +108,15 @@ fn check(sim: &Sim) -> Result<(), String> {
         for &i in &live[1..] {
             let other = sim.live(i, cache);
             if other != first {
-                let differing = first
-                    .keys()
-                    .chain(other.keys())
-                    .filter(|k| first.get(*k) != other.get(*k))
-                    .count();
-                return Err(format!(
-                    "cache {cache}: node {} and node {i} differ on {differing} keys",
-                    live[0]
-                ));
+                let differing = first.keys().chain(other.keys()).filter(|k| first.get(*k) != other.get(*k)).count();
+                return Err(format!("cache {cache}: node {} and node {i} differ on {differing} keys", live[0]));
             }
         }
     }
     // 2. no resurrection: the newest surviving write per key decides the final state.
     let mut newest: BTreeMap<(String, Vec<u8>), (mccache::Version, bool)> = BTreeMap::new();
     for (cache, rec) in sim.surviving_writes() {
-        let e = newest
-            .entry((cache, rec.key.clone()))
-            .or_insert((rec.version, false));
+        let e = newest.entry((cache, rec.key.clone())).or_insert((rec.version, false));
         if rec.version >= e.0 {
             *e = (rec.version, matches!(rec.op, Op::Del));
         }
@@ -150,16 +125,10 @@ fn check(sim: &Sim) -> Result<(), String> {
         let held = sim.live(live[0], cache).get(key).map(|(v, _)| *v);
         match held {
             Some(v) if v < *version && *deleted => {
-                return Err(format!(
-                    "deleted key {:?} reappeared in {cache} at {v:?} (deleted at {version:?})",
-                    String::from_utf8_lossy(key)
-                ));
+                return Err(format!("deleted key {:?} reappeared in {cache} at {v:?} (deleted at {version:?})", String::from_utf8_lossy(key)));
             }
             Some(v) if v < *version => {
-                return Err(format!(
-                    "key {:?} in {cache} holds {v:?}, older than surviving write {version:?}",
-                    String::from_utf8_lossy(key)
-                ));
+                return Err(format!("key {:?} in {cache} holds {v:?}, older than surviving write {version:?}", String::from_utf8_lossy(key)));
             }
             None if !*deleted => {
                 // Absent although a surviving node wrote it: only a newer delete or clear (perhaps
@@ -167,15 +136,9 @@ fn check(sim: &Sim) -> Result<(), String> {
                 let newer_delete = sim.all_writes.iter().any(|(c, r)| {
                     c == cache && r.key == *key && r.version > *version && matches!(r.op, Op::Del)
                 });
-                let newer_clear = sim
-                    .all_clears
-                    .iter()
-                    .any(|(c, v)| c == cache && v > version);
+                let newer_clear = sim.all_clears.iter().any(|(c, v)| c == cache && v > version);
                 if !newer_delete && !newer_clear {
-                    return Err(format!(
-                        "key {:?} missing in {cache} (written at {version:?})",
-                        String::from_utf8_lossy(key)
-                    ));
+                    return Err(format!("key {:?} missing in {cache} (written at {version:?})", String::from_utf8_lossy(key)));
                 }
             }
             _ => {}
@@ -205,57 +168,29 @@ fn simulated_clusters_converge() {
         scenario(seed).unwrap_or_else(|e| panic!("{e}"));
         return;
     }
-    let seeds: u64 = std::env::var("MCCACHE_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let seeds: u64 = std::env::var("MCCACHE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let mut failures = Vec::new();
     for seed in 0..seeds {
         if let Err(e) = scenario(seed) {
-            eprintln!(
-                "FAILED {e}\n  replay: MCCACHE_SIM_SEED={seed} cargo test --release --test sim"
-            );
+            eprintln!("FAILED {e}\n  replay: MCCACHE_SIM_SEED={seed} cargo test --release --test sim");
             failures.push(seed);
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed: {:?}",
-        failures.len(),
-        failures
-    );
+    assert!(failures.is_empty(), "{} of {seeds} seeds failed: {:?}", failures.len(), failures);
 }
 
 #[test]
 fn a_lost_message_is_repaired_by_nak_not_by_anti_entropy() {
     // Heavy loss, short run: completion must come from the reliable stream (retransmits).
-    let net = NetParams {
-        loss: 0.2,
-        dup: 0.0,
-        delay: Duration::from_micros(50),
-        jitter: Duration::ZERO,
-        mtu: 1472,
-    };
+    let net = NetParams { loss: 0.2, dup: 0.0, delay: Duration::from_micros(50), jitter: Duration::ZERO, mtu: 1472 };
     let mut sim = Sim::new(42, 3, net);
     sim.run_until(Duration::from_millis(400));
     for k in 0..50u32 {
-        sim.write(
-            0,
-            "alpha",
-            format!("k{k}").into_bytes(),
-            Op::Put {
-                value: vec![k as u8; 10],
-                ttl_ms: None,
-            },
-        );
+        sim.write(0, "alpha", format!("k{k}").into_bytes(), Op::Put { value: vec![k as u8; 10], ttl_ms: None });
     }
     sim.run_until(Duration::from_millis(450));
     for i in 1..3 {
-        assert_eq!(
-            sim.live(i, "alpha").len(),
-            50,
-            "node {i} within 50 ms (before any pulse)"
-        );
+        assert_eq!(sim.live(i, "alpha").len(), 50, "node {i} within 50 ms (before any pulse)");
     }
     assert!(sim.endpoint_of(0).metrics().retransmits_served > 0);
 }

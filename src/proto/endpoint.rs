@@ -73,12 +73,7 @@ pub struct EndpointConfig {
 
 impl EndpointConfig {
     /// Defaults derived from the heartbeat and pulse periods.
-    pub fn new(
-        name: String,
-        wire: WireConfig,
-        heartbeat: Duration,
-        pulse: Duration,
-    ) -> EndpointConfig {
+    pub fn new(name: String, wire: WireConfig, heartbeat: Duration, pulse: Duration) -> EndpointConfig {
         EndpointConfig {
             name,
             wire,
@@ -339,10 +334,7 @@ impl Endpoint {
 
     /// The earliest moment [`Endpoint::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Instant {
-        let mut t = self
-            .next_heartbeat
-            .min(self.next_pulse)
-            .min(self.next_housekeeping);
+        let mut t = self.next_heartbeat.min(self.next_pulse).min(self.next_housekeeping);
         if let Some(tail) = self.tail_at {
             t = t.min(tail);
         }
@@ -388,21 +380,9 @@ impl Endpoint {
         // Saturating: peers' announcements are untrusted, and a forged far-ahead one can make
         // a stream abandon close to 2^64 numbers (a plain sum overflowed and killed the thread).
         let sat = |acc: u64, x: u64| acc.saturating_add(x);
-        m.gaps = self
-            .peers
-            .values()
-            .map(|p| p.recv.gaps_detected)
-            .fold(self.metrics.gaps, sat);
-        m.gaps_abandoned = self
-            .peers
-            .values()
-            .map(|p| p.recv.abandoned)
-            .fold(self.metrics.gaps_abandoned, sat);
-        m.peer_lag = self
-            .peers
-            .iter()
-            .map(|(id, p)| (id.to_string(), p.recv.seq_hi() - p.recv.contiguous()))
-            .collect();
+        m.gaps = self.peers.values().map(|p| p.recv.gaps_detected).fold(self.metrics.gaps, sat);
+        m.gaps_abandoned = self.peers.values().map(|p| p.recv.abandoned).fold(self.metrics.gaps_abandoned, sat);
+        m.peer_lag = self.peers.iter().map(|(id, p)| (id.to_string(), p.recv.seq_hi() - p.recv.contiguous())).collect();
         m
     }
 
@@ -420,12 +400,7 @@ impl Endpoint {
     pub fn in_flight(&self) -> u64 {
         let hi = self.send.seq_hi();
         // Suspected peers do not hold the window shut: they are removed or come back.
-        self.peers
-            .values()
-            .filter(|p| !p.suspect)
-            .map(|p| hi.saturating_sub(p.acked))
-            .max()
-            .unwrap_or(0)
+        self.peers.values().filter(|p| !p.suspect).map(|p| hi.saturating_sub(p.acked)).max().unwrap_or(0)
     }
 
     /// True when nothing is queued, in flight or missing: the node has quiesced.
@@ -444,22 +419,14 @@ impl Endpoint {
             Ok(Some(done)) => done,
             Ok(None) => return,
             Err(reason) => {
-                *self
-                    .metrics
-                    .dropped
-                    .entry(reason.as_str().to_string())
-                    .or_default() += 1;
+                *self.metrics.dropped.entry(reason.as_str().to_string()).or_default() += 1;
                 tracing::trace!(reason = reason.as_str(), "datagram dropped");
                 return;
             }
         };
         let Some(msg) = Msg::decode(&payload) else {
             self.metrics.malformed_messages += 1;
-            *self
-                .metrics
-                .dropped
-                .entry("malformed".to_string())
-                .or_default() += 1;
+            *self.metrics.dropped.entry("malformed".to_string()).or_default() += 1;
             tracing::debug!(%from, len = payload.len(), "undecodable message dropped");
             return;
         };
@@ -482,10 +449,7 @@ impl Endpoint {
         if matches!(msg, Msg::Leave) {
             if self.peers.remove(&from).is_some() {
                 self.wire.forget_sender(from);
-                self.events.push_back(Event::Left {
-                    id: from,
-                    failed: false,
-                });
+                self.events.push_back(Event::Left { id: from, failed: false });
                 self.release_acked();
             }
             return;
@@ -501,11 +465,7 @@ impl Endpoint {
                 match p.recv.receive(now, seq, &self.cfg.nak) {
                     Arrival::Duplicate => {
                         self.metrics.duplicates += 1;
-                        *self
-                            .metrics
-                            .dropped
-                            .entry("duplicate".to_string())
-                            .or_default() += 1;
+                        *self.metrics.dropped.entry("duplicate".to_string()).or_default() += 1;
                     }
                     Arrival::New => {
                         p.received_since_ack += 1;
@@ -517,13 +477,7 @@ impl Endpoint {
                     }
                 }
             }
-            Msg::Hello {
-                name,
-                join,
-                seq_hi,
-                acks,
-                caches,
-            } => {
+            Msg::Hello { name, join, seq_hi, acks, caches } => {
                 let _ = is_hello;
                 self.on_ack_list(from, &acks);
                 self.bound_gaps(now, from, seq_hi);
@@ -554,32 +508,19 @@ impl Endpoint {
                 self.next_pulse = self.next_pulse.min(now + Duration::from_millis(10));
             }
             Msg::Digest { caches } => self.on_digest(from, caches, app),
-            Msg::Buckets {
-                cache,
-                buckets,
-                keys,
-                ..
-            } => self.on_buckets(now, from, &cache, &buckets, keys, app),
+            Msg::Buckets { cache, buckets, keys, .. } => self.on_buckets(now, from, &cache, &buckets, keys, app),
             Msg::Pull { cache, keys, .. } => {
                 let items: Vec<Item> = keys
                     .iter()
                     .filter_map(|k| app.record(&cache, k))
-                    .map(|rec| Item::Rec {
-                        cache: cache.clone(),
-                        rec,
-                    })
+                    .map(|rec| Item::Rec { cache: cache.clone(), rec })
                     .collect();
                 self.send_repair(now, items);
             }
             Msg::Repair { items } => self.apply_items(&items, from, app, true),
             Msg::SnapshotReq { cache, cursor, .. } => {
                 let key = (from, cache.clone(), cursor);
-                if let Some((id, payload)) = self
-                    .served
-                    .iter()
-                    .find(|(k, _, _)| *k == key)
-                    .map(|(_, id, p)| (*id, p.clone()))
-                {
+                if let Some((id, payload)) = self.served.iter().find(|(k, _, _)| *k == key).map(|(_, id, p)| (*id, p.clone())) {
                     // A repeated request: resend under the same message id so fragments the
                     // joiner already holds still count.
                     self.transmit_as(&payload, Some(id));
@@ -588,14 +529,7 @@ impl Endpoint {
                 let budget = self.cfg.snapshot_chunk.min(self.list_budget());
                 let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
                 self.metrics.snapshot_chunks_served += 1;
-                let payload = Msg::SnapshotChunk {
-                    to: from,
-                    cache,
-                    cursor,
-                    records,
-                    next,
-                }
-                .encode();
+                let payload = Msg::SnapshotChunk { to: from, cache, cursor, records, next }.encode();
                 if let Some(id) = self.transmit_as(&payload, None) {
                     if self.served.len() >= 16 {
                         self.served.pop_front();
@@ -603,13 +537,9 @@ impl Endpoint {
                     self.served.push_back((key, id, payload));
                 }
             }
-            Msg::SnapshotChunk {
-                cache,
-                cursor,
-                records,
-                next,
-                ..
-            } => self.on_snapshot_chunk(now, from, cache, cursor, records, next, app),
+            Msg::SnapshotChunk { cache, cursor, records, next, .. } => {
+                self.on_snapshot_chunk(now, from, cache, cursor, records, next, app)
+            }
             Msg::Query { id, query } => {
                 let body = app.answer(&query);
                 self.send_msg(&Msg::Reply { to: from, id, body });
@@ -629,11 +559,7 @@ impl Endpoint {
             return true;
         }
         if self.peers.len() >= self.cfg.max_peers {
-            *self
-                .metrics
-                .dropped
-                .entry("membership_full".to_string())
-                .or_default() += 1;
+            *self.metrics.dropped.entry("membership_full".to_string()).or_default() += 1;
             return false;
         }
         // Where its stream starts for us: history before we met is covered by state transfer
@@ -675,13 +601,9 @@ impl Endpoint {
     /// tracked over all peers past [`MAX_TRACKED_GAPS`], gives the whole span up instead (the
     /// stream jumps to `seq_hi`; anti-entropy repairs what was in it) and counts `gap_budget`.
     fn bound_gaps(&mut self, now: Instant, from: NodeId, seq_hi: u64) {
-        let Some(p) = self.peers.get(&from) else {
-            return;
-        };
+        let Some(p) = self.peers.get(&from) else { return };
         // A stream opens at most MAX_AHEAD gaps at once (it abandons beyond that).
-        let opens = seq_hi
-            .saturating_sub(p.recv.seq_hi())
-            .min(super::reliability::MAX_AHEAD);
+        let opens = seq_hi.saturating_sub(p.recv.seq_hi()).min(super::reliability::MAX_AHEAD);
         if opens <= 1 {
             return;
         }
@@ -689,18 +611,12 @@ impl Endpoint {
         if tracked.saturating_add(opens) <= MAX_TRACKED_GAPS {
             return;
         }
-        *self
-            .metrics
-            .dropped
-            .entry("gap_budget".to_string())
-            .or_default() += 1;
+        *self.metrics.dropped.entry("gap_budget".to_string()).or_default() += 1;
         if let Some(p) = self.peers.get_mut(&from) {
             // O(1) jump (walking the span would cost the CPU the budget is meant to save).
             let old = std::mem::replace(&mut p.recv, RecvStream::new(seq_hi));
             p.recv.gaps_detected = old.gaps_detected;
-            p.recv.abandoned = old
-                .abandoned
-                .saturating_add(seq_hi.saturating_sub(old.contiguous()));
+            p.recv.abandoned = old.abandoned.saturating_add(seq_hi.saturating_sub(old.contiguous()));
         }
         self.next_pulse = self.next_pulse.min(now + Duration::from_millis(20));
     }
@@ -717,11 +633,7 @@ impl Endpoint {
                     }
                     Applied::Stale | Applied::Skipped => self.metrics.changes_stale += 1,
                     Applied::Undecodable => {
-                        *self
-                            .metrics
-                            .dropped
-                            .entry("undecodable_record".to_string())
-                            .or_default() += 1
+                        *self.metrics.dropped.entry("undecodable_record".to_string()).or_default() += 1
                     }
                 },
                 Item::Clear { cache, version } => app.apply_clear(cache, *version, from),
@@ -759,11 +671,7 @@ impl Endpoint {
                 budget -= 1;
                 if self.transmit_bytes >= MAX_QUEUED_TRANSMIT_BYTES {
                     // Shed: the asker NAKs again after its backoff.
-                    *self
-                        .metrics
-                        .dropped
-                        .entry("nak_shed".to_string())
-                        .or_default() += 1;
+                    *self.metrics.dropped.entry("nak_shed".to_string()).or_default() += 1;
                     budget = 0;
                     break;
                 }
@@ -779,18 +687,13 @@ impl Endpoint {
         }
         if !gone.is_empty() {
             self.metrics.retransmits_gone += gone.len() as u64;
-            self.send_msg(&Msg::Gone {
-                to: from,
-                ranges: to_ranges(&gone),
-            });
+            self.send_msg(&Msg::Gone { to: from, ranges: to_ranges(&gone) });
         }
     }
 
     fn on_digest(&mut self, from: NodeId, caches: Vec<CacheDigest>, app: &mut dyn AppState) {
         for line in caches {
-            let Some(mine) = app.digest(&line.cache) else {
-                continue;
-            };
+            let Some(mine) = app.digest(&line.cache) else { continue };
             if mine.checksum == line.digest.checksum && mine.count == line.digest.count {
                 continue;
             }
@@ -825,25 +728,12 @@ impl Endpoint {
                 }
             }
             if !keys.is_empty() || !buckets.is_empty() {
-                self.send_msg(&Msg::Buckets {
-                    to: from,
-                    cache: line.cache.clone(),
-                    buckets,
-                    keys,
-                });
+                self.send_msg(&Msg::Buckets { to: from, cache: line.cache.clone(), buckets, keys });
             }
         }
     }
 
-    fn on_buckets(
-        &mut self,
-        now: Instant,
-        from: NodeId,
-        cache: &str,
-        buckets: &[u16],
-        theirs: Vec<KeyVersion>,
-        app: &mut dyn AppState,
-    ) {
+    fn on_buckets(&mut self, now: Instant, from: NodeId, cache: &str, buckets: &[u16], theirs: Vec<KeyVersion>, app: &mut dyn AppState) {
         if app.digest(cache).is_none() {
             return;
         }
@@ -867,14 +757,8 @@ impl Endpoint {
         }
         // Keys they hold and we do not know at all.
         pull.extend(their_map.into_keys());
-        let items: Vec<Item> = push
-            .iter()
-            .filter_map(|k| app.record(cache, k))
-            .map(|rec| Item::Rec {
-                cache: cache.to_string(),
-                rec,
-            })
-            .collect();
+        let items: Vec<Item> =
+            push.iter().filter_map(|k| app.record(cache, k)).map(|rec| Item::Rec { cache: cache.to_string(), rec }).collect();
         self.send_repair(now, items);
         let budget = self.list_budget();
         let mut keys = Vec::new();
@@ -883,20 +767,12 @@ impl Endpoint {
             bytes += k.len() + 4;
             keys.push(serde_bytes::ByteBuf::from(k));
             if bytes >= budget {
-                self.send_msg(&Msg::Pull {
-                    to: from,
-                    cache: cache.to_string(),
-                    keys: std::mem::take(&mut keys),
-                });
+                self.send_msg(&Msg::Pull { to: from, cache: cache.to_string(), keys: std::mem::take(&mut keys) });
                 bytes = 0;
             }
         }
         if !keys.is_empty() {
-            self.send_msg(&Msg::Pull {
-                to: from,
-                cache: cache.to_string(),
-                keys,
-            });
+            self.send_msg(&Msg::Pull { to: from, cache: cache.to_string(), keys });
         }
     }
 
@@ -906,18 +782,10 @@ impl Endpoint {
         }
         let mut pending = BTreeMap::new();
         for cache in caches {
-            self.send_msg(&Msg::SnapshotReq {
-                to: from,
-                cache: cache.clone(),
-                cursor: 0,
-            });
+            self.send_msg(&Msg::SnapshotReq { to: from, cache: cache.clone(), cursor: 0 });
             pending.insert(cache, (0, now));
         }
-        self.join = JoinState::Transferring(Transfer {
-            donor: from,
-            pending,
-            deadline: now + self.transfer_timeout(),
-        });
+        self.join = JoinState::Transferring(Transfer { donor: from, pending, deadline: now + self.transfer_timeout() });
     }
 
     /// How long a joiner waits for a chunk before asking again (the donor resends it under
@@ -943,9 +811,7 @@ impl Endpoint {
             }
         }
         let timeout = self.transfer_timeout();
-        let JoinState::Transferring(tr) = &mut self.join else {
-            return;
-        };
+        let JoinState::Transferring(tr) = &mut self.join else { return };
         if tr.donor != from || tr.pending.get(&cache).map(|(c, _)| *c) != Some(cursor) {
             return;
         }
@@ -953,11 +819,7 @@ impl Endpoint {
             Some(n) => {
                 tr.pending.insert(cache.clone(), (n, now));
                 tr.deadline = now + timeout;
-                self.send_msg(&Msg::SnapshotReq {
-                    to: from,
-                    cache,
-                    cursor: n,
-                });
+                self.send_msg(&Msg::SnapshotReq { to: from, cache, cursor: n });
             }
             None => {
                 tr.pending.remove(&cache);
@@ -984,9 +846,7 @@ impl Endpoint {
         self.flush(now);
         if let Some(t) = self.tail_at {
             if now >= t {
-                self.send_msg(&Msg::Tail {
-                    seq_hi: self.send.seq_hi(),
-                });
+                self.send_msg(&Msg::Tail { seq_hi: self.send.seq_hi() });
                 self.tail_repeats = self.tail_repeats.saturating_sub(1);
                 self.tail_at = (self.tail_repeats > 0).then(|| now + self.cfg.tail_delay * 8);
             }
@@ -1023,11 +883,7 @@ impl Endpoint {
                     let reqs: Vec<Msg> = tr
                         .pending
                         .iter()
-                        .map(|(c, (cursor, _))| Msg::SnapshotReq {
-                            to: tr.donor,
-                            cache: c.clone(),
-                            cursor: *cursor,
-                        })
+                        .map(|(c, (cursor, _))| Msg::SnapshotReq { to: tr.donor, cache: c.clone(), cursor: *cursor })
                         .collect();
                     for m in reqs {
                         self.send_msg(&m);
@@ -1073,10 +929,7 @@ impl Endpoint {
         let caches: Vec<CacheDigest> = app
             .caches()
             .into_iter()
-            .filter_map(|cache| {
-                app.digest(&cache)
-                    .map(|digest| CacheDigest { cache, digest })
-            })
+            .filter_map(|cache| app.digest(&cache).map(|digest| CacheDigest { cache, digest }))
             .collect();
         if caches.is_empty() {
             return;
@@ -1090,13 +943,7 @@ impl Endpoint {
         for p in self.peers.values_mut() {
             p.received_since_ack = 0;
         }
-        let msg = Msg::Hello {
-            name: self.cfg.name.clone(),
-            join,
-            seq_hi: self.send.seq_hi(),
-            acks,
-            caches,
-        };
+        let msg = Msg::Hello { name: self.cfg.name.clone(), join, seq_hi: self.send.seq_hi(), acks, caches };
         self.send_msg(&msg);
     }
 
@@ -1109,10 +956,7 @@ impl Endpoint {
     }
 
     fn ack_list(&self) -> Vec<(NodeId, u64)> {
-        self.peers
-            .iter()
-            .map(|(id, p)| (*id, p.recv.contiguous()))
-            .collect()
+        self.peers.iter().map(|(id, p)| (*id, p.recv.contiguous())).collect()
     }
 
     /// Repairs travel on the reliable stream like local changes (they are idempotent by
@@ -1146,11 +990,7 @@ impl Endpoint {
             Err(e) => {
                 // Only oversized messages fail; caches refuse entries that could cause this.
                 tracing::warn!(error = %e, len = payload.len(), "message not sent");
-                *self
-                    .metrics
-                    .dropped
-                    .entry("unsendable".to_string())
-                    .or_default() += 1;
+                *self.metrics.dropped.entry("unsendable".to_string()).or_default() += 1;
                 None
             }
         }

@@ -28,13 +28,7 @@ pub struct SendBuffer {
 impl SendBuffer {
     /// An empty buffer holding at most `max_bytes` of message payloads.
     pub fn new(max_bytes: usize) -> SendBuffer {
-        SendBuffer {
-            next_seq: 1,
-            held: VecDeque::new(),
-            bytes: 0,
-            max_bytes,
-            evicted_unacked: 0,
-        }
+        SendBuffer { next_seq: 1, held: VecDeque::new(), bytes: 0, max_bytes, evicted_unacked: 0 }
     }
 
     /// The highest sequence number assigned so far (0 if none).
@@ -88,10 +82,7 @@ impl SendBuffer {
     pub fn get(&self, seq: u64) -> Option<(u64, &[u8])> {
         let first = self.held.front()?.0;
         let idx = seq.checked_sub(first)? as usize;
-        self.held
-            .get(idx)
-            .filter(|(s, _, _)| *s == seq)
-            .map(|(_, id, p)| (*id, p.as_slice()))
+        self.held.get(idx).filter(|(s, _, _)| *s == seq).map(|(_, id, p)| (*id, p.as_slice()))
     }
 
     /// Messages currently held.
@@ -128,11 +119,7 @@ pub struct NakPolicy {
 
 impl Default for NakPolicy {
     fn default() -> NakPolicy {
-        NakPolicy {
-            first: Duration::from_millis(1),
-            max: Duration::from_millis(200),
-            max_tries: 10,
-        }
+        NakPolicy { first: Duration::from_millis(1), max: Duration::from_millis(200), max_tries: 10 }
     }
 }
 
@@ -176,14 +163,7 @@ impl RecvStream {
     /// A stream whose history up to `base` is not wanted (the receiver has, or will fetch, that
     /// state by state transfer).
     pub fn new(base: u64) -> RecvStream {
-        RecvStream {
-            base,
-            above: BTreeMap::new(),
-            gaps: BTreeMap::new(),
-            seq_hi: base,
-            abandoned: 0,
-            gaps_detected: 0,
-        }
+        RecvStream { base, above: BTreeMap::new(), gaps: BTreeMap::new(), seq_hi: base, abandoned: 0, gaps_detected: 0 }
     }
 
     /// The cumulative ack: highest number received with no gap below it.
@@ -226,25 +206,13 @@ impl RecvStream {
         let from = self.seq_hi.max(self.base) + 1;
         for s in from..seq_hi {
             if !self.above.contains_key(&s) && s > self.base {
-                self.gaps.insert(
-                    s,
-                    Gap {
-                        next_at: now + policy.first,
-                        tries: 0,
-                    },
-                );
+                self.gaps.insert(s, Gap { next_at: now + policy.first, tries: 0 });
                 self.gaps_detected += 1;
             }
         }
         // `seq_hi` itself: if announced (not received) it is missing too.
         if !self.above.contains_key(&seq_hi) {
-            self.gaps.insert(
-                seq_hi,
-                Gap {
-                    next_at: now + policy.first,
-                    tries: 0,
-                },
-            );
+            self.gaps.insert(seq_hi, Gap { next_at: now + policy.first, tries: 0 });
             self.gaps_detected += 1;
         }
         self.seq_hi = seq_hi;
@@ -257,9 +225,7 @@ impl RecvStream {
         // Counted from what is held, not by walking the span: a forged far-ahead announcement
         // (seq_hi near u64::MAX) must not loop for 2^64 steps.
         let held = self.above.range(..=new_base).count() as u64;
-        self.abandoned = self
-            .abandoned
-            .saturating_add((new_base - self.base).saturating_sub(held));
+        self.abandoned = self.abandoned.saturating_add((new_base - self.base).saturating_sub(held));
         self.above = self.above.split_off(&(new_base + 1));
         self.gaps = self.gaps.split_off(&(new_base + 1));
         self.base = new_base;
@@ -308,10 +274,7 @@ impl RecvStream {
                 continue;
             }
             g.tries += 1;
-            let backoff = policy
-                .first
-                .saturating_mul(1 << g.tries.min(16))
-                .min(policy.max);
+            let backoff = policy.first.saturating_mul(1 << g.tries.min(16)).min(policy.max);
             g.next_at = now + backoff;
             due.push(s);
         }
@@ -365,10 +328,7 @@ mod tests {
         let mut r = RecvStream::new(0);
         r.receive(now, 1, &p());
         r.receive(now, 4, &p());
-        assert!(
-            r.due_naks(now, &p()).is_empty(),
-            "first NAK waits for reordering"
-        );
+        assert!(r.due_naks(now, &p()).is_empty(), "first NAK waits for reordering");
         let later = now + Duration::from_millis(2);
         assert_eq!(r.due_naks(later, &p()), vec![(2, 3)]);
         assert!(r.due_naks(later, &p()).is_empty(), "backoff");
@@ -384,10 +344,7 @@ mod tests {
         let mut r = RecvStream::new(0);
         r.receive(now, 1, &p());
         r.learn_hi(now, 3, &p());
-        assert_eq!(
-            r.due_naks(now + Duration::from_millis(5), &p()),
-            vec![(2, 3)]
-        );
+        assert_eq!(r.due_naks(now + Duration::from_millis(5), &p()), vec![(2, 3)]);
     }
 
     #[test]
@@ -439,9 +396,6 @@ mod tests {
 
     #[test]
     fn ranges_compress() {
-        assert_eq!(
-            to_ranges(&[1, 2, 3, 7, 9, 10]),
-            vec![(1, 3), (7, 7), (9, 10)]
-        );
+        assert_eq!(to_ranges(&[1, 2, 3, 7, 9, 10]), vec![(1, 3), (7, 7), (9, 10)]);
     }
 }

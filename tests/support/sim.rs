@@ -11,9 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
-use mccache::cache::hooks::{
-    Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket,
-};
+use mccache::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket};
 use mccache::proto::endpoint::{Endpoint, EndpointConfig};
 use mccache::proto::message::{Item, Query};
 use mccache::proto::record::{Op, Record};
@@ -66,10 +64,7 @@ impl ModelCache {
 impl AppState for Model {
     fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
         self.seen = self.seen.max(record.version.hlc);
-        self.caches
-            .entry(cache.to_string())
-            .or_default()
-            .apply(record)
+        self.caches.entry(cache.to_string()).or_default().apply(record)
     }
     fn apply_clear(&mut self, cache: &str, version: Version, _origin: NodeId) {
         self.seen = self.seen.max(version.hlc);
@@ -85,11 +80,7 @@ impl AppState for Model {
     }
     fn digest(&self, cache: &str) -> Option<SyncDigest> {
         let c = self.caches.get(cache)?;
-        let mut d = SyncDigest {
-            count: 0,
-            checksum: 0,
-            buckets: vec![0; SYNC_BUCKETS],
-        };
+        let mut d = SyncDigest { count: 0, checksum: 0, buckets: vec![0; SYNC_BUCKETS] };
         for (k, (v, val)) in c.live() {
             let e = entry_digest(&k, &val, v);
             d.count += 1;
@@ -99,31 +90,18 @@ impl AppState for Model {
         Some(d)
     }
     fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
-        let Some(c) = self.caches.get(cache) else {
-            return Vec::new();
-        };
+        let Some(c) = self.caches.get(cache) else { return Vec::new() };
         c.records
             .values()
             .filter(|r| key_bucket(&r.key) == bucket)
-            .map(|r| KeyVersion {
-                key: r.key.clone(),
-                version: r.version,
-                deleted: !matches!(r.op, Op::Put { .. }),
-            })
+            .map(|r| KeyVersion { key: r.key.clone(), version: r.version, deleted: !matches!(r.op, Op::Put { .. }) })
             .collect()
     }
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
         self.caches.get(cache)?.records.get(key).cloned()
     }
-    fn snapshot_chunk(
-        &self,
-        cache: &str,
-        cursor: u64,
-        max_bytes: usize,
-    ) -> (Vec<Record>, Option<u64>) {
-        let Some(c) = self.caches.get(cache) else {
-            return (Vec::new(), None);
-        };
+    fn snapshot_chunk(&self, cache: &str, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>) {
+        let Some(c) = self.caches.get(cache) else { return (Vec::new(), None) };
         let all: Vec<&Record> = c.records.values().collect();
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -161,11 +139,7 @@ struct SimNode {
 
 #[derive(Debug)]
 enum Ev {
-    Deliver {
-        to: usize,
-        incarnation: u64,
-        data: Vec<u8>,
-    },
+    Deliver { to: usize, incarnation: u64, data: Vec<u8> },
 }
 
 /// The simulated cluster.
@@ -197,11 +171,7 @@ pub struct Sim {
 pub fn wire_config(mtu: usize, encrypted: bool) -> WireConfig {
     WireConfig {
         cluster_name: "sim".to_string(),
-        keys: if encrypted {
-            vec![[7u8; 32]]
-        } else {
-            Vec::new()
-        },
+        keys: if encrypted { vec![[7u8; 32]] } else { Vec::new() },
         mtu,
         max_message_size: 1 << 20,
         reassembly_timeout: Duration::from_secs(2),
@@ -243,25 +213,14 @@ impl Sim {
 
     fn endpoint(&mut self) -> Endpoint {
         let id = NodeId(self.rng.random::<u64>() | 1);
-        let cfg = EndpointConfig::new(
-            format!("n{id}"),
-            wire_config(self.net.mtu, self.encrypted),
-            self.heartbeat,
-            self.pulse,
-        );
+        let cfg = EndpointConfig::new(format!("n{id}"), wire_config(self.net.mtu, self.encrypted), self.heartbeat, self.pulse);
         Endpoint::new(cfg, id, self.instant())
     }
 
     /// Adds a node (a late joiner if the simulation already runs). Returns its index.
     pub fn add_node(&mut self) -> usize {
         let ep = self.endpoint();
-        self.nodes.push(SimNode {
-            ep,
-            app: Model::default(),
-            hlc: Hlc::new(),
-            alive: true,
-            writes: Vec::new(),
-        });
+        self.nodes.push(SimNode { ep, app: Model::default(), hlc: Hlc::new(), alive: true, writes: Vec::new() });
         self.incarnations.push(0);
         let i = self.nodes.len() - 1;
         self.pump(i);
@@ -310,21 +269,11 @@ impl Sim {
         n.hlc.observe(n.app.seen);
         let version = Version::new(n.hlc.tick(wall), n.ep.id());
         let rec = Record { key, version, op };
-        n.app
-            .caches
-            .entry(cache.to_string())
-            .or_default()
-            .apply(&rec);
+        n.app.caches.entry(cache.to_string()).or_default().apply(&rec);
         n.writes.push((cache.to_string(), rec.clone()));
         self.all_writes.push((cache.to_string(), rec.clone()));
         let n = &mut self.nodes[i];
-        n.ep.publish(
-            now,
-            Item::Rec {
-                cache: cache.to_string(),
-                rec,
-            },
-        );
+        n.ep.publish(now, Item::Rec { cache: cache.to_string(), rec });
         n.ep.flush(now);
         self.pump(i);
     }
@@ -342,13 +291,7 @@ impl Sim {
         n.app.apply_clear(cache, version, n.ep.id());
         self.all_clears.push((cache.to_string(), version));
         let n = &mut self.nodes[i];
-        n.ep.publish(
-            now,
-            Item::Clear {
-                cache: cache.to_string(),
-                version,
-            },
-        );
+        n.ep.publish(now, Item::Clear { cache: cache.to_string(), version });
         n.ep.flush(now);
         self.pump(i);
     }
@@ -363,12 +306,7 @@ impl Sim {
     /// Moves node `i`'s output datagrams into the network.
     fn pump(&mut self, i: usize) {
         while let Some(d) = self.nodes[i].ep.poll_transmit() {
-            assert!(
-                d.len() <= self.net.mtu,
-                "datagram of {} bytes exceeds the MTU {}",
-                d.len(),
-                self.net.mtu
-            );
+            assert!(d.len() <= self.net.mtu, "datagram of {} bytes exceeds the MTU {}", d.len(), self.net.mtu);
             if !self.nodes[i].alive {
                 continue;
             }
@@ -377,11 +315,7 @@ impl Sim {
                     self.dropped += 1;
                     continue;
                 }
-                let copies = if self.rng.random_bool(self.net.dup) {
-                    2
-                } else {
-                    1
-                };
+                let copies = if self.rng.random_bool(self.net.dup) { 2 } else { 1 };
                 for _ in 0..copies {
                     if self.rng.random_bool(self.net.loss) {
                         self.dropped += 1;
@@ -390,16 +324,10 @@ impl Sim {
                     let jitter = if self.net.jitter.is_zero() {
                         Duration::ZERO
                     } else {
-                        Duration::from_nanos(
-                            self.rng.random_range(0..self.net.jitter.as_nanos() as u64),
-                        )
+                        Duration::from_nanos(self.rng.random_range(0..self.net.jitter.as_nanos() as u64))
                     };
                     let at = self.now + self.net.delay + jitter;
-                    let ev = Ev::Deliver {
-                        to,
-                        incarnation: self.incarnations[to],
-                        data: d.clone(),
-                    };
+                    let ev = Ev::Deliver { to, incarnation: self.incarnations[to], data: d.clone() };
                     let id = self.next_ev;
                     self.next_ev += 1;
                     self.events.insert(id, ev);
@@ -430,17 +358,8 @@ impl Sim {
             }
             self.now = self.now.max(next);
             if next_net == Some(next) {
-                let Some(Reverse((_, _, id))) = self.queue.pop() else {
-                    continue;
-                };
-                let Some(Ev::Deliver {
-                    to,
-                    incarnation,
-                    data,
-                }) = self.events.remove(&id)
-                else {
-                    continue;
-                };
+                let Some(Reverse((_, _, id))) = self.queue.pop() else { continue };
+                let Some(Ev::Deliver { to, incarnation, data }) = self.events.remove(&id) else { continue };
                 if !self.nodes[to].alive || self.incarnations[to] != incarnation {
                     continue;
                 }
@@ -460,12 +379,7 @@ impl Sim {
 
     /// Node `i`'s live entries of `cache`.
     pub fn live(&self, i: usize, cache: &str) -> BTreeMap<Vec<u8>, (Version, Vec<u8>)> {
-        self.nodes[i]
-            .app
-            .caches
-            .get(cache)
-            .map(|c| c.live())
-            .unwrap_or_default()
+        self.nodes[i].app.caches.get(cache).map(|c| c.live()).unwrap_or_default()
     }
 
     pub fn endpoint_of(&self, i: usize) -> &Endpoint {
@@ -478,11 +392,7 @@ impl Sim {
 
     /// The newest write per (cache, key) made by nodes alive now, with clears applied.
     pub fn surviving_writes(&self) -> Vec<(String, Record)> {
-        self.nodes
-            .iter()
-            .filter(|n| n.alive)
-            .flat_map(|n| n.writes.iter().cloned())
-            .collect()
+        self.nodes.iter().filter(|n| n.alive).flat_map(|n| n.writes.iter().cloned()).collect()
     }
 
     pub fn model(&self, i: usize) -> &Model {
