@@ -18,6 +18,17 @@ use super::message::{CacheDigest, Item, Msg, Query};
 use super::metrics::NetworkMetrics;
 use super::record::Record;
 use super::reliability::{Arrival, NakPolicy, RecvStream, SendBuffer, to_ranges};
+
+/// Most bytes of datagrams queued for sending before NAKs stop being served: a NAK storm (or
+/// one forged NAK naming a whole retransmit buffer of large messages, many times over) must
+/// not queue unbounded memory. Unserved NAKs are simply asked again later.
+pub const MAX_QUEUED_TRANSMIT_BYTES: usize = 8 << 20;
+
+/// Most missing sequence numbers tracked over all peers. An announcement that would open more
+/// makes that peer's stream jump to it instead (counted as `gap_budget`): the skipped span is
+/// repaired by anti-entropy, acks keep flowing, and spoofed peers announcing far-ahead streams
+/// cannot grow memory or the per-wakeup NAK timer scan (which is linear in tracked gaps).
+pub const MAX_TRACKED_GAPS: u64 = 1 << 14;
 use super::state::AppState;
 use super::version::NodeId;
 use super::wire::{Wire, WireConfig};
@@ -181,6 +192,8 @@ pub struct Endpoint {
     outbox: VecDeque<Item>,
     outbox_bytes: usize,
     transmits: VecDeque<Vec<u8>>,
+    /// Bytes in `transmits`.
+    transmit_bytes: usize,
     events: VecDeque<Event>,
     metrics: NetworkMetrics,
     next_heartbeat: Instant,
@@ -223,6 +236,7 @@ impl Endpoint {
             outbox: VecDeque::new(),
             outbox_bytes: 0,
             transmits: VecDeque::new(),
+            transmit_bytes: 0,
             events: VecDeque::new(),
             metrics: NetworkMetrics::default(),
             next_heartbeat: now + cfg.heartbeat,
@@ -345,7 +359,9 @@ impl Endpoint {
 
     /// The next datagram to send to the group.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmits.pop_front()
+        let d = self.transmits.pop_front()?;
+        self.transmit_bytes = self.transmit_bytes.saturating_sub(d.len());
+        Some(d)
     }
 
     /// The next event.
@@ -404,14 +420,19 @@ impl Endpoint {
         m.outbound_queue = self.outbox.len() as u64;
         m.retransmit_buffer_msgs = self.send.len() as u64;
         m.retransmit_buffer_bytes = self.send.bytes() as u64;
-        m.gaps = self.metrics.gaps
-            + self
-                .peers
-                .values()
-                .map(|p| p.recv.gaps_detected)
-                .sum::<u64>();
-        m.gaps_abandoned = self.metrics.gaps_abandoned
-            + self.peers.values().map(|p| p.recv.abandoned).sum::<u64>();
+        // Saturating: peers' announcements are untrusted, and a forged far-ahead one can make
+        // a stream abandon close to 2^64 numbers (a plain sum overflowed and killed the thread).
+        let sat = |acc: u64, x: u64| acc.saturating_add(x);
+        m.gaps = self
+            .peers
+            .values()
+            .map(|p| p.recv.gaps_detected)
+            .fold(self.metrics.gaps, sat);
+        m.gaps_abandoned = self
+            .peers
+            .values()
+            .map(|p| p.recv.abandoned)
+            .fold(self.metrics.gaps_abandoned, sat);
         m.peer_lag = self
             .peers
             .iter()
@@ -510,6 +531,7 @@ impl Endpoint {
         }
         match msg {
             Msg::Data { seq, items } => {
+                self.bound_gaps(now, from, seq.saturating_sub(1));
                 let p = self.peers.get_mut(&from).expect("touch_peer inserted it");
                 match p.recv.receive(now, seq, &self.cfg.nak) {
                     Arrival::Duplicate => {
@@ -539,6 +561,7 @@ impl Endpoint {
             } => {
                 let _ = is_hello;
                 self.on_ack_list(from, &acks);
+                self.bound_gaps(now, from, seq_hi);
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.name = name;
                     p.recv.learn_hi(now, seq_hi, &self.cfg.nak);
@@ -551,6 +574,7 @@ impl Endpoint {
             }
             Msg::Ack { acks } => self.on_ack_list(from, &acks),
             Msg::Tail { seq_hi } => {
+                self.bound_gaps(now, from, seq_hi);
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.recv.learn_hi(now, seq_hi, &self.cfg.nak);
                 }
@@ -687,6 +711,40 @@ impl Endpoint {
         true
     }
 
+    /// Before learning that `from` has sent up to `seq_hi`: if that would take the gaps
+    /// tracked over all peers past [`MAX_TRACKED_GAPS`], gives the whole span up instead (the
+    /// stream jumps to `seq_hi`; anti-entropy repairs what was in it) and counts `gap_budget`.
+    fn bound_gaps(&mut self, now: Instant, from: NodeId, seq_hi: u64) {
+        let Some(p) = self.peers.get(&from) else {
+            return;
+        };
+        // A stream opens at most MAX_AHEAD gaps at once (it abandons beyond that).
+        let opens = seq_hi
+            .saturating_sub(p.recv.seq_hi())
+            .min(super::reliability::MAX_AHEAD);
+        if opens <= 1 {
+            return;
+        }
+        let tracked: u64 = self.peers.values().map(|p| p.recv.missing()).sum();
+        if tracked.saturating_add(opens) <= MAX_TRACKED_GAPS {
+            return;
+        }
+        *self
+            .metrics
+            .dropped
+            .entry("gap_budget".to_string())
+            .or_default() += 1;
+        if let Some(p) = self.peers.get_mut(&from) {
+            // O(1) jump (walking the span would cost the CPU the budget is meant to save).
+            let old = std::mem::replace(&mut p.recv, RecvStream::new(seq_hi));
+            p.recv.gaps_detected = old.gaps_detected;
+            p.recv.abandoned = old
+                .abandoned
+                .saturating_add(seq_hi.saturating_sub(old.contiguous()));
+        }
+        self.next_pulse = self.next_pulse.min(now + Duration::from_millis(20));
+    }
+
     fn apply_items(&mut self, items: &[Item], from: NodeId, app: &mut dyn AppState, repair: bool) {
         for item in items {
             match item {
@@ -739,6 +797,16 @@ impl Endpoint {
                     break;
                 }
                 budget -= 1;
+                if self.transmit_bytes >= MAX_QUEUED_TRANSMIT_BYTES {
+                    // Shed: the asker NAKs again after its backoff.
+                    *self
+                        .metrics
+                        .dropped
+                        .entry("nak_shed".to_string())
+                        .or_default() += 1;
+                    budget = 0;
+                    break;
+                }
                 match self.send.get(seq).map(|(id, p)| (id, p.to_vec())) {
                     Some((id, payload)) => {
                         self.metrics.retransmits_served += 1;
@@ -1150,6 +1218,7 @@ impl Endpoint {
                 for d in out {
                     self.metrics.datagrams_sent += 1;
                     self.metrics.bytes_sent += d.len() as u64;
+                    self.transmit_bytes += d.len();
                     self.transmits.push_back(d);
                 }
                 Some(id)

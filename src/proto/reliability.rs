@@ -254,10 +254,12 @@ impl RecvStream {
         if new_base <= self.base {
             return;
         }
-        let lost = (self.base + 1..=new_base)
-            .filter(|s| !self.above.contains_key(s))
-            .count();
-        self.abandoned += lost as u64;
+        // Counted from what is held, not by walking the span: a forged far-ahead announcement
+        // (seq_hi near u64::MAX) must not loop for 2^64 steps.
+        let held = self.above.range(..=new_base).count() as u64;
+        self.abandoned = self
+            .abandoned
+            .saturating_add((new_base - self.base).saturating_sub(held));
         self.above = self.above.split_off(&(new_base + 1));
         self.gaps = self.gaps.split_off(&(new_base + 1));
         self.base = new_base;

@@ -1,0 +1,437 @@
+//! The code paths the fuzz targets drive, shared by `fuzz/fuzz_targets/*.rs` and by the regular
+//! test `tests/fuzz_corpus.rs` (which replays every corpus file through them, so CI without
+//! cargo-fuzz still runs the seeds). Each function must never panic, whatever `data` holds.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use mccache::NodeId;
+use mccache::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, key_bucket};
+use mccache::proto::endpoint::{Endpoint, EndpointConfig};
+use mccache::proto::message::{Msg, Query};
+use mccache::proto::record::{Op, Record};
+use mccache::proto::state::AppState;
+use mccache::proto::version::Version;
+use mccache::proto::wire::{Wire, WireConfig};
+
+/// The key the sealed targets use.
+pub const KEY: [u8; 32] = [0x5a; 32];
+/// The cluster label of every target.
+pub const CLUSTER: &str = "fuzz";
+/// The node under test.
+pub const ME: NodeId = NodeId(0xfeed);
+
+fn wire_config(keys: Vec<[u8; 32]>) -> WireConfig {
+    WireConfig {
+        cluster_name: CLUSTER.into(),
+        keys,
+        mtu: 1472,
+        max_message_size: 256 * 1024,
+        reassembly_timeout: Duration::from_secs(2),
+        max_reassembly_bytes: 1024 * 1024,
+    }
+}
+
+/// Splits fuzz input into length-prefixed records: `[tag u8][len u16 be][len bytes]`; a short
+/// tail becomes one last record with what is left.
+pub fn records(mut data: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut out = Vec::new();
+    while let Some((&tag, rest)) = data.split_first() {
+        if rest.len() < 2 {
+            out.push((tag, rest));
+            break;
+        }
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let body = &rest[2..];
+        let take = len.min(body.len());
+        out.push((tag, &body[..take]));
+        data = &body[take..];
+    }
+    out
+}
+
+/// Feeds records to one wire as datagrams, all at the same moment, then expires.
+fn datagrams(keys: Vec<[u8; 32]>, data: &[u8]) {
+    let mut wire = Wire::new(wire_config(keys), ME);
+    let start = Instant::now();
+    let mut now = start;
+    for (tag, d) in records(data) {
+        if tag & 0x80 != 0 {
+            now += Duration::from_millis(u64::from(tag & 0x7f) * 50);
+        }
+        let _ = wire.decode(now, d);
+        let s = wire.stats();
+        assert!(
+            s.bytes_held <= 1024 * 1024,
+            "reassembly over its byte cap: {s:?}"
+        );
+    }
+    wire.expire(now + Duration::from_secs(10));
+    assert_eq!(wire.stats().in_progress, 0);
+}
+
+/// `datagram_plain`: [`Wire::decode`] in plaintext mode on a sequence of arbitrary datagrams.
+pub fn datagram_plain(data: &[u8]) {
+    datagrams(Vec::new(), data);
+}
+
+/// `datagram_sealed`: [`Wire::decode`] with a keyring on a sequence of arbitrary datagrams.
+pub fn datagram_sealed(data: &[u8]) {
+    datagrams(vec![KEY, [0x33; 32]], data);
+}
+
+/// `message`: [`Msg::decode`] on arbitrary bytes; what decodes must re-encode to a message that
+/// decodes to the same value.
+pub fn message(data: &[u8]) {
+    if let Some(m) = Msg::decode(data) {
+        let again = Msg::decode(&m.encode());
+        assert_eq!(again.as_ref(), Some(&m), "re-encoding changed the message");
+        let _ = m.target();
+    }
+}
+
+/// A trivial in-memory application state: caches of records, last version wins.
+#[derive(Default)]
+pub struct MapState {
+    /// cache -> key -> record.
+    pub caches: BTreeMap<String, BTreeMap<Vec<u8>, Record>>,
+    /// cache -> clear floor (bounded like the caches).
+    pub floors: BTreeMap<String, Version>,
+}
+
+impl MapState {
+    fn live(&self, cache: &str) -> impl Iterator<Item = &Record> {
+        self.caches
+            .get(cache)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| matches!(r.op, Op::Put { .. }))
+    }
+}
+
+impl AppState for MapState {
+    fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
+        // Bound the model itself: a fuzzer must not make the harness allocate without end.
+        if self.caches.len() >= 64 && !self.caches.contains_key(cache) {
+            return Applied::Skipped;
+        }
+        let map = self.caches.entry(cache.to_string()).or_default();
+        match map.get(&record.key) {
+            Some(old) if old.version >= record.version => Applied::Stale,
+            _ if map.len() >= 4096 => Applied::Skipped,
+            _ => {
+                map.insert(record.key.clone(), record.clone());
+                Applied::Changed
+            }
+        }
+    }
+
+    fn apply_clear(&mut self, cache: &str, version: Version, _origin: NodeId) {
+        if let Some(map) = self.caches.get_mut(cache) {
+            map.retain(|_, r| r.version > version);
+        }
+        if self.floors.len() < 64 || self.floors.contains_key(cache) {
+            let f = self.floors.entry(cache.to_string()).or_default();
+            *f = (*f).max(version);
+        }
+    }
+
+    fn clear_floor(&self, cache: &str) -> Version {
+        self.floors.get(cache).copied().unwrap_or_default()
+    }
+
+    fn wall_ms(&self) -> u64 {
+        1_700_000_000_000
+    }
+
+    fn caches(&self) -> Vec<String> {
+        self.caches.keys().cloned().collect()
+    }
+
+    fn digest(&self, cache: &str) -> Option<SyncDigest> {
+        self.caches.get(cache)?;
+        let mut d = SyncDigest {
+            count: 0,
+            checksum: 0,
+            buckets: vec![0; SYNC_BUCKETS],
+        };
+        for r in self.live(cache) {
+            let h = u64::from(crc32fast::hash(&r.key)) ^ r.version.hlc;
+            d.count += 1;
+            d.checksum = d.checksum.wrapping_add(h);
+            d.buckets[key_bucket(&r.key)] = d.buckets[key_bucket(&r.key)].wrapping_add(h);
+        }
+        Some(d)
+    }
+
+    fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
+        self.caches
+            .get(cache)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| key_bucket(&r.key) == bucket)
+            .map(|r| KeyVersion {
+                key: r.key.clone(),
+                version: r.version,
+                deleted: !matches!(r.op, Op::Put { .. }),
+            })
+            .collect()
+    }
+
+    fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
+        self.caches.get(cache)?.get(key).cloned()
+    }
+
+    fn snapshot_chunk(
+        &self,
+        cache: &str,
+        cursor: u64,
+        max_bytes: usize,
+    ) -> (Vec<Record>, Option<u64>) {
+        let all: Vec<&Record> = self
+            .caches
+            .get(cache)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .collect();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut i = usize::try_from(cursor).unwrap_or(usize::MAX);
+        while i < all.len() && bytes < max_bytes {
+            bytes += all[i].weight();
+            out.push(all[i].clone());
+            i += 1;
+        }
+        let next = (i < all.len()).then_some(i as u64);
+        (out, next)
+    }
+
+    fn answer(&self, query: &Query) -> Vec<u8> {
+        match query {
+            Query::Metrics { .. } => rmp_serde::to_vec(&self.caches.len()).unwrap_or_default(),
+            Query::Checksum { cache, .. } => {
+                rmp_serde::to_vec(&self.digest(cache).map(|d| d.checksum)).unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// Peers whose node ids the `endpoint` target uses when it wraps payloads itself.
+pub const PEERS: [NodeId; 3] = [NodeId(0xa1), NodeId(0xb2), NodeId(0xc3)];
+
+/// `endpoint`: [`Endpoint::handle_datagram`] on a plaintext node with a [`MapState`].
+///
+/// Each record's tag chooses what its bytes are:
+/// - bit 0 clear: a raw datagram, fed as is;
+/// - bit 0 set: a message payload, sealed (crc'd) by peer `PEERS[(tag >> 1) % 3]`'s own
+///   [`Wire`], so that the fuzzer reaches message handling without forging checksums;
+/// - bit 7 set: time advances by `(tag >> 3 & 0xf) * 40` ms and timers run first.
+///
+/// Sent datagrams and events are drained after every step; their number is bounded.
+pub fn endpoint(data: &[u8]) -> mccache::NetworkMetrics {
+    let start = Instant::now();
+    let mut now = start;
+    let cfg = EndpointConfig::new(
+        "fuzz".into(),
+        wire_config(Vec::new()),
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+    );
+    let mut ep = Endpoint::new(cfg, ME, now);
+    let mut app = MapState::default();
+    let mut peers: Vec<Wire> = PEERS
+        .iter()
+        .map(|&p| Wire::new(wire_config(Vec::new()), p))
+        .collect();
+    let mut steps = 0usize;
+    for (tag, body) in records(data) {
+        if tag & 0x80 != 0 {
+            now += Duration::from_millis(u64::from((tag >> 3) & 0xf) * 40);
+            ep.handle_timeout(now, &mut app);
+        }
+        if tag & 1 == 0 {
+            ep.handle_datagram(now, body, &mut app);
+        } else {
+            let peer = &mut peers[usize::from(tag >> 1) % PEERS.len()];
+            if let Ok(ds) = peer.encode(body) {
+                for d in ds {
+                    ep.handle_datagram(now, &d, &mut app);
+                }
+            }
+        }
+        let mut sent = 0usize;
+        while ep.poll_transmit().is_some() {
+            sent += 1;
+        }
+        // One input datagram may cause a NAK's worth of retransmissions, never more.
+        assert!(sent <= 8192, "one datagram caused {sent} transmissions");
+        while ep.poll_event().is_some() {}
+        steps += 1;
+    }
+    let _ = (ep.peers(), steps);
+    ep.metrics()
+}
+
+/// Seeds that reach deep paths: valid messages of every kind (as payloads for `endpoint`
+/// records with bit 0 set, or raw for `message`).
+pub fn seed_messages() -> Vec<(&'static str, Msg)> {
+    let v = |hlc| Version::new(hlc, PEERS[0]);
+    let rec = |k: &[u8], hlc| Record {
+        key: k.to_vec(),
+        version: v(hlc),
+        op: Op::Put {
+            value: b"value".to_vec(),
+            ttl_ms: Some(1000),
+        },
+    };
+    use mccache::proto::message::{CacheDigest, Item};
+    vec![
+        (
+            "hello_join",
+            Msg::Hello {
+                name: "peer".into(),
+                join: true,
+                seq_hi: 0,
+                acks: vec![(ME, 0)],
+                caches: vec!["c".into()],
+            },
+        ),
+        (
+            "data",
+            Msg::Data {
+                seq: 1,
+                items: vec![
+                    Item::Rec {
+                        cache: "c".into(),
+                        rec: rec(b"k", 10),
+                    },
+                    Item::Clear {
+                        cache: "c".into(),
+                        version: v(5),
+                    },
+                ],
+            },
+        ),
+        (
+            "data_gap",
+            Msg::Data {
+                seq: 7,
+                items: vec![],
+            },
+        ),
+        (
+            "ack",
+            Msg::Ack {
+                acks: vec![(ME, 3)],
+            },
+        ),
+        ("tail", Msg::Tail { seq_hi: 40 }),
+        ("leave", Msg::Leave),
+        (
+            "nak",
+            Msg::Nak {
+                to: ME,
+                ranges: vec![(1, 3), (0, u64::MAX)],
+            },
+        ),
+        (
+            "gone",
+            Msg::Gone {
+                to: ME,
+                ranges: vec![(1, 2)],
+            },
+        ),
+        (
+            "digest",
+            Msg::Digest {
+                caches: vec![CacheDigest {
+                    cache: "c".into(),
+                    digest: SyncDigest {
+                        count: 1,
+                        checksum: 9,
+                        buckets: vec![1; SYNC_BUCKETS],
+                    },
+                    floor: v(3),
+                }],
+            },
+        ),
+        (
+            "buckets",
+            Msg::Buckets {
+                to: ME,
+                cache: "c".into(),
+                parts: vec![(0, 0, 1), (1, 2, 3), (65535, 0, 0)],
+                keys: vec![KeyVersion {
+                    key: b"k".to_vec(),
+                    version: v(99),
+                    deleted: false,
+                }],
+            },
+        ),
+        (
+            "pull",
+            Msg::Pull {
+                to: ME,
+                cache: "c".into(),
+                keys: vec![serde_bytes::ByteBuf::from(b"k".to_vec())],
+            },
+        ),
+        (
+            "repair",
+            Msg::Repair {
+                items: vec![Item::Rec {
+                    cache: "c".into(),
+                    rec: rec(b"r", 11),
+                }],
+            },
+        ),
+        (
+            "snapshot_req",
+            Msg::SnapshotReq {
+                to: ME,
+                cache: "c".into(),
+                cursor: 0,
+            },
+        ),
+        (
+            "snapshot_chunk",
+            Msg::SnapshotChunk {
+                to: ME,
+                cache: "c".into(),
+                cursor: 0,
+                records: vec![rec(b"s", 12)],
+                next: None,
+                floor: v(2),
+            },
+        ),
+        (
+            "query",
+            Msg::Query {
+                id: 1,
+                query: Query::Checksum {
+                    cache: "c".into(),
+                    key: Some(b"k".to_vec()),
+                },
+            },
+        ),
+        (
+            "reply",
+            Msg::Reply {
+                to: ME,
+                id: 1,
+                body: vec![0xc0],
+            },
+        ),
+    ]
+}
+
+/// One `endpoint` record: `[tag][len][body]`.
+pub fn record(tag: u8, body: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(body.len()).unwrap_or(u16::MAX);
+    let mut out = vec![tag];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&body[..usize::from(len)]);
+    out
+}
