@@ -187,6 +187,16 @@ impl AppState for NodeApp {
         }
     }
 
+    fn buckets_versions(&self, cache: &str, buckets: &[usize]) -> Vec<Vec<KeyVersion>> {
+        match self.registry.opened(cache) {
+            Some(c) => c.buckets_versions(buckets),
+            None => buckets
+                .iter()
+                .map(|&b| self.bucket_versions(cache, b))
+                .collect(),
+        }
+    }
+
     fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
         match self.registry.opened(cache) {
             Some(c) => c.bucket_versions(bucket),

@@ -144,6 +144,10 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn sync_digest(&self) -> SyncDigest;
     /// Every key of one bucket with its version, tombstones included.
     fn bucket_versions(&self, bucket: usize) -> Vec<KeyVersion>;
+    /// Several buckets at once, in the order asked.
+    fn buckets_versions(&self, buckets: &[usize]) -> Vec<Vec<KeyVersion>> {
+        buckets.iter().map(|&b| self.bucket_versions(b)).collect()
+    }
     /// Live records (and tombstones) in a stable cursor order for state transfer: returns up to
     /// roughly `max_bytes` of records starting at `cursor`, and the next cursor (`None` at end).
     fn snapshot_chunk(&self, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>);

@@ -1290,6 +1290,45 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         }
     }
 
+    fn buckets_versions(&self, buckets: &[usize]) -> Vec<Vec<KeyVersion>> {
+        // One pass over the shards for all the buckets asked.
+        let mut slot = [usize::MAX; SYNC_BUCKETS];
+        for (i, &b) in buckets.iter().enumerate() {
+            if b < SYNC_BUCKETS {
+                slot[b] = i;
+            }
+        }
+        let mut out: Vec<Vec<KeyVersion>> = vec![Vec::new(); buckets.len()];
+        let now = self.core.clock.now_nanos();
+        for shard in self.shards.iter() {
+            let g = shard.lock.read();
+            for (k, e) in g.map.iter() {
+                let i = slot[e.bucket as usize];
+                if i != usize::MAX
+                    && !e.expired(now)
+                    && let Ok(key) = rmp_serde::to_vec(k)
+                {
+                    out[i].push(KeyVersion {
+                        key,
+                        version: e.version,
+                        deleted: false,
+                    });
+                }
+            }
+            for t in g.tombs.values() {
+                let i = slot[t.bucket as usize];
+                if i != usize::MAX {
+                    out[i].push(KeyVersion {
+                        key: t.key_bytes.to_vec(),
+                        version: t.version,
+                        deleted: true,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn bucket_versions(&self, bucket: usize) -> Vec<KeyVersion> {
         let now = self.core.clock.now_nanos();
         let mut out = Vec::new();

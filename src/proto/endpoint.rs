@@ -853,8 +853,9 @@ impl Endpoint {
             let mut parts: Vec<(u16, u16, u16)> = Vec::new();
             let mut keys = Vec::new();
             let mut bytes = 0usize;
-            for b in differing {
-                let all = app.bucket_versions(&line.cache, b as usize);
+            let wanted: Vec<usize> = differing.iter().map(|&b| b as usize).collect();
+            let lists = app.buckets_versions(&line.cache, &wanted);
+            for (b, all) in differing.into_iter().zip(lists) {
                 let size: usize = all.iter().map(|k| k.key.len() + 24).sum();
                 let of = size.div_ceil(budget).clamp(1, 4096) as u16;
                 let mut split: Vec<Vec<KeyVersion>> = vec![Vec::new(); of as usize];
@@ -911,14 +912,23 @@ impl Endpoint {
             .wall_ms()
             .saturating_sub(self.cfg.settle.as_millis() as u64);
         let settled = |v: &crate::proto::version::Version| v.millis() <= cutoff;
-        for &(b, part, of) in parts {
-            if b as usize >= SYNC_BUCKETS || of == 0 || part >= of {
+        let valid: Vec<(u16, u16, u16)> = parts
+            .iter()
+            .copied()
+            .filter(|&(b, part, of)| (b as usize) < SYNC_BUCKETS && of != 0 && part < of)
+            .collect();
+        let mut wanted: Vec<usize> = valid.iter().map(|&(b, _, _)| b as usize).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let lists = app.buckets_versions(cache, &wanted);
+        for &(b, part, of) in &valid {
+            let Ok(i) = wanted.binary_search(&(b as usize)) else {
                 continue;
-            }
-            for mine in app
-                .bucket_versions(cache, b as usize)
-                .into_iter()
+            };
+            for mine in lists[i]
+                .iter()
                 .filter(|kv| key_part(&kv.key, of) == part)
+                .cloned()
             {
                 match their_map.remove(&mine.key) {
                     Some(t) if t.version > mine.version => {

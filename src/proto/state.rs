@@ -22,6 +22,14 @@ pub trait AppState {
     fn digest(&self, cache: &str) -> Option<SyncDigest>;
     /// Keys and versions (tombstones included) of one bucket.
     fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion>;
+    /// [`AppState::bucket_versions`] for several buckets at once, in the order asked (a store
+    /// answers in one pass instead of one pass per bucket).
+    fn buckets_versions(&self, cache: &str, buckets: &[usize]) -> Vec<Vec<KeyVersion>> {
+        buckets
+            .iter()
+            .map(|&b| self.bucket_versions(cache, b))
+            .collect()
+    }
     /// The record for one key (value or tombstone), for repair.
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record>;
     /// A chunk of a cache for state transfer.
