@@ -16,7 +16,7 @@ use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::proto::endpoint::{Endpoint, Event, PeerInfo};
+use crate::proto::endpoint::{Endpoint, Event, MemberEvent, PeerInfo};
 use crate::proto::message::{Item, Query};
 use crate::proto::metrics::NetworkMetrics;
 use crate::proto::state::AppState;
@@ -95,7 +95,7 @@ pub async fn run(
     mut commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     tantrum: Tantrum,
-    mut on_event: Box<dyn FnMut(&Event) + Send>,
+    mut on_event: Box<dyn FnMut(&MemberEvent) + Send>,
 ) {
     let mut buf = vec![0u8; 65_536];
     let mut queries: HashMap<u64, (ReplySender, Instant)> = HashMap::new();
@@ -207,13 +207,16 @@ pub async fn run(
                         }
                     }
                 }
-                Event::Ready => {
-                    *shared.ready.lock() = true;
-                    shared.ready_cv.notify_all();
+                Event::Member(m) => {
+                    if *m == MemberEvent::Ready {
+                        *shared.ready.lock() = true;
+                        shared.ready_cv.notify_all();
+                    } else {
+                        membership_changed = true;
+                    }
+                    on_event(m);
                 }
-                _ => membership_changed = true,
             }
-            on_event(&ev);
         }
         if membership_changed || shared.members.lock().len() != ep.peers().len() {
             *shared.members.lock() = ep.peers();

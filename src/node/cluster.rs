@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::net::driver::{self, Command, Shared, Tantrum, Transport};
 use crate::net::socket;
-use crate::proto::endpoint::{Endpoint, EndpointConfig, Event};
+use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::message::{Item, Query};
 use crate::proto::metrics::NetworkMetrics;
 use crate::proto::version::{NodeId, Version};
@@ -40,36 +40,7 @@ pub struct Member {
     pub lag: u64,
 }
 
-/// Membership events, delivered to [`Node::on_member_event`] listeners on the network thread.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MemberEvent {
-    /// A peer was heard for the first time (or again after it was removed).
-    Joined {
-        /// The peer.
-        id: NodeId,
-        /// Its name.
-        name: String,
-    },
-    /// A peer missed 3 heartbeats.
-    Suspect {
-        /// The peer.
-        id: NodeId,
-    },
-    /// A suspected peer was heard again.
-    Alive {
-        /// The peer.
-        id: NodeId,
-    },
-    /// A peer left cleanly (`failed: false`) or went silent for 6 heartbeats (`failed: true`).
-    Left {
-        /// The peer.
-        id: NodeId,
-        /// True if it failed rather than leaving.
-        failed: bool,
-    },
-    /// This node holds a full copy of the cluster's caches.
-    Ready,
-}
+pub use crate::proto::endpoint::MemberEvent;
 
 type MemberListener = Arc<dyn Fn(&MemberEvent) + Send + Sync>;
 
@@ -167,25 +138,11 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         send: config.monkey_tantrum_side.drops_sends(),
         recv: config.monkey_tantrum_side.drops_receives(),
     };
-    let on_event: Box<dyn FnMut(&Event) + Send> = Box::new(move |ev| {
-        let mapped = match ev {
-            Event::Joined { id, name } => MemberEvent::Joined {
-                id: *id,
-                name: name.clone(),
-            },
-            Event::Suspect { id } => MemberEvent::Suspect { id: *id },
-            Event::Alive { id } => MemberEvent::Alive { id: *id },
-            Event::Left { id, failed } => MemberEvent::Left {
-                id: *id,
-                failed: *failed,
-            },
-            Event::Ready => MemberEvent::Ready,
-            Event::Reply { .. } => return,
-        };
-        tracing::debug!(event = ?mapped, "membership");
+    let on_event: Box<dyn FnMut(&MemberEvent) + Send> = Box::new(move |ev| {
+        tracing::debug!(event = ?ev, "membership");
         let ls: Vec<MemberListener> = listeners.lock().clone();
         for l in ls {
-            l(&mapped);
+            l(ev);
         }
     });
     let handle = std::thread::Builder::new()

@@ -108,17 +108,17 @@ impl EndpointConfig {
     }
 }
 
-/// Membership and readiness events.
+/// Membership and readiness events (public as `mccache::MemberEvent`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A peer was heard for the first time (or again after removal).
+pub enum MemberEvent {
+    /// A peer was heard for the first time (or again after it was removed).
     Joined {
         /// The peer.
         id: NodeId,
         /// Its name.
         name: String,
     },
-    /// A peer missed `suspect_after` heartbeats.
+    /// A peer missed `suspect_after` heartbeats (3 by default).
     Suspect {
         /// The peer.
         id: NodeId,
@@ -128,15 +128,23 @@ pub enum Event {
         /// The peer.
         id: NodeId,
     },
-    /// A peer left (it said so) or failed (it went silent).
+    /// A peer left cleanly (`failed: false`) or went silent for `remove_after` heartbeats
+    /// (6 by default; `failed: true`).
     Left {
         /// The peer.
         id: NodeId,
-        /// True if it failed rather than leaving cleanly.
+        /// True if it failed rather than leaving.
         failed: bool,
     },
     /// This node holds a full copy of the caches its first peer offered (or found no peer).
     Ready,
+}
+
+/// What the core reports to its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A membership or readiness change.
+    Member(MemberEvent),
     /// A peer answered query `id`.
     Reply {
         /// Request id.
@@ -261,7 +269,7 @@ impl Endpoint {
         self.me
     }
 
-    /// True once this node holds a full copy (see [`Event::Ready`]).
+    /// True once this node holds a full copy (see [`MemberEvent::Ready`]).
     pub fn is_ready(&self) -> bool {
         matches!(self.join, JoinState::Ready)
     }
@@ -517,10 +525,10 @@ impl Endpoint {
         if matches!(msg, Msg::Leave) {
             if self.peers.remove(&from).is_some() {
                 self.wire.forget_sender(from);
-                self.events.push_back(Event::Left {
+                self.events.push_back(Event::Member(MemberEvent::Left {
                     id: from,
                     failed: false,
-                });
+                }));
                 self.release_acked();
             }
             return;
@@ -664,7 +672,8 @@ impl Endpoint {
             p.last_seen = now;
             if p.suspect {
                 p.suspect = false;
-                self.events.push_back(Event::Alive { id: from });
+                self.events
+                    .push_back(Event::Member(MemberEvent::Alive { id: from }));
             }
             return true;
         }
@@ -701,7 +710,8 @@ impl Endpoint {
                 received_since_ack: 0,
             },
         );
-        self.events.push_back(Event::Joined { id: from, name });
+        self.events
+            .push_back(Event::Member(MemberEvent::Joined { id: from, name }));
         if !matches!(msg, Msg::Hello { .. }) {
             // Learn its name and our caches quickly; also ask it to announce itself.
             self.send_hello(true, Vec::new());
@@ -1056,7 +1066,7 @@ impl Endpoint {
 
     fn become_ready(&mut self, now: Instant) {
         self.join = JoinState::Ready;
-        self.events.push_back(Event::Ready);
+        self.events.push_back(Event::Member(MemberEvent::Ready));
         // Close any race between the snapshot cursor and live changes.
         self.next_pulse = self.next_pulse.min(now + Duration::from_millis(5));
     }
@@ -1140,13 +1150,15 @@ impl Endpoint {
                 removed.push(*id);
             } else if silent >= suspect_after && !p.suspect {
                 p.suspect = true;
-                self.events.push_back(Event::Suspect { id: *id });
+                self.events
+                    .push_back(Event::Member(MemberEvent::Suspect { id: *id }));
             }
         }
         for id in removed {
             self.peers.remove(&id);
             self.wire.forget_sender(id);
-            self.events.push_back(Event::Left { id, failed: true });
+            self.events
+                .push_back(Event::Member(MemberEvent::Left { id, failed: true }));
         }
         self.release_acked();
     }

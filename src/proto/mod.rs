@@ -3,7 +3,7 @@
 //! Time comes in as an argument; datagrams, timers and events come out to be polled.
 //!
 //! - [`wire`]: datagram format ([`header`]), sealing ([`crypto`]), fragments ([`fragment`]),
-//!   replay protection ([`replay`]), drop reasons ([`drop`]);
+//!   replay protection ([`replay`]), drop reasons ([`drop`](mod@drop));
 //! - [`message`]: what travels inside; [`record`] and [`version`]: the changes and their order;
 //! - [`endpoint`]: the state machine (membership, [`reliability`], anti-entropy, state transfer);
 //! - [`state`]: what the core needs from the application.
