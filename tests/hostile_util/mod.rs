@@ -29,33 +29,18 @@ pub fn group(group: u8, port: u16) -> SocketAddrV4 {
 /// sends, all receive; empty = plaintext).
 pub fn config(group: u8, port: u16, cluster: &str, keys: &[&str]) -> Config {
     Config {
-        interface: Ipv4Addr::LOCALHOST,
         multicast_ip: Ipv4Addr::new(239, 255, 92, group),
-        multicast_port: port,
-        daemon_sleep: 0.1,
-        cache_pulse: 0.5,
-        cache_max: 100_000,
         cache_size: 256 << 20,
-        cache_ttl: 0.0,
+        crypto_key: None,
         crypto_keys: keys.iter().map(|k| k.to_string()).collect(),
         cluster_name: cluster.to_string(),
-        ..Config::default()
+        ..cluster_support::config(group, port)
     }
 }
 
-/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+#[path = "../support/cluster.rs"]
+mod cluster_support;
+pub use cluster_support::wait_until;
 
 /// The node's drop counter for `reason` (0 when absent).
 pub fn dropped(node: &Node, reason: &str) -> u64 {
