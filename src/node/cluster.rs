@@ -55,6 +55,8 @@ pub(crate) struct Net {
     publisher: Arc<ChannelPublisher>,
     started: Instant,
     started_wall: SystemTime,
+    /// The last counters the network thread reported, returned when it cannot answer in time.
+    last_metrics: Mutex<NetworkMetrics>,
 }
 
 impl Net {
@@ -103,6 +105,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         publisher: publisher.clone(),
         started: Instant::now(),
         started_wall: SystemTime::now(),
+        last_metrics: Mutex::new(NetworkMetrics::default()),
     };
     let node = Node::start_with(
         config.clone(),
@@ -244,11 +247,20 @@ impl Node {
         let Some(net) = &self.inner.net else {
             return NetworkMetrics::default();
         };
+        // Ask the network thread; if it cannot answer in time (stopped, or its queue is full
+        // under overload), report the last figures it gave rather than zeros.
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut m = if net.tx.try_send(Command::Metrics(tx)).is_ok() {
-            rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
-        } else {
-            NetworkMetrics::default()
+        let fresh = net
+            .tx
+            .try_send(Command::Metrics(tx))
+            .ok()
+            .and_then(|()| rx.recv_timeout(Duration::from_secs(2)).ok());
+        let mut m = match fresh {
+            Some(m) => {
+                *net.last_metrics.lock() = m.clone();
+                m
+            }
+            None => net.last_metrics.lock().clone(),
         };
         m.outbound_overflow += net.publisher.overflow.load(Ordering::Relaxed);
         let (p50, p99) = net.lag.percentiles();
