@@ -292,8 +292,8 @@ impl Cluster {
     /// every node's veth where the kernel has netem; else (CONFIG_NET_SCH_NETEM unset) with an
     /// nftables rule on the bridge (`numgen random mod 100 < N drop`, no delay), which drops
     /// each copy of a datagram independently on its way to each receiver, silently to the
-    /// sender. Returns the method used.
-    fn set_loss(&self, loss: u32) -> &'static str {
+    /// sender. Returns the method used, or `None` when neither is available.
+    fn set_loss(&self, loss: u32) -> Option<&'static str> {
         let pct = format!("{loss}%");
         let netem = self.nodes.iter().all(|(ns, _, dev)| {
             Command::new("tc")
@@ -305,7 +305,14 @@ impl Cluster {
                 .is_ok_and(|o| o.status.success())
         });
         if netem {
-            return "netem";
+            return Some("netem");
+        }
+        let have_nft = Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have_nft {
+            return None;
         }
         nft(
             &self.bridge_ns,
@@ -321,7 +328,7 @@ impl Cluster {
                 self.port
             ),
         );
-        "nftables on the bridge"
+        Some("nftables on the bridge")
     }
 
     /// Datagram copies dropped so far by the nftables loss rule (0 with netem).
@@ -367,7 +374,12 @@ fn loss_scenario(test: &str, port: u16, loss: u32) {
     let Some(mut c) = Cluster::new(test, port) else {
         return;
     };
-    let how = c.set_loss(loss);
+    let Some(how) = c.set_loss(loss) else {
+        eprintln!(
+            "skipped: {test} needs tc netem in the kernel or nftables (apt-get install nftables)"
+        );
+        return;
+    };
     c.write(&[0, 1, 2], 2000, "a");
     c.converge(
         6000,
