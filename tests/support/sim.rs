@@ -307,17 +307,32 @@ impl Sim {
         1_700_000_000_000 + self.now.as_millis() as u64
     }
 
+    /// The version of a new local write on node `i`, which must be alive: its clock first
+    /// moves past every version the node has seen (as the real node's apply path does).
+    fn next_version(&mut self, i: usize) -> Version {
+        let wall = self.wall_ms();
+        let n = &mut self.nodes[i];
+        n.hlc.observe(n.app.seen);
+        Version::new(n.hlc.tick(wall), n.ep.id())
+    }
+
+    /// Publishes a local change of node `i` and moves its datagrams into the network.
+    fn publish(&mut self, i: usize, item: Item) {
+        let now = self.instant();
+        let n = &mut self.nodes[i];
+        n.ep.publish(now, item);
+        n.ep.flush(now);
+        self.pump(i);
+    }
+
     /// A local write on node `i`: applied locally, then published.
     pub fn write(&mut self, i: usize, cache: &str, key: Vec<u8>, op: Op) {
         if !self.nodes[i].alive {
             return;
         }
-        let wall = self.wall_ms();
-        let now = self.instant();
-        let n = &mut self.nodes[i];
-        n.hlc.observe(n.app.seen);
-        let version = Version::new(n.hlc.tick(wall), n.ep.id());
+        let version = self.next_version(i);
         let rec = Record { key, version, op };
+        let n = &mut self.nodes[i];
         n.app
             .caches
             .entry(cache.to_string())
@@ -325,16 +340,8 @@ impl Sim {
             .apply(&rec);
         n.writes.push((cache.to_string(), rec.clone()));
         self.all_writes.push((cache.to_string(), rec.clone()));
-        let n = &mut self.nodes[i];
-        n.ep.publish(
-            now,
-            Item::Rec {
-                cache: cache.to_string(),
-                rec,
-            },
-        );
-        n.ep.flush(now);
-        self.pump(i);
+        let cache = cache.to_string();
+        self.publish(i, Item::Rec { cache, rec });
     }
 
     /// A versioned clear on node `i`.
@@ -342,23 +349,12 @@ impl Sim {
         if !self.nodes[i].alive {
             return;
         }
-        let wall = self.wall_ms();
-        let now = self.instant();
+        let version = self.next_version(i);
         let n = &mut self.nodes[i];
-        n.hlc.observe(n.app.seen);
-        let version = Version::new(n.hlc.tick(wall), n.ep.id());
         n.app.apply_clear(cache, version, n.ep.id());
         self.all_clears.push((cache.to_string(), version));
-        let n = &mut self.nodes[i];
-        n.ep.publish(
-            now,
-            Item::Clear {
-                cache: cache.to_string(),
-                version,
-            },
-        );
-        n.ep.flush(now);
-        self.pump(i);
+        let cache = cache.to_string();
+        self.publish(i, Item::Clear { cache, version });
     }
 
     fn can_talk(&self, a: usize, b: usize) -> bool {
