@@ -133,6 +133,40 @@ impl TantrumSide {
     }
 }
 
+/// What a local write does when the outbound replication queue (`queue_max`) is full
+/// (`overload`).
+///
+/// ```
+/// let config = mccache::Config::from_toml_str(r#"overload = "block""#)?;
+/// assert_eq!(config.overload, mccache::config::Overload::Block);
+/// # Ok::<(), mccache::Error>(())
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overload {
+    /// `"repair"` (the default): the write is stored locally and returns at once; its change is
+    /// not queued, and an anti-entropy repair of the caches starts at once, so peers get the
+    /// newer versions shortly after the load drops.
+    #[default]
+    Repair,
+    /// `"block"`: the writer waits for queue space, at most `overload_timeout`, then fails with
+    /// [`crate::Error::Overloaded`] (nothing stored). Back-pressure.
+    Block,
+    /// `"error"`: the write fails at once with [`crate::Error::Overloaded`] (nothing stored).
+    Error,
+}
+
+impl Overload {
+    /// The configuration spelling: `"repair"`, `"block"` or `"error"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overload::Repair => "repair",
+            Overload::Block => "block",
+            Overload::Error => "error",
+        }
+    }
+}
+
 /// Settings of one cache. Every cache starts from the node-wide values in [`Config`];
 /// `[caches.NAME]` tables override them per cache.
 #[derive(Clone, Debug, PartialEq)]
@@ -215,6 +249,12 @@ pub struct Config {
     pub cluster_name: String,
     /// `queue_max`: outbound changes queued before overload marks caches for repair.
     pub queue_max: usize,
+    /// `overload`: what a write does when the outbound queue is full: `repair` (default),
+    /// `block` or `error` (see [`Overload`]).
+    pub overload: Overload,
+    /// `overload_timeout`: seconds a write waits for queue space under `overload = "block"`.
+    /// Default 1.
+    pub overload_timeout: f64,
     /// Per-cache overrides, `[caches.NAME]`.
     pub caches: BTreeMap<String, CacheOverrides>,
 }
@@ -258,6 +298,8 @@ impl Default for Config {
             node_name: None,
             cluster_name: "mccache".to_string(),
             queue_max: 65_536,
+            overload: Overload::Repair,
+            overload_timeout: 1.0,
             caches: BTreeMap::new(),
         }
     }
@@ -362,7 +404,7 @@ impl Config {
     ///
     /// Rules: `cache_ttl` and `callback_win` finite and >= 0; `cache_pulse` and
     /// `daemon_sleep` finite and > 0 (all at most [`MAX_SECONDS`]); `cache_max`,
-    /// `cache_size` and `queue_max` >= 1; `packet_mtu` in 576..=65507; `multicast_ip` in
+    /// `cache_size` and `queue_max` >= 1; `overload_timeout` finite and >= 0; `packet_mtu` in 576..=65507; `multicast_ip` in
     /// 224.0.0.0/4; `multicast_port` != 0; `multicast_hops` >= 1; `monkey_tantrum` in
     /// 0..=100; every crypto key base64 of 32 bytes; `max_message_size` in 1..=64 MiB;
     /// `cluster_name` 1 to 64 bytes; `node_name` (if set) 1 to 255 bytes; `interface` a
@@ -450,6 +492,11 @@ impl Config {
             "queue_max",
             self.queue_max,
             at_least_one(self.queue_max as u64),
+        )?;
+        check(
+            "overload_timeout",
+            self.overload_timeout,
+            non_negative_secs(self.overload_timeout),
         )?;
         for (name, o) in &self.caches {
             let key = |k: &str| format!("caches.{name}.{k}");
@@ -552,6 +599,17 @@ impl Config {
         }
     }
 
+    /// `overload_timeout` as a [`Duration`] (saturating, like [`Config::cache_config`]).
+    ///
+    /// ```
+    /// let config = mccache::Config::from_toml_str("overload_timeout = 0.25")?;
+    /// assert_eq!(config.overload_wait(), std::time::Duration::from_millis(250));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    pub fn overload_wait(&self) -> Duration {
+        secs_to_duration(self.overload_timeout)
+    }
+
     /// `cache_pulse` as a [`Duration`] (saturating, like [`Config::cache_config`]).
     ///
     /// ```
@@ -632,6 +690,10 @@ impl Config {
                     c.cluster_name = field(k, v, |v| text(v).and_then(cluster_name_v))?
                 }
                 "queue_max" => c.queue_max = field(k, v, |v| count(v, REASON_CHANGES))?,
+                "overload" => c.overload = field(k, v, overload)?,
+                "overload_timeout" => {
+                    c.overload_timeout = field(k, v, |v| secs(v).and_then(non_negative_secs))?
+                }
                 "caches" => c.caches = caches(v)?,
                 _ => return Err(bad(k, shown(v), &unknown_reason(k, TOP_KEYS))),
             }
@@ -697,6 +759,8 @@ const TOP_KEYS: &[&str] = &[
     "node_name",
     "cluster_name",
     "queue_max",
+    "overload",
+    "overload_timeout",
     "caches",
 ];
 
@@ -815,6 +879,7 @@ const REASON_MTU: &str = "must be between 576 and 65507";
 const REASON_HOPS: &str = "is not a hop count (1 to 255)";
 const REASON_PERCENT: &str = "is not a percentage (0 to 100)";
 const REASON_SIDE: &str = "must be send, recv or both";
+const REASON_OVERLOAD: &str = "must be repair, block or error";
 const REASON_KEY: &str = "is not valid base64 of 32 bytes";
 const REASON_KEYS: &str = "is not a list of base64 keys";
 const REASON_MESSAGE: &str = "must be between 1 byte and 64 MiB";
@@ -1113,6 +1178,18 @@ fn tantrum_side(v: &Value) -> Parsed<TantrumSide> {
         "recv" => Ok(TantrumSide::Recv),
         "both" => Ok(TantrumSide::Both),
         _ => Err(REASON_SIDE),
+    }
+}
+
+fn overload(v: &Value) -> Parsed<Overload> {
+    let Value::String(_, s) = v else {
+        return Err(REASON_OVERLOAD);
+    };
+    match s.trim().to_ascii_lowercase().as_str() {
+        "repair" => Ok(Overload::Repair),
+        "block" => Ok(Overload::Block),
+        "error" => Ok(Overload::Error),
+        _ => Err(REASON_OVERLOAD),
     }
 }
 

@@ -73,6 +73,18 @@ pub enum Error {
     /// A socket could not be set up.
     #[error("network: {0}")]
     Network(#[from] io::Error),
+    /// The outbound replication queue (`queue_max`) was full: at once under
+    /// `overload = "error"`, or for all of `overload_timeout` under `overload = "block"`.
+    /// Nothing was stored.
+    #[error(
+        "replication queue full ({queue_max} changes queued, overload = \"{policy}\"): nothing was stored"
+    )]
+    Overloaded {
+        /// The queue bound (`queue_max`).
+        queue_max: usize,
+        /// The policy that refused the write: `"error"` or `"block"`.
+        policy: &'static str,
+    },
     /// The node has been shut down.
     #[error("the node has been shut down")]
     Shutdown,

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
@@ -13,7 +14,10 @@ use crate::cache::hooks::{
 };
 use crate::cache::metrics::CacheMetrics;
 use crate::cache::parked::ParkedCache;
+use crate::config::Overload;
+use crate::error::Error;
 use crate::net::driver::Command;
+use crate::net::overflow::Backlog;
 use crate::proto::message::{Item, Query};
 use crate::proto::record::Record;
 use crate::proto::state::AppState;
@@ -264,39 +268,100 @@ impl AppState for NodeApp {
     }
 }
 
-/// Sends local changes to the driver without ever blocking the caller.
+/// Sends local changes to the driver, under the node's overload policy (`overload`).
 ///
-/// Overload policy: the channel holds `queue_max` changes. When it is full the change is not
-/// queued, the overflow is counted, and the driver is told to run an anti-entropy pulse, which
-/// brings peers the newer versions this node holds. Overload therefore delays convergence but
-/// never causes silent divergence.
+/// The queue holds `queue_max` changes (credits in [`Backlog`]). When it is full:
+/// `repair` stores the write, skips queueing its change, remembers the key and raises the
+/// overflow flag: the driver re-sends the key's newest record as soon as the queue drains (and
+/// falls back to anti-entropy pulses past `queue_max` remembered keys). `block` waits up to
+/// `overload_timeout` for room, then refuses the write; `error` refuses it at once. A refused
+/// write stores nothing and returns [`Error::Overloaded`].
 pub struct ChannelPublisher {
     /// To the driver.
     pub tx: mpsc::Sender<Command>,
-    /// Changes not queued because the channel was full.
+    /// Changes not queued because the queue was full.
     pub overflow: AtomicU64,
-    /// Raised on overflow; the driver answers with an anti-entropy pulse.
+    /// Raised on overflow; the driver answers with a repair.
     pub overflowed: Arc<std::sync::atomic::AtomicBool>,
+    /// Queue credits and the keys waiting for the targeted repair.
+    pub backlog: Arc<Backlog>,
+    /// What a write does when the queue is full.
+    pub policy: Overload,
+    /// The longest a write waits under [`Overload::Block`].
+    pub wait: Duration,
+    /// `queue_max`, for error messages.
+    pub queue_max: usize,
+}
+
+impl ChannelPublisher {
+    fn item(change: Change) -> Item {
+        let cache = change.cache.to_string();
+        match change.kind {
+            ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
+            ChangeKindWire::Clear(version) => Item::Clear { cache, version },
+        }
+    }
+
+    fn overflowed(&self, item: &Item) {
+        if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                "mccache: replication queue full (queue_max {}): changes are repaired as soon as it drains (overload = \"{}\")",
+                self.queue_max,
+                self.policy.as_str()
+            );
+        }
+        self.backlog.mark(item);
+        self.overflowed.store(true, Ordering::Release);
+    }
+
+    /// Sends with a credit already taken.
+    fn send(&self, item: Item) {
+        match self.tx.try_send(Command::Publish(item)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Command::Publish(item))) => {
+                self.backlog.give(1);
+                self.overflowed(&item);
+            }
+            Err(_) => self.backlog.give(1),
+        }
+    }
+
+    fn refused(&self) -> Error {
+        self.overflow.fetch_add(1, Ordering::Relaxed);
+        Error::Overloaded {
+            queue_max: self.queue_max,
+            policy: self.policy.as_str(),
+        }
+    }
 }
 
 impl Publisher for ChannelPublisher {
     fn publish(&self, change: Change) {
-        let cache = change.cache.to_string();
-        let item = match change.kind {
-            ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
-            ChangeKindWire::Clear(version) => Item::Clear { cache, version },
-        };
-        match self.tx.try_send(Command::Publish(item)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        "replication queue full: changes will be repaired by anti-entropy"
-                    );
-                }
-                self.overflowed.store(true, Ordering::Release);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let item = Self::item(change);
+        if self.backlog.try_take() {
+            self.send(item);
+        } else if !self.tx.is_closed() {
+            self.overflowed(&item);
         }
+    }
+
+    fn reserve(&self) -> crate::Result<bool> {
+        if self.tx.is_closed() {
+            return Ok(false);
+        }
+        match self.policy {
+            Overload::Repair => Ok(false),
+            Overload::Error if self.backlog.try_take() => Ok(true),
+            Overload::Block if self.backlog.take_wait(self.wait) => Ok(true),
+            Overload::Error | Overload::Block => Err(self.refused()),
+        }
+    }
+
+    fn publish_reserved(&self, change: Change) {
+        self.send(Self::item(change));
+    }
+
+    fn release(&self) {
+        self.backlog.give(1);
     }
 }

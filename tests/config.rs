@@ -77,6 +77,8 @@ fn file_layer_sets_every_kind_of_key() {
                 node_name = "web-1"
                 cluster_name = "prod"
                 queue_max = 10
+                overload = "Block"
+                overload_timeout = 0.5
                 "#
             ),
         )?;
@@ -100,6 +102,8 @@ fn file_layer_sets_every_kind_of_key() {
         assert_eq!(c.node_name_or_default(), "web-1");
         assert_eq!(c.cluster_name, "prod");
         assert_eq!(c.queue_max, 10);
+        assert_eq!(c.overload, mccache::config::Overload::Block);
+        assert_eq!(c.overload_wait(), Duration::from_millis(500));
         Ok(())
     });
 }
@@ -116,7 +120,9 @@ fn env_beats_file_and_accepts_number_spellings() {
         jail.set_env("MCCACHE_CACHE_MAX", "2.0");
         jail.set_env("mccache_daemon_sleep", " 3 ");
         jail.set_env("MCCACHE_CACHE_PULSE", "1e1");
+        jail.set_env("MCCACHE_OVERLOAD", " error ");
         let c = load()?;
+        assert_eq!(c.overload, mccache::config::Overload::Error);
         assert_eq!(c.cache_ttl, 2.0);
         assert_eq!(c.cache_max, 2);
         assert_eq!(c.daemon_sleep, 3.0);
@@ -574,6 +580,16 @@ fn every_bad_env_value_names_key_and_value() {
             r#"monkey_tantrum_side: "left" must be send, recv or both"#,
         ),
         (
+            "OVERLOAD",
+            "drop",
+            r#"overload: "drop" must be repair, block or error"#,
+        ),
+        (
+            "OVERLOAD_TIMEOUT",
+            "-1",
+            r#"overload_timeout: "-1" must not be negative"#,
+        ),
+        (
             "INTERFACE",
             "eth0",
             r#"interface: "eth0" is not a unicast IPv4 address or 0.0.0.0"#,
@@ -747,6 +763,14 @@ fn every_bad_toml_type_names_key_and_value() {
         ("node_name = [1]", r#"node_name: "[1]" is not text"#),
         ("cluster_name = {}", r#"cluster_name: "{}" is not text"#),
         ("queue_max = 0", r#"queue_max: "0" must be at least 1"#),
+        (
+            "overload = 1",
+            r#"overload: "1" must be repair, block or error"#,
+        ),
+        (
+            "overload_timeout = \"soon\"",
+            r#"overload_timeout: "soon" is not a number of seconds"#,
+        ),
         (
             "caches = 5",
             r#"caches: "5" is not a table of cache settings"#,

@@ -27,11 +27,30 @@ pub enum ChangeKindWire {
     Clear(crate::proto::version::Version),
 }
 
-/// Where a cache hands its local writes. Must never block: a node that cannot queue a change
-/// marks the cache for anti-entropy repair instead (see the overload policy in docs/PROTOCOL.md).
+/// Where a cache hands its local writes. A node that cannot queue a change marks it for repair
+/// (see the overload policy, `overload`, in docs/CONFIG.md).
+///
+/// A write calls [`Publisher::reserve`] before it stores anything: `Ok(true)` holds a queue slot
+/// for its change, which then goes out through [`Publisher::publish_reserved`] (or the slot is
+/// given back with [`Publisher::release`] if the write changed nothing); `Ok(false)` means the
+/// change goes through [`Publisher::publish`]; an error refuses the write.
 pub trait Publisher: Send + Sync + 'static {
-    /// Queues one change for replication.
+    /// Queues one change for replication (no slot reserved: never blocks).
     fn publish(&self, change: Change);
+
+    /// Reserves a queue slot for the change of a write about to be stored (see the trait docs).
+    /// May wait, bounded, under `overload = "block"`.
+    fn reserve(&self) -> crate::error::Result<bool> {
+        Ok(false)
+    }
+
+    /// Queues a change for which [`Publisher::reserve`] returned `Ok(true)`.
+    fn publish_reserved(&self, change: Change) {
+        self.publish(change)
+    }
+
+    /// Gives back a slot reserved by a write that published nothing.
+    fn release(&self) {}
 
     /// Whether published changes go anywhere. Caches skip building records when this is
     /// `false` (a local-only node), which keeps local writes cheap.

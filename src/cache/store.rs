@@ -652,6 +652,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         cond: Cond,
         ttl: Ttl,
     ) -> Result<Written<V>> {
+        // A queue slot for the change before anything is stored: the overload policy may
+        // refuse the write (or wait for room) here.
+        let reserved = self.core.publisher.enabled() && self.core.publisher.reserve()?;
         let shard = self.shard(&key);
         let mut ev = self.events();
         let (now, wall) = self.core.clock.now_both();
@@ -727,7 +730,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         let result = match outcome {
             Ok((old, version, new_key)) if version != Version::ZERO => {
-                self.publish_put(&enc, version, ttl);
+                self.publish_put(&enc, version, ttl, reserved);
                 if new_key {
                     self.enforce_caps(version, now, &mut ev);
                 }
@@ -739,11 +742,22 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             Ok((old, _, _)) => Ok(Written { old, version: None }),
             Err(e) => Err(e),
         };
+        if reserved
+            && !matches!(
+                result,
+                Ok(Written {
+                    version: Some(_),
+                    ..
+                })
+            )
+        {
+            self.core.publisher.release();
+        }
         self.fire(ev);
         result
     }
 
-    fn publish_put(&self, enc: &Encoded, version: Version, ttl: Ttl) {
+    fn publish_put(&self, enc: &Encoded, version: Version, ttl: Ttl, reserved: bool) {
         let p = &self.core.publisher;
         if !p.enabled() {
             return;
@@ -760,23 +774,32 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 ttl_ms,
             }
         };
-        self.publish(Record {
-            key: enc.key().to_vec(),
-            version,
-            op,
-        });
+        self.publish(
+            Record {
+                key: enc.key().to_vec(),
+                version,
+                op,
+            },
+            reserved,
+        );
     }
 
-    fn publish(&self, record: Record) {
-        self.core.publisher.publish(Change {
+    fn publish(&self, record: Record, reserved: bool) {
+        let change = Change {
             cache: self.name.clone(),
             kind: ChangeKindWire::Record(record),
-        });
+        };
+        if reserved {
+            self.core.publisher.publish_reserved(change);
+        } else {
+            self.core.publisher.publish(change);
+        }
     }
 
     /// Removes `key`, leaving a tombstone; publishes a delete. Returns the removed value.
     pub(crate) fn remove(&self, key: &K) -> Result<Option<V>> {
         let key_bytes = rmp_serde::to_vec(key).map_err(ser_err)?;
+        let reserved = self.core.publisher.enabled() && self.core.publisher.reserve()?;
         let shard = self.shard(key);
         let mut ev = self.events();
         let (now, wall) = self.core.clock.now_both();
@@ -824,14 +847,20 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         };
         let out = removed.map(|(v, version)| {
             if self.core.publisher.enabled() {
-                self.publish(Record {
-                    key: key_bytes,
-                    version,
-                    op: Op::Del,
-                });
+                self.publish(
+                    Record {
+                        key: key_bytes,
+                        version,
+                        op: Op::Del,
+                    },
+                    reserved,
+                );
             }
             v
         });
+        if reserved && out.is_none() {
+            self.core.publisher.release();
+        }
         self.fire(ev);
         Ok(out)
     }

@@ -63,6 +63,8 @@ pub struct Shared {
     pub overflowed: Arc<AtomicBool>,
     /// Notified to stop the driver (it leaves the cluster first).
     pub stop: tokio::sync::Notify,
+    /// Outbound queue credits and the keys waiting for a targeted repair after an overflow.
+    pub backlog: Arc<super::overflow::Backlog>,
 }
 
 /// The sockets: multicast to a group.
@@ -104,18 +106,25 @@ pub async fn run(
     let base = Instant::now();
     let to_tokio = |t: Instant| epoch + t.saturating_duration_since(base);
     let mut stopping = false;
+    let queue_max = shared.backlog.capacity().max(1);
     loop {
         let deadline = to_tokio(ep.poll_timeout());
         tokio::select! {
             biased;
             _ = shared.stop.notified() => stopping = true,
-            cmd = commands.recv() => {
+            // Changes wait in the channel (holding their credits) while the core's outbox is
+            // full, so the overload policy, not the core, decides what happens to them.
+            cmd = commands.recv(), if ep.outbox_len() < queue_max => {
                 let now = Instant::now();
                 let mut next = cmd;
                 let mut n = 0;
+                let mut published = 0;
                 while let Some(c) = next.take() {
                     match c {
-                        Command::Publish(item) => ep.publish(now, item),
+                        Command::Publish(item) => {
+                            published += 1;
+                            ep.publish(now, item);
+                        }
                         Command::Query(q, tx) => {
                             let id = ep.query(q);
                             queries.insert(id, (tx, now));
@@ -126,10 +135,11 @@ pub async fn run(
                         Command::Shutdown => stopping = true,
                     }
                     n += 1;
-                    if n < 8192 {
+                    if n < 8192 && ep.outbox_len() < queue_max {
                         next = commands.try_recv().ok();
                     }
                 }
+                shared.backlog.give(published);
                 if commands.is_closed() && commands.is_empty() {
                     stopping = true;
                 }
@@ -175,7 +185,9 @@ pub async fn run(
         }
         if shared.overflowed.swap(false, Ordering::AcqRel) {
             ep.metrics_mut().outbound_overflow += 1;
-            ep.schedule_pulse(Instant::now());
+        }
+        if commands.is_empty() {
+            super::overflow::repair_step(&mut ep, app.as_ref(), &shared.backlog, Instant::now());
         }
         if stopping {
             ep.flush(Instant::now());

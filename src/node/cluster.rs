@@ -17,6 +17,7 @@ use crate::cache::metrics::CacheMetrics;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::net::driver::{self, Command, Shared, Tantrum, Transport};
+use crate::net::overflow::Backlog;
 use crate::net::socket;
 use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::message::{Item, Query};
@@ -85,12 +86,21 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     let recv = socket::recv_socket(group, config.interface)?;
     let send = socket::send_socket(config.interface, config.multicast_hops)?;
     let id = NodeId::random();
-    let (tx, rx) = mpsc::channel(config.queue_max);
-    let shared = Arc::new(Shared::default());
+    // Room for queue_max changes (bounded by the backlog's credits) plus control commands.
+    let (tx, rx) = mpsc::channel(config.queue_max.saturating_add(1024));
+    let backlog = Arc::new(Backlog::new(config.queue_max));
+    let shared = Arc::new(Shared {
+        backlog: backlog.clone(),
+        ..Shared::default()
+    });
     let publisher = Arc::new(ChannelPublisher {
         tx: tx.clone(),
         overflow: AtomicU64::new(0),
         overflowed: shared.overflowed.clone(),
+        backlog,
+        policy: config.overload,
+        wait: config.overload_wait(),
+        queue_max: config.queue_max,
     });
     let registry = Arc::new(Registry::new(&config));
     let listeners: Arc<Mutex<Vec<MemberListener>>> = Arc::default();

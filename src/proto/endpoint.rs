@@ -349,6 +349,29 @@ impl Endpoint {
         self.next_pulse = self.next_pulse.min(now + Duration::from_millis(50));
     }
 
+    /// Runs an anti-entropy pulse at `at` at the latest.
+    pub fn schedule_pulse_at(&mut self, at: Instant) {
+        self.next_pulse = self.next_pulse.min(at);
+    }
+
+    /// Sends the newest records of keys whose changes could not be queued (the targeted repair
+    /// after an overload), on the reliable stream, past the `queue_max` bound.
+    pub fn repair(&mut self, now: Instant, items: Vec<Item>) {
+        if !self.left && !items.is_empty() {
+            self.send_repair(now, items);
+        }
+    }
+
+    /// Changes queued and not yet packed into data messages.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// How old a key's newest version must be before anti-entropy repairs it.
+    pub fn settle(&self) -> Duration {
+        self.cfg.settle
+    }
+
     /// Sends a cluster query; answers arrive as [`Event::Reply`] with the returned id.
     pub fn query(&mut self, query: Query) -> u64 {
         let id = self.next_query;

@@ -1,0 +1,250 @@
+//! Overload bookkeeping shared by the publisher (application threads) and the driver.
+//!
+//! - **Credits**: `queue_max` slots of the outbound queue. A local change takes one before it is
+//!   queued; the driver gives them back as it takes changes off the queue. The overload policy
+//!   (`overload = "repair" | "block" | "error"`) decides what a write does when none is left.
+//! - **Dirty keys**: the keys (and clears) whose changes could not be queued. The driver
+//!   re-sends their newest records as soon as the queue has drained (a targeted repair), so
+//!   peers converge right after a burst instead of at the next anti-entropy pulse. The set is
+//!   bounded ([`DIRTY_MAX`] keys, or `queue_max` if larger); past the bound it spills, and the
+//!   driver falls back to anti-entropy pulses (one at once, one after the settle time).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::proto::endpoint::Endpoint;
+use crate::proto::message::Item;
+use crate::proto::state::AppState;
+use crate::proto::version::Version;
+
+/// Credits and dirty keys of one node (see the module docs).
+#[derive(Debug)]
+pub struct Backlog {
+    credits: AtomicIsize,
+    capacity: usize,
+    dirty_max: usize,
+    dirty: Mutex<Dirty>,
+    has_dirty: AtomicBool,
+    /// A fallback pulse still to run (after a spill), kept here because the core's pulse
+    /// timer holds only the next one.
+    pulse_due: Mutex<Option<Instant>>,
+}
+
+/// Most keys remembered for the targeted repair (unless `queue_max` is larger).
+pub const DIRTY_MAX: usize = 1 << 18;
+
+impl Default for Backlog {
+    fn default() -> Backlog {
+        Backlog::new(65_536)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Dirty {
+    keys: HashMap<String, HashSet<Vec<u8>>>,
+    clears: HashMap<String, Version>,
+    len: usize,
+    spilled: bool,
+}
+
+impl Backlog {
+    /// `capacity` credits (`queue_max`); at most max(`capacity`, [`DIRTY_MAX`]) dirty keys are
+    /// remembered.
+    pub fn new(capacity: usize) -> Backlog {
+        Backlog::with_dirty_max(capacity, capacity.max(DIRTY_MAX))
+    }
+
+    fn with_dirty_max(capacity: usize, dirty_max: usize) -> Backlog {
+        Backlog {
+            credits: AtomicIsize::new(capacity.min(isize::MAX as usize) as isize),
+            capacity,
+            dirty_max,
+            dirty: Mutex::new(Dirty::default()),
+            has_dirty: AtomicBool::new(false),
+            pulse_due: Mutex::new(None),
+        }
+    }
+
+    /// The number of credits when none is taken (`queue_max`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Takes one credit if one is left.
+    pub fn try_take(&self) -> bool {
+        if self.credits.fetch_sub(1, Ordering::AcqRel) > 0 {
+            return true;
+        }
+        self.credits.fetch_add(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Takes one credit, waiting at most `timeout` for the driver to free one.
+    pub fn take_wait(&self, timeout: Duration) -> bool {
+        if self.try_take() {
+            return true;
+        }
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(20);
+        loop {
+            if self.try_take() {
+                return true;
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return false;
+            }
+            std::thread::sleep(pause.min(timeout - waited));
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    /// Gives `n` credits back (the driver took `n` changes off the queue, or a reserved write
+    /// published nothing).
+    pub fn give(&self, n: usize) {
+        if n > 0 {
+            self.credits
+                .fetch_add(n.min(isize::MAX as usize) as isize, Ordering::AcqRel);
+        }
+    }
+
+    /// Remembers a change that could not be queued, for the targeted repair.
+    pub fn mark(&self, item: &Item) {
+        let mut d = self.dirty.lock();
+        match item {
+            Item::Rec { cache, rec } => {
+                if d.len >= self.dirty_max {
+                    d.spilled = true;
+                } else {
+                    let set = d.keys.entry(cache.clone()).or_default();
+                    if set.insert(rec.key.clone()) {
+                        d.len += 1;
+                    }
+                }
+            }
+            Item::Clear { cache, version } => {
+                let v = d.clears.entry(cache.clone()).or_insert(*version);
+                *v = (*v).max(*version);
+            }
+        }
+        self.has_dirty.store(true, Ordering::Release);
+    }
+
+    /// Whether changes wait for the targeted repair.
+    pub fn has_dirty(&self) -> bool {
+        self.has_dirty.load(Ordering::Acquire)
+    }
+}
+
+/// Most dirty keys re-sent per driver pass.
+const REPAIR_BATCH: usize = 4096;
+
+/// The driver's part of the targeted repair, run when the command queue is empty: re-sends
+/// the newest record of up to [`REPAIR_BATCH`] dirty keys (and any overflowed clears) on the
+/// reliable stream, whenever the core's outbox holds fewer than that. If the dirty set
+/// spilled, schedules an anti-entropy pulse now and one after the settle time (anti-entropy
+/// leaves younger keys to the stream).
+pub fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backlog, now: Instant) {
+    {
+        let mut due = backlog.pulse_due.lock();
+        if let Some(at) = *due {
+            if now >= at {
+                *due = None;
+            } else {
+                ep.schedule_pulse_at(at);
+            }
+        }
+    }
+    if !backlog.has_dirty() || ep.outbox_len() >= REPAIR_BATCH {
+        return;
+    }
+    let (keys, clears, spilled) = {
+        let mut d = backlog.dirty.lock();
+        let mut keys = Vec::new();
+        let caches: Vec<String> = d.keys.keys().cloned().collect();
+        for cache in caches {
+            let Some(set) = d.keys.get_mut(&cache) else {
+                continue;
+            };
+            let take: Vec<Vec<u8>> = set
+                .iter()
+                .take(REPAIR_BATCH - keys.len())
+                .cloned()
+                .collect();
+            for k in take {
+                set.remove(&k);
+                keys.push((cache.clone(), k));
+            }
+            if set.is_empty() {
+                d.keys.remove(&cache);
+            }
+            if keys.len() >= REPAIR_BATCH {
+                break;
+            }
+        }
+        d.len = d.len.saturating_sub(keys.len());
+        let clears: Vec<(String, Version)> = d.clears.drain().collect();
+        let spilled = std::mem::take(&mut d.spilled);
+        if d.keys.is_empty() {
+            backlog.has_dirty.store(false, Ordering::Release);
+        }
+        (keys, clears, spilled)
+    };
+    let mut items: Vec<Item> = clears
+        .into_iter()
+        .map(|(cache, version)| Item::Clear { cache, version })
+        .collect();
+    for (cache, key) in keys {
+        if let Some(rec) = app.record(&cache, &key) {
+            items.push(Item::Rec { cache, rec });
+        }
+    }
+    ep.repair(now, items);
+    if spilled {
+        ep.schedule_pulse(now);
+        let at = now + ep.settle() + Duration::from_millis(50);
+        *backlog.pulse_due.lock() = Some(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credits_are_taken_and_given_back() {
+        let b = Backlog::new(2);
+        assert!(b.try_take() && b.try_take());
+        assert!(!b.try_take(), "no third credit");
+        assert!(
+            !b.take_wait(Duration::from_millis(5)),
+            "the wait is bounded"
+        );
+        b.give(1);
+        assert!(b.take_wait(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn dirty_keys_are_bounded_and_deduplicated() {
+        let b = Backlog::with_dirty_max(1, 2);
+        let rec = |k: u8| Item::Rec {
+            cache: "c".into(),
+            rec: crate::proto::record::Record {
+                key: vec![k],
+                version: Version::ZERO,
+                op: crate::proto::record::Op::Del,
+            },
+        };
+        b.mark(&rec(1));
+        b.mark(&rec(1));
+        b.mark(&rec(2));
+        assert!(b.has_dirty());
+        assert_eq!(b.dirty.lock().len, 2);
+        assert!(!b.dirty.lock().spilled);
+        b.mark(&rec(3));
+        assert!(b.dirty.lock().spilled, "past the bound the set spills");
+    }
+}

@@ -1,0 +1,199 @@
+//! The overload policy (`overload = "repair" | "block" | "error"`), from the user's side: a
+//! writer in its own OS process, configured only through `MCCACHE_*` variables
+//! (`Node::start(Config::load())`), writes flat out into a tiny outbound queue
+//! (`MCCACHE_QUEUE_MAX=4`); an observer node in this process (`Node::start`) must end with the
+//! writer's exact cache, through the targeted repair and not through anti-entropy pulses
+//! (`cache_pulse` is 600 s on both nodes).
+//!
+//! The writer is this test binary re-run with `MCCACHE_T12_WRITER=1` (the `writer_role` test
+//! does nothing otherwise). Groups 239.255.103.10x, ports 4731x, clusters `t12-overload-*`.
+#![forbid(unsafe_code)]
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mccache::{Config, Error, Node};
+
+const WRITES: u32 = 100_000;
+
+/// The writer process: joins, writes `WRITES` keys flat out, reports, then answers `sum`.
+#[test]
+fn writer_role() {
+    if std::env::var_os("MCCACHE_T12_WRITER").is_none() {
+        return;
+    }
+    let node = Node::start(Config::load().expect("config from MCCACHE_*")).expect("start");
+    let cache = node.cache::<u32, u64>("load").expect("cache");
+    assert!(
+        cluster::wait_until(Duration::from_secs(20), || !node.members().is_empty()),
+        "no peer"
+    );
+    let (mut ok, mut refused) = (0u64, Vec::new());
+    for k in 0..WRITES {
+        match cache.insert(k, u64::from(k) * 7) {
+            Ok(_) => ok += 1,
+            Err(Error::Overloaded { .. }) => refused.push(k),
+            Err(e) => panic!("insert {k}: {e}"),
+        }
+    }
+    // Refused writes stored nothing.
+    let present = refused.iter().filter(|k| cache.contains_key(k)).count();
+    let m = node.network_metrics();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "wrote {ok} {} {present} {}",
+        refused.len(),
+        m.outbound_overflow
+    )
+    .unwrap();
+    out.flush().unwrap();
+    for line in std::io::stdin().lock().lines() {
+        match line.unwrap().trim() {
+            "sum" => writeln!(out, "sum {} {}", cache.checksum(), cache.len()).unwrap(),
+            _ => break,
+        }
+        out.flush().unwrap();
+    }
+    node.shutdown();
+}
+
+struct Report {
+    ok: u64,
+    refused: u64,
+    refused_present: u64,
+    overflow: u64,
+    converged: Duration,
+}
+
+/// Runs an observer here and a writer process with `policy`; returns what the writer reported
+/// and how long after its last write the observer held the same cache.
+fn run(policy: &str, slot: u8) -> Report {
+    let port = 47310 + u16::from(slot);
+    let group = Ipv4Addr::new(239, 255, 103, 100 + slot);
+    let cluster_name = format!("t12-overload-{policy}");
+    let observer = Node::start(Config {
+        interface: Ipv4Addr::LOCALHOST,
+        multicast_ip: group,
+        multicast_port: port,
+        cluster_name: cluster_name.clone(),
+        crypto_key: Some(cluster::KEY.to_string()),
+        daemon_sleep: 0.1,
+        cache_pulse: 600.0,
+        cache_ttl: 0.0,
+        cache_max: 1_000_000,
+        cache_size: 1 << 30,
+        ..Config::default()
+    })
+    .expect("observer starts");
+    let seen = observer.cache::<u32, u64>("load").expect("cache");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "writer_role", "--nocapture", "--test-threads=1"])
+        .env("MCCACHE_T12_WRITER", "1")
+        .env("MCCACHE_CONFIG", "")
+        .env("MCCACHE_INTERFACE", "127.0.0.1")
+        .env("MCCACHE_MULTICAST_IP", group.to_string())
+        .env("MCCACHE_MULTICAST_PORT", port.to_string())
+        .env("MCCACHE_CLUSTER_NAME", &cluster_name)
+        .env("MCCACHE_CRYPTO_KEY", cluster::KEY)
+        .env("MCCACHE_DAEMON_SLEEP", "0.1")
+        .env("MCCACHE_CACHE_PULSE", "600")
+        .env("MCCACHE_CACHE_TTL", "0")
+        .env("MCCACHE_CACHE_MAX", "1000000")
+        .env("MCCACHE_CACHE_SIZE", "1 GiB")
+        .env("MCCACHE_QUEUE_MAX", "4")
+        .env("MCCACHE_OVERLOAD", policy)
+        .env("MCCACHE_OVERLOAD_TIMEOUT", "30")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the writer");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // libtest prints its own text ("running 1 test", "test writer_role ... " without a line
+    // break): skip to ours.
+    let mut read = |prefix: &str| -> Vec<u64> {
+        loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "writer exited before saying {prefix:?}"
+            );
+            if let Some(at) = line.find(prefix) {
+                return line[at + prefix.len()..]
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap())
+                    .collect();
+            }
+        }
+    };
+    let w = read("wrote ");
+    let done = Instant::now();
+    let mut last = Vec::new();
+    let same = cluster::wait_until(Duration::from_secs(20), || {
+        writeln!(stdin, "sum").unwrap();
+        stdin.flush().unwrap();
+        last = read("sum ");
+        last == [seen.checksum(), seen.len() as u64]
+    });
+    let converged = done.elapsed();
+    let _ = writeln!(stdin, "quit");
+    drop(stdin);
+    let _ = child.wait();
+    observer.shutdown();
+    assert!(
+        same,
+        "{policy}: observer {} entries / {}, writer {last:?} after {converged:?}",
+        seen.len(),
+        seen.checksum()
+    );
+    eprintln!(
+        "overload = {policy}: {} written, {} refused, overflow {}; identical {converged:?} after the last write",
+        w[0], w[1], w[3]
+    );
+    Report {
+        ok: w[0],
+        refused: w[1],
+        refused_present: w[2],
+        overflow: w[3],
+        converged,
+    }
+}
+
+#[test]
+fn repair_stores_every_write_and_repairs_at_once() {
+    let r = run("repair", 1);
+    assert_eq!(r.refused, 0, "repair never refuses");
+    assert_eq!(r.ok, u64::from(WRITES));
+    assert!(
+        r.overflow > 0,
+        "a 4-change queue overflowed under flat-out writes"
+    );
+    // Without the targeted repair the next pulse would come 600 s later.
+    assert!(r.converged < Duration::from_secs(20));
+}
+
+#[test]
+fn block_waits_for_room_and_loses_nothing() {
+    let r = run("block", 2);
+    assert_eq!(r.refused, 0, "a 30 s timeout is never reached");
+    assert_eq!(r.ok, u64::from(WRITES));
+    assert_eq!(r.overflow, 0, "writers waited instead of overflowing");
+}
+
+#[test]
+fn error_refuses_writes_that_find_no_room() {
+    let r = run("error", 3);
+    assert!(
+        r.refused > 0,
+        "a 4-change queue refused some flat-out writes"
+    );
+    assert!(r.ok > 0);
+    assert_eq!(r.ok + r.refused, u64::from(WRITES));
+    assert_eq!(r.refused_present, 0, "a refused write stored nothing");
+}
