@@ -211,6 +211,12 @@ pub struct Endpoint {
     tail_repeats: u8,
     /// When the last data message was sent, and when lingering changes must go out.
     last_data_at: Option<Instant>,
+    /// When the last data message arrived from a peer.
+    last_data_rx: Option<Instant>,
+    /// The periodic pulse's due time (`next_pulse` is earlier when a pulse was asked for).
+    periodic_pulse: Instant,
+    /// Since when periodic pulses have been put off because replication data was flowing.
+    pulse_deferred_since: Option<Instant>,
     flush_at: Option<Instant>,
     join: JoinState,
     next_query: u64,
@@ -253,6 +259,9 @@ impl Endpoint {
             tail_at: None,
             tail_repeats: 0,
             last_data_at: None,
+            last_data_rx: None,
+            periodic_pulse: now + cfg.pulse,
+            pulse_deferred_since: None,
             flush_at: None,
             join: JoinState::Waiting { until: join_until },
             next_query: 1,
@@ -562,6 +571,7 @@ impl Endpoint {
         }
         match msg {
             Msg::Data { seq, items } => {
+                self.last_data_rx = Some(now);
                 self.bound_gaps(now, from, seq.saturating_sub(1));
                 let p = self.peers.get_mut(&from).expect("touch_peer inserted it");
                 match p.recv.receive(now, seq, &self.cfg.nak) {
@@ -1158,9 +1168,34 @@ impl Endpoint {
             _ => {}
         }
         if now >= self.next_pulse {
-            self.next_pulse = now + self.cfg.pulse;
-            self.send_pulse(app);
+            if self.defer_periodic_pulse(now) {
+                // Data is flowing: digests differ by what is in flight, and comparing every
+                // bucket would stall this thread for nothing. Look again after the settle time.
+                self.next_pulse = now + self.cfg.settle;
+                self.periodic_pulse = self.next_pulse;
+            } else {
+                self.pulse_deferred_since = None;
+                self.next_pulse = now + self.cfg.pulse;
+                self.periodic_pulse = self.next_pulse;
+                self.send_pulse(app);
+            }
         }
+    }
+
+    /// Whether the periodic pulse due now waits: only a periodic one (not one asked for by a
+    /// new peer, a loss or an overload), only while data messages were sent or received within
+    /// the settle time, and for at most 4 pulse periods in a row.
+    fn defer_periodic_pulse(&mut self, now: Instant) -> bool {
+        if self.next_pulse != self.periodic_pulse {
+            return false;
+        }
+        let recent =
+            |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < self.cfg.settle);
+        if !(recent(self.last_data_at) || recent(self.last_data_rx)) {
+            return false;
+        }
+        let since = *self.pulse_deferred_since.get_or_insert(now);
+        now.duration_since(since) < self.cfg.pulse * 4
     }
 
     fn detect_failures(&mut self, now: Instant) {
