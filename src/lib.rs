@@ -12,7 +12,8 @@ pub mod diag;
 pub mod error;
 pub mod net;
 pub mod node;
-pub mod proto;
+/// The replication protocol core: the I/O-free state machine of the `mccache-proto` crate.
+pub use mccache_proto as proto;
 pub mod replica;
 
 pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};

@@ -84,7 +84,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     let group = config.group();
     let recv = socket::recv_socket(group, config.interface)?;
     let send = socket::send_socket(config.interface, config.multicast_hops)?;
-    let id = NodeId::random();
+    let id = NodeId::from_random(rand::random());
     let (tx, rx) = mpsc::channel(config.queue_max);
     let shared = Arc::new(Shared::default());
     let publisher = Arc::new(ChannelPublisher {

@@ -139,7 +139,7 @@ impl Node {
         config.validate()?;
         let (id, net) = match net {
             Some((id, net)) => (id, Some(net)),
-            None => (NodeId::random(), None),
+            None => (NodeId::from_random(rand::random()), None),
         };
         let core = Arc::new(NodeCore {
             id,
