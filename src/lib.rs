@@ -14,7 +14,6 @@ pub mod net;
 pub mod node;
 /// The replication protocol core: the I/O-free state machine of the `mccache-proto` crate.
 pub use mccache_proto as proto;
-pub mod replica;
 
 pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 pub use cache::handle::Cache;

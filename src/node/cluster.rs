@@ -18,12 +18,12 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::net::driver::{self, Command, Shared, Tantrum, Transport};
 use crate::net::socket;
+use crate::node::replica::{ChannelPublisher, LagSamples, NodeApp, Registry};
 use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::message::{Item, Query};
 use crate::proto::metrics::NetworkMetrics;
 use crate::proto::version::{NodeId, Version};
 use crate::proto::wire::WireConfig;
-use crate::replica::{ChannelPublisher, LagSamples, NodeApp, Registry};
 
 /// A live peer as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
