@@ -9,13 +9,38 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Receive and send buffer sizes asked of the kernel (it may grant less: `net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 8 << 20;
 
+/// The receive buffer asked for: room for a burst of about 10,000 MTU-sized datagrams, or about
+/// 100 ms of a busy node's traffic while its network thread waits for a core.
+const RECV_BUFFER: usize = 16 << 20;
+
+/// Sizes the receive buffer for bursts: asks for [`RECV_BUFFER`]; if `net.core.rmem_max` caps
+/// it, forces it (`SO_RCVBUFFORCE`, allowed with `CAP_NET_ADMIN`), else warns once with the
+/// size granted and the sysctl to raise.
+fn size_recv_buffer(s: &Socket) {
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
+    // Linux reports twice the size asked for (it counts its bookkeeping).
+    let granted = s.recv_buffer_size().unwrap_or(0);
+    if granted >= RECV_BUFFER || super::sockopt::force_recv_buffer(s, RECV_BUFFER).is_ok() {
+        return;
+    }
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "mccache: the kernel capped the receive buffer at {} KiB (asked {} KiB): bursts may be dropped and retransmitted; raise it with `sysctl -w net.core.rmem_max={}`",
+            granted / 2048,
+            RECV_BUFFER / 1024,
+            RECV_BUFFER
+        );
+    });
+}
+
 /// Opens the receiving socket: bound to `group:port` (so only this group's traffic arrives),
 /// shared with other local nodes (`SO_REUSEADDR`/`SO_REUSEPORT`), joined on `interface`.
 pub fn recv_socket(group: SocketAddrV4, interface: Ipv4Addr) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    size_recv_buffer(&s);
     s.bind(&SocketAddr::V4(group).into())?;
     s.join_multicast_v4(group.ip(), &interface)?;
     s.set_nonblocking(true)?;

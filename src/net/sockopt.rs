@@ -30,6 +30,13 @@ pub fn set_pmtudisc_probe_v4(sock: &impl AsFd) -> io::Result<()> {
     )
 }
 
+/// Sets `SO_RCVBUFFORCE`: a receive buffer of `bytes` past `net.core.rmem_max`. Needs
+/// `CAP_NET_ADMIN`; fails with `EPERM` otherwise.
+pub fn force_recv_buffer(sock: &impl AsFd, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
+}
+
 /// Turns `IP_RECVERR` on or off on an IPv4 socket. When on, ICMP errors caused by the socket's
 /// datagrams are queued on the socket's error queue, to be read with
 /// `recvmsg(MSG_ERRQUEUE)` (see [`crate::diag::read_error_queue`]).
