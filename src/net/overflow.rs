@@ -143,7 +143,7 @@ impl Backlog {
 const REPAIR_BATCH: usize = 4096;
 
 /// The driver's part of the targeted repair, run when the command queue is empty: re-sends
-/// the newest record of up to [`REPAIR_BATCH`] dirty keys (and any overflowed clears) on the
+/// the newest record of up to 4,096 dirty keys (and any overflowed clears) on the
 /// reliable stream, whenever the core's outbox holds fewer than that. If the dirty set
 /// spilled, schedules an anti-entropy pulse now and one after the settle time (anti-entropy
 /// leaves younger keys to the stream).
