@@ -3,8 +3,18 @@
 //! An embeddable, cluster-aware, in-process cache. Every process of the cluster holds its own
 //! copy; inserts, updates and deletes are multicast to the others as encrypted, MTU-sized UDP
 //! datagrams and applied there in version order.
+//!
+//! Warnings a user must act on (plaintext traffic, datagrams from the group that cannot be
+//! opened, mistyped `MCCACHE_*` variables) are [`tracing`] events at `warn` level: install a
+//! subscriber (for example `tracing_subscriber::fmt().with_env_filter("warn").init()`) to route
+//! them; with none installed they go to stderr. [`Node::health`] returns them as data.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub mod cache;
 pub mod config;
