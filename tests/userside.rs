@@ -458,3 +458,92 @@ fn mistyped_variable_and_wrong_interface_are_visible() {
         );
     }
 }
+
+/// The `mccache` tool, as a user runs it.
+fn tool(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mccache"));
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("MCCACHE_")
+        {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run mccache")
+}
+
+/// The demo reports lag in milliseconds, explains retransmits and repairs, and converges.
+#[test]
+fn demo_is_readable() {
+    let group = ["--group", "239.255.101.40", "--port", "47140"];
+    let out = tool(
+        &[&["demo", "-n", "2", "-d", "1"][..], &group[..]].concat(),
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("lag p99"), "{text}");
+    assert!(text.contains(" ms "), "lag with units: {text}");
+    assert!(text.contains("retransmits: datagrams"), "{text}");
+    assert!(text.contains("repairs: entries"), "{text}");
+    assert!(text.contains("all caches identical"), "{text}");
+
+    let out = tool(
+        &[&["demo", "-n", "2", "-d", "1", "--json"][..], &group[..]].concat(),
+        &[],
+    );
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["converged"], true, "{v}");
+    assert!(v["lag_p99_ms"].is_number(), "{v}");
+    assert_eq!(v["per_node"].as_array().map(Vec::len), Some(2));
+}
+
+/// `mccache node`: the aperture alone sets the pace (no breathers unless `--breather`), and a
+/// plaintext node prints the plaintext warning (the tool installs a tracing subscriber).
+#[test]
+fn stress_node_paces_by_aperture_and_warns_in_plaintext() {
+    let dir = std::env::temp_dir().join(format!("t9-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut e = env(41, 47141, "tool");
+    e.retain(|(k, _)| *k != "MCCACHE_CRYPTO_KEY");
+    let run = |extra: &[&str], file: &str| {
+        let out_file = dir.join(file);
+        let args = [
+            &["node", "--seed", "7", "--out"][..],
+            &[out_file.to_str().unwrap()][..],
+            extra,
+        ]
+        .concat();
+        let out = tool(&args, &e);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+        (json, stderr)
+    };
+    let (flat, stderr) = run(&["--aperture", "0", "--duration", "1"], "flat.json");
+    assert!(stderr.contains("no crypto_key set"), "{stderr}");
+    assert_eq!(flat["ops"]["breathers"], 0, "no breathers unless asked");
+    assert!(flat["ops"]["gets"].as_u64().unwrap() > 0);
+    let (paced, _) = run(
+        &["--aperture", "0.001", "--duration", "2", "--breather"],
+        "paced.json",
+    );
+    assert!(
+        paced["ops"]["breathers"].as_u64().unwrap() > 0,
+        "--breather restores the ancestor's pauses: {}",
+        paced["ops"]
+    );
+    assert_eq!(paced["settings"]["breather"], true);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -160,7 +160,9 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
     let stop = AtomicBool::new(false);
     let running = AtomicBool::new(true);
     let started = Instant::now();
-    std::thread::scope(|s| {
+    // The workload's own duration: measured when the workers end, not when the progress
+    // display (which may wait for a busy network thread) notices.
+    let ran = std::thread::scope(|s| {
         let workers: Vec<_> = members
             .iter()
             .enumerate()
@@ -181,6 +183,9 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
         let members = &members;
         let running = &running;
         s.spawn(move || {
+            if !interactive {
+                return;
+            }
             let bar = crate::progress::bar(interactive, args.duration);
             let mut last_ops = 0;
             while running.load(Ordering::Relaxed) {
@@ -208,8 +213,8 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
             }
         }
         running.store(false, Ordering::Relaxed);
+        started.elapsed()
     });
-    let ran = started.elapsed();
 
     let converge_start = Instant::now();
     let converged = wait_until(Duration::from_secs(30), || {
@@ -298,9 +303,9 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
             println!(
                 "{:<8} {:>8} {:>8} {:>8} {:>17} {:>6} {:>9.2} ms {:>9.2} ms {:>12} {:>8}",
                 r["node"].as_str().unwrap_or(""),
-                r["ops"],
-                r["writes"],
-                r["entries"],
+                r["ops"].as_u64().unwrap_or(0),
+                r["writes"].as_u64().unwrap_or(0),
+                r["entries"].as_u64().unwrap_or(0),
                 r["checksum"].as_str().unwrap_or(""),
                 if r["agrees"].as_bool() == Some(true) {
                     "yes"
@@ -309,8 +314,8 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
                 },
                 r["lag_p50_ms"].as_f64().unwrap_or(0.0),
                 r["lag_p99_ms"].as_f64().unwrap_or(0.0),
-                r["retransmits"],
-                r["repairs"]
+                r["retransmits"].as_u64().unwrap_or(0),
+                r["repairs"].as_u64().unwrap_or(0)
             );
         }
         println!(
