@@ -1,5 +1,7 @@
 //! Sockets and the single tokio driver task that connects the protocol core to the network.
 
+pub mod discovery;
 pub mod driver;
 pub mod socket;
 pub mod sockopt;
+pub mod unicast;

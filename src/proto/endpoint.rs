@@ -10,6 +10,7 @@
 //! others ignore them. A unicast fan-out transport can therefore be added in the driver alone.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 
 type PeerMap = BTreeMap<NodeId, Peer>;
 use std::time::{Duration, Instant};
@@ -153,6 +154,14 @@ pub enum Event {
         from: NodeId,
         /// Its answer, msgpack-encoded.
         body: Vec<u8>,
+    },
+    /// A peer's address book (unicast transports, [`Endpoint::announce_addresses`]).
+    Addresses {
+        /// The peer that sent it.
+        from: NodeId,
+        /// `(member, address)` pairs as that peer heard them, at most
+        /// [`crate::proto::message::MAX_ADDRESSES`].
+        addrs: Vec<(NodeId, SocketAddr)>,
     },
 }
 
@@ -357,6 +366,17 @@ impl Endpoint {
         id
     }
 
+    /// Sends this node's address book to the cluster (unicast transports): where each member
+    /// was heard from. Truncated to [`crate::proto::message::MAX_ADDRESSES`] pairs. The core
+    /// does not interpret addresses; peers' books arrive as [`Event::Addresses`].
+    pub fn announce_addresses(&mut self, mut addrs: Vec<(NodeId, SocketAddr)>) {
+        if self.left {
+            return;
+        }
+        addrs.truncate(super::message::MAX_ADDRESSES);
+        self.send_msg(&Msg::Addresses { addrs });
+    }
+
     /// Announces that this node leaves; peers drop it at once.
     pub fn leave(&mut self) {
         if !self.left {
@@ -479,13 +499,33 @@ impl Endpoint {
             && self.transmits.is_empty()
     }
 
-    /// Handles one received datagram.
-    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8], app: &mut dyn AppState) {
+    /// Handles one received datagram. Returns the sender when the datagram was authentic (it
+    /// opened with the cluster's keys, or passed the crc in plaintext, and was no replay), even
+    /// if it only completed part of a message; `Some(own id)` for this node's own authentic
+    /// echo; `None` when it was dropped. A unicast driver learns members' addresses from this.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        app: &mut dyn AppState,
+    ) -> Option<NodeId> {
         self.metrics.datagrams_received += 1;
         self.metrics.bytes_received += datagram.len() as u64;
         let (from, payload) = match self.wire.decode(now, datagram) {
             Ok(Some(done)) => done,
-            Ok(None) => return,
+            Ok(None) => {
+                return super::header::Header::decode(datagram)
+                    .ok()
+                    .map(|h| h.sender);
+            }
+            Err(super::drop::DropReason::OwnEcho) if self.wire.is_own_echo(datagram) => {
+                *self
+                    .metrics
+                    .dropped
+                    .entry("own_echo".to_string())
+                    .or_default() += 1;
+                return Some(self.me);
+            }
             Err(reason) => {
                 *self
                     .metrics
@@ -493,7 +533,7 @@ impl Endpoint {
                     .entry(reason.as_str().to_string())
                     .or_default() += 1;
                 tracing::trace!(reason = reason.as_str(), "datagram dropped");
-                return;
+                return None;
             }
         };
         let Some(msg) = Msg::decode(&payload) else {
@@ -504,10 +544,10 @@ impl Endpoint {
                 .entry("malformed".to_string())
                 .or_default() += 1;
             tracing::debug!(%from, len = payload.len(), "undecodable message dropped");
-            return;
+            return Some(from);
         };
         if self.left {
-            return;
+            return Some(from);
         }
         if let Some(to) = msg.target() {
             if to != self.me {
@@ -515,10 +555,11 @@ impl Endpoint {
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.last_seen = now;
                 }
-                return;
+                return Some(from);
             }
         }
         self.handle_msg(now, from, msg, app);
+        Some(from)
     }
 
     fn handle_msg(&mut self, now: Instant, from: NodeId, msg: Msg, app: &mut dyn AppState) {
@@ -663,6 +704,10 @@ impl Endpoint {
                 self.send_msg(&Msg::Reply { to: from, id, body });
             }
             Msg::Reply { id, body, .. } => self.events.push_back(Event::Reply { id, from, body }),
+            Msg::Addresses { mut addrs } => {
+                addrs.truncate(super::message::MAX_ADDRESSES);
+                self.events.push_back(Event::Addresses { from, addrs });
+            }
         }
     }
 

@@ -292,6 +292,18 @@ impl Wire {
         Ok(done.map(|p| (header.sender, p)))
     }
 
+    /// True when `datagram` is this node's own and authentic (its header names this node and
+    /// it opens with this node's keys). A unicast transport that resolved its own address
+    /// among its seeds learns from this to stop sending to it. Touches no replay window.
+    pub fn is_own_echo(&mut self, datagram: &[u8]) -> bool {
+        let Ok(header) = Header::decode(datagram) else {
+            return false;
+        };
+        header.cluster_id == self.cluster_id
+            && header.sender == self.me
+            && self.keyring.open(&header, datagram).is_ok()
+    }
+
     /// Drops partial messages idle for the reassembly timeout; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         self.reassembler.expire(now)
