@@ -21,7 +21,9 @@ pub use cache::metrics::CacheMetrics;
 pub use cache::store::{CacheKey, CacheValue};
 pub use config::{CacheConfig, CacheMode, Config};
 pub use config::{TantrumSide, generate_key};
-pub use diag::{MulticastCheck, check_multicast, get_hops, get_mtu};
+pub use diag::{
+    AddressCheck, MulticastCheck, PeerCheck, check_multicast, check_peers, get_hops, get_mtu,
+};
 pub use error::{Error, Result};
 pub use node::{Member, MemberEvent, Node};
 pub use proto::metrics::NetworkMetrics;
