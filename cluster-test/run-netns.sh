@@ -58,7 +58,7 @@ if [ "$UNICAST" = 1 ]; then
     command -v nft >/dev/null || { echo "error: -U needs nftables to block multicast" >&2; exit 2; }
     ip netns exec "$HUB" nft -f - <<NFT || exit 2
 table bridge mcu {
-    chain fwd {
+    chain mcufilter {
         type filter hook forward priority 0;
         ether type ip ip daddr 224.0.0.0/4 counter drop
     }

@@ -52,7 +52,7 @@ if [ "$UNICAST" = 1 ]; then
     NFT_TABLE="$RUN_ID"
     nft -f - <<NFT || exit 2
 table bridge $NFT_TABLE {
-    chain fwd {
+    chain mcufilter {
         type filter hook forward priority 0;
         meta ibrname "$BRIDGE" ether type ip ip daddr 224.0.0.0/4 counter drop
     }

@@ -180,7 +180,7 @@ fn bridge_rules(ns: &str, loss: u32) {
             "add table bridge mcu\n\
              delete table bridge mcu\n\
              table bridge mcu {{\n\
-             chain fwd {{\n\
+             chain mcufilter {{\n\
              type filter hook forward priority 0;\n\
              ether type ip ip daddr 224.0.0.0/4 counter drop\n\
              ether type ip udp dport {PORT} numgen random mod 100 < {loss} counter drop\n\
