@@ -46,19 +46,18 @@ RUN_START=$(date +%s.%N)
 if [ "$UNICAST" = 1 ]; then
     # Create the network first, then block multicast on its bridge before any node starts.
     "${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" up --no-start --no-build "${SERVICES[@]}" >"$OUT/compose-up.log" 2>&1 || exit 2
-    NETID=$(docker network inspect -f '{{.Id}}' "${PROJECT}_mcnet") || exit 2
-    BRIDGE="br-${NETID:0:12}"
+    SUBNET=$(docker network inspect -f '{{(index .IPAM.Config 0).Subnet}}' "${PROJECT}_mcnet") || exit 2
     command -v nft >/dev/null || { echo "error: -U needs nftables to block multicast" >&2; exit 2; }
     NFT_TABLE="$RUN_ID"
     nft -f - <<NFT || exit 2
 table bridge $NFT_TABLE {
     chain mcufilter {
         type filter hook forward priority 0;
-        meta ibrname "$BRIDGE" ether type ip ip daddr 224.0.0.0/4 counter drop
+        ether type ip ip saddr $SUBNET ip daddr 224.0.0.0/4 counter drop
     }
 }
 NFT
-    echo "   multicast blocked on $BRIDGE; peers: $MCCACHE_PEERS; first ${FIRST[*]}, ${LATE_AFTER} s later ${LATER[*]:-none}"
+    echo "   multicast from $SUBNET dropped on the bridge; peers: $MCCACHE_PEERS; first ${FIRST[*]}, ${LATE_AFTER} s later ${LATER[*]:-none}"
 fi
 "${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" up -d --no-build "${FIRST[@]}" >>"$OUT/compose-up.log" 2>&1 || exit 2
 if [ "${#LATER[@]}" -gt 0 ]; then
