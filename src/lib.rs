@@ -2,7 +2,9 @@
 //!
 //! An embeddable, cluster-aware, in-process cache. Every process of the cluster holds its own
 //! copy; inserts, updates and deletes are multicast to the others as encrypted, MTU-sized UDP
-//! datagrams and applied there in version order.
+//! datagrams and applied there in version order. Where multicast is not available (Kubernetes,
+//! cloud VPCs), `transport = "unicast"` sends each datagram to every peer instead, with peers
+//! found from a static list or DNS names (`docs/KUBERNETES.md`).
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 

@@ -164,7 +164,10 @@ fn a_peer_reachable_by_some_nodes_only_still_converges() {
     assert!(sim.endpoint_of(0).peers().iter().all(|p| p.id != ids[&3]));
     assert!(sim.endpoint_of(3).peers().iter().all(|p| p.id != ids[&0]));
     assert_eq!(sim.endpoint_of(1).peers().len(), 3);
-    let repairs: u64 = all.iter().map(|&i| sim.endpoint_of(i).metrics().ae_repairs).sum();
+    let repairs: u64 = all
+        .iter()
+        .map(|&i| sim.endpoint_of(i).metrics().ae_repairs)
+        .sum();
     assert!(
         repairs > 0,
         "the unreachable pair was repaired through the others"
