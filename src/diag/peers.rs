@@ -114,7 +114,7 @@ pub fn check_peers(config: &Config, timeout: Duration) -> Result<Vec<PeerCheck>>
 
     let sock = UdpSocket::bind(SocketAddrV4::new(config.interface, 0))?;
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-    let me = NodeId::random();
+    let me = NodeId::from_random(rand::random());
     let mut wire = Wire::new(
         WireConfig {
             cluster_name: config.cluster_name.clone(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use crate::cache::clock::{Clock, SystemClock};
+use crate::cache::context::StoreContext;
 use crate::cache::handle::Cache;
 use crate::cache::hooks::{ErasedCache, NoPublisher, Publisher};
 use crate::cache::store::{CacheKey, CacheValue, Store, type_names};
@@ -18,21 +19,13 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::proto::version::{Hlc, NodeId};
 
-/// What every cache of a node shares: identity, version clock, time source, outbound changes.
-pub(crate) struct NodeCore {
-    pub(crate) id: NodeId,
-    pub(crate) hlc: Arc<Hlc>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) max_message_size: usize,
-}
-
 mod cluster;
+pub(crate) mod replica;
 
 pub use cluster::{Member, MemberEvent};
 
-type Registry = Arc<crate::replica::Registry>;
-use crate::replica::Registered;
+type Registry = Arc<crate::node::replica::Registry>;
+use crate::node::replica::Registered;
 
 struct Stop {
     stopped: Mutex<bool>,
@@ -40,7 +33,7 @@ struct Stop {
 }
 
 struct NodeInner {
-    core: Arc<NodeCore>,
+    core: Arc<StoreContext>,
     config: Config,
     registry: Registry,
     stop: Arc<Stop>,
@@ -139,9 +132,9 @@ impl Node {
         config.validate()?;
         let (id, net) = match net {
             Some((id, net)) => (id, Some(net)),
-            None => (NodeId::random(), None),
+            None => (NodeId::from_random(rand::random()), None),
         };
-        let core = Arc::new(NodeCore {
+        let core = Arc::new(StoreContext {
             id,
             hlc: Arc::new(Hlc::new()),
             clock,
@@ -150,7 +143,7 @@ impl Node {
         });
         let registry: Registry = match &net {
             Some(n) => n.registry.clone(),
-            None => Arc::new(crate::replica::Registry::new(&config)),
+            None => Arc::new(crate::node::replica::Registry::new(&config)),
         };
         let stop = Arc::new(Stop {
             stopped: Mutex::new(false),
@@ -277,7 +270,7 @@ impl Node {
 
     /// The shared core (id, HLC, clock, publisher).
     #[allow(dead_code)]
-    pub(crate) fn core(&self) -> &Arc<NodeCore> {
+    pub(crate) fn core(&self) -> &Arc<StoreContext> {
         &self.inner.core
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::record::Record;
 use super::version::{NodeId, Version};
-use crate::cache::hooks::{KeyVersion, SyncDigest};
+use crate::sync::{KeyVersion, SyncDigest};
 
 /// One replicated change inside a [`Msg::Data`] or [`Msg::Repair`] message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,7 +131,7 @@ pub enum Msg {
         /// Cache name.
         cache: String,
         /// Which parts are listed, each complete: `(bucket, part, parts)` covers the keys of
-        /// `bucket` whose [`crate::cache::hooks::key_part`]`(key, parts)` is `part`.
+        /// `bucket` whose [`crate::sync::key_part`]`(key, parts)` is `part`.
         parts: Vec<(u16, u16, u16)>,
         /// Every key in those parts with its version (tombstones included).
         keys: Vec<KeyVersion>,
@@ -193,7 +193,7 @@ pub enum Msg {
     },
     /// Unicast transports only: the address each of the sender's members was heard from, so
     /// that a node that knows one seed learns every member's address. The core relays it to
-    /// the driver ([`crate::proto::endpoint::Event::Addresses`]) and never interprets it.
+    /// the driver ([`crate::endpoint::Event::Addresses`]) and never interprets it.
     /// Added after [`Msg::Reply`], so the encoding of every older message is unchanged; a
     /// node that predates it counts it as malformed and otherwise interoperates.
     Addresses {
@@ -248,7 +248,7 @@ mod serde_bytes_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::record::Op;
+    use crate::record::Op;
 
     #[test]
     fn messages_round_trip() {

@@ -33,7 +33,7 @@ pub const MAX_TRACKED_GAPS: u64 = 1 << 14;
 use super::state::AppState;
 use super::version::NodeId;
 use super::wire::{Wire, WireConfig};
-use crate::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
+use crate::sync::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
 
 /// Tunables of the protocol core. [`EndpointConfig::new`] derives sane values from the node
 /// configuration; the simulator shrinks them.
@@ -160,7 +160,7 @@ pub enum Event {
         /// The peer that sent it.
         from: NodeId,
         /// `(member, address)` pairs as that peer heard them, at most
-        /// [`crate::proto::message::MAX_ADDRESSES`].
+        /// [`crate::message::MAX_ADDRESSES`].
         addrs: Vec<(NodeId, SocketAddr)>,
     },
 }
@@ -367,7 +367,7 @@ impl Endpoint {
     }
 
     /// Sends this node's address book to the cluster (unicast transports): where each member
-    /// was heard from. Truncated to [`crate::proto::message::MAX_ADDRESSES`] pairs. The core
+    /// was heard from. Truncated to [`crate::message::MAX_ADDRESSES`] pairs. The core
     /// does not interpret addresses; peers' books arrive as [`Event::Addresses`].
     pub fn announce_addresses(&mut self, mut addrs: Vec<(NodeId, SocketAddr)>) {
         if self.left {
@@ -966,7 +966,7 @@ impl Endpoint {
         let cutoff = app
             .wall_ms()
             .saturating_sub(self.cfg.settle.as_millis() as u64);
-        let settled = |v: &crate::proto::version::Version| v.millis() <= cutoff;
+        let settled = |v: &crate::version::Version| v.millis() <= cutoff;
         let valid: Vec<(u16, u16, u16)> = parts
             .iter()
             .copied()
