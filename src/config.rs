@@ -386,7 +386,9 @@ impl Config {
     /// 224.0.0.0/4; `multicast_port` != 0; `multicast_hops` >= 1; `monkey_tantrum` in
     /// 0..=100; every crypto key base64 of 32 bytes; `max_message_size` in 1..=64 MiB;
     /// `cluster_name` 1 to 64 bytes; `node_name` (if set) 1 to 255 bytes; `interface` a
-    /// unicast IPv4 address or 0.0.0.0; the same rules for each `[caches.NAME]` override.
+    /// unicast IPv4 address or 0.0.0.0; each `peers` entry `host[:port]` with an IPv4 address or
+    /// a DNS name; `bind_port` != 0; `discovery_interval` finite and > 0; the same rules for
+    /// each `[caches.NAME]` override.
     ///
     /// ```
     /// use mccache::Config;

@@ -310,4 +310,12 @@ fn check_peers_reports_who_answers_and_the_round_trip() {
         "{}",
         String::from_utf8_lossy(&bad.stdout)
     );
+    // A bad value in the environment names the key and the value.
+    let wrong = run("127.0.0.1:47250,no port:x");
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(r#"peers[1]: "no port:x" is not host:port"#),
+        "{err}"
+    );
 }

@@ -355,6 +355,22 @@ mod tests {
     }
 
     #[test]
+    fn only_an_authentic_own_datagram_is_an_own_echo() {
+        for keys in [vec![[3; 32]], Vec::new()] {
+            let (mut a, mut b) = pair(keys);
+            let mine = a.encode(b"x").unwrap().remove(0);
+            let theirs = b.encode(b"y").unwrap().remove(0);
+            assert!(a.is_own_echo(&mine));
+            assert!(!a.is_own_echo(&theirs));
+            let mut tampered = mine.clone();
+            *tampered.last_mut().unwrap() ^= 1;
+            assert!(!a.is_own_echo(&tampered));
+            // It touches no replay window: the echo can be checked again.
+            assert!(a.is_own_echo(&mine));
+        }
+    }
+
+    #[test]
     fn counters_start_at_one_and_advance_per_datagram() {
         let (mut a, _) = pair(vec![]);
         let chunk = a.chunk_size();
