@@ -208,7 +208,8 @@ pub struct Endpoint {
     send: SendBuffer,
     outbox: VecDeque<Item>,
     outbox_bytes: usize,
-    transmits: VecDeque<Vec<u8>>,
+    /// Datagrams to send, each with the one peer it is for (`None`: every peer).
+    transmits: VecDeque<(Option<NodeId>, Vec<u8>)>,
     /// Bytes in `transmits`.
     transmit_bytes: usize,
     events: VecDeque<Event>,
@@ -339,7 +340,7 @@ impl Endpoint {
             let seq = self.send.next_seq();
             let payload = Msg::Data { seq, items }.encode();
             self.metrics.data_messages_sent += 1;
-            if let Some(id) = self.transmit_as(&payload, None) {
+            if let Some(id) = self.transmit_as(&payload, None, None) {
                 if !self.peers.is_empty() {
                     self.send.keep(seq, id, payload);
                 }
@@ -387,9 +388,18 @@ impl Endpoint {
 
     /// The next datagram to send to the group.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let d = self.transmits.pop_front()?;
+        self.poll_transmit_to().map(|(_, d)| d)
+    }
+
+    /// The next datagram to send, with the one peer it is meant for (`None`: every peer).
+    /// A multicast transport sends everything to the group; a unicast transport can send a
+    /// targeted datagram (a NAK, a retransmission for the peer that asked, a state-transfer
+    /// chunk, a query reply, anti-entropy lists) to that peer alone. The others would only
+    /// have ignored it.
+    pub fn poll_transmit_to(&mut self) -> Option<(Option<NodeId>, Vec<u8>)> {
+        let (to, d) = self.transmits.pop_front()?;
         self.transmit_bytes = self.transmit_bytes.saturating_sub(d.len());
-        Some(d)
+        Some((to, d))
     }
 
     /// The next event.
@@ -663,7 +673,7 @@ impl Endpoint {
                 {
                     // A repeated request: resend under the same message id so fragments the
                     // joiner already holds still count.
-                    self.transmit_as(&payload, Some(id));
+                    self.transmit_as(&payload, Some(id), Some(from));
                     return;
                 }
                 let budget = self.cfg.snapshot_chunk.min(self.list_budget());
@@ -679,7 +689,7 @@ impl Endpoint {
                     floor,
                 }
                 .encode();
-                if let Some(id) = self.transmit_as(&payload, None) {
+                if let Some(id) = self.transmit_as(&payload, None, Some(from)) {
                     if self.served.len() >= 16 {
                         self.served.pop_front();
                     }
@@ -866,7 +876,8 @@ impl Endpoint {
                     Some((id, payload)) => {
                         self.metrics.retransmits_served += 1;
                         // Same message id: fragments the receiver already holds still count.
-                        self.transmit_as(&payload, Some(id));
+                        // For the peer that asked (others missing it ask on their own).
+                        self.transmit_as(&payload, Some(id), Some(from));
                     }
                     None => gone.push(seq),
                 }
@@ -1274,11 +1285,12 @@ impl Endpoint {
 
     fn send_msg(&mut self, msg: &Msg) -> Option<u64> {
         let payload = msg.encode();
-        self.transmit_as(&payload, None)
+        self.transmit_as(&payload, None, msg.target())
     }
 
-    /// Encodes and queues one message; returns its wire message id.
-    fn transmit_as(&mut self, payload: &[u8], id: Option<u64>) -> Option<u64> {
+    /// Encodes and queues one message for `to` (`None`: every peer); returns its wire
+    /// message id.
+    fn transmit_as(&mut self, payload: &[u8], id: Option<u64>, to: Option<NodeId>) -> Option<u64> {
         let mut out = Vec::new();
         match self.wire.encode_as(payload, id, &mut out) {
             Ok(id) => {
@@ -1286,7 +1298,7 @@ impl Endpoint {
                     self.metrics.datagrams_sent += 1;
                     self.metrics.bytes_sent += d.len() as u64;
                     self.transmit_bytes += d.len();
-                    self.transmits.push_back(d);
+                    self.transmits.push_back((to, d));
                 }
                 Some(id)
             }

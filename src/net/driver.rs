@@ -336,21 +336,20 @@ pub async fn run(
                 }
             }
             Transport::Unicast(u) => {
-                let mut out = Vec::new();
-                while let Some(d) = ep.poll_transmit() {
+                let (mut out, mut dests) = (Vec::new(), Vec::new());
+                while let Some((to, d)) = ep.poll_transmit_to() {
+                    dests.push(to);
                     out.push(d);
                 }
                 if let (false, Some(b)) = (out.is_empty(), book.as_mut()) {
-                    let mut dropped = 0u64;
-                    let send_drops = tantrum.send && tantrum.percent > 0.0;
-                    // Fault injection per copy: each link loses on its own.
-                    let keep = |_: usize, _: SocketAddr| {
-                        let drop = send_drops && rng.random::<f64>() * 100.0 < tantrum.percent;
-                        dropped += u64::from(drop);
-                        !drop
-                    };
-                    let (_, failed) = unicast::fan_out(&u.sock, &out, b.targets(), keep).await;
-                    ep.metrics_mut().tantrum_drops += dropped;
+                    let mut copies = unicast::route(&dests, b);
+                    if tantrum.send && tantrum.percent > 0.0 {
+                        // Fault injection per copy: each link loses on its own.
+                        let before = copies.len();
+                        copies.retain(|_| rng.random::<f64>() * 100.0 >= tantrum.percent);
+                        ep.metrics_mut().tantrum_drops += (before - copies.len()) as u64;
+                    }
+                    let (_, failed) = unicast::fan_out(&u.sock, &out, &copies).await;
                     if failed > 0 {
                         *ep.metrics_mut()
                             .dropped

@@ -197,32 +197,19 @@ fn bounded_insert(
     map.insert(id, v);
 }
 
-/// Sends every datagram to every target, `BATCH` messages per `sendmmsg` call, waiting for the
-/// socket when its buffer is full. `keep(datagram index, target)` decides per copy (fault
-/// injection). Returns (copies sent, copies that failed); a failed copy (an unreachable
-/// address, say) is skipped and the rest still go out.
+/// Sends each copy `(datagram index, address)`, `BATCH` copies per `sendmmsg` call, waiting
+/// for the socket when its buffer is full. Returns (copies sent, copies that failed); a failed
+/// copy (an unreachable address, say) is skipped and the rest still go out.
 pub async fn fan_out(
     sock: &UdpSocket,
     datagrams: &[Vec<u8>],
-    targets: &[SocketAddr],
-    mut keep: impl FnMut(usize, SocketAddr) -> bool,
+    copies: &[(usize, SocketAddr)],
 ) -> (u64, u64) {
-    let addrs: Vec<SockaddrStorage> = targets.iter().map(|a| SockaddrStorage::from(*a)).collect();
-    let mut copies: Vec<(usize, usize)> = Vec::with_capacity(datagrams.len() * targets.len());
-    for d in 0..datagrams.len() {
-        for (t, addr) in targets.iter().enumerate() {
-            if keep(d, *addr) {
-                copies.push((d, t));
-            }
-        }
-    }
     let (mut sent, mut failed) = (0u64, 0u64);
     let mut next = 0;
     while next < copies.len() {
         let batch = &copies[next..copies.len().min(next + BATCH)];
-        let res = sock.try_io(Interest::WRITABLE, || {
-            send_batch(sock, datagrams, &addrs, batch)
-        });
+        let res = sock.try_io(Interest::WRITABLE, || send_batch(sock, datagrams, batch));
         match res {
             Ok(n) => {
                 sent += n as u64;
@@ -239,7 +226,7 @@ pub async fn fan_out(
             }
             Err(e) => {
                 // The first copy of the batch failed (sendmmsg reports errors only for it).
-                tracing::debug!(error = %e, to = %targets[batch[0].1], "unicast send failed");
+                tracing::debug!(error = %e, to = %batch[0].1, "unicast send failed");
                 failed += 1;
                 next += 1;
             }
@@ -248,18 +235,33 @@ pub async fn fan_out(
     (sent, failed)
 }
 
-/// One `sendmmsg` call for `batch` (pairs of datagram index, target index).
+/// Where each datagram goes: a datagram for one peer to that peer's address when it is known,
+/// everything else to every target.
+pub fn route(dests: &[Option<NodeId>], book: &mut AddressBook) -> Vec<(usize, SocketAddr)> {
+    let mut copies = Vec::new();
+    for (i, to) in dests.iter().enumerate() {
+        match to.and_then(|id| book.address_of(id)) {
+            Some(addr) => copies.push((i, addr)),
+            None => copies.extend(book.targets().iter().map(|a| (i, *a))),
+        }
+    }
+    copies
+}
+
+/// One `sendmmsg` call for `batch`.
 fn send_batch(
     sock: &UdpSocket,
     datagrams: &[Vec<u8>],
-    addrs: &[SockaddrStorage],
-    batch: &[(usize, usize)],
+    batch: &[(usize, SocketAddr)],
 ) -> io::Result<usize> {
     let slices: Vec<[IoSlice<'_>; 1]> = batch
         .iter()
         .map(|(d, _)| [IoSlice::new(&datagrams[*d])])
         .collect();
-    let to: Vec<Option<SockaddrStorage>> = batch.iter().map(|(_, t)| Some(addrs[*t])).collect();
+    let to: Vec<Option<SockaddrStorage>> = batch
+        .iter()
+        .map(|(_, a)| Some(SockaddrStorage::from(*a)))
+        .collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
     let cmsgs: [ControlMessage<'_>; 0] = [];
     let res = sendmmsg(
@@ -330,9 +332,13 @@ mod tests {
         let tx = UdpSocket::from_std(tx).unwrap();
         let rx1 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let rx2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let targets = vec![rx1.local_addr().unwrap(), rx2.local_addr().unwrap()];
+        let targets = [rx1.local_addr().unwrap(), rx2.local_addr().unwrap()];
         let datagrams: Vec<Vec<u8>> = (0..200u16).map(|i| i.to_be_bytes().to_vec()).collect();
-        let (sent, failed) = fan_out(&tx, &datagrams, &targets, |d, _| d != 7).await;
+        let copies: Vec<(usize, SocketAddr)> = (0..200)
+            .filter(|d| *d != 7)
+            .flat_map(|d| targets.iter().map(move |t| (d, *t)))
+            .collect();
+        let (sent, failed) = fan_out(&tx, &datagrams, &copies).await;
         assert_eq!((sent, failed), (398, 0));
         let mut buf = [0u8; 8];
         for rx in [&rx1, &rx2] {
@@ -346,5 +352,31 @@ mod tests {
             assert!(!got.contains(&7));
             assert_eq!(got.len(), 199);
         }
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn targeted_datagrams_go_to_their_peer_alone_when_its_address_is_known() {
+        let now = Instant::now();
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let mut b = AddressBook::new(Duration::from_secs(60));
+        b.heard(NodeId(1), a("10.0.0.1:1"), now);
+        b.heard(NodeId(2), a("10.0.0.2:1"), now);
+        let copies = route(&[None, Some(NodeId(2)), Some(NodeId(3))], &mut b);
+        assert_eq!(
+            copies,
+            vec![
+                (0, a("10.0.0.1:1")),
+                (0, a("10.0.0.2:1")),
+                (1, a("10.0.0.2:1")),
+                // Unknown address: everyone, as before.
+                (2, a("10.0.0.1:1")),
+                (2, a("10.0.0.2:1")),
+            ]
+        );
     }
 }

@@ -522,43 +522,49 @@ impl Sim {
     /// Unicast [`Sim::pump`]: one copy per target of the sender's book, each link with its own
     /// loss; membership events feed the book as the driver does.
     fn pump_unicast(&mut self, i: usize) {
-        let targets = self.unicast_targets(i);
-        while let Some(d) = self.nodes[i].ep.poll_transmit() {
+        self.unicast_targets(i); // announces when due
+        let (mut out, mut dests) = (Vec::new(), Vec::new());
+        while let Some((to, d)) = self.nodes[i].ep.poll_transmit_to() {
             assert!(d.len() <= self.net.mtu, "datagram exceeds the MTU");
-            if !self.nodes[i].alive {
+            dests.push(to);
+            out.push(d);
+        }
+        if !self.nodes[i].alive {
+            out.clear();
+            dests.clear();
+        }
+        let copies = {
+            let u = self.unicast.as_mut().expect("unicast");
+            mccache::net::unicast::route(&dests, &mut u.books[i])
+        };
+        for (d, addr) in copies {
+            let Some(to) = self.node_at(addr) else {
+                continue;
+            };
+            let u = self.unicast.as_mut().expect("unicast");
+            u.copies += 1;
+            let loss = u.link_loss.get(&(i, to)).copied().unwrap_or(self.net.loss);
+            if u.blocked.contains(&(i, to)) || !self.can_talk(i, to) || self.rng.random_bool(loss) {
+                self.dropped += 1;
                 continue;
             }
-            for &to in &targets {
-                let u = self.unicast.as_mut().expect("unicast");
-                u.copies += 1;
-                let loss = u.link_loss.get(&(i, to)).copied().unwrap_or(self.net.loss);
-                if u.blocked.contains(&(i, to))
-                    || !self.can_talk(i, to)
-                    || self.rng.random_bool(loss)
-                {
-                    self.dropped += 1;
-                    continue;
-                }
-                let jitter = if self.net.jitter.is_zero() {
-                    Duration::ZERO
-                } else {
-                    Duration::from_nanos(
-                        self.rng.random_range(0..self.net.jitter.as_nanos() as u64),
-                    )
-                };
-                let at = self.now + self.net.delay + jitter;
-                let ev = Ev::Deliver {
-                    to,
-                    incarnation: self.incarnations[to],
-                    data: d.clone(),
-                    from: i,
-                };
-                let id = self.next_ev;
-                self.next_ev += 1;
-                self.events.insert(id, ev);
-                self.seq += 1;
-                self.queue.push(Reverse((at, self.seq, id)));
-            }
+            let jitter = if self.net.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(self.rng.random_range(0..self.net.jitter.as_nanos() as u64))
+            };
+            let at = self.now + self.net.delay + jitter;
+            let ev = Ev::Deliver {
+                to,
+                incarnation: self.incarnations[to],
+                data: out[d].clone(),
+                from: i,
+            };
+            let id = self.next_ev;
+            self.next_ev += 1;
+            self.events.insert(id, ev);
+            self.seq += 1;
+            self.queue.push(Reverse((at, self.seq, id)));
         }
         let me = self.nodes[i].ep.id();
         let now = self.instant();
