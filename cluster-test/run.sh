@@ -28,7 +28,7 @@ cp "$BIN" "$CTX/mccache"
 docker build --quiet -t "$IMAGE" -f "$HERE/Dockerfile" "$CTX" >/dev/null 2>"$OUT/docker-build.log" || exit 2
 
 export MCCACHE_IMAGE="$IMAGE" MCCACHE_OUT="$OUT"
-export TEST_KEY_ENTRIES="$KEYS" TEST_APERTURE="$APERTURE" TEST_DATA_SIZE_MIX="$MIX"
+export TEST_KEY_ENTRIES="$KEYS" TEST_APERTURE="$APERTURE" TEST_BREATHER="$BREATHER" TEST_DATA_SIZE_MIX="$MIX"
 export TEST_RUN_DURATION="$DURATION" TEST_MONKEY_TANTRUM="$TANTRUM" TEST_CLUSTER_SIZE="$NODES"
 export TEST_CRYPTO_KEY="$CRYPTO_KEY"
 SERVICES=()
@@ -41,7 +41,7 @@ if [ "$UNICAST" = 1 ]; then
     FIRST=("${SERVICES[@]:0:$E}") LATER=("${SERVICES[@]:$E}")
 fi
 
-echo "== compose project $PROJECT: ${SERVICES[*]}, ${DURATION} s, aperture $APERTURE, $MIX values, tantrum $TANTRUM %"
+echo "== compose project $PROJECT: ${SERVICES[*]}, ${DURATION} s, aperture $APERTURE, breathers $BREATHER, $MIX values, tantrum $TANTRUM %"
 RUN_START=$(date +%s.%N)
 if [ "$UNICAST" = 1 ]; then
     # Create the network first, then block multicast on its bridge before any node starts.

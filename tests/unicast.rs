@@ -99,7 +99,10 @@ fn names_resolve_and_state_transfers_to_a_late_joiner() {
         ca.insert(i, i * 2).unwrap();
     }
     let late = Node::start(config("names", 47211, &["localhost:47210".to_string()])).unwrap();
-    assert!(late.wait_ready(T), "the late node gets a full copy");
+    assert!(
+        late.wait_ready(T).found_peers(),
+        "the late node gets a full copy"
+    );
     let cl = late.cache::<u32, u32>("hot").unwrap();
     assert!(wait_until(T, || cl.len() == 2000 && cl.checksum() == ca.checksum()));
     assert_eq!(a.members().len(), 1);
@@ -131,6 +134,11 @@ fn a_node_with_another_key_is_neither_member_nor_learned() {
         refused > 0,
         "the intruder's datagrams were counted: {dropped:?}"
     );
+    // And the user can see it: the health report names the sender's address.
+    let health = a.health();
+    assert!(!health.unopened.is_empty(), "{health:?}");
+    let last = health.last_unopened.expect("a datagram that did not open");
+    assert_eq!(last.from, addr(47221).parse().unwrap());
 }
 
 #[test]

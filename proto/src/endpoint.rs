@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 type PeerMap = BTreeMap<NodeId, Peer>;
 use std::time::{Duration, Instant};
 
+use super::drop::DropReason;
 use super::message::{CacheDigest, Item, Msg, Query};
 use super::metrics::NetworkMetrics;
 use super::record::Record;
@@ -227,6 +228,8 @@ pub struct Endpoint {
     left: bool,
     /// Recently served snapshot chunks, for resending under the same message id.
     served: VecDeque<Served>,
+    /// Why the last datagram handed to [`Endpoint::handle_datagram`] was dropped, if it was.
+    last_drop: Option<DropReason>,
 }
 
 /// A snapshot chunk sent: (requester, cache, cursor), wire message id, payload.
@@ -268,6 +271,7 @@ impl Endpoint {
             next_query: 1,
             left: false,
             served: VecDeque::new(),
+            last_drop: None,
             cfg,
         };
         ep.send_hello(true, Vec::new());
@@ -509,6 +513,13 @@ impl Endpoint {
             && self.transmits.is_empty()
     }
 
+    /// Why the datagram last handed to [`Endpoint::handle_datagram`] was dropped at the wire
+    /// layer (`None` if it was accepted); the driver uses it to tell users about datagrams it
+    /// cannot open.
+    pub fn last_drop(&self) -> Option<DropReason> {
+        self.last_drop
+    }
+
     /// Handles one received datagram. Returns the sender when the datagram was authentic (it
     /// opened with the cluster's keys, or passed the crc in plaintext, and was no replay), even
     /// if it only completed part of a message; `Some(own id)` for this node's own authentic
@@ -521,6 +532,7 @@ impl Endpoint {
     ) -> Option<NodeId> {
         self.metrics.datagrams_received += 1;
         self.metrics.bytes_received += datagram.len() as u64;
+        self.last_drop = None;
         let (from, payload) = match self.wire.decode(now, datagram) {
             Ok(Some(done)) => done,
             Ok(None) => {
@@ -529,6 +541,7 @@ impl Endpoint {
                     .map(|h| h.sender);
             }
             Err(super::drop::DropReason::OwnEcho) if self.wire.is_own_echo(datagram) => {
+                self.last_drop = Some(super::drop::DropReason::OwnEcho);
                 *self
                     .metrics
                     .dropped
@@ -537,6 +550,7 @@ impl Endpoint {
                 return Some(self.me);
             }
             Err(reason) => {
+                self.last_drop = Some(reason);
                 *self
                     .metrics
                     .dropped

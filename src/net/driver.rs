@@ -16,6 +16,7 @@ use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::diagnose::{OpenFailure, OpenFailures};
 use crate::proto::endpoint::{Endpoint, Event, MemberEvent, PeerInfo};
 use crate::proto::message::{Item, Query};
 use crate::proto::metrics::NetworkMetrics;
@@ -68,6 +69,10 @@ pub struct Shared {
     pub stop: tokio::sync::Notify,
     /// Unicast: where each member was heard from (empty for multicast).
     pub addresses: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// True if this node seals its datagrams (has a `crypto_key`); set before the driver runs.
+    pub sealed: AtomicBool,
+    /// Datagrams from other senders that could not be opened, by likely cause.
+    pub open_failures: Mutex<OpenFailures>,
 }
 
 /// How datagrams travel.
@@ -186,6 +191,7 @@ pub async fn run(
     let base = Instant::now();
     let to_tokio = |t: Instant| epoch + t.saturating_duration_since(base);
     let mut stopping = false;
+    let sealed = shared.sealed.load(Ordering::Relaxed);
     // Unicast: the address book, the first resolution of `peers` (before the first datagram
     // leaves, so the join announcement reaches them), and the resolver task.
     let mut book = None;
@@ -261,6 +267,12 @@ pub async fn run(
                             } else {
                                 let now = Instant::now();
                                 let sender = ep.handle_datagram(now, &buf[..len], app.as_mut());
+                                if let Some(cause) = ep
+                                    .last_drop()
+                                    .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
+                                {
+                                    shared.open_failures.lock().record(cause, src, now);
+                                }
                                 // Only authentic datagrams teach addresses.
                                 if let (Some(b), Some(id)) = (book.as_mut(), sender) {
                                     if id == ep.id() {
