@@ -96,7 +96,7 @@ impl App {
     }
 
     fn run(&self, words: &[&str]) -> String {
-        let t = Duration::from_secs(2);
+        let t = Duration::from_secs(5);
         match words {
             ["insert", k, v] => format!(
                 "{:?}",
