@@ -215,6 +215,11 @@ pub struct Config {
     pub cluster_name: String,
     /// `queue_max`: outbound changes queued before overload marks caches for repair.
     pub queue_max: usize,
+    // Clock safety (issue 13).
+    /// `max_clock_skew`: seconds a peer's versions may be ahead of this node's wall clock;
+    /// further ahead they are refused, counted (`clock_skew`) and warned about, and never
+    /// move this node's clock. Default 60.
+    pub max_clock_skew: f64,
     /// Per-cache overrides, `[caches.NAME]`.
     pub caches: BTreeMap<String, CacheOverrides>,
 }
@@ -258,6 +263,7 @@ impl Default for Config {
             node_name: None,
             cluster_name: "mccache".to_string(),
             queue_max: 65_536,
+            max_clock_skew: 60.0,
             caches: BTreeMap::new(),
         }
     }
@@ -428,6 +434,11 @@ impl Config {
             positive_secs(self.daemon_sleep),
         )?;
         check(
+            "max_clock_skew",
+            self.max_clock_skew,
+            positive_secs(self.max_clock_skew),
+        )?;
+        check(
             "monkey_tantrum",
             self.monkey_tantrum,
             percent(self.monkey_tantrum),
@@ -561,6 +572,11 @@ impl Config {
         secs_to_duration(self.cache_pulse)
     }
 
+    /// `max_clock_skew` as a [`Duration`] (saturating).
+    pub fn max_clock_skew(&self) -> Duration {
+        secs_to_duration(self.max_clock_skew)
+    }
+
     /// `daemon_sleep` as a [`Duration`] (saturating, like [`Config::cache_config`]).
     ///
     /// ```
@@ -632,6 +648,9 @@ impl Config {
                     c.cluster_name = field(k, v, |v| text(v).and_then(cluster_name_v))?
                 }
                 "queue_max" => c.queue_max = field(k, v, |v| count(v, REASON_CHANGES))?,
+                "max_clock_skew" => {
+                    c.max_clock_skew = field(k, v, |v| secs(v).and_then(positive_secs))?
+                }
                 "caches" => c.caches = caches(v)?,
                 _ => return Err(bad(k, shown(v), &unknown_reason(k, TOP_KEYS))),
             }
@@ -697,6 +716,7 @@ const TOP_KEYS: &[&str] = &[
     "node_name",
     "cluster_name",
     "queue_max",
+    "max_clock_skew",
     "caches",
 ];
 

@@ -249,6 +249,7 @@ mod tests {
             sender: NodeId(0xABCD),
             packet_number: 77,
             message_id: 3,
+            sent_ms: 1,
         }
     }
 
@@ -274,6 +275,7 @@ mod tests {
             sender: NodeId(0x0102030405060708),
             packet_number: 0x1112131415161718,
             message_id: 1,
+            sent_ms: 1,
         };
         assert_eq!(nonce_from_header(&h.encode()), n);
     }

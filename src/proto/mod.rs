@@ -8,6 +8,7 @@
 //! - [`endpoint`]: the state machine (membership, [`reliability`], anti-entropy, state transfer);
 //! - [`state`]: what the core needs from the application.
 
+pub mod budget;
 pub mod crypto;
 pub mod drop;
 pub mod endpoint;
