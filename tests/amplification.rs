@@ -150,7 +150,7 @@ fn forged_requests_cannot_make_the_cluster_send_much_more_than_it_receives() {
     }
     for n in &nodes {
         assert!(
-            n.wait_ready(Duration::from_secs(60)),
+            n.wait_ready(Duration::from_secs(60)).is_ready(),
             "{} not ready",
             n.id()
         );

@@ -1,6 +1,7 @@
 //! The local store: typed caches over sharded maps with CLOCK eviction, TTL and byte caps.
 
 pub mod clock;
+pub(crate) mod context;
 pub mod event;
 pub mod handle;
 pub mod hooks;

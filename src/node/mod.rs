@@ -11,6 +11,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use crate::cache::clock::{Clock, SystemClock};
+use crate::cache::context::StoreContext;
 use crate::cache::handle::Cache;
 use crate::cache::hooks::{ErasedCache, NoPublisher, Publisher};
 use crate::cache::store::{CacheKey, CacheValue, Store, type_names};
@@ -18,21 +19,15 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::proto::version::{Hlc, NodeId};
 
-/// What every cache of a node shares: identity, version clock, time source, outbound changes.
-pub(crate) struct NodeCore {
-    pub(crate) id: NodeId,
-    pub(crate) hlc: Arc<Hlc>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) max_message_size: usize,
-}
-
 mod cluster;
+mod health;
+pub(crate) mod replica;
 
-pub use cluster::{Member, MemberEvent};
+pub use cluster::{ClusterAnswers, Member, MemberEvent};
+pub use health::{Health, OpenFailure, Readiness, Unopened};
 
-type Registry = Arc<crate::replica::Registry>;
-use crate::replica::Registered;
+type Registry = Arc<crate::node::replica::Registry>;
+use crate::node::replica::Registered;
 
 struct Stop {
     stopped: Mutex<bool>,
@@ -40,7 +35,7 @@ struct Stop {
 }
 
 struct NodeInner {
-    core: Arc<NodeCore>,
+    core: Arc<StoreContext>,
     config: Config,
     registry: Registry,
     stop: Arc<Stop>,
@@ -94,16 +89,19 @@ impl Node {
     /// ```no_run
     /// use mccache::{Config, Node};
     ///
-    /// let node = Node::start(Config { interface: "10.0.0.5".parse().unwrap(), ..Config::default() })?;
-    /// node.wait_ready(std::time::Duration::from_secs(2));
+    /// let node = Node::start(Config { interface: "10.0.0.5".parse().unwrap(), ..Config::load()? })?;
+    /// if !node.wait_ready(std::time::Duration::from_secs(2)).found_peers() {
+    ///     eprintln!("no peer yet: {:?}", node.health());
+    /// }
     /// let users = node.cache::<u64, String>("users")?;
     /// users.insert(1, "ada".into())?; // now on every node of the cluster
     /// # Ok::<(), mccache::Error>(())
     /// ```
     ///
     /// # Errors
-    /// The configuration error if `config` is invalid; [`Error::Network`] if the sockets cannot
-    /// be opened (for example, no such interface).
+    /// The configuration error if `config` is invalid; an [`Error::Config`] naming the key and
+    /// value if the sockets cannot be opened with them (`interface: "10.0.0.5" is not an
+    /// address of this host`, a port that cannot be bound); [`Error::Network`] otherwise.
     pub fn start(config: Config) -> Result<Node> {
         cluster::start(config)
     }
@@ -139,9 +137,9 @@ impl Node {
         config.validate()?;
         let (id, net) = match net {
             Some((id, net)) => (id, Some(net)),
-            None => (NodeId::random(), None),
+            None => (NodeId::from_random(rand::random()), None),
         };
-        let core = Arc::new(NodeCore {
+        let core = Arc::new(StoreContext {
             id,
             hlc: Arc::new(Hlc::new()),
             clock,
@@ -150,7 +148,7 @@ impl Node {
         });
         let registry: Registry = match &net {
             Some(n) => n.registry.clone(),
-            None => Arc::new(crate::replica::Registry::new(&config)),
+            None => Arc::new(crate::node::replica::Registry::new(&config)),
         };
         let stop = Arc::new(Stop {
             stopped: Mutex::new(false),
@@ -277,7 +275,7 @@ impl Node {
 
     /// The shared core (id, HLC, clock, publisher).
     #[allow(dead_code)]
-    pub(crate) fn core(&self) -> &Arc<NodeCore> {
+    pub(crate) fn core(&self) -> &Arc<StoreContext> {
         &self.inner.core
     }
 }

@@ -15,6 +15,7 @@ type PeerMap = BTreeMap<NodeId, Peer>;
 use std::time::{Duration, Instant};
 
 use super::budget::AnswerBudget;
+use super::drop::DropReason;
 use super::message::{CacheDigest, Item, Msg, Query};
 use super::metrics::NetworkMetrics;
 use super::record::Record;
@@ -33,7 +34,7 @@ pub const MAX_TRACKED_GAPS: u64 = 1 << 14;
 use super::state::AppState;
 use super::version::{NodeId, Version, too_far_ahead};
 use super::wire::{Wire, WireConfig};
-use crate::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
+use crate::sync::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
 
 /// Default of `max_clock_skew`, in seconds.
 pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 60;
@@ -246,6 +247,8 @@ pub struct Endpoint {
     /// When a warning of each kind was last logged (rate limit).
     warned_skew: Option<Instant>,
     warned_offset: Option<Instant>,
+    /// Why the last datagram handed to [`Endpoint::handle_datagram`] was dropped, if it was.
+    last_drop: Option<DropReason>,
 }
 
 /// A received snapshot chunk.
@@ -304,6 +307,7 @@ impl Endpoint {
             created: now,
             warned_skew: None,
             warned_offset: None,
+            last_drop: None,
             cfg,
         }
     }
@@ -542,15 +546,24 @@ impl Endpoint {
             && self.transmits.is_empty()
     }
 
+    /// Why the datagram last handed to [`Endpoint::handle_datagram`] was dropped at the wire
+    /// layer (`None` if it was accepted); the driver uses it to tell users about datagrams it
+    /// cannot open.
+    pub fn last_drop(&self) -> Option<DropReason> {
+        self.last_drop
+    }
+
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8], app: &mut dyn AppState) {
         self.set_wall(now, app.wall_ms());
         self.metrics.datagrams_received += 1;
         self.metrics.bytes_received += datagram.len() as u64;
+        self.last_drop = None;
         let (from, payload) = match self.wire.decode(now, datagram) {
             Ok(Some(done)) => done,
             Ok(None) => return,
             Err(reason) => {
+                self.last_drop = Some(reason);
                 *self
                     .metrics
                     .dropped
@@ -1077,7 +1090,7 @@ impl Endpoint {
         let cutoff = app
             .wall_ms()
             .saturating_sub(self.cfg.settle.as_millis() as u64);
-        let settled = |v: &crate::proto::version::Version| v.millis() <= cutoff;
+        let settled = |v: &crate::version::Version| v.millis() <= cutoff;
         let valid: Vec<(u16, u16, u16)> = parts
             .iter()
             .copied()

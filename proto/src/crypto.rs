@@ -3,7 +3,7 @@
 //!
 //! * **Sealed** (keyring not empty): the first key seals, every key opens. The nonce is
 //!   `sender node id (8, BE) ‖ packet number (8, BE) ‖ 8 zero bytes`; the associated data is
-//!   the 40 header bytes followed by the cluster name, so a datagram of another cluster fails
+//!   the 48 header bytes followed by the cluster name, so a datagram of another cluster fails
 //!   authentication even under the same key. Body = ciphertext ‖ 16-byte tag.
 //! * **Plaintext** (empty keyring): body = payload ‖ crc32 (BE) over header ‖ cluster name ‖
 //!   payload. This detects corruption and strays, not attackers.
@@ -32,14 +32,14 @@ const KEY_ID_NONCE: [u8; 24] = [0xFF; 24];
 /// The keys of a node plus the cluster label they authenticate.
 ///
 /// ```
-/// use mccache::proto::crypto::Keyring;
-/// use mccache::proto::header::{Header, HEADER_LEN, cluster_id};
-/// use mccache::NodeId;
+/// use mccache_proto::crypto::Keyring;
+/// use mccache_proto::header::{Header, HEADER_LEN, cluster_id};
+/// use mccache_proto::version::NodeId;
 ///
 /// let mut ring = Keyring::new(&[[7u8; 32]], "prod");
 /// let header = Header { encrypted: true, key_id: ring.sealing_key_id().unwrap(),
 ///     frag_index: 0, frag_count: 1, cluster_id: cluster_id("prod"),
-///     sender: NodeId(1), packet_number: 1, message_id: 1 };
+///     sender: NodeId(1), packet_number: 1, message_id: 1, sent_ms: 1_700_000_000_000 };
 /// let mut datagram = header.encode().to_vec();
 /// datagram.extend_from_slice(b"hello");
 /// ring.seal(&mut datagram);
@@ -237,7 +237,7 @@ fn plaintext_crc(header: &[u8], cluster_name: &[u8], payload: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::header::cluster_id;
+    use crate::header::cluster_id;
 
     fn header(ring: &Keyring, cluster: &str) -> Header {
         Header {
