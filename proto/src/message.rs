@@ -164,7 +164,7 @@ pub enum Msg {
         /// Where to continue (0 = start).
         cursor: u64,
         /// Padding (about one datagram): the donor answers at most a few times what a
-        /// requester sends (see [`crate::proto::budget`]), so the joiner pays for its chunks.
+        /// requester sends (see [`crate::budget`]), so the joiner pays for its chunks.
         pad: serde_bytes::ByteBuf,
     },
     /// State transfer: one chunk of a cache, for `to`.
