@@ -2,10 +2,12 @@
 //! (snapshot chunks, anti-entropy lists and pushes, pull answers, query replies, join answers),
 //! so that a stream of requests cannot make the cluster send much more than it receives.
 //!
-//! Every node receives every datagram (multicast), and several may answer one request, so each
-//! node earns, for every message it receives from a requester, [`AMPLIFICATION`] / *members*
-//! times its wire size as credit for that requester: the whole cluster together never answers
-//! more than [`AMPLIFICATION`] times what a requester sent. Credit is capped ([`CREDIT_CAP`]).
+//! A message for everybody may be answered by every member, so for it each node earns
+//! [`AMPLIFICATION`] / *members* times its wire size as credit for its sender; a message for
+//! one node (a snapshot request, a pull, an anti-entropy list) is answered only by that node,
+//! which earns the whole [`AMPLIFICATION`] for it (and the others nothing). Either way the
+//! whole cluster never answers more than [`AMPLIFICATION`] times what a requester sent, over
+//! multicast or unicast. Credit is capped ([`CREDIT_CAP`]).
 //!
 //! In sealed mode requesters are authenticated members, and bulk work such as a state
 //! transfer or a repair after a partition needs more than a small request earns. Members heard
@@ -63,7 +65,7 @@ impl AnswerBudget {
     }
 
     /// `from` sent a message of `bytes` on the wire; `members` nodes (this one included) may
-    /// answer it.
+    /// answer it (1 for a message addressed to this node alone).
     pub fn earn(&mut self, now: Instant, from: NodeId, bytes: usize, members: usize) {
         let gain = (bytes as u64).saturating_mul(AMPLIFICATION) / members.max(1) as u64;
         if !self.accounts.contains_key(&from) && self.accounts.len() >= MAX_ACCOUNTS {
