@@ -8,6 +8,7 @@
 //! - `write N PREFIX`: inserts keys `PREFIX0` .. `PREFIX{N-1}` into the cache `faults`
 //!   (values name this node and a running write counter) → `{"ok":true,"written":N}`
 //! - `delete PREFIX I`: removes key `PREFIX{I}` → `{"ok":true,"removed":bool}`
+//! - `get KEY` → `{"value":..}` (`null` when absent)
 //! - `digest` → `{"node":..,"len":..,"checksum":..,"members":..,"suspects":..,"ready":..,"quiet":..}`
 //!   where `quiet` means nothing is queued to send and the retransmit buffer is empty
 //! - `metrics`: the network metrics as JSON
@@ -73,6 +74,7 @@ fn main() {
                 },
                 Err(_) => json!({ "error": format!("delete: {i:?} is not an index") }),
             },
+            ["get", key] => json!({ "value": cache.get(&(*key).to_string()) }),
             ["digest"] => digest(&node, &cache, &name),
             ["metrics"] => serde_json::to_value(node.network_metrics())
                 .unwrap_or_else(|e| json!({ "error": e.to_string() })),

@@ -31,6 +31,7 @@ fn wire_config(keys: Vec<[u8; 32]>) -> WireConfig {
         max_message_size: 256 * 1024,
         reassembly_timeout: Duration::from_secs(2),
         max_reassembly_bytes: 1024 * 1024,
+        ..WireConfig::default()
     }
 }
 
@@ -296,6 +297,7 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
                 seq_hi: 0,
                 acks: vec![(ME, 0)],
                 caches: vec!["c".into()],
+                wall_ms: 1_700_000_000_000,
             },
         ),
         (
@@ -368,6 +370,7 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
                     version: v(99),
                     deleted: false,
                 }],
+                horizon: v(50),
             },
         ),
         (
@@ -393,6 +396,7 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
                 to: ME,
                 cache: "c".into(),
                 cursor: 0,
+                pad: serde_bytes::ByteBuf::from(vec![0; 16]),
             },
         ),
         (
@@ -404,6 +408,7 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
                 records: vec![rec(b"s", 12)],
                 next: None,
                 floor: v(2),
+                horizon: v(1),
             },
         ),
         (

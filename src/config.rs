@@ -258,6 +258,11 @@ pub struct Config {
     /// `overload_timeout`: seconds a write waits for queue space under `overload = "block"`.
     /// Default 1.
     pub overload_timeout: f64,
+    // Clock safety (issue 13).
+    /// `max_clock_skew`: seconds a peer's versions may be ahead of this node's wall clock;
+    /// further ahead they are refused, counted (`clock_skew`) and warned about, and never
+    /// move this node's clock. Default 60.
+    pub max_clock_skew: f64,
     /// Per-cache overrides, `[caches.NAME]`.
     pub caches: BTreeMap<String, CacheOverrides>,
     // Unicast transport (issue 11): `transport`, `peers`, `bind_port`, `discovery_interval`.
@@ -316,6 +321,7 @@ impl Default for Config {
             queue_max: 65_536,
             overload: Overload::Repair,
             overload_timeout: 1.0,
+            max_clock_skew: 60.0,
             caches: BTreeMap::new(),
             transport: TransportKind::Multicast,
             peers: Vec::new(),
@@ -495,6 +501,11 @@ impl Config {
             positive_secs(self.daemon_sleep),
         )?;
         check(
+            "max_clock_skew",
+            self.max_clock_skew,
+            positive_secs(self.max_clock_skew),
+        )?;
+        check(
             "monkey_tantrum",
             self.monkey_tantrum,
             percent(self.monkey_tantrum),
@@ -656,6 +667,11 @@ impl Config {
         secs_to_duration(self.cache_pulse)
     }
 
+    /// `max_clock_skew` as a [`Duration`] (saturating).
+    pub fn max_clock_skew(&self) -> Duration {
+        secs_to_duration(self.max_clock_skew)
+    }
+
     /// `daemon_sleep` as a [`Duration`] (saturating, like [`Config::cache_config`]).
     ///
     /// ```
@@ -755,6 +771,9 @@ impl Config {
                 "overload_timeout" => {
                     c.overload_timeout = field(k, v, |v| secs(v).and_then(non_negative_secs))?
                 }
+                "max_clock_skew" => {
+                    c.max_clock_skew = field(k, v, |v| secs(v).and_then(positive_secs))?
+                }
                 "caches" => c.caches = caches(v)?,
                 // Unicast transport keys.
                 "transport" => c.transport = field(k, v, transport::transport)?,
@@ -829,6 +848,7 @@ const TOP_KEYS: &[&str] = &[
     "queue_max",
     "overload",
     "overload_timeout",
+    "max_clock_skew",
     "caches",
     // Unicast transport keys.
     "transport",

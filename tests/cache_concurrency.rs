@@ -218,3 +218,47 @@ fn waiters_get_loader_failed_when_the_loader_panics() {
     // The flight is gone: a new call loads again.
     assert_eq!(c.get_or_insert_with(1, || vec![7]).unwrap().len(), 1);
 }
+
+/// `len()` never exceeds `cache_max`, at any instant, as another thread sees it while three
+/// threads insert new keys (the entry slot is taken before a new key is stored).
+#[test]
+fn len_never_exceeds_cache_max_under_concurrent_inserts() {
+    let node = Node::start_local(Config {
+        cache_max: 16,
+        ..Config::default()
+    })
+    .unwrap();
+    let c: Cache<u64, u64> = node.cache("cap").unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worst = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (c, done, worst) = (c.clone(), done.clone(), worst.clone());
+        thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                worst.fetch_max(c.len(), Ordering::Relaxed);
+            }
+        })
+    };
+    let writers: Vec<_> = (0..3u64)
+        .map(|t| {
+            let c = c.clone();
+            thread::spawn(move || {
+                for i in 0..50_000u64 {
+                    c.insert(t << 32 | i, i).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        worst.load(Ordering::Relaxed) <= 16,
+        "len() reached {}",
+        worst.load(Ordering::Relaxed)
+    );
+    assert_eq!(c.len(), 16);
+    assert_eq!(c.keys().len(), 16);
+}

@@ -33,6 +33,7 @@ fn forge(sender: u64, pn: u64, mid: u64, index: u16, count: u16, body: &[u8]) ->
         sender: NodeId(sender),
         packet_number: pn,
         message_id: mid,
+        sent_ms: wall_ms_now(),
     };
     let mut d = h.encode().to_vec();
     d.extend_from_slice(body);
@@ -140,6 +141,7 @@ fn floods_stay_bounded_and_real_writes_converge() {
     // Make the spoofed members known first (a Hello each).
     for w in &mut members {
         let hello = Msg::Hello {
+            wall_ms: 0,
             name: "spoof".into(),
             join: false,
             seq_hi: 0,
@@ -250,4 +252,11 @@ fn floods_stay_bounded_and_real_writes_converge() {
         "{:?}",
         victim.network_metrics()
     );
+}
+
+/// This machine's wall clock in ms, as a sender stamps it into headers.
+fn wall_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

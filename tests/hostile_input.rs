@@ -56,6 +56,7 @@ impl Forger {
             sender: NodeId(sender),
             packet_number: pn,
             message_id: mid,
+            sent_ms: wall_ms_now(),
         };
         let mut d = h.encode().to_vec();
         d.extend_from_slice(body);
@@ -65,7 +66,7 @@ impl Forger {
 }
 
 fn wire(keys: Vec<[u8; 32]>, cluster: &str, me: u64, max: usize) -> Wire {
-    Wire::new(
+    let mut w = Wire::new(
         WireConfig {
             cluster_name: cluster.into(),
             keys,
@@ -73,7 +74,9 @@ fn wire(keys: Vec<[u8; 32]>, cluster: &str, me: u64, max: usize) -> Wire {
             ..WireConfig::default()
         },
         NodeId(me),
-    )
+    );
+    w.set_wall_ms(wall_ms_now());
+    w
 }
 
 /// Length and checksum of a cache: the state hostile input must not change.
@@ -420,4 +423,11 @@ fn replayed_burst_is_dropped() {
         >= was + burst.len() as u64));
     assert_eq!(cb.checksum(), sum);
     assert!((0..50).all(|i| cb.get(&format!("k{i}")).as_deref() == Some("second")));
+}
+
+/// This machine's wall clock in ms, as a sender stamps it into headers.
+fn wall_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -25,6 +25,7 @@ fn cfg(keys: Vec<[u8; 32]>) -> WireConfig {
         max_message_size: 64 * 1024,
         reassembly_timeout: Duration::from_secs(2),
         max_reassembly_bytes: 256 * 1024,
+        ..WireConfig::default()
     }
 }
 
@@ -54,6 +55,7 @@ impl Forger {
             sender,
             packet_number: pn,
             message_id: mid,
+            sent_ms: 0,
         }
     }
 
@@ -137,7 +139,7 @@ fn wrong_magic_and_version() {
     bad[0] = b'X';
     assert_eq!(rx.decode(Instant::now(), &bad), Err(DropReason::BadMagic));
     let mut bad = d.clone();
-    bad[2] = 2;
+    bad[2] = 1; // the 40-byte header of wire version 1
     assert_eq!(rx.decode(Instant::now(), &bad), Err(DropReason::BadVersion));
 }
 
@@ -159,11 +161,11 @@ fn every_bit_flip_of_a_sealed_datagram_is_refused() {
                 // magic, version, flags, key id, reserved, index/count, cluster id, sender:
                 // structural checks may catch these first.
                 0..=21 => {}
-                // packet number, message id, body and tag: only authentication can tell.
-                // (Except a flip that zeroes the packet number 1, which is malformed.)
+                // packet number, message id, send time, body and tag: only authentication can
+                // tell. (Except a flip that zeroes the packet number 1, which is malformed.)
                 29 if bit == 0 => assert_eq!(reason, DropReason::Malformed),
-                22..=37 => assert_eq!(reason, DropReason::AuthFailure, "byte {byte} bit {bit}"),
-                38..=39 => assert_eq!(reason, DropReason::Malformed, "byte {byte} bit {bit}"),
+                22..=45 => assert_eq!(reason, DropReason::AuthFailure, "byte {byte} bit {bit}"),
+                46..=47 => assert_eq!(reason, DropReason::Malformed, "byte {byte} bit {bit}"),
                 _ => assert_eq!(reason, DropReason::AuthFailure, "byte {byte} bit {bit}"),
             }
         }

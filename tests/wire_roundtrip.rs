@@ -148,7 +148,7 @@ fn extremes_round_trip() {
             }
         }
     }
-    assert_eq!(HEADER_LEN, 40);
+    assert_eq!(HEADER_LEN, 48);
 }
 
 #[test]

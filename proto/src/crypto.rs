@@ -3,7 +3,7 @@
 //!
 //! * **Sealed** (keyring not empty): the first key seals, every key opens. The nonce is
 //!   `sender node id (8, BE) ‖ packet number (8, BE) ‖ 8 zero bytes`; the associated data is
-//!   the 40 header bytes followed by the cluster name, so a datagram of another cluster fails
+//!   the 48 header bytes followed by the cluster name, so a datagram of another cluster fails
 //!   authentication even under the same key. Body = ciphertext ‖ 16-byte tag.
 //! * **Plaintext** (empty keyring): body = payload ‖ crc32 (BE) over header ‖ cluster name ‖
 //!   payload. This detects corruption and strays, not attackers.
@@ -39,7 +39,7 @@ const KEY_ID_NONCE: [u8; 24] = [0xFF; 24];
 /// let mut ring = Keyring::new(&[[7u8; 32]], "prod");
 /// let header = Header { encrypted: true, key_id: ring.sealing_key_id().unwrap(),
 ///     frag_index: 0, frag_count: 1, cluster_id: cluster_id("prod"),
-///     sender: NodeId(1), packet_number: 1, message_id: 1 };
+///     sender: NodeId(1), packet_number: 1, message_id: 1, sent_ms: 1_700_000_000_000 };
 /// let mut datagram = header.encode().to_vec();
 /// datagram.extend_from_slice(b"hello");
 /// ring.seal(&mut datagram);
@@ -249,6 +249,7 @@ mod tests {
             sender: NodeId(0xABCD),
             packet_number: 77,
             message_id: 3,
+            sent_ms: 1,
         }
     }
 
@@ -274,6 +275,7 @@ mod tests {
             sender: NodeId(0x0102030405060708),
             packet_number: 0x1112131415161718,
             message_id: 1,
+            sent_ms: 1,
         };
         assert_eq!(nonce_from_header(&h.encode()), n);
     }

@@ -102,6 +102,10 @@ drop_reasons! {
     ReassemblyLimit => reassembly_limit, "reassembly_limit";
     /// A partly reassembled message made no progress within the reassembly timeout.
     Expired => expired, "expired";
+    /// Sealed mode: sent (by the header's authenticated send time) longer ago than the replay
+    /// horizon, or further in the future than `max_clock_skew`, or not after the floor of a
+    /// forgotten sender: it cannot be told apart from a replay.
+    Stale => stale, "stale";
     /// Our own datagram, looped back by multicast.
     OwnEcho => own_echo, "own_echo";
 }

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 type PeerMap = BTreeMap<NodeId, Peer>;
 use std::time::{Duration, Instant};
 
+use super::budget::AnswerBudget;
 use super::drop::DropReason;
 use super::message::{CacheDigest, Item, Msg, Query};
 use super::metrics::NetworkMetrics;
@@ -32,9 +33,15 @@ pub const MAX_QUEUED_TRANSMIT_BYTES: usize = 8 << 20;
 /// cannot grow memory or the per-wakeup NAK timer scan (which is linear in tracked gaps).
 pub const MAX_TRACKED_GAPS: u64 = 1 << 14;
 use super::state::AppState;
-use super::version::NodeId;
+use super::version::{NodeId, Version, too_far_ahead};
 use super::wire::{Wire, WireConfig};
 use crate::sync::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
+
+/// Default of `max_clock_skew`, in seconds.
+pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 60;
+
+/// Shortest interval between two warnings of one kind (clock skew, clock offset).
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Tunables of the protocol core. [`EndpointConfig::new`] derives sane values from the node
 /// configuration; the simulator shrinks them.
@@ -78,6 +85,9 @@ pub struct EndpointConfig {
     /// Anti-entropy leaves alone keys whose newest version is younger than this: they are most
     /// likely still in flight on the reliable stream, and repairing them would only add load.
     pub settle: Duration,
+    /// Versions (and clear floors, horizons) further ahead of this node's wall clock than this
+    /// are refused (`clock_skew`), counted, warned about and never observed into the clock.
+    pub max_clock_skew: Duration,
 }
 
 impl EndpointConfig {
@@ -106,6 +116,7 @@ impl EndpointConfig {
             max_peers: 256,
             settle: (pulse / 2).min(Duration::from_secs(1)),
             linger: Duration::from_micros(200),
+            max_clock_skew: Duration::from_secs(DEFAULT_MAX_CLOCK_SKEW_SECS),
         }
     }
 }
@@ -191,6 +202,8 @@ struct Peer {
     /// This peer's stream, as received here.
     recv: RecvStream,
     received_since_ack: u64,
+    /// Its wall clock minus ours, in ms, from its last heartbeat (`None` until one arrives).
+    clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -234,8 +247,33 @@ pub struct Endpoint {
     left: bool,
     /// Recently served snapshot chunks, for resending under the same message id.
     served: VecDeque<Served>,
+    /// What each requester may still be sent in answers.
+    budget: AnswerBudget,
+    /// When the last anti-entropy pulse went out.
+    last_pulse_at: Option<Instant>,
+    /// The application's wall clock at the last call that passed it in (ms since the epoch;
+    /// 0 until then). The core reads no clock: the driver's `AppState::wall_ms` is the source.
+    wall_ms: u64,
+    /// `(now, wall_ms)` at that call, to derive the wall clock at later `now`s.
+    wall_anchor: Option<Instant>,
+    /// The joining `Hello` waits for the first timer run, which brings the wall clock its
+    /// header's send time needs.
+    hello_pending: bool,
+    created: Instant,
+    /// When a warning of each kind was last logged (rate limit).
+    warned_skew: Option<Instant>,
+    warned_offset: Option<Instant>,
     /// Why the last datagram handed to [`Endpoint::handle_datagram`] was dropped, if it was.
     last_drop: Option<DropReason>,
+}
+
+/// A received snapshot chunk.
+struct Chunk {
+    cache: String,
+    cursor: u64,
+    records: Vec<Record>,
+    next: Option<u64>,
+    horizon: Version,
 }
 
 /// A snapshot chunk sent: (requester, cache, cursor), wire message id, payload.
@@ -255,7 +293,7 @@ impl Endpoint {
         let wire = Wire::new(cfg.wire.clone(), me);
         let send = SendBuffer::new(cfg.retransmit_bytes);
         let join_until = now + cfg.join_wait;
-        let mut ep = Endpoint {
+        Endpoint {
             me,
             wire,
             peers: PeerMap::new(),
@@ -280,11 +318,32 @@ impl Endpoint {
             next_query: 1,
             left: false,
             served: VecDeque::new(),
+            budget: AnswerBudget::new(!cfg.wire.keys.is_empty(), cfg.heartbeat * 3),
+            last_pulse_at: None,
+            wall_ms: 0,
+            wall_anchor: None,
+            hello_pending: true,
+            created: now,
+            warned_skew: None,
+            warned_offset: None,
             last_drop: None,
             cfg,
-        };
-        ep.send_hello(true, Vec::new());
-        ep
+        }
+    }
+
+    /// Takes the application's wall clock at `now` (the core reads no clock).
+    fn set_wall(&mut self, now: Instant, wall_ms: u64) {
+        self.wall_ms = wall_ms;
+        self.wall_anchor = Some(now);
+        self.wire.set_wall_ms(wall_ms);
+    }
+
+    /// Advances the wall clock from the last reading to `now`.
+    fn advance_wall(&mut self, now: Instant) {
+        if let Some(at) = self.wall_anchor {
+            let ms = now.saturating_duration_since(at).as_millis() as u64;
+            self.wire.set_wall_ms(self.wall_ms.saturating_add(ms));
+        }
     }
 
     /// This node's id.
@@ -315,6 +374,7 @@ impl Endpoint {
     /// Packs queued changes into data messages (as many per datagram as fit) and queues the
     /// datagrams. Call after a batch of [`Endpoint::publish`] calls.
     pub fn flush(&mut self, now: Instant) {
+        self.advance_wall(now);
         let chunk = self.wire.chunk_size().max(64);
         if self.outbox.is_empty() {
             self.flush_at = None;
@@ -449,6 +509,9 @@ impl Endpoint {
             .next_heartbeat
             .min(self.next_pulse)
             .min(self.next_housekeeping);
+        if self.hello_pending {
+            t = t.min(self.created);
+        }
         if let Some(tail) = self.tail_at {
             t = t.min(tail);
         }
@@ -562,6 +625,7 @@ impl Endpoint {
         datagram: &[u8],
         app: &mut dyn AppState,
     ) -> Option<NodeId> {
+        self.set_wall(now, app.wall_ms());
         self.metrics.datagrams_received += 1;
         self.metrics.bytes_received += datagram.len() as u64;
         self.last_drop = None;
@@ -589,6 +653,9 @@ impl Endpoint {
                     .entry(reason.as_str().to_string())
                     .or_default() += 1;
                 tracing::trace!(reason = reason.as_str(), "datagram dropped");
+                if let Some((sender, offset)) = self.wire.take_last_stale() {
+                    self.warn_stale(now, sender, offset);
+                }
                 return None;
             }
         };
@@ -604,6 +671,17 @@ impl Endpoint {
         };
         if self.left {
             return Some(from);
+        }
+        // Credit for answers: a message for this node alone (whatever the transport) can be
+        // answered only here; one for everybody may be answered by every member.
+        let answerers = match msg.target() {
+            Some(to) if to == self.me => Some(1),
+            Some(_) => None,
+            None => Some(self.peers.len() + 1),
+        };
+        if let Some(n) = answerers {
+            self.budget
+                .earn(now, from, self.wire_size(payload.len()), n);
         }
         if let Some(to) = msg.target() {
             if to != self.me {
@@ -622,6 +700,7 @@ impl Endpoint {
         if matches!(msg, Msg::Leave) {
             if self.peers.remove(&from).is_some() {
                 self.wire.forget_sender(from);
+                self.budget.forget(from);
                 self.events.push_back(Event::Member(MemberEvent::Left {
                     id: from,
                     failed: false,
@@ -651,7 +730,7 @@ impl Endpoint {
                     Arrival::New => {
                         p.received_since_ack += 1;
                         let ack_now = p.received_since_ack >= self.cfg.ack_every;
-                        self.apply_items(&items, from, app, false);
+                        self.apply_items(now, &items, from, app, false);
                         if ack_now {
                             self.send_ack();
                         }
@@ -664,8 +743,10 @@ impl Endpoint {
                 seq_hi,
                 acks,
                 caches,
+                wall_ms,
             } => {
                 let _ = is_hello;
+                self.on_peer_clock(now, from, wall_ms);
                 self.on_ack_list(from, &acks);
                 self.bound_gaps(now, from, seq_hi);
                 if let Some(p) = self.peers.get_mut(&from) {
@@ -673,8 +754,15 @@ impl Endpoint {
                     p.recv.learn_hi(now, seq_hi, &self.cfg.nak);
                 }
                 if join {
-                    // Answer at once so the joiner learns the membership and our caches.
-                    self.send_hello(false, app.caches());
+                    // Answer at once so the joiner learns the membership and our caches (if
+                    // its budget allows; otherwise it hears our next heartbeat).
+                    let caches = app.caches();
+                    let size = 128
+                        + 24 * self.peers.len()
+                        + caches.iter().map(|c| c.len() + 2).sum::<usize>();
+                    if self.pay(now, from, self.wire_size(size)) {
+                        self.send_hello(false, caches);
+                    }
                 }
                 self.maybe_start_transfer(now, from, caches);
             }
@@ -692,12 +780,20 @@ impl Endpoint {
                     p.recv.give_up(&ranges);
                 }
                 // What was lost must come back through anti-entropy: pulse soon.
-                self.next_pulse = self.next_pulse.min(now + Duration::from_millis(10));
+                self.pulse_soon(now, Duration::from_millis(10));
             }
-            Msg::Digest { caches } => self.on_digest(from, caches, app),
+            Msg::Digest { caches } => self.on_digest(now, from, caches, app),
             Msg::Buckets {
-                cache, parts, keys, ..
-            } => self.on_buckets(now, from, &cache, &parts, keys, app),
+                cache,
+                parts,
+                keys,
+                horizon,
+                ..
+            } => {
+                if !self.refuse_ahead(now, &horizon, from) {
+                    self.on_buckets(now, from, &cache, &parts, keys, horizon, app)
+                }
+            }
             Msg::Pull { cache, keys, .. } => {
                 let items: Vec<Item> = keys
                     .iter()
@@ -707,9 +803,10 @@ impl Endpoint {
                         rec,
                     })
                     .collect();
+                let items = self.affordable(now, from, items);
                 self.send_repair(now, items);
             }
-            Msg::Repair { items } => self.apply_items(&items, from, app, true),
+            Msg::Repair { items } => self.apply_items(now, &items, from, app, true),
             Msg::SnapshotReq { cache, cursor, .. } => {
                 let key = (from, cache.clone(), cursor);
                 if let Some((id, payload)) = self
@@ -720,13 +817,22 @@ impl Endpoint {
                 {
                     // A repeated request: resend under the same message id so fragments the
                     // joiner already holds still count.
-                    self.transmit_as(&payload, Some(id), Some(from));
+                    if self.pay(now, from, self.wire_size(payload.len())) {
+                        self.transmit_as(&payload, Some(id), Some(from));
+                    }
                     return;
                 }
-                let budget = self.cfg.snapshot_chunk.min(self.list_budget());
+                // What this requester may be sent, less room for the framing.
+                let may = self.budget.available(now, from).saturating_sub(256) as usize;
+                let budget = self.cfg.snapshot_chunk.min(self.list_budget()).min(may);
+                if budget < 64 {
+                    self.count_drop("answer_budget");
+                    return;
+                }
                 let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
                 self.metrics.snapshot_chunks_served += 1;
                 let floor = app.clear_floor(&cache);
+                let horizon = app.horizon(&cache);
                 let payload = Msg::SnapshotChunk {
                     to: from,
                     cache,
@@ -734,8 +840,13 @@ impl Endpoint {
                     records,
                     next,
                     floor,
+                    horizon,
                 }
                 .encode();
+                if !self.pay(now, from, self.wire_size(payload.len())) {
+                    // A record larger than the credit: asked again, the credit grows.
+                    return;
+                }
                 if let Some(id) = self.transmit_as(&payload, None, Some(from)) {
                     if self.served.len() >= 16 {
                         self.served.pop_front();
@@ -746,19 +857,34 @@ impl Endpoint {
             Msg::SnapshotChunk {
                 cache,
                 cursor,
-                records,
+                mut records,
                 next,
                 floor,
+                horizon,
                 ..
             } => {
+                if self.refuse_ahead(now, &floor, from) || self.refuse_ahead(now, &horizon, from) {
+                    return;
+                }
                 if floor > app.clear_floor(&cache) {
                     app.apply_clear(&cache, floor, from);
                 }
-                self.on_snapshot_chunk(now, from, cache, cursor, records, next, app)
+                records.retain(|r| !self.refuse_ahead(now, &r.version, from));
+                let chunk = Chunk {
+                    cache,
+                    cursor,
+                    records,
+                    next,
+                    horizon,
+                };
+                self.on_snapshot_chunk(now, from, chunk, app)
             }
             Msg::Query { id, query } => {
                 let body = app.answer(&query);
-                self.send_msg(&Msg::Reply { to: from, id, body });
+                let reply = Msg::Reply { to: from, id, body }.encode();
+                if self.pay(now, from, self.wire_size(reply.len())) {
+                    self.transmit_as(&reply, None, Some(from));
+                }
             }
             Msg::Reply { id, body, .. } => self.events.push_back(Event::Reply { id, from, body }),
             Msg::Addresses { mut addrs } => {
@@ -810,16 +936,21 @@ impl Endpoint {
                 acked: self.send.seq_hi(),
                 recv: RecvStream::new(base),
                 received_since_ack: 0,
+                clock_offset_ms: None,
             },
         );
         self.events
             .push_back(Event::Member(MemberEvent::Joined { id: from, name }));
         if !matches!(msg, Msg::Hello { .. }) {
-            // Learn its name and our caches quickly; also ask it to announce itself.
-            self.send_hello(true, Vec::new());
+            // Learn its name and our caches quickly; also ask it to announce itself (paid from
+            // what it sent: a stream of new forged ids must not buy a Hello each).
+            let size = 128 + 24 * self.peers.len();
+            if self.pay(now, from, self.wire_size(size)) {
+                self.send_hello(true, Vec::new());
+            }
         }
         // A peer that (re)appears may have missed anything: compare digests soon.
-        self.next_pulse = self.next_pulse.min(now + Duration::from_millis(20));
+        self.pulse_soon(now, Duration::from_millis(20));
         true
     }
 
@@ -854,12 +985,21 @@ impl Endpoint {
                 .abandoned
                 .saturating_add(seq_hi.saturating_sub(old.contiguous()));
         }
-        self.next_pulse = self.next_pulse.min(now + Duration::from_millis(20));
+        self.pulse_soon(now, Duration::from_millis(20));
     }
 
-    fn apply_items(&mut self, items: &[Item], from: NodeId, app: &mut dyn AppState, repair: bool) {
+    fn apply_items(
+        &mut self,
+        now: Instant,
+        items: &[Item],
+        from: NodeId,
+        app: &mut dyn AppState,
+        repair: bool,
+    ) {
         for item in items {
             match item {
+                Item::Rec { rec, .. } if self.refuse_ahead(now, &rec.version, from) => {}
+                Item::Clear { version, .. } if self.refuse_ahead(now, version, from) => {}
                 Item::Rec { cache, rec } => match app.apply(cache, rec, from) {
                     Applied::Changed => {
                         self.metrics.changes_applied += 1;
@@ -868,6 +1008,10 @@ impl Endpoint {
                         }
                     }
                     Applied::Stale | Applied::Skipped => self.metrics.changes_stale += 1,
+                    Applied::BelowHorizon => {
+                        self.metrics.changes_stale += 1;
+                        self.count_drop("below_horizon");
+                    }
                     Applied::Undecodable => {
                         *self
                             .metrics
@@ -939,13 +1083,21 @@ impl Endpoint {
         }
     }
 
-    fn on_digest(&mut self, from: NodeId, caches: Vec<CacheDigest>, app: &mut dyn AppState) {
+    fn on_digest(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        caches: Vec<CacheDigest>,
+        app: &mut dyn AppState,
+    ) {
         for line in caches {
             if app.digest(&line.cache).is_none() {
                 continue;
             }
             // A clear this node missed (it joined later, or the message was lost for good).
-            if line.floor > app.clear_floor(&line.cache) {
+            if line.floor > app.clear_floor(&line.cache)
+                && !self.refuse_ahead(now, &line.floor, from)
+            {
                 app.apply_clear(&line.cache, line.floor, from);
             }
             let Some(mine) = app.digest(&line.cache) else {
@@ -963,6 +1115,7 @@ impl Endpoint {
             // they get through a lossy network. A bucket too long for one message is split into
             // parts by a second hash both sides compute, so every list is compared exactly.
             let budget = self.list_budget();
+            let horizon = app.horizon(&line.cache);
             let mut parts: Vec<(u16, u16, u16)> = Vec::new();
             let mut keys = Vec::new();
             let mut bytes = 0usize;
@@ -983,8 +1136,11 @@ impl Endpoint {
                             cache: line.cache.clone(),
                             parts: std::mem::take(&mut parts),
                             keys: std::mem::take(&mut keys),
+                            horizon,
                         };
-                        self.send_msg(&msg);
+                        if !self.send_paid(now, from, &msg) {
+                            return;
+                        }
                         bytes = 0;
                     }
                     parts.push((b, p as u16, of));
@@ -993,16 +1149,21 @@ impl Endpoint {
                 }
             }
             if !parts.is_empty() {
-                self.send_msg(&Msg::Buckets {
+                let msg = Msg::Buckets {
                     to: from,
                     cache: line.cache.clone(),
                     parts,
                     keys,
-                });
+                    horizon,
+                };
+                if !self.send_paid(now, from, &msg) {
+                    return;
+                }
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_buckets(
         &mut self,
         now: Instant,
@@ -1010,6 +1171,7 @@ impl Endpoint {
         cache: &str,
         parts: &[(u16, u16, u16)],
         theirs: Vec<KeyVersion>,
+        their_horizon: Version,
         app: &mut dyn AppState,
     ) {
         if app.digest(cache).is_none() {
@@ -1021,6 +1183,8 @@ impl Endpoint {
         }
         let mut push = Vec::new();
         let mut pull = Vec::new();
+        let mut doubtful = Vec::new();
+        let my_horizon = app.horizon(cache);
         let cutoff = app
             .wall_ms()
             .saturating_sub(self.cfg.settle.as_millis() as u64);
@@ -1050,6 +1214,14 @@ impl Endpoint {
                         }
                     }
                     Some(t) if t.version == mine.version => {}
+                    // They do not hold the key and may have forgotten its delete: a live
+                    // entry is dropped here (a miss is safe, a resurrection is not), a
+                    // tombstone need not be sent (they refuse what it would refuse).
+                    None if mine.version <= their_horizon => {
+                        if !mine.deleted {
+                            doubtful.push((mine.key, mine.version));
+                        }
+                    }
                     _ => {
                         if settled(&mine.version) {
                             push.push(mine.key)
@@ -1058,11 +1230,17 @@ impl Endpoint {
                 }
             }
         }
-        // Keys they hold and we do not know at all.
+        for (key, version) in doubtful {
+            if app.drop_doubtful(cache, &key, version) {
+                self.metrics.horizon_drops += 1;
+            }
+        }
+        // Keys they hold and we do not know at all (unless we would refuse them: they drop
+        // those live ones when they compare against our horizon).
         pull.extend(
             their_map
                 .into_values()
-                .filter(|kv| settled(&kv.version))
+                .filter(|kv| settled(&kv.version) && kv.version > my_horizon)
                 .map(|kv| kv.key),
         );
         let items: Vec<Item> = push
@@ -1073,6 +1251,7 @@ impl Endpoint {
                 rec,
             })
             .collect();
+        let items = self.affordable(now, from, items);
         self.send_repair(now, items);
         let budget = self.list_budget();
         let mut keys = Vec::new();
@@ -1104,11 +1283,8 @@ impl Endpoint {
         }
         let mut pending = BTreeMap::new();
         for cache in caches {
-            self.send_msg(&Msg::SnapshotReq {
-                to: from,
-                cache: cache.clone(),
-                cursor: 0,
-            });
+            let req = self.snapshot_req(from, cache.clone(), 0);
+            self.send_msg(&req);
             pending.insert(cache, (0, now));
         }
         self.join = JoinState::Transferring(Transfer {
@@ -1124,17 +1300,20 @@ impl Endpoint {
         (self.cfg.tail_delay * 25).min(self.cfg.heartbeat)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_snapshot_chunk(
         &mut self,
         now: Instant,
         from: NodeId,
-        cache: String,
-        cursor: u64,
-        records: Vec<Record>,
-        next: Option<u64>,
+        chunk: Chunk,
         app: &mut dyn AppState,
     ) {
+        let Chunk {
+            cache,
+            cursor,
+            records,
+            next,
+            horizon,
+        } = chunk;
         for rec in &records {
             if app.apply(&cache, rec, from) == Applied::Changed {
                 self.metrics.snapshot_records_applied += 1;
@@ -1151,14 +1330,14 @@ impl Endpoint {
             Some(n) => {
                 tr.pending.insert(cache.clone(), (n, now));
                 tr.deadline = now + timeout;
-                self.send_msg(&Msg::SnapshotReq {
-                    to: from,
-                    cache,
-                    cursor: n,
-                });
+                let req = self.snapshot_req(from, cache, n);
+                self.send_msg(&req);
             }
             None => {
                 tr.pending.remove(&cache);
+                // The copy is complete: it forgot what the donor forgot. (Adopted only now, so
+                // that the donor's own records older than its horizon are not refused.)
+                app.raise_horizon(&cache, horizon);
                 if tr.pending.is_empty() {
                     self.metrics.state_transfers += 1;
                     self.become_ready(now);
@@ -1178,6 +1357,10 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant, app: &mut dyn AppState) {
         if self.left {
             return;
+        }
+        self.set_wall(now, app.wall_ms());
+        if std::mem::take(&mut self.hello_pending) {
+            self.send_hello(true, Vec::new());
         }
         self.flush(now);
         if let Some(t) = self.tail_at {
@@ -1218,17 +1401,15 @@ impl Endpoint {
                 // The donor stalled: ask again from where we are, or give up if it is gone.
                 if self.peers.contains_key(&tr.donor) {
                     tr.deadline = now + (self.cfg.tail_delay * 25).min(self.cfg.heartbeat);
-                    let reqs: Vec<Msg> = tr
+                    let donor = tr.donor;
+                    let asks: Vec<(String, u64)> = tr
                         .pending
                         .iter()
-                        .map(|(c, (cursor, _))| Msg::SnapshotReq {
-                            to: tr.donor,
-                            cache: c.clone(),
-                            cursor: *cursor,
-                        })
+                        .map(|(c, (cursor, _))| (c.clone(), *cursor))
                         .collect();
-                    for m in reqs {
-                        self.send_msg(&m);
+                    for (cache, cursor) in asks {
+                        let req = self.snapshot_req(donor, cache, cursor);
+                        self.send_msg(&req);
                     }
                 } else {
                     // Anti-entropy with the remaining peers completes the copy.
@@ -1247,6 +1428,7 @@ impl Endpoint {
                 self.pulse_deferred_since = None;
                 self.next_pulse = now + self.cfg.pulse;
                 self.periodic_pulse = self.next_pulse;
+                self.last_pulse_at = Some(now);
                 self.send_pulse(app);
             }
         }
@@ -1285,6 +1467,7 @@ impl Endpoint {
         for id in removed {
             self.peers.remove(&id);
             self.wire.forget_sender(id);
+            self.budget.forget(id);
             self.events
                 .push_back(Event::Member(MemberEvent::Left { id, failed: true }));
         }
@@ -1325,6 +1508,7 @@ impl Endpoint {
             seq_hi: self.send.seq_hi(),
             acks,
             caches,
+            wall_ms: self.wall_ms,
         };
         self.send_msg(&msg);
     }
@@ -1353,6 +1537,16 @@ impl Endpoint {
             self.outbox.push_back(item);
         }
         self.flush(now);
+    }
+
+    /// Sends an answer to `to` if its answer budget pays for it.
+    fn send_paid(&mut self, now: Instant, to: NodeId, msg: &Msg) -> bool {
+        let payload = msg.encode();
+        if !self.pay(now, to, self.wire_size(payload.len())) {
+            return false;
+        }
+        self.transmit_as(&payload, None, msg.target());
+        true
     }
 
     fn send_msg(&mut self, msg: &Msg) -> Option<u64> {
@@ -1384,6 +1578,185 @@ impl Endpoint {
                     .or_default() += 1;
                 None
             }
+        }
+    }
+
+    /// Brings the next pulse forward to `now + delay`, but no closer than half a heartbeat after
+    /// the last one: peers (or forged senders) appearing, or `Gone` answers, cannot make this
+    /// node multicast digests back to back.
+    fn pulse_soon(&mut self, now: Instant, delay: Duration) {
+        let mut at = now + delay;
+        if let Some(last) = self.last_pulse_at {
+            at = at.max(last + (self.cfg.heartbeat / 2).max(Duration::from_millis(20)));
+        }
+        self.next_pulse = self.next_pulse.min(at);
+    }
+
+    /// Takes `bytes` of `to`'s answer budget; counts `answer_budget` and returns false if it
+    /// does not have them.
+    fn pay(&mut self, now: Instant, to: NodeId, bytes: usize) -> bool {
+        if self.budget.spend(now, to, bytes) {
+            return true;
+        }
+        self.count_drop("answer_budget");
+        false
+    }
+
+    /// The longest prefix of `items` that `to`'s answer budget pays for (the rest is asked
+    /// again at a later pulse).
+    fn affordable(&mut self, now: Instant, to: NodeId, mut items: Vec<Item>) -> Vec<Item> {
+        let may = self.budget.available(now, to) as usize;
+        let mut total = 0usize;
+        let mut n = 0;
+        for it in &items {
+            let w = self.wire_size(it.weight());
+            if total + w > may {
+                break;
+            }
+            total += w;
+            n += 1;
+        }
+        if n < items.len() {
+            self.count_drop("answer_budget");
+            items.truncate(n);
+        }
+        if total > 0 {
+            self.budget.spend(now, to, total);
+        }
+        items
+    }
+
+    /// Bytes on the wire for a message payload of `len` bytes (headers and tags included).
+    fn wire_size(&self, len: usize) -> usize {
+        let chunk = self.wire.chunk_size().max(1);
+        len + len.div_ceil(chunk).max(1) * (super::header::HEADER_LEN + 16)
+    }
+
+    /// A snapshot request, padded to about one datagram so the donor's answer is paid for.
+    fn snapshot_req(&self, to: NodeId, cache: String, cursor: u64) -> Msg {
+        let pad = self
+            .wire
+            .chunk_size()
+            .saturating_sub(cache.len() + 64)
+            .min(1 << 16);
+        Msg::SnapshotReq {
+            to,
+            cache,
+            cursor,
+            pad: serde_bytes::ByteBuf::from(vec![0u8; pad]),
+        }
+    }
+
+    fn count_drop(&mut self, reason: &str) {
+        match self.metrics.dropped.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                self.metrics.dropped.insert(reason.to_string(), 1);
+            }
+        }
+    }
+
+    /// True (and counted as `clock_skew`, with a rate-limited warning) if `version` is further
+    /// ahead of this node's wall clock than `max_clock_skew`: it must not be applied, stored
+    /// as a floor or horizon, or observed into the clock.
+    fn refuse_ahead(&mut self, now: Instant, version: &Version, from: NodeId) -> bool {
+        let skew = self.cfg.max_clock_skew.as_millis().min(u64::MAX as u128) as u64;
+        if self.wall_ms == 0 || !too_far_ahead(version, self.wall_ms, skew) {
+            return false;
+        }
+        self.count_drop("clock_skew");
+        if self
+            .warned_skew
+            .is_none_or(|t| now.saturating_duration_since(t) >= WARN_EVERY)
+        {
+            self.warned_skew = Some(now);
+            tracing::warn!(
+                peer = %from,
+                ahead_ms = version.millis().saturating_sub(self.wall_ms),
+                max_clock_skew_ms = skew,
+                "refused a version further ahead of this node's clock than max_clock_skew \
+                 (a peer's clock is wrong, or the datagram is forged)"
+            );
+        }
+        true
+    }
+
+    /// An authentic datagram stamped too far from this node's clock: one of the two clocks is
+    /// wrong (or it is a replay). Rate-limited warning.
+    fn warn_stale(&mut self, now: Instant, sender: NodeId, offset: i64) {
+        let skew = self.cfg.max_clock_skew.as_millis().min(i64::MAX as u128) as i64;
+        if offset.abs() <= skew.saturating_mul(2) {
+            // Plausibly an old replay rather than a clock problem: counted, not warned about.
+            return;
+        }
+        if self
+            .warned_offset
+            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
+        {
+            return;
+        }
+        self.warned_offset = Some(now);
+        if self.peers.is_empty() {
+            self.metrics.clock_offset_ms = -offset;
+        }
+        tracing::warn!(
+            peer = %sender,
+            offset_ms = offset,
+            "refusing authentic datagrams stamped this far from this node's clock (beyond \
+             the replay horizon / max_clock_skew): this node's clock or the peer's is wrong"
+        );
+    }
+
+    /// Notes a peer's wall clock from its heartbeat; warns (rate-limited) when this node's
+    /// clock is more than half of `max_clock_skew` away from every peer's, or one peer's is.
+    fn on_peer_clock(&mut self, now: Instant, from: NodeId, their_wall: u64) {
+        if their_wall == 0 || self.wall_ms == 0 {
+            return;
+        }
+        let offset = (their_wall as i128 - self.wall_ms as i128)
+            .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        p.clock_offset_ms = Some(offset);
+        let limit = (self.cfg.max_clock_skew.as_millis() / 2).min(i64::MAX as u128) as i64;
+        let offsets: Vec<i64> = self
+            .peers
+            .values()
+            .filter_map(|p| p.clock_offset_ms)
+            .collect();
+        let mut sorted = offsets.clone();
+        sorted.sort_unstable();
+        self.metrics.clock_offset_ms = sorted
+            .get(sorted.len().saturating_sub(1) / 2)
+            .map_or(0, |m| -m);
+        if offset.unsigned_abs() <= limit as u64 {
+            return;
+        }
+        if self
+            .warned_offset
+            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
+        {
+            return;
+        }
+        self.warned_offset = Some(now);
+        if offsets
+            .iter()
+            .all(|o| o.unsigned_abs() > limit as u64 && o.signum() == offset.signum())
+        {
+            tracing::warn!(
+                offset_ms = -offset,
+                peers = offsets.len(),
+                "this node's clock is {} of every peer's by more than half of max_clock_skew: \
+                 fix its time synchronisation (its writes may be refused or lose to older ones)",
+                if offset > 0 { "behind" } else { "ahead" }
+            );
+        } else {
+            tracing::warn!(
+                peer = %from,
+                offset_ms = offset,
+                "a peer's clock differs from this node's by more than half of max_clock_skew"
+            );
         }
     }
 

@@ -9,10 +9,8 @@
 //! fragments, absurd claimed sizes, floods of partial messages from spoofed senders) is refused
 //! or evicted without panics and without unbounded memory: see [`Reassembler`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
-
-use indexmap::IndexMap;
 
 use super::crypto::{CRC_LEN, TAG_LEN};
 use super::drop::DropReason;
@@ -22,13 +20,13 @@ use super::version::NodeId;
 /// Default bound on messages from one sender being reassembled at once.
 pub const DEFAULT_MAX_PER_SENDER: usize = 32;
 
-/// Payload bytes one datagram of at most `mtu` bytes can carry: `mtu - 40 - (16 | 4)`
+/// Payload bytes one datagram of at most `mtu` bytes can carry: `mtu - 48 - (16 | 4)`
 /// (tag when encrypted, crc otherwise). Zero if the MTU cannot hold a header.
 ///
 /// ```
 /// use mccache_proto::fragment::max_payload_per_datagram;
-/// assert_eq!(max_payload_per_datagram(1472, true), 1416);
-/// assert_eq!(max_payload_per_datagram(1472, false), 1428);
+/// assert_eq!(max_payload_per_datagram(1472, true), 1408);
+/// assert_eq!(max_payload_per_datagram(1472, false), 1420);
 /// assert_eq!(max_payload_per_datagram(50, true), 0);
 /// ```
 pub fn max_payload_per_datagram(mtu: usize, encrypted: bool) -> usize {
@@ -79,6 +77,9 @@ pub struct ReassemblyLimits {
     pub max_per_sender: usize,
 }
 
+/// One sender's live assembly count and its `(message id, creation number)` queue.
+type SenderQueue = (usize, VecDeque<(u64, u64)>);
+
 /// Collects the fragments of multi-fragment messages until they are complete.
 ///
 /// Bounds: [`ReassemblyLimits`]. When a bound is hit, the oldest assembly is evicted (counted in
@@ -101,9 +102,15 @@ pub struct ReassemblyLimits {
 #[derive(Debug)]
 pub struct Reassembler {
     limits: ReassemblyLimits,
-    /// In insertion order: index 0 is the oldest assembly.
-    table: IndexMap<(NodeId, u64), Assembly, foldhash::fast::RandomState>,
-    per_sender: HashMap<NodeId, usize, foldhash::fast::RandomState>,
+    table: HashMap<(NodeId, u64), Assembly, foldhash::fast::RandomState>,
+    /// Assemblies in creation order (oldest first) with their creation number; entries whose
+    /// assembly is gone (or was re-created) are skipped lazily, and the queue is compacted when
+    /// they pile up, so every operation is amortized O(1).
+    order: VecDeque<((NodeId, u64), u64)>,
+    /// Per sender: its assemblies, oldest first, same lazy scheme.
+    per_sender: HashMap<NodeId, SenderQueue, foldhash::fast::RandomState>,
+    /// Creation counter.
+    born: u64,
     bytes_held: usize,
     next_sweep: Option<Instant>,
     expired: u64,
@@ -124,6 +131,8 @@ struct Assembly {
     payload_bytes: usize,
     frag_bytes: usize,
     last_activity: Instant,
+    /// Creation number (matches its entries in the order queues).
+    born: u64,
 }
 
 /// Bookkeeping charged per assembly on top of its vectors.
@@ -167,8 +176,10 @@ impl Reassembler {
         limits.max_per_sender = limits.max_per_sender.max(1);
         Reassembler {
             limits,
-            table: IndexMap::default(),
+            table: HashMap::default(),
+            order: VecDeque::new(),
             per_sender: HashMap::default(),
+            born: 0,
             bytes_held: 0,
             next_sweep: None,
             expired: 0,
@@ -216,9 +227,8 @@ impl Reassembler {
         let max = self.limits.max_message_size;
         let is_last = index == count - 1;
         let key = (sender, message_id);
-        let slot = match self.table.get_index_of(&key) {
-            Some(slot) => {
-                let a = &mut self.table[slot];
+        match self.table.get_mut(&key) {
+            Some(a) => {
                 if a.count != count {
                     return Err(DropReason::Malformed);
                 }
@@ -241,17 +251,16 @@ impl Reassembler {
                                 .saturating_mul(len)
                                 .saturating_add(a.last_len.unwrap_or(1));
                             if claimed > max {
-                                self.remove_at(slot);
+                                self.remove(&key);
                                 return Err(DropReason::Oversize);
                             }
                         }
                     }
                 }
                 if a.payload_bytes + len > max {
-                    self.remove_at(slot);
+                    self.remove(&key);
                     return Err(DropReason::Oversize);
                 }
-                slot
             }
             None => {
                 // The smallest message consistent with this fragment must fit.
@@ -265,12 +274,11 @@ impl Reassembler {
                 if claimed > max {
                     return Err(DropReason::Oversize);
                 }
-                if self.per_sender.get(&sender).copied().unwrap_or(0) >= self.limits.max_per_sender
+                if self.per_sender.get(&sender).map_or(0, |(n, _)| *n) >= self.limits.max_per_sender
+                    && let Some(oldest) = self.oldest_of(sender)
                 {
-                    if let Some(oldest) = self.table.keys().position(|(s, _)| *s == sender) {
-                        self.remove_at(oldest);
-                        self.evicted += 1;
-                    }
+                    self.remove(&oldest);
+                    self.evicted += 1;
                 }
                 let a = Assembly {
                     count,
@@ -282,14 +290,22 @@ impl Reassembler {
                     payload_bytes: 0,
                     frag_bytes: 0,
                     last_activity: now,
+                    born: self.born,
                 };
                 self.bytes_held += a.held();
-                *self.per_sender.entry(sender).or_insert(0) += 1;
-                self.table.insert_full(key, a).0
+                let mine = self.per_sender.entry(sender).or_default();
+                mine.0 += 1;
+                mine.1.push_back((message_id, self.born));
+                self.order.push_back((key, self.born));
+                self.born += 1;
+                self.table.insert(key, a);
+                self.compact();
             }
-        };
+        }
 
-        let a = &mut self.table[slot];
+        let Some(a) = self.table.get_mut(&key) else {
+            return Err(DropReason::ReassemblyLimit);
+        };
         let before = a.held();
         if is_last {
             a.last_len = Some(len);
@@ -306,61 +322,109 @@ impl Reassembler {
         self.bytes_held += grown;
 
         if a.received == a.count {
-            let a = self.remove_at(slot);
+            let a = self.remove(&key).expect("present");
             return Ok(Some(a.into_payload()));
         }
 
         // Over the byte budget: evict the oldest other assemblies, then this one if need be.
-        let mut slot = slot;
         while self.bytes_held > self.limits.max_bytes {
-            let victim = if slot == 0 { 1 } else { 0 };
-            if victim >= self.table.len() {
-                self.remove_at(slot);
-                self.evicted += 1;
-                return Err(DropReason::ReassemblyLimit);
-            }
-            self.remove_at(victim);
-            self.evicted += 1;
-            if victim < slot {
-                slot -= 1;
+            match self.oldest_other_than(key) {
+                Some(victim) => {
+                    self.remove(&victim);
+                    self.evicted += 1;
+                }
+                None => {
+                    self.remove(&key);
+                    self.evicted += 1;
+                    return Err(DropReason::ReassemblyLimit);
+                }
             }
         }
         Ok(None)
     }
 
-    /// Drops assemblies that received nothing for the timeout. Returns how many.
+    /// The oldest live assembly other than `keep` (skipping and discarding stale queue entries
+    /// at the front; `keep` itself stays queued).
+    fn oldest_other_than(&mut self, keep: (NodeId, u64)) -> Option<(NodeId, u64)> {
+        let mut kept = None;
+        let found = loop {
+            let (key, born) = self.order.pop_front()?;
+            if self.table.get(&key).is_none_or(|a| a.born != born) {
+                continue; // gone or re-created: stale entry
+            }
+            if key == keep {
+                kept = Some((key, born));
+                continue;
+            }
+            self.order.push_front((key, born));
+            break Some(key);
+        };
+        if let Some(k) = kept {
+            self.order.push_front(k);
+        }
+        found
+    }
+
+    /// The oldest live assembly of `sender`.
+    fn oldest_of(&mut self, sender: NodeId) -> Option<(NodeId, u64)> {
+        let (_, queue) = self.per_sender.get_mut(&sender)?;
+        while let Some(&(mid, born)) = queue.front() {
+            if self
+                .table
+                .get(&(sender, mid))
+                .is_some_and(|a| a.born == born)
+            {
+                return Some((sender, mid));
+            }
+            queue.pop_front();
+        }
+        None
+    }
+
+    /// Drops stale queue entries once they outnumber live ones (amortized O(1)).
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.table.len() + 64 {
+            let table = &self.table;
+            self.order
+                .retain(|(k, born)| table.get(k).is_some_and(|a| a.born == *born));
+        }
+    }
+
+    /// Drops assemblies that received nothing for the timeout. Returns how many. One pass over
+    /// the table (run every half timeout), so amortized O(1) per assembly.
     pub fn expire(&mut self, now: Instant) -> usize {
         let timeout = self.limits.timeout;
-        let mut dropped = 0;
-        let mut i = 0;
-        while i < self.table.len() {
-            let idle = now.saturating_duration_since(self.table[i].last_activity);
-            if idle >= timeout {
-                self.remove_at(i);
-                dropped += 1;
-            } else {
-                i += 1;
-            }
+        let idle: Vec<(NodeId, u64)> = self
+            .table
+            .iter()
+            .filter(|(_, a)| now.saturating_duration_since(a.last_activity) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &idle {
+            self.remove(k);
         }
-        self.expired += dropped as u64;
+        self.expired += idle.len() as u64;
         self.next_sweep = Some(now + timeout / 2);
-        dropped
+        self.compact();
+        idle.len()
     }
 
     /// Drops every assembly of `sender`.
     pub fn forget_sender(&mut self, sender: NodeId) {
-        let mut i = 0;
-        while i < self.table.len() {
+        let Some((_, queue)) = self.per_sender.remove(&sender) else {
+            return;
+        };
+        for (mid, born) in queue {
             if self
                 .table
-                .get_index(i)
-                .is_some_and(|((s, _), _)| *s == sender)
+                .get(&(sender, mid))
+                .is_some_and(|a| a.born == born)
+                && let Some(a) = self.table.remove(&(sender, mid))
             {
-                self.remove_at(i);
-            } else {
-                i += 1;
+                self.bytes_held -= a.held();
             }
         }
+        self.compact();
     }
 
     /// Messages being reassembled.
@@ -383,17 +447,22 @@ impl Reassembler {
         self.evicted
     }
 
-    fn remove_at(&mut self, slot: usize) -> Assembly {
-        // Invariant: callers pass an index below `self.table.len()`.
-        let ((sender, _), a) = self.table.shift_remove_index(slot).expect("slot in range");
+    fn remove(&mut self, key: &(NodeId, u64)) -> Option<Assembly> {
+        let a = self.table.remove(key)?;
         self.bytes_held -= a.held();
-        if let Some(n) = self.per_sender.get_mut(&sender) {
+        if let Some((n, queue)) = self.per_sender.get_mut(&key.0) {
             *n -= 1;
             if *n == 0 {
-                self.per_sender.remove(&sender);
+                self.per_sender.remove(&key.0);
+            } else if queue.len() > 2 * *n + 64 {
+                let table = &self.table;
+                let sender = key.0;
+                queue.retain(|(mid, born)| {
+                    table.get(&(sender, *mid)).is_some_and(|a| a.born == *born)
+                });
             }
         }
-        a
+        Some(a)
     }
 }
 

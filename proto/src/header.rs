@@ -1,9 +1,9 @@
-//! The fixed 40-byte datagram header, in network byte order.
+//! The fixed 48-byte datagram header, in network byte order.
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 2 | magic `"MC"` |
-//! | 2 | 1 | wire version (1) |
+//! | 2 | 1 | wire version (2) |
 //! | 3 | 1 | flags: bit 0 `ENCRYPTED`, other bits reserved (0) |
 //! | 4 | 1 | key id (sealed: fingerprint of the sealing key; plaintext: 0) |
 //! | 5 | 1 | reserved (0) |
@@ -13,20 +13,21 @@
 //! | 14 | 8 | sender node id (non-zero) |
 //! | 22 | 8 | packet number (per sender, from 1, never reused) |
 //! | 30 | 8 | message id (shared by all fragments of one message) |
-//! | 38 | 2 | reserved (0) |
+//! | 38 | 8 | send time: sender's wall clock, ms since the Unix epoch (replay horizon) |
+//! | 46 | 2 | reserved (0) |
 //!
-//! Fields add up to 38 bytes; the last two bytes are reserved so the header is a round 40 bytes
+//! Fields add up to 46 bytes; the last two bytes are reserved so the header is a round 48 bytes
 //! and can grow a field without a new wire version.
 
 use super::drop::DropReason;
 use super::version::NodeId;
 
 /// Bytes in every header.
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 48;
 /// The first two bytes of every datagram.
 pub const MAGIC: [u8; 2] = *b"MC";
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Flag bit: the body is sealed (XChaCha20-Poly1305) rather than plaintext with a crc32.
 pub const FLAG_ENCRYPTED: u8 = 0b0000_0001;
 
@@ -50,6 +51,9 @@ pub struct Header {
     pub packet_number: u64,
     /// Per-sender message counter; all fragments of one message share it.
     pub message_id: u64,
+    /// The sender's wall clock when it sealed the datagram, ms since the Unix epoch
+    /// (authenticated in sealed mode; receivers refuse datagrams older than the replay horizon).
+    pub sent_ms: u64,
 }
 
 impl Header {
@@ -59,7 +63,8 @@ impl Header {
     /// use mccache_proto::header::{Header, HEADER_LEN};
     /// use mccache_proto::version::NodeId;
     /// let h = Header { encrypted: true, key_id: 7, frag_index: 1, frag_count: 3,
-    ///                  cluster_id: 42, sender: NodeId(9), packet_number: 5, message_id: 2 };
+    ///                  cluster_id: 42, sender: NodeId(9), packet_number: 5, message_id: 2,
+    ///                  sent_ms: 1_700_000_000_000 };
     /// let bytes = h.encode();
     /// assert_eq!(bytes.len(), HEADER_LEN);
     /// assert_eq!(Header::decode(&bytes), Ok(h));
@@ -77,6 +82,7 @@ impl Header {
         b[14..22].copy_from_slice(&self.sender.0.to_be_bytes());
         b[22..30].copy_from_slice(&self.packet_number.to_be_bytes());
         b[30..38].copy_from_slice(&self.message_id.to_be_bytes());
+        b[38..46].copy_from_slice(&self.sent_ms.to_be_bytes());
         b
     }
 
@@ -97,7 +103,7 @@ impl Header {
             return Err(DropReason::BadVersion);
         }
         let flags = b[3];
-        if flags & !FLAG_ENCRYPTED != 0 || b[5] != 0 || b[38] != 0 || b[39] != 0 {
+        if flags & !FLAG_ENCRYPTED != 0 || b[5] != 0 || b[46] != 0 || b[47] != 0 {
             return Err(DropReason::Malformed);
         }
         let encrypted = flags & FLAG_ENCRYPTED != 0;
@@ -123,6 +129,7 @@ impl Header {
             sender,
             packet_number,
             message_id: be_u64(b, 30),
+            sent_ms: be_u64(b, 38),
         })
     }
 }
@@ -159,16 +166,18 @@ mod tests {
             sender: NodeId(0x0102_0304_0506_0708),
             packet_number: 1,
             message_id: 1,
+            sent_ms: 7,
         }
     }
 
     #[test]
     fn layout_is_network_byte_order() {
         let b = sample().encode();
-        assert_eq!(&b[0..4], b"MC\x01\x00");
+        assert_eq!(&b[0..4], b"MC\x02\x00");
         assert_eq!(&b[8..10], &[0, 1]);
         assert_eq!(&b[14..22], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&b[22..30], &[0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(&b[38..46], &[0, 0, 0, 0, 0, 0, 0, 7]);
     }
 
     #[test]
@@ -180,15 +189,15 @@ mod tests {
             Header::decode(&b)
         };
         assert_eq!(with(0, b'X'), Err(DropReason::BadMagic));
-        assert_eq!(with(2, 2), Err(DropReason::BadVersion));
+        assert_eq!(with(2, 1), Err(DropReason::BadVersion));
         assert_eq!(with(3, 0x80), Err(DropReason::Malformed));
         assert_eq!(with(4, 1), Err(DropReason::Malformed)); // key id in plaintext
         assert_eq!(with(5, 1), Err(DropReason::Malformed));
-        assert_eq!(with(39, 1), Err(DropReason::Malformed));
+        assert_eq!(with(47, 1), Err(DropReason::Malformed));
         assert_eq!(with(9, 0), Err(DropReason::Malformed)); // frag count 0
         assert_eq!(with(7, 1), Err(DropReason::Malformed)); // index 1 >= count 1
         assert_eq!(with(29, 0), Err(DropReason::Malformed)); // packet number 0
-        assert_eq!(Header::decode(&good[..39]), Err(DropReason::TooShort));
+        assert_eq!(Header::decode(&good[..47]), Err(DropReason::TooShort));
         assert_eq!(Header::decode(&[]), Err(DropReason::TooShort));
         assert_eq!(Header::decode(b"GET / HTTP"), Err(DropReason::BadMagic));
     }

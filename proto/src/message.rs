@@ -90,6 +90,9 @@ pub enum Msg {
         acks: Vec<(NodeId, u64)>,
         /// Caches this node holds (joiners fetch them).
         caches: Vec<String>,
+        /// The sender's wall clock (ms since the Unix epoch) when it sent this: receivers
+        /// compare it with their own to warn about clocks that drift apart.
+        wall_ms: u64,
     },
     /// Cumulative acknowledgement between heartbeats (sent after many messages, never per message).
     Ack {
@@ -135,6 +138,10 @@ pub enum Msg {
         parts: Vec<(u16, u16, u16)>,
         /// Every key in those parts with its version (tombstones included).
         keys: Vec<KeyVersion>,
+        /// The sender's tombstone horizon for this cache: it may have forgotten deletes at or
+        /// below it, so a live key it does not list at or below it is dropped, not pushed
+        /// (see "No resurrection" in docs/PROTOCOL.md).
+        horizon: Version,
     },
     /// Anti-entropy: `to` should send its records for these keys.
     Pull {
@@ -158,6 +165,9 @@ pub enum Msg {
         cache: String,
         /// Where to continue (0 = start).
         cursor: u64,
+        /// Padding (about one datagram): the donor answers at most a few times what a
+        /// requester sends (see [`crate::budget`]), so the joiner pays for its chunks.
+        pad: serde_bytes::ByteBuf,
     },
     /// State transfer: one chunk of a cache, for `to`.
     SnapshotChunk {
@@ -173,6 +183,8 @@ pub enum Msg {
         next: Option<u64>,
         /// The donor's newest clear of this cache.
         floor: Version,
+        /// The donor's tombstone horizon: the joiner adopts it when its copy is complete.
+        horizon: Version,
     },
     /// A cluster-wide question (metrics, checksums).
     Query {
@@ -274,6 +286,7 @@ mod tests {
                 seq_hi: 3,
                 acks: vec![(NodeId(1), 2)],
                 caches: vec!["c".into()],
+                wall_ms: 1,
             },
             Msg::Nak {
                 to: NodeId(3),
@@ -301,6 +314,7 @@ mod tests {
                 records: vec![rec],
                 next: None,
                 floor: Version::ZERO,
+                horizon: Version::new(3, NodeId(4)),
             },
         ];
         for m in msgs {

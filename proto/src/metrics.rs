@@ -72,4 +72,10 @@ pub struct NetworkMetrics {
     pub apply_lag_p50_us: u64,
     /// Apply lag p99 in microseconds.
     pub apply_lag_p99_us: u64,
+    /// This node's wall clock minus its peers' (median, from their heartbeats), in ms: far
+    /// from 0 means this node's clock (or most peers') is wrong.
+    pub clock_offset_ms: i64,
+    /// Live entries dropped because a peer that lacks them may have forgotten their delete
+    /// (see "No resurrection" in docs/PROTOCOL.md).
+    pub horizon_drops: u64,
 }

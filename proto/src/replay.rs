@@ -103,63 +103,173 @@ impl ReplayWindow {
     }
 }
 
-/// Windows for a bounded number of senders; the least recently heard sender is forgotten when
-/// a new one arrives and the table is full.
+/// Departed senders remembered at most (sealed mode); beyond, the oldest is forgotten and
+/// the timestamp floor rises past its last datagram.
+pub const DEFAULT_MAX_DEPARTED: usize = 4096;
+
+/// How far below a sender's window a plaintext datagram may fall before the window restarts
+/// there instead of refusing it (see [`ReplayGuard::plaintext`]).
+pub const PLAINTEXT_RESTART_BELOW: u64 = 1 << 16;
+
+/// Windows for a bounded number of senders, and (sealed mode) a bounded memory of senders
+/// that were forgotten, so that no datagram is ever accepted twice.
 ///
-/// A forgotten sender's next datagram starts a fresh window, so its old datagrams could be
-/// replayed once after that; the protocol layer's version ordering keeps such replays harmless
-/// for data (an old version never overwrites a newer one).
+/// Every datagram carries its sender's wall-clock send time (`sent_ms`, authenticated). In
+/// sealed mode:
+/// - a datagram is refused when `sent_ms` is older than the replay horizon or not above the
+///   floor (`Stale`);
+/// - a sender forgotten (it left, was declared dead, or was evicted from the table) is kept as
+///   departed: `(highest packet number, newest sent_ms)`; its numbers up to the highest are
+///   refused, so a replay is refused while it could still be fresh;
+/// - a departed entry is dropped once its newest `sent_ms` is older than the horizon (any
+///   replay of it is then stale); if the table is full, the entry with the oldest `sent_ms`
+///   goes and the floor rises to that `sent_ms`, so its datagrams stay refused.
+///
+/// Memory is bounded by `max_senders + max_departed` entries.
+///
+/// In plaintext mode anyone can forge any header, so replay protection only filters network
+/// duplicates: there is no departed memory, and a datagram far below its sender's window
+/// ([`PLAINTEXT_RESTART_BELOW`]) restarts the window there, so one forged far-ahead packet
+/// number cannot shut a real sender out.
 #[derive(Debug)]
 pub struct ReplayGuard {
-    windows: HashMap<NodeId, (ReplayWindow, u64), foldhash::fast::RandomState>,
+    windows: HashMap<NodeId, Live, foldhash::fast::RandomState>,
+    departed: HashMap<NodeId, (u64, u64), foldhash::fast::RandomState>,
     max_senders: usize,
+    max_departed: usize,
+    /// Datagrams sent at or before this wall time (ms) are refused (sealed mode).
+    floor_ms: u64,
+    sealed: bool,
     /// Logical clock for least-recently-heard eviction.
     tick: u64,
 }
 
+#[derive(Debug)]
+struct Live {
+    window: ReplayWindow,
+    heard: u64,
+    newest_ms: u64,
+}
+
 impl ReplayGuard {
-    /// A guard that keeps windows for at most `max_senders` senders (at least 1).
+    /// A guard that keeps windows for at most `max_senders` senders (at least 1), in sealed
+    /// mode (departed senders remembered).
     pub fn new(max_senders: usize) -> ReplayGuard {
         ReplayGuard {
             windows: HashMap::default(),
+            departed: HashMap::default(),
             max_senders: max_senders.max(1),
+            max_departed: DEFAULT_MAX_DEPARTED,
+            floor_ms: 0,
+            sealed: true,
             tick: 0,
         }
     }
 
+    /// The plaintext variant (see the type's documentation).
+    pub fn plaintext(max_senders: usize) -> ReplayGuard {
+        ReplayGuard {
+            sealed: false,
+            ..ReplayGuard::new(max_senders)
+        }
+    }
+
+    /// Sets how many departed senders are remembered (at least 1).
+    pub fn with_max_departed(mut self, max_departed: usize) -> ReplayGuard {
+        self.max_departed = max_departed.max(1);
+        self
+    }
+
     /// Accepts `pn` from `sender` if it was not seen before (and is not older than the window).
-    /// Call only for authenticated datagrams.
-    pub fn accept(&mut self, sender: NodeId, pn: u64) -> Result<(), DropReason> {
+    /// Call only for authenticated datagrams. `sent_ms` is the datagram's send time.
+    pub fn accept(&mut self, sender: NodeId, pn: u64, sent_ms: u64) -> Result<(), DropReason> {
         self.tick += 1;
-        if let Some((w, heard)) = self.windows.get_mut(&sender) {
-            w.accept(pn)?;
-            *heard = self.tick;
+        if self.sealed && self.floor_ms != 0 && sent_ms <= self.floor_ms {
+            return Err(DropReason::Stale);
+        }
+        if let Some(live) = self.windows.get_mut(&sender) {
+            match live.window.accept(pn) {
+                Ok(()) => {}
+                Err(_)
+                    if !self.sealed
+                        && live.window.highest().saturating_sub(pn) > PLAINTEXT_RESTART_BELOW =>
+                {
+                    live.window = ReplayWindow::new(pn);
+                }
+                Err(e) => return Err(e),
+            }
+            live.heard = self.tick;
+            live.newest_ms = live.newest_ms.max(sent_ms);
             return Ok(());
+        }
+        if let Some(&(highest, newest_ms)) = self.departed.get(&sender) {
+            if pn <= highest {
+                return Err(DropReason::Replay);
+            }
+            // Still sending new datagrams: it comes back.
+            self.departed.remove(&sender);
+            let _ = newest_ms;
         }
         if self.windows.len() >= self.max_senders {
             // O(senders), only when a new sender arrives at a full table.
             let oldest = self
                 .windows
                 .iter()
-                .min_by_key(|(_, (_, heard))| *heard)
+                .min_by_key(|(_, l)| l.heard)
                 .map(|(id, _)| *id);
             if let Some(id) = oldest {
-                self.windows.remove(&id);
+                self.forget(id);
             }
         }
-        self.windows
-            .insert(sender, (ReplayWindow::new(pn), self.tick));
+        self.windows.insert(
+            sender,
+            Live {
+                window: ReplayWindow::new(pn),
+                heard: self.tick,
+                newest_ms: sent_ms,
+            },
+        );
         Ok(())
     }
 
-    /// Drops the window of `sender` (it left the cluster).
+    /// Drops the window of `sender` (it left the cluster, or was declared dead). In sealed
+    /// mode it is remembered as departed, so its old datagrams stay refused.
     pub fn forget(&mut self, sender: NodeId) {
-        self.windows.remove(&sender);
+        let Some(live) = self.windows.remove(&sender) else {
+            return;
+        };
+        if !self.sealed {
+            return;
+        }
+        if self.departed.len() >= self.max_departed {
+            let oldest = self
+                .departed
+                .iter()
+                .min_by_key(|(_, (_, ms))| *ms)
+                .map(|(id, (_, ms))| (*id, *ms));
+            if let Some((id, ms)) = oldest {
+                self.departed.remove(&id);
+                self.floor_ms = self.floor_ms.max(ms);
+            }
+        }
+        self.departed
+            .insert(sender, (live.window.highest(), live.newest_ms));
+    }
+
+    /// Forgets departed senders whose newest datagram is older than `horizon_floor_ms` (wall
+    /// ms): the timestamp check refuses any replay of them from then on.
+    pub fn prune(&mut self, horizon_floor_ms: u64) {
+        self.departed.retain(|_, (_, ms)| *ms >= horizon_floor_ms);
     }
 
     /// Senders with a window.
     pub fn senders(&self) -> usize {
         self.windows.len()
+    }
+
+    /// Departed senders remembered.
+    pub fn departed(&self) -> usize {
+        self.departed.len()
     }
 }
 
@@ -226,20 +336,58 @@ mod tests {
 
     #[test]
     fn guard_keeps_senders_apart_and_bounded() {
-        let mut g = ReplayGuard::new(3);
+        let mut g = ReplayGuard::plaintext(3);
         for s in 1..=3 {
-            g.accept(NodeId(s), 7).unwrap();
+            g.accept(NodeId(s), 7, 1).unwrap();
         }
-        assert_eq!(g.accept(NodeId(2), 7), Err(DropReason::Replay));
-        g.accept(NodeId(2), 8).unwrap();
-        g.accept(NodeId(1), 8).unwrap(); // 3 is now the least recently heard
-        g.accept(NodeId(4), 1).unwrap();
+        assert_eq!(g.accept(NodeId(2), 7, 1), Err(DropReason::Replay));
+        g.accept(NodeId(2), 8, 1).unwrap();
+        g.accept(NodeId(1), 8, 1).unwrap(); // 3 is now the least recently heard
+        g.accept(NodeId(4), 1, 1).unwrap();
         assert_eq!(g.senders(), 3);
-        assert_eq!(g.accept(NodeId(1), 8), Err(DropReason::Replay));
-        assert_eq!(g.accept(NodeId(2), 8), Err(DropReason::Replay));
-        // 3 was evicted: it starts a fresh window.
-        assert_eq!(g.accept(NodeId(3), 7), Ok(()));
+        assert_eq!(g.accept(NodeId(1), 8, 1), Err(DropReason::Replay));
+        assert_eq!(g.accept(NodeId(2), 8, 1), Err(DropReason::Replay));
+        // Plaintext: 3 was evicted and starts a fresh window.
+        assert_eq!(g.accept(NodeId(3), 7, 1), Ok(()));
         g.forget(NodeId(3));
-        assert_eq!(g.accept(NodeId(3), 7), Ok(()));
+        assert_eq!(g.accept(NodeId(3), 7, 1), Ok(()));
+    }
+
+    #[test]
+    fn sealed_guard_refuses_departed_and_evicted_senders_for_good() {
+        let mut g = ReplayGuard::new(1).with_max_departed(2);
+        g.accept(NodeId(1), 5, 100).unwrap();
+        g.accept(NodeId(2), 9, 200).unwrap();
+        // 1 leaves: its numbers stay refused, new ones bring it back.
+        g.forget(NodeId(1));
+        assert_eq!(g.accept(NodeId(1), 5, 100), Err(DropReason::Replay));
+        assert_eq!(g.accept(NodeId(1), 1, 100), Err(DropReason::Replay));
+        assert_eq!(g.departed(), 1);
+        // Evicted from a full table: remembered as departed too.
+        g.accept(NodeId(3), 1, 300).unwrap(); // evicts 2 (least recently heard)
+        assert_eq!(g.accept(NodeId(2), 9, 200), Err(DropReason::Replay));
+        g.accept(NodeId(1), 6, 400).unwrap(); // 1 comes back, evicting 3
+        assert_eq!(g.accept(NodeId(3), 1, 300), Err(DropReason::Replay));
+        // The departed table is full (2 and 3): one more pushes out the oldest (2, at 200 ms)
+        // and raises the floor past it, so 2's datagrams stay refused by time.
+        g.forget(NodeId(1));
+        assert_eq!(g.departed(), 2);
+        assert_eq!(g.accept(NodeId(2), 9, 200), Err(DropReason::Stale));
+        assert_eq!(g.accept(NodeId(2), 10, 200), Err(DropReason::Stale));
+        // Pruned by the horizon: nothing remembered, the caller's timestamp check takes over.
+        g.prune(10_000);
+        assert_eq!(g.departed(), 0);
+    }
+
+    #[test]
+    fn plaintext_far_ahead_forgery_cannot_shut_a_sender_out() {
+        let mut g = ReplayGuard::plaintext(8);
+        g.accept(NodeId(1), 10, 1).unwrap();
+        // A forged datagram claims packet number 2^64 - 1 for the real sender.
+        g.accept(NodeId(1), u64::MAX, 1).unwrap();
+        // The real sender's next datagrams are still accepted (the window restarts).
+        assert_eq!(g.accept(NodeId(1), 11, 1), Ok(()));
+        assert_eq!(g.accept(NodeId(1), 12, 1), Ok(()));
+        assert_eq!(g.accept(NodeId(1), 12, 1), Err(DropReason::Replay));
     }
 }

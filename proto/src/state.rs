@@ -39,6 +39,21 @@ pub trait AppState {
         cursor: u64,
         max_bytes: usize,
     ) -> (Vec<Record>, Option<u64>);
+    /// The tombstone horizon of a cache: it may have forgotten deletes at or below this
+    /// version (its collected tombstones, and entries it dropped in doubt), so it refuses
+    /// records at or below it for keys it does not hold ([`Applied::BelowHorizon`]).
+    /// [`Version::ZERO`] if it never forgot a delete (or has no such cache).
+    fn horizon(&self, _cache: &str) -> Version {
+        Version::ZERO
+    }
+    /// Raises a cache's horizon to `version` (a joiner adopting its donor's).
+    fn raise_horizon(&mut self, _cache: &str, _version: Version) {}
+    /// Drops a live entry held at `version` (no tombstone, nothing published) because a peer
+    /// that does not hold it may have forgotten its delete; raises the horizon to `version`.
+    /// Returns true if an entry was dropped.
+    fn drop_doubtful(&mut self, _cache: &str, _key: &[u8], _version: Version) -> bool {
+        false
+    }
     /// The application's wall clock, in milliseconds since the Unix epoch (the core reads no
     /// clock itself; anti-entropy uses this to leave changes still in flight alone).
     fn wall_ms(&self) -> u64;

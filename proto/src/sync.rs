@@ -70,4 +70,8 @@ pub enum Applied {
     Skipped,
     /// The key or value bytes do not decode as this cache's types; counted and dropped.
     Undecodable,
+    /// The key is not held and the record is at or below the cache's tombstone horizon: its
+    /// delete may have been forgotten here, so it is refused (a miss is safe, a resurrected
+    /// value is not).
+    BelowHorizon,
 }

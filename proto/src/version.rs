@@ -14,6 +14,15 @@ use serde::{Deserialize, Serialize};
 /// Bits of an HLC timestamp used for the logical counter (the rest hold milliseconds).
 pub const HLC_LOGICAL_BITS: u32 = 16;
 const LOGICAL_MASK: u64 = (1 << HLC_LOGICAL_BITS) - 1;
+/// The largest millisecond count an HLC timestamp holds (48 bits).
+pub const MAX_MILLIS: u64 = u64::MAX >> HLC_LOGICAL_BITS;
+
+/// True if `version` is further ahead of the wall clock `wall_ms` than `max_skew_ms` allows:
+/// such a version must be refused and never observed into a clock (one forged or broken
+/// timestamp near `u64::MAX` would otherwise win every later write and stop every clock).
+pub fn too_far_ahead(version: &Version, wall_ms: u64, max_skew_ms: u64) -> bool {
+    version.millis() > wall_ms.saturating_add(max_skew_ms)
+}
 
 /// Identity of one node for the lifetime of its process: random at every start, never the IP,
 /// so several nodes on one host (or in one process) are distinct.
@@ -117,11 +126,18 @@ impl Hlc {
 
     /// A new timestamp for a local event, strictly greater than every one returned or observed
     /// before. `wall_ms` is the current wall-clock reading in milliseconds since the epoch.
+    ///
+    /// Never wraps: the clock saturates at `u64::MAX` (receivers refuse versions far ahead of
+    /// their own wall clock, see `max_clock_skew`, so a sound cluster never comes near it).
     pub fn tick(&self, wall_ms: u64) -> u64 {
-        let physical = wall_ms << HLC_LOGICAL_BITS;
+        let physical = wall_ms.min(MAX_MILLIS) << HLC_LOGICAL_BITS;
         let mut cur = self.last.load(Ordering::Relaxed);
         loop {
-            let next = if physical > cur { physical } else { cur + 1 };
+            let next = if physical > cur {
+                physical
+            } else {
+                cur.saturating_add(1)
+            };
             match self
                 .last
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -163,6 +179,29 @@ mod tests {
         let remote = 5_000 << HLC_LOGICAL_BITS | 7;
         h.observe(remote);
         assert!(h.tick(10) > remote);
+    }
+
+    #[test]
+    fn the_clock_saturates_instead_of_wrapping() {
+        let h = Hlc::new();
+        h.observe(u64::MAX - 1);
+        assert_eq!(h.tick(1_000), u64::MAX);
+        assert_eq!(h.tick(1_000), u64::MAX);
+        assert_eq!(Hlc::new().tick(u64::MAX), MAX_MILLIS << HLC_LOGICAL_BITS);
+    }
+
+    #[test]
+    fn skew_bound_refuses_far_future_versions_only() {
+        let wall = 1_700_000_000_000;
+        let v = |ms: u64| Version::new(ms << HLC_LOGICAL_BITS, NodeId(1));
+        assert!(!too_far_ahead(&v(wall + 60_000), wall, 60_000));
+        assert!(too_far_ahead(&v(wall + 60_001), wall, 60_000));
+        assert!(too_far_ahead(
+            &Version::new(u64::MAX, NodeId(1)),
+            wall,
+            60_000
+        ));
+        assert!(!too_far_ahead(&v(0), wall, 0));
     }
 
     #[test]

@@ -41,6 +41,9 @@ use super::header::{HEADER_LEN, Header, cluster_id};
 use super::replay::{DEFAULT_MAX_SENDERS, ReplayGuard};
 use super::version::NodeId;
 
+/// Default replay horizon in seconds: `max_clock_skew` (60 s) plus 30 s.
+pub const DEFAULT_REPLAY_HORIZON_SECS: u64 = 90;
+
 /// Settings of a [`Wire`].
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct WireConfig {
@@ -56,6 +59,11 @@ pub struct WireConfig {
     pub reassembly_timeout: Duration,
     /// Most bytes held in partial messages (raised to fit at least one largest message).
     pub max_reassembly_bytes: usize,
+    /// Sealed mode: datagrams whose send time is older than this (by the receiver's wall
+    /// clock) are refused as `stale`; forgotten senders are remembered at least this long.
+    pub replay_horizon: Duration,
+    /// Sealed mode: datagrams whose send time is further ahead than this are refused too.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for WireConfig {
@@ -68,6 +76,8 @@ impl Default for WireConfig {
             max_message_size: 1024 * 1024,
             reassembly_timeout: Duration::from_secs(2),
             max_reassembly_bytes: 4 * 1024 * 1024,
+            replay_horizon: Duration::from_secs(DEFAULT_REPLAY_HORIZON_SECS),
+            max_clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -140,6 +150,13 @@ pub struct Wire {
     message: u64,
     replay: ReplayGuard,
     reassembler: Reassembler,
+    /// The caller's wall clock (ms since the epoch), stamped into every header and used to
+    /// check received ones; 0 until [`Wire::set_wall_ms`] is called (no time checks then).
+    wall_ms: u64,
+    replay_horizon_ms: u64,
+    max_skew_ms: u64,
+    /// The last authenticated datagram refused for its send time: (sender, its time minus ours).
+    last_stale: Option<(NodeId, i64)>,
 }
 
 impl Wire {
@@ -149,20 +166,41 @@ impl Wire {
         let chunk = max_payload_per_datagram(cfg.mtu, keyring.is_encrypted());
         Wire {
             cluster_id: cluster_id(&cfg.cluster_name),
-            keyring,
             me,
             mtu: cfg.mtu,
             max_message_size: cfg.max_message_size,
             chunk,
             packet: 0,
             message: 0,
-            replay: ReplayGuard::new(DEFAULT_MAX_SENDERS),
+            replay: if keyring.is_encrypted() {
+                ReplayGuard::new(DEFAULT_MAX_SENDERS)
+            } else {
+                ReplayGuard::plaintext(DEFAULT_MAX_SENDERS)
+            },
+            wall_ms: 0,
+            replay_horizon_ms: millis(cfg.replay_horizon),
+            max_skew_ms: millis(cfg.max_clock_skew),
+            last_stale: None,
             reassembler: Reassembler::new(ReassemblyLimits {
                 max_message_size: cfg.max_message_size,
                 max_bytes: cfg.max_reassembly_bytes,
                 timeout: cfg.reassembly_timeout,
                 max_per_sender: DEFAULT_MAX_PER_SENDER,
             }),
+            keyring,
+        }
+    }
+
+    /// Sets the wall clock (ms since the Unix epoch): stamped into the headers of what is
+    /// encoded next, and the reference for the replay horizon of what is decoded next. The
+    /// wire reads no clock itself.
+    pub fn set_wall_ms(&mut self, wall_ms: u64) {
+        if wall_ms != self.wall_ms {
+            self.wall_ms = wall_ms;
+            if self.keyring.is_encrypted() && wall_ms != 0 {
+                self.replay
+                    .prune(wall_ms.saturating_sub(self.replay_horizon_ms));
+            }
         }
     }
 
@@ -248,6 +286,7 @@ impl Wire {
                 sender: self.me,
                 packet_number: self.packet,
                 message_id,
+                sent_ms: self.wall_ms,
             };
             let mut d = Vec::with_capacity(overhead + part.len());
             d.extend_from_slice(&header.encode());
@@ -280,7 +319,18 @@ impl Wire {
             return Err(DropReason::OwnEcho);
         }
         let payload = self.keyring.open(&header, datagram)?;
-        self.replay.accept(header.sender, header.packet_number)?;
+        if self.keyring.is_encrypted() && self.wall_ms != 0 {
+            let oldest = self.wall_ms.saturating_sub(self.replay_horizon_ms);
+            let newest = self.wall_ms.saturating_add(self.max_skew_ms);
+            if header.sent_ms < oldest || header.sent_ms > newest {
+                let offset = (i128::from(header.sent_ms) - i128::from(self.wall_ms))
+                    .clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+                self.last_stale = Some((header.sender, offset as i64));
+                return Err(DropReason::Stale);
+            }
+        }
+        self.replay
+            .accept(header.sender, header.packet_number, header.sent_ms)?;
         let done = self.reassembler.insert(
             now,
             header.sender,
@@ -290,6 +340,12 @@ impl Wire {
             payload,
         )?;
         Ok(done.map(|p| (header.sender, p)))
+    }
+
+    /// The sender and send-time offset (theirs minus ours, ms) of the last authenticated
+    /// datagram refused as [`DropReason::Stale`], taken (cleared) by this call.
+    pub fn take_last_stale(&mut self) -> Option<(NodeId, i64)> {
+        self.last_stale.take()
     }
 
     /// True when `datagram` is this node's own and authentic (its header names this node and
@@ -309,10 +365,9 @@ impl Wire {
         self.reassembler.expire(now)
     }
 
-    /// Forgets a sender that left: its partial messages and its replay window.
-    ///
-    /// After this, the sender's old datagrams would pass the replay check once more; forget only
-    /// senders that are gone (a new process has a new node id).
+    /// Forgets a sender that left: its partial messages and its replay window. In sealed mode
+    /// the sender is remembered as departed (bounded; see [`ReplayGuard`]), so its recorded
+    /// datagrams stay refused; in plaintext its old datagrams would pass once more.
     pub fn forget_sender(&mut self, sender: NodeId) {
         self.reassembler.forget_sender(sender);
         self.replay.forget(sender);
@@ -330,6 +385,10 @@ impl Wire {
             messages_sent: self.message,
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 #[cfg(test)]
@@ -404,17 +463,17 @@ mod tests {
         );
         let mut tiny = Wire::new(
             WireConfig {
-                mtu: 44,
+                mtu: 52,
                 ..WireConfig::default()
             },
             NodeId(1),
         );
         assert!(matches!(
             tiny.encode(b"a"),
-            Err(EncodeError::MtuTooSmall { mtu: 44, .. })
+            Err(EncodeError::MtuTooSmall { mtu: 52, .. })
         ));
         let cfg = WireConfig {
-            mtu: 45,
+            mtu: 53,
             max_message_size: 1 << 20,
             ..WireConfig::default()
         };

@@ -104,8 +104,21 @@ pub trait ErasedCache: Send + Sync + 'static {
     /// Live records (and tombstones) in a stable cursor order for state transfer: returns up to
     /// roughly `max_bytes` of records starting at `cursor`, and the next cursor (`None` at end).
     fn snapshot_chunk(&self, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>);
-    /// Housekeeping: sweep expired entries, collect tombstones older than `tombstone_ttl`.
+    /// Housekeeping: sweep expired entries, collect tombstones older than `tombstone_ttl`
+    /// (raising the tombstone horizon to the newest collected).
     fn housekeep(&self, tombstone_ttl: std::time::Duration);
+    /// The tombstone horizon: deletes at or below it may have been forgotten here (see
+    /// [`Applied::BelowHorizon`]).
+    fn horizon(&self) -> crate::proto::version::Version {
+        crate::proto::version::Version::ZERO
+    }
+    /// Raises the tombstone horizon.
+    fn raise_horizon(&self, _version: crate::proto::version::Version) {}
+    /// Drops the live entry of `key` if it is held at exactly `version` (no tombstone, no
+    /// publish) and raises the horizon to `version`. True if dropped.
+    fn drop_doubtful(&self, _key: &[u8], _version: crate::proto::version::Version) -> bool {
+        false
+    }
     /// Local metrics.
     fn metrics(&self) -> crate::cache::metrics::CacheMetrics;
     /// Clears the cache here and publishes a versioned clear (what `Cache::clear` does).

@@ -16,6 +16,9 @@ use crate::proto::version::Version;
 pub struct ParkedCache {
     records: HashMap<Vec<u8>, Record>,
     clear_floor: Version,
+    /// Deletes at or below it may have been forgotten here (evicted tombstones, entries
+    /// dropped in doubt): records at or below it for keys not held are refused.
+    horizon: Version,
     bytes: usize,
 }
 
@@ -25,11 +28,11 @@ impl ParkedCache {
         if rec.version <= self.clear_floor {
             return Applied::Stale;
         }
-        if let Some(old) = self.records.get(&rec.key) {
-            if old.version >= rec.version {
-                return Applied::Stale;
-            }
-            self.bytes -= old.weight();
+        match self.records.get(&rec.key) {
+            Some(old) if old.version >= rec.version => return Applied::Stale,
+            Some(old) => self.bytes -= old.weight(),
+            None if rec.version <= self.horizon => return Applied::BelowHorizon,
+            None => {}
         }
         let stored = match &rec.op {
             // An invalidation leaves a marker like a delete: the value is gone here.
@@ -52,6 +55,10 @@ impl ParkedCache {
             };
             if let Some(r) = self.records.remove(&oldest) {
                 self.bytes -= r.weight();
+                if !matches!(r.op, Op::Put { .. }) && r.version > self.horizon {
+                    // A forgotten delete.
+                    self.horizon = r.version;
+                }
             }
         }
         Applied::Changed
@@ -70,6 +77,30 @@ impl ParkedCache {
     /// The clear floor.
     pub fn clear_floor(&self) -> Version {
         self.clear_floor
+    }
+
+    /// The tombstone horizon.
+    pub fn horizon(&self) -> Version {
+        self.horizon
+    }
+
+    /// Raises the tombstone horizon.
+    pub fn raise_horizon(&mut self, version: Version) {
+        self.horizon = self.horizon.max(version);
+    }
+
+    /// Drops a live record held at exactly `version` (see `ErasedCache::drop_doubtful`).
+    pub fn drop_doubtful(&mut self, key: &[u8], version: Version) -> bool {
+        self.raise_horizon(version);
+        match self.records.get(key) {
+            Some(r) if r.version == version && matches!(r.op, Op::Put { .. }) => {
+                if let Some(r) = self.records.remove(key) {
+                    self.bytes -= r.weight();
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Takes every record (for handing over to the typed cache).

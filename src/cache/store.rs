@@ -284,6 +284,10 @@ pub(crate) struct Store<K, V> {
     buckets: Box<[AtomicU64]>,
     evict_hand: AtomicUsize,
     clear_floor: RwLock<Version>,
+    /// Tombstone horizon: deletes at or below it may have been forgotten here (collected
+    /// tombstones, entries dropped in doubt). Records at or below it for keys not held are
+    /// refused (docs/PROTOCOL.md, "No resurrection").
+    horizon: RwLock<Version>,
     last_mutation: AtomicU64,
     spikes: AtomicU64,
     spike_gap_sum: AtomicU64,
@@ -328,6 +332,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             buckets: (0..SYNC_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             evict_hand: AtomicUsize::new(0),
             clear_floor: RwLock::new(Version::ZERO),
+            horizon: RwLock::new(Version::ZERO),
             last_mutation: AtomicU64::new(0),
             spikes: AtomicU64::new(0),
             spike_gap_sum: AtomicU64::new(0),
@@ -391,6 +396,73 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         self.bytes.fetch_add(e.size, Ordering::Relaxed);
         self.checksum.fetch_add(e.digest(), Ordering::Relaxed);
         self.buckets[e.bucket as usize].fetch_add(e.digest(), Ordering::Relaxed);
+    }
+
+    /// Accounts a new entry; with `reserved`, its entry slot was already taken by
+    /// [`Self::reserve_slot_for`]. Returns whether the reservation was used.
+    fn account_new(&self, e: &Entry<V>, reserved: bool) -> bool {
+        if !reserved {
+            self.account(e);
+            return false;
+        }
+        self.bytes.fetch_add(e.size, Ordering::Relaxed);
+        self.checksum.fetch_add(e.digest(), Ordering::Relaxed);
+        self.buckets[e.bucket as usize].fetch_add(e.digest(), Ordering::Relaxed);
+        true
+    }
+
+    /// If `key` is not held (a hint, read before the write lock), takes one entry slot below
+    /// `cache_max`, sweeping expired entries and evicting (CLOCK) first when the cache is full.
+    /// Returns whether a slot is held; the caller releases it if it ends up not inserting.
+    /// (If the key disappears between this check and the write lock, the insert accounts
+    /// normally and the caps are enforced right after, as before.)
+    fn reserve_slot_for(
+        &self,
+        shard: &Shard<K, V>,
+        key: &K,
+        remote: Option<Version>,
+        now: u64,
+        ev: &mut Events<K>,
+    ) -> bool {
+        {
+            let g = shard.lock.read();
+            if g.map.contains_key(key) {
+                return false;
+            }
+            // A remote record that will be refused needs no slot (and must not evict).
+            if let Some(v) = remote
+                && (g.tombs.get(key).is_some_and(|t| v <= t.version)
+                    || (!g.tombs.contains_key(key) && v <= *self.horizon.read())
+                    || self.cfg.mode == CacheMode::UpdateIfPresent)
+            {
+                return false;
+            }
+        }
+        let max = self.cfg.max_entries.max(1) as u64;
+        let mut swept = false;
+        let mut rounds = 0;
+        loop {
+            let n = self.entries.load(Ordering::Relaxed);
+            if n < max {
+                if self
+                    .entries
+                    .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return true;
+                }
+                continue;
+            }
+            if !swept {
+                swept = true;
+                self.expire_due(now, ev);
+                continue;
+            }
+            rounds += 1;
+            if rounds > 64 || !self.evict_one(true, Version::ZERO, now, ev) {
+                return false;
+            }
+        }
     }
 
     fn unaccount(&self, e: &Entry<V>) {
@@ -659,6 +731,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let mut ev = self.events();
         let (now, wall) = self.core.clock.now_both();
         let mut mutations = 0;
+        // A new key takes its entry slot before it is stored, so `len()` never exceeds
+        // `cache_max`, as seen from any thread.
+        let slot_reserved = self.reserve_slot_for(shard, &key, None, now, &mut ev);
+        let mut used_slot = false;
         let outcome: Result<(Option<V>, Version, bool)> = 'locked: {
             let mut g = shard.lock.write();
             let mut live = g.map.get_index_of(&key);
@@ -706,7 +782,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                     Some(old.value)
                 }
                 None => {
-                    self.account(&entry);
+                    used_slot = self.account_new(&entry, slot_reserved);
                     ev.push(|| ChangeEvent {
                         key: key.clone(),
                         kind: ChangeKind::Insert,
@@ -725,6 +801,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             }
             Ok((old, version, live.is_none()))
         };
+        if slot_reserved && !used_slot {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
         for _ in 0..mutations {
             self.note_mutation(now);
         }
@@ -1052,7 +1131,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         false
     }
 
-    /// Drops tombstones older than `ttl`.
+    /// Drops tombstones older than `ttl`, raising the horizon to the newest one dropped (the
+    /// horizon is raised before the tombstone goes, so no record slips in between).
     fn gc_tombs(&self, ttl: Duration) {
         let now = self.core.clock.now_nanos();
         let ttl = ttl.as_nanos().min(u64::MAX as u128) as u64;
@@ -1061,16 +1141,67 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 let g = shard.lock.read();
                 g.tombs
                     .values()
-                    .any(|t| now.saturating_sub(t.at_nanos) > ttl)
+                    .filter(|t| now.saturating_sub(t.at_nanos) > ttl)
+                    .map(|t| t.version)
+                    .max()
             };
-            if stale {
-                shard
-                    .lock
-                    .write()
-                    .tombs
-                    .retain(|_, t| now.saturating_sub(t.at_nanos) <= ttl);
+            if let Some(newest) = stale {
+                let mut g = shard.lock.write();
+                let mut top = newest;
+                g.tombs.retain(|_, t| {
+                    let keep = now.saturating_sub(t.at_nanos) <= ttl;
+                    if !keep {
+                        top = top.max(t.version);
+                    }
+                    keep
+                });
+                self.raise_horizon_to(top);
             }
         }
+    }
+
+    fn raise_horizon_to(&self, version: Version) {
+        let mut h = self.horizon.write();
+        if version > *h {
+            *h = version;
+        }
+    }
+
+    /// Drops the live entry of `key_bytes` if it is held at exactly `version`; no tombstone,
+    /// nothing published (a local decision, like an eviction). Raises the horizon first.
+    fn drop_doubtful_entry(&self, key_bytes: &[u8], version: Version) -> bool {
+        let Some(key) = Self::decode_key(key_bytes) else {
+            return false;
+        };
+        self.raise_horizon_to(version);
+        let shard = self.shard(&key);
+        let mut ev = self.events();
+        let now = self.core.clock.now_nanos();
+        let dropped = {
+            let mut g = shard.lock.write();
+            match g.map.get_index_of(&key) {
+                Some(i) if g.map[i].version == version => match self.take_index(&mut g, i) {
+                    Some((k, e)) => {
+                        shard.stats.ev_capacity.fetch_add(1, Ordering::Relaxed);
+                        ev.push(|| ChangeEvent {
+                            key: k,
+                            kind: ChangeKind::Evict,
+                            origin: Origin::Local,
+                            version: e.version,
+                            in_callback_window: self.in_window(&e, now),
+                        });
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            }
+        };
+        if dropped {
+            self.note_mutation(now);
+        }
+        self.fire(ev);
+        dropped
     }
 
     // ---------------------------------------------------------------- listeners
@@ -1146,6 +1277,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let (now, wall) = self.core.clock.now_both();
         let version = rec.version;
         let mut new_key = false;
+        let reserved =
+            put.is_some() && self.reserve_slot_for(shard, &key, Some(version), now, &mut ev);
+        let mut used_slot = false;
         let applied = {
             let mut g = shard.lock.write();
             let tomb_newer = g.tombs.get(&key).is_some_and(|t| version <= t.version);
@@ -1162,6 +1296,12 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             }
             if tomb_newer || live.is_some_and(|i| version <= g.map[i].version) {
                 Applied::Stale
+            } else if live.is_none()
+                && !g.tombs.contains_key(&key)
+                && version <= *self.horizon.read()
+            {
+                // Not held, and its delete may have been forgotten here.
+                Applied::BelowHorizon
             } else {
                 match put {
                     Some((value, enc, ttl)) => {
@@ -1191,7 +1331,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                                     });
                                 }
                                 None => {
-                                    self.account(&entry);
+                                    used_slot = self.account_new(&entry, reserved);
                                     g.map.insert(key.clone(), entry);
                                     shard.stats.inserts.fetch_add(1, Ordering::Relaxed);
                                     new_key = true;
@@ -1239,6 +1379,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 }
             }
         };
+        if reserved && !used_slot {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
         if new_key {
             self.enforce_caps(version, now, &mut ev);
         }
@@ -1450,6 +1593,19 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
 
     fn clear_floor(&self) -> Version {
         *self.clear_floor.read()
+    }
+
+    fn horizon(&self) -> Version {
+        *self.horizon.read()
+    }
+
+    fn raise_horizon(&self, version: Version) {
+        self.core.hlc.observe(version.hlc);
+        self.raise_horizon_to(version);
+    }
+
+    fn drop_doubtful(&self, key: &[u8], version: Version) -> bool {
+        self.drop_doubtful_entry(key, version)
     }
 
     fn metrics(&self) -> CacheMetrics {
@@ -1676,6 +1832,50 @@ mod tests {
             ]
         );
         assert!(seen.contains(&(ChangeKind::Clear, r)));
+    }
+
+    #[test]
+    fn collected_tombstones_raise_a_horizon_that_refuses_older_records_for_absent_keys() {
+        let (node, _, clock) = setup(Config::default());
+        let c: Cache<u32, u32> = node.cache("h").unwrap();
+        let e = erased(&node, "h");
+        assert_eq!(e.horizon(), Version::ZERO);
+        e.apply_remote(&put(1, 1, remote(100)), NodeId(7));
+        e.apply_remote(&put(2, 2, remote(100)), NodeId(7));
+        let del = Record {
+            key: bytes(&1u32),
+            version: remote(200),
+            op: Op::Del,
+        };
+        assert_eq!(e.apply_remote(&del, NodeId(7)), Applied::Changed);
+        // Young tombstones stay; the horizon only moves when one is collected.
+        e.housekeep(Duration::from_secs(60));
+        assert_eq!(e.horizon(), Version::ZERO);
+        clock.advance(Duration::from_secs(61));
+        e.housekeep(Duration::from_secs(60));
+        assert_eq!(e.horizon(), remote(200));
+        assert!(e.record(&bytes(&1u32)).is_none(), "tombstone collected");
+        // The late copy of the deleted write is refused, not re-introduced...
+        assert_eq!(
+            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            Applied::BelowHorizon
+        );
+        assert_eq!(c.get(&1), None);
+        // ...while a newer write, and updates of keys still held, apply as usual.
+        assert_eq!(
+            e.apply_remote(&put(1, 5, remote(201)), NodeId(7)),
+            Applied::Changed
+        );
+        assert_eq!(
+            e.apply_remote(&put(2, 3, remote(150)), NodeId(7)),
+            Applied::Changed
+        );
+        // Dropping in doubt removes only the version named, without a tombstone.
+        assert!(!e.drop_doubtful(&bytes(&2u32), remote(149)));
+        assert!(e.drop_doubtful(&bytes(&2u32), remote(150)));
+        assert_eq!(c.get(&2), None);
+        assert!(e.record(&bytes(&2u32)).is_none());
+        assert_eq!(e.horizon(), remote(200));
     }
 
     #[test]

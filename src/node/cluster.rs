@@ -223,6 +223,10 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         max_message_size: config.max_message_size + (64 << 10),
         reassembly_timeout: Duration::from_secs(5),
         max_reassembly_bytes: 4 * (config.max_message_size + (64 << 10)),
+        // A peer's datagram may be this old (its clock behind by up to max_clock_skew, plus
+        // time in flight) before it is refused as a possible replay.
+        replay_horizon: config.max_clock_skew() + Duration::from_secs(30),
+        max_clock_skew: config.max_clock_skew(),
     };
     let mut ep_cfg = EndpointConfig::new(
         config.node_name_or_default(),
@@ -231,6 +235,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         config.pulse(),
     );
     ep_cfg.queue_max = config.queue_max;
+    ep_cfg.max_clock_skew = config.max_clock_skew();
     let endpoint = Endpoint::new(ep_cfg, id, Instant::now());
     let app = NodeApp {
         registry,

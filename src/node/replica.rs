@@ -63,6 +63,7 @@ impl Registry {
         if floor != Version::ZERO {
             cache.apply_clear(floor, floor.node);
         }
+        cache.raise_horizon(parked.horizon());
         for rec in parked.drain() {
             cache.apply_remote(&rec, rec.version.node);
         }
@@ -174,6 +175,45 @@ impl AppState for NodeApp {
 
     fn wall_ms(&self) -> u64 {
         wall_us() / 1000
+    }
+
+    fn horizon(&self, cache: &str) -> Version {
+        match self.registry.opened(cache) {
+            Some(c) => c.horizon(),
+            None => self
+                .registry
+                .parked
+                .lock()
+                .get(cache)
+                .map(|p| p.horizon())
+                .unwrap_or(Version::ZERO),
+        }
+    }
+
+    fn raise_horizon(&mut self, cache: &str, version: Version) {
+        self.hlc.observe(version.hlc);
+        match self.registry.opened(cache) {
+            Some(c) => c.raise_horizon(version),
+            None => self
+                .registry
+                .parked
+                .lock()
+                .entry(cache.to_string())
+                .or_default()
+                .raise_horizon(version),
+        }
+    }
+
+    fn drop_doubtful(&mut self, cache: &str, key: &[u8], version: Version) -> bool {
+        match self.registry.opened(cache) {
+            Some(c) => c.drop_doubtful(key, version),
+            None => self
+                .registry
+                .parked
+                .lock()
+                .get_mut(cache)
+                .is_some_and(|p| p.drop_doubtful(key, version)),
+        }
     }
 
     fn caches(&self) -> Vec<String> {

@@ -91,6 +91,14 @@ impl Lab {
         })
     }
 
+    /// Like [`Lab::new`], with namespace names starting `<tag>-` instead of `mcd-` (so a test
+    /// can keep to the names it was given).
+    pub fn with_tag(test: &str, tag: &str) -> Option<Lab> {
+        let mut lab = Lab::new(test)?;
+        lab.prefix = lab.prefix.replacen("mcd", tag, 1);
+        Some(lab)
+    }
+
     /// Creates the namespace `mcd-<pid>-<n>-<role>` with its loopback up.
     pub fn ns(&mut self, role: &str) -> Ns {
         let ns = Ns {

@@ -32,26 +32,66 @@ pub struct Model {
     pub seen: u64,
     /// Virtual wall clock, set by the simulator before every call.
     pub wall_ms: u64,
+    /// Resurrections seen: a put applied at or below a delete this node had applied.
+    pub violations: Vec<String>,
 }
 
 #[derive(Default, Clone, Debug)]
 pub struct ModelCache {
     pub records: BTreeMap<Vec<u8>, Record>,
     pub floor: Version,
+    /// Tombstone horizon, as the real store keeps it.
+    pub horizon: Version,
+    /// When each tombstone was stored (wall ms), for collection.
+    tomb_at: BTreeMap<Vec<u8>, u64>,
+    /// Oracle, never collected: the newest delete this node applied per key.
+    deleted_seen: BTreeMap<Vec<u8>, Version>,
 }
 
 impl ModelCache {
-    fn apply(&mut self, rec: &Record) -> Applied {
+    fn apply(&mut self, rec: &Record, wall_ms: u64) -> Applied {
         if rec.version <= self.floor {
             return Applied::Stale;
         }
-        if let Some(old) = self.records.get(&rec.key) {
-            if old.version >= rec.version {
-                return Applied::Stale;
-            }
+        match self.records.get(&rec.key) {
+            Some(old) if old.version >= rec.version => return Applied::Stale,
+            None if rec.version <= self.horizon => return Applied::BelowHorizon,
+            _ => {}
         }
         self.records.insert(rec.key.clone(), rec.clone());
+        if matches!(rec.op, Op::Put { .. }) {
+            self.tomb_at.remove(&rec.key);
+        } else {
+            self.tomb_at.insert(rec.key.clone(), wall_ms);
+            let d = self.deleted_seen.entry(rec.key.clone()).or_default();
+            *d = (*d).max(rec.version);
+        }
         Applied::Changed
+    }
+
+    /// A put at or below a delete this node applied before (the invariant under test).
+    fn resurrects(&self, rec: &Record) -> bool {
+        matches!(rec.op, Op::Put { .. })
+            && self
+                .deleted_seen
+                .get(&rec.key)
+                .is_some_and(|d| rec.version <= *d)
+    }
+
+    /// Collects tombstones stored more than `ttl_ms` ago, raising the horizon.
+    pub fn gc(&mut self, wall_ms: u64, ttl_ms: u64) {
+        let old: Vec<Vec<u8>> = self
+            .tomb_at
+            .iter()
+            .filter(|(_, at)| wall_ms.saturating_sub(**at) > ttl_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.tomb_at.remove(&k);
+            if let Some(r) = self.records.remove(&k) {
+                self.horizon = self.horizon.max(r.version);
+            }
+        }
     }
 
     /// Live entries: key -> (version, value).
@@ -69,10 +109,43 @@ impl ModelCache {
 impl AppState for Model {
     fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
         self.seen = self.seen.max(record.version.hlc);
+        let wall = self.wall_ms;
+        let c = self.caches.entry(cache.to_string()).or_default();
+        let resurrects = c.resurrects(record);
+        let applied = c.apply(record, wall);
+        if resurrects && applied == Applied::Changed {
+            self.violations.push(format!(
+                "{cache}/{:?} came back at {:?} after its delete at {:?}",
+                String::from_utf8_lossy(&record.key),
+                record.version,
+                c.deleted_seen.get(&record.key)
+            ));
+        }
+        applied
+    }
+    fn horizon(&self, cache: &str) -> Version {
         self.caches
-            .entry(cache.to_string())
-            .or_default()
-            .apply(record)
+            .get(cache)
+            .map(|c| c.horizon)
+            .unwrap_or_default()
+    }
+    fn raise_horizon(&mut self, cache: &str, version: Version) {
+        self.seen = self.seen.max(version.hlc);
+        let c = self.caches.entry(cache.to_string()).or_default();
+        c.horizon = c.horizon.max(version);
+    }
+    fn drop_doubtful(&mut self, cache: &str, key: &[u8], version: Version) -> bool {
+        let Some(c) = self.caches.get_mut(cache) else {
+            return false;
+        };
+        c.horizon = c.horizon.max(version);
+        match c.records.get(key) {
+            Some(r) if r.version == version && matches!(r.op, Op::Put { .. }) => {
+                c.records.remove(key);
+                true
+            }
+            _ => false,
+        }
     }
     fn apply_clear(&mut self, cache: &str, version: Version, _origin: NodeId) {
         self.seen = self.seen.max(version.hlc);
@@ -82,6 +155,8 @@ impl AppState for Model {
         }
         let floor = c.floor;
         c.records.retain(|_, r| r.version > floor);
+        let records = &c.records;
+        c.tomb_at.retain(|k, _| records.contains_key(k));
     }
     fn clear_floor(&self, cache: &str) -> Version {
         self.caches.get(cache).map(|c| c.floor).unwrap_or_default()
@@ -166,6 +241,10 @@ struct SimNode {
     alive: bool,
     /// Writes this node made (cache, record), for the no-resurrection oracle.
     writes: Vec<(String, Record)>,
+    /// Next tombstone collection (wall ms).
+    next_gc_ms: u64,
+    /// This node's clock minus the true time, in ms.
+    clock_offset_ms: i64,
 }
 
 #[derive(Debug)]
@@ -218,6 +297,11 @@ pub struct Sim {
     pub all_clears: Vec<(String, Version)>,
     /// Whether datagrams are sealed (all nodes of one cluster share the mode).
     pub encrypted: bool,
+    /// (node, datagrams) being recorded.
+    recording: Option<(usize, Vec<Vec<u8>>)>,
+    /// Tombstone lifetime (the node's is max(60 s, 12 pulses); the simulator uses 12 pulses
+    /// so that collection happens within short scenarios).
+    pub tomb_ttl: Duration,
     /// `Some`: unicast fan-out instead of multicast (see [`Sim::use_unicast`]).
     pub unicast: Option<UnicastNet>,
 }
@@ -234,6 +318,7 @@ pub fn wire_config(mtu: usize, encrypted: bool) -> WireConfig {
         max_message_size: 1 << 20,
         reassembly_timeout: Duration::from_secs(2),
         max_reassembly_bytes: 8 << 20,
+        ..WireConfig::default()
     }
 }
 
@@ -258,6 +343,8 @@ impl Sim {
             all_writes: Vec::new(),
             all_clears: Vec::new(),
             encrypted: seed % 2 == 0,
+            tomb_ttl: Duration::from_millis(500) * 12,
+            recording: None,
             unicast: None,
         };
         for _ in 0..n {
@@ -290,6 +377,8 @@ impl Sim {
             hlc: Hlc::new(),
             alive: true,
             writes: Vec::new(),
+            next_gc_ms: 0,
+            clock_offset_ms: 0,
         });
         self.incarnations.push(0);
         let i = self.nodes.len() - 1;
@@ -316,7 +405,10 @@ impl Sim {
         let ep = self.endpoint();
         let n = &mut self.nodes[i];
         n.ep = ep;
-        n.app = Model::default();
+        n.app = Model {
+            violations: std::mem::take(&mut n.app.violations),
+            ..Model::default()
+        };
         n.hlc = Hlc::new();
         n.alive = true;
         n.writes.clear();
@@ -337,10 +429,53 @@ impl Sim {
         1_700_000_000_000 + self.now.as_millis() as u64
     }
 
+    /// Node `i`'s wall clock: the simulation's, shifted by the node's clock offset.
+    pub fn wall_of(&self, i: usize) -> u64 {
+        self.wall_ms()
+            .saturating_add_signed(self.nodes[i].clock_offset_ms)
+    }
+
+    /// Sets node `i`'s clock offset from the true time (a node with a wrong clock).
+    pub fn set_clock_offset(&mut self, i: usize, offset_ms: i64) {
+        self.nodes[i].clock_offset_ms = offset_ms;
+    }
+
+    /// Injects a raw datagram into node `i`, as if received from the network now.
+    pub fn inject(&mut self, i: usize, datagram: &[u8]) {
+        let now = self.instant();
+        let wall = self.wall_of(i);
+        let n = &mut self.nodes[i];
+        n.app.wall_ms = wall;
+        n.ep.handle_datagram(now, datagram, &mut n.app);
+        self.pump(i);
+    }
+
+    /// Every datagram node `i` sends from now on is also recorded (for replay tests).
+    pub fn record_from(&mut self, i: usize) {
+        self.recording = Some((i, Vec::new()));
+    }
+
+    /// The datagrams recorded so far.
+    pub fn recorded(&self) -> Vec<Vec<u8>> {
+        self.recording
+            .as_ref()
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Node `i` leaves cleanly (announces it) and stops.
+    pub fn leave(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.ep.leave();
+        self.pump(i);
+        self.nodes[i].alive = false;
+        self.incarnations[i] += 1;
+    }
+
     /// The version of a new local write on node `i`, which must be alive: its clock first
     /// moves past every version the node has seen (as the real node's apply path does).
     fn next_version(&mut self, i: usize) -> Version {
-        let wall = self.wall_ms();
+        let wall = self.wall_of(i);
         let n = &mut self.nodes[i];
         n.hlc.observe(n.app.seen);
         Version::new(n.hlc.tick(wall), n.ep.id())
@@ -362,12 +497,14 @@ impl Sim {
         }
         let version = self.next_version(i);
         let rec = Record { key, version, op };
+        let wall = self.wall_of(i);
         let n = &mut self.nodes[i];
+        n.app.wall_ms = wall;
         n.app
             .caches
             .entry(cache.to_string())
             .or_default()
-            .apply(&rec);
+            .apply(&rec, wall);
         n.writes.push((cache.to_string(), rec.clone()));
         self.all_writes.push((cache.to_string(), rec.clone()));
         let cache = cache.to_string();
@@ -478,6 +615,11 @@ impl Sim {
             );
             if !self.nodes[i].alive {
                 continue;
+            }
+            if let Some((r, log)) = &mut self.recording {
+                if *r == i {
+                    log.push(d.clone());
+                }
             }
             for to in 0..self.nodes.len() {
                 if !self.can_talk(i, to) {
@@ -621,7 +763,7 @@ impl Sim {
                 }
                 self.delivered += 1;
                 let now = self.instant();
-                let wall = self.wall_ms();
+                let wall = self.wall_of(to);
                 let n = &mut self.nodes[to];
                 n.app.wall_ms = wall;
                 let sender = n.ep.handle_datagram(now, &data, &mut n.app);
@@ -629,9 +771,17 @@ impl Sim {
                 self.pump(to);
             } else if ti != usize::MAX {
                 let now = self.instant();
-                let wall = self.wall_ms();
+                let wall = self.wall_of(ti);
                 let n = &mut self.nodes[ti];
                 n.app.wall_ms = wall;
+                if wall >= n.next_gc_ms {
+                    // The node's housekeeper: collect tombstones older than the TTL.
+                    n.next_gc_ms = wall + 250;
+                    let ttl = self.tomb_ttl.as_millis() as u64;
+                    for c in n.app.caches.values_mut() {
+                        c.gc(wall, ttl);
+                    }
+                }
                 n.ep.handle_timeout(now, &mut n.app);
                 self.pump(ti);
             }
@@ -667,5 +817,24 @@ impl Sim {
 
     pub fn model(&self, i: usize) -> &Model {
         &self.nodes[i].app
+    }
+
+    /// The highest tombstone horizon of `cache` over live nodes: a write at or below it may
+    /// have been dropped in doubt (a miss, never a resurrection).
+    pub fn max_horizon(&self, cache: &str) -> Version {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive)
+            .filter_map(|n| n.app.caches.get(cache).map(|c| c.horizon))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Resurrections any node (of any incarnation still alive) has seen.
+    pub fn violations(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.app.violations.iter().cloned())
+            .collect()
     }
 }
