@@ -5,7 +5,8 @@
 //! A message for everybody may be answered by every member, so for it each node earns
 //! [`AMPLIFICATION`] / *members* times its wire size as credit for its sender; a message for
 //! one node (a snapshot request, a pull, an anti-entropy list) is answered only by that node,
-//! which earns the whole [`AMPLIFICATION`] for it (and the others nothing). Either way the
+//! which earns three quarters of [`AMPLIFICATION`] for it (a margin for framing; the others
+//! earn nothing). Either way the
 //! whole cluster never answers more than [`AMPLIFICATION`] times what a requester sent, over
 //! multicast or unicast. Credit is capped ([`CREDIT_CAP`]).
 //!

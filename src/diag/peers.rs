@@ -124,6 +124,12 @@ pub fn check_peers(config: &Config, timeout: Duration) -> Result<Vec<PeerCheck>>
         },
         me,
     );
+    // Sealed peers refuse datagrams without a current send time (replay horizon).
+    wire.set_wall_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    );
     // Query ids: target index × 10_000 + attempt, so each answer is timed from its own send.
     let mut sent: Vec<Vec<Instant>> = vec![Vec::new(); targets.len()];
     let mut last_round = None::<Instant>;
