@@ -6,6 +6,8 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+#[cfg(feature = "memcached")]
+mod backing;
 pub mod cache;
 pub mod config;
 pub mod diag;
@@ -15,10 +17,13 @@ pub mod node;
 pub mod proto;
 pub mod replica;
 
+#[cfg(feature = "memcached")]
+pub use backing::{BackingMetrics, ServerEvent, ServerMetrics};
 pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 pub use cache::handle::Cache;
 pub use cache::metrics::CacheMetrics;
 pub use cache::store::{CacheKey, CacheValue};
+pub use config::{BackingSpec, WritePolicy};
 pub use config::{CacheConfig, CacheMode, Config};
 pub use config::{TantrumSide, generate_key};
 pub use diag::{MulticastCheck, check_multicast, get_hops, get_mtu};

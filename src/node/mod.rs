@@ -28,6 +28,8 @@ pub(crate) struct NodeCore {
 }
 
 mod cluster;
+#[cfg(feature = "memcached")]
+mod tiered;
 
 pub use cluster::{Member, MemberEvent};
 
@@ -47,6 +49,9 @@ struct NodeInner {
     housekeeper: Mutex<Option<JoinHandle<()>>>,
     /// The network side; `None` for a local-only node ([`Node::start_local`]).
     net: Option<cluster::Net>,
+    /// The memcached tiers behind the caches that name one.
+    #[cfg(feature = "memcached")]
+    tiers: crate::backing::Tiers,
 }
 
 /// A cache node. `Clone` is cheap (an `Arc`); the node stops when [`Node::shutdown`] is called
@@ -137,6 +142,8 @@ impl Node {
         net: Option<(NodeId, cluster::Net)>,
     ) -> Result<Node> {
         config.validate()?;
+        #[cfg(feature = "memcached")]
+        let config_for_tiers = config.clone();
         let (id, net) = match net {
             Some((id, net)) => (id, Some(net)),
             None => (NodeId::random(), None),
@@ -174,6 +181,8 @@ impl Node {
                 stop,
                 housekeeper: Mutex::new(Some(handle)),
                 net,
+                #[cfg(feature = "memcached")]
+                tiers: crate::backing::Tiers::new(&config_for_tiers),
             }),
         })
     }
@@ -197,6 +206,10 @@ impl Node {
         }
         let cfg = self.inner.config.cache_config(name);
         let store = Arc::new(Store::<K, V>::new(name, cfg, self.inner.core.clone()));
+        #[cfg(feature = "memcached")]
+        if let Some(b) = self.inner.tiers.for_cache(name, store.config()) {
+            store.set_backing(b);
+        }
         reg.insert(
             name.to_string(),
             Registered {
