@@ -403,3 +403,86 @@ fn memcached_down_or_silent_never_breaks_the_cache() {
         eprintln!("{label}: 500 calls in {:?}", started.elapsed());
     }
 }
+
+/// The role a re-executed copy of this test binary plays (see
+/// `separate_processes_share_values_through_memcached`).
+const ROLE_ENV: &str = "T15_MEMCACHED_ROLE";
+
+#[test]
+fn separate_processes_share_values_through_memcached() {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        return child_role(&role);
+    }
+    let Some(bin) = binary_or_skip("separate_processes_share_values") else {
+        return;
+    };
+    let mc = Memcached::start(&bin, 47660);
+    // Two processes in different groups (no replication between them), configured only by
+    // MCCACHE_* variables, using only `mccache::get_cache`.
+    let run = |role: &str, port: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "separate_processes_share_values_through_memcached",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(ROLE_ENV, role)
+            .env("MCCACHE_CONFIG", "")
+            .env("MCCACHE_INTERFACE", "127.0.0.1")
+            .env("MCCACHE_MULTICAST_IP", "239.255.106.9")
+            .env("MCCACHE_MULTICAST_PORT", port)
+            .env("MCCACHE_CLUSTER_NAME", "t15-procs")
+            .env("MCCACHE_CACHE_TTL", "0")
+            .env("MCCACHE_BACKING", format!("memcached://{}", mc.addr()))
+            .env("MCCACHE_CACHES__LOADED__BACKING_WRITE", "invalidate")
+            .output()
+            .expect("run child");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{role} failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let w = run("writer", "47609");
+    assert!(w.contains("T15 wrote 100"), "{w}");
+    let r = run("reader", "47610");
+    assert!(r.contains("T15 found 100 loaded 7 cleared"), "{r}");
+}
+
+/// A child process: `writer` stores 100 keys and loads one; `reader` finds them all in
+/// memcached, gets the loaded value without running its loader, then clears.
+fn child_role(role: &str) {
+    let cache = mccache::get_cache::<String, u64>("procs");
+    let loaded = mccache::get_cache::<String, u64>("loaded");
+    match role {
+        "writer" => {
+            for i in 0..100 {
+                cache.insert(format!("k{i}"), i).unwrap();
+            }
+            assert_eq!(loaded.get_or_insert_with("x".into(), || 7).unwrap(), 7);
+            println!("T15 wrote 100");
+        }
+        "reader" => {
+            let found = (0..100)
+                .filter(|i| cache.get(&format!("k{i}")) == Some(*i))
+                .count();
+            let v = loaded
+                .get_or_insert_with("x".into(), || panic!("the loader ran again"))
+                .unwrap();
+            mccache::clear_cache("procs").unwrap();
+            // After the clear, memcached's copies are gone for everyone.
+            let node = Node::start_local(Config::load().unwrap()).unwrap();
+            let fresh = node.cache::<String, u64>("procs").unwrap();
+            let cleared = (0..100).all(|i| fresh.get(&format!("k{i}")).is_none());
+            println!(
+                "T15 found {found} loaded {v} {}",
+                if cleared { "cleared" } else { "not cleared" }
+            );
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
