@@ -404,6 +404,48 @@ fn memcached_down_or_silent_never_breaks_the_cache() {
     }
 }
 
+#[test]
+fn a_whole_cluster_restarted_cold_fills_from_memcached() {
+    let Some(bin) = binary_or_skip("a_whole_cluster_restarted_cold") else {
+        return;
+    };
+    let mc = Memcached::start(&bin, 47661);
+    let servers = [mc.addr()];
+    let start = || -> Vec<Node> {
+        let nodes: Vec<Node> = (0..2)
+            .map(|_| Node::start(config(4, 47603, "t15-restart", &servers)).unwrap())
+            .collect();
+        for n in &nodes {
+            n.wait_ready(Duration::from_secs(5));
+        }
+        assert!(wait_until(Duration::from_secs(10), || nodes
+            .iter()
+            .all(|n| n.members().len() == 1)));
+        nodes
+    };
+    let first = start();
+    let c = first[0].cache::<u32, String>("profiles").unwrap();
+    for i in 0..100 {
+        c.insert(i, format!("profile {i}")).unwrap();
+    }
+    for n in &first {
+        n.shutdown();
+    }
+    drop(first);
+    // The whole cluster is gone; a new one starts cold.
+    let second = start();
+    let a = second[0].cache::<u32, String>("profiles").unwrap();
+    let b = second[1].cache::<u32, String>("profiles").unwrap();
+    assert!(a.is_empty() && b.is_empty());
+    for i in 0..100 {
+        assert_eq!(a.get(&i), Some(format!("profile {i}")), "key {i}");
+    }
+    // What one node filled from memcached reached its peer by replication.
+    assert!(wait_until(Duration::from_secs(10), || b.len() == 100));
+    let m = &second[1].backing_metrics();
+    assert!(m.is_empty() || m[0].servers[0].hits == 0, "{m:?}");
+}
+
 /// The role a re-executed copy of this test binary plays (see
 /// `separate_processes_share_values_through_memcached`).
 const ROLE_ENV: &str = "T15_MEMCACHED_ROLE";

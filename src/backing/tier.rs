@@ -197,7 +197,10 @@ impl Backing for Tier {
             self.fallback();
             return Read::Failed;
         };
-        match self.current(&k, &found) {
+        // A value marked stale (another client's `md I`) is served only to callers with a
+        // loader, while one of them reloads it.
+        let stale = found.response.header.stale;
+        match self.current(&k, &found).filter(|_| !stale) {
             Some(v) => {
                 self.client.count_read(found.server, true);
                 Read::Hit {
