@@ -14,8 +14,8 @@ pub mod diag;
 pub mod error;
 pub mod net;
 pub mod node;
-pub mod proto;
-pub mod replica;
+/// The replication protocol core: the I/O-free state machine of the `mccache-proto` crate.
+pub use mccache_proto as proto;
 
 #[cfg(feature = "memcached")]
 pub use backing::{BackingMetrics, ServerEvent, ServerMetrics};

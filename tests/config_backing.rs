@@ -4,11 +4,14 @@
 // `figment::Jail` closures must return `figment::Result`, whose error is large; not ours to shrink.
 #![allow(clippy::result_large_err)]
 
+#[cfg(feature = "memcached")]
 use std::time::Duration;
 
-use figment::Jail;
-use mccache::{Config, WritePolicy};
+use mccache::Config;
+#[cfg(feature = "memcached")]
+use {figment::Jail, mccache::WritePolicy};
 
+#[cfg(feature = "memcached")]
 fn load_err() -> String {
     match Config::load() {
         Ok(c) => panic!("expected an error, loaded {c:?}"),
