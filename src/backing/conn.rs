@@ -237,7 +237,11 @@ mod tests {
             if let Ok((mut s, _)) = l.accept() {
                 let mut req = [0u8; 256];
                 let _ = s.read(&mut req);
-                let _ = s.write_all(&reply);
+                // Byte by byte: the reader must reassemble lines and blocks split anywhere.
+                let _ = s.set_nodelay(true);
+                for b in &reply {
+                    let _ = s.write_all(std::slice::from_ref(b));
+                }
                 std::thread::sleep(Duration::from_millis(300));
             }
         });
@@ -253,8 +257,8 @@ mod tests {
 
     #[test]
     fn reads_values_split_anywhere() {
-        let r = run(b"VA 5 t-1 c9\r\nhello\r\n", 10).unwrap();
-        assert_eq!(r[0].value.as_deref(), Some(&b"hello"[..]));
+        let r = run(b"VA 5 t-1 c9\r\nhe\nlo\r\n", 10).unwrap();
+        assert_eq!(r[0].value.as_deref(), Some(&b"he\nlo"[..]));
         assert_eq!(r[0].header.cas, Some(9));
     }
 

@@ -1,7 +1,7 @@
 //! One memcached server as the tier sees it: a bounded pool of connections, its health (marked
 //! down after repeated failures, probed again after a period), and its counters.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -44,6 +44,9 @@ struct Health {
     failures: u32,
     /// When the server was marked down; `None` while up.
     down_since: Option<Instant>,
+    /// When the current probe of a down server was handed out (a probe that never reports
+    /// back, because its caller gave up before sending, expires after `retry_after`).
+    probe_since: Option<Instant>,
     last_error: String,
 }
 
@@ -58,8 +61,6 @@ pub(crate) struct Server {
     /// Connections in existence (idle + in use).
     open: AtomicUsize,
     health: Mutex<Health>,
-    /// A request is probing this down server.
-    probing: AtomicBool,
     stats: Stats,
 }
 
@@ -81,9 +82,9 @@ impl Server {
             health: Mutex::new(Health {
                 failures: 0,
                 down_since: None,
+                probe_since: None,
                 last_error: String::new(),
             }),
-            probing: AtomicBool::new(false),
             stats: Stats::default(),
         }
     }
@@ -91,14 +92,18 @@ impl Server {
     /// Whether requests may go to this server now: it is up, or it has been down for
     /// `retry_after` and no other request is probing it (this caller becomes the probe).
     pub(crate) fn usable(&self, now: Instant) -> bool {
-        let h = self.health.lock();
-        match h.down_since {
-            None => true,
-            Some(since) => {
-                now.saturating_duration_since(since) >= self.limits.retry_after
-                    && !self.probing.swap(true, Ordering::AcqRel)
-            }
+        let mut h = self.health.lock();
+        let Some(since) = h.down_since else {
+            return true;
+        };
+        let retry = self.limits.retry_after;
+        let due = now.saturating_duration_since(since) >= retry
+            && h.probe_since
+                .is_none_or(|p| now.saturating_duration_since(p) >= retry);
+        if due {
+            h.probe_since = Some(now);
         }
+        due
     }
 
     /// Whether the server is marked down.
@@ -190,9 +195,9 @@ impl Server {
         let was_down = {
             let mut h = self.health.lock();
             h.failures = 0;
+            h.probe_since = None;
             h.down_since.take().is_some()
         };
-        self.probing.store(false, Ordering::Release);
         if was_down {
             tracing::info!(server = %self.addr, "memcached server is up again");
             events(ServerEvent::Up {
@@ -216,7 +221,7 @@ impl Server {
             let mut h = self.health.lock();
             h.failures = h.failures.saturating_add(1);
             h.last_error = e.to_string();
-            let probing = self.probing.swap(false, Ordering::AcqRel);
+            let probing = h.probe_since.take().is_some();
             if h.down_since.is_some() {
                 if probing {
                     h.down_since = Some(Instant::now()); // the probe failed: wait again
@@ -284,5 +289,50 @@ impl Server {
             connections: self.open.load(Ordering::Relaxed),
             last_error: (!h.last_error.is_empty()).then(|| h.last_error.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    #[test]
+    fn marked_down_after_n_failures_then_one_probe_per_period() {
+        // Nothing listens on this port: every exchange is refused.
+        let s = Server::new(
+            "127.0.0.1:47699",
+            Limits {
+                timeout: Duration::from_millis(200),
+                pool_max: 2,
+                down_after: 3,
+                retry_after: Duration::from_millis(50),
+                max_value: 1024,
+            },
+        );
+        let events = StdMutex::new(Vec::new());
+        let record = |e: ServerEvent| events.lock().unwrap().push(e);
+        for i in 0..3 {
+            assert!(s.usable(Instant::now()), "attempt {i}");
+            assert!(matches!(s.exchange(b"mn\r\n", 1, &record), Outcome::Failed));
+        }
+        assert!(s.is_down());
+        assert!(matches!(
+            events.lock().unwrap().as_slice(),
+            [ServerEvent::Down { .. }]
+        ));
+        let now = Instant::now();
+        assert!(!s.usable(now), "retried before retry_after");
+        let later = now + Duration::from_millis(60);
+        assert!(s.usable(later), "no probe after retry_after");
+        assert!(!s.usable(later), "two probes at once");
+        // A probe whose caller never reported back expires.
+        assert!(s.usable(later + Duration::from_millis(60)));
+        let m = s.metrics();
+        assert_eq!(
+            (m.up, m.requests, m.errors, m.marked_down),
+            (false, 3, 3, 1)
+        );
+        assert_eq!(m.connections, 0);
     }
 }

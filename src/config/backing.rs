@@ -42,10 +42,13 @@ impl BackingSpec {
     /// The normalized `backing` value: `memcached://host:port,host:port`.
     ///
     /// ```
-    /// let c = mccache::Config::from_toml_str(r#"backing = "memcached:// 10.0.0.7:11211 , 10.0.0.8:11211""#)?;
-    /// let spec = c.cache_config("any").backing.unwrap();
+    /// use mccache::{BackingSpec, WritePolicy};
+    ///
+    /// let spec = BackingSpec {
+    ///     servers: vec!["10.0.0.7:11211".into(), "10.0.0.8:11211".into()],
+    ///     write: WritePolicy::WriteThrough,
+    /// };
     /// assert_eq!(spec.url(), "memcached://10.0.0.7:11211,10.0.0.8:11211");
-    /// # Ok::<(), mccache::Error>(())
     /// ```
     pub fn url(&self) -> String {
         format!("{SCHEME}{}", self.servers.join(","))
