@@ -93,7 +93,8 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
         }
     }
 
-    /// Whether a live entry exists for `key`. Counts as a lookup like [`Cache::get`].
+    /// Whether a live entry exists for `key`. Counts as a lookup like [`Cache::get`]. Local
+    /// only: it never reads a shared tier (`backing`).
     pub fn contains_key(&self, key: &K) -> bool {
         self.store.contains_key(key)
     }
