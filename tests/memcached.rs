@@ -104,7 +104,7 @@ fn two_clusters_sharing_memcached_see_each_others_values_on_miss() {
     let b1 = Node::start(config(2, 47601, "t15-shared", &servers)).unwrap();
     let b2 = Node::start(config(2, 47601, "t15-shared", &servers)).unwrap();
     for n in [&a1, &b1, &b2] {
-        n.wait_ready(Duration::from_secs(5));
+        let _ = n.wait_ready(Duration::from_secs(5));
     }
     assert!(wait_until(Duration::from_secs(10), || b1.members().len() == 1));
     let a = a1.cache::<u32, String>("orders").unwrap();
@@ -137,7 +137,7 @@ fn fifty_concurrent_misses_across_three_nodes_run_the_loader_once() {
         .map(|_| Node::start(config(3, 47602, "t15-lease", &servers)).unwrap())
         .collect();
     for n in &nodes {
-        n.wait_ready(Duration::from_secs(5));
+        let _ = n.wait_ready(Duration::from_secs(5));
     }
     let loads = Arc::new(AtomicUsize::new(0));
     for round in 0..3u32 {
@@ -416,7 +416,7 @@ fn a_whole_cluster_restarted_cold_fills_from_memcached() {
             .map(|_| Node::start(config(4, 47603, "t15-restart", &servers)).unwrap())
             .collect();
         for n in &nodes {
-            n.wait_ready(Duration::from_secs(5));
+            let _ = n.wait_ready(Duration::from_secs(5));
         }
         assert!(wait_until(Duration::from_secs(10), || nodes
             .iter()

@@ -238,6 +238,7 @@ fn print_table(results: &[NodeResult]) {
         m
     });
     let sum = |f: fn(&NodeResult) -> u64| results.iter().map(f).sum::<u64>();
+    println!("{}", aggregate_line(results));
     println!(
         "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs, drops {:?}",
         sum(|r| r.network.datagrams_sent),
@@ -247,6 +248,25 @@ fn print_table(results: &[NodeResult]) {
         sum(|r| r.network.ae_repairs),
         dropped
     );
+}
+
+/// The whole cluster's throughput: operations and writes of every node over the span from
+/// the first node's start to the last node's end of workload, and the remote changes the
+/// nodes applied over the same span.
+fn aggregate_line(results: &[NodeResult]) -> String {
+    let start = results.iter().map(|r| r.started_ms).min().unwrap_or(0);
+    let end = results.iter().map(|r| r.done_ms).max().unwrap_or(0);
+    let secs = (end.saturating_sub(start) as f64 / 1000.0).max(1e-3);
+    let ops: u64 = results.iter().map(|r| r.ops.total()).sum();
+    let writes: u64 = results.iter().map(|r| r.ops.writes()).sum();
+    let applied: u64 = results.iter().map(|r| r.network.changes_applied).sum();
+    format!(
+        "aggregate: {} nodes, {ops} ops in {secs:.1} s = {:.0} ops/s ({:.0} writes/s); {:.0} remote changes applied/s",
+        results.len(),
+        ops as f64 / secs,
+        writes as f64 / secs,
+        applied as f64 / secs
+    )
 }
 
 /// Draws throughput (ops/s) and replication lag (p50 and p99, ms) per node over time.
