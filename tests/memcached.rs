@@ -90,6 +90,15 @@ fn a_local_hit_never_touches_memcached_and_a_miss_reads_it() {
     let other = local("t15-hit-other", &servers);
     let co = other.cache::<String, String>("users").unwrap();
     assert!(co.get(&"ada".into()).is_none());
+    // Values are sealed with the cluster key: another key, or none, reads nothing.
+    for crypto_key in [Some(mccache::generate_key()), None] {
+        let mut cfg = config(0, 47649, "t15-hit", &servers);
+        cfg.crypto_key = crypto_key;
+        let n = Node::start_local(cfg).unwrap();
+        let c = n.cache::<String, String>("users").unwrap();
+        assert!(c.get(&"ada".into()).is_none());
+        assert_eq!(n.backing_metrics()[0].servers[0].misses, 1);
+    }
 }
 
 #[test]

@@ -20,6 +20,8 @@ const RELATIVE_TTL_MAX: u64 = 60 * 60 * 24 * 30;
 const VALUE_MAGIC: [u8; 2] = [b'M', 1];
 /// Value header flag: the full namespaced key follows (the memcached key is a hash).
 const FLAG_FULL_KEY: u8 = 1;
+/// Value header flag: the value is sealed with the cluster's key (see `seal`).
+const FLAG_SEALED: u8 = 2;
 /// The value header without the optional full key: magic (2), flags (1), generation (8).
 const HEADER_LEN: usize = 11;
 
@@ -105,16 +107,21 @@ pub(crate) fn mix(mut x: u64) -> u64 {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Stored<'a> {
     pub(crate) generation: u64,
+    pub(crate) sealed: bool,
     pub(crate) value: &'a [u8],
 }
 
 /// The bytes stored in memcached for `value` under `key` at `generation`.
-pub(crate) fn encode_value(key: &Key, generation: u64, value: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_value(key: &Key, generation: u64, sealed: bool, value: &[u8]) -> Vec<u8> {
     let full = key.full.as_deref();
     let extra = full.map_or(0, |f| 4 + f.len());
     let mut out = Vec::with_capacity(HEADER_LEN + extra + value.len());
     out.extend_from_slice(&VALUE_MAGIC);
-    out.push(if full.is_some() { FLAG_FULL_KEY } else { 0 });
+    let mut flags = if full.is_some() { FLAG_FULL_KEY } else { 0 };
+    if sealed {
+        flags |= FLAG_SEALED;
+    }
+    out.push(flags);
     out.extend_from_slice(&generation.to_be_bytes());
     if let Some(f) = full {
         out.extend_from_slice(&(f.len() as u32).to_be_bytes());
@@ -146,6 +153,7 @@ pub(crate) fn decode_value<'a>(key: &Key, data: &'a [u8]) -> Option<Stored<'a>> 
     }
     Some(Stored {
         generation,
+        sealed: flags & FLAG_SEALED != 0,
         value: rest,
     })
 }
@@ -380,11 +388,11 @@ mod tests {
         let long = Key::new("c", "x", KeyKind::Entry, &[7; 400]);
         let other_long = Key::new("c", "x", KeyKind::Entry, &[8; 400]);
         for key in [&short, &long] {
-            let data = encode_value(key, 42, b"value");
+            let data = encode_value(key, 42, true, b"value");
             let s = decode_value(key, &data).unwrap();
-            assert_eq!((s.generation, s.value), (42, &b"value"[..]));
+            assert_eq!((s.generation, s.sealed, s.value), (42, true, &b"value"[..]));
         }
-        let data = encode_value(&long, 1, b"v");
+        let data = encode_value(&long, 1, false, b"v");
         assert_eq!(decode_value(&other_long, &data), None);
         assert_eq!(decode_value(&short, &data), None);
         for n in 0..data.len() {

@@ -19,6 +19,7 @@
 mod client;
 mod codec;
 mod conn;
+mod seal;
 mod server;
 mod tier;
 
@@ -125,6 +126,7 @@ impl Events {
 /// The memcached tiers of a node: one client per distinct server list, shared by its caches.
 pub(crate) struct Tiers {
     config: Config,
+    sealer: Option<Arc<seal::Sealer>>,
     clients: Mutex<BTreeMap<String, Arc<client::Client>>>,
     events: Arc<Events>,
 }
@@ -132,6 +134,12 @@ pub(crate) struct Tiers {
 impl Tiers {
     pub(crate) fn new(config: &Config) -> Tiers {
         Tiers {
+            // The keyring was validated with the rest of the configuration.
+            sealer: config
+                .crypto_keyring()
+                .ok()
+                .and_then(|k| seal::Sealer::new(&k))
+                .map(Arc::new),
             config: config.clone(),
             clients: Mutex::new(BTreeMap::new()),
             events: Arc::new(Events::default()),
@@ -169,6 +177,7 @@ impl Tiers {
             spec.write,
             crate::config::secs_to_duration(c.backing_lease_ttl),
             crate::config::secs_to_duration(c.backing_lease_wait),
+            self.sealer.clone(),
         )))
     }
 

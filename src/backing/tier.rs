@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::client::Client;
 use super::codec::{self, Code, Key, KeyKind, SetMode};
 use super::conn::Response;
+use super::seal::Sealer;
 use crate::cache::backing::{Backing, Lease, Read};
 use crate::config::WritePolicy;
 
@@ -27,6 +28,16 @@ pub(crate) struct Tier {
     gen_key: Key,
     generation: AtomicU64,
     generation_known: AtomicBool,
+    /// Seals values with the cluster's keys (`None`: the cluster is plaintext).
+    sealer: Option<Arc<Sealer>>,
+}
+
+/// What binds a sealed value: its memcached key and generation.
+fn binding(key: &Key, generation: u64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(key.wire.len() + 8);
+    aad.extend_from_slice(key.wire.as_bytes());
+    aad.extend_from_slice(&generation.to_be_bytes());
+    aad
 }
 
 /// What one read of an entry found.
@@ -44,6 +55,7 @@ impl Tier {
         write: WritePolicy,
         lease_ttl: Duration,
         lease_wait: Duration,
+        sealer: Option<Arc<Sealer>>,
     ) -> Tier {
         Tier {
             client,
@@ -55,6 +67,7 @@ impl Tier {
             gen_key: Key::new(cluster, cache, KeyKind::Generation, b""),
             generation: AtomicU64::new(0),
             generation_known: AtomicBool::new(false),
+            sealer,
         }
     }
 
@@ -124,8 +137,8 @@ impl Tier {
         })
     }
 
-    /// The value in `found` if it is a current one of ours.
-    fn current<'a>(&self, key: &Key, found: &'a Found) -> Option<&'a [u8]> {
+    /// The value in `found` if it is a current one of ours (opened, if the cluster seals).
+    fn current(&self, key: &Key, found: &Found) -> Option<Vec<u8>> {
         let data = found.response.value.as_deref()?;
         if data.is_empty() {
             return None; // a lease placeholder
@@ -138,7 +151,12 @@ impl Tier {
                 .fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(stored.value)
+        match (&self.sealer, stored.sealed) {
+            (None, false) => Some(stored.value.to_vec()),
+            (Some(s), true) => s.open(&binding(key, stored.generation), stored.value),
+            // Sealed where the cluster is plaintext, or the other way round: not ours.
+            _ => None,
+        }
     }
 
     fn ttl(found: &Found) -> Option<Duration> {
@@ -157,7 +175,13 @@ impl Tier {
             self.fallback();
             return;
         };
-        let data = codec::encode_value(key, generation, value);
+        let data = match &self.sealer {
+            None => codec::encode_value(key, generation, false, value),
+            Some(s) => match s.seal(&binding(key, generation), value) {
+                Some(sealed) => codec::encode_value(key, generation, true, &sealed),
+                None => return,
+            },
+        };
         let mut req = Vec::with_capacity(data.len() + 64);
         codec::set(
             &mut req,
@@ -204,7 +228,7 @@ impl Backing for Tier {
             Some(v) => {
                 self.client.count_read(found.server, true);
                 Read::Hit {
-                    value: v.to_vec(),
+                    value: v,
                     ttl: Self::ttl(&found),
                 }
             }
@@ -242,7 +266,7 @@ impl Backing for Tier {
                     .counters
                     .lease_busy
                     .fetch_add(1, Ordering::Relaxed);
-                let stale = h.stale.then(|| current.map(<[u8]>::to_vec)).flatten();
+                let stale = if h.stale { current } else { None };
                 if stale.is_some() {
                     self.client
                         .counters
@@ -254,7 +278,7 @@ impl Backing for Tier {
             match (current, found.response.header.code) {
                 (Some(v), _) => {
                     return Lease::Hit {
-                        value: v.to_vec(),
+                        value: v,
                         ttl: Self::ttl(&found),
                     };
                 }
