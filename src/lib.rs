@@ -2,7 +2,9 @@
 //!
 //! An embeddable, cluster-aware, in-process cache. Every process of the cluster holds its own
 //! copy; inserts, updates and deletes are multicast to the others as encrypted, MTU-sized UDP
-//! datagrams and applied there in version order.
+//! datagrams and applied there in version order. Where multicast is not available (Kubernetes,
+//! cloud VPCs), `transport = "unicast"` sends each datagram to every peer instead, with peers
+//! found from a static list or DNS names (`docs/KUBERNETES.md`).
 //!
 //! Warnings a user must act on (plaintext traffic, datagrams from the group that cannot be
 //! opened, mistyped `MCCACHE_*` variables) are [`tracing`] events at `warn` level: install a
@@ -37,7 +39,9 @@ pub use cache::store::{CacheKey, CacheValue};
 pub use config::{BackingSpec, WritePolicy};
 pub use config::{CacheConfig, CacheMode, Config};
 pub use config::{TantrumSide, generate_key};
-pub use diag::{MulticastCheck, check_multicast, get_hops, get_mtu};
+pub use diag::{
+    AddressCheck, MulticastCheck, PeerCheck, check_multicast, check_peers, get_hops, get_mtu,
+};
 pub use error::{Error, Result};
 pub use node::{
     ClusterAnswers, Health, Member, MemberEvent, Node, OpenFailure, Readiness, Unopened,
