@@ -40,6 +40,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod backing;
+pub use backing::{BackingSpec, WritePolicy};
 mod transport;
 pub use transport::{TransportKind, peer_with_port};
 
@@ -184,6 +186,8 @@ pub struct CacheConfig {
     pub mode: CacheMode,
     /// The callback window (`callback_win`): see [`crate::ChangeEvent::in_callback_window`].
     pub callback_win: Duration,
+    /// The memcached tier behind the cache (`backing`, `backing_write`), if any.
+    pub backing: Option<BackingSpec>,
 }
 
 /// Node configuration. Key names follow McCache.
@@ -263,6 +267,28 @@ pub struct Config {
     /// further ahead they are refused, counted (`clock_skew`) and warned about, and never
     /// move this node's clock. Default 60.
     pub max_clock_skew: f64,
+    // --- the memcached tier (feature `memcached`) ---
+    /// `backing`: `memcached://host:port[,host:port...]` behind every cache (a cache's own
+    /// `backing` overrides it; `"none"` turns it off). Default none.
+    pub backing: Option<String>,
+    /// `backing_write`: `write-through` (writes set memcached) or `invalidate` (writes delete
+    /// the memcached copy). Default write-through.
+    pub backing_write: WritePolicy,
+    /// `backing_timeout`: seconds one memcached exchange may take (connect included) before
+    /// the call goes on with the local tier. Default 0.1.
+    pub backing_timeout: f64,
+    /// `backing_pool_max`: connections per memcached server (idle and busy). Default 8.
+    pub backing_pool_max: usize,
+    /// `backing_down_after`: failures in a row that mark a server down. Default 3.
+    pub backing_down_after: u32,
+    /// `backing_retry_after`: seconds a down server is skipped before it is probed. Default 5.
+    pub backing_retry_after: f64,
+    /// `backing_lease_ttl`: seconds a load lease lives in memcached (the longest a loader is
+    /// expected to take). Default 10.
+    pub backing_lease_ttl: f64,
+    /// `backing_lease_wait`: seconds a caller waits for another caller's load before it runs
+    /// its loader itself. Default 2.
+    pub backing_lease_wait: f64,
     /// Per-cache overrides, `[caches.NAME]`.
     pub caches: BTreeMap<String, CacheOverrides>,
     // Unicast transport (issue 11): `transport`, `peers`, `bind_port`, `discovery_interval`.
@@ -294,6 +320,10 @@ pub struct CacheOverrides {
     pub cache_mode: Option<CacheMode>,
     /// Overrides `callback_win`.
     pub callback_win: Option<f64>,
+    /// Overrides `backing` (`"none"`: no tier for this cache).
+    pub backing: Option<String>,
+    /// Overrides `backing_write`.
+    pub backing_write: Option<WritePolicy>,
 }
 
 impl Default for Config {
@@ -322,6 +352,14 @@ impl Default for Config {
             overload: Overload::Repair,
             overload_timeout: 1.0,
             max_clock_skew: 60.0,
+            backing: None,
+            backing_write: WritePolicy::WriteThrough,
+            backing_timeout: 0.1,
+            backing_pool_max: 8,
+            backing_down_after: 3,
+            backing_retry_after: 5.0,
+            backing_lease_ttl: 10.0,
+            backing_lease_wait: 2.0,
             caches: BTreeMap::new(),
             transport: TransportKind::Multicast,
             peers: Vec::new(),
@@ -438,8 +476,10 @@ impl Config {
     /// 0..=100; every crypto key base64 of 32 bytes; `max_message_size` in 1..=64 MiB;
     /// `cluster_name` 1 to 64 bytes; `node_name` (if set) 1 to 255 bytes; `interface` a
     /// unicast IPv4 address or 0.0.0.0; each `peers` entry `host[:port]` with an IPv4 address or
-    /// a DNS name; `bind_port` != 0; `discovery_interval` finite and > 0; the same rules for
-    /// each `[caches.NAME]` override.
+    /// a DNS name; `bind_port` != 0; `discovery_interval` finite and > 0; `backing` (if set)
+    /// `memcached://host:port,...` or `none`, and only in a build with the `memcached` feature;
+    /// the `backing_*` seconds > 0, `backing_pool_max` 1 to 1024, `backing_down_after` 1 to
+    /// 1000; the same rules for each `[caches.NAME]` override.
     ///
     /// ```
     /// use mccache::Config;
@@ -534,6 +574,7 @@ impl Config {
             self.overload_timeout,
             non_negative_secs(self.overload_timeout),
         )?;
+        self.validate_backing()?;
         // Unicast transport keys.
         for (i, p) in self.peers.iter().enumerate() {
             check(&format!("peers[{i}]"), p, transport::peer(p))?;
@@ -563,8 +604,36 @@ impl Config {
             if let Some(v) = o.callback_win {
                 check(&key("callback_win"), v, non_negative_secs(v))?;
             }
+            if let Some(v) = &o.backing {
+                check(&key("backing"), v, backing::feature(v))?;
+            }
         }
         Ok(())
+    }
+
+    /// The `backing*` rules (see [`Config::validate`]).
+    fn validate_backing(&self) -> Result<()> {
+        if let Some(v) = &self.backing {
+            check("backing", v, backing::feature(v))?;
+        }
+        for (k, v) in [
+            ("backing_timeout", self.backing_timeout),
+            ("backing_retry_after", self.backing_retry_after),
+            ("backing_lease_ttl", self.backing_lease_ttl),
+            ("backing_lease_wait", self.backing_lease_wait),
+        ] {
+            check(k, v, positive_secs(v))?;
+        }
+        check(
+            "backing_pool_max",
+            self.backing_pool_max,
+            backing::pool_n(self.backing_pool_max as u64),
+        )?;
+        check(
+            "backing_down_after",
+            self.backing_down_after,
+            backing::failures_n(self.backing_down_after.into()),
+        )
     }
 
     /// The effective settings of cache `name` (node-wide values plus its overrides).
@@ -587,6 +656,15 @@ impl Config {
             max_bytes: o.cache_size.unwrap_or(self.cache_size),
             mode: o.cache_mode.unwrap_or(self.cache_mode),
             callback_win: secs_to_duration(o.callback_win.unwrap_or(self.callback_win)),
+            backing: o
+                .backing
+                .as_deref()
+                .or(self.backing.as_deref())
+                .and_then(|url| backing::parse_url(url).ok().flatten())
+                .map(|servers| BackingSpec {
+                    servers,
+                    write: o.backing_write.unwrap_or(self.backing_write),
+                }),
         }
     }
 
@@ -722,6 +800,7 @@ impl Config {
                 match key.as_str() {
                     "crypto_key" => c.crypto_key = None,
                     "node_name" => c.node_name = None,
+                    "backing" => c.backing = None,
                     "bind_port" => c.bind_port = None,
                     "peers" => c.peers = Vec::new(),
                     _ => {}
@@ -773,6 +852,22 @@ impl Config {
                 }
                 "max_clock_skew" => {
                     c.max_clock_skew = field(k, v, |v| secs(v).and_then(positive_secs))?
+                }
+                "backing" => c.backing = field(k, v, backing::backing_v)?,
+                "backing_write" => c.backing_write = field(k, v, backing::write_policy)?,
+                "backing_timeout" => {
+                    c.backing_timeout = field(k, v, |v| secs(v).and_then(positive_secs))?
+                }
+                "backing_pool_max" => c.backing_pool_max = field(k, v, backing::pool)?,
+                "backing_down_after" => c.backing_down_after = field(k, v, backing::failures)?,
+                "backing_retry_after" => {
+                    c.backing_retry_after = field(k, v, |v| secs(v).and_then(positive_secs))?
+                }
+                "backing_lease_ttl" => {
+                    c.backing_lease_ttl = field(k, v, |v| secs(v).and_then(positive_secs))?
+                }
+                "backing_lease_wait" => {
+                    c.backing_lease_wait = field(k, v, |v| secs(v).and_then(positive_secs))?
                 }
                 "caches" => c.caches = caches(v)?,
                 // Unicast transport keys.
@@ -849,6 +944,14 @@ const TOP_KEYS: &[&str] = &[
     "overload",
     "overload_timeout",
     "max_clock_skew",
+    "backing",
+    "backing_write",
+    "backing_timeout",
+    "backing_pool_max",
+    "backing_down_after",
+    "backing_retry_after",
+    "backing_lease_ttl",
+    "backing_lease_wait",
     "caches",
     // Unicast transport keys.
     "transport",
@@ -864,6 +967,8 @@ const CACHE_KEYS: &[&str] = &[
     "cache_size",
     "cache_mode",
     "callback_win",
+    "backing",
+    "backing_write",
 ];
 
 /// The `MCCACHE_CONFIG` path, if set and not empty.
@@ -1413,6 +1518,13 @@ fn caches(v: &Value) -> Result<BTreeMap<String, CacheOverrides>> {
                 "callback_win" => {
                     o.callback_win = Some(field(&full, v, |v| secs(v).and_then(non_negative_secs))?)
                 }
+                // "none" is kept (it turns a node-wide `backing` off for this cache).
+                "backing" => {
+                    o.backing = Some(field(&full, v, |v| {
+                        backing::backing_v(v).map(|b| b.unwrap_or_else(|| "none".to_string()))
+                    })?)
+                }
+                "backing_write" => o.backing_write = Some(field(&full, v, backing::write_policy)?),
                 _ => return Err(bad(&full, shown(v), &unknown_reason(k, CACHE_KEYS))),
             }
         }
@@ -1521,7 +1633,7 @@ fn node_name_v(name: String) -> Parsed<String> {
 }
 
 /// Seconds to a `Duration`, saturating: negative or NaN → zero, too large → `Duration::MAX`.
-fn secs_to_duration(secs: f64) -> Duration {
+pub(crate) fn secs_to_duration(secs: f64) -> Duration {
     if secs.is_nan() || secs <= 0.0 {
         Duration::ZERO
     } else {

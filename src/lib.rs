@@ -18,6 +18,8 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "memcached")]
+mod backing;
 pub mod cache;
 pub mod config;
 pub mod diag;
@@ -28,10 +30,13 @@ pub mod node;
 pub use mccache_proto as proto;
 mod warn;
 
+#[cfg(feature = "memcached")]
+pub use backing::{BackingMetrics, ServerEvent, ServerMetrics};
 pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 pub use cache::handle::Cache;
 pub use cache::metrics::CacheMetrics;
 pub use cache::store::{CacheKey, CacheValue};
+pub use config::{BackingSpec, WritePolicy};
 pub use config::{CacheConfig, CacheMode, Config};
 pub use config::{TantrumSide, generate_key};
 pub use diag::{

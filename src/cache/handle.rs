@@ -68,17 +68,33 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
 
     /// A clone of the value under `key`, if it is present and not expired. Counts a lookup (hit
     /// or miss); a hit marks the entry recently used and arms the callback window.
+    ///
+    /// With a shared tier behind the cache (`backing`, the `memcached` feature), a local miss
+    /// reads the tier, and a value found there is stored here (and replicated per the cache's
+    /// mode). A local hit never touches the tier.
     pub fn get(&self, key: &K) -> Option<V> {
-        self.store.get(key)
+        match self.store.get(key) {
+            Some(v) => Some(v),
+            None if self.store.has_backing() => self.store.read_through(key),
+            None => None,
+        }
     }
 
     /// The value and the version of its last write: the token for [`Cache::compare_and_swap`].
     /// Counts as a lookup like [`Cache::get`].
     pub fn get_with_version(&self, key: &K) -> Option<(V, Version)> {
-        self.store.get_with_version(key)
+        match self.store.get_with_version(key) {
+            Some(v) => Some(v),
+            None if self.store.has_backing() => {
+                self.store.read_through(key)?;
+                self.store.peek_value(key)
+            }
+            None => None,
+        }
     }
 
-    /// Whether a live entry exists for `key`. Counts as a lookup like [`Cache::get`].
+    /// Whether a live entry exists for `key`. Counts as a lookup like [`Cache::get`]. Local
+    /// only: it never reads a shared tier (`backing`).
     pub fn contains_key(&self, key: &K) -> bool {
         self.store.contains_key(key)
     }
@@ -88,7 +104,7 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     where
         I: IntoIterator<Item = &'a K>,
     {
-        keys.into_iter().map(|k| self.store.get(k)).collect()
+        keys.into_iter().map(|k| self.get(k)).collect()
     }
 
     /// Stores `value` under `key` with the cache's TTL; returns the value it replaced.
@@ -290,9 +306,8 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
             guard.value = Some(v.clone());
             return Ok(v);
         }
-        let value = load()?;
-        self.store
-            .write(key, value.clone(), Cond::Always, Ttl::Cache)?;
+        // With a shared tier: its value, or its fleet-wide lease around the loader.
+        let value = self.store.load_through(key, load)?;
         guard.value = Some(value.clone());
         Ok(value)
     }

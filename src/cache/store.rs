@@ -29,8 +29,8 @@ use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use indexmap::IndexMap;
@@ -39,6 +39,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::cache::backing::Backing;
 use crate::cache::context::StoreContext;
 use crate::cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 use crate::cache::hooks::{
@@ -65,6 +66,9 @@ type Hasher = foldhash::fast::RandomState;
 pub(crate) type Listener<K> = Arc<dyn Fn(&ChangeEvent<K>) + Send + Sync>;
 
 pub(crate) use super::hooks::splitmix64 as mix64;
+
+/// The shared-tier side of the store (read-through, load-through, write hooks).
+mod tiered;
 
 fn bucket_of(key_bytes: &[u8]) -> u8 {
     super::hooks::key_bucket(key_bytes) as u8
@@ -246,6 +250,9 @@ pub(crate) enum Cond {
     IfAbsent,
     IfPresent,
     IfVersion(Option<Version>),
+    /// A value read from (or loaded for) the shared tier: stored only if the key is absent and
+    /// no delete or clear newer than this version (taken before the read) is known.
+    Fill(Version),
 }
 
 /// The TTL a local write asks for.
@@ -295,6 +302,8 @@ pub(crate) struct Store<K, V> {
     listener_count: AtomicUsize,
     next_listener: AtomicU64,
     pub(crate) flights: Mutex<HashMap<K, Arc<Flight<V>>, Hasher>>,
+    /// The optional shared tier (see `tiered`).
+    backing: OnceLock<Arc<dyn Backing>>,
 }
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
@@ -340,6 +349,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             listener_count: AtomicUsize::new(0),
             next_listener: AtomicU64::new(1),
             flights: Mutex::new(HashMap::with_hasher(hasher)),
+            backing: OnceLock::new(),
         }
     }
 
@@ -731,6 +741,16 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let mut ev = self.events();
         let (now, wall) = self.core.clock.now_both();
         let mut mutations = 0;
+        let fill = match cond {
+            Cond::Fill(v) => Some(v),
+            _ => None,
+        };
+        if fill.is_some_and(|v| v <= *self.clear_floor.read()) {
+            return Ok(Written {
+                old: None,
+                version: None,
+            });
+        }
         // A new key takes its entry slot before it is stored, so `len()` never exceeds
         // `cache_max`, as seen from any thread.
         let slot_reserved = self.reserve_slot_for(shard, &key, None, now, &mut ev);
@@ -750,7 +770,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             }
             let found = live.map(|i| g.map[i].version);
             match (cond, found) {
-                (Cond::IfAbsent, Some(_)) | (Cond::IfPresent, None) => {
+                (Cond::IfAbsent | Cond::Fill(_), Some(_)) | (Cond::IfPresent, None) => {
+                    break 'locked Ok((None, Version::ZERO, false));
+                }
+                (Cond::Fill(v), None) if g.tombs.get(&key).is_some_and(|t| t.version >= v) => {
                     break 'locked Ok((None, Version::ZERO, false));
                 }
                 (Cond::IfVersion(expected), found) if expected != found => {
@@ -761,7 +784,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             if !g.tombs.is_empty() {
                 g.tombs.swap_remove(&key);
             }
-            let version = Version::new(self.core.hlc.tick(wall), self.core.id);
+            let version =
+                fill.unwrap_or_else(|| Version::new(self.core.hlc.tick(wall), self.core.id));
             let entry = self.new_entry(value, &enc, version, (now, wall), ttl);
             let expires_at = entry.expires_at;
             let old = match live {
@@ -809,7 +833,14 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         let result = match outcome {
             Ok((old, version, new_key)) if version != Version::ZERO => {
-                self.publish_put(&enc, version, ttl, reserved);
+                if fill.is_none() {
+                    self.publish_put(&enc, version, ttl, reserved);
+                    self.backing_wrote(&enc, ttl);
+                } else if self.cfg.mode != CacheMode::Invalidate {
+                    self.publish_put(&enc, version, ttl, reserved);
+                } else if reserved {
+                    self.core.publisher.release();
+                }
                 if new_key {
                     self.enforce_caps(version, now, &mut ev);
                 }
@@ -924,6 +955,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 }
             }
         };
+        self.backing_removed(&key_bytes);
         let out = removed.map(|(v, version)| {
             if self.core.publisher.enabled() {
                 self.publish(
@@ -987,6 +1019,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     pub(crate) fn clear(&self) {
         let version = Version::new(self.core.hlc.tick(self.core.clock.wall_ms()), self.core.id);
         self.clear_at(version, Origin::Local);
+        self.backing_cleared();
         if self.core.publisher.enabled() {
             self.core.publisher.publish(Change {
                 cache: self.name.clone(),

@@ -22,6 +22,8 @@ use crate::proto::version::{Hlc, NodeId};
 mod cluster;
 mod health;
 pub(crate) mod replica;
+#[cfg(feature = "memcached")]
+mod tiered;
 
 pub use cluster::{ClusterAnswers, Member, MemberEvent};
 pub use health::{Health, OpenFailure, Readiness, Unopened};
@@ -42,6 +44,9 @@ struct NodeInner {
     housekeeper: Mutex<Option<JoinHandle<()>>>,
     /// The network side; `None` for a local-only node ([`Node::start_local`]).
     net: Option<cluster::Net>,
+    /// The memcached tiers behind the caches that name one.
+    #[cfg(feature = "memcached")]
+    tiers: crate::backing::Tiers,
 }
 
 /// A cache node. `Clone` is cheap (an `Arc`); the node stops when [`Node::shutdown`] is called
@@ -135,6 +140,8 @@ impl Node {
         net: Option<(NodeId, cluster::Net)>,
     ) -> Result<Node> {
         config.validate()?;
+        #[cfg(feature = "memcached")]
+        let config_for_tiers = config.clone();
         let (id, net) = match net {
             Some((id, net)) => (id, Some(net)),
             None => (NodeId::from_random(rand::random()), None),
@@ -172,6 +179,8 @@ impl Node {
                 stop,
                 housekeeper: Mutex::new(Some(handle)),
                 net,
+                #[cfg(feature = "memcached")]
+                tiers: crate::backing::Tiers::new(&config_for_tiers),
             }),
         })
     }
@@ -195,6 +204,10 @@ impl Node {
         }
         let cfg = self.inner.config.cache_config(name);
         let store = Arc::new(Store::<K, V>::new(name, cfg, self.inner.core.clone()));
+        #[cfg(feature = "memcached")]
+        if let Some(b) = self.inner.tiers.for_cache(name, store.config()) {
+            store.set_backing(b);
+        }
         reg.insert(
             name.to_string(),
             Registered {
