@@ -147,6 +147,15 @@ pub struct CacheConfig {
     pub mode: CacheMode,
     /// The callback window (`callback_win`): see [`crate::ChangeEvent::in_callback_window`].
     pub callback_win: Duration,
+    /// Stale-while-revalidate: how long after its write a value is fresh. Past that, and until
+    /// `ttl` ends, [`Cache::get_or_load`](crate::Cache::get_or_load) serves it at once and
+    /// refreshes it in the background. `None`: fresh for its whole `ttl`. Set with
+    /// [`CacheBuilder::fresh_for`](crate::CacheBuilder::fresh_for).
+    pub fresh_for: Option<Duration>,
+    /// Eager refresh: the fraction of `fresh_for` after which a read of a still-fresh value
+    /// starts a background refresh (for example 0.8). `None`: off. Set with
+    /// [`CacheBuilder::eager_refresh`](crate::CacheBuilder::eager_refresh).
+    pub eager_refresh: Option<f64>,
 }
 
 /// Node configuration. Key names follow McCache.
@@ -492,6 +501,8 @@ impl Config {
             max_bytes: o.cache_size.unwrap_or(self.cache_size),
             mode: o.cache_mode.unwrap_or(self.cache_mode),
             callback_win: secs_to_duration(o.callback_win.unwrap_or(self.callback_win)),
+            fresh_for: None,
+            eager_refresh: None,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod proto;
 pub mod replica;
 
 pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
+pub use cache::builder::CacheBuilder;
 pub use cache::handle::Cache;
 pub use cache::metrics::CacheMetrics;
 pub use cache::store::{CacheKey, CacheValue};

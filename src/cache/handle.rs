@@ -4,7 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
 
 use crate::cache::event::{ChangeEvent, ListenerId, Metadata};
 use crate::cache::metrics::CacheMetrics;
@@ -260,10 +259,7 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
             match flights.get(&key) {
                 Some(f) => (f.clone(), false),
                 None => {
-                    let f = Arc::new(Flight {
-                        state: Mutex::new(None),
-                        done: Condvar::new(),
-                    });
+                    let f = Arc::new(Flight::new());
                     flights.insert(key.clone(), f.clone());
                     (f, true)
                 }
@@ -368,7 +364,6 @@ impl<K: CacheKey, V: CacheValue> Drop for FlightGuard<'_, K, V> {
         if let Some(k) = self.key.take() {
             self.store.flights.lock().remove(&k);
         }
-        *self.flight.state.lock() = Some(self.value.take());
-        self.flight.done.notify_all();
+        self.flight.complete(self.value.take());
     }
 }

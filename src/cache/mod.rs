@@ -1,9 +1,11 @@
 //! The local store: typed caches over sharded maps with CLOCK eviction, TTL and byte caps.
 
+pub mod builder;
 pub mod clock;
 pub mod event;
 pub mod handle;
 pub mod hooks;
+pub(crate) mod load;
 pub mod metrics;
 pub mod parked;
 pub mod store;

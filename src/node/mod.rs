@@ -11,6 +11,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use crate::cache::clock::{Clock, SystemClock};
+use crate::cache::builder::{CacheBuilder, Requested};
 use crate::cache::handle::Cache;
 use crate::cache::hooks::{ErasedCache, NoPublisher, Publisher};
 use crate::cache::store::{CacheKey, CacheValue, Store, type_names};
@@ -28,6 +29,7 @@ pub(crate) struct NodeCore {
 }
 
 mod cluster;
+mod nonblocking;
 
 pub use cluster::{Member, MemberEvent};
 
@@ -179,23 +181,62 @@ impl Node {
     }
 
     /// Opens (creating on first use) the cache `name` with key type `K` and value type `V`.
-    /// Its settings are the node's, with `[caches.NAME]` overrides applied.
+    /// Its settings are the node's, with `[caches.NAME]` overrides applied; an open cache is
+    /// returned as it is. [`Node::cache_builder`] sets them in code.
     ///
     /// # Errors
     /// [`Error::TypeMismatch`] if `name` is already open with other types;
     /// [`Error::Shutdown`] after [`Node::shutdown`].
     pub fn cache<K: CacheKey, V: CacheValue>(&self, name: &str) -> Result<Cache<K, V>> {
+        self.open_cache(name, None)
+    }
+
+    /// A builder for cache `name` with settings given in code (TTL, caps, mode, callback
+    /// window, stale-while-revalidate), merged with the configuration: see [`CacheBuilder`].
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let users = node.cache_builder::<u64, String>("users").max_entries(10_000).build()?;
+    /// assert_eq!(users.config().max_entries, 10_000);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    pub fn cache_builder<K: CacheKey, V: CacheValue>(&self, name: &str) -> CacheBuilder<'_, K, V> {
+        CacheBuilder::new(self, name)
+    }
+
+    pub(crate) fn open_cache<K: CacheKey, V: CacheValue>(
+        &self,
+        name: &str,
+        requested: Option<&Requested>,
+    ) -> Result<Cache<K, V>> {
         if *self.inner.stop.stopped.lock() {
             return Err(Error::Shutdown);
         }
+        let existing = |r: &Registered| -> Result<Cache<K, V>> {
+            let cache = Self::typed(name, r)?;
+            if let Some((setting, existing, requested)) =
+                requested.and_then(|q| q.conflict(cache.config()))
+            {
+                return Err(Error::CacheConflict {
+                    name: name.to_string(),
+                    setting,
+                    existing,
+                    requested,
+                });
+            }
+            Ok(cache)
+        };
         if let Some(r) = self.inner.registry.open.read().get(name) {
-            return Self::typed(name, r);
+            return existing(r);
         }
         let mut reg = self.inner.registry.open.write();
         if let Some(r) = reg.get(name) {
-            return Self::typed(name, r);
+            return existing(r);
         }
-        let cfg = self.inner.config.cache_config(name);
+        let mut cfg = self.inner.config.cache_config(name);
+        if let Some(q) = requested {
+            cfg = q.apply(cfg)?;
+        }
         let store = Arc::new(Store::<K, V>::new(name, cfg, self.inner.core.clone()));
         reg.insert(
             name.to_string(),
