@@ -224,6 +224,10 @@ pub struct Config {
     pub cluster_name: String,
     /// `queue_max`: outbound changes queued before overload marks caches for repair.
     pub queue_max: usize,
+    /// `metrics_log_interval`: seconds between the housekeeper's metrics summaries (one
+    /// `tracing` info event per cache and one for the network, target `mccache::metrics`);
+    /// 0 = off. Default 60.
+    pub metrics_log_interval: f64,
     /// Per-cache overrides, `[caches.NAME]`.
     pub caches: BTreeMap<String, CacheOverrides>,
 }
@@ -267,6 +271,7 @@ impl Default for Config {
             node_name: None,
             cluster_name: "mccache".to_string(),
             queue_max: 65_536,
+            metrics_log_interval: 60.0,
             caches: BTreeMap::new(),
         }
     }
@@ -369,7 +374,7 @@ impl Config {
 
     /// Checks every value; the error names the key and the bad value.
     ///
-    /// Rules: `cache_ttl` and `callback_win` finite and >= 0; `cache_pulse` and
+    /// Rules: `cache_ttl`, `callback_win` and `metrics_log_interval` finite and >= 0; `cache_pulse` and
     /// `daemon_sleep` finite and > 0 (all at most [`MAX_SECONDS`]); `cache_max`,
     /// `cache_size` and `queue_max` >= 1; `packet_mtu` in 576..=65507; `multicast_ip` in
     /// 224.0.0.0/4; `multicast_port` != 0; `multicast_hops` >= 1; `monkey_tantrum` in
@@ -459,6 +464,11 @@ impl Config {
             "queue_max",
             self.queue_max,
             at_least_one(self.queue_max as u64),
+        )?;
+        check(
+            "metrics_log_interval",
+            self.metrics_log_interval,
+            non_negative_secs(self.metrics_log_interval),
         )?;
         for (name, o) in &self.caches {
             let key = |k: &str| format!("caches.{name}.{k}");
@@ -581,6 +591,17 @@ impl Config {
         secs_to_duration(self.daemon_sleep)
     }
 
+    /// `metrics_log_interval` as a [`Duration`]; `None` when it is 0 (summaries off).
+    ///
+    /// ```
+    /// let config = mccache::Config::from_toml_str("metrics_log_interval = 15")?;
+    /// assert_eq!(config.metrics_log_every(), Some(std::time::Duration::from_secs(15)));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    pub fn metrics_log_every(&self) -> Option<Duration> {
+        (self.metrics_log_interval > 0.0).then(|| secs_to_duration(self.metrics_log_interval))
+    }
+
     /// The node-wide `callback_win` as a [`Duration`] (saturating, like
     /// [`Config::cache_config`]).
     ///
@@ -643,6 +664,9 @@ impl Config {
                     c.cluster_name = field(k, v, |v| text(v).and_then(cluster_name_v))?
                 }
                 "queue_max" => c.queue_max = field(k, v, |v| count(v, REASON_CHANGES))?,
+                "metrics_log_interval" => {
+                    c.metrics_log_interval = field(k, v, |v| secs(v).and_then(non_negative_secs))?
+                }
                 "caches" => c.caches = caches(v)?,
                 _ => return Err(bad(k, shown(v), &unknown_reason(k, TOP_KEYS))),
             }
@@ -708,6 +732,7 @@ const TOP_KEYS: &[&str] = &[
     "node_name",
     "cluster_name",
     "queue_max",
+    "metrics_log_interval",
     "caches",
 ];
 

@@ -15,8 +15,8 @@ pub mod node;
 pub mod proto;
 pub mod replica;
 
-pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 pub use cache::builder::CacheBuilder;
+pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 pub use cache::handle::Cache;
 pub use cache::metrics::CacheMetrics;
 pub use cache::store::{CacheKey, CacheValue};

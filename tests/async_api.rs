@@ -94,7 +94,9 @@ async fn async_loader_errors_and_stale_refresh_on_the_runtime() {
         .unwrap();
     // A failing loader on a miss: the error reaches the caller, nothing stored.
     let err = cache
-        .try_get_or_insert_with_async(5, async { Err::<u64, Error>(Error::Diagnostic("down".into())) })
+        .try_get_or_insert_with_async(5, async {
+            Err::<u64, Error>(Error::Diagnostic("down".into()))
+        })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("down"));
@@ -107,10 +109,22 @@ async fn async_loader_errors_and_stale_refresh_on_the_runtime() {
             Ok::<u64, Error>(u64::from(k) * 100 + loads.fetch_add(1, Ordering::SeqCst) as u64)
         }
     };
-    assert_eq!(cache.get_or_load_async(5, loader(loads.clone())).await.unwrap(), 500);
+    assert_eq!(
+        cache
+            .get_or_load_async(5, loader(loads.clone()))
+            .await
+            .unwrap(),
+        500
+    );
     clock.advance(Duration::from_secs(2));
     // Stale: served at once, refreshed by a task on this runtime.
-    assert_eq!(cache.get_or_load_async(5, loader(loads.clone())).await.unwrap(), 500);
+    assert_eq!(
+        cache
+            .get_or_load_async(5, loader(loads.clone()))
+            .await
+            .unwrap(),
+        500
+    );
     let mut refreshed = false;
     for _ in 0..500 {
         if cache.get(&5) == Some(501) {
@@ -155,7 +169,11 @@ async fn async_readiness_and_cluster_queries() {
         .await
         .unwrap();
     assert_eq!(key_sums.len(), 2);
-    assert!(key_sums.values().all(|s| *s == ca.key_checksum(&7).map(u64::from)));
+    assert!(
+        key_sums
+            .values()
+            .all(|s| *s == ca.key_checksum(&7).map(u64::from))
+    );
     let metrics = b
         .get_cluster_metrics_async(Some("q"), Duration::from_secs(3))
         .await

@@ -29,9 +29,16 @@ fn config_file_values_apply_unless_the_builder_sets_them() {
         .build()
         .unwrap();
     let c = users.config();
-    assert_eq!(c.ttl, Some(Duration::from_secs(7)), "builder beats node-wide value");
+    assert_eq!(
+        c.ttl,
+        Some(Duration::from_secs(7)),
+        "builder beats node-wide value"
+    );
     assert_eq!(c.mode, CacheMode::Replicate, "builder beats [caches.users]");
-    assert_eq!(c.max_entries, 50, "[caches.users] kept where the builder is silent");
+    assert_eq!(
+        c.max_entries, 50,
+        "[caches.users] kept where the builder is silent"
+    );
     assert_eq!(c.max_bytes, 4096);
     assert_eq!(c.callback_win, Duration::from_secs(3));
     // Another cache: node-wide values, builder on top.
@@ -71,19 +78,41 @@ fn reopening_with_the_same_settings_returns_the_cache_and_conflicts_are_named() 
         .unwrap();
     assert_eq!(b.get(&1), Some(1));
     // Plain open returns the open cache as it is.
-    assert_eq!(n.cache::<u32, u32>("s").unwrap().config().ttl, Some(Duration::from_secs(30)));
+    assert_eq!(
+        n.cache::<u32, u32>("s").unwrap().config().ttl,
+        Some(Duration::from_secs(30))
+    );
 
-    let cases: Vec<(&str, Result<mccache::Cache<u32, u32>, Error>)> = vec![
-        ("ttl", n.cache_builder("s").ttl(Duration::from_secs(31)).build()),
+    type Opened = Result<mccache::Cache<u32, u32>, Error>;
+    let cases: Vec<(&str, Opened)> = vec![
+        (
+            "ttl",
+            n.cache_builder("s").ttl(Duration::from_secs(31)).build(),
+        ),
         ("max_entries", n.cache_builder("s").max_entries(11).build()),
         ("max_bytes", n.cache_builder("s").max_bytes(12).build()),
-        ("mode", n.cache_builder("s").mode(CacheMode::Invalidate).build()),
-        ("callback_window", n.cache_builder("s").callback_window(Duration::from_secs(9)).build()),
-        ("fresh_for", n.cache_builder("s").fresh_for(Duration::from_secs(1)).build()),
+        (
+            "mode",
+            n.cache_builder("s").mode(CacheMode::Invalidate).build(),
+        ),
+        (
+            "callback_window",
+            n.cache_builder("s")
+                .callback_window(Duration::from_secs(9))
+                .build(),
+        ),
+        (
+            "fresh_for",
+            n.cache_builder("s")
+                .fresh_for(Duration::from_secs(1))
+                .build(),
+        ),
     ];
     for (setting, r) in cases {
         match r {
-            Err(Error::CacheConflict { name, setting: s, .. }) => {
+            Err(Error::CacheConflict {
+                name, setting: s, ..
+            }) => {
                 assert_eq!((name.as_str(), s), ("s", setting));
             }
             other => panic!("{setting}: expected a conflict, got {other:?}"),
@@ -95,7 +124,10 @@ fn reopening_with_the_same_settings_returns_the_cache_and_conflicts_are_named() 
         .build()
         .unwrap_err()
         .to_string();
-    assert_eq!(msg, r#"cache "s" is already open with max_entries = 10, not 11"#);
+    assert_eq!(
+        msg,
+        r#"cache "s" is already open with max_entries = 10, not 11"#
+    );
     // Other types: the type error, not a settings error.
     assert!(matches!(
         n.cache_builder::<String, u32>("s").build(),
@@ -107,15 +139,35 @@ fn reopening_with_the_same_settings_returns_the_cache_and_conflicts_are_named() 
 fn bad_builder_settings_name_the_setting() {
     let n = node("cache_ttl = 60");
     let err = |r: Result<mccache::Cache<u8, u8>, Error>| r.unwrap_err().to_string();
-    assert_eq!(err(n.cache_builder("a").max_entries(0).build()), r#"max_entries: "0" must be at least 1"#);
-    assert_eq!(err(n.cache_builder("a").max_bytes(0).build()), r#"max_bytes: "0" must be at least 1"#);
-    assert!(err(n.cache_builder("a").fresh_for(Duration::from_secs(60)).build())
-        .starts_with("fresh_for: \"60s\" must be shorter than the ttl"));
+    assert_eq!(
+        err(n.cache_builder("a").max_entries(0).build()),
+        r#"max_entries: "0" must be at least 1"#
+    );
+    assert_eq!(
+        err(n.cache_builder("a").max_bytes(0).build()),
+        r#"max_bytes: "0" must be at least 1"#
+    );
+    assert!(
+        err(n
+            .cache_builder("a")
+            .fresh_for(Duration::from_secs(60))
+            .build())
+        .starts_with("fresh_for: \"60s\" must be shorter than the ttl")
+    );
     assert!(err(n.cache_builder("a").eager_refresh(0.5).build()).contains("needs fresh_for"));
-    assert!(err(n.cache_builder("a").fresh_for(Duration::from_secs(1)).eager_refresh(1.5).build())
-        .starts_with("eager_refresh: \"1.5\""));
+    assert!(
+        err(n
+            .cache_builder("a")
+            .fresh_for(Duration::from_secs(1))
+            .eager_refresh(1.5)
+            .build())
+        .starts_with("eager_refresh: \"1.5\"")
+    );
     // Nothing was opened by the refused builds.
     assert!(n.cache_names().is_empty());
     n.shutdown();
-    assert!(matches!(n.cache_builder::<u8, u8>("a").build(), Err(Error::Shutdown)));
+    assert!(matches!(
+        n.cache_builder::<u8, u8>("a").build(),
+        Err(Error::Shutdown)
+    ));
 }

@@ -4,7 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use crate::cache::event::{ChangeEvent, ListenerId, Metadata};
 use crate::cache::metrics::CacheMetrics;
 use crate::cache::store::{CacheKey, CacheValue, Cond, Flight, Store, Ttl};

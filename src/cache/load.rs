@@ -116,7 +116,11 @@ enum Join<K: CacheKey, V: CacheValue> {
     Wait(Arc<Flight<V>>),
 }
 
-fn join<K: CacheKey, V: CacheValue>(store: &Arc<Store<K, V>>, key: &K, only_lead: bool) -> Option<Join<K, V>> {
+fn join<K: CacheKey, V: CacheValue>(
+    store: &Arc<Store<K, V>>,
+    key: &K,
+    only_lead: bool,
+) -> Option<Join<K, V>> {
     let mut flights = store.flights.lock();
     if let Some(f) = flights.get(key) {
         return (!only_lead).then(|| Join::Wait(f.clone()));
@@ -218,16 +222,13 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     }
 
     /// Stores a loader's result under `lead`, or counts its failure.
-    fn finish<E: Display>(
+    fn finish<E: Display + From<Error>>(
         &self,
         mut lead: Lead<K, V>,
         key: K,
         seen: Option<Version>,
         loaded: Result<V, E>,
-    ) -> Result<V, E>
-    where
-        E: From<Error>,
-    {
+    ) -> Result<V, E> {
         let loads = &self.store.loads;
         let value = match loaded {
             Ok(v) => v,
@@ -242,7 +243,10 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
             Some(v) => Cond::IfVersion(Some(v)),
             None => Cond::Always,
         };
-        match self.store.write(key.clone(), value.clone(), cond, Ttl::Cache) {
+        match self
+            .store
+            .write(key.clone(), value.clone(), cond, Ttl::Cache)
+        {
             Ok(_) => {
                 loads.succeeded(&key);
                 lead.value = Some(value.clone());
@@ -427,7 +431,9 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
                 let loaded = load(key.clone()).await;
                 self.finish(lead, key, None, loaded)
             }
-            Some(Join::Wait(f)) => wait_async(&f).await.ok_or_else(|| Error::LoaderFailed.into()),
+            Some(Join::Wait(f)) => wait_async(&f)
+                .await
+                .ok_or_else(|| Error::LoaderFailed.into()),
             None => Err(Error::LoaderFailed.into()),
         }
     }

@@ -51,12 +51,52 @@ pub(crate) struct Net {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     listeners: Arc<Mutex<Vec<MemberListener>>>,
-    lag: Arc<LagSamples>,
-    publisher: Arc<ChannelPublisher>,
     started: Instant,
     started_wall: SystemTime,
+    /// Reads the network counters (also from the housekeeper's metrics report).
+    pub(crate) probe: NetProbe,
+}
+
+/// Reads the network thread's counters. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct NetProbe {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    lag: Arc<LagSamples>,
+    publisher: Arc<ChannelPublisher>,
     /// The last counters the network thread reported, returned when it cannot answer in time.
-    last_metrics: Mutex<NetworkMetrics>,
+    last_metrics: Arc<Mutex<NetworkMetrics>>,
+}
+
+impl NetProbe {
+    /// The network counters, asking the network thread for at most `wait`; if it cannot
+    /// answer in time (stopped, or its queue is full under overload), the last figures it gave
+    /// rather than zeros.
+    pub(crate) fn read(&self, wait: Duration) -> NetworkMetrics {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fresh = self
+            .tx
+            .try_send(Command::Metrics(tx))
+            .ok()
+            .and_then(|()| rx.recv_timeout(wait).ok());
+        let mut m = match fresh {
+            Some(m) => {
+                *self.last_metrics.lock() = m.clone();
+                m
+            }
+            None => self.last_metrics.lock().clone(),
+        };
+        m.outbound_overflow += self.publisher.overflow.load(Ordering::Relaxed);
+        let (p50, p99) = self.lag.percentiles();
+        m.apply_lag_p50_us = p50;
+        m.apply_lag_p99_us = p99;
+        m
+    }
+
+    /// Live peers now.
+    pub(crate) fn members(&self) -> usize {
+        self.shared.members.lock().len()
+    }
 }
 
 impl Net {
@@ -97,15 +137,19 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     let lag = Arc::new(LagSamples::default());
     let net = Net {
         registry: registry.clone(),
-        tx,
+        tx: tx.clone(),
         shared: shared.clone(),
         thread: Mutex::new(None),
         listeners: listeners.clone(),
-        lag: lag.clone(),
-        publisher: publisher.clone(),
         started: Instant::now(),
         started_wall: SystemTime::now(),
-        last_metrics: Mutex::new(NetworkMetrics::default()),
+        probe: NetProbe {
+            tx: tx.clone(),
+            shared: shared.clone(),
+            lag: lag.clone(),
+            publisher: publisher.clone(),
+            last_metrics: Arc::default(),
+        },
     };
     let node = Node::start_with(
         config.clone(),
@@ -247,26 +291,7 @@ impl Node {
         let Some(net) = &self.inner.net else {
             return NetworkMetrics::default();
         };
-        // Ask the network thread; if it cannot answer in time (stopped, or its queue is full
-        // under overload), report the last figures it gave rather than zeros.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let fresh = net
-            .tx
-            .try_send(Command::Metrics(tx))
-            .ok()
-            .and_then(|()| rx.recv_timeout(Duration::from_secs(2)).ok());
-        let mut m = match fresh {
-            Some(m) => {
-                *net.last_metrics.lock() = m.clone();
-                m
-            }
-            None => net.last_metrics.lock().clone(),
-        };
-        m.outbound_overflow += net.publisher.overflow.load(Ordering::Relaxed);
-        let (p50, p99) = net.lag.percentiles();
-        m.apply_lag_p50_us = p50;
-        m.apply_lag_p99_us = p99;
-        m
+        net.probe.read(Duration::from_secs(2))
     }
 
     /// How long this node has been running, and since when (wall clock).

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::cache::clock::{Clock, SystemClock};
 use crate::cache::builder::{CacheBuilder, Requested};
+use crate::cache::clock::{Clock, SystemClock};
 use crate::cache::handle::Cache;
 use crate::cache::hooks::{ErasedCache, NoPublisher, Publisher};
 use crate::cache::store::{CacheKey, CacheValue, Store, type_names};
@@ -30,6 +30,7 @@ pub(crate) struct NodeCore {
 
 mod cluster;
 mod nonblocking;
+mod report;
 
 pub use cluster::{Member, MemberEvent};
 
@@ -160,13 +161,14 @@ impl Node {
         });
         let period = Duration::from_secs_f64(config.daemon_sleep.max(0.001));
         let tomb_ttl = tombstone_ttl(&config);
+        let reporter = report::Reporter::new(&config, net.as_ref().map(|n| n.probe.clone()));
         let handle = {
             let registry = registry.clone();
             let stop = stop.clone();
             let clock = core.clock.clone();
             std::thread::Builder::new()
                 .name("mccache-housekeeper".into())
-                .spawn(move || housekeeper(registry, stop, clock, period, tomb_ttl))?
+                .spawn(move || housekeeper(registry, stop, clock, period, tomb_ttl, reporter))?
         };
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -352,6 +354,7 @@ fn housekeeper(
     clock: Arc<dyn Clock>,
     period: Duration,
     tomb_ttl: Duration,
+    mut reporter: report::Reporter,
 ) {
     let mut next = std::time::Instant::now() + period;
     loop {
@@ -376,9 +379,10 @@ fn housekeeper(
             .values()
             .map(|r| r.erased.clone())
             .collect();
-        for c in caches {
+        for c in &caches {
             c.housekeep(tomb_ttl);
         }
+        reporter.tick(&caches, now);
     }
 }
 
