@@ -156,6 +156,10 @@ pub struct CacheConfig {
     /// starts a background refresh (for example 0.8). `None`: off. Set with
     /// [`CacheBuilder::eager_refresh`](crate::CacheBuilder::eager_refresh).
     pub eager_refresh: Option<f64>,
+    /// How long a loading read that misses waits for a peer's value when a peer announced it
+    /// is loading the same key (replicating caches only); zero: never wait. Default 1 s. Set
+    /// with [`CacheBuilder::peer_load_wait`](crate::CacheBuilder::peer_load_wait).
+    pub peer_load_wait: Duration,
 }
 
 /// Node configuration. Key names follow McCache.
@@ -513,6 +517,7 @@ impl Config {
             callback_win: secs_to_duration(o.callback_win.unwrap_or(self.callback_win)),
             fresh_for: None,
             eager_refresh: None,
+            peer_load_wait: Duration::from_secs(1),
         }
     }
 

@@ -1,8 +1,90 @@
 //! # mccache
 //!
-//! An embeddable, cluster-aware, in-process cache. Every process of the cluster holds its own
-//! copy; inserts, updates and deletes are multicast to the others as encrypted, MTU-sized UDP
-//! datagrams and applied there in version order.
+//! An embeddable, cluster-aware, in-process cache for Rust. Every process of the cluster holds
+//! its own copy of each cache (an LRU-style map with TTL, entry and byte caps); inserts,
+//! updates and deletes reach the other processes as encrypted, MTU-sized UDP multicast
+//! datagrams and are applied there in version order, so reads are local memory reads and no
+//! cache server is needed. It is the Rust descendant of McCache for Python.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use mccache::{Config, Node};
+//!
+//! // A local-only node (no sockets) for this example; `Node::start(Config::load()?)` joins
+//! // the cluster configured in `mccache.toml` / `MCCACHE_*`.
+//! let node = Node::start_local(Config::default())?;
+//! let users = node
+//!     .cache_builder::<u64, String>("users")
+//!     .ttl(Duration::from_secs(600))
+//!     .max_entries(10_000)
+//!     .build()?;
+//! users.insert(1, "ada".to_string())?;
+//! assert_eq!(users.get(&1).as_deref(), Some("ada"));
+//! let name = users.get_or_insert_with(2, || "grace".to_string())?;
+//! assert_eq!(name, "grace");
+//! # node.shutdown();
+//! # Ok::<(), mccache::Error>(())
+//! ```
+//!
+//! In an application, the process-wide default node is one call away:
+//!
+//! ```no_run
+//! let sessions = mccache::get_cache::<String, String>("sessions");
+//! sessions.insert("alice".into(), "token".into())?; // replicated to every node
+//! # Ok::<(), mccache::Error>(())
+//! ```
+//!
+//! ## Features
+//!
+//! - **Caches**: typed ([`Cache<K, V>`] over serde types), sharded, CLOCK eviction under
+//!   entry and byte caps, TTL per cache or per entry, compare-and-swap, change listeners,
+//!   single-flight loading ([`Cache::get_or_insert_with`]).
+//! - **Replication**: every write multicast to the cluster, reliable delivery with NAKs and
+//!   retransmits, anti-entropy repair, state transfer to joining nodes, three modes per cache
+//!   ([`CacheMode`]), cluster-wide queries ([`Node::get_cluster_metrics`],
+//!   [`Node::get_cluster_checksum`]) and clear.
+//! - **Security**: ChaCha20-Poly1305 sealed datagrams with key rotation
+//!   ([`Config::crypto_keyring`]), replay protection, bounded buffers.
+//! - **Per-cache builder**: [`Node::cache_builder`] merges settings given in code with the
+//!   configuration file ([`CacheBuilder`]).
+//! - **Stale-while-revalidate and fail-safe**: [`Cache::get_or_load`] serves a stale value at
+//!   once while one refresh runs, keeps it when the loader fails, refreshes hot keys early.
+//! - **Async**: [`Cache::get_or_load_async`], [`Cache::get_or_insert_with_async`],
+//!   [`Node::wait_ready_async`], [`Node::get_cluster_metrics_async`] and friends work under
+//!   any executor.
+//! - **Metrics**: [`Cache::metrics`], [`Node::network_metrics`]; with the `metrics` cargo
+//!   feature, Prometheus-style series through the [`metrics`](https://docs.rs/metrics) facade;
+//!   a periodic summary in the logs (`metrics_log_interval`).
+//! - **Diagnostics**: [`check_multicast`], [`get_mtu`], [`get_hops`].
+//!
+//! Cargo features: `metrics` (the facade), `cli` (the `mccache` tool: demo, stress node with
+//! `--metrics-addr`, reports and charts).
+//!
+//! ## Calls that block
+//!
+//! Cache reads and writes never wait for the network: they take a shard lock for a short
+//! critical section and return. These calls wait, and have async forms:
+//!
+//! | call | waits for | async form |
+//! | --- | --- | --- |
+//! | [`Node::wait_ready`] | state transfer, up to its timeout | [`Node::wait_ready_async`] |
+//! | [`Node::get_cluster_metrics`], [`Node::get_cluster_checksum`] | peers' answers, up to the timeout | `…_async` |
+//! | [`Node::network_metrics`] | the network thread, up to 2 s | [`Node::network_metrics_async`] |
+//! | [`Cache::get_or_insert_with`], [`Cache::get_or_load`] | the loader on a miss (this caller's, or a concurrent caller's of the same key), unbounded | [`Cache::get_or_insert_with_async`], [`Cache::get_or_load_async`] |
+//! | [`Node::shutdown`] | the node's threads to stop (milliseconds) | |
+//!
+//! ## Documentation
+//!
+//! - Configuration keys, files and environment: `docs/CONFIG.md` in the repository, and
+//!   [`Config`].
+//! - Wire protocol: `docs/PROTOCOL.md`.
+//! - Threat model, keys and bounds: `docs/SECURITY.md`.
+//! - Architecture (layers, the path of a write): `docs/ARCHITECTURE.md` where present.
+//! - Logging: mccache reports through [`tracing`](https://docs.rs/tracing); install a
+//!   subscriber (for example `tracing_subscriber::fmt().init()`) to see its warnings
+//!   (plaintext mode, undecodable datagrams) and the metrics summaries.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 

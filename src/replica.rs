@@ -155,6 +155,12 @@ impl AppState for NodeApp {
         }
     }
 
+    fn peer_loading(&mut self, cache: &str, key: &[u8], _origin: NodeId) {
+        if let Some(c) = self.registry.opened(cache) {
+            c.peer_loading(key);
+        }
+    }
+
     fn clear_floor(&self, cache: &str) -> Version {
         match self.registry.opened(cache) {
             Some(c) => c.clear_floor(),
@@ -285,6 +291,7 @@ impl Publisher for ChannelPublisher {
         let item = match change.kind {
             ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
             ChangeKindWire::Clear(version) => Item::Clear { cache, version },
+            ChangeKindWire::Loading(key) => Item::Loading { cache, key },
         };
         match self.tx.try_send(Command::Publish(item)) {
             Ok(()) => {}

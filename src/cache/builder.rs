@@ -61,6 +61,7 @@ pub(crate) struct Requested {
     callback_win: Option<Duration>,
     fresh_for: Option<Duration>,
     eager_refresh: Option<f64>,
+    peer_load_wait: Option<Duration>,
 }
 
 impl<'a, K: CacheKey, V: CacheValue> CacheBuilder<'a, K, V> {
@@ -133,6 +134,17 @@ impl<'a, K: CacheKey, V: CacheValue> CacheBuilder<'a, K, V> {
         self
     }
 
+    /// Cluster-wide single flight: when this node misses a key in a loading read
+    /// ([`Cache::get_or_load`]) while a peer has announced that it is loading that key, wait
+    /// up to `wait` (from the announcement) for the peer's replicated value before running the
+    /// loader here. Best effort: if the value does not arrive in time, this node loads it.
+    /// Default 1 s; `Duration::ZERO` never waits. Only replicating caches
+    /// ([`CacheMode::Replicate`]) wait, since the others do not receive values.
+    pub fn peer_load_wait(mut self, wait: Duration) -> Self {
+        self.set.peer_load_wait = Some(wait);
+        self
+    }
+
     /// Opens the cache (creating it on first use) with the merged settings.
     ///
     /// # Errors
@@ -194,6 +206,9 @@ impl Requested {
             }
             cfg.fresh_for = Some(f);
         }
+        if let Some(w) = self.peer_load_wait {
+            cfg.peer_load_wait = w;
+        }
         if let Some(x) = self.eager_refresh {
             if !(x > 0.0 && x < 1.0) {
                 return Err(bad("eager_refresh", x, "must be between 0 and 1"));
@@ -231,5 +246,6 @@ impl Requested {
                     open.eager_refresh,
                 )
             })
+            .or_else(|| cmp("peer_load_wait", self.peer_load_wait, open.peer_load_wait))
     }
 }

@@ -19,8 +19,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::cache::handle::Cache;
+use crate::cache::hooks::{Change, ChangeKindWire};
 use crate::cache::metrics::CacheMetrics;
 use crate::cache::store::{CacheKey, CacheValue, Cond, Flight, Store, Ttl};
+use crate::config::CacheMode;
 use crate::error::Error;
 use crate::proto::version::Version;
 
@@ -32,6 +34,12 @@ const MAX_REFRESHES: usize = 16;
 /// if shorter), so a failing source is not called on every read.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a peer's loading announcement is remembered at most (pruning bound).
+const PEER_MARK_NANOS: u64 = 60_000_000_000;
+
+/// How often a read waiting for a peer's load looks for the value.
+const PEER_POLL: Duration = Duration::from_millis(2);
+
 /// Loader counters and refresh state of one cache.
 pub(crate) struct LoadState<K> {
     loads: AtomicU64,
@@ -41,6 +49,11 @@ pub(crate) struct LoadState<K> {
     running: Arc<AtomicUsize>,
     /// Wall ms of each key's last failed refresh (throttle); pruned as it grows.
     failed_at: Mutex<HashMap<K, u64, foldhash::fast::RandomState>>,
+    /// Keys (serialized) peers announced they are loading, with the monotonic nanos of the
+    /// announcement; pruned as it grows.
+    peer_loading: Mutex<HashMap<Vec<u8>, u64, foldhash::fast::RandomState>>,
+    peer_seen: AtomicU64,
+    peer_waits: AtomicU64,
 }
 
 impl<K: CacheKey> LoadState<K> {
@@ -52,6 +65,9 @@ impl<K: CacheKey> LoadState<K> {
             stale: AtomicU64::new(0),
             running: Arc::new(AtomicUsize::new(0)),
             failed_at: Mutex::new(HashMap::default()),
+            peer_loading: Mutex::new(HashMap::default()),
+            peer_seen: AtomicU64::new(0),
+            peer_waits: AtomicU64::new(0),
         }
     }
 
@@ -60,6 +76,27 @@ impl<K: CacheKey> LoadState<K> {
         m.load_failures = self.failures.load(Ordering::Relaxed);
         m.refreshes = self.refreshes.load(Ordering::Relaxed);
         m.stale_served = self.stale.load(Ordering::Relaxed);
+        m.peer_loads_seen = self.peer_seen.load(Ordering::Relaxed);
+        m.peer_load_waits = self.peer_waits.load(Ordering::Relaxed);
+    }
+
+    /// A peer announced it is loading `key` (at monotonic `now`).
+    pub(crate) fn peer_loading(&self, key: &[u8], now: u64) {
+        self.peer_seen.fetch_add(1, Ordering::Relaxed);
+        let mut p = self.peer_loading.lock();
+        if p.len() >= 4096 {
+            p.retain(|_, at| now.saturating_sub(*at) < PEER_MARK_NANOS);
+        }
+        p.insert(key.to_vec(), now);
+    }
+
+    /// Until when (monotonic nanos) to wait for a peer's load of `key`, if one was announced
+    /// less than `wait` ago.
+    fn peer_deadline(&self, key: &[u8], now: u64, wait: Duration) -> Option<u64> {
+        let p = self.peer_loading.lock();
+        let at = *p.get(key)?;
+        let end = at.saturating_add(wait.as_nanos().min(u128::from(u64::MAX)) as u64);
+        (end > now).then_some(end)
     }
 
     fn failed(&self, key: &K, now_ms: u64, retry_ms: u64) {
@@ -156,6 +193,21 @@ async fn wait_async<V: Clone>(flight: &Flight<V>) -> Option<V> {
     }
 }
 
+/// Runs `f` on a thread of its own; the future resolves to its result (`None` if the thread
+/// could not start or `f` panicked). Works under any executor.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("mccache-wait".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.await.ok()
+}
+
 /// Runs `fut` to completion off the caller: on the current tokio runtime if there is one,
 /// else on a thread of its own.
 fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) {
@@ -195,6 +247,48 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
         }
     }
 
+    /// The serialized key and the deadline of a peer's announced load of it, when this cache
+    /// replicates values and a peer is loading the key now.
+    fn peer_load(&self, key: &K) -> Option<u64> {
+        let cfg = self.store.config();
+        if cfg.mode != CacheMode::Replicate || cfg.peer_load_wait.is_zero() {
+            return None;
+        }
+        let bytes = rmp_serde::to_vec(key).ok()?;
+        let now = self.store.core.clock.now_nanos();
+        self.store
+            .loads
+            .peer_deadline(&bytes, now, cfg.peer_load_wait)
+    }
+
+    /// Waits until `deadline` for the key to arrive (a peer's replicated load).
+    fn poll_peer(&self, key: &K, deadline: u64) -> Option<V> {
+        loop {
+            if let Some((v, _)) = self.store.peek_value(key) {
+                self.store.loads.peer_waits.fetch_add(1, Ordering::Relaxed);
+                return Some(v);
+            }
+            if self.store.core.clock.now_nanos() >= deadline {
+                return None;
+            }
+            std::thread::sleep(PEER_POLL);
+        }
+    }
+
+    /// Tells the peers this node is loading `key` (replicating caches on a networked node).
+    fn announce(&self, key: &K) {
+        let core = &self.store.core;
+        if self.store.config().mode != CacheMode::Replicate || !core.publisher.enabled() {
+            return;
+        }
+        if let Ok(bytes) = rmp_serde::to_vec(key) {
+            core.publisher.publish(Change {
+                cache: Arc::from(self.name()),
+                kind: ChangeKindWire::Loading(bytes),
+            });
+        }
+    }
+
     fn retry_ms(&self) -> u64 {
         let fresh = self.store.config().fresh_for.unwrap_or(RETRY_AFTER);
         fresh.min(RETRY_AFTER).as_millis() as u64
@@ -212,9 +306,14 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
             return None;
         }
         let running = RunningGuard(loads.running.clone());
+        // A peer is refreshing it: its value will replicate here.
+        if self.peer_load(key).is_some() {
+            return None;
+        }
         match join(&self.store, key, true)? {
             Join::Lead(lead) => {
                 loads.refreshes.fetch_add(1, Ordering::Relaxed);
+                self.announce(key);
                 Some((lead, running))
             }
             Join::Wait(_) => None,
@@ -325,6 +424,12 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
                         lead.value = Some(v.clone());
                         return Ok(v);
                     }
+                    if let Some(v) = self.peer_load(&key).and_then(|d| self.poll_peer(&key, d)) {
+                        let mut lead = lead;
+                        lead.value = Some(v.clone());
+                        return Ok(v);
+                    }
+                    self.announce(&key);
                     let loaded = load(&key);
                     self.finish(lead, key, None, loaded)
                 }
@@ -372,7 +477,7 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
                 }
                 Ok(v)
             }
-            Read::Miss => self.load_async(key, load).await,
+            Read::Miss => self.load_async(key, load, true).await,
         }
     }
 
@@ -413,10 +518,11 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
         if let Some(v) = self.store.get(&key) {
             return Ok(v);
         }
-        self.load_async(key, |_| load).await
+        self.load_async(key, |_| load, false).await
     }
 
-    async fn load_async<F, Fut, E>(&self, key: K, load: F) -> Result<V, E>
+    /// The async miss path; `peers`: take part in the cluster-wide single flight.
+    async fn load_async<F, Fut, E>(&self, key: K, load: F, peers: bool) -> Result<V, E>
     where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -427,6 +533,17 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
                 if let Some((v, _)) = self.store.peek_value(&key) {
                     lead.value = Some(v.clone());
                     return Ok(v);
+                }
+                if peers {
+                    if let Some(deadline) = self.peer_load(&key) {
+                        let (me, k) = (self.clone(), key.clone());
+                        if let Some(Some(v)) = off_thread(move || me.poll_peer(&k, deadline)).await
+                        {
+                            lead.value = Some(v.clone());
+                            return Ok(v);
+                        }
+                    }
+                    self.announce(&key);
                 }
                 let loaded = load(key.clone()).await;
                 self.finish(lead, key, None, loaded)

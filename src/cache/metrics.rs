@@ -45,6 +45,11 @@ pub struct CacheMetrics {
     pub refreshes: u64,
     /// Reads that returned a stale value (older than `fresh_for`) while it was refreshed.
     pub stale_served: u64,
+    /// Announcements from peers that they were loading a key of this cache.
+    pub peer_loads_seen: u64,
+    /// Loading reads that missed and got a peer's loaded value by waiting for it, instead of
+    /// running their own loader.
+    pub peer_load_waits: u64,
 }
 
 impl CacheMetrics {

@@ -1275,6 +1275,10 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         self
     }
 
+    fn peer_loading(&self, key: &[u8]) {
+        self.loads.peer_loading(key, self.core.clock.now_nanos());
+    }
+
     fn apply_remote(&self, record: &Record, origin: NodeId) -> Applied {
         self.apply_remote_inner(record, origin)
     }

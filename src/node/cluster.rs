@@ -226,6 +226,14 @@ impl Node {
     }
 
     /// The live peers (not this node), sorted by id. Empty for a local-only node.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// for m in node.members() {
+    ///     println!("{} {} lag {}", m.id, m.name, m.lag);
+    /// }
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn members(&self) -> Vec<Member> {
         let Some(net) = &self.inner.net else {
             return Vec::new();
@@ -247,6 +255,12 @@ impl Node {
 
     /// Registers a membership listener (join, suspect, alive, leave, ready). It runs on the
     /// network thread: keep it short.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// node.on_member_event(|e| println!("membership: {e:?}"));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn on_member_event(&self, listener: impl Fn(&MemberEvent) + Send + Sync + 'static) {
         if let Some(net) = &self.inner.net {
             net.listeners.lock().push(Arc::new(listener));
@@ -255,6 +269,12 @@ impl Node {
 
     /// True once this node holds a full copy of the caches its first peer offered (state
     /// transfer done), or found no peer to copy from. Always true for a local-only node.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert!(node.is_ready()); // local-only nodes are always ready
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn is_ready(&self) -> bool {
         self.inner
             .net
@@ -263,6 +283,12 @@ impl Node {
     }
 
     /// Waits up to `timeout` for [`Node::is_ready`]; returns whether it became ready.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert!(node.wait_ready(std::time::Duration::from_secs(2)));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn wait_ready(&self, timeout: Duration) -> bool {
         let Some(net) = &self.inner.net else {
             return true;
@@ -287,6 +313,13 @@ impl Node {
 
     /// Network and replication counters (datagrams, drops by reason, retransmits, repairs,
     /// queue depths, apply lag). Zeroed for a local-only node.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let m = node.network_metrics();
+    /// assert_eq!(m.datagrams_received, 0); // local-only
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn network_metrics(&self) -> NetworkMetrics {
         let Some(net) = &self.inner.net else {
             return NetworkMetrics::default();
@@ -295,6 +328,13 @@ impl Node {
     }
 
     /// How long this node has been running, and since when (wall clock).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let (running, since) = node.uptime();
+    /// assert!(since <= std::time::SystemTime::now() && running < std::time::Duration::from_secs(60));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn uptime(&self) -> (Duration, SystemTime) {
         match &self.inner.net {
             Some(n) => (n.started.elapsed(), n.started_wall),
@@ -392,6 +432,15 @@ impl Node {
     /// Clears cache `name` on every node, this one included: each removes the entries older
     /// than the clear's version (a write that raced ahead of it survives everywhere).
     ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("cc")?;
+    /// c.insert(1, 1)?;
+    /// node.clear_cache("cc")?;
+    /// assert!(c.is_empty());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Shutdown`] if the node has stopped.
     pub fn clear_cache(&self, name: &str) -> Result<()> {
@@ -420,6 +469,12 @@ impl Node {
     }
 
     /// Whether writes are being replicated right now (false for local-only or stopped nodes).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert!(!node.is_networked());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn is_networked(&self) -> bool {
         self.inner
             .net

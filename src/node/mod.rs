@@ -114,6 +114,12 @@ impl Node {
     /// Starts a node that replicates nothing: the same caches and API, no sockets, no threads
     /// but the housekeeper. Useful in tests and single-process tools.
     ///
+    /// ```
+    /// let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert!(!node.is_networked());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// The configuration error, if `config` is invalid.
     pub fn start_local(config: Config) -> Result<Node> {
@@ -265,16 +271,38 @@ impl Node {
     }
 
     /// This node's random id (fresh at every start).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("id")?;
+    /// c.insert(1, 1)?;
+    /// assert_eq!(c.get_with_version(&1).unwrap().1.node, node.id());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn id(&self) -> crate::NodeId {
         self.inner.core.id
     }
 
     /// The configuration the node was started with.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert_eq!(node.config().cache_max, 256);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
     /// Names of the caches opened so far, sorted.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// node.cache::<u32, u32>("b")?;
+    /// node.cache::<u32, u32>("a")?;
+    /// assert_eq!(node.cache_names(), vec!["a", "b"]);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn cache_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.registry.open.read().keys().cloned().collect();
         names.sort();
@@ -285,6 +313,13 @@ impl Node {
     /// housekeeper, and joins them. Idempotent; also done when the last handle is dropped.
     /// Afterwards [`Node::cache`] returns [`Error::Shutdown`]; caches already open keep working
     /// locally, without replication.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// node.shutdown();
+    /// assert!(node.cache::<u32, u32>("late").is_err());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn shutdown(&self) {
         self.inner.stop();
     }

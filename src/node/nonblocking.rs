@@ -9,23 +9,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Node;
+use crate::cache::load::off_thread;
 use crate::cache::metrics::CacheMetrics;
 use crate::error::{Error, Result};
 use crate::proto::metrics::NetworkMetrics;
 use crate::proto::version::NodeId;
-
-/// Runs `f` on a thread of its own; the future resolves to its result. `None` if the thread
-/// could not start or `f` panicked.
-async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("mccache-wait".into())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .ok()?;
-    rx.await.ok()
-}
 
 impl Node {
     /// The async form of [`Node::wait_ready`]: resolves to whether the node became ready
