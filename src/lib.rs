@@ -94,8 +94,8 @@ pub mod diag;
 pub mod error;
 pub mod net;
 pub mod node;
-pub mod proto;
-pub mod replica;
+/// The replication protocol core: the I/O-free state machine of the `mccache-proto` crate.
+pub use mccache_proto as proto;
 
 pub use cache::builder::CacheBuilder;
 pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};

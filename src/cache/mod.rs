@@ -2,6 +2,7 @@
 
 pub mod builder;
 pub mod clock;
+pub(crate) mod context;
 pub mod event;
 pub mod handle;
 pub mod hooks;

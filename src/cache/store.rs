@@ -39,6 +39,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::cache::context::StoreContext;
 use crate::cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 use crate::cache::hooks::{
     Applied, Change, ChangeKindWire, ErasedCache, KeyVersion, SYNC_BUCKETS, SyncDigest,
@@ -46,7 +47,6 @@ use crate::cache::hooks::{
 use crate::cache::metrics::CacheMetrics;
 use crate::config::{CacheConfig, CacheMode};
 use crate::error::{Error, Result};
-use crate::node::NodeCore;
 use crate::proto::record::{Op, Record};
 use crate::proto::version::{NodeId, Version};
 
@@ -292,7 +292,7 @@ impl<V> Flight<V> {
 pub(crate) struct Store<K, V> {
     name: Arc<str>,
     cfg: CacheConfig,
-    pub(crate) core: Arc<NodeCore>,
+    pub(crate) core: Arc<StoreContext>,
     hasher: Hasher,
     shards: Box<[Shard<K, V>]>,
     ttl_nanos: u64,
@@ -315,7 +315,7 @@ pub(crate) struct Store<K, V> {
 }
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
-    pub(crate) fn new(name: &str, cfg: CacheConfig, core: Arc<NodeCore>) -> Store<K, V> {
+    pub(crate) fn new(name: &str, cfg: CacheConfig, core: Arc<StoreContext>) -> Store<K, V> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(4);

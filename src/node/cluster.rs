@@ -18,12 +18,12 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::net::driver::{self, Command, Shared, Tantrum, Transport};
 use crate::net::socket;
+use crate::node::replica::{ChannelPublisher, LagSamples, NodeApp, Registry};
 use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::message::{Item, Query};
 use crate::proto::metrics::NetworkMetrics;
 use crate::proto::version::{NodeId, Version};
 use crate::proto::wire::WireConfig;
-use crate::replica::{ChannelPublisher, LagSamples, NodeApp, Registry};
 
 /// A live peer as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     let group = config.group();
     let recv = socket::recv_socket(group, config.interface)?;
     let send = socket::send_socket(config.interface, config.multicast_hops)?;
-    let id = NodeId::random();
+    let id = NodeId::from_random(rand::random());
     let (tx, rx) = mpsc::channel(config.queue_max);
     let shared = Arc::new(Shared::default());
     let publisher = Arc::new(ChannelPublisher {

@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::cache::builder::{CacheBuilder, Requested};
 use crate::cache::clock::{Clock, SystemClock};
+use crate::cache::context::StoreContext;
 use crate::cache::handle::Cache;
 use crate::cache::hooks::{ErasedCache, NoPublisher, Publisher};
 use crate::cache::store::{CacheKey, CacheValue, Store, type_names};
@@ -19,23 +20,15 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::proto::version::{Hlc, NodeId};
 
-/// What every cache of a node shares: identity, version clock, time source, outbound changes.
-pub(crate) struct NodeCore {
-    pub(crate) id: NodeId,
-    pub(crate) hlc: Arc<Hlc>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) max_message_size: usize,
-}
-
 mod cluster;
 mod nonblocking;
+pub(crate) mod replica;
 mod report;
 
 pub use cluster::{Member, MemberEvent};
 
-type Registry = Arc<crate::replica::Registry>;
-use crate::replica::Registered;
+type Registry = Arc<crate::node::replica::Registry>;
+use crate::node::replica::Registered;
 
 struct Stop {
     stopped: Mutex<bool>,
@@ -43,7 +36,7 @@ struct Stop {
 }
 
 struct NodeInner {
-    core: Arc<NodeCore>,
+    core: Arc<StoreContext>,
     config: Config,
     registry: Registry,
     stop: Arc<Stop>,
@@ -148,9 +141,9 @@ impl Node {
         config.validate()?;
         let (id, net) = match net {
             Some((id, net)) => (id, Some(net)),
-            None => (NodeId::random(), None),
+            None => (NodeId::from_random(rand::random()), None),
         };
-        let core = Arc::new(NodeCore {
+        let core = Arc::new(StoreContext {
             id,
             hlc: Arc::new(Hlc::new()),
             clock,
@@ -159,7 +152,7 @@ impl Node {
         });
         let registry: Registry = match &net {
             Some(n) => n.registry.clone(),
-            None => Arc::new(crate::replica::Registry::new(&config)),
+            None => Arc::new(crate::node::replica::Registry::new(&config)),
         };
         let stop = Arc::new(Stop {
             stopped: Mutex::new(false),
@@ -355,7 +348,7 @@ impl Node {
 
     /// The shared core (id, HLC, clock, publisher).
     #[allow(dead_code)]
-    pub(crate) fn core(&self) -> &Arc<NodeCore> {
+    pub(crate) fn core(&self) -> &Arc<StoreContext> {
         &self.inner.core
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::record::Record;
 use super::version::{NodeId, Version};
-use crate::cache::hooks::{KeyVersion, SyncDigest};
+use crate::sync::{KeyVersion, SyncDigest};
 
 /// One replicated change inside a [`Msg::Data`] or [`Msg::Repair`] message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -140,7 +140,7 @@ pub enum Msg {
         /// Cache name.
         cache: String,
         /// Which parts are listed, each complete: `(bucket, part, parts)` covers the keys of
-        /// `bucket` whose [`crate::cache::hooks::key_part`]`(key, parts)` is `part`.
+        /// `bucket` whose [`crate::sync::key_part`]`(key, parts)` is `part`.
         parts: Vec<(u16, u16, u16)>,
         /// Every key in those parts with its version (tombstones included).
         keys: Vec<KeyVersion>,
@@ -245,7 +245,7 @@ mod serde_bytes_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::record::Op;
+    use crate::record::Op;
 
     #[test]
     fn messages_round_trip() {

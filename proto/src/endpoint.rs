@@ -32,7 +32,7 @@ pub const MAX_TRACKED_GAPS: u64 = 1 << 14;
 use super::state::AppState;
 use super::version::NodeId;
 use super::wire::{Wire, WireConfig};
-use crate::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
+use crate::sync::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
 
 /// Tunables of the protocol core. [`EndpointConfig::new`] derives sane values from the node
 /// configuration; the simulator shrinks them.
@@ -922,7 +922,7 @@ impl Endpoint {
         let cutoff = app
             .wall_ms()
             .saturating_sub(self.cfg.settle.as_millis() as u64);
-        let settled = |v: &crate::proto::version::Version| v.millis() <= cutoff;
+        let settled = |v: &crate::version::Version| v.millis() <= cutoff;
         let valid: Vec<(u16, u16, u16)> = parts
             .iter()
             .copied()

@@ -56,8 +56,8 @@ impl Header {
     /// The 40 header bytes.
     ///
     /// ```
-    /// use mccache::proto::header::{Header, HEADER_LEN};
-    /// use mccache::NodeId;
+    /// use mccache_proto::header::{Header, HEADER_LEN};
+    /// use mccache_proto::version::NodeId;
     /// let h = Header { encrypted: true, key_id: 7, frag_index: 1, frag_count: 3,
     ///                  cluster_id: 42, sender: NodeId(9), packet_number: 5, message_id: 2 };
     /// let bytes = h.encode();
@@ -130,7 +130,7 @@ impl Header {
 /// The cluster id carried in every header: crc32 of the cluster name's UTF-8 bytes.
 ///
 /// It is only a cheap filter; the name itself is bound into authentication (see
-/// [`crate::proto::crypto`]).
+/// [`crate::crypto`]).
 pub fn cluster_id(cluster_name: &str) -> u32 {
     crc32fast::hash(cluster_name.as_bytes())
 }

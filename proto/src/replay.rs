@@ -22,7 +22,7 @@ const WORDS: usize = (WINDOW / 64) as usize;
 /// One sender's window.
 ///
 /// ```
-/// use mccache::proto::replay::ReplayWindow;
+/// use mccache_proto::replay::ReplayWindow;
 /// let mut w = ReplayWindow::new(10);
 /// assert!(w.accept(12).is_ok());
 /// assert!(w.accept(11).is_ok()); // late but new

@@ -23,7 +23,7 @@ macro_rules! drop_reasons {
             /// A stable `snake_case` name, used in metrics and logs.
             ///
             /// ```
-            /// use mccache::proto::drop::DropReason;
+            /// use mccache_proto::drop::DropReason;
             /// assert_eq!(DropReason::AuthFailure.as_str(), "auth_failure");
             /// ```
             pub const fn as_str(self) -> &'static str {
@@ -36,7 +36,7 @@ macro_rules! drop_reasons {
         /// One counter per [`DropReason`].
         ///
         /// ```
-        /// use mccache::proto::drop::{DropCounters, DropReason};
+        /// use mccache_proto::drop::{DropCounters, DropReason};
         /// let mut c = DropCounters::default();
         /// c.record(DropReason::Replay);
         /// c.record(DropReason::Replay);

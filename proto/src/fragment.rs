@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_PER_SENDER: usize = 32;
 /// (tag when encrypted, crc otherwise). Zero if the MTU cannot hold a header.
 ///
 /// ```
-/// use mccache::proto::fragment::max_payload_per_datagram;
+/// use mccache_proto::fragment::max_payload_per_datagram;
 /// assert_eq!(max_payload_per_datagram(1472, true), 1416);
 /// assert_eq!(max_payload_per_datagram(1472, false), 1428);
 /// assert_eq!(max_payload_per_datagram(50, true), 0);
@@ -41,7 +41,7 @@ pub fn max_payload_per_datagram(mtu: usize, encrypted: bool) -> usize {
 /// `chunk` is 0 and the message is not empty.
 ///
 /// ```
-/// use mccache::proto::fragment::fragment_count;
+/// use mccache_proto::fragment::fragment_count;
 /// assert_eq!(fragment_count(0, 100), Some(1));
 /// assert_eq!(fragment_count(100, 100), Some(1)); // no empty trailing fragment
 /// assert_eq!(fragment_count(101, 100), Some(2));
@@ -87,8 +87,8 @@ pub struct ReassemblyLimits {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use mccache::proto::fragment::{Reassembler, ReassemblyLimits};
-/// use mccache::NodeId;
+/// use mccache_proto::fragment::{Reassembler, ReassemblyLimits};
+/// use mccache_proto::version::NodeId;
 ///
 /// let mut r = Reassembler::new(ReassemblyLimits { max_message_size: 1000, max_bytes: 10_000,
 ///     timeout: Duration::from_secs(2), max_per_sender: 32 });

@@ -3,8 +3,8 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use mccache::proto::wire::{Wire, WireConfig};
-//! use mccache::NodeId;
+//! use mccache_proto::wire::{Wire, WireConfig};
+//! use mccache_proto::version::NodeId;
 //!
 //! let cfg = WireConfig { keys: vec![[1u8; 32]], mtu: 1472, ..WireConfig::default() };
 //! let mut alice = Wire::new(cfg.clone(), NodeId(1));

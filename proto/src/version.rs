@@ -21,14 +21,10 @@ const LOGICAL_MASK: u64 = (1 << HLC_LOGICAL_BITS) - 1;
 pub struct NodeId(pub u64);
 
 impl NodeId {
-    /// A fresh random node id (never zero: zero is reserved for "no node").
-    pub fn random() -> NodeId {
-        loop {
-            let id: u64 = rand::random();
-            if id != 0 {
-                return NodeId(id);
-            }
-        }
+    /// A node id from random bits drawn by the caller (the core owns no RNG). Zero is reserved
+    /// for "no node", so it maps to 1.
+    pub fn from_random(bits: u64) -> NodeId {
+        NodeId(bits.max(1))
     }
 }
 
@@ -46,7 +42,7 @@ impl fmt::Display for NodeId {
 
 /// The version of one write: `(hlc timestamp, node id)`, ordered lexicographically.
 ///
-/// It is also the token for [`crate::Cache::compare_and_swap`].
+/// It is also the token for `Cache::compare_and_swap` in the `mccache` crate.
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Version {
     /// Hybrid logical clock timestamp: milliseconds since the Unix epoch in the high 48 bits,

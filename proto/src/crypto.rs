@@ -32,9 +32,9 @@ const KEY_ID_NONCE: [u8; 24] = [0xFF; 24];
 /// The keys of a node plus the cluster label they authenticate.
 ///
 /// ```
-/// use mccache::proto::crypto::Keyring;
-/// use mccache::proto::header::{Header, HEADER_LEN, cluster_id};
-/// use mccache::NodeId;
+/// use mccache_proto::crypto::Keyring;
+/// use mccache_proto::header::{Header, HEADER_LEN, cluster_id};
+/// use mccache_proto::version::NodeId;
 ///
 /// let mut ring = Keyring::new(&[[7u8; 32]], "prod");
 /// let header = Header { encrypted: true, key_id: ring.sealing_key_id().unwrap(),
@@ -237,7 +237,7 @@ fn plaintext_crc(header: &[u8], cluster_name: &[u8], payload: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::header::cluster_id;
+    use crate::header::cluster_id;
 
     fn header(ring: &Keyring, cluster: &str) -> Header {
         Header {

@@ -6,11 +6,11 @@
 use super::message::Query;
 use super::record::Record;
 use super::version::{NodeId, Version};
-use crate::cache::hooks::{Applied, KeyVersion, SyncDigest};
+use crate::sync::{Applied, KeyVersion, SyncDigest};
 
 /// The application state the protocol replicates.
 pub trait AppState {
-    /// Applies a peer's change by version (see [`crate::cache::hooks::ErasedCache::apply_remote`]).
+    /// Applies a peer's change by version (the cache layer implements it, see `ErasedCache::apply_remote` in `mccache`).
     fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied;
     /// Applies a peer's versioned clear.
     fn apply_clear(&mut self, cache: &str, version: Version, origin: NodeId);
