@@ -72,8 +72,44 @@
 //! | [`Node::wait_ready`] | state transfer, up to its timeout | [`Node::wait_ready_async`] |
 //! | [`Node::get_cluster_metrics`], [`Node::get_cluster_checksum`] | peers' answers, up to the timeout | `…_async` |
 //! | [`Node::network_metrics`] | the network thread, up to 2 s | [`Node::network_metrics_async`] |
-//! | [`Cache::get_or_insert_with`], [`Cache::get_or_load`] | the loader on a miss (this caller's, or a concurrent caller's of the same key), unbounded | [`Cache::get_or_insert_with_async`], [`Cache::get_or_load_async`] |
+//! | [`Cache::get_or_insert_with`], [`Cache::get_or_load`] | the loader on a miss (this caller's, or a concurrent caller's of the same key), unbounded; `get_or_load` also up to `peer_load_wait` (1 s) for a peer that announced it is loading the key | [`Cache::get_or_insert_with_async`], [`Cache::get_or_load_async`] |
 //! | [`Node::shutdown`] | the node's threads to stop (milliseconds) | |
+//!
+//! ## Metrics (feature `metrics`)
+//! Every series has a `node` label (`node_name`, default `hostname:pid`); cache series also a
+//! `cache` label. Counters end in `_total`; durations are in seconds.
+//!
+//! | name | type | extra labels |
+//! | --- | --- | --- |
+//! | `mccache_cache_hits_total`, `mccache_cache_misses_total` | counter | |
+//! | `mccache_cache_inserts_total`, `mccache_cache_updates_total`, `mccache_cache_deletes_total` | counter | |
+//! | `mccache_cache_evictions_total` | counter | `reason` = `capacity`, `bytes`, `ttl` |
+//! | `mccache_cache_loads_total`, `mccache_cache_load_failures_total` | counter | |
+//! | `mccache_cache_refreshes_total`, `mccache_cache_stale_served_total` | counter | |
+//! | `mccache_cache_peer_loads_seen_total`, `mccache_cache_peer_load_waits_total` | counter | |
+//! | `mccache_cache_spikes_total` | counter | |
+//! | `mccache_cache_entries`, `mccache_cache_bytes` | gauge | |
+//! | `mccache_net_datagrams_sent_total`, `mccache_net_datagrams_received_total` | counter | |
+//! | `mccache_net_bytes_sent_total`, `mccache_net_bytes_received_total` | counter | |
+//! | `mccache_net_dropped_total` | counter | `reason` (as in `NetworkMetrics::dropped`) |
+//! | `mccache_net_changes_sent_total`, `mccache_net_changes_applied_total`, `mccache_net_changes_stale_total` | counter | |
+//! | `mccache_net_gaps_total`, `mccache_net_retransmits_requested_total`, `mccache_net_retransmits_served_total` | counter | |
+//! | `mccache_net_repairs_total`, `mccache_net_outbound_overflow_total` | counter | |
+//! | `mccache_net_members`, `mccache_net_outbound_queue` | gauge | |
+//! | `mccache_net_apply_lag_seconds` | gauge | `quantile` = `0.5`, `0.99` |
+//!
+//! The figures are copied into the facade on every housekeeping pass (`daemon_sleep`), so a
+//! scrape sees them at most one pass old. Install any `metrics` recorder (for example
+//! `metrics-exporter-prometheus`) before or after starting the node.
+//!
+//! ```no_run
+//! // In a tokio service: install the exporter, then start the node.
+//! metrics_exporter_prometheus::PrometheusBuilder::new()
+//!     .with_http_listener(([127, 0, 0, 1], 9464))
+//!     .install()?;
+//! let node = mccache::Node::start(mccache::Config::load()?)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! ## Documentation
 //!

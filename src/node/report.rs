@@ -3,31 +3,7 @@
 //! counter and gauge through the [`metrics`](https://docs.rs/metrics) facade, named and
 //! labelled in Prometheus' conventions.
 //!
-//! # Metric names (feature `metrics`)
-//! Every series has a `node` label (`node_name`, default `hostname:pid`); cache series also a
-//! `cache` label. Counters end in `_total`; durations are in seconds.
-//!
-//! | name | type | extra labels |
-//! | --- | --- | --- |
-//! | `mccache_cache_hits_total`, `mccache_cache_misses_total` | counter | |
-//! | `mccache_cache_inserts_total`, `mccache_cache_updates_total`, `mccache_cache_deletes_total` | counter | |
-//! | `mccache_cache_evictions_total` | counter | `reason` = `capacity`, `bytes`, `ttl` |
-//! | `mccache_cache_loads_total`, `mccache_cache_load_failures_total` | counter | |
-//! | `mccache_cache_refreshes_total`, `mccache_cache_stale_served_total` | counter | |
-//! | `mccache_cache_spikes_total` | counter | |
-//! | `mccache_cache_entries`, `mccache_cache_bytes` | gauge | |
-//! | `mccache_net_datagrams_sent_total`, `mccache_net_datagrams_received_total` | counter | |
-//! | `mccache_net_bytes_sent_total`, `mccache_net_bytes_received_total` | counter | |
-//! | `mccache_net_dropped_total` | counter | `reason` (as in `NetworkMetrics::dropped`) |
-//! | `mccache_net_changes_sent_total`, `mccache_net_changes_applied_total`, `mccache_net_changes_stale_total` | counter | |
-//! | `mccache_net_gaps_total`, `mccache_net_retransmits_requested_total`, `mccache_net_retransmits_served_total` | counter | |
-//! | `mccache_net_repairs_total`, `mccache_net_outbound_overflow_total` | counter | |
-//! | `mccache_net_members`, `mccache_net_outbound_queue` | gauge | |
-//! | `mccache_net_apply_lag_seconds` | gauge | `quantile` = `0.5`, `0.99` |
-//!
-//! The figures are copied into the facade on every housekeeping pass (`daemon_sleep`), so a
-//! scrape sees them at most one pass old. Install any `metrics` recorder (for example
-//! `metrics-exporter-prometheus`) before or after starting the node.
+//! The metric names and labels are listed in the crate docs (`src/lib.rs`, "Metrics").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,6 +162,14 @@ mod export {
             "mccache_cache_spikes_total",
             "Mutations within callback_win of the previous one.",
         ),
+        (
+            "mccache_cache_peer_loads_seen_total",
+            "Peers' announcements that they were loading a key.",
+        ),
+        (
+            "mccache_cache_peer_load_waits_total",
+            "Misses served by waiting for a peer's load.",
+        ),
     ];
 
     const NET_COUNTERS: &[(&str, &str, Unit)] = &[
@@ -299,6 +283,8 @@ mod export {
             c("mccache_cache_refreshes_total", m.refreshes);
             c("mccache_cache_stale_served_total", m.stale_served);
             c("mccache_cache_spikes_total", m.spikes);
+            c("mccache_cache_peer_loads_seen_total", m.peer_loads_seen);
+            c("mccache_cache_peer_load_waits_total", m.peer_load_waits);
             for (reason, v) in [
                 ("capacity", m.evictions_capacity),
                 ("bytes", m.evictions_bytes),
