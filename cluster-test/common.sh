@@ -4,18 +4,20 @@
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 
-NODES=3 KEYS=200 APERTURE=0.01 MIX=small DURATION=10 TANTRUM=0 CRYPTO_KEY="" OUT=""
+NODES=3 KEYS=200 APERTURE=0.01 MIX=small DURATION=10 TANTRUM=0 BREATHER=false CRYPTO_KEY="" OUT=""
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") [-C nodes] [-K keys] [-A aperture] [-M mix] [-R seconds] [-T tantrum] [-k key] [-o dir]
+Usage: $(basename "$0") [-C nodes] [-K keys] [-A aperture] [-B] [-M mix] [-R seconds] [-T tantrum] [-k key] [-o dir]
 
 Runs N \`mccache node\` processes with the stress workload of McCache's test suite, waits for
 them to quiesce, and judges coherence with \`mccache report\` (lenient and strict rules).
 
   -C nodes     cluster size, 1..9 (default $NODES)
   -K keys      keys per key space (default $KEYS)
-  -A aperture  seconds between operations per node (default $APERTURE)
+  -A aperture  seconds between operations per node (default $APERTURE); 0 = flat out, the
+               cluster at capacity
+  -B           add McCache's breathers (one op in 21 pauses 0.15-0.3 s), for side-by-side runs
   -M mix       value sizes: small | large | mixed (default $MIX)
   -R seconds   workload duration (default $DURATION)
   -T tantrum   percent of datagrams each node drops on purpose (default $TANTRUM)
@@ -29,11 +31,12 @@ USAGE
 
 parse_args() {
     local opt
-    while getopts "C:K:A:M:R:T:k:o:h" opt; do
+    while getopts "C:K:A:BM:R:T:k:o:h" opt; do
         case "$opt" in
             C) NODES="$OPTARG" ;;
             K) KEYS="$OPTARG" ;;
             A) APERTURE="$OPTARG" ;;
+            B) BREATHER=true ;;
             M) MIX="$OPTARG" ;;
             R) DURATION="$OPTARG" ;;
             T) TANTRUM="$OPTARG" ;;
@@ -58,7 +61,7 @@ build_static() {
     local target_dir="${CARGO_TARGET_DIR:-$REPO/target}"
     echo "== building a static mccache (crt-static)"
     (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --quiet --release --target x86_64-unknown-linux-gnu --bin mccache) || exit 2
+        cargo build --quiet --release --features cli --target x86_64-unknown-linux-gnu --bin mccache) || exit 2
     BIN="$target_dir/x86_64-unknown-linux-gnu/release/mccache"
     if ldd "$BIN" 2>&1 | grep -Eq "not a dynamic executable|statically linked"; then
         echo "   $BIN: statically linked"

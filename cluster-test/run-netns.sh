@@ -43,7 +43,7 @@ for i in $(seq 1 "$NODES"); do
     ip -n "$ns" route add default via "$NET.254"
 done
 
-echo "== $NODES node(s), ${DURATION} s, aperture $APERTURE, $MIX values, tantrum $TANTRUM %"
+echo "== $NODES node(s), ${DURATION} s, aperture $APERTURE, breathers $BREATHER, $MIX values, tantrum $TANTRUM %"
 SEEDS=(101 127 131 149 151 163 173 181 191)
 RUN_START=$(date +%s.%N)
 for i in $(seq 1 "$NODES"); do
@@ -51,7 +51,7 @@ for i in $(seq 1 "$NODES"); do
     ip netns exec "${RUN_ID}-n$i" env \
         TEST_KEY_ENTRIES="$KEYS" TEST_APERTURE="$APERTURE" TEST_DATA_SIZE_MIX="$MIX" \
         TEST_RUN_DURATION="$DURATION" TEST_MONKEY_TANTRUM="$TANTRUM" TEST_CLUSTER_SIZE="$NODES" \
-        TEST_CRYPTO_KEY="$CRYPTO_KEY" TEST_RANDOM_SEED="${SEEDS[$((i - 1))]}" \
+        TEST_CRYPTO_KEY="$CRYPTO_KEY" TEST_BREATHER="$BREATHER" TEST_RANDOM_SEED="${SEEDS[$((i - 1))]}" \
         MCCACHE_NODE_NAME="$name" MCCACHE_MULTICAST_IP=239.255.77.3 MCCACHE_MULTICAST_PORT=4000 \
         MCCACHE_DAEMON_SLEEP=0.2 MCCACHE_CACHE_PULSE=1 MCCACHE_CLUSTER_NAME="$RUN_ID" \
         "$BIN" node --interface-from-route --out "$OUT/$name.json" 2>"$OUT/$name.log" &

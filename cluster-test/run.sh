@@ -26,13 +26,13 @@ cp "$BIN" "$CTX/mccache"
 docker build --quiet -t "$IMAGE" -f "$HERE/Dockerfile" "$CTX" >/dev/null 2>"$OUT/docker-build.log" || exit 2
 
 export MCCACHE_IMAGE="$IMAGE" MCCACHE_OUT="$OUT"
-export TEST_KEY_ENTRIES="$KEYS" TEST_APERTURE="$APERTURE" TEST_DATA_SIZE_MIX="$MIX"
+export TEST_KEY_ENTRIES="$KEYS" TEST_APERTURE="$APERTURE" TEST_BREATHER="$BREATHER" TEST_DATA_SIZE_MIX="$MIX"
 export TEST_RUN_DURATION="$DURATION" TEST_MONKEY_TANTRUM="$TANTRUM" TEST_CLUSTER_SIZE="$NODES"
 export TEST_CRYPTO_KEY="$CRYPTO_KEY"
 SERVICES=()
 for i in $(seq 1 "$NODES"); do SERVICES+=("$(printf 'node%02d' "$i")"); done
 
-echo "== compose project $PROJECT: ${SERVICES[*]}, ${DURATION} s, aperture $APERTURE, $MIX values, tantrum $TANTRUM %"
+echo "== compose project $PROJECT: ${SERVICES[*]}, ${DURATION} s, aperture $APERTURE, breathers $BREATHER, $MIX values, tantrum $TANTRUM %"
 RUN_START=$(date +%s.%N)
 "${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" up -d --no-build "${SERVICES[@]}" >"$OUT/compose-up.log" 2>&1 || exit 2
 FAILED=0

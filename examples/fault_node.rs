@@ -46,7 +46,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let ready = node.wait_ready(READY_TIMEOUT);
+    let ready = node.wait_ready(READY_TIMEOUT).is_ready();
     let name = node.config().node_name_or_default();
     let mut out = std::io::stdout().lock();
     if !emit(

@@ -294,6 +294,7 @@ impl Config {
     /// # Ok::<(), mccache::Error>(())
     /// ```
     pub fn load() -> Result<Config> {
+        warn_unknown_env_vars();
         if let Some(path) = config_path_from_env()
             && !path.is_file()
         {
@@ -311,7 +312,9 @@ impl Config {
     ///
     /// Environment variables are matched without regard to case, `__` nests
     /// (`MCCACHE_CACHES__USERS__CACHE_TTL=60` sets `caches.users.cache_ttl`; cache names
-    /// reached this way are lower case), and variables that name no known key are ignored.
+    /// reached this way are lower case), and variables that name no known key are ignored
+    /// ([`Config::load`] warns about each of them once, naming the nearest known variable; see
+    /// [`unknown_env_vars`]).
     ///
     /// ```
     /// use figment::providers::Serialized;
@@ -768,6 +771,88 @@ impl EnvLayer {
                 .split("__")
                 .filter(|k| is_env_key(k.as_str())),
         )
+    }
+}
+
+/// The top-level keys whose values differ between `a` and `b` (names only: values may be
+/// secret keys).
+pub(crate) fn differing_keys(a: &Config, b: &Config) -> Vec<String> {
+    let dict = |c: &Config| Figment::from(c).extract::<Dict>().unwrap_or_default();
+    let (da, db) = (dict(a), dict(b));
+    TOP_KEYS
+        .iter()
+        .filter(|k| da.get(**k) != db.get(**k))
+        .map(|k| (*k).to_string())
+        .collect()
+}
+
+/// `MCCACHE_*` variables that are not configuration keys but are read by mccache's own tools
+/// and tests; they are never reported as unknown.
+const TOOL_VARS: &[&str] = &[
+    "MCCACHE_CONFIG",
+    "MCCACHE_SIM_SEED",
+    "MCCACHE_SIM_SEEDS",
+    "MCCACHE_OUT",
+    "MCCACHE_IMAGE",
+    "MCCACHE_BENCH_SECONDS",
+];
+
+/// `MCCACHE_*` variables of this process that name no configuration key (they are ignored),
+/// each with a sentence naming the nearest known variable, for example
+/// `MCCACHE_CACHE_TLL is not a configuration key and is ignored (did you mean MCCACHE_CACHE_TTL?)`.
+/// [`Config::load`] warns about each of them once per process (see
+/// [`crate::Node::health`] for the list on a running node).
+pub fn unknown_env_vars() -> Vec<String> {
+    let mut out: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter_map(|name| unknown_env_var(&name))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The warning for one variable name, if it is an `MCCACHE_*` name mccache does not read.
+fn unknown_env_var(name: &str) -> Option<String> {
+    let upper = name.to_ascii_uppercase();
+    let rest = upper.strip_prefix(ENV_PREFIX)?;
+    if TOOL_VARS.contains(&upper.as_str()) || is_env_key(&rest.replace("__", ".")) {
+        return None;
+    }
+    let lower = rest.to_ascii_lowercase();
+    let parts: Vec<&str> = lower.split("__").collect();
+    let (prefix, key, known) = match parts.as_slice() {
+        ["caches", cache, key] => (
+            format!("{ENV_PREFIX}CACHES__{}__", cache.to_ascii_uppercase()),
+            *key,
+            CACHE_KEYS,
+        ),
+        _ => (ENV_PREFIX.to_string(), lower.as_str(), TOP_KEYS),
+    };
+    let nearest = known
+        .iter()
+        .filter(|k| **k != "caches")
+        .map(|k| (edit_distance(key, k), *k))
+        .min();
+    Some(match nearest {
+        Some((d, k)) if d <= 3 => format!(
+            "{name} is not a configuration key and is ignored (did you mean {prefix}{}?)",
+            k.to_ascii_uppercase()
+        ),
+        _ => format!("{name} is not a configuration key and is ignored (see docs/CONFIG.md)"),
+    })
+}
+
+/// Warns once per process about each unknown `MCCACHE_*` variable: a mistyped variable would
+/// otherwise be ignored without a word. Goes to `tracing`, and to stderr when no subscriber is
+/// installed.
+fn warn_unknown_env_vars() {
+    static WARNED: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+    for w in unknown_env_vars() {
+        let mut warned = WARNED.lock();
+        if !warned.contains(&w) {
+            crate::warn::user_warning(&w);
+            warned.push(w);
+        }
     }
 }
 

@@ -86,6 +86,14 @@ pub enum Error {
     /// A socket could not be set up.
     #[error("network: {0}")]
     Network(#[from] io::Error),
+    /// [`crate::init`] was called with a configuration other than the one the process-wide
+    /// default node already runs with (started by an earlier `init` or by the first
+    /// [`crate::get_cache`] from [`crate::Config::load`]).
+    #[error("the default node is already running with another configuration (keys that differ: {})", keys.join(", "))]
+    DefaultNodeConfigured {
+        /// The configuration keys whose values differ.
+        keys: Vec<String>,
+    },
     /// The node has been shut down.
     #[error("the node has been shut down")]
     Shutdown,

@@ -141,9 +141,9 @@ async fn async_loader_errors_and_stale_refresh_on_the_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_readiness_and_cluster_queries() {
     let a = Node::start(loopback(1, 47501)).unwrap();
-    assert!(a.wait_ready_async(Duration::from_secs(5)).await);
+    assert!(a.wait_ready_async(Duration::from_secs(5)).await.is_ready());
     let b = Node::start(loopback(1, 47501)).unwrap();
-    assert!(b.wait_ready_async(Duration::from_secs(10)).await);
+    assert!(b.wait_ready_async(Duration::from_secs(10)).await.is_ready());
     let ca = a.cache::<u32, u32>("q").unwrap();
     let cb = b.cache::<u32, u32>("q").unwrap();
     for i in 0..100 {

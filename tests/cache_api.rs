@@ -438,6 +438,27 @@ fn per_cache_overrides_apply() {
 
 #[test]
 fn default_node_functions() {
+    // The default node is a cluster node: keep it on loopback, on a group of its own.
+    let config = Config {
+        interface: std::net::Ipv4Addr::LOCALHOST,
+        multicast_ip: std::net::Ipv4Addr::new(239, 255, 101, 1),
+        multicast_port: 47101,
+        cluster_name: "t9-cache-api".into(),
+        crypto_key: Some(mccache::generate_key()),
+        ..Config::default()
+    };
+    let node = mccache::init(config.clone()).unwrap();
+    assert_eq!(mccache::init(config.clone()).unwrap().id(), node.id());
+    let other = Config {
+        cache_max: 7,
+        ..config
+    };
+    let err = mccache::init(other).unwrap_err();
+    assert!(
+        matches!(&err, Error::DefaultNodeConfigured { keys } if keys == &["cache_max".to_string()]),
+        "{err}"
+    );
+    assert!(node.is_networked());
     let c = mccache::get_cache::<String, String>("default-api");
     c.insert("k".into(), "v".into()).unwrap();
     assert!(matches!(

@@ -257,7 +257,7 @@ fn a_node_that_joins_mid_stream_gets_the_state_and_the_live_changes() {
             }
         }
     });
-    assert!(late.wait_ready(T), "the joiner reports ready");
+    assert!(late.wait_ready(T).is_ready(), "the joiner reports ready");
     writer.join().unwrap();
     let cl = late.cache::<u32, String>("s").unwrap();
     assert!(wait_until(T, || cl.len() == c0.len() && cl.checksum() == c0.checksum()));
@@ -300,12 +300,22 @@ fn remote_changes_reach_listeners_with_a_remote_origin_and_cluster_functions_ans
         .get_cluster_metrics(Some("l"), Duration::from_secs(2))
         .unwrap();
     assert_eq!(metrics.len(), 2, "both nodes answer");
+    assert!(
+        metrics.is_complete(),
+        "no member missing: {:?}",
+        metrics.missing
+    );
     let sums = nodes[1]
         .get_cluster_checksum("l", None::<&String>, Duration::from_secs(2))
         .unwrap();
     assert_eq!(sums.len(), 2);
     let distinct: std::collections::BTreeSet<_> = sums.values().collect();
-    assert_eq!(distinct.len(), 1, "converged checksums agree: {sums:?}");
+    assert_eq!(
+        distinct.len(),
+        1,
+        "converged checksums agree: {:?}",
+        sums.answers
+    );
     nodes[0].clear_cache("l").unwrap();
     assert!(wait_until(T, || a.is_empty() && b.is_empty()));
 }

@@ -80,7 +80,10 @@ fn rolling_rotation_loses_no_update() {
             std::thread::sleep(Duration::from_millis(300));
             members.lock()[i].node.shutdown();
             let fresh = start(keys);
-            assert!(fresh.node.wait_ready(T), "restarted node {i} becomes ready");
+            assert!(
+                fresh.node.wait_ready(T).is_ready(),
+                "restarted node {i} becomes ready"
+            );
             assert!(
                 wait_until(T, || fresh.node.members().len() == 2),
                 "restarted node {i} rejoins ({keys:?})"

@@ -96,8 +96,8 @@ async fn a_tokio_service_scrapes_prometheus_text_and_logs_show_summaries() {
 
     let a = Node::start(loopback(2, 47502, "t14-a")).unwrap();
     let b = Node::start(loopback(2, 47502, "t14-b")).unwrap();
-    assert!(a.wait_ready_async(Duration::from_secs(10)).await);
-    assert!(b.wait_ready_async(Duration::from_secs(10)).await);
+    assert!(a.wait_ready_async(Duration::from_secs(10)).await.is_ready());
+    assert!(b.wait_ready_async(Duration::from_secs(10)).await.is_ready());
     let on_b = b.cache::<u64, String>("users").unwrap();
     let users = a
         .cache_builder::<u64, String>("users")

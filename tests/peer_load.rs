@@ -40,9 +40,9 @@ fn pair(
     wait: Duration,
 ) -> (Node, Node, Cache<String, String>, Cache<String, String>) {
     let a = Node::start(loopback(group, port)).unwrap();
-    assert!(a.wait_ready(Duration::from_secs(5)));
+    assert!(a.wait_ready(Duration::from_secs(5)).is_ready());
     let b = Node::start(loopback(group, port)).unwrap();
-    assert!(b.wait_ready(Duration::from_secs(10)));
+    assert!(b.wait_ready(Duration::from_secs(10)).is_ready());
     assert!(wait_until(Duration::from_secs(10), || a.members().len()
         == 1
         && b.members().len() == 1));

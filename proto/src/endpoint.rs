@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 type PeerMap = BTreeMap<NodeId, Peer>;
 use std::time::{Duration, Instant};
 
+use super::drop::DropReason;
 use super::message::{CacheDigest, Item, Msg, Query};
 use super::metrics::NetworkMetrics;
 use super::record::Record;
@@ -217,6 +218,8 @@ pub struct Endpoint {
     left: bool,
     /// Recently served snapshot chunks, for resending under the same message id.
     served: VecDeque<Served>,
+    /// Why the last datagram handed to [`Endpoint::handle_datagram`] was dropped, if it was.
+    last_drop: Option<DropReason>,
 }
 
 /// A snapshot chunk sent: (requester, cache, cursor), wire message id, payload.
@@ -258,6 +261,7 @@ impl Endpoint {
             next_query: 1,
             left: false,
             served: VecDeque::new(),
+            last_drop: None,
             cfg,
         };
         ep.send_hello(true, Vec::new());
@@ -479,14 +483,23 @@ impl Endpoint {
             && self.transmits.is_empty()
     }
 
+    /// Why the datagram last handed to [`Endpoint::handle_datagram`] was dropped at the wire
+    /// layer (`None` if it was accepted); the driver uses it to tell users about datagrams it
+    /// cannot open.
+    pub fn last_drop(&self) -> Option<DropReason> {
+        self.last_drop
+    }
+
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8], app: &mut dyn AppState) {
         self.metrics.datagrams_received += 1;
         self.metrics.bytes_received += datagram.len() as u64;
+        self.last_drop = None;
         let (from, payload) = match self.wire.decode(now, datagram) {
             Ok(Some(done)) => done,
             Ok(None) => return,
             Err(reason) => {
+                self.last_drop = Some(reason);
                 *self
                     .metrics
                     .dropped

@@ -16,6 +16,7 @@ use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::diagnose::{OpenFailure, OpenFailures};
 use crate::proto::endpoint::{Endpoint, Event, MemberEvent, PeerInfo};
 use crate::proto::message::{Item, Query};
 use crate::proto::metrics::NetworkMetrics;
@@ -63,6 +64,10 @@ pub struct Shared {
     pub overflowed: Arc<AtomicBool>,
     /// Notified to stop the driver (it leaves the cluster first).
     pub stop: tokio::sync::Notify,
+    /// True if this node seals its datagrams (has a `crypto_key`); set before the driver runs.
+    pub sealed: AtomicBool,
+    /// Datagrams from other senders that could not be opened, by likely cause.
+    pub open_failures: Mutex<OpenFailures>,
 }
 
 /// The sockets: multicast to a group.
@@ -104,6 +109,7 @@ pub async fn run(
     let base = Instant::now();
     let to_tokio = |t: Instant| epoch + t.saturating_duration_since(base);
     let mut stopping = false;
+    let sealed = shared.sealed.load(Ordering::Relaxed);
     loop {
         let deadline = to_tokio(ep.poll_timeout());
         tokio::select! {
@@ -140,11 +146,18 @@ pub async fn run(
                 let mut n = 0;
                 loop {
                     match res {
-                        Ok((len, _src)) => {
+                        Ok((len, src)) => {
                             if tantrum.recv && tantrum.percent > 0.0 && rng.random::<f64>() * 100.0 < tantrum.percent {
                                 ep.metrics_mut().tantrum_drops += 1;
                             } else {
-                                ep.handle_datagram(Instant::now(), &buf[..len], app.as_mut());
+                                let now = Instant::now();
+                                ep.handle_datagram(now, &buf[..len], app.as_mut());
+                                if let Some(cause) = ep
+                                    .last_drop()
+                                    .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
+                                {
+                                    shared.open_failures.lock().record(cause, src, now);
+                                }
                             }
                         }
                         Err(e) => {

@@ -1,5 +1,6 @@
 //! Sockets and the single tokio driver task that connects the protocol core to the network.
 
+pub mod diagnose;
 pub mod driver;
 pub mod socket;
 pub mod sockopt;

@@ -193,6 +193,23 @@ fn get_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Res
 /// Builds a control-message buffer holding one `IP_RECVERR` (or `IPV6_RECVERR`) message the way
 /// the kernel lays it out, using libc's `CMSG_*` macros, so the pure decoder in
 /// [`crate::diag`] can be tested against libc's definitions rather than our own.
+/// Registers `hook` to run when the process exits normally (return from `main` or
+/// `std::process::exit`), as C's `atexit` does. Rust runs no destructors for statics, so this is
+/// how the process-wide default node announces its leave at exit.
+///
+/// `hook` must not unwind: wrap its body in `std::panic::catch_unwind`.
+pub fn at_exit(hook: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: atexit only stores the function pointer; `hook` is a plain `extern "C" fn()`
+    // taking no arguments, which is the signature atexit requires, and it lives for the whole
+    // program (function pointers are 'static).
+    let rc = unsafe { libc::atexit(hook) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other("atexit refused the exit hook"))
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn fake_recverr_cmsg(
     ee: libc::sock_extended_err,

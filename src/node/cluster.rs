@@ -42,6 +42,56 @@ pub struct Member {
 
 pub use crate::proto::endpoint::MemberEvent;
 
+/// First interval before a cluster query is repeated to the members that have not answered;
+/// it doubles at each repeat up to [`QUERY_RETRY_MAX`].
+const QUERY_RETRY_FIRST: Duration = Duration::from_millis(25);
+/// Longest interval between repeats of a cluster query.
+const QUERY_RETRY_MAX: Duration = Duration::from_millis(200);
+
+/// The answers to a cluster-wide question ([`Node::get_cluster_metrics`],
+/// [`Node::get_cluster_checksum`]): one per node that answered, this node included, and the
+/// live members that did not answer within the timeout.
+///
+/// It dereferences to the map of answers, so `answers.len()`, `answers.get(&id)` and
+/// `for (id, value) in &answers` work directly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterAnswers<T> {
+    /// The answers by node id, this node's own included.
+    pub answers: BTreeMap<NodeId, T>,
+    /// Live members that did not answer in time (empty when every member answered).
+    pub missing: Vec<Member>,
+}
+
+impl<T> ClusterAnswers<T> {
+    /// True if every live member answered.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+impl<T> std::ops::Deref for ClusterAnswers<T> {
+    type Target = BTreeMap<NodeId, T>;
+    fn deref(&self) -> &Self::Target {
+        &self.answers
+    }
+}
+
+impl<'a, T> IntoIterator for &'a ClusterAnswers<T> {
+    type Item = (&'a NodeId, &'a T);
+    type IntoIter = std::collections::btree_map::Iter<'a, NodeId, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.answers.iter()
+    }
+}
+
+impl<T> IntoIterator for ClusterAnswers<T> {
+    type Item = (NodeId, T);
+    type IntoIter = std::collections::btree_map::IntoIter<NodeId, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.answers.into_iter()
+    }
+}
+
 type MemberListener = Arc<dyn Fn(&MemberEvent) + Send + Sync>;
 
 /// The network half of a node.
@@ -117,16 +167,19 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     config.validate()?;
     let keys = config.crypto_keyring()?;
     if keys.is_empty() {
-        tracing::warn!(
-            "mccache: no crypto_key set: cache traffic is in the clear and anyone on the segment can write to the caches"
+        crate::warn::user_warning(
+            "no crypto_key set: cache traffic is in the clear and anyone on the network segment can write to the caches (make a key with `mccache keygen` or mccache::generate_key())",
         );
     }
     let group = config.group();
-    let recv = socket::recv_socket(group, config.interface)?;
-    let send = socket::send_socket(config.interface, config.multicast_hops)?;
+    let recv =
+        socket::recv_socket(group, config.interface).map_err(|e| socket_error(&config, e))?;
+    let send = socket::send_socket(config.interface, config.multicast_hops)
+        .map_err(|e| socket_error(&config, e))?;
     let id = NodeId::from_random(rand::random());
     let (tx, rx) = mpsc::channel(config.queue_max);
     let shared = Arc::new(Shared::default());
+    shared.sealed.store(!keys.is_empty(), Ordering::Relaxed);
     let publisher = Arc::new(ChannelPublisher {
         tx: tx.clone(),
         overflow: AtomicU64::new(0),
@@ -220,6 +273,35 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     Ok(node)
 }
 
+/// A socket set-up failure as an error naming the configuration key and value at fault:
+/// `interface: "10.0.0.5" is not an address of this host (…)`, or the port that cannot be
+/// bound. Other failures keep their I/O error, with the group and interface added.
+fn socket_error(config: &Config, e: std::io::Error) -> Error {
+    let code = e.raw_os_error();
+    if code == Some(libc::ENODEV) || code == Some(libc::EADDRNOTAVAIL) {
+        return Error::Config {
+            key: "interface".into(),
+            value: config.interface.to_string(),
+            reason: format!("is not an address of this host ({e})"),
+        };
+    }
+    let group = config.group();
+    if code == Some(libc::EADDRINUSE) || code == Some(libc::EACCES) {
+        return Error::Config {
+            key: "multicast_port".into(),
+            value: group.port().to_string(),
+            reason: format!("cannot be bound ({e})"),
+        };
+    }
+    Error::Network(std::io::Error::new(
+        e.kind(),
+        format!(
+            "opening the sockets for group {group} on interface {}: {e}",
+            config.interface
+        ),
+    ))
+}
+
 impl Node {
     fn net(&self) -> Result<&Net> {
         self.inner.net.as_ref().ok_or(Error::Shutdown)
@@ -269,6 +351,7 @@ impl Node {
 
     /// True once this node holds a full copy of the caches its first peer offered (state
     /// transfer done), or found no peer to copy from. Always true for a local-only node.
+    /// [`Node::wait_ready`] waits for it and says whether a peer was found.
     ///
     /// ```
     /// # let node = mccache::Node::start_local(mccache::Config::default())?;
@@ -282,18 +365,22 @@ impl Node {
             .is_none_or(|n| *n.shared.ready.lock())
     }
 
-    /// Waits up to `timeout` for [`Node::is_ready`]; returns whether it became ready.
-    ///
-    /// ```
-    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
-    /// assert!(node.wait_ready(std::time::Duration::from_secs(2)));
-    /// # Ok::<(), mccache::Error>(())
-    /// ```
-    pub fn wait_ready(&self, timeout: Duration) -> bool {
+    /// Reads the counters of datagrams that could not be opened (`None` for a local node).
+    pub(crate) fn open_failures<T>(
+        &self,
+        f: impl FnOnce(&crate::net::diagnose::OpenFailures) -> T,
+    ) -> Option<T> {
+        self.inner
+            .net
+            .as_ref()
+            .map(|n| f(&n.shared.open_failures.lock()))
+    }
+
+    /// Waits until `deadline` for [`Node::is_ready`]; returns whether it became ready.
+    pub(crate) fn wait_ready_until(&self, deadline: Instant) -> bool {
         let Some(net) = &self.inner.net else {
             return true;
         };
-        let deadline = Instant::now() + timeout;
         let mut ready = net.shared.ready.lock();
         while !*ready {
             if net.shared.stopped.load(Ordering::Acquire) {
@@ -342,28 +429,68 @@ impl Node {
         }
     }
 
-    fn ask(&self, query: Query, timeout: Duration) -> Result<Vec<(NodeId, Vec<u8>)>> {
+    /// Sends `query` and collects the answers, repeating the query (at growing intervals)
+    /// until every live member has answered or `timeout` passes. Returns the answers by node
+    /// and the members that did not answer.
+    fn ask(&self, query: Query, timeout: Duration) -> Result<ClusterAnswers<Vec<u8>>> {
         let net = self.net()?;
-        let expected = self.members().len();
         let (tx, rx) = std::sync::mpsc::channel();
-        net.tx
-            .try_send(Command::Query(query, tx))
-            .map_err(|_| Error::Shutdown)?;
         let deadline = Instant::now() + timeout;
-        let mut answers = Vec::new();
-        while answers.len() < expected {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(a) => answers.push(a),
-                Err(_) => break,
+        let mut answers: BTreeMap<NodeId, Vec<u8>> = BTreeMap::new();
+        let mut interval = QUERY_RETRY_FIRST;
+        loop {
+            let unanswered = |answers: &BTreeMap<NodeId, Vec<u8>>| -> Vec<Member> {
+                self.members()
+                    .into_iter()
+                    .filter(|m| !answers.contains_key(&m.id))
+                    .collect()
+            };
+            let now = Instant::now();
+            let missing = unanswered(&answers);
+            if missing.is_empty() || now >= deadline {
+                return Ok(ClusterAnswers { answers, missing });
             }
+            match net.tx.try_send(Command::Query(query.clone(), tx.clone())) {
+                // A full queue (overload): try again at the next round.
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Shutdown),
+            }
+            let round_end = (now + interval).min(deadline);
+            while let Some(left) = round_end.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok((from, body)) => {
+                        answers.insert(from, body);
+                        if unanswered(&answers).is_empty() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            interval = (interval * 2).min(QUERY_RETRY_MAX);
         }
-        Ok(answers)
     }
 
-    /// Metrics of cache `name` (all caches if `None`) from every node that answers within
-    /// `timeout`, this one included: node → cache name → metrics. McCache only wrote these
-    /// to each node's log; here they come back to the caller.
+    /// Metrics of cache `name` (all caches if `None`) from every node of the cluster, this one
+    /// included: node → cache name → metrics. The query is repeated until every live member
+    /// has answered or `timeout` passes; [`ClusterAnswers::missing`] lists the members that
+    /// did not answer. McCache only wrote these to each node's log; here they come back to the
+    /// caller.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use mccache::{Config, Node};
+    ///
+    /// let node = Node::start(Config::load()?)?;
+    /// let metrics = node.get_cluster_metrics(Some("users"), Duration::from_secs(1))?;
+    /// for (id, caches) in &metrics {
+    ///     println!("{id}: {caches:?}");
+    /// }
+    /// for m in &metrics.missing {
+    ///     eprintln!("{} ({}) did not answer", m.name, m.id);
+    /// }
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Shutdown`] if the node is local-only or stopped.
@@ -371,31 +498,39 @@ impl Node {
         &self,
         name: Option<&str>,
         timeout: Duration,
-    ) -> Result<BTreeMap<NodeId, BTreeMap<String, CacheMetrics>>> {
-        let mut out = BTreeMap::new();
+    ) -> Result<ClusterAnswers<BTreeMap<String, CacheMetrics>>> {
         let local: BTreeMap<String, CacheMetrics> = self
             .cache_names()
             .into_iter()
             .filter(|n| name.is_none_or(|x| x == n))
             .filter_map(|n| self.erased(&n).map(|c| (n, c.metrics())))
             .collect();
-        out.insert(self.id(), local);
-        for (from, body) in self.ask(
+        let ClusterAnswers {
+            answers: bodies,
+            mut missing,
+        } = self.ask(
             Query::Metrics {
                 cache: name.map(str::to_string),
             },
             timeout,
-        )? {
-            if let Ok(m) = rmp_serde::from_slice::<BTreeMap<String, CacheMetrics>>(&body) {
-                out.insert(from, m);
+        )?;
+        let mut answers = BTreeMap::new();
+        answers.insert(self.id(), local);
+        for (from, body) in bodies {
+            match rmp_serde::from_slice::<BTreeMap<String, CacheMetrics>>(&body) {
+                Ok(m) => {
+                    answers.insert(from, m);
+                }
+                Err(_) => missing.extend(self.members().into_iter().filter(|m| m.id == from)),
             }
         }
-        Ok(out)
+        Ok(ClusterAnswers { answers, missing })
     }
 
     /// Checksum of cache `name` — of the whole cache, or of one key's entry — from every node
-    /// that answers within `timeout`, this one included. `None` where a node lacks the cache or
-    /// the key. Equal values mean equal contents.
+    /// of the cluster, this one included. `None` where a node lacks the cache or the key.
+    /// Equal values mean equal contents. Repeated like [`Node::get_cluster_metrics`] until
+    /// every live member has answered or `timeout` passes.
     ///
     /// # Errors
     /// [`Error::Serialization`] if the key cannot be serialized; [`Error::Shutdown`] if the node
@@ -405,7 +540,7 @@ impl Node {
         name: &str,
         key: Option<&K>,
         timeout: Duration,
-    ) -> Result<BTreeMap<NodeId, Option<u64>>> {
+    ) -> Result<ClusterAnswers<Option<u64>>> {
         let key = key
             .map(|k| rmp_serde::to_vec(k).map_err(|e| Error::Serialization(e.to_string())))
             .transpose()?;
@@ -413,20 +548,27 @@ impl Node {
             None => Some(c.sync_digest().checksum),
             Some(k) => c.key_checksum(k).map(u64::from),
         });
-        let mut out = BTreeMap::new();
-        out.insert(self.id(), local);
-        for (from, body) in self.ask(
+        let ClusterAnswers {
+            answers: bodies,
+            mut missing,
+        } = self.ask(
             Query::Checksum {
                 cache: name.to_string(),
                 key,
             },
             timeout,
-        )? {
-            if let Ok(v) = rmp_serde::from_slice::<Option<u64>>(&body) {
-                out.insert(from, v);
+        )?;
+        let mut answers = BTreeMap::new();
+        answers.insert(self.id(), local);
+        for (from, body) in bodies {
+            match rmp_serde::from_slice::<Option<u64>>(&body) {
+                Ok(v) => {
+                    answers.insert(from, v);
+                }
+                Err(_) => missing.extend(self.members().into_iter().filter(|m| m.id == from)),
             }
         }
-        Ok(out)
+        Ok(ClusterAnswers { answers, missing })
     }
 
     /// Clears cache `name` on every node, this one included: each removes the entries older

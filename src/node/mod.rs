@@ -21,11 +21,13 @@ use crate::error::{Error, Result};
 use crate::proto::version::{Hlc, NodeId};
 
 mod cluster;
+mod health;
 mod nonblocking;
 pub(crate) mod replica;
 mod report;
 
-pub use cluster::{Member, MemberEvent};
+pub use cluster::{ClusterAnswers, Member, MemberEvent};
+pub use health::{Health, OpenFailure, Readiness, Unopened};
 
 type Registry = Arc<crate::node::replica::Registry>;
 use crate::node::replica::Registered;
@@ -90,16 +92,19 @@ impl Node {
     /// ```no_run
     /// use mccache::{Config, Node};
     ///
-    /// let node = Node::start(Config { interface: "10.0.0.5".parse().unwrap(), ..Config::default() })?;
-    /// node.wait_ready(std::time::Duration::from_secs(2));
+    /// let node = Node::start(Config { interface: "10.0.0.5".parse().unwrap(), ..Config::load()? })?;
+    /// if !node.wait_ready(std::time::Duration::from_secs(2)).found_peers() {
+    ///     eprintln!("no peer yet: {:?}", node.health());
+    /// }
     /// let users = node.cache::<u64, String>("users")?;
     /// users.insert(1, "ada".into())?; // now on every node of the cluster
     /// # Ok::<(), mccache::Error>(())
     /// ```
     ///
     /// # Errors
-    /// The configuration error if `config` is invalid; [`Error::Network`] if the sockets cannot
-    /// be opened (for example, no such interface).
+    /// The configuration error if `config` is invalid; an [`Error::Config`] naming the key and
+    /// value if the sockets cannot be opened with them (`interface: "10.0.0.5" is not an
+    /// address of this host`, a port that cannot be bound); [`Error::Network`] otherwise.
     pub fn start(config: Config) -> Result<Node> {
         cluster::start(config)
     }

@@ -8,30 +8,27 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::Node;
+use super::{ClusterAnswers, Node, Readiness};
 use crate::cache::load::off_thread;
 use crate::cache::metrics::CacheMetrics;
 use crate::error::{Error, Result};
 use crate::proto::metrics::NetworkMetrics;
-use crate::proto::version::NodeId;
 
 impl Node {
-    /// The async form of [`Node::wait_ready`]: resolves to whether the node became ready
-    /// within `timeout` (immediately `true` for a local-only node).
+    /// The async form of [`Node::wait_ready`]: resolves to the node's [`Readiness`] within
+    /// `timeout` ([`Readiness::Alone`] at once for a local-only node).
     ///
     /// ```
     /// # let node = mccache::Node::start_local(mccache::Config::default())?;
-    /// assert!(pollster::block_on(node.wait_ready_async(std::time::Duration::from_secs(1))));
+    /// let readiness = pollster::block_on(node.wait_ready_async(std::time::Duration::from_secs(1)));
+    /// assert_eq!(readiness, mccache::Readiness::Alone);
     /// # Ok::<(), mccache::Error>(())
     /// ```
-    pub async fn wait_ready_async(&self, timeout: Duration) -> bool {
-        if self.is_ready() {
-            return true;
-        }
+    pub async fn wait_ready_async(&self, timeout: Duration) -> Readiness {
         let node = self.clone();
         off_thread(move || node.wait_ready(timeout))
             .await
-            .unwrap_or(false)
+            .unwrap_or(Readiness::NotReady)
     }
 
     /// The async form of [`Node::network_metrics`] (which waits up to 2 s for the network
@@ -51,7 +48,7 @@ impl Node {
     }
 
     /// The async form of [`Node::get_cluster_metrics`]: resolves when every member has
-    /// answered or `timeout` has passed.
+    /// answered or `timeout` has passed; the result names the members that did not answer.
     ///
     /// ```no_run
     /// # async fn f(node: mccache::Node) -> mccache::Result<()> {
@@ -68,7 +65,7 @@ impl Node {
         &self,
         name: Option<&str>,
         timeout: Duration,
-    ) -> Result<BTreeMap<NodeId, BTreeMap<String, CacheMetrics>>> {
+    ) -> Result<ClusterAnswers<BTreeMap<String, CacheMetrics>>> {
         let node = self.clone();
         let name = name.map(str::to_string);
         off_thread(move || node.get_cluster_metrics(name.as_deref(), timeout))
@@ -92,7 +89,7 @@ impl Node {
         name: &str,
         key: Option<K>,
         timeout: Duration,
-    ) -> Result<BTreeMap<NodeId, Option<u64>>> {
+    ) -> Result<ClusterAnswers<Option<u64>>> {
         let node = self.clone();
         let name = name.to_string();
         off_thread(move || node.get_cluster_checksum(&name, key.as_ref(), timeout))

@@ -24,9 +24,12 @@ pub struct DemoArgs {
     /// Keys per key space.
     #[arg(long, default_value_t = 200)]
     pub keys: u32,
-    /// Seconds between operations on each node.
+    /// Seconds between operations on each node (on a schedule); 0 = flat out.
     #[arg(long, default_value_t = 0.002)]
     pub aperture: f64,
+    /// Add the ancestor's breathers (one op in 21 pauses 0.15–0.3 s).
+    #[arg(long)]
+    pub breather: bool,
     /// Value sizes.
     #[arg(long, value_enum, default_value_t = Mix::Mixed)]
     pub mix: Mix,
@@ -42,6 +45,9 @@ pub struct DemoArgs {
     /// Random seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Print one JSON object with the results instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A loopback node configuration for the demo (and for tests of it).
@@ -93,13 +99,20 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
         .unwrap_or_else(|| rand::random_range(40_000..60_000));
     let key = mccache::generate_key();
     let seed = args.seed.unwrap_or_else(rand::random);
-    println!(
-        "mccache demo: {} nodes on 127.0.0.1, group {group}:{port}, {} s, aperture {} s, {} values",
+    let json = args.json;
+    let say = |line: String| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    say(format!(
+        "mccache demo: {} nodes in this process on 127.0.0.1, group {group}:{port}, sealed with a fresh key, {} s of McCache's workload, one op every {} ms per node{}, {} values",
         args.nodes,
         args.duration,
-        args.aperture,
+        args.aperture * 1e3,
+        if args.breather { " with breathers" } else { "" },
         args.mix.as_str()
-    );
+    ));
     let mut members = Vec::new();
     for i in 0..args.nodes {
         let config = loopback_config(group, port, &key, format!("demo-{}", i + 1));
@@ -121,25 +134,35 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
     while members.iter().any(|m| m.node.members().len() + 1 < n) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    let mut ready = true;
     for m in &members {
-        m.node
-            .wait_ready(deadline.saturating_duration_since(Instant::now()));
+        ready &= m
+            .node
+            .wait_ready(deadline.saturating_duration_since(Instant::now()))
+            .is_ready();
     }
     let formed = members.iter().all(|m| m.node.members().len() + 1 == n);
-    println!(
-        "membership {}",
+    say(format!(
+        "membership {}{}",
         if formed {
             "formed"
         } else {
             "INCOMPLETE after 10 s"
+        },
+        if ready {
+            ""
+        } else {
+            " (state transfer not done)"
         }
-    );
+    ));
 
-    let interactive = std::io::stdout().is_terminal();
+    let interactive = !json && std::io::stdout().is_terminal();
     let stop = AtomicBool::new(false);
     let running = AtomicBool::new(true);
     let started = Instant::now();
-    std::thread::scope(|s| {
+    // The workload's own duration: measured when the workers end, not when the progress
+    // display (which may wait for a busy network thread) notices.
+    let ran = std::thread::scope(|s| {
         let workers: Vec<_> = members
             .iter()
             .enumerate()
@@ -148,6 +171,7 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
                     keys: args.keys,
                     aperture: args.aperture,
                     mix: args.mix,
+                    breather: args.breather,
                     duration: Duration::from_secs_f64(args.duration),
                     seed: seed.wrapping_add(i as u64),
                     tag: i as u32 + 1,
@@ -159,6 +183,9 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
         let members = &members;
         let running = &running;
         s.spawn(move || {
+            if !interactive {
+                return;
+            }
             let bar = crate::progress::bar(interactive, args.duration);
             let mut last_ops = 0;
             while running.load(Ordering::Relaxed) {
@@ -171,8 +198,9 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
                     .unwrap_or(0);
                 bar.set_position(started.elapsed().as_secs());
                 bar.set_message(format!(
-                    "{ops} ops ({}/s), apply lag p99 {p99} µs",
-                    (ops - last_ops) * 4
+                    "{ops} ops ({}/s), apply lag p99 {:.2} ms",
+                    (ops - last_ops) * 4,
+                    p99 as f64 / 1e3
                 ));
                 last_ops = ops;
             }
@@ -185,8 +213,8 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
             }
         }
         running.store(false, Ordering::Relaxed);
+        started.elapsed()
     });
-    let ran = started.elapsed();
 
     let converge_start = Instant::now();
     let converged = wait_until(Duration::from_secs(30), || {
@@ -207,38 +235,106 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
         .max_by_key(|(_, n)| **n)
         .map(|(s, _)| *s)
         .unwrap_or(0);
-    println!(
-        "\n{:<8} {:>9} {:>9} {:>8} {:>18} {:>10} {:>12} {:>12}",
-        "node", "ops", "writes", "entries", "checksum", "converged", "lag p50 µs", "lag p99 µs"
-    );
+    let ms = |us: u64| us as f64 / 1e3;
+    let mut rows = Vec::new();
     let mut total_ops = 0;
+    let mut total_writes = 0;
     for (i, m) in members.iter().enumerate() {
         let o = m.counters.snapshot();
         total_ops += o.total();
+        total_writes += o.writes();
         let lag = m.lag.summary();
+        let net = m.node.network_metrics();
+        rows.push(serde_json::json!({
+            "node": format!("demo-{}", i + 1),
+            "ops": o.total(),
+            "writes": o.writes(),
+            "entries": m.cache.len(),
+            "checksum": format!("{:016x}", sums[i]),
+            "agrees": sums[i] == majority,
+            "lag_p50_ms": ms(lag.p50_us),
+            "lag_p99_ms": ms(lag.p99_us),
+            "retransmits": net.retransmits_served,
+            "repairs": net.ae_repairs,
+        }));
+    }
+    let secs = ran.as_secs_f64().max(1e-9);
+    let mut all_lag: Vec<u64> = Vec::new();
+    for m in &members {
+        all_lag.extend(m.lag.samples());
+    }
+    all_lag.sort_unstable();
+    let pct = |q: f64| {
+        all_lag
+            .get(((all_lag.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    if json {
+        let out = serde_json::json!({
+            "nodes": n,
+            "seconds": ran.as_secs_f64(),
+            "ops": total_ops,
+            "writes": total_writes,
+            "ops_per_sec": (total_ops as f64 / secs).round(),
+            "converged": converged,
+            "converged_after_ms": converge_time.as_millis() as u64,
+            "lag_p50_ms": ms(pct(0.50)),
+            "lag_p99_ms": ms(pct(0.99)),
+            "lag_samples": all_lag.len(),
+            "per_node": rows,
+        });
+        println!("{out}");
+    } else {
         println!(
-            "{:<8} {:>9} {:>9} {:>8} {:>18} {:>10} {:>12} {:>12}",
-            format!("demo-{}", i + 1),
-            o.total(),
-            o.writes(),
-            m.cache.len(),
-            format!("{:016x}", sums[i]),
-            if sums[i] == majority { "yes" } else { "no" },
-            lag.p50_us,
-            lag.p99_us
+            "\n{:<8} {:>8} {:>8} {:>8} {:>17} {:>6} {:>12} {:>12} {:>12} {:>8}",
+            "node",
+            "ops",
+            "writes",
+            "entries",
+            "checksum",
+            "agrees",
+            "lag p50",
+            "lag p99",
+            "retransmits",
+            "repairs"
+        );
+        for r in &rows {
+            println!(
+                "{:<8} {:>8} {:>8} {:>8} {:>17} {:>6} {:>9.2} ms {:>9.2} ms {:>12} {:>8}",
+                r["node"].as_str().unwrap_or(""),
+                r["ops"].as_u64().unwrap_or(0),
+                r["writes"].as_u64().unwrap_or(0),
+                r["entries"].as_u64().unwrap_or(0),
+                r["checksum"].as_str().unwrap_or(""),
+                if r["agrees"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "NO"
+                },
+                r["lag_p50_ms"].as_f64().unwrap_or(0.0),
+                r["lag_p99_ms"].as_f64().unwrap_or(0.0),
+                r["retransmits"].as_u64().unwrap_or(0),
+                r["repairs"].as_u64().unwrap_or(0)
+            );
+        }
+        println!(
+            "\nlag: from a write on one node until another node applied it. retransmits: datagrams a node\nsent again because a peer reported a gap (lost datagram); repairs: entries a node sent to fix a\npeer found different by the periodic checksum comparison (anti-entropy), e.g. after an overflow."
+        );
+        println!(
+            "\n{total_ops} ops in {:.1} s ({:.0} ops/s, {total_writes} replicated writes); lag p50 {:.2} ms, p99 {:.2} ms; {} {:.2} s after the workload",
+            ran.as_secs_f64(),
+            total_ops as f64 / secs,
+            ms(pct(0.50)),
+            ms(pct(0.99)),
+            if converged {
+                "all caches identical"
+            } else {
+                "caches NOT identical"
+            },
+            converge_time.as_secs_f64()
         );
     }
-    println!(
-        "\n{total_ops} ops in {:.1} s ({:.0} ops/s); {} in {:.2} s after the workload",
-        ran.as_secs_f64(),
-        total_ops as f64 / ran.as_secs_f64().max(1e-9),
-        if converged {
-            "converged"
-        } else {
-            "NOT converged"
-        },
-        converge_time.as_secs_f64()
-    );
     for m in &members {
         m.node.shutdown();
     }

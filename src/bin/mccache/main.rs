@@ -57,8 +57,21 @@ enum Command {
     },
 }
 
+/// Sends the library's `tracing` events to stderr: warnings and errors by default, or what
+/// `RUST_LOG` selects (for example `RUST_LOG=mccache=debug`).
+fn install_subscriber() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_subscriber();
     let outcome = match cli.command {
         Command::Demo(a) => demo::main(a).map(|()| true),
         Command::Node(a) => node::main(a).map(|()| true),

@@ -23,9 +23,13 @@ pub struct NodeArgs {
     /// Keys per key space: shared `K000-0..=N`, private `P<tag>-0..=N`.
     #[arg(long, env = "TEST_KEY_ENTRIES", default_value_t = 200)]
     pub keys: u32,
-    /// Seconds between operations (skewed ±35 %); 0 = flat out.
+    /// Seconds between operations (skewed ±35 %, on a schedule); 0 = flat out.
     #[arg(long, env = "TEST_APERTURE", default_value_t = 0.01)]
     pub aperture: f64,
+    /// Add the ancestor's breathers (one op in 21 pauses 0.15–0.3 s), for side-by-side runs
+    /// with McCache; without it the aperture alone sets the pace.
+    #[arg(long, env = "TEST_BREATHER")]
+    pub breather: bool,
     /// Value sizes.
     #[arg(long, env = "TEST_DATA_SIZE_MIX", value_enum, default_value_t = Mix::Small)]
     pub mix: Mix,
@@ -136,9 +140,14 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
     });
     let interactive = std::io::stderr().is_terminal();
     eprintln!(
-        "mccache node: interface {} group {} tag {tag} seed {seed}",
+        "mccache node: interface {} group {} tag {tag} seed {seed}, {}",
         config.interface,
-        config.group()
+        config.group(),
+        if config.crypto_key.is_some() || !config.crypto_keys.is_empty() {
+            "sealed"
+        } else {
+            "PLAINTEXT (no crypto_key: see the warning)"
+        }
     );
     if let Some(addr) = args.metrics_addr {
         serve_metrics(addr)?;
@@ -157,8 +166,19 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
     while node.members().len() + 1 < args.peers && Instant::now() < join_deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if !node.wait_ready(join_deadline.saturating_duration_since(Instant::now())) {
-        eprintln!("mccache node: not ready after the join timeout; starting anyway");
+    match node.wait_ready(join_deadline.saturating_duration_since(Instant::now())) {
+        mccache::Readiness::NotReady => {
+            eprintln!("mccache node: not ready after the join timeout; starting anyway")
+        }
+        mccache::Readiness::Alone if args.peers > 1 => {
+            let h = node.health();
+            eprintln!(
+                "mccache node: no peer found (expected {}); datagrams that could not be opened: {:?}",
+                args.peers - 1,
+                h.unopened
+            );
+        }
+        _ => {}
     }
     eprintln!("mccache node: {} peer(s); running", node.members().len());
 
@@ -166,6 +186,7 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
         keys: args.keys,
         aperture: args.aperture,
         mix: args.mix,
+        breather: args.breather,
         duration: Duration::from_secs_f64(args.duration),
         seed,
         tag,
@@ -240,6 +261,7 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
             duration: args.duration,
             seed,
             tantrum: config.monkey_tantrum,
+            breather: args.breather,
         },
         started_ms,
         done_ms,

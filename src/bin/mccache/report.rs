@@ -238,6 +238,7 @@ fn print_table(results: &[NodeResult]) {
         m
     });
     let sum = |f: fn(&NodeResult) -> u64| results.iter().map(f).sum::<u64>();
+    println!("{}", aggregate_line(results));
     println!(
         "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs, drops {:?}",
         sum(|r| r.network.datagrams_sent),
@@ -247,6 +248,28 @@ fn print_table(results: &[NodeResult]) {
         sum(|r| r.network.ae_repairs),
         dropped
     );
+}
+
+/// The whole cluster's throughput: operations and writes of every node over the span from
+/// the first node's start to the last node's end of workload, and the remote changes the
+/// nodes received by the end of the run (after quiesce) per second of that span, with how many
+/// were newer than the local copy (with few keys, most are superseded before they arrive).
+fn aggregate_line(results: &[NodeResult]) -> String {
+    let start = results.iter().map(|r| r.started_ms).min().unwrap_or(0);
+    let end = results.iter().map(|r| r.done_ms).max().unwrap_or(0);
+    let secs = (end.saturating_sub(start) as f64 / 1000.0).max(1e-3);
+    let ops: u64 = results.iter().map(|r| r.ops.total()).sum();
+    let writes: u64 = results.iter().map(|r| r.ops.writes()).sum();
+    let applied: u64 = results.iter().map(|r| r.network.changes_applied).sum();
+    let stale: u64 = results.iter().map(|r| r.network.changes_stale).sum();
+    format!(
+        "aggregate: {} nodes, {ops} ops in {secs:.1} s = {:.0} ops/s ({:.0} writes/s); remote changes received {:.0}/s, newer than the local copy {:.0}/s (counted to the end of the run)",
+        results.len(),
+        ops as f64 / secs,
+        writes as f64 / secs,
+        (applied + stale) as f64 / secs,
+        applied as f64 / secs
+    )
 }
 
 /// One node's per-interval series: `(start s, end s, ops/s, lag p50 ms, lag p99 ms, lag n)`.

@@ -58,6 +58,9 @@ pub struct Settings {
     pub seed: u64,
     /// Percent of datagrams dropped on purpose.
     pub tantrum: f64,
+    /// Whether the ancestor's breathers were on (`--breather`).
+    #[serde(default)]
+    pub breather: bool,
 }
 
 /// Operations by kind.

@@ -84,8 +84,13 @@ pub fn now_ms() -> u64 {
 pub struct Spec {
     /// Keys `0..=keys` exist in the shared and in the private key space.
     pub keys: u32,
-    /// Seconds between operations (skewed ±35 % in 5 % steps).
+    /// Seconds between operations (skewed ±35 % in 5 % steps), kept on a schedule so that
+    /// small apertures mean what they say; 0 = flat out.
     pub aperture: f64,
+    /// The ancestor's breathers: one operation in 21 is a pause of 0.15 s (0.3 s below an
+    /// aperture of 0.01 s). Off by default: with them every node does at most ≈ 70 ops/s,
+    /// whatever the aperture. For side-by-side runs with McCache.
+    pub breather: bool,
     /// Value sizes.
     pub mix: Mix,
     /// How long to run.
@@ -194,6 +199,11 @@ impl Lag {
         (w.len() as u64, percentile(&w, 0.50), percentile(&w, 0.99))
     }
 
+    /// Every sample kept (bounded), in arrival order.
+    pub fn samples(&self) -> Vec<u64> {
+        self.inner.lock().all.clone()
+    }
+
     /// The summary over the whole run.
     pub fn summary(&self) -> LagSummary {
         let g = self.inner.lock();
@@ -273,11 +283,26 @@ pub fn run(cache: &Cache<String, Val>, spec: &Spec, counters: &Counters, stop: &
     let bump = |a: &AtomicU64| {
         a.fetch_add(1, Ordering::Relaxed);
     };
-    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+    let mut due = Instant::now();
+    let mut ops = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        // The clock is read once per 64 operations when flat out.
+        if (spec.aperture > 0.0 || ops % 64 == 0) && Instant::now() >= end {
+            break;
+        }
+        ops = ops.wrapping_add(1);
         if spec.aperture > 0.0 {
-            // The ancestor's snooze: the aperture skewed in 5 % steps, 65 % to 135 %.
+            // The ancestor's snooze: the aperture skewed in 5 % steps, 65 % to 135 %, kept on
+            // a schedule (sleep only when ahead of it) so that the sleep's own overhead does
+            // not stretch small apertures; a writer that fell far behind does not burst.
             let skew = 0.65 + 0.05 * f64::from(rng.random_range(0..=14u32));
-            std::thread::sleep(Duration::from_secs_f64(spec.aperture * skew));
+            due += Duration::from_secs_f64(spec.aperture * skew);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            } else if now - due > Duration::from_millis(100) {
+                due = now;
+            }
         }
         let n = rng.random_range(0..=spec.keys);
         let key = if rng.random_range(0..21) == 0 {
@@ -297,7 +322,8 @@ pub fn run(cache: &Cache<String, Val>, spec: &Spec, counters: &Counters, stop: &
                 p
             },
         };
-        match rng.random_range(0..=20u32) {
+        let first = if spec.breather { 0 } else { 1 };
+        match rng.random_range(first..=20u32) {
             0 => {
                 bump(&counters.breathers);
                 let pause = if spec.aperture >= 0.01 { 0.15 } else { 0.3 };
