@@ -4,15 +4,19 @@
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 
-NODES=3 KEYS=200 APERTURE=0.01 MIX=small DURATION=10 TANTRUM=0 BREATHER=false CRYPTO_KEY="" OUT=""
+NODES=3 KEYS=200 APERTURE=0.01 MIX=small DURATION=10 TANTRUM=0 BREATHER=false CRYPTO_KEY="" OUT="" UNICAST=0
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") [-C nodes] [-K keys] [-A aperture] [-B] [-M mix] [-R seconds] [-T tantrum] [-k key] [-o dir]
+Usage: $(basename "$0") [-U] [-C nodes] [-K keys] [-A aperture] [-B] [-M mix] [-R seconds] [-T tantrum] [-k key] [-o dir]
 
 Runs N \`mccache node\` processes with the stress workload of McCache's test suite, waits for
 them to quiesce, and judges coherence with \`mccache report\` (lenient and strict rules).
 
+  -U           unicast: multicast is blocked (nftables on the bridge), nodes find each other
+               through one DNS name that resolves to every node (a compose network alias /
+               the namespaces' hosts files), and the last node(s) start a few seconds
+               later and must be found by the running ones
   -C nodes     cluster size, 1..9 (default $NODES)
   -K keys      keys per key space (default $KEYS)
   -A aperture  seconds between operations per node (default $APERTURE); 0 = flat out, the
@@ -31,8 +35,9 @@ USAGE
 
 parse_args() {
     local opt
-    while getopts "C:K:A:BM:R:T:k:o:h" opt; do
+    while getopts "UC:K:A:BM:R:T:k:o:h" opt; do
         case "$opt" in
+            U) UNICAST=1 ;;
             C) NODES="$OPTARG" ;;
             K) KEYS="$OPTARG" ;;
             A) APERTURE="$OPTARG" ;;
@@ -51,6 +56,7 @@ parse_args() {
     fi
     case "$MIX" in small|large|mixed) ;; *) echo "error: -M must be small, large or mixed" >&2; exit 2 ;; esac
     RUN_ID="mcct$(date +%H%M%S)$$"
+    if [ "$UNICAST" = 1 ]; then RUN_ID="mcu$(date +%H%M%S)$$"; fi
     OUT="${OUT:-$HERE/out/$RUN_ID}"
     mkdir -p "$OUT"
     OUT="$(cd "$OUT" && pwd)"
@@ -70,3 +76,9 @@ build_static() {
     fi
     if [ -z "$CRYPTO_KEY" ]; then CRYPTO_KEY="$("$BIN" keygen)"; fi
 }
+
+# Unicast mode: how many nodes start first; the rest start LATE_AFTER seconds later.
+early_nodes() {
+    if [ "$NODES" -le 1 ]; then echo "$NODES"; elif [ "$NODES" -le 3 ]; then echo $((NODES - 1)); else echo $((NODES - 2)); fi
+}
+LATE_AFTER=3

@@ -16,7 +16,16 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    for ns in "${NSES[@]}"; do ip netns delete "$ns" 2>/dev/null; done
+    for ns in "${NSES[@]}"; do ip netns delete "$ns" 2>/dev/null; rm -rf "/etc/netns/$ns"; done
+}
+# Unicast: the name `mccache` resolves (the namespaces' hosts files) to the nodes listed.
+write_hosts() {
+    local n=$1 i j
+    for i in $(seq 1 "$NODES"); do
+        mkdir -p "/etc/netns/${RUN_ID}-n$i"
+        { echo "127.0.0.1 localhost"; for j in $(seq 1 "$n"); do echo "$NET.$j mccache"; done; } \
+            > "/etc/netns/${RUN_ID}-n$i/hosts"
+    done
 }
 trap cleanup EXIT
 trap 'exit 2' INT TERM
@@ -43,17 +52,39 @@ for i in $(seq 1 "$NODES"); do
     ip -n "$ns" route add default via "$NET.254"
 done
 
+TRANSPORT_ENV=()
+E=$NODES
+if [ "$UNICAST" = 1 ]; then
+    command -v nft >/dev/null || { echo "error: -U needs nftables to block multicast" >&2; exit 2; }
+    ip netns exec "$HUB" nft -f - <<NFT || exit 2
+table bridge mcu {
+    chain mcufilter {
+        type filter hook forward priority 0;
+        ether type ip ip daddr 224.0.0.0/4 counter drop
+    }
+}
+NFT
+    TRANSPORT_ENV=(MCCACHE_TRANSPORT=unicast MCCACHE_PEERS=mccache:4000 MCCACHE_DISCOVERY_INTERVAL=1)
+    E=$(early_nodes)
+    write_hosts "$E"
+    echo "== unicast: multicast dropped on the bridge; peers mccache:4000 (hosts files); $E node(s) first, the rest ${LATE_AFTER} s later"
+fi
 echo "== $NODES node(s), ${DURATION} s, aperture $APERTURE, breathers $BREATHER, $MIX values, tantrum $TANTRUM %"
 SEEDS=(101 127 131 149 151 163 173 181 191)
 RUN_START=$(date +%s.%N)
 for i in $(seq 1 "$NODES"); do
     name=$(printf 'node%02d' "$i")
+    if [ "$i" -gt "$E" ] && [ "$i" -eq $((E + 1)) ]; then
+        sleep "$LATE_AFTER"
+        write_hosts "$NODES" # the later nodes appear in the name, as new replicas do in DNS
+    fi
     ip netns exec "${RUN_ID}-n$i" env \
         TEST_KEY_ENTRIES="$KEYS" TEST_APERTURE="$APERTURE" TEST_DATA_SIZE_MIX="$MIX" \
         TEST_RUN_DURATION="$DURATION" TEST_MONKEY_TANTRUM="$TANTRUM" TEST_CLUSTER_SIZE="$NODES" \
         TEST_CRYPTO_KEY="$CRYPTO_KEY" TEST_BREATHER="$BREATHER" TEST_RANDOM_SEED="${SEEDS[$((i - 1))]}" \
         MCCACHE_NODE_NAME="$name" MCCACHE_MULTICAST_IP=239.255.77.3 MCCACHE_MULTICAST_PORT=4000 \
         MCCACHE_DAEMON_SLEEP=0.2 MCCACHE_CACHE_PULSE=1 MCCACHE_CLUSTER_NAME="$RUN_ID" \
+        "${TRANSPORT_ENV[@]}" \
         "$BIN" node --interface-from-route --out "$OUT/$name.json" 2>"$OUT/$name.log" &
     PIDS+=($!)
 done
@@ -67,6 +98,9 @@ RUN_END=$(date +%s.%N)
 echo "== report ($OUT)"
 "$BIN" report "$OUT" --expect "$NODES"
 VERDICT=$?
+if [ "$UNICAST" = 1 ]; then
+    echo "== multicast frames dropped on the bridge: $(ip netns exec "$HUB" nft list table bridge mcu | grep -o 'packets [0-9]*' | head -1)"
+fi
 END=$(date +%s.%N)
 printf '== timings: run %.1f s (workload %s s), total %.1f s\n' \
     "$(echo "$RUN_END - $RUN_START" | bc)" "$DURATION" "$(echo "$END - $START" | bc)"

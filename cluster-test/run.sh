@@ -13,7 +13,9 @@ build_static
 PROJECT="$RUN_ID"
 IMAGE="mccache-cluster-test:$RUN_ID"
 CTX="$(mktemp -d)"
+NFT_TABLE=""
 cleanup() {
+    [ -n "$NFT_TABLE" ] && nft delete table bridge "$NFT_TABLE" >/dev/null 2>&1
     "${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" down --volumes --remove-orphans >/dev/null 2>&1
     docker image rm -f "$IMAGE" >/dev/null 2>&1
     rm -rf "$CTX"
@@ -31,10 +33,37 @@ export TEST_RUN_DURATION="$DURATION" TEST_MONKEY_TANTRUM="$TANTRUM" TEST_CLUSTER
 export TEST_CRYPTO_KEY="$CRYPTO_KEY"
 SERVICES=()
 for i in $(seq 1 "$NODES"); do SERVICES+=("$(printf 'node%02d' "$i")"); done
+FIRST=("${SERVICES[@]}") LATER=()
+if [ "$UNICAST" = 1 ]; then
+    export MCCACHE_TRANSPORT=unicast MCCACHE_PEERS=mccache:4000 MCCACHE_DISCOVERY_INTERVAL=1
+    export MCCACHE_CLUSTER_NAME="$RUN_ID"
+    E=$(early_nodes)
+    FIRST=("${SERVICES[@]:0:$E}") LATER=("${SERVICES[@]:$E}")
+fi
 
 echo "== compose project $PROJECT: ${SERVICES[*]}, ${DURATION} s, aperture $APERTURE, breathers $BREATHER, $MIX values, tantrum $TANTRUM %"
 RUN_START=$(date +%s.%N)
-"${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" up -d --no-build "${SERVICES[@]}" >"$OUT/compose-up.log" 2>&1 || exit 2
+if [ "$UNICAST" = 1 ]; then
+    # Create the network first, then block multicast on its bridge before any node starts.
+    "${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" up --no-start --no-build "${SERVICES[@]}" >"$OUT/compose-up.log" 2>&1 || exit 2
+    SUBNET=$(docker network inspect -f '{{(index .IPAM.Config 0).Subnet}}' "${PROJECT}_mcnet") || exit 2
+    command -v nft >/dev/null || { echo "error: -U needs nftables to block multicast" >&2; exit 2; }
+    NFT_TABLE="$RUN_ID"
+    nft -f - <<NFT || exit 2
+table bridge $NFT_TABLE {
+    chain mcufilter {
+        type filter hook forward priority 0;
+        ether type ip ip saddr $SUBNET ip daddr 224.0.0.0/4 counter drop
+    }
+}
+NFT
+    echo "   multicast from $SUBNET dropped on the bridge; peers: $MCCACHE_PEERS; first ${FIRST[*]}, ${LATE_AFTER} s later ${LATER[*]:-none}"
+fi
+"${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" up -d --no-build "${FIRST[@]}" >>"$OUT/compose-up.log" 2>&1 || exit 2
+if [ "${#LATER[@]}" -gt 0 ]; then
+    sleep "$LATE_AFTER"
+    "${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" up -d --no-build "${LATER[@]}" >>"$OUT/compose-up.log" 2>&1 || exit 2
+fi
 FAILED=0
 for s in "${SERVICES[@]}"; do
     id=$("${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" ps -q "$s")
@@ -47,6 +76,9 @@ RUN_END=$(date +%s.%N)
 echo "== report ($OUT)"
 "$BIN" report "$OUT" --expect "$NODES"
 VERDICT=$?
+if [ "$UNICAST" = 1 ]; then
+    echo "== multicast frames dropped on the bridge: $(nft list table bridge "$NFT_TABLE" 2>/dev/null | grep -o 'packets [0-9]*' | head -1)"
+fi
 END=$(date +%s.%N)
 printf '== timings: run %.1f s (workload %s s), total %.1f s\n' \
     "$(echo "$RUN_END - $RUN_START" | bc)" "$DURATION" "$(echo "$END - $START" | bc)"

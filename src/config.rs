@@ -40,6 +40,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod transport;
+pub use transport::{TransportKind, peer_with_port};
+
 /// The prefix of every environment variable read by [`Config::load`].
 pub const ENV_PREFIX: &str = "MCCACHE_";
 
@@ -234,6 +237,19 @@ pub struct Config {
     pub metrics_log_interval: f64,
     /// Per-cache overrides, `[caches.NAME]`.
     pub caches: BTreeMap<String, CacheOverrides>,
+    // Unicast transport (issue 11): `transport`, `peers`, `bind_port`, `discovery_interval`.
+    /// `transport`: `"multicast"` (default) or `"unicast"` (each datagram to every member and
+    /// seed; for networks without multicast, such as Kubernetes and cloud VPCs).
+    pub transport: TransportKind,
+    /// `peers`: unicast seeds, `host:port` with an IPv4 address or a DNS name (the port
+    /// defaults to this node's `bind_port`). Names are resolved at start and every
+    /// `discovery_interval`; one reachable seed is enough, members learn the others'
+    /// addresses. Environment: `MCCACHE_PEERS=a:4000,b:4000`. Default empty.
+    pub peers: Vec<String>,
+    /// `bind_port`: the UDP port a unicast node listens and sends on. Default: `multicast_port`.
+    pub bind_port: Option<u16>,
+    /// `discovery_interval`: seconds between re-resolutions of the names in `peers`. Default 10.
+    pub discovery_interval: f64,
 }
 
 /// Per-cache overrides; unset fields take the node-wide value.
@@ -277,6 +293,10 @@ impl Default for Config {
             queue_max: 65_536,
             metrics_log_interval: 60.0,
             caches: BTreeMap::new(),
+            transport: TransportKind::Multicast,
+            peers: Vec::new(),
+            bind_port: None,
+            discovery_interval: 10.0,
         }
     }
 }
@@ -387,7 +407,9 @@ impl Config {
     /// 224.0.0.0/4; `multicast_port` != 0; `multicast_hops` >= 1; `monkey_tantrum` in
     /// 0..=100; every crypto key base64 of 32 bytes; `max_message_size` in 1..=64 MiB;
     /// `cluster_name` 1 to 64 bytes; `node_name` (if set) 1 to 255 bytes; `interface` a
-    /// unicast IPv4 address or 0.0.0.0; the same rules for each `[caches.NAME]` override.
+    /// unicast IPv4 address or 0.0.0.0; each `peers` entry `host[:port]` with an IPv4 address or
+    /// a DNS name; `bind_port` != 0; `discovery_interval` finite and > 0; the same rules for
+    /// each `[caches.NAME]` override.
     ///
     /// ```
     /// use mccache::Config;
@@ -476,6 +498,18 @@ impl Config {
             "metrics_log_interval",
             self.metrics_log_interval,
             non_negative_secs(self.metrics_log_interval),
+        )?;
+        // Unicast transport keys.
+        for (i, p) in self.peers.iter().enumerate() {
+            check(&format!("peers[{i}]"), p, transport::peer(p))?;
+        }
+        if let Some(p) = self.bind_port {
+            check("bind_port", p, port(p.into()).map(drop))?;
+        }
+        check(
+            "discovery_interval",
+            self.discovery_interval,
+            positive_secs(self.discovery_interval),
         )?;
         for (name, o) in &self.caches {
             let key = |k: &str| format!("caches.{name}.{k}");
@@ -620,6 +654,28 @@ impl Config {
         secs_to_duration(self.callback_win)
     }
 
+    /// The UDP port a unicast node listens on: `bind_port`, else `multicast_port`.
+    ///
+    /// ```
+    /// let config = mccache::Config::from_toml_str("multicast_port = 4100")?;
+    /// assert_eq!(config.unicast_port(), 4100);
+    /// let config = mccache::Config::from_toml_str("bind_port = 4200")?;
+    /// assert_eq!(config.unicast_port(), 4200);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    pub fn unicast_port(&self) -> u16 {
+        self.bind_port.unwrap_or(self.multicast_port)
+    }
+
+    /// `discovery_interval` as a [`Duration`] (saturating, like [`Config::cache_config`]).
+    ///
+    /// ```
+    /// assert_eq!(mccache::Config::default().discovery_interval(), std::time::Duration::from_secs(10));
+    /// ```
+    pub fn discovery_interval(&self) -> Duration {
+        secs_to_duration(self.discovery_interval)
+    }
+
     /// Converts a merged dictionary key by key, starting from the defaults.
     fn from_dict(dict: &Dict) -> Result<Config> {
         let mut c = Config::default();
@@ -629,6 +685,8 @@ impl Config {
                 match key.as_str() {
                     "crypto_key" => c.crypto_key = None,
                     "node_name" => c.node_name = None,
+                    "bind_port" => c.bind_port = None,
+                    "peers" => c.peers = Vec::new(),
                     _ => {}
                 }
                 continue;
@@ -676,6 +734,13 @@ impl Config {
                     c.metrics_log_interval = field(k, v, |v| secs(v).and_then(non_negative_secs))?
                 }
                 "caches" => c.caches = caches(v)?,
+                // Unicast transport keys.
+                "transport" => c.transport = field(k, v, transport::transport)?,
+                "peers" => c.peers = transport::peers(v)?,
+                "bind_port" => c.bind_port = Some(field(k, v, transport::bind_port)?),
+                "discovery_interval" => {
+                    c.discovery_interval = field(k, v, |v| secs(v).and_then(positive_secs))?
+                }
                 _ => return Err(bad(k, shown(v), &unknown_reason(k, TOP_KEYS))),
             }
         }
@@ -742,6 +807,11 @@ const TOP_KEYS: &[&str] = &[
     "queue_max",
     "metrics_log_interval",
     "caches",
+    // Unicast transport keys.
+    "transport",
+    "peers",
+    "bind_port",
+    "discovery_interval",
 ];
 
 /// Keys accepted inside `[caches.NAME]`.

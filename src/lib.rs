@@ -4,7 +4,10 @@
 //! its own copy of each cache (an LRU-style map with TTL, entry and byte caps); inserts,
 //! updates and deletes reach the other processes as encrypted, MTU-sized UDP multicast
 //! datagrams and are applied there in version order, so reads are local memory reads and no
-//! cache server is needed. It is the Rust descendant of McCache for Python.
+//! cache server is needed. Where multicast is not available (Kubernetes, cloud VPCs),
+//! `transport = "unicast"` sends each datagram to every peer instead, with peers found from a
+//! static list or DNS names (`docs/KUBERNETES.md`). It is the Rust descendant of McCache for
+//! Python.
 //!
 //! ## Quick start
 //!
@@ -151,7 +154,9 @@ pub use cache::metrics::CacheMetrics;
 pub use cache::store::{CacheKey, CacheValue};
 pub use config::{CacheConfig, CacheMode, Config};
 pub use config::{TantrumSide, generate_key};
-pub use diag::{MulticastCheck, check_multicast, get_hops, get_mtu};
+pub use diag::{
+    AddressCheck, MulticastCheck, PeerCheck, check_multicast, check_peers, get_hops, get_mtu,
+};
 pub use error::{Error, Result};
 pub use node::{
     ClusterAnswers, Health, Member, MemberEvent, Node, OpenFailure, Readiness, Unopened,

@@ -547,3 +547,43 @@ fn stress_node_paces_by_aperture_and_warns_in_plaintext() {
     assert_eq!(paced["settings"]["breather"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same over unicast (issue 11's range: ports 47280-47282, cluster `t11-userside`): two
+/// `get_cache` processes and one `Node::start(Config::load())` process, each configured only by
+/// `MCCACHE_TRANSPORT=unicast`, its own `MCCACHE_BIND_PORT` and `MCCACHE_PEERS` naming the first.
+#[test]
+fn get_cache_processes_replicate_over_unicast() {
+    let unicast = |port: u16| {
+        let mut e = env(12, 47299, "userside");
+        e.retain(|(k, _)| *k != "MCCACHE_CLUSTER_NAME");
+        e.push(("MCCACHE_CLUSTER_NAME", "t11-userside".into()));
+        e.push(("MCCACHE_TRANSPORT", "unicast".into()));
+        e.push(("MCCACHE_BIND_PORT", port.to_string()));
+        e.push(("MCCACHE_PEERS", "127.0.0.1:47280".into()));
+        e
+    };
+    let mut apps = vec![
+        App9::start("default", &unicast(47280)),
+        App9::start("default", &unicast(47281)),
+        App9::start("node", &unicast(47282)),
+    ];
+    for a in &apps {
+        started(a);
+    }
+    formed(&mut apps);
+    assert_eq!(apps[1].ask("insert alice ada"), "Ok(())");
+    assert_eq!(apps[2].ask("insert bob grace"), "Ok(())");
+    for app in apps.iter_mut() {
+        assert_eq!(app.poll("len", |a| a == "len 2"), "len 2");
+    }
+    assert_eq!(apps[0].ask("remove alice"), "Ok(())");
+    for app in apps.iter_mut() {
+        assert_eq!(app.poll("get alice", |a| a == "none"), "none");
+    }
+    let m = apps[2].ask("metrics");
+    assert_eq!(m, "metrics 3 missing 0 entries [1, 1, 1]");
+    assert_eq!(apps[1].ask("clear"), "Ok(())");
+    for app in apps.iter_mut() {
+        assert_eq!(app.poll("len", |a| a == "len 0"), "len 0");
+    }
+}

@@ -10,6 +10,7 @@
 //! others ignore them. A unicast fan-out transport can therefore be added in the driver alone.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 
 type PeerMap = BTreeMap<NodeId, Peer>;
 use std::time::{Duration, Instant};
@@ -155,6 +156,14 @@ pub enum Event {
         /// Its answer, msgpack-encoded.
         body: Vec<u8>,
     },
+    /// A peer's address book (unicast transports, [`Endpoint::announce_addresses`]).
+    Addresses {
+        /// The peer that sent it.
+        from: NodeId,
+        /// `(member, address)` pairs as that peer heard them, at most
+        /// [`crate::message::MAX_ADDRESSES`].
+        addrs: Vec<(NodeId, SocketAddr)>,
+    },
 }
 
 /// A peer as this node sees it.
@@ -200,7 +209,8 @@ pub struct Endpoint {
     send: SendBuffer,
     outbox: VecDeque<Item>,
     outbox_bytes: usize,
-    transmits: VecDeque<Vec<u8>>,
+    /// Datagrams to send, each with the one peer it is for (`None`: every peer).
+    transmits: VecDeque<(Option<NodeId>, Vec<u8>)>,
     /// Bytes in `transmits`.
     transmit_bytes: usize,
     events: VecDeque<Event>,
@@ -334,7 +344,7 @@ impl Endpoint {
             let seq = self.send.next_seq();
             let payload = Msg::Data { seq, items }.encode();
             self.metrics.data_messages_sent += 1;
-            if let Some(id) = self.transmit_as(&payload, None) {
+            if let Some(id) = self.transmit_as(&payload, None, None) {
                 if !self.peers.is_empty() {
                     self.send.keep(seq, id, payload);
                 }
@@ -361,6 +371,17 @@ impl Endpoint {
         id
     }
 
+    /// Sends this node's address book to the cluster (unicast transports): where each member
+    /// was heard from. Truncated to [`crate::message::MAX_ADDRESSES`] pairs. The core
+    /// does not interpret addresses; peers' books arrive as [`Event::Addresses`].
+    pub fn announce_addresses(&mut self, mut addrs: Vec<(NodeId, SocketAddr)>) {
+        if self.left {
+            return;
+        }
+        addrs.truncate(super::message::MAX_ADDRESSES);
+        self.send_msg(&Msg::Addresses { addrs });
+    }
+
     /// Announces that this node leaves; peers drop it at once.
     pub fn leave(&mut self) {
         if !self.left {
@@ -371,9 +392,18 @@ impl Endpoint {
 
     /// The next datagram to send to the group.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let d = self.transmits.pop_front()?;
+        self.poll_transmit_to().map(|(_, d)| d)
+    }
+
+    /// The next datagram to send, with the one peer it is meant for (`None`: every peer).
+    /// A multicast transport sends everything to the group; a unicast transport can send a
+    /// targeted datagram (a NAK, a retransmission for the peer that asked, a state-transfer
+    /// chunk, a query reply, anti-entropy lists) to that peer alone. The others would only
+    /// have ignored it.
+    pub fn poll_transmit_to(&mut self) -> Option<(Option<NodeId>, Vec<u8>)> {
+        let (to, d) = self.transmits.pop_front()?;
         self.transmit_bytes = self.transmit_bytes.saturating_sub(d.len());
-        Some(d)
+        Some((to, d))
     }
 
     /// The next event.
@@ -490,14 +520,35 @@ impl Endpoint {
         self.last_drop
     }
 
-    /// Handles one received datagram.
-    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8], app: &mut dyn AppState) {
+    /// Handles one received datagram. Returns the sender when the datagram was authentic (it
+    /// opened with the cluster's keys, or passed the crc in plaintext, and was no replay), even
+    /// if it only completed part of a message; `Some(own id)` for this node's own authentic
+    /// echo; `None` when it was dropped. A unicast driver learns members' addresses from this.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        app: &mut dyn AppState,
+    ) -> Option<NodeId> {
         self.metrics.datagrams_received += 1;
         self.metrics.bytes_received += datagram.len() as u64;
         self.last_drop = None;
         let (from, payload) = match self.wire.decode(now, datagram) {
             Ok(Some(done)) => done,
-            Ok(None) => return,
+            Ok(None) => {
+                return super::header::Header::decode(datagram)
+                    .ok()
+                    .map(|h| h.sender);
+            }
+            Err(super::drop::DropReason::OwnEcho) if self.wire.is_own_echo(datagram) => {
+                self.last_drop = Some(super::drop::DropReason::OwnEcho);
+                *self
+                    .metrics
+                    .dropped
+                    .entry("own_echo".to_string())
+                    .or_default() += 1;
+                return Some(self.me);
+            }
             Err(reason) => {
                 self.last_drop = Some(reason);
                 *self
@@ -506,7 +557,7 @@ impl Endpoint {
                     .entry(reason.as_str().to_string())
                     .or_default() += 1;
                 tracing::trace!(reason = reason.as_str(), "datagram dropped");
-                return;
+                return None;
             }
         };
         let Some(msg) = Msg::decode(&payload) else {
@@ -517,10 +568,10 @@ impl Endpoint {
                 .entry("malformed".to_string())
                 .or_default() += 1;
             tracing::debug!(%from, len = payload.len(), "undecodable message dropped");
-            return;
+            return Some(from);
         };
         if self.left {
-            return;
+            return Some(from);
         }
         if let Some(to) = msg.target() {
             if to != self.me {
@@ -528,10 +579,11 @@ impl Endpoint {
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.last_seen = now;
                 }
-                return;
+                return Some(from);
             }
         }
         self.handle_msg(now, from, msg, app);
+        Some(from)
     }
 
     fn handle_msg(&mut self, now: Instant, from: NodeId, msg: Msg, app: &mut dyn AppState) {
@@ -635,7 +687,7 @@ impl Endpoint {
                 {
                     // A repeated request: resend under the same message id so fragments the
                     // joiner already holds still count.
-                    self.transmit_as(&payload, Some(id));
+                    self.transmit_as(&payload, Some(id), Some(from));
                     return;
                 }
                 let budget = self.cfg.snapshot_chunk.min(self.list_budget());
@@ -651,7 +703,7 @@ impl Endpoint {
                     floor,
                 }
                 .encode();
-                if let Some(id) = self.transmit_as(&payload, None) {
+                if let Some(id) = self.transmit_as(&payload, None, Some(from)) {
                     if self.served.len() >= 16 {
                         self.served.pop_front();
                     }
@@ -676,6 +728,10 @@ impl Endpoint {
                 self.send_msg(&Msg::Reply { to: from, id, body });
             }
             Msg::Reply { id, body, .. } => self.events.push_back(Event::Reply { id, from, body }),
+            Msg::Addresses { mut addrs } => {
+                addrs.truncate(super::message::MAX_ADDRESSES);
+                self.events.push_back(Event::Addresses { from, addrs });
+            }
         }
     }
 
@@ -835,7 +891,8 @@ impl Endpoint {
                     Some((id, payload)) => {
                         self.metrics.retransmits_served += 1;
                         // Same message id: fragments the receiver already holds still count.
-                        self.transmit_as(&payload, Some(id));
+                        // For the peer that asked (others missing it ask on their own).
+                        self.transmit_as(&payload, Some(id), Some(from));
                     }
                     None => gone.push(seq),
                 }
@@ -1243,11 +1300,12 @@ impl Endpoint {
 
     fn send_msg(&mut self, msg: &Msg) -> Option<u64> {
         let payload = msg.encode();
-        self.transmit_as(&payload, None)
+        self.transmit_as(&payload, None, msg.target())
     }
 
-    /// Encodes and queues one message; returns its wire message id.
-    fn transmit_as(&mut self, payload: &[u8], id: Option<u64>) -> Option<u64> {
+    /// Encodes and queues one message for `to` (`None`: every peer); returns its wire
+    /// message id.
+    fn transmit_as(&mut self, payload: &[u8], id: Option<u64>, to: Option<NodeId>) -> Option<u64> {
         let mut out = Vec::new();
         match self.wire.encode_as(payload, id, &mut out) {
             Ok(id) => {
@@ -1255,7 +1313,7 @@ impl Endpoint {
                     self.metrics.datagrams_sent += 1;
                     self.metrics.bytes_sent += d.len() as u64;
                     self.transmit_bytes += d.len();
-                    self.transmits.push_back(d);
+                    self.transmits.push_back((to, d));
                 }
                 Some(id)
             }

@@ -1,6 +1,8 @@
 //! Protocol messages: what travels inside the (sealed, fragmented) datagrams, encoded with
 //! rmp-serde. Decoding is total: anything that does not decode is dropped as malformed.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use super::record::Record;
@@ -200,7 +202,19 @@ pub enum Msg {
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
+    /// Unicast transports only: the address each of the sender's members was heard from, so
+    /// that a node that knows one seed learns every member's address. The core relays it to
+    /// the driver ([`crate::endpoint::Event::Addresses`]) and never interprets it.
+    /// Added after [`Msg::Reply`], so the encoding of every older message is unchanged; a
+    /// node that predates it counts it as malformed and otherwise interoperates.
+    Addresses {
+        /// `(member, address)` pairs, at most [`MAX_ADDRESSES`].
+        addrs: Vec<(NodeId, SocketAddr)>,
+    },
 }
+
+/// Most `(member, address)` pairs in one [`Msg::Addresses`] (the membership table's bound).
+pub const MAX_ADDRESSES: usize = 256;
 
 impl Msg {
     /// Encodes with rmp-serde.
@@ -287,6 +301,9 @@ mod tests {
                 to: NodeId(2),
                 id: 9,
                 body: vec![1, 2],
+            },
+            Msg::Addresses {
+                addrs: vec![(NodeId(4), "10.1.2.3:4000".parse().unwrap())],
             },
             Msg::SnapshotChunk {
                 to: NodeId(2),

@@ -5,6 +5,8 @@
 //! * [`get_hops`] counts IP hops with TTL-limited UDP probes, traceroute style.
 //! * [`check_multicast`] checks that a multicast group can be joined and reached on an
 //!   interface.
+//! * [`check_peers`] resolves the unicast `peers` and probes each address with a sealed
+//!   cluster query: which answer, and the round-trip time.
 //!
 //! None of them needs root. ICMP is never sent for multicast datagrams (RFC 1122 §3.2.2), so MTU
 //! and hops are measured towards the unicast address of a peer.
@@ -15,10 +17,12 @@
 mod hops;
 mod mtu;
 mod multicast;
+mod peers;
 
 pub use hops::get_hops;
 pub use mtu::get_mtu;
 pub use multicast::{MulticastCheck, check_multicast};
+pub use peers::{AddressCheck, PeerCheck, check_peers};
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

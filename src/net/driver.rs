@@ -1,12 +1,12 @@
 //! The driver: one tokio task, on a runtime thread the node owns, that connects the I/O-free
 //! [`Endpoint`] to the sockets, the timer and the node's command channel.
 //!
-//! Cache calls never wait for it: they push changes with `try_send` and return. The transport
-//! is the only part that knows about multicast; a unicast fan-out to a peer list would replace
-//! [`Transport`] and nothing in `proto/`.
+//! Cache calls never wait for it: they push changes with `try_send` and return. The
+//! [`Transport`] is the only part that knows how datagrams travel: to a multicast group, or
+//! to each peer by unicast ([`super::unicast`], with discovery from [`super::discovery`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +22,9 @@ use crate::proto::message::{Item, Query};
 use crate::proto::metrics::NetworkMetrics;
 use crate::proto::state::AppState;
 use crate::proto::version::NodeId;
+
+use super::discovery::{self, Resolved};
+use super::unicast::{self, AddressBook};
 
 /// Where the answers to one cluster query go: (answering node, msgpack body).
 pub type ReplySender = std::sync::mpsc::Sender<(NodeId, Vec<u8>)>;
@@ -64,31 +67,110 @@ pub struct Shared {
     pub overflowed: Arc<AtomicBool>,
     /// Notified to stop the driver (it leaves the cluster first).
     pub stop: tokio::sync::Notify,
+    /// Unicast: where each member was heard from (empty for multicast).
+    pub addresses: Mutex<HashMap<NodeId, SocketAddr>>,
     /// True if this node seals its datagrams (has a `crypto_key`); set before the driver runs.
     pub sealed: AtomicBool,
     /// Datagrams from other senders that could not be opened, by likely cause.
     pub open_failures: Mutex<OpenFailures>,
 }
 
-/// The sockets: multicast to a group.
-pub struct Transport {
-    recv: UdpSocket,
-    send: UdpSocket,
-    group: SocketAddrV4,
+/// How datagrams travel.
+pub enum Transport {
+    /// To a multicast group: one socket joined to it, one to send from.
+    Multicast {
+        /// Joined to the group.
+        recv: UdpSocket,
+        /// Bound to the interface.
+        send: UdpSocket,
+        /// The group.
+        group: SocketAddrV4,
+    },
+    /// To each peer: one socket bound to `interface:bind_port`.
+    Unicast(Unicast),
+}
+
+/// The unicast transport's state.
+pub struct Unicast {
+    sock: UdpSocket,
+    /// The `peers` entries with ports, re-resolved every `interval`.
+    entries: Vec<String>,
+    interval: Duration,
+    /// Heard addresses expire after this long without news.
+    expiry: Duration,
+    /// How often this node announces the addresses it hears its members from.
+    announce: Duration,
 }
 
 impl Transport {
-    /// Wraps sockets opened by [`super::socket`] (must be called inside the runtime).
+    /// Wraps multicast sockets opened by [`super::socket`] (must be called inside the runtime).
     pub fn new(
         recv: std::net::UdpSocket,
         send: std::net::UdpSocket,
         group: SocketAddrV4,
     ) -> std::io::Result<Transport> {
-        Ok(Transport {
+        Ok(Transport::Multicast {
             recv: UdpSocket::from_std(recv)?,
             send: UdpSocket::from_std(send)?,
             group,
         })
+    }
+
+    /// Wraps a unicast socket ([`super::socket::unicast_socket`]; inside the runtime).
+    /// `entries` are the `peers` with their ports, resolved every `interval`; addresses heard
+    /// from are forgotten after `expiry` without news; members' addresses are announced every
+    /// `announce`.
+    pub fn unicast(
+        sock: std::net::UdpSocket,
+        entries: Vec<String>,
+        interval: Duration,
+        expiry: Duration,
+        announce: Duration,
+    ) -> std::io::Result<Transport> {
+        Ok(Transport::Unicast(Unicast {
+            sock: UdpSocket::from_std(sock)?,
+            entries,
+            interval,
+            expiry,
+            announce,
+        }))
+    }
+
+    fn recv_socket(&self) -> &UdpSocket {
+        match self {
+            Transport::Multicast { recv, .. } => recv,
+            Transport::Unicast(u) => &u.sock,
+        }
+    }
+}
+
+/// Applies one round of resolutions to the book, saying when an entry starts or stops
+/// resolving (once per change, not every round).
+fn apply_resolved(
+    book: &mut AddressBook,
+    found: Vec<Resolved>,
+    failing: &mut HashMap<String, bool>,
+) {
+    for r in found {
+        match r.addrs {
+            Ok(addrs) => {
+                if failing.insert(r.entry.clone(), false) == Some(true) {
+                    tracing::info!(peer = %r.entry, ?addrs, "mccache: peer resolves again");
+                }
+                tracing::debug!(peer = %r.entry, ?addrs, "peer resolved");
+                book.set_seed(&r.entry, addrs);
+            }
+            Err(e) => {
+                if failing.insert(r.entry.clone(), true) != Some(true) {
+                    tracing::warn!(
+                        peer = %r.entry,
+                        error = %e,
+                        "mccache: peers: cannot resolve this entry (kept its last addresses; retried every discovery_interval)"
+                    );
+                }
+                book.set_seed(&r.entry, Vec::new());
+            }
+        }
     }
 }
 
@@ -110,6 +192,34 @@ pub async fn run(
     let to_tokio = |t: Instant| epoch + t.saturating_duration_since(base);
     let mut stopping = false;
     let sealed = shared.sealed.load(Ordering::Relaxed);
+    // Unicast: the address book, the first resolution of `peers` (before the first datagram
+    // leaves, so the join announcement reaches them), and the resolver task.
+    let mut book = None;
+    let mut failing = HashMap::new();
+    let (disc_tx, mut disc_rx) = mpsc::channel::<Vec<Resolved>>(1);
+    let mut next_announce = Instant::now();
+    let mut announce_soon = false;
+    if let Transport::Unicast(u) = &transport {
+        let mut b = AddressBook::new(u.expiry);
+        let found = discovery::resolve_all(&u.entries).await;
+        apply_resolved(&mut b, found, &mut failing);
+        book = Some(b);
+        let (entries, interval) = (u.entries.clone(), u.interval);
+        if !entries.is_empty() {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let found = discovery::resolve_all(&entries).await;
+                    if disc_tx.send(found).await.is_err() {
+                        break; // the driver stopped
+                    }
+                }
+            });
+        }
+    } else {
+        drop(disc_tx);
+    }
+    let unicast = book.is_some();
     loop {
         let deadline = to_tokio(ep.poll_timeout());
         tokio::select! {
@@ -141,7 +251,12 @@ pub async fn run(
                 }
                 ep.flush(now);
             }
-            res = transport.recv.recv_from(&mut buf) => {
+            Some(found) = disc_rx.recv(), if unicast => {
+                if let Some(b) = book.as_mut() {
+                    apply_resolved(b, found, &mut failing);
+                }
+            }
+            res = transport.recv_socket().recv_from(&mut buf) => {
                 let mut res = res;
                 let mut n = 0;
                 loop {
@@ -151,12 +266,20 @@ pub async fn run(
                                 ep.metrics_mut().tantrum_drops += 1;
                             } else {
                                 let now = Instant::now();
-                                ep.handle_datagram(now, &buf[..len], app.as_mut());
+                                let sender = ep.handle_datagram(now, &buf[..len], app.as_mut());
                                 if let Some(cause) = ep
                                     .last_drop()
                                     .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
                                 {
                                     shared.open_failures.lock().record(cause, src, now);
+                                }
+                                // Only authentic datagrams teach addresses.
+                                if let (Some(b), Some(id)) = (book.as_mut(), sender) {
+                                    if id == ep.id() {
+                                        b.own(src);
+                                    } else {
+                                        b.heard(id, src, now);
+                                    }
                                 }
                             }
                         }
@@ -169,7 +292,7 @@ pub async fn run(
                     if n >= 256 {
                         break;
                     }
-                    res = transport.recv.try_recv_from(&mut buf);
+                    res = transport.recv_socket().try_recv_from(&mut buf);
                     if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
                         break;
                     }
@@ -194,20 +317,58 @@ pub async fn run(
             ep.flush(Instant::now());
             ep.leave();
         }
-        while let Some(d) = ep.poll_transmit() {
-            if tantrum.send
-                && tantrum.percent > 0.0
-                && rng.random::<f64>() * 100.0 < tantrum.percent
-            {
-                ep.metrics_mut().tantrum_drops += 1;
-                continue;
+        if let (Transport::Unicast(u), Some(b)) = (&transport, book.as_mut()) {
+            let now = Instant::now();
+            if !stopping && (announce_soon || now >= next_announce) {
+                // Tell the members where we hear each of them from: a node that knows one
+                // seed learns everyone this way.
+                b.expire(now);
+                ep.announce_addresses(b.first_hand());
+                next_announce = now + u.announce;
+                announce_soon = false;
             }
-            if let Err(e) = transport.send.send_to(&d, transport.group).await {
-                tracing::debug!(error = %e, "send failed");
-                *ep.metrics_mut()
-                    .dropped
-                    .entry("send_error".to_string())
-                    .or_default() += 1;
+        }
+        match &transport {
+            Transport::Multicast { send, group, .. } => {
+                while let Some(d) = ep.poll_transmit() {
+                    if tantrum.send
+                        && tantrum.percent > 0.0
+                        && rng.random::<f64>() * 100.0 < tantrum.percent
+                    {
+                        ep.metrics_mut().tantrum_drops += 1;
+                        continue;
+                    }
+                    if let Err(e) = send.send_to(&d, *group).await {
+                        tracing::debug!(error = %e, "send failed");
+                        *ep.metrics_mut()
+                            .dropped
+                            .entry("send_error".to_string())
+                            .or_default() += 1;
+                    }
+                }
+            }
+            Transport::Unicast(u) => {
+                let (mut out, mut dests) = (Vec::new(), Vec::new());
+                while let Some((to, d)) = ep.poll_transmit_to() {
+                    dests.push(to);
+                    out.push(d);
+                }
+                if let (false, Some(b)) = (out.is_empty(), book.as_mut()) {
+                    let mut copies = unicast::route(&dests, b);
+                    if tantrum.send && tantrum.percent > 0.0 {
+                        // Fault injection per copy: each link loses on its own.
+                        let before = copies.len();
+                        copies.retain(|_| rng.random::<f64>() * 100.0 >= tantrum.percent);
+                        ep.metrics_mut().tantrum_drops += (before - copies.len()) as u64;
+                    }
+                    let (_, failed) = unicast::fan_out(&u.sock, &out, &copies).await;
+                    if failed > 0 {
+                        *ep.metrics_mut()
+                            .dropped
+                            .entry("send_error".to_string())
+                            .or_default() += failed;
+                    }
+                }
             }
         }
         let mut membership_changed = false;
@@ -220,7 +381,19 @@ pub async fn run(
                         }
                     }
                 }
+                Event::Addresses { addrs, .. } => {
+                    if let Some(b) = book.as_mut() {
+                        b.told(ep.id(), addrs, Instant::now());
+                    }
+                }
                 Event::Member(m) => {
+                    if let Some(b) = book.as_mut() {
+                        match m {
+                            MemberEvent::Left { id, .. } => b.forget(*id),
+                            MemberEvent::Joined { .. } => announce_soon = true,
+                            _ => {}
+                        }
+                    }
                     if *m == MemberEvent::Ready {
                         *shared.ready.lock() = true;
                         shared.ready_cv.notify_all();
@@ -231,16 +404,26 @@ pub async fn run(
                 }
             }
         }
+        let mut refreshed = false;
         if membership_changed || shared.members.lock().len() != ep.peers().len() {
             *shared.members.lock() = ep.peers();
+            refreshed = true;
         } else {
             // Refresh last-seen times cheaply now and then.
             let mut m = shared.members.lock();
             if let Some(first) = m.first() {
                 if first.last_seen.elapsed() > Duration::from_millis(500) {
                     *m = ep.peers();
+                    refreshed = true;
                 }
             }
+        }
+        if let (true, Some(b)) = (refreshed, book.as_ref()) {
+            let members = shared.members.lock();
+            *shared.addresses.lock() = members
+                .iter()
+                .filter_map(|p| b.address_of(p.id).map(|a| (p.id, a)))
+                .collect();
         }
         let now = Instant::now();
         queries.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));

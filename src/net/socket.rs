@@ -1,5 +1,5 @@
-//! UDP socket setup with socket2: one socket joined to the group for receiving, one bound to the
-//! interface for sending.
+//! UDP socket setup with socket2. Multicast: one socket joined to the group for receiving, one
+//! bound to the interface for sending. Unicast: one socket bound to `interface:bind_port`.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -33,6 +33,18 @@ pub fn send_socket(interface: Ipv4Addr, hops: u8) -> io::Result<std::net::UdpSoc
     }
     s.set_multicast_ttl_v4(u32::from(hops))?;
     s.set_multicast_loop_v4(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Opens the unicast socket: bound to `interface:port`, used both to receive and to send (so
+/// peers see the address they can answer to). No `SO_REUSEPORT`: two nodes on one host need
+/// two ports, and a port already taken is an error rather than a silent split of the traffic.
+pub fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(interface, port)).into())?;
     s.set_nonblocking(true)?;
     Ok(s.into())
 }

@@ -14,10 +14,10 @@ use tokio::sync::mpsc;
 use super::Node;
 use crate::cache::clock::SystemClock;
 use crate::cache::metrics::CacheMetrics;
-use crate::config::Config;
+use crate::config::{Config, TransportKind};
 use crate::error::{Error, Result};
 use crate::net::driver::{self, Command, Shared, Tantrum, Transport};
-use crate::net::socket;
+use crate::net::{discovery, socket};
 use crate::node::replica::{ChannelPublisher, LagSamples, NodeApp, Registry};
 use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::message::{Item, Query};
@@ -38,6 +38,8 @@ pub struct Member {
     pub suspect: bool,
     /// Its replicated messages known sent but not yet received here.
     pub lag: u64,
+    /// Unicast transport: the address it is heard from (`None` over multicast).
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 pub use crate::proto::endpoint::MemberEvent;
@@ -162,20 +164,56 @@ impl Net {
     }
 }
 
+/// The sockets opened before the network thread starts (so errors reach the caller).
+enum Sockets {
+    Multicast(std::net::UdpSocket, std::net::UdpSocket),
+    Unicast(std::net::UdpSocket),
+}
+
 /// Starts a networked node (see [`Node::start`]).
 pub(crate) fn start(config: Config) -> Result<Node> {
     config.validate()?;
     let keys = config.crypto_keyring()?;
+    let unicast = config.transport == TransportKind::Unicast;
     if keys.is_empty() {
-        crate::warn::user_warning(
-            "no crypto_key set: cache traffic is in the clear and anyone on the network segment can write to the caches (make a key with `mccache keygen` or mccache::generate_key())",
-        );
+        if unicast {
+            crate::warn::user_warning(
+                "no crypto_key set: cache traffic is in the clear and anyone who can reach this node's port can write to the caches (make a key with `mccache keygen` or mccache::generate_key())",
+            );
+        } else {
+            crate::warn::user_warning(
+                "no crypto_key set: cache traffic is in the clear and anyone on the network segment can write to the caches (make a key with `mccache keygen` or mccache::generate_key())",
+            );
+        }
     }
     let group = config.group();
-    let recv =
-        socket::recv_socket(group, config.interface).map_err(|e| socket_error(&config, e))?;
-    let send = socket::send_socket(config.interface, config.multicast_hops)
-        .map_err(|e| socket_error(&config, e))?;
+    let sockets = if unicast {
+        let port = config.unicast_port();
+        let sock = socket::unicast_socket(config.interface, port).map_err(|e| {
+            let code = e.raw_os_error();
+            if code == Some(libc::ENODEV) || code == Some(libc::EADDRNOTAVAIL) {
+                socket_error(&config, e)
+            } else {
+                Error::Config {
+                    key: "bind_port".to_string(),
+                    value: format!("{}:{port}", config.interface),
+                    reason: format!("cannot be bound on interface {} ({e})", config.interface),
+                }
+            }
+        })?;
+        if config.peers.is_empty() {
+            crate::warn::user_warning(
+                "transport = unicast with no peers: this node finds nobody and is found only by nodes that list it (set peers or MCCACHE_PEERS)",
+            );
+        }
+        Sockets::Unicast(sock)
+    } else {
+        let recv =
+            socket::recv_socket(group, config.interface).map_err(|e| socket_error(&config, e))?;
+        let send = socket::send_socket(config.interface, config.multicast_hops)
+            .map_err(|e| socket_error(&config, e))?;
+        Sockets::Multicast(recv, send)
+    };
     let id = NodeId::from_random(rand::random());
     let (tx, rx) = mpsc::channel(config.queue_max);
     let shared = Arc::new(Shared::default());
@@ -245,6 +283,11 @@ pub(crate) fn start(config: Config) -> Result<Node> {
             l(ev);
         }
     });
+    let entries = discovery::entries(&config.peers, config.unicast_port());
+    let interval = config.discovery_interval();
+    // Addresses stay known as long as a silent member stays a member, and longer.
+    let expiry = (config.daemon_sleep() * 12).max(Duration::from_secs(60));
+    let announce = (config.daemon_sleep() * 2).max(Duration::from_millis(500));
     let handle = std::thread::Builder::new()
         .name("mccache-net".into())
         .spawn(move || {
@@ -259,7 +302,13 @@ pub(crate) fn start(config: Config) -> Result<Node> {
                 }
             };
             rt.block_on(async move {
-                match Transport::new(recv, send, group) {
+                let transport = match sockets {
+                    Sockets::Multicast(recv, send) => Transport::new(recv, send, group),
+                    Sockets::Unicast(sock) => {
+                        Transport::unicast(sock, entries, interval, expiry, announce)
+                    }
+                };
+                match transport {
                     Ok(t) => {
                         driver::run(endpoint, Box::new(app), t, rx, shared, tantrum, on_event).await
                     }
@@ -321,11 +370,13 @@ impl Node {
             return Vec::new();
         };
         let now = Instant::now();
+        let addrs = net.shared.addresses.lock().clone();
         net.shared
             .members
             .lock()
             .iter()
             .map(|p| Member {
+                addr: addrs.get(&p.id).copied(),
                 id: p.id,
                 name: p.name.clone(),
                 last_seen: SystemTime::now() - now.saturating_duration_since(p.last_seen),

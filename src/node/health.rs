@@ -21,7 +21,8 @@ pub enum Readiness {
     },
     /// Ready, but no peer answered: this node is alone in its cluster. Expected for the first
     /// node; otherwise see [`Node::health`] for datagrams it could not open (another
-    /// `crypto_key` or `cluster_name`) and check `interface`, `multicast_ip`/`multicast_port`.
+    /// `crypto_key` or `cluster_name`) and check `interface`, `multicast_ip`/`multicast_port`
+    /// (over unicast: `peers`, `bind_port`, and `mccache check-peers`).
     /// Also what a local-only node ([`Node::start_local`]) returns.
     Alone,
     /// Not ready within the timeout, or the node has stopped.

@@ -73,13 +73,19 @@ impl Lab {
     /// A new, empty lab for the test `test`, or `None` (after printing why) when namespaces
     /// cannot be built here.
     pub fn new(test: &str) -> Option<Lab> {
+        Lab::with_prefix(test, "mcd")
+    }
+
+    /// Like [`Lab::new`], with namespaces named `<prefix>-<pid>-<n>-<role>` (each test
+    /// family keeps its own prefix).
+    pub fn with_prefix(test: &str, prefix: &str) -> Option<Lab> {
         if !available() {
             eprintln!("{test}: skipped: needs root and iproute2");
             return None;
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         Some(Lab {
-            prefix: format!("mcd-{}-{n}", std::process::id()),
+            prefix: format!("{prefix}-{}-{n}", std::process::id()),
             namespaces: Vec::new(),
             links: 0,
         })

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use mccache::cache::hooks::{
     Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket,
 };
-use mccache::proto::endpoint::{Endpoint, EndpointConfig};
+use mccache::net::unicast::AddressBook;
+use mccache::proto::endpoint::{Endpoint, EndpointConfig, Event, MemberEvent};
 use mccache::proto::message::{Item, Query};
 use mccache::proto::record::{Op, Record};
 use mccache::proto::state::AppState;
@@ -173,7 +174,24 @@ enum Ev {
         to: usize,
         incarnation: u64,
         data: Vec<u8>,
+        /// The sending node (its address is the datagram's source under unicast).
+        from: usize,
     },
+}
+
+/// Unicast fan-out (the `transport = "unicast"` path): each node sends only to the addresses
+/// in its own [`AddressBook`] (the real one from `net::unicast`), learned from its seeds, from
+/// authentic datagrams and from members' `Addresses` announcements. Node `i` lives at
+/// [`Sim::addr_of`]`(i)`; a restarted node keeps its address.
+pub struct UnicastNet {
+    books: Vec<AddressBook>,
+    next_announce: Vec<Duration>,
+    /// Per directed link (from, to): loss probability replacing `NetParams::loss`.
+    pub link_loss: BTreeMap<(usize, usize), f64>,
+    /// Directed links (from, to) that drop everything (a peer reachable by some nodes only).
+    pub blocked: BTreeSet<(usize, usize)>,
+    /// Copies sent, over all links.
+    pub copies: u64,
 }
 
 /// The simulated cluster.
@@ -200,6 +218,8 @@ pub struct Sim {
     pub all_clears: Vec<(String, Version)>,
     /// Whether datagrams are sealed (all nodes of one cluster share the mode).
     pub encrypted: bool,
+    /// `Some`: unicast fan-out instead of multicast (see [`Sim::use_unicast`]).
+    pub unicast: Option<UnicastNet>,
 }
 
 pub fn wire_config(mtu: usize, encrypted: bool) -> WireConfig {
@@ -238,6 +258,7 @@ impl Sim {
             all_writes: Vec::new(),
             all_clears: Vec::new(),
             encrypted: seed % 2 == 0,
+            unicast: None,
         };
         for _ in 0..n {
             sim.add_node();
@@ -300,6 +321,15 @@ impl Sim {
         n.alive = true;
         n.writes.clear();
         self.incarnations[i] += 1;
+        if let Some(u) = self.unicast.as_mut() {
+            // A new process: it knows its configured peers again, nothing it had learned.
+            let mut b = AddressBook::new(Duration::from_secs(60));
+            for (entry, addrs) in u.books[i].seeds() {
+                b.set_seed(entry, addrs.clone());
+            }
+            u.books[i] = b;
+            u.next_announce[i] = Duration::ZERO;
+        }
         self.pump(i);
     }
 
@@ -364,8 +394,81 @@ impl Sim {
         }
     }
 
+    /// Node `i`'s (simulated) unicast address.
+    pub fn addr_of(i: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250 + 1) as u8], 4000))
+    }
+
+    fn node_at(&self, addr: std::net::SocketAddr) -> Option<usize> {
+        (0..self.nodes.len()).find(|i| Self::addr_of(*i) == addr)
+    }
+
+    /// A cluster of `seeds.len()` nodes over unicast fan-out: node `i` starts with the
+    /// addresses of nodes `seeds[i]` as its `peers`, and knows nobody else.
+    pub fn new_unicast(seed: u64, net: NetParams, seeds: &[Vec<usize>]) -> Sim {
+        let mut sim = Sim::new(seed, 0, net);
+        sim.unicast = Some(UnicastNet {
+            books: Vec::new(),
+            next_announce: Vec::new(),
+            link_loss: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            copies: 0,
+        });
+        for s in seeds {
+            sim.add_unicast_node(s);
+        }
+        sim
+    }
+
+    /// Adds a node under unicast whose `peers` are `seeds`. Returns its index.
+    pub fn add_unicast_node(&mut self, seeds: &[usize]) -> usize {
+        let mut b = AddressBook::new(Duration::from_secs(60));
+        b.set_seed("peers", seeds.iter().map(|j| Self::addr_of(*j)).collect());
+        let u = self.unicast.as_mut().expect("use_unicast first");
+        u.books.push(b);
+        u.next_announce.push(Duration::ZERO);
+        self.add_node()
+    }
+
+    /// Unicast: where datagrams from `i` go now (its book's targets), after announcing its
+    /// members' addresses when due (every 2 heartbeats, as the driver does).
+    fn unicast_targets(&mut self, i: usize) -> Vec<usize> {
+        let now = self.now;
+        let heartbeat = self.heartbeat;
+        let Some(u) = self.unicast.as_mut() else {
+            return Vec::new();
+        };
+        if now >= u.next_announce[i] && self.nodes[i].alive {
+            u.next_announce[i] = now + heartbeat * 2;
+            u.books[i].expire(self.base + now);
+            let pairs = u.books[i].first_hand();
+            self.nodes[i].ep.announce_addresses(pairs);
+        }
+        let targets: Vec<std::net::SocketAddr> = u.books[i].targets().to_vec();
+        targets
+            .into_iter()
+            .filter_map(|a| self.node_at(a))
+            .collect()
+    }
+
+    /// Unicast: what node `to` learns from an accepted datagram and from its events.
+    fn unicast_learn(&mut self, to: usize, from: usize, sender: Option<NodeId>) {
+        let me = self.nodes[to].ep.id();
+        let now = self.instant();
+        if let (Some(u), Some(id)) = (self.unicast.as_mut(), sender) {
+            if id == me {
+                u.books[to].own(Self::addr_of(from));
+            } else {
+                u.books[to].heard(id, Self::addr_of(from), now);
+            }
+        }
+    }
+
     /// Moves node `i`'s output datagrams into the network.
     fn pump(&mut self, i: usize) {
+        if self.unicast.is_some() {
+            return self.pump_unicast(i);
+        }
         while let Some(d) = self.nodes[i].ep.poll_transmit() {
             assert!(
                 d.len() <= self.net.mtu,
@@ -403,6 +506,7 @@ impl Sim {
                         to,
                         incarnation: self.incarnations[to],
                         data: d.clone(),
+                        from: i,
                     };
                     let id = self.next_ev;
                     self.next_ev += 1;
@@ -413,6 +517,72 @@ impl Sim {
             }
         }
         while self.nodes[i].ep.poll_event().is_some() {}
+    }
+
+    /// Unicast [`Sim::pump`]: one copy per target of the sender's book, each link with its own
+    /// loss; membership events feed the book as the driver does.
+    fn pump_unicast(&mut self, i: usize) {
+        self.unicast_targets(i); // announces when due
+        let (mut out, mut dests) = (Vec::new(), Vec::new());
+        while let Some((to, d)) = self.nodes[i].ep.poll_transmit_to() {
+            assert!(d.len() <= self.net.mtu, "datagram exceeds the MTU");
+            dests.push(to);
+            out.push(d);
+        }
+        if !self.nodes[i].alive {
+            out.clear();
+            dests.clear();
+        }
+        let copies = {
+            let u = self.unicast.as_mut().expect("unicast");
+            mccache::net::unicast::route(&dests, &mut u.books[i])
+        };
+        for (d, addr) in copies {
+            let Some(to) = self.node_at(addr) else {
+                continue;
+            };
+            let u = self.unicast.as_mut().expect("unicast");
+            u.copies += 1;
+            let loss = u.link_loss.get(&(i, to)).copied().unwrap_or(self.net.loss);
+            if u.blocked.contains(&(i, to)) || !self.can_talk(i, to) || self.rng.random_bool(loss) {
+                self.dropped += 1;
+                continue;
+            }
+            let jitter = if self.net.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(self.rng.random_range(0..self.net.jitter.as_nanos() as u64))
+            };
+            let at = self.now + self.net.delay + jitter;
+            let ev = Ev::Deliver {
+                to,
+                incarnation: self.incarnations[to],
+                data: out[d].clone(),
+                from: i,
+            };
+            let id = self.next_ev;
+            self.next_ev += 1;
+            self.events.insert(id, ev);
+            self.seq += 1;
+            self.queue.push(Reverse((at, self.seq, id)));
+        }
+        let me = self.nodes[i].ep.id();
+        let now = self.instant();
+        while let Some(ev) = self.nodes[i].ep.poll_event() {
+            let u = self.unicast.as_mut().expect("unicast");
+            match ev {
+                Event::Addresses { addrs, .. } => u.books[i].told(me, &addrs, now),
+                Event::Member(MemberEvent::Left { id, .. }) => u.books[i].forget(id),
+                _ => {}
+            }
+        }
+    }
+
+    /// Unicast: the addresses node `i` sends to.
+    pub fn unicast_targets_of(&mut self, i: usize) -> Vec<usize> {
+        let u = self.unicast.as_mut().expect("unicast");
+        let t: Vec<std::net::SocketAddr> = u.books[i].targets().to_vec();
+        t.into_iter().filter_map(|a| self.node_at(a)).collect()
     }
 
     /// Runs the simulation until virtual time `until`.
@@ -441,6 +611,7 @@ impl Sim {
                     to,
                     incarnation,
                     data,
+                    from,
                 }) = self.events.remove(&id)
                 else {
                     continue;
@@ -453,7 +624,8 @@ impl Sim {
                 let wall = self.wall_ms();
                 let n = &mut self.nodes[to];
                 n.app.wall_ms = wall;
-                n.ep.handle_datagram(now, &data, &mut n.app);
+                let sender = n.ep.handle_datagram(now, &data, &mut n.app);
+                self.unicast_learn(to, from, sender);
                 self.pump(to);
             } else if ti != usize::MAX {
                 let now = self.instant();

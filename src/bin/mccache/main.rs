@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod check_peers;
 mod demo;
 mod node;
 mod progress;
@@ -43,6 +44,9 @@ enum Command {
     },
     /// Print a new random crypto key (base64 of 32 bytes) for `crypto_key`.
     Keygen,
+    /// Resolve the unicast `peers` (config from mccache.toml / MCCACHE_*) and probe each
+    /// address: answers and round-trip time; exit 1 if a peer has no answering address.
+    CheckPeers(check_peers::CheckPeersArgs),
     /// Check that a multicast group loops back on an interface; exit 1 if it does not.
     CheckMulticast {
         /// Group and port (default: a random 239.255.x.y and port).
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
             println!("{}", mccache::generate_key());
             Ok(true)
         }
+        Command::CheckPeers(a) => check_peers::main(a),
         Command::CheckMulticast {
             group,
             interface,
