@@ -313,6 +313,10 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
                         cache: "c".into(),
                         version: v(5),
                     },
+                    Item::Loading {
+                        cache: "c".into(),
+                        key: b"k".to_vec(),
+                    },
                 ],
             },
         ),

@@ -188,6 +188,19 @@ pub struct CacheConfig {
     pub callback_win: Duration,
     /// The memcached tier behind the cache (`backing`, `backing_write`), if any.
     pub backing: Option<BackingSpec>,
+    /// Stale-while-revalidate: how long after its write a value is fresh. Past that, and until
+    /// `ttl` ends, [`Cache::get_or_load`](crate::Cache::get_or_load) serves it at once and
+    /// refreshes it in the background. `None`: fresh for its whole `ttl`. Set with
+    /// [`CacheBuilder::fresh_for`](crate::CacheBuilder::fresh_for).
+    pub fresh_for: Option<Duration>,
+    /// Eager refresh: the fraction of `fresh_for` after which a read of a still-fresh value
+    /// starts a background refresh (for example 0.8). `None`: off. Set with
+    /// [`CacheBuilder::eager_refresh`](crate::CacheBuilder::eager_refresh).
+    pub eager_refresh: Option<f64>,
+    /// How long a loading read that misses waits for a peer's value when a peer announced it
+    /// is loading the same key (replicating caches only); zero: never wait. Default 1 s. Set
+    /// with [`CacheBuilder::peer_load_wait`](crate::CacheBuilder::peer_load_wait).
+    pub peer_load_wait: Duration,
 }
 
 /// Node configuration. Key names follow McCache.
@@ -289,6 +302,10 @@ pub struct Config {
     /// `backing_lease_wait`: seconds a caller waits for another caller's load before it runs
     /// its loader itself. Default 2.
     pub backing_lease_wait: f64,
+    /// `metrics_log_interval`: seconds between the housekeeper's metrics summaries (one
+    /// `tracing` info event per cache and one for the network, target `mccache::metrics`);
+    /// 0 = off. Default 60.
+    pub metrics_log_interval: f64,
     /// Per-cache overrides, `[caches.NAME]`.
     pub caches: BTreeMap<String, CacheOverrides>,
     // Unicast transport (issue 11): `transport`, `peers`, `bind_port`, `discovery_interval`.
@@ -360,6 +377,7 @@ impl Default for Config {
             backing_retry_after: 5.0,
             backing_lease_ttl: 10.0,
             backing_lease_wait: 2.0,
+            metrics_log_interval: 60.0,
             caches: BTreeMap::new(),
             transport: TransportKind::Multicast,
             peers: Vec::new(),
@@ -469,7 +487,7 @@ impl Config {
 
     /// Checks every value; the error names the key and the bad value.
     ///
-    /// Rules: `cache_ttl` and `callback_win` finite and >= 0; `cache_pulse` and
+    /// Rules: `cache_ttl`, `callback_win` and `metrics_log_interval` finite and >= 0; `cache_pulse` and
     /// `daemon_sleep` finite and > 0 (all at most [`MAX_SECONDS`]); `cache_max`,
     /// `cache_size` and `queue_max` >= 1; `overload_timeout` finite and >= 0; `packet_mtu` in 576..=65507; `multicast_ip` in
     /// 224.0.0.0/4; `multicast_port` != 0; `multicast_hops` >= 1; `monkey_tantrum` in
@@ -575,6 +593,11 @@ impl Config {
             non_negative_secs(self.overload_timeout),
         )?;
         self.validate_backing()?;
+        check(
+            "metrics_log_interval",
+            self.metrics_log_interval,
+            non_negative_secs(self.metrics_log_interval),
+        )?;
         // Unicast transport keys.
         for (i, p) in self.peers.iter().enumerate() {
             check(&format!("peers[{i}]"), p, transport::peer(p))?;
@@ -665,6 +688,9 @@ impl Config {
                     servers,
                     write: o.backing_write.unwrap_or(self.backing_write),
                 }),
+            fresh_for: None,
+            eager_refresh: None,
+            peer_load_wait: Duration::from_secs(1),
         }
     }
 
@@ -757,6 +783,17 @@ impl Config {
     /// ```
     pub fn daemon_sleep(&self) -> Duration {
         secs_to_duration(self.daemon_sleep)
+    }
+
+    /// `metrics_log_interval` as a [`Duration`]; `None` when it is 0 (summaries off).
+    ///
+    /// ```
+    /// let config = mccache::Config::from_toml_str("metrics_log_interval = 15")?;
+    /// assert_eq!(config.metrics_log_every(), Some(std::time::Duration::from_secs(15)));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    pub fn metrics_log_every(&self) -> Option<Duration> {
+        (self.metrics_log_interval > 0.0).then(|| secs_to_duration(self.metrics_log_interval))
     }
 
     /// The node-wide `callback_win` as a [`Duration`] (saturating, like
@@ -869,6 +906,9 @@ impl Config {
                 "backing_lease_wait" => {
                     c.backing_lease_wait = field(k, v, |v| secs(v).and_then(positive_secs))?
                 }
+                "metrics_log_interval" => {
+                    c.metrics_log_interval = field(k, v, |v| secs(v).and_then(non_negative_secs))?
+                }
                 "caches" => c.caches = caches(v)?,
                 // Unicast transport keys.
                 "transport" => c.transport = field(k, v, transport::transport)?,
@@ -952,6 +992,7 @@ const TOP_KEYS: &[&str] = &[
     "backing_retry_after",
     "backing_lease_ttl",
     "backing_lease_wait",
+    "metrics_log_interval",
     "caches",
     // Unicast transport keys.
     "transport",

@@ -38,6 +38,19 @@ pub enum Error {
         /// `K, V` type names of this request.
         requested: String,
     },
+    /// [`CacheBuilder::build`](crate::CacheBuilder::build) asked for a setting that differs
+    /// from the one the already-open cache runs with.
+    #[error("cache {name:?} is already open with {setting} = {existing}, not {requested}")]
+    CacheConflict {
+        /// The cache name.
+        name: String,
+        /// The setting that differs, as the builder names it (e.g. `ttl`).
+        setting: &'static str,
+        /// Its value in the open cache.
+        existing: String,
+        /// The value the builder asked for.
+        requested: String,
+    },
     /// The serialized key plus value is larger than the largest message the cluster replicates
     /// (`max_message_size`); nothing was stored.
     #[error("entry of {size} bytes exceeds max_message_size ({max} bytes); nothing was stored")]

@@ -1,15 +1,134 @@
 //! # mccache
 //!
-//! An embeddable, cluster-aware, in-process cache. Every process of the cluster holds its own
-//! copy; inserts, updates and deletes are multicast to the others as encrypted, MTU-sized UDP
-//! datagrams and applied there in version order. Where multicast is not available (Kubernetes,
-//! cloud VPCs), `transport = "unicast"` sends each datagram to every peer instead, with peers
-//! found from a static list or DNS names (`docs/KUBERNETES.md`).
+//! An embeddable, cluster-aware, in-process cache for Rust. Every process of the cluster holds
+//! its own copy of each cache (an LRU-style map with TTL, entry and byte caps); inserts,
+//! updates and deletes reach the other processes as encrypted, MTU-sized UDP multicast
+//! datagrams and are applied there in version order, so reads are local memory reads and no
+//! cache server is needed. Where multicast is not available (Kubernetes, cloud VPCs),
+//! `transport = "unicast"` sends each datagram to every peer instead, with peers found from a
+//! static list or DNS names (`docs/KUBERNETES.md`). It is the Rust descendant of McCache for
+//! Python.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use mccache::{Config, Node};
+//!
+//! // A local-only node (no sockets) for this example; `Node::start(Config::load()?)` joins
+//! // the cluster configured in `mccache.toml` / `MCCACHE_*`.
+//! let node = Node::start_local(Config::default())?;
+//! let users = node
+//!     .cache_builder::<u64, String>("users")
+//!     .ttl(Duration::from_secs(600))
+//!     .max_entries(10_000)
+//!     .build()?;
+//! users.insert(1, "ada".to_string())?;
+//! assert_eq!(users.get(&1).as_deref(), Some("ada"));
+//! let name = users.get_or_insert_with(2, || "grace".to_string())?;
+//! assert_eq!(name, "grace");
+//! # node.shutdown();
+//! # Ok::<(), mccache::Error>(())
+//! ```
+//!
+//! In an application, the process-wide default node is one call away:
+//!
+//! ```no_run
+//! let sessions = mccache::get_cache::<String, String>("sessions");
+//! sessions.insert("alice".into(), "token".into())?; // replicated to every node
+//! # Ok::<(), mccache::Error>(())
+//! ```
+//!
+//! ## Features
+//!
+//! - **Caches**: typed ([`Cache<K, V>`] over serde types), sharded, CLOCK eviction under
+//!   entry and byte caps, TTL per cache or per entry, compare-and-swap, change listeners,
+//!   single-flight loading ([`Cache::get_or_insert_with`]).
+//! - **Replication**: every write multicast to the cluster, reliable delivery with NAKs and
+//!   retransmits, anti-entropy repair, state transfer to joining nodes, three modes per cache
+//!   ([`CacheMode`]), cluster-wide queries ([`Node::get_cluster_metrics`],
+//!   [`Node::get_cluster_checksum`]) and clear.
+//! - **Security**: ChaCha20-Poly1305 sealed datagrams with key rotation
+//!   ([`Config::crypto_keyring`]), replay protection, bounded buffers.
+//! - **Per-cache builder**: [`Node::cache_builder`] merges settings given in code with the
+//!   configuration file ([`CacheBuilder`]).
+//! - **Stale-while-revalidate and fail-safe**: [`Cache::get_or_load`] serves a stale value at
+//!   once while one refresh runs, keeps it when the loader fails, refreshes hot keys early.
+//! - **Async**: [`Cache::get_or_load_async`], [`Cache::get_or_insert_with_async`],
+//!   [`Node::wait_ready_async`], [`Node::get_cluster_metrics_async`] and friends work under
+//!   any executor.
+//! - **Metrics**: [`Cache::metrics`], [`Node::network_metrics`]; with the `metrics` cargo
+//!   feature, Prometheus-style series through the [`metrics`](https://docs.rs/metrics) facade;
+//!   a periodic summary in the logs (`metrics_log_interval`).
+//! - **Diagnostics**: [`check_multicast`], [`get_mtu`], [`get_hops`].
+//!
+//! Cargo features: `metrics` (the facade), `cli` (the `mccache` tool: demo, stress node with
+//! `--metrics-addr`, reports and charts).
+//!
+//! ## Calls that block
+//!
+//! Cache reads and writes never wait for the network: they take a shard lock for a short
+//! critical section and return. These calls wait, and have async forms:
+//!
+//! | call | waits for | async form |
+//! | --- | --- | --- |
+//! | [`Node::wait_ready`] | state transfer, up to its timeout | [`Node::wait_ready_async`] |
+//! | [`Node::get_cluster_metrics`], [`Node::get_cluster_checksum`] | peers' answers, up to the timeout | `…_async` |
+//! | [`Node::network_metrics`] | the network thread, up to 2 s | [`Node::network_metrics_async`] |
+//! | [`Cache::get_or_insert_with`], [`Cache::get_or_load`] | the loader on a miss (this caller's, or a concurrent caller's of the same key), unbounded; `get_or_load` also up to `peer_load_wait` (1 s) for a peer that announced it is loading the key | [`Cache::get_or_insert_with_async`], [`Cache::get_or_load_async`] |
+//! | [`Node::shutdown`] | the node's threads to stop (milliseconds) | |
+//!
+//! ## Metrics (feature `metrics`)
+//! Every series has a `node` label (`node_name`, default `hostname:pid`); cache series also a
+//! `cache` label. Counters end in `_total`; durations are in seconds.
+//!
+//! | name | type | extra labels |
+//! | --- | --- | --- |
+//! | `mccache_cache_hits_total`, `mccache_cache_misses_total` | counter | |
+//! | `mccache_cache_inserts_total`, `mccache_cache_updates_total`, `mccache_cache_deletes_total` | counter | |
+//! | `mccache_cache_evictions_total` | counter | `reason` = `capacity`, `bytes`, `ttl` |
+//! | `mccache_cache_loads_total`, `mccache_cache_load_failures_total` | counter | |
+//! | `mccache_cache_refreshes_total`, `mccache_cache_stale_served_total` | counter | |
+//! | `mccache_cache_peer_loads_seen_total`, `mccache_cache_peer_load_waits_total` | counter | |
+//! | `mccache_cache_spikes_total` | counter | |
+//! | `mccache_cache_entries`, `mccache_cache_bytes` | gauge | |
+//! | `mccache_net_datagrams_sent_total`, `mccache_net_datagrams_received_total` | counter | |
+//! | `mccache_net_bytes_sent_total`, `mccache_net_bytes_received_total` | counter | |
+//! | `mccache_net_dropped_total` | counter | `reason` (as in `NetworkMetrics::dropped`) |
+//! | `mccache_net_changes_sent_total`, `mccache_net_changes_applied_total`, `mccache_net_changes_stale_total` | counter | |
+//! | `mccache_net_gaps_total`, `mccache_net_retransmits_requested_total`, `mccache_net_retransmits_served_total` | counter | |
+//! | `mccache_net_repairs_total`, `mccache_net_outbound_overflow_total` | counter | |
+//! | `mccache_net_members`, `mccache_net_outbound_queue` | gauge | |
+//! | `mccache_net_apply_lag_seconds` | gauge | `quantile` = `0.5`, `0.99` |
+//!
+//! The figures are copied into the facade on every housekeeping pass (`daemon_sleep`), so a
+//! scrape sees them at most one pass old. Install any `metrics` recorder (for example
+//! `metrics-exporter-prometheus`) before or after starting the node.
+//!
+//! ```no_run
+//! // In a tokio service: install the exporter, then start the node.
+//! metrics_exporter_prometheus::PrometheusBuilder::new()
+//!     .with_http_listener(([127, 0, 0, 1], 9464))
+//!     .install()?;
+//! let node = mccache::Node::start(mccache::Config::load()?)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Documentation
+//!
+//! - Configuration keys, files and environment: `docs/CONFIG.md` in the repository, and
+//!   [`Config`].
+//! - Wire protocol: `docs/PROTOCOL.md`.
+//! - Threat model, keys and bounds: `docs/SECURITY.md`.
+//! - Architecture (layers, the path of a write): `docs/ARCHITECTURE.md` where present.
+//!
+//! ## Warnings and logs
 //!
 //! Warnings a user must act on (plaintext traffic, datagrams from the group that cannot be
 //! opened, mistyped `MCCACHE_*` variables) are [`tracing`] events at `warn` level: install a
 //! subscriber (for example `tracing_subscriber::fmt().with_env_filter("warn").init()`) to route
-//! them; with none installed they go to stderr. [`Node::health`] returns them as data.
+//! them; with none installed they go to stderr. [`Node::health`] returns them as data. The
+//! periodic metrics summaries are `info` events with target `mccache::metrics`.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
@@ -32,6 +151,7 @@ mod warn;
 
 #[cfg(feature = "memcached")]
 pub use backing::{BackingMetrics, ServerEvent, ServerMetrics};
+pub use cache::builder::CacheBuilder;
 pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 pub use cache::handle::Cache;
 pub use cache::metrics::CacheMetrics;

@@ -1019,6 +1019,7 @@ impl Endpoint {
                     }
                 },
                 Item::Clear { cache, version } => app.apply_clear(cache, *version, from),
+                Item::Loading { cache, key } => app.peer_loading(cache, key, from),
             }
         }
     }

@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn layout_is_network_byte_order() {
         let b = sample().encode();
-        assert_eq!(&b[0..4], b"MC\x02\x00");
+        assert_eq!(&b[0..4], &[b'M', b'C', WIRE_VERSION, 0]);
         assert_eq!(&b[8..10], &[0, 1]);
         assert_eq!(&b[14..22], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&b[22..30], &[0, 0, 0, 0, 0, 0, 0, 1]);
@@ -189,7 +189,8 @@ mod tests {
             Header::decode(&b)
         };
         assert_eq!(with(0, b'X'), Err(DropReason::BadMagic));
-        assert_eq!(with(2, 1), Err(DropReason::BadVersion));
+        assert_eq!(with(2, WIRE_VERSION + 1), Err(DropReason::BadVersion));
+        assert_eq!(with(2, WIRE_VERSION - 1), Err(DropReason::BadVersion));
         assert_eq!(with(3, 0x80), Err(DropReason::Malformed));
         assert_eq!(with(4, 1), Err(DropReason::Malformed)); // key id in plaintext
         assert_eq!(with(5, 1), Err(DropReason::Malformed));

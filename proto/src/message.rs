@@ -26,6 +26,16 @@ pub enum Item {
         /// Version of the clear.
         version: Version,
     },
+    /// The sender has started loading `key` of cache `cache` from its source (a miss in a
+    /// loading read): peers that miss the same key may wait briefly for the replicated value
+    /// instead of loading it too. Advisory; carries no data.
+    Loading {
+        /// Cache name.
+        cache: String,
+        /// Key bytes.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 impl Item {
@@ -34,6 +44,7 @@ impl Item {
         match self {
             Item::Rec { cache, rec } => cache.len() + rec.weight() + 8,
             Item::Clear { cache, .. } => cache.len() + 32,
+            Item::Loading { cache, key } => cache.len() + key.len() + 8,
         }
     }
 }

@@ -57,6 +57,8 @@ pub trait AppState {
     /// The application's wall clock, in milliseconds since the Unix epoch (the core reads no
     /// clock itself; anti-entropy uses this to leave changes still in flight alone).
     fn wall_ms(&self) -> u64;
+    /// A peer announced that it is loading `key` of `cache` ([`crate::message::Item::Loading`]).
+    fn peer_loading(&mut self, _cache: &str, _key: &[u8], _origin: NodeId) {}
     /// The answer to a cluster query, msgpack-encoded.
     fn answer(&self, query: &Query) -> Vec<u8>;
 }

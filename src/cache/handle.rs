@@ -4,8 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
-
 use crate::cache::event::{ChangeEvent, ListenerId, Metadata};
 use crate::cache::metrics::CacheMetrics;
 use crate::cache::store::{CacheKey, CacheValue, Cond, Flight, Store, Ttl};
@@ -57,11 +55,25 @@ impl<K: CacheKey, V: CacheValue> fmt::Debug for Cache<K, V> {
 
 impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     /// The cache name.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("n")?;
+    /// assert_eq!(c.name(), "n");
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         self.store.name()
     }
 
     /// The effective settings of this cache (TTL, caps, mode, callback window).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache_builder::<u32, u32>("cfg").max_entries(3).build()?;
+    /// assert_eq!(c.config().max_entries, 3);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn config(&self) -> &CacheConfig {
         self.store.config()
     }
@@ -72,6 +84,15 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     /// With a shared tier behind the cache (`backing`, the `memcached` feature), a local miss
     /// reads the tier, and a value found there is stored here (and replicated per the cache's
     /// mode). A local hit never touches the tier.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, String>("g")?;
+    /// c.insert(1, "a".into())?;
+    /// assert_eq!(c.get(&1).as_deref(), Some("a"));
+    /// assert_eq!(c.get(&2), None);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn get(&self, key: &K) -> Option<V> {
         match self.store.get(key) {
             Some(v) => Some(v),
@@ -82,6 +103,15 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
 
     /// The value and the version of its last write: the token for [`Cache::compare_and_swap`].
     /// Counts as a lookup like [`Cache::get`].
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("gv")?;
+    /// let old = c.insert(1, 10)?;
+    /// let (v, version) = c.get_with_version(&1).unwrap();
+    /// assert_eq!((old, v, version.node), (None, 10, node.id()));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn get_with_version(&self, key: &K) -> Option<(V, Version)> {
         match self.store.get_with_version(key) {
             Some(v) => Some(v),
@@ -95,11 +125,27 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
 
     /// Whether a live entry exists for `key`. Counts as a lookup like [`Cache::get`]. Local
     /// only: it never reads a shared tier (`backing`).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("ck")?;
+    /// c.insert(1, 1)?;
+    /// assert!(c.contains_key(&1) && !c.contains_key(&2));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn contains_key(&self, key: &K) -> bool {
         self.store.contains_key(key)
     }
 
     /// Looks up several keys; the result is aligned with the input (`None` for misses).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("gm")?;
+    /// c.insert(1, 10)?;
+    /// assert_eq!(c.get_many(&[1, 2]), vec![Some(10), None]);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn get_many<'a, I>(&self, keys: I) -> Vec<Option<V>>
     where
         I: IntoIterator<Item = &'a K>,
@@ -108,6 +154,14 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     }
 
     /// Stores `value` under `key` with the cache's TTL; returns the value it replaced.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("i")?;
+    /// assert_eq!(c.insert(1, 10)?, None);
+    /// assert_eq!(c.insert(1, 11)?, Some(10));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::TooLarge`] if the serialized key + value exceed `max_message_size`,
@@ -119,6 +173,14 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
 
     /// Stores `value` with its own TTL instead of the cache's (`Duration::ZERO`: never
     /// expires). The TTL is replicated with the value. Errors as [`Cache::insert`].
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("ttl")?;
+    /// c.insert_with_ttl(1, 10, std::time::Duration::from_secs(30))?;
+    /// assert!(c.metadata(&1).unwrap().expires.is_some());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<Option<V>> {
         Ok(self
             .store
@@ -128,6 +190,14 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
 
     /// Stores several pairs. Every pair is serialized and size-checked before the first is
     /// stored, so an oversized pair refuses the whole batch. Errors as [`Cache::insert`].
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("im")?;
+    /// c.insert_many([(1, 10), (2, 20)])?;
+    /// assert_eq!(c.len(), 2);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn insert_many<I>(&self, items: I) -> Result<()>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -137,6 +207,15 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
 
     /// Stores `value` only if `key` is absent (or expired). Returns `true` if it was stored.
     /// Errors as [`Cache::insert`].
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("add")?;
+    /// assert!(c.add(1, 10)?);
+    /// assert!(!c.add(1, 11)?);
+    /// assert_eq!(c.get(&1), Some(10));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn add(&self, key: K, value: V) -> Result<bool> {
         Ok(self
             .store
@@ -147,6 +226,16 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
 
     /// Stores `value` only if `key` is present; returns the value it replaced, or `None` (and
     /// stores nothing) if the key was absent. Errors as [`Cache::insert`].
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("rep")?;
+    /// assert_eq!(c.replace(1, 10)?, None);
+    /// assert!(c.is_empty());
+    /// c.insert(1, 10)?;
+    /// assert_eq!(c.replace(1, 11)?, Some(10));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn replace(&self, key: K, value: V) -> Result<Option<V>> {
         Ok(self
             .store
@@ -186,6 +275,15 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     /// a write: the entry is rewritten with its current value and a new version, replicated,
     /// counted as an update and reported as [`ChangeKind::Update`](crate::ChangeKind::Update).
     /// Returns `false` if the key is absent.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("touch")?;
+    /// c.insert(1, 10)?;
+    /// assert!(c.touch(&1, std::time::Duration::from_secs(60))?);
+    /// assert!(!c.touch(&2, std::time::Duration::from_secs(60))?);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn touch(&self, key: &K, ttl: Duration) -> Result<bool> {
         loop {
             let Some((value, version)) = self.store.peek_value(key) else {
@@ -208,6 +306,15 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
 
     /// Removes `key`; returns the value it held. Replicated as a delete.
     ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("rm")?;
+    /// c.insert(1, 10)?;
+    /// assert_eq!(c.remove(&1)?, Some(10));
+    /// assert_eq!(c.remove(&1)?, None);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Serialization`] if the key cannot be serialized.
     pub fn remove(&self, key: &K) -> Result<Option<V>> {
@@ -215,26 +322,68 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     }
 
     /// Removes every entry, and replicates the clear: peers drop every entry older than it.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("clr")?;
+    /// c.insert(1, 10)?;
+    /// c.clear();
+    /// assert!(c.is_empty());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn clear(&self) {
         self.store.clear()
     }
 
     /// Live entries. O(1) unless entries with a TTL are due, which are swept first.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("len")?;
+    /// c.insert(1, 10)?;
+    /// assert_eq!(c.len(), 1);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.store.len()
     }
 
     /// Whether the cache holds no live entry.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("empty")?;
+    /// assert!(c.is_empty());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// A snapshot of the live keys (in no particular order).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("keys")?;
+    /// c.insert_many([(1, 10), (2, 20)])?;
+    /// let mut keys = c.keys();
+    /// keys.sort();
+    /// assert_eq!(keys, vec![1, 2]);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn keys(&self) -> Vec<K> {
         self.store.keys()
     }
 
     /// A snapshot of the live entries (in no particular order).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("entries")?;
+    /// c.insert(1, 10)?;
+    /// assert_eq!(c.entries(), vec![(1, 10)]);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn entries(&self) -> Vec<(K, V)> {
         self.store.entries()
     }
@@ -263,6 +412,15 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     /// Like [`Cache::get_or_insert_with`] with a fallible loader. The loader's error goes to
     /// the caller that ran it (nothing is stored); concurrent waiters get
     /// [`Error::LoaderFailed`] converted into `E`.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("try")?;
+    /// let r: Result<u32, mccache::Error> = c.try_get_or_insert_with(1, || Err(mccache::Error::LoaderFailed));
+    /// assert!(r.is_err() && c.is_empty());
+    /// assert_eq!(c.try_get_or_insert_with(1, || Ok::<_, mccache::Error>(5))?, 5);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn try_get_or_insert_with<F, E>(&self, key: K, load: F) -> Result<V, E>
     where
         F: FnOnce() -> Result<V, E>,
@@ -276,10 +434,7 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
             match flights.get(&key) {
                 Some(f) => (f.clone(), false),
                 None => {
-                    let f = Arc::new(Flight {
-                        state: Mutex::new(None),
-                        done: Condvar::new(),
-                    });
+                    let f = Arc::new(Flight::new());
                     flights.insert(key.clone(), f.clone());
                     (f, true)
                 }
@@ -341,17 +496,46 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     }
 
     /// Unregisters a listener; returns `false` if it was not registered.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("rl")?;
+    /// let id = c.on_change(|_| {});
+    /// assert!(c.remove_listener(id));
+    /// assert!(!c.remove_listener(id));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn remove_listener(&self, id: ListenerId) -> bool {
         self.store.remove_listener(id)
     }
 
     /// What the cache knows about a live entry (version, write time, last read, expiry, size,
     /// value crc). Does not count as a lookup.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("meta")?;
+    /// c.insert(1, 10)?;
+    /// let m = c.metadata(&1).unwrap();
+    /// assert_eq!(m.version, c.get_with_version(&1).unwrap().1);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn metadata(&self, key: &K) -> Option<Metadata> {
         self.store.metadata(key)
     }
 
     /// This cache's local counters.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("m")?;
+    /// c.insert(1, 10)?;
+    /// c.get(&1);
+    /// c.get(&2);
+    /// let m = c.metrics();
+    /// assert_eq!((m.inserts, m.hits, m.misses, m.entries), (1, 1, 1, 1));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn metrics(&self) -> CacheMetrics {
         self.store.metrics()
     }
@@ -359,12 +543,31 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     /// An order-independent checksum of the live entries: the wrapping sum over entries of
     /// splitmix64(crc32(key bytes ‖ value bytes ‖ version bytes)). Two nodes holding the same
     /// entries at the same versions have the same checksum. O(1) (maintained on every change).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let a = node.cache::<u32, u32>("sum-a")?;
+    /// let b = node.cache::<u32, u32>("sum-b")?;
+    /// a.insert(1, 10)?;
+    /// assert_ne!(a.checksum(), b.checksum());
+    /// a.remove(&1)?;
+    /// assert_eq!(a.checksum(), b.checksum());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn checksum(&self) -> u64 {
         self.store.checksum()
     }
 
     /// The per-entry crc that [`Cache::checksum`] sums (`crc32(key ‖ value ‖ version)`), if
     /// `key` is live.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("kc")?;
+    /// c.insert(1, 10)?;
+    /// assert!(c.key_checksum(&1).is_some() && c.key_checksum(&2).is_none());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn key_checksum(&self, key: &K) -> Option<u32> {
         self.store.key_checksum(key)
     }
@@ -383,7 +586,6 @@ impl<K: CacheKey, V: CacheValue> Drop for FlightGuard<'_, K, V> {
         if let Some(k) = self.key.take() {
             self.store.flights.lock().remove(&k);
         }
-        *self.flight.state.lock() = Some(self.value.take());
-        self.flight.done.notify_all();
+        self.flight.complete(self.value.take());
     }
 }

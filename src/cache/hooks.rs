@@ -25,6 +25,8 @@ pub enum ChangeKindWire {
     Record(Record),
     /// The whole cache was cleared at this version: entries older than it are removed.
     Clear(crate::proto::version::Version),
+    /// This node started loading the key (these bytes) from the application's source.
+    Loading(Vec<u8>),
 }
 
 /// Where a cache hands its local writes. A node that cannot queue a change marks it for repair
@@ -123,6 +125,8 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn metrics(&self) -> crate::cache::metrics::CacheMetrics;
     /// Clears the cache here and publishes a versioned clear (what `Cache::clear` does).
     fn clear_all(&self);
+    /// A peer is loading the key with these bytes (see `Cache::get_or_load`).
+    fn peer_loading(&self, _key: &[u8]) {}
     /// The newest clear applied (entries at or below it are refused).
     fn clear_floor(&self) -> crate::proto::version::Version;
     /// The per-entry crc of a live key (`crc32(key bytes ‖ value bytes ‖ version bytes)`), as

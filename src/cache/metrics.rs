@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `lookups = hits + misses`. `inserts`, `updates` and `deletes` count local and replicated
 /// changes alike (as McCache does); evictions are always local decisions.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CacheMetrics {
     /// Reads of a key (`get`, `contains_key`, `get_many` per key, ...).
     pub lookups: u64,
@@ -34,6 +35,21 @@ pub struct CacheMetrics {
     pub spikes: u64,
     /// Mean gap in seconds between spiking mutations (McCache `spikeInt`).
     pub spike_interval: f64,
+    /// Values a loader of [`Cache::get_or_load`](crate::Cache::get_or_load) (or its async
+    /// form) produced and stored, on a miss or as a refresh.
+    pub loads: u64,
+    /// Loader calls that failed (returned an error or panicked). A failed refresh leaves the
+    /// stale value in place until its TTL ends (fail-safe).
+    pub load_failures: u64,
+    /// Background refreshes started (stale or eager).
+    pub refreshes: u64,
+    /// Reads that returned a stale value (older than `fresh_for`) while it was refreshed.
+    pub stale_served: u64,
+    /// Announcements from peers that they were loading a key of this cache.
+    pub peer_loads_seen: u64,
+    /// Loading reads that missed and got a peer's loaded value by waiting for it, instead of
+    /// running their own loader.
+    pub peer_load_waits: u64,
 }
 
 impl CacheMetrics {

@@ -270,10 +270,29 @@ pub(crate) struct Written<V> {
     pub(crate) version: Option<Version>,
 }
 
-/// A single-flight load in progress.
+/// A single-flight load in progress. Blocking waiters sleep on `done`, async waiters on
+/// `event`; whoever completes the flight sets `state` and wakes both.
 pub(crate) struct Flight<V> {
     pub(crate) state: Mutex<Option<Option<V>>>,
     pub(crate) done: Condvar,
+    pub(crate) event: event_listener::Event,
+}
+
+impl<V> Flight<V> {
+    pub(crate) fn new() -> Flight<V> {
+        Flight {
+            state: Mutex::new(None),
+            done: Condvar::new(),
+            event: event_listener::Event::new(),
+        }
+    }
+
+    /// Completes the flight with `value` (`None`: the load failed) and wakes every waiter.
+    pub(crate) fn complete(&self, value: Option<V>) {
+        *self.state.lock() = Some(value);
+        self.done.notify_all();
+        self.event.notify(usize::MAX);
+    }
 }
 
 /// A typed cache's whole state. `Cache<K, V>` is an `Arc` of this.
@@ -304,6 +323,8 @@ pub(crate) struct Store<K, V> {
     pub(crate) flights: Mutex<HashMap<K, Arc<Flight<V>>, Hasher>>,
     /// The optional shared tier (see `tiered`).
     backing: OnceLock<Arc<dyn Backing>>,
+    /// Loader counters and refresh state of [`Cache::get_or_load`](crate::Cache::get_or_load).
+    pub(crate) loads: crate::cache::load::LoadState<K>,
 }
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
@@ -350,6 +371,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             next_listener: AtomicU64::new(1),
             flights: Mutex::new(HashMap::with_hasher(hasher)),
             backing: OnceLock::new(),
+            loads: crate::cache::load::LoadState::new(),
         }
     }
 
@@ -695,6 +717,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         m.entries = self.entries.load(Ordering::Relaxed);
         m.bytes = self.bytes.load(Ordering::Relaxed);
         m.spikes = self.spikes.load(Ordering::Relaxed);
+        self.loads.add_to(&mut m);
         if m.spikes > 0 {
             m.spike_interval =
                 self.spike_gap_sum.load(Ordering::Relaxed) as f64 / m.spikes as f64 / 1e9;
@@ -1455,6 +1478,10 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn peer_loading(&self, key: &[u8]) {
+        self.loads.peer_loading(key, self.core.clock.now_nanos());
     }
 
     fn apply_remote(&self, record: &Record, origin: NodeId) -> Applied {

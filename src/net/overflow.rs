@@ -129,6 +129,9 @@ impl Backlog {
                 let v = d.clears.entry(cache.clone()).or_insert(*version);
                 *v = (*v).max(*version);
             }
+            // A loading announcement carries no state: nothing to repair if it is lost
+            // (peers that would have waited for it simply load themselves).
+            Item::Loading { .. } => return,
         }
         self.has_dirty.store(true, Ordering::Release);
     }

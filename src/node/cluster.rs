@@ -104,12 +104,52 @@ pub(crate) struct Net {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     listeners: Arc<Mutex<Vec<MemberListener>>>,
-    lag: Arc<LagSamples>,
-    publisher: Arc<ChannelPublisher>,
     started: Instant,
     started_wall: SystemTime,
+    /// Reads the network counters (also from the housekeeper's metrics report).
+    pub(crate) probe: NetProbe,
+}
+
+/// Reads the network thread's counters. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct NetProbe {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    lag: Arc<LagSamples>,
+    publisher: Arc<ChannelPublisher>,
     /// The last counters the network thread reported, returned when it cannot answer in time.
-    last_metrics: Mutex<NetworkMetrics>,
+    last_metrics: Arc<Mutex<NetworkMetrics>>,
+}
+
+impl NetProbe {
+    /// The network counters, asking the network thread for at most `wait`; if it cannot
+    /// answer in time (stopped, or its queue is full under overload), the last figures it gave
+    /// rather than zeros.
+    pub(crate) fn read(&self, wait: Duration) -> NetworkMetrics {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fresh = self
+            .tx
+            .try_send(Command::Metrics(tx))
+            .ok()
+            .and_then(|()| rx.recv_timeout(wait).ok());
+        let mut m = match fresh {
+            Some(m) => {
+                *self.last_metrics.lock() = m.clone();
+                m
+            }
+            None => self.last_metrics.lock().clone(),
+        };
+        m.outbound_overflow += self.publisher.overflow.load(Ordering::Relaxed);
+        let (p50, p99) = self.lag.percentiles();
+        m.apply_lag_p50_us = p50;
+        m.apply_lag_p99_us = p99;
+        m
+    }
+
+    /// Live peers now.
+    pub(crate) fn members(&self) -> usize {
+        self.shared.members.lock().len()
+    }
 }
 
 impl Net {
@@ -198,15 +238,19 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     let lag = Arc::new(LagSamples::default());
     let net = Net {
         registry: registry.clone(),
-        tx,
+        tx: tx.clone(),
         shared: shared.clone(),
         thread: Mutex::new(None),
         listeners: listeners.clone(),
-        lag: lag.clone(),
-        publisher: publisher.clone(),
         started: Instant::now(),
         started_wall: SystemTime::now(),
-        last_metrics: Mutex::new(NetworkMetrics::default()),
+        probe: NetProbe {
+            tx: tx.clone(),
+            shared: shared.clone(),
+            lag: lag.clone(),
+            publisher: publisher.clone(),
+            last_metrics: Arc::default(),
+        },
     };
     let node = Node::start_with(
         config.clone(),
@@ -328,6 +372,14 @@ impl Node {
     }
 
     /// The live peers (not this node), sorted by id. Empty for a local-only node.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// for m in node.members() {
+    ///     println!("{} {} lag {}", m.id, m.name, m.lag);
+    /// }
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn members(&self) -> Vec<Member> {
         let Some(net) = &self.inner.net else {
             return Vec::new();
@@ -351,6 +403,12 @@ impl Node {
 
     /// Registers a membership listener (join, suspect, alive, leave, ready). It runs on the
     /// network thread: keep it short.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// node.on_member_event(|e| println!("membership: {e:?}"));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn on_member_event(&self, listener: impl Fn(&MemberEvent) + Send + Sync + 'static) {
         if let Some(net) = &self.inner.net {
             net.listeners.lock().push(Arc::new(listener));
@@ -360,6 +418,12 @@ impl Node {
     /// True once this node holds a full copy of the caches its first peer offered (state
     /// transfer done), or found no peer to copy from. Always true for a local-only node.
     /// [`Node::wait_ready`] waits for it and says whether a peer was found.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert!(node.is_ready()); // local-only nodes are always ready
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn is_ready(&self) -> bool {
         self.inner
             .net
@@ -402,33 +466,28 @@ impl Node {
 
     /// Network and replication counters (datagrams, drops by reason, retransmits, repairs,
     /// queue depths, apply lag). Zeroed for a local-only node.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let m = node.network_metrics();
+    /// assert_eq!(m.datagrams_received, 0); // local-only
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn network_metrics(&self) -> NetworkMetrics {
         let Some(net) = &self.inner.net else {
             return NetworkMetrics::default();
         };
-        // Ask the network thread; if it cannot answer in time (stopped, or its queue is full
-        // under overload), report the last figures it gave rather than zeros.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let fresh = net
-            .tx
-            .try_send(Command::Metrics(tx))
-            .ok()
-            .and_then(|()| rx.recv_timeout(Duration::from_secs(2)).ok());
-        let mut m = match fresh {
-            Some(m) => {
-                *net.last_metrics.lock() = m.clone();
-                m
-            }
-            None => net.last_metrics.lock().clone(),
-        };
-        m.outbound_overflow += net.publisher.overflow.load(Ordering::Relaxed);
-        let (p50, p99) = net.lag.percentiles();
-        m.apply_lag_p50_us = p50;
-        m.apply_lag_p99_us = p99;
-        m
+        net.probe.read(Duration::from_secs(2))
     }
 
     /// How long this node has been running, and since when (wall clock).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let (running, since) = node.uptime();
+    /// assert!(since <= std::time::SystemTime::now() && running < std::time::Duration::from_secs(60));
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn uptime(&self) -> (Duration, SystemTime) {
         match &self.inner.net {
             Some(n) => (n.started.elapsed(), n.started_wall),
@@ -581,6 +640,15 @@ impl Node {
     /// Clears cache `name` on every node, this one included: each removes the entries older
     /// than the clear's version (a write that raced ahead of it survives everywhere).
     ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("cc")?;
+    /// c.insert(1, 1)?;
+    /// node.clear_cache("cc")?;
+    /// assert!(c.is_empty());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Shutdown`] if the node has stopped.
     pub fn clear_cache(&self, name: &str) -> Result<()> {
@@ -609,6 +677,12 @@ impl Node {
     }
 
     /// Whether writes are being replicated right now (false for local-only or stopped nodes).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert!(!node.is_networked());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn is_networked(&self) -> bool {
         self.inner
             .net

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::cache::builder::{CacheBuilder, Requested};
 use crate::cache::clock::{Clock, SystemClock};
 use crate::cache::context::StoreContext;
 use crate::cache::handle::Cache;
@@ -21,7 +22,9 @@ use crate::proto::version::{Hlc, NodeId};
 
 mod cluster;
 mod health;
+mod nonblocking;
 pub(crate) mod replica;
+mod report;
 #[cfg(feature = "memcached")]
 mod tiered;
 
@@ -114,6 +117,12 @@ impl Node {
     /// Starts a node that replicates nothing: the same caches and API, no sockets, no threads
     /// but the housekeeper. Useful in tests and single-process tools.
     ///
+    /// ```
+    /// let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert!(!node.is_networked());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// The configuration error, if `config` is invalid.
     pub fn start_local(config: Config) -> Result<Node> {
@@ -163,13 +172,14 @@ impl Node {
         });
         let period = Duration::from_secs_f64(config.daemon_sleep.max(0.001));
         let tomb_ttl = tombstone_ttl(&config);
+        let reporter = report::Reporter::new(&config, net.as_ref().map(|n| n.probe.clone()));
         let handle = {
             let registry = registry.clone();
             let stop = stop.clone();
             let clock = core.clock.clone();
             std::thread::Builder::new()
                 .name("mccache-housekeeper".into())
-                .spawn(move || housekeeper(registry, stop, clock, period, tomb_ttl))?
+                .spawn(move || housekeeper(registry, stop, clock, period, tomb_ttl, reporter))?
         };
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -186,23 +196,62 @@ impl Node {
     }
 
     /// Opens (creating on first use) the cache `name` with key type `K` and value type `V`.
-    /// Its settings are the node's, with `[caches.NAME]` overrides applied.
+    /// Its settings are the node's, with `[caches.NAME]` overrides applied; an open cache is
+    /// returned as it is. [`Node::cache_builder`] sets them in code.
     ///
     /// # Errors
     /// [`Error::TypeMismatch`] if `name` is already open with other types;
     /// [`Error::Shutdown`] after [`Node::shutdown`].
     pub fn cache<K: CacheKey, V: CacheValue>(&self, name: &str) -> Result<Cache<K, V>> {
+        self.open_cache(name, None)
+    }
+
+    /// A builder for cache `name` with settings given in code (TTL, caps, mode, callback
+    /// window, stale-while-revalidate), merged with the configuration: see [`CacheBuilder`].
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let users = node.cache_builder::<u64, String>("users").max_entries(10_000).build()?;
+    /// assert_eq!(users.config().max_entries, 10_000);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
+    pub fn cache_builder<K: CacheKey, V: CacheValue>(&self, name: &str) -> CacheBuilder<'_, K, V> {
+        CacheBuilder::new(self, name)
+    }
+
+    pub(crate) fn open_cache<K: CacheKey, V: CacheValue>(
+        &self,
+        name: &str,
+        requested: Option<&Requested>,
+    ) -> Result<Cache<K, V>> {
         if *self.inner.stop.stopped.lock() {
             return Err(Error::Shutdown);
         }
+        let existing = |r: &Registered| -> Result<Cache<K, V>> {
+            let cache = Self::typed(name, r)?;
+            if let Some((setting, existing, requested)) =
+                requested.and_then(|q| q.conflict(cache.config()))
+            {
+                return Err(Error::CacheConflict {
+                    name: name.to_string(),
+                    setting,
+                    existing,
+                    requested,
+                });
+            }
+            Ok(cache)
+        };
         if let Some(r) = self.inner.registry.open.read().get(name) {
-            return Self::typed(name, r);
+            return existing(r);
         }
         let mut reg = self.inner.registry.open.write();
         if let Some(r) = reg.get(name) {
-            return Self::typed(name, r);
+            return existing(r);
         }
-        let cfg = self.inner.config.cache_config(name);
+        let mut cfg = self.inner.config.cache_config(name);
+        if let Some(q) = requested {
+            cfg = q.apply(cfg)?;
+        }
         let store = Arc::new(Store::<K, V>::new(name, cfg, self.inner.core.clone()));
         #[cfg(feature = "memcached")]
         if let Some(b) = self.inner.tiers.for_cache(name, store.config()) {
@@ -233,16 +282,38 @@ impl Node {
     }
 
     /// This node's random id (fresh at every start).
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// let c = node.cache::<u32, u32>("id")?;
+    /// c.insert(1, 1)?;
+    /// assert_eq!(c.get_with_version(&1).unwrap().1.node, node.id());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn id(&self) -> crate::NodeId {
         self.inner.core.id
     }
 
     /// The configuration the node was started with.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// assert_eq!(node.config().cache_max, 256);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
     /// Names of the caches opened so far, sorted.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// node.cache::<u32, u32>("b")?;
+    /// node.cache::<u32, u32>("a")?;
+    /// assert_eq!(node.cache_names(), vec!["a", "b"]);
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn cache_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.registry.open.read().keys().cloned().collect();
         names.sort();
@@ -253,6 +324,13 @@ impl Node {
     /// housekeeper, and joins them. Idempotent; also done when the last handle is dropped.
     /// Afterwards [`Node::cache`] returns [`Error::Shutdown`]; caches already open keep working
     /// locally, without replication.
+    ///
+    /// ```
+    /// # let node = mccache::Node::start_local(mccache::Config::default())?;
+    /// node.shutdown();
+    /// assert!(node.cache::<u32, u32>("late").is_err());
+    /// # Ok::<(), mccache::Error>(())
+    /// ```
     pub fn shutdown(&self) {
         self.inner.stop();
     }
@@ -322,6 +400,7 @@ fn housekeeper(
     clock: Arc<dyn Clock>,
     period: Duration,
     tomb_ttl: Duration,
+    mut reporter: report::Reporter,
 ) {
     let mut next = std::time::Instant::now() + period;
     loop {
@@ -346,9 +425,10 @@ fn housekeeper(
             .values()
             .map(|r| r.erased.clone())
             .collect();
-        for c in caches {
+        for c in &caches {
             c.housekeep(tomb_ttl);
         }
+        reporter.tick(&caches, now);
     }
 }
 

@@ -160,6 +160,12 @@ impl AppState for NodeApp {
         }
     }
 
+    fn peer_loading(&mut self, cache: &str, key: &[u8], _origin: NodeId) {
+        if let Some(c) = self.registry.opened(cache) {
+            c.peer_loading(key);
+        }
+    }
+
     fn clear_floor(&self, cache: &str) -> Version {
         match self.registry.opened(cache) {
             Some(c) => c.clear_floor(),
@@ -339,6 +345,7 @@ impl ChannelPublisher {
         match change.kind {
             ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
             ChangeKindWire::Clear(version) => Item::Clear { cache, version },
+            ChangeKindWire::Loading(key) => Item::Loading { cache, key },
         }
     }
 

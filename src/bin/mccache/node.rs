@@ -64,6 +64,20 @@ pub struct NodeArgs {
     /// Where to write the JSON result (default: stdout).
     #[arg(long, env = "TEST_OUT")]
     pub out: Option<PathBuf>,
+    /// Serve the node's metrics in Prometheus text format over HTTP at this address, for
+    /// example `127.0.0.1:9464` (path `/metrics`, or any path).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Installs the Prometheus exporter as the `metrics` recorder, listening on `addr`.
+pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+    eprintln!("mccache node: metrics at http://{addr}/metrics");
+    Ok(())
 }
 
 /// Settings the stress run needs that differ from the library defaults, applied unless the
@@ -135,6 +149,9 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
             "PLAINTEXT (no crypto_key: see the warning)"
         }
     );
+    if let Some(addr) = args.metrics_addr {
+        serve_metrics(addr)?;
+    }
     let node = Node::start(config.clone()).map_err(|e| format!("node start: {e}"))?;
     let cache = node
         .cache::<String, Val>(CACHE)

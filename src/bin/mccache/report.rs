@@ -272,90 +272,266 @@ fn aggregate_line(results: &[NodeResult]) -> String {
     )
 }
 
-/// Draws throughput (ops/s) and replication lag (p50 and p99, ms) per node over time.
-pub fn draw_chart(results: &[NodeResult], path: &Path) -> Result<(), String> {
-    let t0 = results
-        .iter()
-        .flat_map(|r| r.samples.first().map(|_| r.started_ms))
-        .min()
-        .unwrap_or(0);
+/// One node's per-interval series: `(start s, end s, ops/s, lag p50 ms, lag p99 ms, lag n)`.
+/// Each interval's rate is its operations over its own length, so a last partial second is
+/// not drawn as a drop.
+fn intervals(r: &NodeResult, t0: u64) -> Vec<(f64, f64, f64, f64, f64, u64)> {
     let secs = |at: u64| at.saturating_sub(t0) as f64 / 1000.0;
-    let t_max = results
+    let mut prev = r.started_ms;
+    let mut out = Vec::new();
+    for s in &r.samples {
+        let (a, b) = (secs(prev), secs(s.at_ms));
+        prev = s.at_ms;
+        // Intervals under 200 ms (a workload ending just after a tick) are too short to rate.
+        if b - a < 0.2 {
+            continue;
+        }
+        out.push((
+            a,
+            b,
+            s.ops as f64 / (b - a),
+            s.lag_p50_us as f64 / 1000.0,
+            s.lag_p99_us as f64 / 1000.0,
+            s.lag_n,
+        ));
+    }
+    out
+}
+
+/// Draws the run: aggregate throughput in bold over faint per-node lines, replication lag as
+/// bands across nodes (p50 and p99, min to max, with the median node's p50 as a line, log
+/// scale), the moments the writers stopped and the caches converged, and a legend beside the
+/// plots rather than over them.
+pub fn draw_chart(results: &[NodeResult], path: &Path) -> Result<(), String> {
+    let t0 = results.iter().map(|r| r.started_ms).min().unwrap_or(0);
+    let secs = |at: u64| at.saturating_sub(t0) as f64 / 1000.0;
+    let series: Vec<_> = results.iter().map(|r| intervals(r, t0)).collect();
+    let end = series
         .iter()
-        .flat_map(|r| r.samples.iter().map(|s| secs(s.at_ms)))
+        .flat_map(|s| s.last().map(|x| x.1))
         .fold(1.0f64, f64::max);
-    let ops_max = results
+    let stopped = results.iter().map(|r| secs(r.done_ms)).fold(0.0, f64::max);
+    let converged = results.iter().all(|r| r.quiesced).then(|| {
+        results
+            .iter()
+            .map(|r| secs(r.finished_ms))
+            .fold(0.0, f64::max)
+    });
+    let t_max = end.max(converged.unwrap_or(0.0)) * 1.02;
+    let at = |s: &[(f64, f64, f64, f64, f64, u64)], t: f64| {
+        s.iter().find(|x| x.0 <= t && t < x.1).copied()
+    };
+    // The aggregate: the sum of every node's rate, evaluated every 0.25 s.
+    let step = 0.25;
+    let grid: Vec<f64> = (0..)
+        .map(|i| f64::from(i) * step)
+        .take_while(|t| *t <= end)
+        .collect();
+    let aggregate: Vec<(f64, f64)> = grid
         .iter()
-        .flat_map(|r| r.samples.iter().map(|s| s.ops))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let lag_max = results
+        .map(|&t| (t, series.iter().filter_map(|s| at(s, t)).map(|x| x.2).sum()))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    let ops_max = aggregate.iter().map(|x| x.1).fold(1.0, f64::max);
+    // Lag bands: per 0.25 s, min/max over nodes of p50 and of p99, and the median p50.
+    struct Band {
+        t: f64,
+        p50: (f64, f64, f64),
+        p99: (f64, f64),
+    }
+    // The log axis starts at the decade below the smallest lag drawn.
+    let lag_min = series
         .iter()
-        .flat_map(|r| r.samples.iter().map(|s| s.lag_p99_us))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64
-        / 1000.0;
+        .flatten()
+        .filter(|x| x.5 > 0 && x.3 > 0.0)
+        .map(|x| x.3)
+        .fold(f64::INFINITY, f64::min);
+    let floor = if lag_min.is_finite() {
+        10f64.powf(lag_min.log10().floor()).max(0.001)
+    } else {
+        0.01
+    };
+    let bands: Vec<Band> = grid
+        .iter()
+        .filter_map(|&t| {
+            let mut p50: Vec<f64> = Vec::new();
+            let mut p99: Vec<f64> = Vec::new();
+            for x in series.iter().filter_map(|s| at(s, t)).filter(|x| x.5 > 0) {
+                p50.push(x.3.max(floor));
+                p99.push(x.4.max(floor));
+            }
+            if p50.is_empty() {
+                return None;
+            }
+            p50.sort_by(f64::total_cmp);
+            p99.sort_by(f64::total_cmp);
+            Some(Band {
+                t,
+                p50: (p50[0], p50[p50.len() / 2], p50[p50.len() - 1]),
+                p99: (p99[0], p99[p99.len() - 1]),
+            })
+        })
+        .collect();
+    let lag_max = bands.iter().map(|b| b.p99.1).fold(1.0, f64::max) * 2.0;
+
     let err = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
-    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 760)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (top, bottom) = root.split_vertically(350);
+    let (plots, legend) = root.split_horizontally(960);
+    let (top, bottom) = plots.split_vertically(380);
+    let title = format!(
+        "{} nodes: throughput (ops/s), writes + reads, all nodes",
+        results.len()
+    );
     let mut ops = ChartBuilder::on(&top)
-        .caption("throughput per node (ops/s)", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(70)
         .build_cartesian_2d(0f64..t_max, 0f64..ops_max * 1.1)
         .map_err(|e| err(&e))?;
     ops.configure_mesh()
-        .x_desc("seconds")
+        .x_desc("seconds since the first node started")
+        .y_desc("ops/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE)
         .draw()
         .map_err(|e| err(&e))?;
     let mut lag = ChartBuilder::on(&bottom)
         .caption(
-            "replication lag p50 (solid) and p99 (thin), ms",
-            ("sans-serif", 18),
+            "replication lag across nodes (ms, log scale)",
+            ("sans-serif", 20),
         )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..t_max, 0f64..lag_max * 1.1)
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..t_max, (floor..lag_max).log_scale())
         .map_err(|e| err(&e))?;
     lag.configure_mesh()
-        .x_desc("seconds")
+        .x_desc("seconds since the first node started")
+        .y_desc("ms")
+        .light_line_style(WHITE)
         .draw()
         .map_err(|e| err(&e))?;
-    for (i, r) in results.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        ops.draw_series(LineSeries::new(
-            r.samples.iter().map(|s| (secs(s.at_ms), s.ops as f64)),
-            color.stroke_width(2),
-        ))
-        .map_err(|e| err(&e))?
-        .label(r.node_name.clone())
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        let with_lag: Vec<_> = r.samples.iter().filter(|s| s.lag_n > 0).collect();
+
+    let node_color = |i: usize| Palette99::pick(i).mix(0.45);
+    for (i, s) in series.iter().enumerate() {
+        // Faint per-node steps: each interval's rate held across it.
+        let pts = s.iter().flat_map(|x| [(x.0, x.2), (x.1, x.2)]);
+        ops.draw_series(LineSeries::new(pts, node_color(i).stroke_width(1)))
+            .map_err(|e| err(&e))?;
+    }
+    let agg = RGBColor(20, 20, 20);
+    ops.draw_series(LineSeries::new(
+        aggregate.iter().copied(),
+        agg.stroke_width(3),
+    ))
+    .map_err(|e| err(&e))?;
+
+    let p99_fill = RGBColor(230, 120, 40).mix(0.25);
+    let p50_fill = RGBColor(40, 110, 220).mix(0.35);
+    let area = |lo: Vec<(f64, f64)>, hi: Vec<(f64, f64)>| {
+        let mut pts = lo;
+        pts.extend(hi.into_iter().rev());
+        pts
+    };
+    // Split the bands where there are gaps (no lag samples) so no area spans them.
+    let mut runs: Vec<Vec<&Band>> = Vec::new();
+    for b in &bands {
+        match runs.last_mut() {
+            Some(run) if b.t - run[run.len() - 1].t <= step * 1.5 => run.push(b),
+            _ => runs.push(vec![b]),
+        }
+    }
+    for run in &runs {
+        let p99 = area(
+            run.iter().map(|b| (b.t, b.p99.0)).collect(),
+            run.iter().map(|b| (b.t, b.p99.1)).collect(),
+        );
+        lag.draw_series(std::iter::once(Polygon::new(p99, p99_fill.filled())))
+            .map_err(|e| err(&e))?;
+        let p50 = area(
+            run.iter().map(|b| (b.t, b.p50.0)).collect(),
+            run.iter().map(|b| (b.t, b.p50.2)).collect(),
+        );
+        lag.draw_series(std::iter::once(Polygon::new(p50, p50_fill.filled())))
+            .map_err(|e| err(&e))?;
         lag.draw_series(LineSeries::new(
-            with_lag
-                .iter()
-                .map(|s| (secs(s.at_ms), s.lag_p50_us as f64 / 1000.0)),
-            color.stroke_width(2),
-        ))
-        .map_err(|e| err(&e))?;
-        lag.draw_series(LineSeries::new(
-            with_lag
-                .iter()
-                .map(|s| (secs(s.at_ms), s.lag_p99_us as f64 / 1000.0)),
-            color.stroke_width(1),
+            run.iter().map(|b| (b.t, b.p50.1)),
+            RGBColor(40, 110, 220).stroke_width(2),
         ))
         .map_err(|e| err(&e))?;
     }
-    ops.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
+
+    // Markers: writers stopped, caches converged.
+    let grey = RGBColor(120, 120, 120);
+    let green = RGBColor(0, 150, 70);
+    let mut marks = vec![(stopped, "writers stopped", grey)];
+    if let Some(c) = converged {
+        marks.push((c, "converged", green));
+    }
+    for (k, (t, label, color)) in marks.iter().enumerate() {
+        let height = ops_max * (1.06 - 0.06 * k as f64);
+        ops.draw_series(std::iter::once(PathElement::new(
+            vec![(*t, 0.0), (*t, ops_max * 1.1)],
+            color.stroke_width(2),
+        )))
         .map_err(|e| err(&e))?;
+        ops.draw_series(std::iter::once(Text::new(
+            format!(" {label} {t:.1} s"),
+            (*t, height),
+            ("sans-serif", 13).into_font().color(color),
+        )))
+        .map_err(|e| err(&e))?;
+        lag.draw_series(std::iter::once(PathElement::new(
+            vec![(*t, floor), (*t, lag_max)],
+            color.stroke_width(2),
+        )))
+        .map_err(|e| err(&e))?;
+    }
+
+    // The legend, beside the plots.
+    let font = ("sans-serif", 14).into_font();
+    let mut y = 40;
+    let line = |text: String, style: ShapeStyle, y: i32, fill: bool| -> Result<(), String> {
+        if fill {
+            legend
+                .draw(&Rectangle::new([(10, y - 6), (40, y + 6)], style))
+                .map_err(|e| err(&e))?;
+        } else {
+            legend
+                .draw(&PathElement::new(vec![(10, y), (40, y)], style))
+                .map_err(|e| err(&e))?;
+        }
+        legend
+            .draw(&Text::new(text, (48, y - 7), font.clone()))
+            .map_err(|e| err(&e))?;
+        Ok(())
+    };
+    line("all nodes (sum)".into(), agg.stroke_width(3), y, false)?;
+    y += 24;
+    for (i, r) in results.iter().enumerate() {
+        let name: String = r.node_name.chars().take(18).collect();
+        line(name, node_color(i).stroke_width(2), y, false)?;
+        y += 20;
+    }
+    y = 420;
+    line(
+        "lag p50, median node".into(),
+        RGBColor(40, 110, 220).stroke_width(2),
+        y,
+        false,
+    )?;
+    line("p50, min to max".into(), p50_fill.filled(), y + 24, true)?;
+    line("p99, min to max".into(), p99_fill.filled(), y + 48, true)?;
+    for (k, (_, label, color)) in marks.iter().enumerate() {
+        line(
+            (*label).to_string(),
+            color.stroke_width(2),
+            y + 84 + 24 * k as i32,
+            false,
+        )?;
+    }
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
