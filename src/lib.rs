@@ -120,7 +120,7 @@
 //!   [`Config`].
 //! - Wire protocol: `docs/PROTOCOL.md`.
 //! - Threat model, keys and bounds: `docs/SECURITY.md`.
-//! - Architecture (layers, the path of a write): `docs/ARCHITECTURE.md` where present.
+//! - Architecture (layers, the path of a write): `docs/ARCHITECTURE.md`.
 //!
 //! ## Warnings and logs
 //!
@@ -151,7 +151,6 @@ mod warn;
 
 #[cfg(feature = "memcached")]
 pub use backing::{BackingMetrics, ServerEvent, ServerMetrics};
-pub use cache::builder::CacheBuilder;
 pub use cache::event::{ChangeEvent, ChangeKind, ListenerId, Metadata, Origin};
 pub use cache::handle::Cache;
 pub use cache::metrics::CacheMetrics;
@@ -163,6 +162,7 @@ pub use diag::{
     AddressCheck, MulticastCheck, PeerCheck, check_multicast, check_peers, get_hops, get_mtu,
 };
 pub use error::{Error, Result};
+pub use node::builder::CacheBuilder;
 pub use node::{
     ClusterAnswers, Health, Member, MemberEvent, Node, OpenFailure, Readiness, Unopened,
 };

@@ -1,7 +1,6 @@
 //! The local store: typed caches over sharded maps with CLOCK eviction, TTL and byte caps.
 
 pub(crate) mod backing;
-pub mod builder;
 pub mod clock;
 pub(crate) mod context;
 pub mod event;

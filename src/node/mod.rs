@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::cache::builder::{CacheBuilder, Requested};
 use crate::cache::clock::{Clock, SystemClock};
 use crate::cache::context::StoreContext;
 use crate::cache::handle::Cache;
@@ -19,7 +18,9 @@ use crate::cache::store::{CacheKey, CacheValue, Store, type_names};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::proto::version::{Hlc, NodeId};
+use builder::{CacheBuilder, Requested};
 
+pub(crate) mod builder;
 mod cluster;
 mod health;
 mod nonblocking;
