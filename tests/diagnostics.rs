@@ -6,9 +6,13 @@
 //! Groups 239.255.101.x, ports 47100-47199, cluster names `t9-…`: this file's own range.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mccache::{Config, Error, Node, OpenFailure, Readiness, TantrumSide};
+
+#[path = "support/cluster.rs"]
+mod cluster_support;
+use cluster_support::wait_until;
 
 const T: Duration = Duration::from_secs(20);
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -23,19 +27,6 @@ fn config(group: u8, port: u16, name: &str) -> Config {
         crypto_key: Some(KEY.to_string()),
         cluster_name: format!("t9-{name}"),
         ..Config::default()
-    }
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
