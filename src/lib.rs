@@ -147,6 +147,9 @@ pub mod net;
 pub mod node;
 /// The replication protocol core: the I/O-free state machine of the `mccache-proto` crate.
 pub use mccache_proto as proto;
+#[cfg(feature = "unstable")]
+#[doc(hidden)]
+pub mod unstable;
 mod warn;
 
 #[cfg(feature = "memcached")]
