@@ -74,8 +74,8 @@ fn bucket_of(key_bytes: &[u8]) -> u8 {
     super::hooks::key_bucket(key_bytes) as u8
 }
 
-fn ser_err(e: impl std::fmt::Display) -> Error {
-    Error::Serialization(e.to_string())
+fn ser_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Serialization(Box::new(e))
 }
 
 thread_local! {
