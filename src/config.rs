@@ -402,9 +402,11 @@ mod tests {
 
     #[test]
     fn the_default_config_round_trips_through_its_own_provider() {
-        let mut c = Config::default();
-        c.node_name = Some("n".into());
-        c.crypto_keys = vec![generate_key()];
+        let c = Config {
+            node_name: Some("n".into()),
+            crypto_keys: vec![generate_key()],
+            ..Config::default()
+        };
         assert_eq!(Config::from_figment(&Figment::from(c.clone())).unwrap(), c);
         assert_eq!(
             Config::from_figment(&Figment::new()).unwrap(),

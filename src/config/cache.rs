@@ -81,9 +81,11 @@ mod tests {
 
     #[test]
     fn durations_saturate_instead_of_panicking() {
-        let mut c = Config::default();
-        c.cache_ttl = f64::NAN;
-        c.callback_win = -3.0;
+        let c = Config {
+            cache_ttl: f64::NAN,
+            callback_win: -3.0,
+            ..Config::default()
+        };
         let cc = c.cache_config("x");
         assert_eq!((cc.ttl, cc.callback_win), (None, Duration::ZERO));
     }

@@ -115,7 +115,8 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
     let mut members = Vec::new();
     for i in 0..args.nodes {
         let config = loopback_config(group, port, &key, format!("demo-{}", i + 1));
-        let node = Node::start(config).map_err(|e| format!("node {}: {e}", i + 1))?;
+        let node =
+            Node::start(config).map_err(|e| format!("node {}: {}", i + 1, crate::chain(&e)))?;
         let cache = node
             .cache::<String, Val>(CACHE)
             .map_err(|e| e.to_string())?;
