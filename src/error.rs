@@ -116,12 +116,16 @@ pub enum Error {
 /// ```
 /// use mccache::{Config, ConfigError, Error};
 ///
-/// match Config::from_toml_str("cache_ttl = \"abc\"") {
-///     Err(Error::Config(e @ ConfigError::Invalid { .. })) => {
-///         assert_eq!(e.key(), Some("cache_ttl"));
-///         assert_eq!(e.value(), Some("abc"));
-///         assert_eq!(e.to_string(), r#"cache_ttl: "abc" is not a number of seconds"#);
-///     }
+/// let e = Config::from_toml_str("cache_ttl = \"abc\"").unwrap_err();
+/// assert!(matches!(e, ConfigError::Invalid { .. }));
+/// assert_eq!((e.key(), e.value()), (Some("cache_ttl"), Some("abc")));
+/// assert_eq!(e.to_string(), r#"cache_ttl: "abc" is not a number of seconds"#);
+///
+/// // Calls that can also fail at run time wrap it in `Error::Config`.
+/// let mut config = Config::default();
+/// config.cache_max = 0;
+/// match mccache::Node::start_local(config) {
+///     Err(Error::Config(e)) => assert_eq!(e.key(), Some("cache_max")),
 ///     other => panic!("{other:?}"),
 /// }
 /// ```
