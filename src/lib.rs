@@ -164,7 +164,7 @@ pub use config::{TantrumSide, generate_key};
 pub use diag::{
     AddressCheck, MulticastCheck, PeerCheck, check_multicast, check_peers, get_hops, get_mtu,
 };
-pub use error::{Error, Result};
+pub use error::{ConfigError, Error, Result};
 pub use node::builder::CacheBuilder;
 pub use node::{
     ClusterAnswers, Health, Member, MemberEvent, Node, OpenFailure, Readiness, Unopened,
