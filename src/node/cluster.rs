@@ -287,6 +287,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         registry,
         hlc: node.inner.core.hlc.clone(),
         lag,
+        clock: node.inner.core.clock.clone(),
     };
     let tantrum = Tantrum {
         percent: config.monkey_tantrum,
@@ -661,12 +662,7 @@ impl Node {
         let core = &self.inner.core;
         let version = Version::new(core.hlc.tick(core.clock.wall_ms()), core.id);
         if let Some(net) = &self.inner.net {
-            net.registry
-                .parked
-                .lock()
-                .entry(name.to_string())
-                .or_default()
-                .clear(version);
+            net.registry.park(name, |p| p.clear(version));
             net.tx
                 .try_send(Command::Publish(Item::Clear {
                     cache: name.to_string(),

@@ -22,6 +22,7 @@ use builder::{CacheBuilder, Requested};
 
 pub(crate) mod builder;
 mod cluster;
+pub(crate) mod detached;
 mod health;
 mod nonblocking;
 pub(crate) mod replica;
@@ -245,7 +246,7 @@ impl Node {
         if let Some(r) = self.inner.registry.open.read().get(name) {
             return existing(r);
         }
-        let mut reg = self.inner.registry.open.write();
+        let reg = self.inner.registry.open.write();
         if let Some(r) = reg.get(name) {
             return existing(r);
         }
@@ -258,20 +259,22 @@ impl Node {
         if let Some(b) = self.inner.tiers.for_cache(name, store.config()) {
             store.set_backing(b);
         }
-        reg.insert(
-            name.to_string(),
+        // Peers' data that arrived before the application opened the cache is handed over.
+        self.inner.registry.register(
+            reg,
+            name,
             Registered {
                 erased: store.clone(),
                 typed: store.clone(),
             },
         );
-        drop(reg);
-        // Peers' data that arrived before the application opened the cache.
-        self.inner.registry.unpark(name, store.as_ref());
         Ok(Cache { store })
     }
 
-    fn typed<K: CacheKey, V: CacheValue>(name: &str, r: &Registered) -> Result<Cache<K, V>> {
+    pub(crate) fn typed<K: CacheKey, V: CacheValue>(
+        name: &str,
+        r: &Registered,
+    ) -> Result<Cache<K, V>> {
         match r.typed.clone().downcast::<Store<K, V>>() {
             Ok(store) => Ok(Cache { store }),
             Err(_) => Err(Error::TypeMismatch {
@@ -429,6 +432,7 @@ fn housekeeper(
         for c in &caches {
             c.housekeep(tomb_ttl);
         }
+        registry.housekeep_parked(clock.now_nanos(), tomb_ttl);
         reporter.tick(&caches, now);
     }
 }
