@@ -100,7 +100,7 @@ impl From<CacheMode> for u8 {
 /// Which direction `monkey_tantrum` drops datagrams in (`monkey_tantrum_side`).
 ///
 /// ```
-/// use mccache::config::TantrumSide;
+/// use mccache::TantrumSide;
 ///
 /// assert!(TantrumSide::Both.drops_sends() && TantrumSide::Both.drops_receives());
 /// assert!(!TantrumSide::Recv.drops_sends());
@@ -143,7 +143,7 @@ impl TantrumSide {
 ///
 /// ```
 /// let config = mccache::Config::from_toml_str(r#"overload = "block""#)?;
-/// assert_eq!(config.overload, mccache::config::Overload::Block);
+/// assert_eq!(config.overload, mccache::Overload::Block);
 /// # Ok::<(), mccache::Error>(())
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -419,8 +419,8 @@ impl Config {
     /// Environment variables are matched without regard to case, `__` nests
     /// (`MCCACHE_CACHES__USERS__CACHE_TTL=60` sets `caches.users.cache_ttl`; cache names
     /// reached this way are lower case), and variables that name no known key are ignored
-    /// ([`Config::load`] warns about each of them once, naming the nearest known variable; see
-    /// [`unknown_env_vars`]).
+    /// ([`Config::load`] warns about each of them once, naming the nearest known variable;
+    /// [`Health::config_warnings`](crate::Health::config_warnings) lists them).
     ///
     /// ```
     /// use figment::providers::Serialized;
@@ -488,7 +488,7 @@ impl Config {
     /// Checks every value; the error names the key and the bad value.
     ///
     /// Rules: `cache_ttl`, `callback_win` and `metrics_log_interval` finite and >= 0; `cache_pulse` and
-    /// `daemon_sleep` finite and > 0 (all at most [`MAX_SECONDS`]); `cache_max`,
+    /// `daemon_sleep` finite and > 0 (all at most 10^9 seconds); `cache_max`,
     /// `cache_size` and `queue_max` >= 1; `overload_timeout` finite and >= 0; `packet_mtu` in 576..=65507; `multicast_ip` in
     /// 224.0.0.0/4; `multicast_port` != 0; `multicast_hops` >= 1; `monkey_tantrum` in
     /// 0..=100; every crypto key base64 of 32 bytes; `max_message_size` in 1..=64 MiB;
@@ -699,7 +699,7 @@ impl Config {
     /// tried on what it receives. Empty: the cluster runs in plaintext with a crc32 check.
     ///
     /// ```
-    /// use mccache::{Config, config::generate_key};
+    /// use mccache::{Config, generate_key};
     ///
     /// assert!(Config::default().crypto_keyring()?.is_empty());
     ///
@@ -933,7 +933,7 @@ impl Config {
 /// `crypto_keys`) on every node of the cluster.
 ///
 /// ```
-/// use mccache::{Config, config::generate_key};
+/// use mccache::{Config, generate_key};
 ///
 /// let key = generate_key();
 /// assert_eq!(key.len(), 44);

@@ -14,13 +14,13 @@ use std::time::Duration;
 use hostile_util::{
     Injector, KEY, KEY_B64, T, Tap, config, dropped, group, wait_members, wait_until,
 };
-use mccache::proto::crypto::{Keyring, key_id};
-use mccache::proto::header::{Header, cluster_id};
-use mccache::proto::message::{Item, Msg};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::version::Version;
-use mccache::proto::wire::{Wire, WireConfig};
 use mccache::{Node, NodeId};
+use mccache_proto::crypto::{Keyring, key_id};
+use mccache_proto::header::{Header, cluster_id};
+use mccache_proto::message::{Item, Msg};
+use mccache_proto::record::{Op, Record};
+use mccache_proto::version::Version;
+use mccache_proto::wire::{Wire, WireConfig};
 
 /// Builds authentic datagrams with arbitrary header fields, as a member holding the key could.
 struct Forger {

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use mccache::NodeId;
-use mccache::proto::crypto::{Keyring, key_id};
-use mccache::proto::drop::{DropCounters, DropReason};
-use mccache::proto::header::{HEADER_LEN, Header, cluster_id};
-use mccache::proto::wire::{Wire, WireConfig};
+use mccache_proto::crypto::{Keyring, key_id};
+use mccache_proto::drop::{DropCounters, DropReason};
+use mccache_proto::header::{HEADER_LEN, Header, cluster_id};
+use mccache_proto::wire::{Wire, WireConfig};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -25,7 +25,6 @@
 //! At most one shard lock is held at a time; listeners and the publisher are called after every
 //! lock is released.
 
-use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -1474,10 +1473,6 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
 
     fn type_names(&self) -> String {
         type_names::<K, V>()
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 
     fn peer_loading(&self, key: &[u8]) {
