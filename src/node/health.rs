@@ -13,6 +13,7 @@ pub use crate::net::diagnose::{OpenFailure, Unopened};
 /// What [`Node::wait_ready`] found.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
 #[must_use = "a node that found no peer may be misconfigured: check Readiness::found_peers"]
+#[non_exhaustive]
 pub enum Readiness {
     /// Ready: the node found `peers` live peers and copied the caches' state from one of them.
     Joined {
