@@ -120,7 +120,7 @@ impl Node {
     /// match node.wait_ready(std::time::Duration::from_secs(2)) {
     ///     Readiness::Joined { peers } => println!("joined {peers} peers"),
     ///     Readiness::Alone => eprintln!("no peer found: {:?}", node.health()),
-    ///     Readiness::NotReady => eprintln!("not ready yet"),
+    ///     _ => eprintln!("not ready yet"), // NotReady (the enum is non-exhaustive)
     /// }
     /// # Ok::<(), mccache::Error>(())
     /// ```
