@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
+use mccache::unstable::FakeClock;
 use mccache::{Cache, ChangeEvent, ChangeKind, Config, Error, Node, Origin};
 
 fn config() -> Config {
@@ -19,7 +19,7 @@ fn config() -> Config {
 fn fake(config: Config) -> (Node, Arc<FakeClock>) {
     let clock = Arc::new(FakeClock::new());
     (
-        Node::start_with_clock(config, clock.clone()).unwrap(),
+        mccache::unstable::start_with_clock(config, clock.clone()).unwrap(),
         clock,
     )
 }
@@ -419,7 +419,7 @@ fn per_cache_overrides_apply() {
     let mut cfg = config();
     cfg.caches.insert(
         "small".into(),
-        mccache::config::CacheOverrides {
+        mccache::CacheOverrides {
             cache_max: Some(3),
             ..Default::default()
         },

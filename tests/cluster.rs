@@ -173,14 +173,14 @@ fn cache_modes_replicate_update_if_present_and_invalidate() {
     let mut cfg = config(5, 46105);
     cfg.caches.insert(
         "present".into(),
-        mccache::config::CacheOverrides {
+        mccache::CacheOverrides {
             cache_mode: Some(CacheMode::UpdateIfPresent),
             ..Default::default()
         },
     );
     cfg.caches.insert(
         "inval".into(),
-        mccache::config::CacheOverrides {
+        mccache::CacheOverrides {
             cache_mode: Some(CacheMode::Invalidate),
             ..Default::default()
         },

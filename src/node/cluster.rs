@@ -28,6 +28,7 @@ use crate::proto::wire::WireConfig;
 
 /// A live peer as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Member {
     /// Its node id (random per process start).
     pub id: NodeId,
@@ -58,6 +59,7 @@ const QUERY_RETRY_MAX: Duration = Duration::from_millis(200);
 /// It dereferences to the map of answers, so `answers.len()`, `answers.get(&id)` and
 /// `for (id, value) in &answers` work directly.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ClusterAnswers<T> {
     /// The answers by node id, this node's own included.
     pub answers: BTreeMap<NodeId, T>,

@@ -136,13 +136,6 @@ impl Node {
         )
     }
 
-    /// Starts a node on a given clock (tests drive time with
-    /// [`FakeClock`](crate::cache::clock::FakeClock)).
-    #[doc(hidden)]
-    pub fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Node> {
-        Node::start_with(config, Arc::new(NoPublisher), clock, None)
-    }
-
     /// Starts a node whose caches hand their local writes to `publisher`.
     pub(crate) fn start_with(
         config: Config,
@@ -337,13 +330,6 @@ impl Node {
     /// ```
     pub fn shutdown(&self) {
         self.inner.stop();
-    }
-
-    /// One cache without types, by name: the view the replication layer drives (remote
-    /// applies, digests, snapshots). Exposed for tests and tools.
-    #[doc(hidden)]
-    pub fn erased_cache(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
-        self.erased(name)
     }
 
     /// Every cache of the node, without types (for the replication layer).
