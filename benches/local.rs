@@ -66,12 +66,10 @@ const CACHES: [&str; 4] = ["mccache", "moka", "quick_cache", "mutex_lru"];
 fn make(name: &str, cap: usize) -> Arc<dyn Bench> {
     match name {
         "mccache" => {
-            let config = mccache::Config {
-                cache_ttl: 0.0,
-                cache_max: cap,
-                cache_size: 1 << 40,
-                ..mccache::Config::default()
-            };
+            let mut config = mccache::Config::default();
+            config.cache_ttl = 0.0;
+            config.cache_max = cap;
+            config.cache_size = 1 << 40;
             let node = mccache::Node::start_local(config).expect("default config is valid");
             let cache = node.cache("bench").expect("fresh node");
             Arc::new(Mc(cache, node))

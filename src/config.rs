@@ -46,20 +46,20 @@ use crate::error::ConfigError;
 mod backing;
 mod cache;
 mod declare;
+#[cfg(test)]
+mod doc_table;
 mod enums;
 mod keys;
 mod load;
 mod rules;
 mod transport;
 mod values;
-#[cfg(test)]
-mod doc_table;
 
 pub use backing::{BackingSpec, WritePolicy};
 pub use cache::CacheConfig;
 pub use enums::{CacheMode, Overload, TantrumSide};
-pub use keys::{CacheOverrides, Config};
 pub(crate) use keys::differing_keys;
+pub use keys::{CacheOverrides, Config};
 pub use transport::{TransportKind, peer_with_port};
 use values::{decode_key, redact};
 
@@ -420,6 +420,9 @@ mod tests {
         b.cache_max = 1;
         b.crypto_key = Some(generate_key());
         b.caches.insert("x".into(), CacheOverrides::default());
-        assert_eq!(differing_keys(&a, &b), ["cache_max", "crypto_key", "caches"]);
+        assert_eq!(
+            differing_keys(&a, &b),
+            ["cache_max", "crypto_key", "caches"]
+        );
     }
 }

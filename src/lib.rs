@@ -244,10 +244,8 @@ pub fn default_node() -> Result<Node> {
 /// use mccache::Config;
 ///
 /// fn main() -> Result<(), mccache::Error> {
-///     let config = Config {
-///         cluster_name: "billing".into(),
-///         ..Config::load()? // mccache.toml and MCCACHE_* first
-///     };
+///     let mut config = Config::load()?; // mccache.toml and MCCACHE_* first
+///     config.cluster_name = "billing".into();
 ///     mccache::init(config.clone())?;
 ///     let sessions = mccache::get_cache::<String, String>("sessions");
 ///     sessions.insert("alice".into(), "token".into())?;

@@ -16,7 +16,7 @@ pub use crate::net::socket::{recv_socket, send_socket};
 pub use crate::net::sockopt::enter_netns;
 pub use crate::net::unicast::{AddressBook, route};
 pub use crate::node::detached::DetachedNode;
-pub use crate::node::replica::NodeApp;
+pub use crate::node::replica::{LagSamples, NodeApp, Registered, Registry};
 
 /// Starts a local-only node on a given clock: tests drive time with a [`FakeClock`].
 ///

@@ -32,19 +32,18 @@ const CLUSTER: &str = "t13-amplification";
 const REQUESTS: usize = 400;
 
 fn config() -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: GROUP,
-        multicast_port: PORT,
-        daemon_sleep: 1.0,
-        cache_pulse: 5.0,
-        cache_max: 100_000,
-        cache_size: 256 << 20,
-        cache_ttl: 0.0,
-        crypto_key: None,
-        cluster_name: CLUSTER.to_string(),
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = GROUP;
+    c.multicast_port = PORT;
+    c.daemon_sleep = 1.0;
+    c.cache_pulse = 5.0;
+    c.cache_max = 100_000;
+    c.cache_size = 256 << 20;
+    c.cache_ttl = 0.0;
+    c.crypto_key = None;
+    c.cluster_name = CLUSTER.to_string();
+    c
 }
 
 fn wall_ms() -> u64 {

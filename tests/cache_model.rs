@@ -264,11 +264,9 @@ fn run(ops: Vec<Op>, config: Config, exact: bool) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(c.checksum(), recomputed);
     // Roomier caps: the source may sit above cache_size after a growing update.
-    let roomy = Config {
-        cache_max: 1000,
-        cache_size: 1 << 20,
-        ..config
-    };
+    let mut roomy = config;
+    roomy.cache_max = 1000;
+    roomy.cache_size = 1 << 20;
     let other = mccache::unstable::start_with_clock(roomy, clock.clone()).unwrap();
     let c2: Cache<K, V> = other.cache("m").unwrap();
     let e2 = mccache::unstable::erased_cache(&other, "m").unwrap();
@@ -287,12 +285,10 @@ proptest! {
     /// equal the model exactly, nothing is ever evicted.
     #[test]
     fn matches_model_exactly_without_pressure(ops in prop::collection::vec(op(16, 24), 1..120)) {
-        let config = Config {
-            cache_ttl: CACHE_TTL_MS as f64 / 1000.0,
-            cache_max: 32,
-            cache_size: 1 << 20,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.cache_ttl = CACHE_TTL_MS as f64 / 1000.0;
+        config.cache_max = 32;
+        config.cache_size = 1 << 20;
         run(ops, config, true)?;
     }
 
@@ -300,12 +296,10 @@ proptest! {
     /// hold after every op (bytes may overshoot only through updates).
     #[test]
     fn respects_caps_under_pressure(ops in prop::collection::vec(op(40, 30), 1..150)) {
-        let config = Config {
-            cache_ttl: CACHE_TTL_MS as f64 / 1000.0,
-            cache_max: 8,
-            cache_size: 160,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.cache_ttl = CACHE_TTL_MS as f64 / 1000.0;
+        config.cache_max = 8;
+        config.cache_size = 160;
         run(ops, config, false)?;
     }
 }

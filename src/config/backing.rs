@@ -156,13 +156,12 @@ fn feature(s: &str) -> Parsed<()> {
 }
 
 /// `backing_write`.
-pub(super) const WRITE: Choice<WritePolicy> = Choice(|v| {
-    match lower(v).ok_or(REASON_WRITE)?.as_str() {
+pub(super) const WRITE: Choice<WritePolicy> =
+    Choice(|v| match lower(v).ok_or(REASON_WRITE)?.as_str() {
         "write-through" | "write_through" | "writethrough" => Ok(WritePolicy::WriteThrough),
         "invalidate" | "invalidate-through" => Ok(WritePolicy::Invalidate),
         _ => Err(REASON_WRITE),
-    }
-});
+    });
 
 /// `backing_down_after`: 1 to 1000 failures.
 pub(super) const FAILURES: Rule<u32> = Rule {

@@ -128,7 +128,11 @@ mod tests {
 
     #[test]
     fn cache_modes_are_numbers() {
-        for m in [CacheMode::UpdateIfPresent, CacheMode::Replicate, CacheMode::Invalidate] {
+        for m in [
+            CacheMode::UpdateIfPresent,
+            CacheMode::Replicate,
+            CacheMode::Invalidate,
+        ] {
             assert_eq!(CacheMode::try_from(u8::from(m)), Ok(m));
         }
         assert!(CacheMode::try_from(3).is_err());

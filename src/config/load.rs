@@ -318,7 +318,10 @@ mod tests {
             hint("multicastip"),
             r#"multicastip: "1" is not a known key (did you mean multicast_ip?)"#
         );
-        assert_eq!(hint("debug_level"), r#"debug_level: "1" is not a known key"#);
+        assert_eq!(
+            hint("debug_level"),
+            r#"debug_level: "1" is not a known key"#
+        );
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("same", "same"), 0);

@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 
 use figment::value::Value;
 
-use super::values::{Parsed, bytes, bytes_or, decode_key, finite, redact, secs, shown, text, whole};
+use super::values::{
+    Parsed, bytes, bytes_or, decode_key, finite, redact, secs, shown, text, whole,
+};
 use super::{CacheMode, MAX_MESSAGE_SIZE_LIMIT, MAX_SECONDS, Overload, TantrumSide};
 use crate::error::ConfigError;
 
@@ -165,7 +167,8 @@ impl KeyRule for List {
 
     fn check(&self, key: &str, v: &Vec<String>) -> Result<(), ConfigError> {
         for (i, entry) in v.iter().enumerate() {
-            (self.entry)(entry).map_err(|r| self.refuse(&format!("{key}[{i}]"), entry, entry, r))?;
+            (self.entry)(entry)
+                .map_err(|r| self.refuse(&format!("{key}[{i}]"), entry, entry, r))?;
         }
         Ok(())
     }
@@ -278,14 +281,13 @@ pub(super) const PERCENT: Rule<f64> = Rule {
     },
 };
 
-pub(super) const SIDE: Choice<TantrumSide> = Choice(|v| {
-    match lower(v).ok_or(REASON_SIDE)?.as_str() {
+pub(super) const SIDE: Choice<TantrumSide> =
+    Choice(|v| match lower(v).ok_or(REASON_SIDE)?.as_str() {
         "send" => Ok(TantrumSide::Send),
         "recv" => Ok(TantrumSide::Recv),
         "both" => Ok(TantrumSide::Both),
         _ => Err(REASON_SIDE),
-    }
-});
+    });
 
 pub(super) const INTERFACE: Rule<Ipv4Addr> = Rule {
     read: |v| match v {
@@ -322,14 +324,13 @@ pub(super) const CLUSTER_NAME: Rule<String> = Rule {
     range: |name| text_len(name, 64, REASON_CLUSTER),
 };
 
-pub(super) const OVERLOAD: Choice<Overload> = Choice(|v| {
-    match lower(v).ok_or(REASON_OVERLOAD)?.as_str() {
+pub(super) const OVERLOAD: Choice<Overload> =
+    Choice(|v| match lower(v).ok_or(REASON_OVERLOAD)?.as_str() {
         "repair" => Ok(Overload::Repair),
         "block" => Ok(Overload::Block),
         "error" => Ok(Overload::Error),
         _ => Err(REASON_OVERLOAD),
-    }
-});
+    });
 
 // ---------------------------------------------------------------------------------------------
 // Range checks and readers shared by the rules above and the feature-specific ones.
@@ -360,7 +361,11 @@ pub(super) fn non_negative_secs(x: &f64) -> Parsed<()> {
 
 pub(super) fn positive_secs(x: &f64) -> Parsed<()> {
     non_negative_secs(x)?;
-    if *x > 0.0 { Ok(()) } else { Err(REASON_POSITIVE) }
+    if *x > 0.0 {
+        Ok(())
+    } else {
+        Err(REASON_POSITIVE)
+    }
 }
 
 fn at_least_one(n: u64) -> Parsed<()> {
@@ -452,11 +457,23 @@ mod tests {
     #[test]
     fn parsing_applies_the_range_and_quotes_the_raw_value() {
         let err = SECS_POSITIVE.parse("cache_pulse", &s(" 0 ")).unwrap_err();
-        assert_eq!(err.to_string(), r#"cache_pulse: " 0 " must be greater than 0"#);
+        assert_eq!(
+            err.to_string(),
+            r#"cache_pulse: " 0 " must be greater than 0"#
+        );
         let err = SECS_POSITIVE.check("cache_pulse", &0.0).unwrap_err();
-        assert_eq!(err.to_string(), r#"cache_pulse: "0" must be greater than 0"#);
+        assert_eq!(
+            err.to_string(),
+            r#"cache_pulse: "0" must be greater than 0"#
+        );
         assert_eq!(SECS_POSITIVE.parse("k", &s("2.5")).unwrap(), Some(2.5));
-        assert_eq!(ENTRIES.parse("k", &Value::from(0u8)).unwrap_err().to_string(), r#"k: "0" must be at least 1"#);
+        assert_eq!(
+            ENTRIES
+                .parse("k", &Value::from(0u8))
+                .unwrap_err()
+                .to_string(),
+            r#"k: "0" must be at least 1"#
+        );
     }
 
     #[test]
@@ -469,6 +486,11 @@ mod tests {
         let key = crate::config::generate_key();
         let both = KEYRING.parse("k", &s(&format!("{key}, ,{key}"))).unwrap();
         assert_eq!(both.map(|v| v.len()), Some(2));
-        assert_eq!(KEYRING.parse("k", &Value::from(Vec::<String>::new())).unwrap(), Some(vec![]));
+        assert_eq!(
+            KEYRING
+                .parse("k", &Value::from(Vec::<String>::new()))
+                .unwrap(),
+            Some(vec![])
+        );
     }
 }

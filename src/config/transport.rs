@@ -44,17 +44,15 @@ impl TransportKind {
 
 const REASON_TRANSPORT: &str = "must be multicast or unicast";
 const REASON_PEERS: &str = "is not a list of host:port peers";
-const REASON_PEER: &str =
-    "is not host:port (an IPv4 address or a DNS name, and a port 1 to 65535)";
+const REASON_PEER: &str = "is not host:port (an IPv4 address or a DNS name, and a port 1 to 65535)";
 
 /// `transport`.
-pub(super) const TRANSPORT: Choice<TransportKind> = Choice(|v| {
-    match lower(v).ok_or(REASON_TRANSPORT)?.as_str() {
+pub(super) const TRANSPORT: Choice<TransportKind> =
+    Choice(|v| match lower(v).ok_or(REASON_TRANSPORT)?.as_str() {
         "multicast" => Ok(TransportKind::Multicast),
         "unicast" => Ok(TransportKind::Unicast),
         _ => Err(REASON_TRANSPORT),
-    }
-});
+    });
 
 /// `peers`: a TOML array of strings, or one string of comma-separated entries (the
 /// environment's `MCCACHE_PEERS=a:4000,b:4000`). Errors name the entry (`peers[1]`).

@@ -99,7 +99,9 @@ impl Node {
     /// ```no_run
     /// use mccache::{Config, Node};
     ///
-    /// let node = Node::start(Config { interface: "10.0.0.5".parse().unwrap(), ..Config::load()? })?;
+    /// let mut config = Config::load()?;
+    /// config.interface = "10.0.0.5".parse().unwrap();
+    /// let node = Node::start(config)?;
     /// if !node.wait_ready(std::time::Duration::from_secs(2)).found_peers() {
     ///     eprintln!("no peer yet: {:?}", node.health());
     /// }
