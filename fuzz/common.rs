@@ -7,14 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use mccache::NodeId;
-use mccache::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, key_bucket};
-use mccache::proto::endpoint::{Endpoint, EndpointConfig};
-use mccache::proto::message::{Msg, Query};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::state::AppState;
-use mccache::proto::version::Version;
-use mccache::proto::wire::{Wire, WireConfig};
+use mccache_proto::endpoint::{Endpoint, EndpointConfig};
+use mccache_proto::message::{Msg, Query};
+use mccache_proto::metrics::NetworkMetrics;
+use mccache_proto::record::{Op, Record};
+use mccache_proto::state::AppState;
+use mccache_proto::sync::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, key_bucket};
+use mccache_proto::version::{NodeId, Version};
+use mccache_proto::wire::{Wire, WireConfig};
 
 /// The key the sealed targets use.
 pub const KEY: [u8; 32] = [0x5a; 32];
@@ -231,7 +231,7 @@ pub const PEERS: [NodeId; 3] = [NodeId(0xa1), NodeId(0xb2), NodeId(0xc3)];
 /// - bit 7 set: time advances by `(tag >> 3 & 0xf) * 40` ms and timers run first.
 ///
 /// Sent datagrams and events are drained after every step; their number is bounded.
-pub fn endpoint(data: &[u8]) -> mccache::NetworkMetrics {
+pub fn endpoint(data: &[u8]) -> NetworkMetrics {
     let start = Instant::now();
     let mut now = start;
     let cfg = EndpointConfig::new(
@@ -287,7 +287,7 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
             ttl_ms: Some(1000),
         },
     };
-    use mccache::proto::message::{CacheDigest, Item};
+    use mccache_proto::message::{CacheDigest, Item};
     vec![
         (
             "hello_join",

@@ -192,7 +192,7 @@ impl Config {
     /// tried on what it receives. Empty: the cluster runs in plaintext with a crc32 check.
     ///
     /// ```
-    /// use mccache::{Config, config::generate_key};
+    /// use mccache::{Config, generate_key};
     ///
     /// assert!(Config::default().crypto_keyring()?.is_empty());
     ///
@@ -329,7 +329,7 @@ impl Config {
 /// `crypto_keys`) on every node of the cluster.
 ///
 /// ```
-/// use mccache::{Config, config::generate_key};
+/// use mccache::{Config, generate_key};
 ///
 /// let key = generate_key();
 /// assert_eq!(key.len(), 44);

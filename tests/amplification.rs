@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::wait_until;
-use mccache::cache::hooks::{SYNC_BUCKETS, SyncDigest};
-use mccache::proto::header::Header;
-use mccache::proto::message::{CacheDigest, Msg, Query};
-use mccache::proto::version::Version;
-use mccache::proto::wire::{Wire, WireConfig};
 use mccache::{Config, Node, NodeId};
+use mccache_proto::header::Header;
+use mccache_proto::message::{CacheDigest, Msg, Query};
+use mccache_proto::sync::{SYNC_BUCKETS, SyncDigest};
+use mccache_proto::version::Version;
+use mccache_proto::wire::{Wire, WireConfig};
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 104, 2);
 const PORT: u16 = 47411;
@@ -63,7 +63,7 @@ struct Tap {
 impl Tap {
     fn new() -> Tap {
         let sock =
-            mccache::net::socket::recv_socket(SocketAddrV4::new(GROUP, PORT), Ipv4Addr::LOCALHOST)
+            mccache::unstable::recv_socket(SocketAddrV4::new(GROUP, PORT), Ipv4Addr::LOCALHOST)
                 .expect("tap socket");
         sock.set_nonblocking(false).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(20)))
@@ -156,7 +156,7 @@ fn forged_requests_cannot_make_the_cluster_send_much_more_than_it_receives() {
     }
     let victim = nodes[0].id();
     let tap = Tap::new();
-    let sock = mccache::net::socket::send_socket(Ipv4Addr::LOCALHOST, 1).expect("socket");
+    let sock = mccache::unstable::send_socket(Ipv4Addr::LOCALHOST, 1).expect("socket");
     sock.set_nonblocking(false).unwrap();
 
     let all_different = SyncDigest {

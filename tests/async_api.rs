@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
+use mccache::unstable::FakeClock;
 use mccache::{Config, Error, Node};
 
 fn loopback(group: u8, port: u16) -> Config {
@@ -84,7 +84,7 @@ async fn async_and_sync_callers_share_one_loader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_loader_errors_and_stale_refresh_on_the_runtime() {
     let clock = Arc::new(FakeClock::new());
-    let node = Node::start_with_clock(Config::default(), clock.clone()).unwrap();
+    let node = mccache::unstable::start_with_clock(Config::default(), clock.clone()).unwrap();
     let cache = node
         .cache_builder::<u32, u64>("prices")
         .fresh_for(Duration::from_secs(1))

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
+use mccache::unstable::FakeClock;
 use mccache::{Cache, ChangeEvent, ChangeKind, Config, Error, Node, Origin};
 
 fn config() -> Config {
@@ -18,7 +18,7 @@ fn config() -> Config {
 fn fake(config: Config) -> (Node, Arc<FakeClock>) {
     let clock = Arc::new(FakeClock::new());
     (
-        Node::start_with_clock(config, clock.clone()).unwrap(),
+        mccache::unstable::start_with_clock(config, clock.clone()).unwrap(),
         clock,
     )
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
+use mccache::unstable::FakeClock;
 use mccache::{Cache, Config, Error, Node};
 
 fn splitmix64(x: u64) -> u64 {
@@ -53,7 +53,7 @@ fn mixed_ops_from_many_threads_keep_invariants() {
     config.cache_max = 300;
     config.cache_size = 64 * 1024;
     config.daemon_sleep = 0.01;
-    let node = Node::start_with_clock(config, clock.clone()).unwrap();
+    let node = mccache::unstable::start_with_clock(config, clock.clone()).unwrap();
     let c: Cache<u64, Vec<u8>> = node.cache("mixed").unwrap();
     let threads = 8;
     let barrier = Arc::new(Barrier::new(threads));
@@ -138,7 +138,7 @@ fn mixed_ops_from_many_threads_keep_invariants() {
         .filter(|k| c.metadata(k).unwrap().expires.is_none())
         .count();
     clock.advance(Duration::from_secs(3600));
-    let erased = node.erased_cache("mixed").unwrap();
+    let erased = mccache::unstable::erased_cache(&node, "mixed").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while erased.sync_digest().count != forever as u64 {
         assert!(

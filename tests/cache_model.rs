@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
-use mccache::{Cache, Config, Error, Node};
+use mccache::unstable::FakeClock;
+use mccache::{Cache, Config, Error};
 use proptest::prelude::*;
 
 type K = u8;
@@ -86,7 +86,7 @@ const CACHE_TTL_MS: u64 = 5000;
 /// Runs `ops`; with `exact`, the cache must equal the model (no eviction possible).
 fn run(ops: Vec<Op>, config: Config, exact: bool) -> Result<(), TestCaseError> {
     let clock = Arc::new(FakeClock::new());
-    let node = Node::start_with_clock(config.clone(), clock.clone()).unwrap();
+    let node = mccache::unstable::start_with_clock(config.clone(), clock.clone()).unwrap();
     let c: Cache<K, V> = node.cache("m").unwrap();
     let mut m = Model::default();
     let max_entries = config.cache_max as u64;
@@ -256,7 +256,7 @@ fn run(ops: Vec<Op>, config: Config, exact: bool) -> Result<(), TestCaseError> {
     // Checksum: the documented formula, and another store fed the same entries in reverse order.
     let mut recomputed = 0u64;
     let mut records = Vec::new();
-    let erased = node.erased_cache("m").unwrap();
+    let erased = mccache::unstable::erased_cache(&node, "m").unwrap();
     for k in c.keys() {
         let crc = c.key_checksum(&k).unwrap();
         recomputed = recomputed.wrapping_add(splitmix64(crc as u64));
@@ -267,9 +267,9 @@ fn run(ops: Vec<Op>, config: Config, exact: bool) -> Result<(), TestCaseError> {
     let mut roomy = config;
     roomy.cache_max = 1000;
     roomy.cache_size = 1 << 20;
-    let other = Node::start_with_clock(roomy, clock.clone()).unwrap();
+    let other = mccache::unstable::start_with_clock(roomy, clock.clone()).unwrap();
     let c2: Cache<K, V> = other.cache("m").unwrap();
-    let e2 = other.erased_cache("m").unwrap();
+    let e2 = mccache::unstable::erased_cache(&other, "m").unwrap();
     for r in records.iter().rev() {
         e2.apply_remote(r, node.id());
     }

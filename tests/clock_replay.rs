@@ -8,10 +8,10 @@ mod sim_support;
 
 use std::time::Duration;
 
-use mccache::proto::message::{Item, Msg};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::version::{HLC_LOGICAL_BITS, NodeId, Version};
-use mccache::proto::wire::Wire;
+use mccache_proto::message::{Item, Msg};
+use mccache_proto::record::{Op, Record};
+use mccache_proto::version::{HLC_LOGICAL_BITS, NodeId, Version};
+use mccache_proto::wire::Wire;
 use sim_support::{NetParams, Sim, wire_config};
 
 const HOUR_MS: i64 = 3_600_000;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use figment::Jail;
 use figment::providers::Serialized;
-use mccache::config::{CacheMode, TantrumSide, generate_key};
+use mccache::{CacheMode, TantrumSide, generate_key};
 use mccache::{Config, ConfigError};
 
 /// `Config::load` with the error rendered, so `?` works inside a jail.
@@ -102,7 +102,7 @@ fn file_layer_sets_every_kind_of_key() {
         assert_eq!(c.node_name_or_default(), "web-1");
         assert_eq!(c.cluster_name, "prod");
         assert_eq!(c.queue_max, 10);
-        assert_eq!(c.overload, mccache::config::Overload::Block);
+        assert_eq!(c.overload, mccache::Overload::Block);
         assert_eq!(c.overload_wait(), Duration::from_millis(500));
         Ok(())
     });
@@ -122,7 +122,7 @@ fn env_beats_file_and_accepts_number_spellings() {
         jail.set_env("MCCACHE_CACHE_PULSE", "1e1");
         jail.set_env("MCCACHE_OVERLOAD", " error ");
         let c = load()?;
-        assert_eq!(c.overload, mccache::config::Overload::Error);
+        assert_eq!(c.overload, mccache::Overload::Error);
         assert_eq!(c.cache_ttl, 2.0);
         assert_eq!(c.cache_max, 2);
         assert_eq!(c.daemon_sleep, 3.0);

@@ -17,13 +17,13 @@ use forger::{Forger, wall_ms_now};
 use hostile_util::{
     Injector, KEY, KEY_B64, T, Tap, config, dropped, group, wait_members, wait_until,
 };
-use mccache::proto::crypto::key_id;
-use mccache::proto::header::{Header, cluster_id};
-use mccache::proto::message::{Item, Msg};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::version::Version;
-use mccache::proto::wire::{Wire, WireConfig};
 use mccache::{Node, NodeId};
+use mccache_proto::crypto::key_id;
+use mccache_proto::header::{Header, cluster_id};
+use mccache_proto::message::{Item, Msg};
+use mccache_proto::record::{Op, Record};
+use mccache_proto::version::Version;
+use mccache_proto::wire::{Wire, WireConfig};
 
 fn wire(keys: Vec<[u8; 32]>, cluster: &str, me: u64, max: usize) -> Wire {
     let mut w = Wire::new(

@@ -17,7 +17,7 @@ mod sim_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mccache::proto::record::Op;
+use mccache_proto::record::Op;
 use rand::Rng;
 use sim_support::{NetParams, Sim};
 

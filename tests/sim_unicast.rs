@@ -10,7 +10,7 @@ mod sim_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mccache::proto::record::Op;
+use mccache_proto::record::Op;
 use rand::{Rng, SeedableRng};
 use sim_support::{NetParams, Sim};
 

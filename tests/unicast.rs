@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cluster_support::{KEY, wait_until};
-use mccache::config::TransportKind;
+use mccache::TransportKind;
 use mccache::{Config, Node};
 
 const T: Duration = Duration::from_secs(15);
@@ -115,7 +115,7 @@ fn names_resolve_and_state_transfers_to_a_late_joiner() {
 fn a_node_with_another_key_is_neither_member_nor_learned() {
     let a = Node::start(config("keys", 47220, &[])).unwrap();
     let mut other = config("keys", 47221, &[addr(47220)]);
-    other.crypto_key = Some(mccache::config::generate_key());
+    other.crypto_key = Some(mccache::generate_key());
     let intruder = Node::start(other).unwrap();
     let b = Node::start(config("keys", 47222, &[addr(47220)])).unwrap();
     assert!(wait_until(T, || a.members().len() == 1 && b.members().len() == 1));

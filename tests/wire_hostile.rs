@@ -8,10 +8,10 @@ mod forger;
 
 use forger::Forger;
 use mccache::NodeId;
-use mccache::proto::crypto::key_id;
-use mccache::proto::drop::{DropCounters, DropReason};
-use mccache::proto::header::{HEADER_LEN, cluster_id};
-use mccache::proto::wire::{Wire, WireConfig};
+use mccache_proto::crypto::key_id;
+use mccache_proto::drop::{DropCounters, DropReason};
+use mccache_proto::header::{HEADER_LEN, cluster_id};
+use mccache_proto::wire::{Wire, WireConfig};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -42,7 +42,7 @@ impl From<CacheMode> for u8 {
 /// Which direction `monkey_tantrum` drops datagrams in (`monkey_tantrum_side`).
 ///
 /// ```
-/// use mccache::config::TantrumSide;
+/// use mccache::TantrumSide;
 ///
 /// assert!(TantrumSide::Both.drops_sends() && TantrumSide::Both.drops_receives());
 /// assert!(!TantrumSide::Recv.drops_sends());
@@ -85,7 +85,7 @@ impl TantrumSide {
 ///
 /// ```
 /// let config = mccache::Config::from_toml_str(r#"overload = "block""#)?;
-/// assert_eq!(config.overload, mccache::config::Overload::Block);
+/// assert_eq!(config.overload, mccache::Overload::Block);
 /// # Ok::<(), mccache::Error>(())
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]

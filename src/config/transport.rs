@@ -16,7 +16,7 @@ use super::values::Parsed;
 ///     transport = "unicast"
 ///     peers = ["10.1.2.3:4000", "cache.my-ns.svc.cluster.local:4000"]
 /// "#)?;
-/// assert_eq!(config.transport, mccache::config::TransportKind::Unicast);
+/// assert_eq!(config.transport, mccache::TransportKind::Unicast);
 /// # Ok::<(), mccache::Error>(())
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -103,13 +103,8 @@ fn split_peer(s: &str) -> Parsed<(&str, Option<u16>)> {
     }
 }
 
-/// A peer entry with its port filled in (`default_port` when it has none).
-///
-/// ```
-/// use mccache::config::peer_with_port;
-/// assert_eq!(peer_with_port("cache.ns.svc:4100", 4000), "cache.ns.svc:4100");
-/// assert_eq!(peer_with_port("10.0.0.7", 4000), "10.0.0.7:4000");
-/// ```
+/// A peer entry with its port filled in (`default_port` when it has none): `"10.0.0.7"` with
+/// 4000 is `"10.0.0.7:4000"`; an entry with a port keeps it.
 pub fn peer_with_port(entry: &str, default_port: u16) -> String {
     match split_peer(entry) {
         Ok((host, Some(port))) => format!("{host}:{port}"),
@@ -121,6 +116,15 @@ pub fn peer_with_port(entry: &str, default_port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_with_port_fills_in_only_a_missing_port() {
+        assert_eq!(
+            peer_with_port("cache.ns.svc:4100", 4000),
+            "cache.ns.svc:4100"
+        );
+        assert_eq!(peer_with_port("10.0.0.7", 4000), "10.0.0.7:4000");
+    }
 
     #[test]
     fn peers_accept_addresses_and_names_with_or_without_port() {

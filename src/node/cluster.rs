@@ -28,6 +28,7 @@ use crate::proto::wire::WireConfig;
 
 /// A live peer as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Member {
     /// Its node id (random per process start).
     pub id: NodeId,
@@ -58,6 +59,7 @@ const QUERY_RETRY_MAX: Duration = Duration::from_millis(200);
 /// It dereferences to the map of answers, so `answers.len()`, `answers.get(&id)` and
 /// `for (id, value) in &answers` work directly.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ClusterAnswers<T> {
     /// The answers by node id, this node's own included.
     pub answers: BTreeMap<NodeId, T>,
@@ -287,6 +289,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         registry,
         hlc: node.inner.core.hlc.clone(),
         lag,
+        clock: node.inner.core.clock.clone(),
     };
     let tantrum = Tantrum {
         percent: config.monkey_tantrum,
@@ -661,12 +664,7 @@ impl Node {
         let core = &self.inner.core;
         let version = Version::new(core.hlc.tick(core.clock.wall_ms()), core.id);
         if let Some(net) = &self.inner.net {
-            net.registry
-                .parked
-                .lock()
-                .entry(name.to_string())
-                .or_default()
-                .clear(version);
+            net.registry.park(name, |p| p.clear(version));
             net.tx
                 .try_send(Command::Publish(Item::Clear {
                     cache: name.to_string(),

@@ -70,8 +70,7 @@ pub struct Tap {
 impl Tap {
     /// Joins `group` on loopback (shares the port with the nodes).
     pub fn new(group: SocketAddrV4) -> Tap {
-        let sock =
-            mccache::net::socket::recv_socket(group, Ipv4Addr::LOCALHOST).expect("tap socket");
+        let sock = mccache::unstable::recv_socket(group, Ipv4Addr::LOCALHOST).expect("tap socket");
         sock.set_nonblocking(false).expect("blocking");
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .expect("timeout");
@@ -119,7 +118,7 @@ pub struct Injector {
 impl Injector {
     /// A sender for `group`.
     pub fn new(group: SocketAddrV4) -> Injector {
-        let sock = mccache::net::socket::send_socket(Ipv4Addr::LOCALHOST, 1).expect("send socket");
+        let sock = mccache::unstable::send_socket(Ipv4Addr::LOCALHOST, 1).expect("send socket");
         sock.set_nonblocking(false).expect("blocking");
         Injector { sock, group }
     }

@@ -5,8 +5,8 @@
 #![allow(dead_code)]
 
 use mccache::NodeId;
-use mccache::proto::crypto::{Keyring, key_id};
-use mccache::proto::header::{Header, cluster_id};
+use mccache_proto::crypto::{Keyring, key_id};
+use mccache_proto::header::{Header, cluster_id};
 
 /// Builds datagrams as a member holding `keys` (none: plaintext) of cluster `cluster` could.
 pub struct Forger {

@@ -11,16 +11,16 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
-use mccache::cache::hooks::{
+use mccache::unstable::AddressBook;
+use mccache_proto::endpoint::{Endpoint, EndpointConfig, Event, MemberEvent};
+use mccache_proto::message::{Item, Query};
+use mccache_proto::record::{Op, Record};
+use mccache_proto::state::AppState;
+use mccache_proto::sync::{
     Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket,
 };
-use mccache::net::unicast::AddressBook;
-use mccache::proto::endpoint::{Endpoint, EndpointConfig, Event, MemberEvent};
-use mccache::proto::message::{Item, Query};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::state::AppState;
-use mccache::proto::version::{Hlc, NodeId, Version};
-use mccache::proto::wire::WireConfig;
+use mccache_proto::version::{Hlc, NodeId, Version};
+use mccache_proto::wire::WireConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -677,7 +677,7 @@ impl Sim {
         }
         let copies = {
             let u = self.unicast.as_mut().expect("unicast");
-            mccache::net::unicast::route(&dests, &mut u.books[i])
+            mccache::unstable::route(&dests, &mut u.books[i])
         };
         for (d, addr) in copies {
             let Some(to) = self.node_at(addr) else {
