@@ -113,8 +113,8 @@ impl Config {
     /// Environment variables are matched without regard to case, `__` nests
     /// (`MCCACHE_CACHES__USERS__CACHE_TTL=60` sets `caches.users.cache_ttl`; cache names
     /// reached this way are lower case), and variables that name no known key are ignored
-    /// ([`Config::load`] warns about each of them once, naming the nearest known variable; see
-    /// [`unknown_env_vars`]).
+    /// ([`Config::load`] warns about each of them once, naming the nearest known variable, and
+    /// [`Node::health`](crate::Node::health) lists them).
     ///
     /// ```
     /// use figment::providers::Serialized;
