@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mccache::unstable::{AddressBook, Clock, DetachedNode, NodeApp};
+use mccache::unstable::{AddressBook, Clock, DetachedNode, NodeApp, ParkedCache};
 use mccache::{CacheMode, Config};
 use mccache_proto::endpoint::{Endpoint, EndpointConfig, Event, MemberEvent};
 use mccache_proto::message::{Item, Query};
@@ -73,6 +73,10 @@ impl Clock for SimClock {
 
 /// A node's application state as the core sees it: the real [`NodeApp`], watched by an
 /// oracle that never forgets a delete.
+///
+/// Deterministic where the store is not (its shards hash with a per-process random seed): key
+/// lists are sorted by key, and snapshot chunks are cut in key order from the store's whole
+/// snapshot, so that a seed replays exactly.
 pub struct SimApp {
     pub node: DetachedNode,
     /// Oracle, never collected: the newest delete (or invalidation) this node applied or
@@ -140,10 +144,16 @@ impl AppState for SimApp {
         self.app().digest(cache)
     }
     fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
-        self.app().bucket_versions(cache, bucket)
+        let mut keys = self.app().bucket_versions(cache, bucket);
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        keys
     }
     fn buckets_versions(&self, cache: &str, buckets: &[usize]) -> Vec<Vec<KeyVersion>> {
-        self.app().buckets_versions(cache, buckets)
+        let mut lists = self.app().buckets_versions(cache, buckets);
+        for keys in &mut lists {
+            keys.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        lists
     }
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
         self.app().record(cache, key)
@@ -154,7 +164,17 @@ impl AppState for SimApp {
         cursor: u64,
         max_bytes: usize,
     ) -> (Vec<Record>, Option<u64>) {
-        self.app().snapshot_chunk(cache, cursor, max_bytes)
+        // The store's whole snapshot, cut into chunks in key order by the record model.
+        let mut model = ParkedCache::default();
+        let mut at = Some(0);
+        while let Some(c) = at {
+            let (records, next) = self.app().snapshot_chunk(cache, c, usize::MAX);
+            for r in &records {
+                model.apply(r, 0);
+            }
+            at = next;
+        }
+        model.snapshot_chunk(cursor, max_bytes)
     }
     fn horizon(&self, cache: &str) -> Version {
         self.app().horizon(cache)
