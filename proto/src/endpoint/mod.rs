@@ -53,6 +53,7 @@ use transfer::{JoinState, Served};
 
 /// Membership and readiness events (public as `mccache::MemberEvent`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MemberEvent {
     /// A peer was heard for the first time (or again after it was removed).
     Joined {
