@@ -99,7 +99,9 @@ impl Node {
     /// ```no_run
     /// use mccache::{Config, Node};
     ///
-    /// let node = Node::start(Config { interface: "10.0.0.5".parse().unwrap(), ..Config::load()? })?;
+    /// let mut config = Config::load()?;
+    /// config.interface = "10.0.0.5".parse().unwrap();
+    /// let node = Node::start(config)?;
     /// if !node.wait_ready(std::time::Duration::from_secs(2)).found_peers() {
     ///     eprintln!("no peer yet: {:?}", node.health());
     /// }
@@ -134,13 +136,6 @@ impl Node {
             Arc::new(SystemClock::new()),
             None,
         )
-    }
-
-    /// Starts a node on a given clock (tests drive time with
-    /// [`FakeClock`](crate::cache::clock::FakeClock)).
-    #[doc(hidden)]
-    pub fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Node> {
-        Node::start_with(config, Arc::new(NoPublisher), clock, None)
     }
 
     /// Starts a node whose caches hand their local writes to `publisher`.
@@ -337,13 +332,6 @@ impl Node {
     /// ```
     pub fn shutdown(&self) {
         self.inner.stop();
-    }
-
-    /// One cache without types, by name: the view the replication layer drives (remote
-    /// applies, digests, snapshots). Exposed for tests and tools.
-    #[doc(hidden)]
-    pub fn erased_cache(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
-        self.erased(name)
     }
 
     /// Every cache of the node, without types (for the replication layer).
