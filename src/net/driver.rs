@@ -24,6 +24,7 @@ use crate::proto::state::AppState;
 use crate::proto::version::NodeId;
 
 use super::discovery::{self, Resolved};
+use super::socket::RecvBatch;
 use super::unicast::{self, AddressBook};
 
 /// Where the answers to one cluster query go: (answering node, msgpack body).
@@ -186,7 +187,15 @@ pub async fn run(
     tantrum: Tantrum,
     mut on_event: Box<dyn FnMut(&MemberEvent) + Send>,
 ) {
-    let mut buf = vec![0u8; 65_536];
+    let mut batch = RecvBatch::new();
+    // Multicast loops our own datagrams back (for other nodes on this host): recognised by
+    // their source, the send socket's address, when it is a specific one.
+    let own_multicast_src = match &transport {
+        Transport::Multicast { send, .. } => {
+            send.local_addr().ok().filter(|a| !a.ip().is_unspecified())
+        }
+        Transport::Unicast(_) => None,
+    };
     let mut queries: HashMap<u64, (ReplySender, Instant)> = HashMap::new();
     let mut rng = rand::rng();
     let epoch = tokio::time::Instant::now();
@@ -266,44 +275,52 @@ pub async fn run(
                     apply_resolved(b, found, &mut failing);
                 }
             }
-            res = transport.recv_socket().recv_from(&mut buf) => {
-                let mut res = res;
+            ready = transport.recv_socket().readable() => {
+                if let Err(e) = ready {
+                    tracing::debug!(error = %e, "recv failed");
+                }
+                // Up to 256 datagrams per pass, taken in batches of one system call each.
                 let mut n = 0;
-                loop {
-                    match res {
-                        Ok((len, src)) => {
-                            if tantrum.recv && tantrum.percent > 0.0 && rng.random::<f64>() * 100.0 < tantrum.percent {
-                                ep.metrics_mut().tantrum_drops += 1;
-                            } else {
-                                let now = Instant::now();
-                                let sender = ep.handle_datagram(now, &buf[..len], app.as_mut());
-                                if let Some(cause) = ep
-                                    .last_drop()
-                                    .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
-                                {
-                                    shared.open_failures.lock().record(cause, src, now);
-                                }
-                                // Only authentic datagrams teach addresses.
-                                if let (Some(b), Some(id)) = (book.as_mut(), sender) {
-                                    if id == ep.id() {
-                                        b.own(src);
-                                    } else {
-                                        b.heard(id, src, now);
-                                    }
+                while n < 256 {
+                    let got = match batch.recv(transport.recv_socket()) {
+                        Ok(got) => got,
+                        Err(e) => {
+                            if e.kind() != std::io::ErrorKind::WouldBlock {
+                                tracing::debug!(error = %e, "recv failed");
+                            }
+                            break;
+                        }
+                    };
+                    for i in 0..got {
+                        let (datagram, src) = batch.get(i);
+                        if src.is_some() && src == own_multicast_src {
+                            // Our own multicast, looped back for the other nodes on this host:
+                            // dropped before it costs an open.
+                            *ep.metrics_mut().dropped.entry("own_echo".to_string()).or_default() += 1;
+                        } else if tantrum.recv && tantrum.percent > 0.0 && rng.random::<f64>() * 100.0 < tantrum.percent {
+                            ep.metrics_mut().tantrum_drops += 1;
+                        } else {
+                            let now = Instant::now();
+                            let sender = ep.handle_datagram(now, datagram, app.as_mut());
+                            if let (Some(src), Some(cause)) = (
+                                src,
+                                ep.last_drop()
+                                    .and_then(|r| OpenFailure::classify(r, datagram, sealed)),
+                            ) {
+                                shared.open_failures.lock().record(cause, src, now);
+                            }
+                            // Only authentic datagrams teach addresses.
+                            if let (Some(b), Some(id), Some(src)) = (book.as_mut(), sender, src) {
+                                if id == ep.id() {
+                                    b.own(src);
+                                } else {
+                                    b.heard(id, src, now);
                                 }
                             }
                         }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "recv failed");
-                            break;
-                        }
                     }
-                    n += 1;
-                    if n >= 256 {
-                        break;
-                    }
-                    res = transport.recv_socket().try_recv_from(&mut buf);
-                    if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                    n += got;
+                    if got < RecvBatch::CAPACITY {
                         break;
                     }
                 }
@@ -342,6 +359,8 @@ pub async fn run(
         }
         match &transport {
             Transport::Multicast { send, group, .. } => {
+                // Every waiting datagram, in `sendmmsg` batches.
+                let mut out = Vec::new();
                 while let Some(d) = ep.poll_transmit() {
                     if tantrum.send
                         && tantrum.percent > 0.0
@@ -350,12 +369,18 @@ pub async fn run(
                         ep.metrics_mut().tantrum_drops += 1;
                         continue;
                     }
-                    if let Err(e) = send.send_to(&d, *group).await {
-                        tracing::debug!(error = %e, "send failed");
+                    out.push(d);
+                }
+                if !out.is_empty() {
+                    let copies: Vec<(usize, SocketAddr)> = (0..out.len())
+                        .map(|i| (i, SocketAddr::V4(*group)))
+                        .collect();
+                    let (_, failed) = unicast::fan_out(send, &out, &copies).await;
+                    if failed > 0 {
                         *ep.metrics_mut()
                             .dropped
                             .entry("send_error".to_string())
-                            .or_default() += 1;
+                            .or_default() += failed;
                     }
                 }
             }
