@@ -263,7 +263,8 @@ pub fn endpoint(data: &[u8]) -> mccache::NetworkMetrics {
             }
         }
         let mut sent = 0usize;
-        while ep.poll_transmit().is_some() {
+        let mut out = Vec::new();
+        while ep.poll_transmit(now, &mut out).is_some() {
             sent += 1;
         }
         // One input datagram may cause a NAK's worth of retransmissions, never more.

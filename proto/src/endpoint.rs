@@ -11,12 +11,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-
-type PeerMap = BTreeMap<NodeId, Peer>;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::budget::AnswerBudget;
-use super::drop::DropReason;
+use super::drop::{DropCounters, DropReason};
 use super::message::{CacheDigest, Item, Msg, Query};
 use super::metrics::NetworkMetrics;
 use super::record::Record;
@@ -32,10 +31,62 @@ pub const MAX_QUEUED_TRANSMIT_BYTES: usize = 8 << 20;
 /// repaired by anti-entropy, acks keep flowing, and spoofed peers announcing far-ahead streams
 /// cannot grow memory or the per-wakeup NAK timer scan (which is linear in tracked gaps).
 pub const MAX_TRACKED_GAPS: u64 = 1 << 14;
+
+/// Period of wire housekeeping (expiring stalled reassemblies).
+pub const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(250);
+
+/// After a change could not be queued (or [`Endpoint::schedule_pulse`]), the anti-entropy
+/// pulse that repairs it runs this soon.
+pub const OVERFLOW_PULSE_DELAY: Duration = Duration::from_millis(50);
+
+/// After a peer answered `Gone` (what we missed is lost for good), the pulse that repairs it
+/// runs this soon.
+pub const GONE_PULSE_DELAY: Duration = Duration::from_millis(10);
+
+/// After a peer appeared (or a stream jumped ahead), digests are compared this soon.
+pub const NEW_PEER_PULSE_DELAY: Duration = Duration::from_millis(20);
+
+/// After this node became ready, a pulse closes any race between the snapshot cursor and live
+/// changes this soon.
+pub const READY_PULSE_DELAY: Duration = Duration::from_millis(5);
+
+/// Pulses brought forward are at least half a heartbeat apart, and never closer than this.
+pub const MIN_PULSE_SPACING: Duration = Duration::from_millis(20);
+
+/// A periodic pulse is put off while data flows for at most this many pulse periods in a row.
+pub const MAX_PULSE_DEFERRAL_PERIODS: u32 = 4;
+
+/// Tail announcements (`Tail`: our highest sequence number) after a burst of data messages:
+/// the first `tail_delay` after it, the next ones [`TAIL_REPEAT_SPACING`] times that apart.
+pub const TAIL_ANNOUNCEMENTS: u8 = 2;
+
+/// Spacing of repeated tail announcements, in multiples of `tail_delay`.
+pub const TAIL_REPEAT_SPACING: u32 = 8;
+
+/// A joiner asks its donor again for a chunk after this many `tail_delay`s (at most one
+/// heartbeat) without an answer.
+pub const TRANSFER_RETRY_FACTOR: u32 = 25;
+
+/// Most sequence numbers one NAK can make this node look at (retransmit or answer `Gone`).
+pub const NAK_WORK_BUDGET: u32 = 4096;
+
+/// Snapshot chunks remembered for resending under the same message id.
+pub const SERVED_CHUNKS_KEPT: usize = 16;
+
+/// A new peer's stream is taken from its start when its first message seen has a sequence
+/// number up to this (its first messages, if lost, are still NAKed); a longer-running stream is
+/// joined where it is (history is covered by state transfer and anti-entropy).
+pub const YOUNG_STREAM: u64 = 4096;
+
+/// Bytes a data message takes besides its items (an estimate used to fill datagrams).
+const DATA_MSG_OVERHEAD: usize = 16;
+
 use super::state::AppState;
 use super::version::{NodeId, Version, too_far_ahead};
 use super::wire::{Wire, WireConfig};
 use crate::sync::{Applied, KeyVersion, SYNC_BUCKETS, key_part};
+
+type PeerMap = BTreeMap<NodeId, Peer>;
 
 /// Default of `max_clock_skew`, in seconds.
 pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 60;
@@ -177,6 +228,26 @@ pub enum Event {
     },
 }
 
+/// Where a datagram from [`Endpoint::poll_transmit`] goes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Every peer (the multicast group, or every unicast target).
+    Group,
+    /// One peer: a NAK, a retransmission for the peer that asked, a state-transfer chunk, a
+    /// query reply, anti-entropy lists. A multicast transport sends it to the group anyway
+    /// (the others ignore it); a unicast transport can send it to that peer alone.
+    Node(NodeId),
+}
+
+/// One datagram written by [`Endpoint::poll_transmit`] into the caller's buffer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where it goes.
+    pub destination: Destination,
+    /// Its length: the buffer holds exactly these bytes.
+    pub size: usize,
+}
+
 /// A peer as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -210,7 +281,76 @@ struct Peer {
 struct Transfer {
     donor: NodeId,
     pending: BTreeMap<String, (u64, Instant)>,
-    deadline: Instant,
+}
+
+/// The core's timers: one deadline each in [`Timers`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Timer {
+    /// The joining `Hello` (at creation; it waits for the first timer run, which brings the
+    /// wall clock its header's send time needs).
+    Hello,
+    /// Changes lingering for more to join them (`linger`) must be packed.
+    Linger,
+    /// The next tail announcement.
+    Tail,
+    /// The earliest NAK due over all peers' streams.
+    Nak,
+    /// The next heartbeat (and failure detection).
+    Heartbeat,
+    /// The next wire housekeeping ([`HOUSEKEEPING_PERIOD`]).
+    Housekeeping,
+    /// Joining: when to stop waiting for a peer, or to ask the donor again.
+    Join,
+    /// The next anti-entropy pulse.
+    Pulse,
+}
+
+impl Timer {
+    const COUNT: usize = 8;
+}
+
+/// The deadline of each [`Timer`]; [`Endpoint::poll_timeout`] is their minimum.
+#[derive(Debug, Default)]
+struct Timers([Option<Instant>; Timer::COUNT]);
+
+impl Timers {
+    fn get(&self, t: Timer) -> Option<Instant> {
+        self.0[t as usize]
+    }
+
+    fn set(&mut self, t: Timer, at: Instant) {
+        self.0[t as usize] = Some(at);
+    }
+
+    fn stop(&mut self, t: Timer) {
+        self.0[t as usize] = None;
+    }
+
+    /// Sets `t` to `at` unless it is already due earlier.
+    fn bring_forward(&mut self, t: Timer, at: Instant) {
+        let slot = &mut self.0[t as usize];
+        *slot = Some(slot.map_or(at, |cur| cur.min(at)));
+    }
+
+    fn is_due(&self, t: Timer, now: Instant) -> bool {
+        self.get(t).is_some_and(|at| at <= now)
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+}
+
+/// A message waiting to be sent, written one datagram at a time by [`Endpoint::poll_transmit`].
+#[derive(Debug)]
+struct Outgoing {
+    to: Destination,
+    payload: Arc<[u8]>,
+    /// Wire message id.
+    id: u64,
+    /// Next fragment to write, of `count`.
+    next: u16,
+    count: u16,
 }
 
 /// One node's replication state machine.
@@ -222,26 +362,25 @@ pub struct Endpoint {
     send: SendBuffer,
     outbox: VecDeque<Item>,
     outbox_bytes: usize,
-    /// Datagrams to send, each with the one peer it is for (`None`: every peer).
-    transmits: VecDeque<(Option<NodeId>, Vec<u8>)>,
-    /// Bytes in `transmits`.
+    /// Messages to send, encoded a datagram at a time by [`Endpoint::poll_transmit`].
+    transmits: VecDeque<Outgoing>,
+    /// Bytes on the wire of the messages in `transmits` (whole messages until their last
+    /// datagram is written).
     transmit_bytes: usize,
     events: VecDeque<Event>,
+    /// Counters (its `dropped` stays empty: drops are counted in `drops`).
     metrics: NetworkMetrics,
-    next_heartbeat: Instant,
-    next_pulse: Instant,
-    next_housekeeping: Instant,
-    tail_at: Option<Instant>,
+    drops: DropCounters,
+    timers: Timers,
     tail_repeats: u8,
-    /// When the last data message was sent, and when lingering changes must go out.
+    /// When the last data message was packed.
     last_data_at: Option<Instant>,
     /// When the last data message arrived from a peer.
     last_data_rx: Option<Instant>,
-    /// The periodic pulse's due time (`next_pulse` is earlier when a pulse was asked for).
+    /// The periodic pulse's due time (the pulse timer is earlier when a pulse was asked for).
     periodic_pulse: Instant,
     /// Since when periodic pulses have been put off because replication data was flowing.
     pulse_deferred_since: Option<Instant>,
-    flush_at: Option<Instant>,
     join: JoinState,
     next_query: u64,
     left: bool,
@@ -256,10 +395,6 @@ pub struct Endpoint {
     wall_ms: u64,
     /// `(now, wall_ms)` at that call, to derive the wall clock at later `now`s.
     wall_anchor: Option<Instant>,
-    /// The joining `Hello` waits for the first timer run, which brings the wall clock its
-    /// header's send time needs.
-    hello_pending: bool,
-    created: Instant,
     /// When a warning of each kind was last logged (rate limit).
     warned_skew: Option<Instant>,
     warned_offset: Option<Instant>,
@@ -277,22 +412,29 @@ struct Chunk {
 }
 
 /// A snapshot chunk sent: (requester, cache, cursor), wire message id, payload.
-type Served = ((NodeId, String, u64), u64, Vec<u8>);
+type Served = ((NodeId, String, u64), u64, Arc<[u8]>);
 
+/// Where joining stands; [`Timer::Join`] holds its deadline.
 #[derive(Debug)]
 enum JoinState {
-    Waiting { until: Instant },
+    /// Waiting for a peer to offer its caches (until `join_wait`).
+    Waiting,
     Transferring(Transfer),
     Ready,
 }
 
 impl Endpoint {
-    /// A node that has just started: it will announce itself on the first
-    /// [`Endpoint::handle_timeout`] (or right away through [`Endpoint::poll_transmit`]).
+    /// A node that has just started: it announces itself on the first
+    /// [`Endpoint::handle_timeout`] (its timer is due at once).
     pub fn new(cfg: EndpointConfig, me: NodeId, now: Instant) -> Endpoint {
         let wire = Wire::new(cfg.wire.clone(), me);
         let send = SendBuffer::new(cfg.retransmit_bytes);
-        let join_until = now + cfg.join_wait;
+        let mut timers = Timers::default();
+        timers.set(Timer::Hello, now);
+        timers.set(Timer::Heartbeat, now + cfg.heartbeat);
+        timers.set(Timer::Pulse, now + cfg.pulse);
+        timers.set(Timer::Housekeeping, now + HOUSEKEEPING_PERIOD);
+        timers.set(Timer::Join, now + cfg.join_wait);
         Endpoint {
             me,
             wire,
@@ -304,17 +446,14 @@ impl Endpoint {
             transmit_bytes: 0,
             events: VecDeque::new(),
             metrics: NetworkMetrics::default(),
-            next_heartbeat: now + cfg.heartbeat,
-            next_pulse: now + cfg.pulse,
-            next_housekeeping: now + Duration::from_millis(250),
-            tail_at: None,
+            drops: DropCounters::default(),
+            timers,
             tail_repeats: 0,
             last_data_at: None,
             last_data_rx: None,
             periodic_pulse: now + cfg.pulse,
             pulse_deferred_since: None,
-            flush_at: None,
-            join: JoinState::Waiting { until: join_until },
+            join: JoinState::Waiting,
             next_query: 1,
             left: false,
             served: VecDeque::new(),
@@ -322,8 +461,6 @@ impl Endpoint {
             last_pulse_at: None,
             wall_ms: 0,
             wall_anchor: None,
-            hello_pending: true,
-            created: now,
             warned_skew: None,
             warned_offset: None,
             last_drop: None,
@@ -356,92 +493,92 @@ impl Endpoint {
         matches!(self.join, JoinState::Ready)
     }
 
-    /// Queues a local change for replication. Never blocks: if the outbound queue is full the
-    /// change is dropped, counted, and an anti-entropy pulse is scheduled so peers repair it.
+    /// Queues a local change for replication; [`Endpoint::poll_transmit`] packs it into a
+    /// data message. Never blocks: if the outbound queue is full the change is dropped,
+    /// counted, and an anti-entropy pulse is scheduled so peers repair it.
     pub fn publish(&mut self, now: Instant, item: Item) {
         if self.left {
             return;
         }
         if self.outbox.len() >= self.cfg.queue_max {
             self.metrics.outbound_overflow += 1;
-            self.next_pulse = self.next_pulse.min(now + Duration::from_millis(50));
+            self.timers
+                .bring_forward(Timer::Pulse, now + OVERFLOW_PULSE_DELAY);
             return;
         }
         self.outbox_bytes += item.weight();
         self.outbox.push_back(item);
     }
 
-    /// Packs queued changes into data messages (as many per datagram as fit) and queues the
-    /// datagrams. Call after a batch of [`Endpoint::publish`] calls.
-    pub fn flush(&mut self, now: Instant) {
-        self.advance_wall(now);
-        let chunk = self.wire.chunk_size().max(64);
+    /// Packs queued changes into one data message (as many as fit a datagram) and queues it.
+    /// Returns false if nothing was packed: nothing queued, the flow-control window is full,
+    /// or the changes linger for more to join them (then [`Timer::Linger`] is set). `now_all`
+    /// packs lingering changes at once (leaving).
+    fn pack_data(&mut self, now: Instant, now_all: bool) -> bool {
         if self.outbox.is_empty() {
-            self.flush_at = None;
-            return;
+            self.timers.stop(Timer::Linger);
+            return false;
         }
-        if self.outbox_bytes + 16 < chunk {
+        let chunk = self.wire.chunk_size().max(64);
+        if !now_all && self.outbox_bytes + DATA_MSG_OVERHEAD < chunk {
             if let Some(last) = self.last_data_at {
                 let due = last + self.cfg.linger;
                 if now < due {
-                    self.flush_at = Some(due);
-                    return;
+                    self.timers.set(Timer::Linger, due);
+                    return false;
                 }
             }
         }
-        self.flush_at = None;
-        let mut sent_any = false;
-        while !self.outbox.is_empty() {
-            if self.in_flight() >= self.cfg.window {
-                break; // flow control: wait for acks (or for slow peers to be removed)
-            }
-            let mut items = Vec::new();
-            let mut bytes = 16;
-            while let Some(item) = self.outbox.front() {
-                let w = item.weight();
-                if !items.is_empty() && bytes + w > chunk {
-                    break;
-                }
-                bytes += w;
-                self.outbox_bytes = self.outbox_bytes.saturating_sub(w);
-                items.push(self.outbox.pop_front().expect("front() was Some"));
-                if bytes >= chunk {
-                    break;
-                }
-            }
-            self.metrics.changes_sent += items.len() as u64;
-            let seq = self.send.next_seq();
-            let payload = Msg::Data { seq, items }.encode();
-            self.metrics.data_messages_sent += 1;
-            if let Some(id) = self.transmit_as(&payload, None, None) {
-                if !self.peers.is_empty() {
-                    self.send.keep(seq, id, payload);
-                }
-            }
-            sent_any = true;
+        self.timers.stop(Timer::Linger);
+        if self.in_flight() >= self.cfg.window {
+            return false; // flow control: wait for acks (or for slow peers to be removed)
         }
-        if sent_any {
-            self.last_data_at = Some(now);
-            self.tail_at = Some(now + self.cfg.tail_delay);
-            self.tail_repeats = 2;
+        let mut items = Vec::new();
+        let mut bytes = DATA_MSG_OVERHEAD;
+        while let Some(item) = self.outbox.front() {
+            let w = item.weight();
+            if !items.is_empty() && bytes + w > chunk {
+                break;
+            }
+            bytes += w;
+            self.outbox_bytes = self.outbox_bytes.saturating_sub(w);
+            items.extend(self.outbox.pop_front());
+            if bytes >= chunk {
+                break;
+            }
         }
+        self.metrics.changes_sent += items.len() as u64;
+        let seq = self.send.next_seq();
+        let payload: Arc<[u8]> = Msg::Data { seq, items }.encode().into();
+        self.metrics.data_messages_sent += 1;
+        if let Some(id) = self.queue(payload.clone(), None, Destination::Group) {
+            if !self.peers.is_empty() {
+                self.send.keep(seq, id, payload);
+            }
+        }
+        self.last_data_at = Some(now);
+        self.timers.set(Timer::Tail, now + self.cfg.tail_delay);
+        self.tail_repeats = TAIL_ANNOUNCEMENTS;
+        true
     }
 
     /// Runs an anti-entropy pulse soon (after local changes could not be queued).
     pub fn schedule_pulse(&mut self, now: Instant) {
-        self.next_pulse = self.next_pulse.min(now + Duration::from_millis(50));
+        self.timers
+            .bring_forward(Timer::Pulse, now + OVERFLOW_PULSE_DELAY);
     }
 
     /// Runs an anti-entropy pulse at `at` at the latest.
     pub fn schedule_pulse_at(&mut self, at: Instant) {
-        self.next_pulse = self.next_pulse.min(at);
+        self.timers.bring_forward(Timer::Pulse, at);
     }
 
     /// Sends the newest records of keys whose changes could not be queued (the targeted repair
     /// after an overload), on the reliable stream, past the `queue_max` bound.
     pub fn repair(&mut self, now: Instant, items: Vec<Item>) {
         if !self.left && !items.is_empty() {
-            self.send_repair(now, items);
+            self.advance_wall(now);
+            self.send_repair(items);
         }
     }
 
@@ -456,7 +593,8 @@ impl Endpoint {
     }
 
     /// Sends a cluster query; answers arrive as [`Event::Reply`] with the returned id.
-    pub fn query(&mut self, query: Query) -> u64 {
+    pub fn query(&mut self, now: Instant, query: Query) -> u64 {
+        self.advance_wall(now);
         let id = self.next_query;
         self.next_query += 1;
         self.send_msg(&Msg::Query { id, query });
@@ -466,36 +604,61 @@ impl Endpoint {
     /// Sends this node's address book to the cluster (unicast transports): where each member
     /// was heard from. Truncated to [`crate::message::MAX_ADDRESSES`] pairs. The core
     /// does not interpret addresses; peers' books arrive as [`Event::Addresses`].
-    pub fn announce_addresses(&mut self, mut addrs: Vec<(NodeId, SocketAddr)>) {
+    pub fn announce_addresses(&mut self, now: Instant, mut addrs: Vec<(NodeId, SocketAddr)>) {
         if self.left {
             return;
         }
+        self.advance_wall(now);
         addrs.truncate(super::message::MAX_ADDRESSES);
         self.send_msg(&Msg::Addresses { addrs });
     }
 
-    /// Announces that this node leaves; peers drop it at once.
-    pub fn leave(&mut self) {
+    /// Announces that this node leaves; peers drop it at once. Changes still queued are
+    /// packed first (as far as the flow-control window allows), so they go out before the
+    /// announcement; nothing is accepted afterwards.
+    pub fn leave(&mut self, now: Instant) {
         if !self.left {
+            self.advance_wall(now);
+            while self.pack_data(now, true) {}
             self.send_msg(&Msg::Leave);
             self.left = true;
         }
     }
 
-    /// The next datagram to send to the group.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.poll_transmit_to().map(|(_, d)| d)
-    }
-
-    /// The next datagram to send, with the one peer it is meant for (`None`: every peer).
-    /// A multicast transport sends everything to the group; a unicast transport can send a
-    /// targeted datagram (a NAK, a retransmission for the peer that asked, a state-transfer
-    /// chunk, a query reply, anti-entropy lists) to that peer alone. The others would only
-    /// have ignored it.
-    pub fn poll_transmit_to(&mut self) -> Option<(Option<NodeId>, Vec<u8>)> {
-        let (to, d) = self.transmits.pop_front()?;
-        self.transmit_bytes = self.transmit_bytes.saturating_sub(d.len());
-        Some((to, d))
+    /// Writes the next datagram to send into `buf` (cleared first) and says where it goes;
+    /// `None` when there is nothing to send now. Queued changes are packed into data messages
+    /// here, as late as possible (so changes published meanwhile share datagrams), and each
+    /// datagram is sealed only when asked for: call it until it returns `None` after every
+    /// other call.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.advance_wall(now);
+        if self.transmits.is_empty() && (self.left || !self.pack_data(now, false)) {
+            return None;
+        }
+        let out = self.transmits.front_mut()?;
+        let (destination, index, count) = (out.to, out.next, out.count);
+        let written = self
+            .wire
+            .encode_fragment(&out.payload, out.id, index, count, buf);
+        out.next += 1;
+        if out.next >= count {
+            let done = self.transmits.pop_front()?;
+            let size = self.wire_size(done.payload.len());
+            self.transmit_bytes = self.transmit_bytes.saturating_sub(size);
+        }
+        if let Err(e) = written {
+            // Only an exhausted packet counter fails here: the node must restart.
+            tracing::warn!(error = %e, "datagram not sent");
+            self.drops.record(DropReason::Unsendable);
+            buf.clear();
+            return self.poll_transmit(now, buf);
+        }
+        self.metrics.datagrams_sent += 1;
+        self.metrics.bytes_sent += buf.len() as u64;
+        Some(Transmit {
+            destination,
+            size: buf.len(),
+        })
     }
 
     /// The next event.
@@ -503,32 +666,13 @@ impl Endpoint {
         self.events.pop_front()
     }
 
-    /// The earliest moment [`Endpoint::handle_timeout`] has work to do.
-    pub fn poll_timeout(&self) -> Instant {
-        let mut t = self
-            .next_heartbeat
-            .min(self.next_pulse)
-            .min(self.next_housekeeping);
-        if self.hello_pending {
-            t = t.min(self.created);
+    /// The earliest moment [`Endpoint::handle_timeout`] has work to do (`None`: no timer
+    /// is set, which happens only after [`Endpoint::leave`]).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.left {
+            return None;
         }
-        if let Some(tail) = self.tail_at {
-            t = t.min(tail);
-        }
-        if let Some(f) = self.flush_at {
-            t = t.min(f);
-        }
-        for p in self.peers.values() {
-            if let Some(n) = p.recv.next_nak() {
-                t = t.min(n);
-            }
-        }
-        match &self.join {
-            JoinState::Waiting { until } => t = t.min(*until),
-            JoinState::Transferring(tr) => t = t.min(tr.deadline),
-            JoinState::Ready => {}
-        }
-        t
+        self.timers.earliest()
     }
 
     /// Live peers.
@@ -575,12 +719,13 @@ impl Endpoint {
             .iter()
             .map(|(id, p)| (id.to_string(), p.recv.seq_hi() - p.recv.contiguous()))
             .collect();
+        m.dropped = self.drops.to_map();
         m
     }
 
-    /// Mutable counters, for the driver (send/receive byte counts, drops it decides).
-    pub fn metrics_mut(&mut self) -> &mut NetworkMetrics {
-        &mut self.metrics
+    /// Drops counted so far, by reason.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
     }
 
     /// Changes queued, not yet sent.
@@ -636,22 +781,14 @@ impl Endpoint {
                     .ok()
                     .map(|h| h.sender);
             }
-            Err(super::drop::DropReason::OwnEcho) if self.wire.is_own_echo(datagram) => {
-                self.last_drop = Some(super::drop::DropReason::OwnEcho);
-                *self
-                    .metrics
-                    .dropped
-                    .entry("own_echo".to_string())
-                    .or_default() += 1;
+            Err(DropReason::OwnEcho) if self.wire.is_own_echo(datagram) => {
+                self.last_drop = Some(DropReason::OwnEcho);
+                self.drops.record(DropReason::OwnEcho);
                 return Some(self.me);
             }
             Err(reason) => {
                 self.last_drop = Some(reason);
-                *self
-                    .metrics
-                    .dropped
-                    .entry(reason.as_str().to_string())
-                    .or_default() += 1;
+                self.drops.record(reason);
                 tracing::trace!(reason = reason.as_str(), "datagram dropped");
                 if let Some((sender, offset)) = self.wire.take_last_stale() {
                     self.warn_stale(now, sender, offset);
@@ -661,11 +798,7 @@ impl Endpoint {
         };
         let Some(msg) = Msg::decode(&payload) else {
             self.metrics.malformed_messages += 1;
-            *self
-                .metrics
-                .dropped
-                .entry("malformed".to_string())
-                .or_default() += 1;
+            self.drops.record(DropReason::Malformed);
             tracing::debug!(%from, len = payload.len(), "undecodable message dropped");
             return Some(from);
         };
@@ -691,6 +824,7 @@ impl Endpoint {
             }
         }
         self.handle_msg(now, from, msg, app);
+        self.refresh_nak_timer();
         Some(from)
     }
 
@@ -719,11 +853,7 @@ impl Endpoint {
                 match p.recv.receive(now, seq, &self.cfg.nak) {
                     Arrival::Duplicate => {
                         self.metrics.duplicates += 1;
-                        *self
-                            .metrics
-                            .dropped
-                            .entry("duplicate".to_string())
-                            .or_default() += 1;
+                        self.drops.record(DropReason::DuplicateMessage);
                     }
                     Arrival::New => {
                         p.received_since_ack += 1;
@@ -778,7 +908,7 @@ impl Endpoint {
                     p.recv.give_up(&ranges);
                 }
                 // What was lost must come back through anti-entropy: pulse soon.
-                self.pulse_soon(now, Duration::from_millis(10));
+                self.pulse_soon(now, GONE_PULSE_DELAY);
             }
             Msg::Digest { caches } => self.on_digest(now, from, caches, app),
             Msg::Buckets {
@@ -802,7 +932,7 @@ impl Endpoint {
                     })
                     .collect();
                 let items = self.affordable(now, from, items);
-                self.send_repair(now, items);
+                self.send_repair(items);
             }
             Msg::Repair { items } => self.apply_items(now, &items, from, app, true),
             Msg::SnapshotReq { cache, cursor, .. } => {
@@ -816,7 +946,7 @@ impl Endpoint {
                     // A repeated request: resend under the same message id so fragments the
                     // joiner already holds still count.
                     if self.pay(now, from, self.wire_size(payload.len())) {
-                        self.transmit_as(&payload, Some(id), Some(from));
+                        self.queue(payload, Some(id), Destination::Node(from));
                     }
                     return;
                 }
@@ -824,14 +954,14 @@ impl Endpoint {
                 let may = self.budget.available(now, from).saturating_sub(256) as usize;
                 let budget = self.cfg.snapshot_chunk.min(self.list_budget()).min(may);
                 if budget < 64 {
-                    self.count_drop("answer_budget");
+                    self.drops.record(DropReason::AnswerBudget);
                     return;
                 }
                 let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
                 self.metrics.snapshot_chunks_served += 1;
                 let floor = app.clear_floor(&cache);
                 let horizon = app.horizon(&cache);
-                let payload = Msg::SnapshotChunk {
+                let payload: Arc<[u8]> = Msg::SnapshotChunk {
                     to: from,
                     cache,
                     cursor,
@@ -840,13 +970,14 @@ impl Endpoint {
                     floor,
                     horizon,
                 }
-                .encode();
+                .encode()
+                .into();
                 if !self.pay(now, from, self.wire_size(payload.len())) {
                     // A record larger than the credit: asked again, the credit grows.
                     return;
                 }
-                if let Some(id) = self.transmit_as(&payload, None, Some(from)) {
-                    if self.served.len() >= 16 {
+                if let Some(id) = self.queue(payload.clone(), None, Destination::Node(from)) {
+                    if self.served.len() >= SERVED_CHUNKS_KEPT {
                         self.served.pop_front();
                     }
                     self.served.push_back((key, id, payload));
@@ -881,7 +1012,7 @@ impl Endpoint {
                 let body = app.answer(&query);
                 let reply = Msg::Reply { to: from, id, body }.encode();
                 if self.pay(now, from, self.wire_size(reply.len())) {
-                    self.transmit_as(&reply, None, Some(from));
+                    self.queue(reply.into(), None, Destination::Node(from));
                 }
             }
             Msg::Reply { id, body, .. } => self.events.push_back(Event::Reply { id, from, body }),
@@ -904,11 +1035,7 @@ impl Endpoint {
             return true;
         }
         if self.peers.len() >= self.cfg.max_peers {
-            *self
-                .metrics
-                .dropped
-                .entry("membership_full".to_string())
-                .or_default() += 1;
+            self.drops.record(DropReason::MembershipFull);
             return false;
         }
         // Where its stream starts for us: history before we met is covered by state transfer
@@ -916,7 +1043,7 @@ impl Endpoint {
         // if lost, are still NAKed.
         let base = match msg {
             Msg::Hello { seq_hi, .. } => *seq_hi,
-            Msg::Data { seq, .. } if *seq <= 4096 => 0,
+            Msg::Data { seq, .. } if *seq <= YOUNG_STREAM => 0,
             Msg::Data { seq, .. } => seq - 1,
             _ => 0,
         };
@@ -948,7 +1075,7 @@ impl Endpoint {
             }
         }
         // A peer that (re)appears may have missed anything: compare digests soon.
-        self.pulse_soon(now, Duration::from_millis(20));
+        self.pulse_soon(now, NEW_PEER_PULSE_DELAY);
         true
     }
 
@@ -970,11 +1097,7 @@ impl Endpoint {
         if tracked.saturating_add(opens) <= MAX_TRACKED_GAPS {
             return;
         }
-        *self
-            .metrics
-            .dropped
-            .entry("gap_budget".to_string())
-            .or_default() += 1;
+        self.drops.record(DropReason::GapBudget);
         if let Some(p) = self.peers.get_mut(&from) {
             // O(1) jump (walking the span would cost the CPU the budget is meant to save).
             let old = std::mem::replace(&mut p.recv, RecvStream::new(seq_hi));
@@ -983,7 +1106,7 @@ impl Endpoint {
                 .abandoned
                 .saturating_add(seq_hi.saturating_sub(old.contiguous()));
         }
-        self.pulse_soon(now, Duration::from_millis(20));
+        self.pulse_soon(now, NEW_PEER_PULSE_DELAY);
     }
 
     fn apply_items(
@@ -1008,14 +1131,10 @@ impl Endpoint {
                     Applied::Stale | Applied::Skipped => self.metrics.changes_stale += 1,
                     Applied::BelowHorizon => {
                         self.metrics.changes_stale += 1;
-                        self.count_drop("below_horizon");
+                        self.drops.record(DropReason::BelowHorizon);
                     }
                     Applied::Undecodable => {
-                        *self
-                            .metrics
-                            .dropped
-                            .entry("undecodable_record".to_string())
-                            .or_default() += 1
+                        self.drops.record(DropReason::UndecodableRecord);
                     }
                 },
                 Item::Clear { cache, version } => app.apply_clear(cache, *version, from),
@@ -1042,7 +1161,7 @@ impl Endpoint {
 
     fn on_nak(&mut self, from: NodeId, ranges: &[(u64, u64)]) {
         let mut gone = Vec::new();
-        let mut budget = 4096u32; // bound the work one NAK can cause
+        let mut budget = NAK_WORK_BUDGET; // bound the work one NAK can cause
         for &(a, b) in ranges {
             if a > b || b > self.send.seq_hi() {
                 continue;
@@ -1054,20 +1173,16 @@ impl Endpoint {
                 budget -= 1;
                 if self.transmit_bytes >= MAX_QUEUED_TRANSMIT_BYTES {
                     // Shed: the asker NAKs again after its backoff.
-                    *self
-                        .metrics
-                        .dropped
-                        .entry("nak_shed".to_string())
-                        .or_default() += 1;
+                    self.drops.record(DropReason::NakShed);
                     budget = 0;
                     break;
                 }
-                match self.send.get(seq).map(|(id, p)| (id, p.to_vec())) {
+                match self.send.get(seq).map(|(id, p)| (id, p.clone())) {
                     Some((id, payload)) => {
                         self.metrics.retransmits_served += 1;
                         // Same message id: fragments the receiver already holds still count.
                         // For the peer that asked (others missing it ask on their own).
-                        self.transmit_as(&payload, Some(id), Some(from));
+                        self.queue(payload, Some(id), Destination::Node(from));
                     }
                     None => gone.push(seq),
                 }
@@ -1251,7 +1366,7 @@ impl Endpoint {
             })
             .collect();
         let items = self.affordable(now, from, items);
-        self.send_repair(now, items);
+        self.send_repair(items);
         let budget = self.list_budget();
         let mut keys = Vec::new();
         let mut bytes = 0;
@@ -1277,7 +1392,7 @@ impl Endpoint {
     }
 
     fn maybe_start_transfer(&mut self, now: Instant, from: NodeId, caches: Vec<String>) {
-        if !matches!(self.join, JoinState::Waiting { .. }) || caches.is_empty() {
+        if !matches!(self.join, JoinState::Waiting) || caches.is_empty() {
             return;
         }
         let mut pending = BTreeMap::new();
@@ -1289,14 +1404,14 @@ impl Endpoint {
         self.join = JoinState::Transferring(Transfer {
             donor: from,
             pending,
-            deadline: now + self.transfer_timeout(),
         });
+        self.timers.set(Timer::Join, now + self.transfer_timeout());
     }
 
     /// How long a joiner waits for a chunk before asking again (the donor resends it under
     /// the same message id, so partial reassemblies complete).
     fn transfer_timeout(&self) -> Duration {
-        (self.cfg.tail_delay * 25).min(self.cfg.heartbeat)
+        (self.cfg.tail_delay * TRANSFER_RETRY_FACTOR).min(self.cfg.heartbeat)
     }
 
     fn on_snapshot_chunk(
@@ -1328,7 +1443,7 @@ impl Endpoint {
         match next {
             Some(n) => {
                 tr.pending.insert(cache.clone(), (n, now));
-                tr.deadline = now + timeout;
+                self.timers.set(Timer::Join, now + timeout);
                 let req = self.snapshot_req(from, cache, n);
                 self.send_msg(&req);
             }
@@ -1347,31 +1462,74 @@ impl Endpoint {
 
     fn become_ready(&mut self, now: Instant) {
         self.join = JoinState::Ready;
+        self.timers.stop(Timer::Join);
         self.events.push_back(Event::Member(MemberEvent::Ready));
         // Close any race between the snapshot cursor and live changes.
-        self.next_pulse = self.next_pulse.min(now + Duration::from_millis(5));
+        self.timers
+            .bring_forward(Timer::Pulse, now + READY_PULSE_DELAY);
     }
 
-    /// Runs timers: heartbeats, tail announcements, NAKs, failure detection, pulses, joins.
+    /// Runs the timers that are due: the joining announcement, tail announcements, NAKs,
+    /// heartbeats and failure detection, housekeeping, joining, pulses.
     pub fn handle_timeout(&mut self, now: Instant, app: &mut dyn AppState) {
         if self.left {
             return;
         }
         self.set_wall(now, app.wall_ms());
-        if std::mem::take(&mut self.hello_pending) {
+        if self.timers.is_due(Timer::Hello, now) {
+            self.timers.stop(Timer::Hello);
             self.send_hello(true, Vec::new());
         }
-        self.flush(now);
-        if let Some(t) = self.tail_at {
-            if now >= t {
-                self.send_msg(&Msg::Tail {
-                    seq_hi: self.send.seq_hi(),
-                });
-                self.tail_repeats = self.tail_repeats.saturating_sub(1);
-                self.tail_at = (self.tail_repeats > 0).then(|| now + self.cfg.tail_delay * 8);
+        if self.timers.is_due(Timer::Linger, now) {
+            // Packed by the next poll_transmit.
+            self.timers.stop(Timer::Linger);
+        }
+        if self.timers.is_due(Timer::Tail, now) {
+            self.send_msg(&Msg::Tail {
+                seq_hi: self.send.seq_hi(),
+            });
+            self.tail_repeats = self.tail_repeats.saturating_sub(1);
+            if self.tail_repeats > 0 {
+                let at = now + self.cfg.tail_delay * TAIL_REPEAT_SPACING;
+                self.timers.set(Timer::Tail, at);
+            } else {
+                self.timers.stop(Timer::Tail);
             }
         }
-        // NAKs, one message per peer with gaps.
+        if self.timers.is_due(Timer::Nak, now) {
+            self.send_due_naks(now);
+        }
+        if self.timers.is_due(Timer::Heartbeat, now) {
+            self.timers.set(Timer::Heartbeat, now + self.cfg.heartbeat);
+            self.send_hello(false, app.caches());
+            self.detect_failures(now);
+        }
+        if self.timers.is_due(Timer::Housekeeping, now) {
+            self.timers
+                .set(Timer::Housekeeping, now + HOUSEKEEPING_PERIOD);
+            self.wire.expire(now);
+        }
+        if self.timers.is_due(Timer::Join, now) {
+            self.join_timeout(now);
+        }
+        if self.timers.is_due(Timer::Pulse, now) {
+            if self.defer_periodic_pulse(now) {
+                // Data is flowing: digests differ by what is in flight, and comparing every
+                // bucket would stall this thread for nothing. Look again after the settle time.
+                self.periodic_pulse = now + self.cfg.settle;
+            } else {
+                self.pulse_deferred_since = None;
+                self.periodic_pulse = now + self.cfg.pulse;
+                self.last_pulse_at = Some(now);
+                self.send_pulse(app);
+            }
+            self.timers.set(Timer::Pulse, self.periodic_pulse);
+        }
+        self.refresh_nak_timer();
+    }
+
+    /// NAKs, one message per peer with gaps due.
+    fn send_due_naks(&mut self, now: Instant) {
         let mut naks = Vec::new();
         for (id, p) in self.peers.iter_mut() {
             if p.recv.next_nak().is_some_and(|t| t <= now) {
@@ -1385,27 +1543,31 @@ impl Endpoint {
             self.metrics.retransmits_requested += ranges.len() as u64;
             self.send_msg(&Msg::Nak { to, ranges });
         }
-        if now >= self.next_heartbeat {
-            self.next_heartbeat = now + self.cfg.heartbeat;
-            self.send_hello(false, app.caches());
-            self.detect_failures(now);
+    }
+
+    /// Sets [`Timer::Nak`] to the earliest NAK due over all peers' streams (after anything
+    /// that may have changed them).
+    fn refresh_nak_timer(&mut self) {
+        match self.peers.values().filter_map(|p| p.recv.next_nak()).min() {
+            Some(at) => self.timers.set(Timer::Nak, at),
+            None => self.timers.stop(Timer::Nak),
         }
-        if now >= self.next_housekeeping {
-            self.next_housekeeping = now + Duration::from_millis(250);
-            self.wire.expire(now);
-        }
-        match &mut self.join {
-            JoinState::Waiting { until } if now >= *until => self.become_ready(now),
-            JoinState::Transferring(tr) if now >= tr.deadline => {
+    }
+
+    /// The join deadline passed: stop waiting for a peer, or ask the donor again.
+    fn join_timeout(&mut self, now: Instant) {
+        match &self.join {
+            JoinState::Waiting => self.become_ready(now),
+            JoinState::Transferring(tr) => {
                 // The donor stalled: ask again from where we are, or give up if it is gone.
                 if self.peers.contains_key(&tr.donor) {
-                    tr.deadline = now + (self.cfg.tail_delay * 25).min(self.cfg.heartbeat);
                     let donor = tr.donor;
                     let asks: Vec<(String, u64)> = tr
                         .pending
                         .iter()
                         .map(|(c, (cursor, _))| (c.clone(), *cursor))
                         .collect();
+                    self.timers.set(Timer::Join, now + self.transfer_timeout());
                     for (cache, cursor) in asks {
                         let req = self.snapshot_req(donor, cache, cursor);
                         self.send_msg(&req);
@@ -1415,29 +1577,15 @@ impl Endpoint {
                     self.become_ready(now);
                 }
             }
-            _ => {}
-        }
-        if now >= self.next_pulse {
-            if self.defer_periodic_pulse(now) {
-                // Data is flowing: digests differ by what is in flight, and comparing every
-                // bucket would stall this thread for nothing. Look again after the settle time.
-                self.next_pulse = now + self.cfg.settle;
-                self.periodic_pulse = self.next_pulse;
-            } else {
-                self.pulse_deferred_since = None;
-                self.next_pulse = now + self.cfg.pulse;
-                self.periodic_pulse = self.next_pulse;
-                self.last_pulse_at = Some(now);
-                self.send_pulse(app);
-            }
+            JoinState::Ready => self.timers.stop(Timer::Join),
         }
     }
 
     /// Whether the periodic pulse due now waits: only a periodic one (not one asked for by a
     /// new peer, a loss or an overload), only while data messages were sent or received within
-    /// the settle time, and for at most 4 pulse periods in a row.
+    /// the settle time, and for at most [`MAX_PULSE_DEFERRAL_PERIODS`] pulse periods in a row.
     fn defer_periodic_pulse(&mut self, now: Instant) -> bool {
-        if self.next_pulse != self.periodic_pulse {
+        if self.timers.get(Timer::Pulse) != Some(self.periodic_pulse) {
             return false;
         }
         let recent =
@@ -1446,7 +1594,7 @@ impl Endpoint {
             return false;
         }
         let since = *self.pulse_deferred_since.get_or_insert(now);
-        now.duration_since(since) < self.cfg.pulse * 4
+        now.duration_since(since) < self.cfg.pulse * MAX_PULSE_DEFERRAL_PERIODS
     }
 
     fn detect_failures(&mut self, now: Instant) {
@@ -1529,13 +1677,12 @@ impl Endpoint {
 
     /// Repairs travel on the reliable stream like local changes (they are idempotent by
     /// version), so they get the same loss recovery.
-    fn send_repair(&mut self, now: Instant, items: Vec<Item>) {
+    fn send_repair(&mut self, items: Vec<Item>) {
         self.metrics.ae_repairs += items.len() as u64;
         for item in items {
             self.outbox_bytes += item.weight();
             self.outbox.push_back(item);
         }
-        self.flush(now);
     }
 
     /// Sends an answer to `to` if its answer budget pays for it.
@@ -1544,37 +1691,33 @@ impl Endpoint {
         if !self.pay(now, to, self.wire_size(payload.len())) {
             return false;
         }
-        self.transmit_as(&payload, None, msg.target());
+        self.queue(payload.into(), None, destination(msg));
         true
     }
 
     fn send_msg(&mut self, msg: &Msg) -> Option<u64> {
-        let payload = msg.encode();
-        self.transmit_as(&payload, None, msg.target())
+        self.queue(msg.encode().into(), None, destination(msg))
     }
 
-    /// Encodes and queues one message for `to` (`None`: every peer); returns its wire
-    /// message id.
-    fn transmit_as(&mut self, payload: &[u8], id: Option<u64>, to: Option<NodeId>) -> Option<u64> {
-        let mut out = Vec::new();
-        match self.wire.encode_as(payload, id, &mut out) {
-            Ok(id) => {
-                for d in out {
-                    self.metrics.datagrams_sent += 1;
-                    self.metrics.bytes_sent += d.len() as u64;
-                    self.transmit_bytes += d.len();
-                    self.transmits.push_back((to, d));
-                }
+    /// Queues one message for `to` as wire message `id` (a new id if `None`); returns the id
+    /// used. Its datagrams are sealed by [`Endpoint::poll_transmit`].
+    fn queue(&mut self, payload: Arc<[u8]>, id: Option<u64>, to: Destination) -> Option<u64> {
+        match self.wire.begin_message(payload.len(), id) {
+            Ok((id, count)) => {
+                self.transmit_bytes += self.wire_size(payload.len());
+                self.transmits.push_back(Outgoing {
+                    to,
+                    payload,
+                    id,
+                    next: 0,
+                    count,
+                });
                 Some(id)
             }
             Err(e) => {
                 // Only oversized messages fail; caches refuse entries that could cause this.
                 tracing::warn!(error = %e, len = payload.len(), "message not sent");
-                *self
-                    .metrics
-                    .dropped
-                    .entry("unsendable".to_string())
-                    .or_default() += 1;
+                self.drops.record(DropReason::Unsendable);
                 None
             }
         }
@@ -1586,9 +1729,9 @@ impl Endpoint {
     fn pulse_soon(&mut self, now: Instant, delay: Duration) {
         let mut at = now + delay;
         if let Some(last) = self.last_pulse_at {
-            at = at.max(last + (self.cfg.heartbeat / 2).max(Duration::from_millis(20)));
+            at = at.max(last + (self.cfg.heartbeat / 2).max(MIN_PULSE_SPACING));
         }
-        self.next_pulse = self.next_pulse.min(at);
+        self.timers.bring_forward(Timer::Pulse, at);
     }
 
     /// Takes `bytes` of `to`'s answer budget; counts `answer_budget` and returns false if it
@@ -1597,7 +1740,7 @@ impl Endpoint {
         if self.budget.spend(now, to, bytes) {
             return true;
         }
-        self.count_drop("answer_budget");
+        self.drops.record(DropReason::AnswerBudget);
         false
     }
 
@@ -1616,7 +1759,7 @@ impl Endpoint {
             n += 1;
         }
         if n < items.len() {
-            self.count_drop("answer_budget");
+            self.drops.record(DropReason::AnswerBudget);
             items.truncate(n);
         }
         if total > 0 {
@@ -1646,15 +1789,6 @@ impl Endpoint {
         }
     }
 
-    fn count_drop(&mut self, reason: &str) {
-        match self.metrics.dropped.get_mut(reason) {
-            Some(n) => *n += 1,
-            None => {
-                self.metrics.dropped.insert(reason.to_string(), 1);
-            }
-        }
-    }
-
     /// True (and counted as `clock_skew`, with a rate-limited warning) if `version` is further
     /// ahead of this node's wall clock than `max_clock_skew`: it must not be applied, stored
     /// as a floor or horizon, or observed into the clock.
@@ -1663,7 +1797,7 @@ impl Endpoint {
         if self.wall_ms == 0 || !too_far_ahead(version, self.wall_ms, skew) {
             return false;
         }
-        self.count_drop("clock_skew");
+        self.drops.record(DropReason::ClockSkew);
         if self
             .warned_skew
             .is_none_or(|t| now.saturating_duration_since(t) >= WARN_EVERY)
@@ -1764,4 +1898,9 @@ impl Endpoint {
     fn list_budget(&self) -> usize {
         self.wire.chunk_size().max(256) * 4
     }
+}
+
+/// Where a message goes: to the one peer it names, or to every peer.
+fn destination(msg: &Msg) -> Destination {
+    msg.target().map_or(Destination::Group, Destination::Node)
 }

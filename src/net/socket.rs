@@ -80,10 +80,11 @@ pub fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::net::Ud
 
 /// Datagrams received together by one `recvmmsg` call: up to [`RecvBatch::CAPACITY`], each in
 /// its own 64 KiB buffer (the largest UDP payload, so nothing is truncated; pages never
-/// written are never resident).
+/// written are never resident), handed out one at a time.
 pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     got: Vec<(usize, Option<SocketAddr>)>,
+    next: usize,
 }
 
 impl Default for RecvBatch {
@@ -101,16 +102,18 @@ impl RecvBatch {
         RecvBatch {
             bufs: (0..Self::CAPACITY).map(|_| vec![0u8; 65_536]).collect(),
             got: Vec::with_capacity(Self::CAPACITY),
+            next: 0,
         }
     }
 
     /// Takes the datagrams waiting on `sock` (at most [`RecvBatch::CAPACITY`]) in one system
-    /// call; returns how many. `WouldBlock` when there were none (and tokio then waits for
-    /// the socket to become readable again).
-    pub fn recv(&mut self, sock: &tokio::net::UdpSocket) -> io::Result<usize> {
+    /// call, replacing any not handed out yet; returns how many. `WouldBlock` when there were
+    /// none (tokio then waits for the socket to become readable again).
+    pub fn fill(&mut self, sock: &tokio::net::UdpSocket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let RecvBatch { bufs, got } = self;
+        let RecvBatch { bufs, got, next } = self;
         got.clear();
+        *next = 0;
         sock.try_io(tokio::io::Interest::READABLE, || {
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), None);
             let mut slices: Vec<[IoSliceMut<'_>; 1]> =
@@ -124,15 +127,23 @@ impl RecvBatch {
             )
             .map_err(io::Error::from)?;
             got.extend(res.map(|m| (m.bytes, m.address.and_then(socket_addr))));
+            if got.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             Ok(())
         })?;
         Ok(got.len())
     }
 
-    /// Datagram `i` of the last [`RecvBatch::recv`] and the address it came from.
-    pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
-        let (len, from) = self.got[i];
-        (&self.bufs[i][..len.min(self.bufs[i].len())], from)
+    /// The next datagram of the last [`RecvBatch::fill`], copied into `buf` (truncated to its
+    /// length), with its length and the address it came from; `None` when all were handed out.
+    pub fn pop_into(&mut self, buf: &mut [u8]) -> Option<(usize, Option<SocketAddr>)> {
+        let (len, from) = *self.got.get(self.next)?;
+        let data = &self.bufs[self.next][..len.min(self.bufs[self.next].len())];
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        self.next += 1;
+        Some((n, from))
     }
 }
 

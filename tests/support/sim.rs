@@ -15,7 +15,7 @@ use mccache::cache::hooks::{
     Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket,
 };
 use mccache::net::unicast::AddressBook;
-use mccache::proto::endpoint::{Endpoint, EndpointConfig, Event, MemberEvent};
+use mccache::proto::endpoint::{Destination, Endpoint, EndpointConfig, Event, MemberEvent};
 use mccache::proto::message::{Item, Query};
 use mccache::proto::record::{Op, Record};
 use mccache::proto::state::AppState;
@@ -465,8 +465,9 @@ impl Sim {
 
     /// Node `i` leaves cleanly (announces it) and stops.
     pub fn leave(&mut self, i: usize) {
+        let now = self.instant();
         let n = &mut self.nodes[i];
-        n.ep.leave();
+        n.ep.leave(now);
         self.pump(i);
         self.nodes[i].alive = false;
         self.incarnations[i] += 1;
@@ -486,7 +487,6 @@ impl Sim {
         let now = self.instant();
         let n = &mut self.nodes[i];
         n.ep.publish(now, item);
-        n.ep.flush(now);
         self.pump(i);
     }
 
@@ -579,7 +579,8 @@ impl Sim {
             u.next_announce[i] = now + heartbeat * 2;
             u.books[i].expire(self.base + now);
             let pairs = u.books[i].first_hand();
-            self.nodes[i].ep.announce_addresses(pairs);
+            let at = self.base + now;
+            self.nodes[i].ep.announce_addresses(at, pairs);
         }
         let targets: Vec<std::net::SocketAddr> = u.books[i].targets().to_vec();
         targets
@@ -606,7 +607,9 @@ impl Sim {
         if self.unicast.is_some() {
             return self.pump_unicast(i);
         }
-        while let Some(d) = self.nodes[i].ep.poll_transmit() {
+        let now = self.instant();
+        let mut d = Vec::new();
+        while self.nodes[i].ep.poll_transmit(now, &mut d).is_some() {
             assert!(
                 d.len() <= self.net.mtu,
                 "datagram of {} bytes exceeds the MTU {}",
@@ -666,10 +669,15 @@ impl Sim {
     fn pump_unicast(&mut self, i: usize) {
         self.unicast_targets(i); // announces when due
         let (mut out, mut dests) = (Vec::new(), Vec::new());
-        while let Some((to, d)) = self.nodes[i].ep.poll_transmit_to() {
+        let now = self.instant();
+        let mut d = Vec::new();
+        while let Some(t) = self.nodes[i].ep.poll_transmit(now, &mut d) {
             assert!(d.len() <= self.net.mtu, "datagram exceeds the MTU");
-            dests.push(to);
-            out.push(d);
+            dests.push(match t.destination {
+                Destination::Group => None,
+                Destination::Node(id) => Some(id),
+            });
+            out.push(std::mem::take(&mut d));
         }
         if !self.nodes[i].alive {
             out.clear();
@@ -736,7 +744,9 @@ impl Sim {
                 .iter()
                 .enumerate()
                 .filter(|(_, n)| n.alive)
-                .map(|(i, n)| (i, n.ep.poll_timeout().saturating_duration_since(self.base)))
+                .filter_map(|(i, n)| {
+                    Some((i, n.ep.poll_timeout()?.saturating_duration_since(self.base)))
+                })
                 .min_by_key(|(_, t)| *t)
                 .unwrap_or((usize::MAX, Duration::MAX));
             let next = next_net.unwrap_or(Duration::MAX).min(next_timer);
