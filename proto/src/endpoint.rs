@@ -123,6 +123,7 @@ impl EndpointConfig {
 
 /// Membership and readiness events (public as `mccache::MemberEvent`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MemberEvent {
     /// A peer was heard for the first time (or again after it was removed).
     Joined {

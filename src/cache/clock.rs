@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of time: monotonic nanoseconds (TTL, callback window, spikes) and wall-clock
 /// milliseconds since the Unix epoch (write versions and metadata).
@@ -125,7 +125,7 @@ impl Clock for SystemClock {
 /// Wall time starts at 2023-11-14T22:13:20Z and advances together with monotonic time.
 ///
 /// ```
-/// use mccache::cache::clock::{Clock, FakeClock};
+/// use mccache::unstable::{Clock, FakeClock};
 /// use std::time::Duration;
 ///
 /// let clock = FakeClock::new();
@@ -133,12 +133,14 @@ impl Clock for SystemClock {
 /// clock.advance(Duration::from_millis(5));
 /// assert_eq!(clock.now_nanos() - t0, 5_000_000);
 /// ```
+#[cfg(any(test, feature = "unstable"))]
 #[derive(Debug)]
 pub struct FakeClock {
     nanos: AtomicU64,
     wall_base_ms: u64,
 }
 
+#[cfg(any(test, feature = "unstable"))]
 impl FakeClock {
     /// A fake clock at monotonic time 1 s.
     pub fn new() -> FakeClock {
@@ -149,17 +151,19 @@ impl FakeClock {
     }
 
     /// Moves both clocks forward by `d`.
-    pub fn advance(&self, d: Duration) {
+    pub fn advance(&self, d: std::time::Duration) {
         self.nanos.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
     }
 }
 
+#[cfg(any(test, feature = "unstable"))]
 impl Default for FakeClock {
     fn default() -> Self {
         FakeClock::new()
     }
 }
 
+#[cfg(any(test, feature = "unstable"))]
 impl Clock for FakeClock {
     fn now_nanos(&self) -> u64 {
         self.nanos.load(Ordering::SeqCst)
@@ -173,6 +177,7 @@ impl Clock for FakeClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn system_clock_is_monotonic_and_near_wall_time() {

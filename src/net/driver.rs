@@ -37,8 +37,6 @@ pub enum Command {
     Query(Query, ReplySender),
     /// Snapshot of the counters.
     Metrics(std::sync::mpsc::Sender<NetworkMetrics>),
-    /// Leave the cluster and stop.
-    Shutdown,
 }
 
 /// Where the fault injector drops datagrams.
@@ -248,7 +246,6 @@ pub async fn run(
                         Command::Metrics(tx) => {
                             let _ = tx.send(ep.metrics());
                         }
-                        Command::Shutdown => stopping = true,
                     }
                     n += 1;
                     if n < 8192 && ep.outbox_len() < queue_max {

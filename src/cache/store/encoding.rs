@@ -15,8 +15,8 @@ pub(super) fn bucket_of(key_bytes: &[u8]) -> u8 {
     crate::cache::hooks::key_bucket(key_bytes) as u8
 }
 
-pub(super) fn ser_err(e: impl std::fmt::Display) -> Error {
-    Error::Serialization(e.to_string())
+pub(super) fn ser_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Serialization(Box::new(e))
 }
 
 thread_local! {

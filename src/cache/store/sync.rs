@@ -2,7 +2,6 @@
 //! `K` and `V`: remote applies, digests and bucket key lists for anti-entropy, snapshot chunks
 //! for state transfer, housekeeping and the tombstone horizon.
 
-use std::any::Any;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -46,10 +45,6 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
 
     fn type_names(&self) -> String {
         type_names::<K, V>()
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 
     fn peer_loading(&self, key: &[u8]) {
