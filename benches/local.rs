@@ -85,16 +85,14 @@ fn make(name: &str, cap: usize) -> Arc<dyn Bench> {
         }
         "mccache_net" => {
             let port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let config = mccache::Config {
-                cache_ttl: 0.0,
-                cache_max: cap,
-                cache_size: 1 << 40,
-                interface: std::net::Ipv4Addr::LOCALHOST,
-                multicast_ip: std::net::Ipv4Addr::new(239, 255, 94, (port % 250) as u8 + 1),
-                multicast_port: port,
-                cluster_name: format!("bench-local-{port}"),
-                ..mccache::Config::default()
-            };
+            let mut config = mccache::Config::default();
+            config.cache_ttl = 0.0;
+            config.cache_max = cap;
+            config.cache_size = 1 << 40;
+            config.interface = std::net::Ipv4Addr::LOCALHOST;
+            config.multicast_ip = std::net::Ipv4Addr::new(239, 255, 94, (port % 250) as u8 + 1);
+            config.multicast_port = port;
+            config.cluster_name = format!("bench-local-{port}");
             let node = mccache::Node::start(config).expect("loopback node starts");
             let cache = node.cache("bench").expect("fresh node");
             Arc::new(Mc(cache, node))

@@ -26,12 +26,10 @@ fn child(cache: &str, n: u64) {
     let before = rss();
     match cache {
         "mccache" => {
-            let config = mccache::Config {
-                cache_ttl: 0.0,
-                cache_max: n as usize,
-                cache_size: 1 << 40,
-                ..mccache::Config::default()
-            };
+            let mut config = mccache::Config::default();
+            config.cache_ttl = 0.0;
+            config.cache_max = n as usize;
+            config.cache_size = 1 << 40;
             let node = mccache::Node::start_local(config).expect("valid config");
             let c: mccache::Cache<u64, u64> = node.cache("mem").expect("fresh node");
             for k in 0..n {

@@ -34,14 +34,12 @@ fn main() {
             )
         }
         _ => {
-            let config = mccache::Config {
-                cache_ttl: 0.0,
-                cache_max: cap,
-                cache_size: 1 << 40,
-                interface: std::net::Ipv4Addr::LOCALHOST,
-                multicast_port: 47_911,
-                ..mccache::Config::default()
-            };
+            let mut config = mccache::Config::default();
+            config.cache_ttl = 0.0;
+            config.cache_max = cap;
+            config.cache_size = 1 << 40;
+            config.interface = std::net::Ipv4Addr::LOCALHOST;
+            config.multicast_port = 47_911;
             let node = if op == "insert_net" {
                 mccache::Node::start(config)
             } else {

@@ -11,6 +11,7 @@ use mccache::Config;
 use mccache::unstable::{DetachedNode, FakeClock};
 use mccache_proto::endpoint::{Endpoint, EndpointConfig};
 use mccache_proto::message::{Msg, Query};
+use mccache_proto::metrics::NetworkMetrics;
 use mccache_proto::record::{Op, Record};
 use mccache_proto::sync::{KeyVersion, SYNC_BUCKETS, SyncDigest};
 use mccache_proto::version::{NodeId, Version};
@@ -103,12 +104,10 @@ pub const TYPED: &str = "t";
 /// allocate without end.
 pub fn node_state() -> (DetachedNode, Arc<FakeClock>) {
     let clock = Arc::new(FakeClock::new());
-    let config = Config {
-        cache_max: 4096,
-        cache_size: 4 * 1024 * 1024,
-        max_message_size: 256 * 1024,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.cache_max = 4096;
+    config.cache_size = 4 * 1024 * 1024;
+    config.max_message_size = 256 * 1024;
     let node = DetachedNode::new(config, ME, clock.clone()).expect("a valid configuration");
     node.cache::<String, Vec<u8>>(TYPED)
         .expect("a fresh node opens its first cache");

@@ -380,25 +380,19 @@ impl Sim {
             self.heartbeat,
             self.pulse,
         );
-        let mut config = Config {
-            // Entries live until deleted, and the caps stay out of the way: convergence is
-            // checked on every write.
-            cache_ttl: 0.0,
-            cache_max: 1 << 20,
-            cache_size: 1 << 32,
-            cache_pulse: self.pulse.as_secs_f64(),
-            daemon_sleep: self.heartbeat.as_secs_f64(),
-            max_message_size: 1 << 20,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        // Entries live until deleted, and the caps stay out of the way: convergence is
+        // checked on every write.
+        config.cache_ttl = 0.0;
+        config.cache_max = 1 << 20;
+        config.cache_size = 1 << 32;
+        config.cache_pulse = self.pulse.as_secs_f64();
+        config.daemon_sleep = self.heartbeat.as_secs_f64();
+        config.max_message_size = 1 << 20;
         for (cache, mode) in &self.modes {
-            config.caches.insert(
-                cache.clone(),
-                mccache::config::CacheOverrides {
-                    cache_mode: Some(*mode),
-                    ..Default::default()
-                },
-            );
+            let mut overrides = mccache::CacheOverrides::default();
+            overrides.cache_mode = Some(*mode);
+            config.caches.insert(cache.clone(), overrides);
         }
         let node = DetachedNode::new(config, id, clock).expect("a valid configuration");
         (Endpoint::new(cfg, id, self.instant()), SimApp::new(node))
