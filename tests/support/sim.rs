@@ -380,9 +380,9 @@ impl Sim {
             self.heartbeat,
             self.pulse,
         );
-        let mut config = Config::default();
         // Entries live until deleted, and the caps stay out of the way: convergence is
         // checked on every write.
+        let mut config = Config::default();
         config.cache_ttl = 0.0;
         config.cache_max = 1 << 20;
         config.cache_size = 1 << 32;
@@ -390,9 +390,7 @@ impl Sim {
         config.daemon_sleep = self.heartbeat.as_secs_f64();
         config.max_message_size = 1 << 20;
         for (cache, mode) in &self.modes {
-            let mut overrides = mccache::CacheOverrides::default();
-            overrides.cache_mode = Some(*mode);
-            config.caches.insert(cache.clone(), overrides);
+            config.caches.entry(cache.clone()).or_default().cache_mode = Some(*mode);
         }
         let node = DetachedNode::new(config, id, clock).expect("a valid configuration");
         (Endpoint::new(cfg, id, self.instant()), SimApp::new(node))
