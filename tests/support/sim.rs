@@ -511,7 +511,7 @@ impl Sim {
 
     /// Node `i` leaves cleanly (announces it) and stops.
     pub fn leave(&mut self, i: usize) {
-        let now = self.instant();
+        let now = self.tick(i);
         let n = &mut self.nodes[i];
         n.ep.leave(now);
         self.pump(i);
