@@ -1,8 +1,10 @@
-//! Why a received datagram was dropped, and counters for each reason.
+//! Why a datagram, message or record was dropped, and counters for each reason.
 //!
 //! Network input is hostile: nothing that arrives is ever returned to a cache user as an error
-//! or allowed to panic. Every datagram that is not accepted is classified by a [`DropReason`]
-//! and counted in a [`DropCounters`], which the metrics layer exposes.
+//! or allowed to panic. Every datagram, message or record that is not accepted (and every
+//! outgoing one that cannot be sent) is classified by a [`DropReason`] and counted in a
+//! [`DropCounters`]. Users see them by name in `NetworkMetrics::dropped`
+//! ([`DropCounters::to_map`]), the names being [`DropReason::as_str`].
 
 use serde::Serialize;
 
@@ -10,7 +12,7 @@ use serde::Serialize;
 /// drift apart.
 macro_rules! drop_reasons {
     ($( $(#[doc = $doc:literal])* $variant:ident => $field:ident, $name:literal; )*) => {
-        /// Why a datagram (or a partly reassembled message) was dropped.
+        /// Why a datagram (or a partly reassembled message, a message, a record) was dropped.
         #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
         pub enum DropReason {
             $( $(#[doc = $doc])* $variant, )*
@@ -108,6 +110,29 @@ drop_reasons! {
     Stale => stale, "stale";
     /// Our own datagram, looped back by multicast.
     OwnEcho => own_echo, "own_echo";
+    /// A data message (not a fragment) already received from its sender.
+    DuplicateMessage => duplicate_message, "duplicate";
+    /// A message from a new sender while the membership table is full (`max_peers`).
+    MembershipFull => membership_full, "membership_full";
+    /// An announcement that would track more missing sequence numbers than
+    /// [`crate::endpoint::MAX_TRACKED_GAPS`]: the stream jumped ahead instead.
+    GapBudget => gap_budget, "gap_budget";
+    /// A NAK not served because [`crate::endpoint::MAX_QUEUED_TRANSMIT_BYTES`] were queued.
+    NakShed => nak_shed, "nak_shed";
+    /// An answer its requester's answer budget did not pay for (the budget grows with what
+    /// it sends; it asks again).
+    AnswerBudget => answer_budget, "answer_budget";
+    /// A record at or below the cache's tombstone horizon for a key it does not hold.
+    BelowHorizon => below_horizon, "below_horizon";
+    /// A record whose value the cache could not decode.
+    UndecodableRecord => undecodable_record, "undecodable_record";
+    /// A version, clear floor or horizon further ahead of this node's clock than
+    /// `max_clock_skew`.
+    ClockSkew => clock_skew, "clock_skew";
+    /// A message this node could not encode (larger than `max_message_size`): not sent.
+    Unsendable => unsendable, "unsendable";
+    /// A datagram the socket refused to send (counted by the driver).
+    SendError => send_error, "send_error";
 }
 
 impl DropCounters {
@@ -119,6 +144,18 @@ impl DropCounters {
     /// The sum of all counters.
     pub fn total(&self) -> u64 {
         self.iter().fold(0u64, |acc, (_, n)| acc.saturating_add(n))
+    }
+
+    /// The non-zero counters by name, as `NetworkMetrics::dropped` shows them. Two reasons
+    /// may share a name (a duplicate fragment and a duplicate data message are both
+    /// `duplicate`): their counts add up.
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut m = std::collections::BTreeMap::new();
+        for (r, n) in self.iter().filter(|(_, n)| *n > 0) {
+            let c: &mut u64 = m.entry(r.as_str().to_string()).or_default();
+            *c = c.saturating_add(n);
+        }
+        m
     }
 
     /// Adds every counter of `other` into `self`.
@@ -144,7 +181,8 @@ mod tests {
         let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), DropReason::ALL.len());
+        // `duplicate` names both duplicate fragments and duplicate data messages.
+        assert_eq!(names.len(), DropReason::ALL.len() - 1);
 
         let mut c = DropCounters::default();
         for (i, &r) in DropReason::ALL.iter().enumerate() {
@@ -155,7 +193,24 @@ mod tests {
             assert_eq!(n, i as u64 + 1);
         }
         let json = serde_json::to_value(&c).unwrap();
-        assert_eq!(json["own_echo"], DropReason::ALL.len() as u64);
+        let own_echo = DropReason::ALL
+            .iter()
+            .position(|r| *r == DropReason::OwnEcho)
+            .unwrap();
+        assert_eq!(json["own_echo"], own_echo as u64 + 1);
         assert_eq!(json["bad_magic"], 1);
+    }
+
+    #[test]
+    fn the_map_holds_non_zero_counters_by_name_and_adds_shared_names() {
+        let mut c = DropCounters::default();
+        assert!(c.to_map().is_empty());
+        c.record(DropReason::Duplicate);
+        c.add(DropReason::DuplicateMessage, 2);
+        c.record(DropReason::ClockSkew);
+        let m = c.to_map();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["duplicate"], 3);
+        assert_eq!(m["clock_skew"], 1);
     }
 }

@@ -8,6 +8,7 @@
 //! completeness does.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A sequence-number range, inclusive on both ends.
@@ -17,7 +18,7 @@ pub type Range = (u64, u64);
 #[derive(Debug)]
 pub struct SendBuffer {
     next_seq: u64,
-    held: VecDeque<(u64, u64, Vec<u8>)>,
+    held: VecDeque<(u64, u64, Arc<[u8]>)>,
     bytes: usize,
     max_bytes: usize,
     /// Messages dropped from the buffer before every peer acknowledged them (only when the byte
@@ -49,8 +50,9 @@ impl SendBuffer {
         seq
     }
 
-    /// Keeps message `seq` (sent as wire message `message_id`) for retransmission.
-    pub fn keep(&mut self, seq: u64, message_id: u64, payload: Vec<u8>) {
+    /// Keeps message `seq` (sent as wire message `message_id`) for retransmission. The payload
+    /// is shared with the send queue, not copied.
+    pub fn keep(&mut self, seq: u64, message_id: u64, payload: Arc<[u8]>) {
         {
             self.bytes += payload.len();
             self.held.push_back((seq, message_id, payload));
@@ -85,13 +87,13 @@ impl SendBuffer {
     }
 
     /// The wire message id and payload of message `seq`, if still held.
-    pub fn get(&self, seq: u64) -> Option<(u64, &[u8])> {
+    pub fn get(&self, seq: u64) -> Option<(u64, &Arc<[u8]>)> {
         let first = self.held.front()?.0;
         let idx = seq.checked_sub(first)? as usize;
         self.held
             .get(idx)
             .filter(|(s, _, _)| *s == seq)
-            .map(|(_, id, p)| (*id, p.as_slice()))
+            .map(|(_, id, p)| (*id, p))
     }
 
     /// Messages currently held.
@@ -425,7 +427,7 @@ mod tests {
         let mut b = SendBuffer::new(250);
         for id in 0..3 {
             let seq = b.next_seq();
-            b.keep(seq, id, vec![0; 100]);
+            b.keep(seq, id, vec![0; 100].into());
         }
         assert_eq!(b.len(), 2, "byte cap evicts the oldest");
         assert_eq!(b.evicted_unacked, 1);

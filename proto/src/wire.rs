@@ -34,8 +34,7 @@ use serde::Serialize;
 use super::crypto::Keyring;
 use super::drop::DropReason;
 use super::fragment::{
-    DEFAULT_MAX_PER_SENDER, Reassembler, ReassemblyLimits, fragment_count,
-    max_payload_per_datagram, split,
+    DEFAULT_MAX_PER_SENDER, Reassembler, ReassemblyLimits, fragment_count, max_payload_per_datagram,
 };
 use super::header::{HEADER_LEN, Header, cluster_id};
 use super::replay::{DEFAULT_MAX_SENDERS, ReplayGuard};
@@ -244,10 +243,28 @@ impl Wire {
         message_id: Option<u64>,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<u64, EncodeError> {
-        let size = payload.len();
-        if size > self.max_message_size {
+        let (message_id, count) = self.begin_message(payload.len(), message_id)?;
+        out.reserve(usize::from(count));
+        for index in 0..count {
+            let mut d = Vec::new();
+            self.encode_fragment(payload, message_id, index, count, &mut d)?;
+            out.push(d);
+        }
+        Ok(message_id)
+    }
+
+    /// Checks that a `len`-byte payload can be sent and assigns its message id (a new id if
+    /// `None`); returns the id and the number of fragments. Nothing is encoded yet:
+    /// [`Wire::encode_fragment`] seals one datagram at a time, so a sender can write each
+    /// into a buffer of its own when it is about to send it.
+    pub fn begin_message(
+        &mut self,
+        len: usize,
+        message_id: Option<u64>,
+    ) -> Result<(u64, u16), EncodeError> {
+        if len > self.max_message_size {
             return Err(EncodeError::TooLarge {
-                size,
+                size: len,
                 max: self.max_message_size,
             });
         }
@@ -257,12 +274,11 @@ impl Wire {
                 overhead: HEADER_LEN + self.keyring.overhead(),
             });
         }
-        let count = fragment_count(size, self.chunk).ok_or(EncodeError::TooManyFragments {
-            size,
+        let count = fragment_count(len, self.chunk).ok_or(EncodeError::TooManyFragments {
+            size: len,
             chunk: self.chunk,
         })?;
-        let last_packet = self
-            .packet
+        self.packet
             .checked_add(u64::from(count))
             .ok_or(EncodeError::Exhausted)?;
         let message_id = match message_id {
@@ -273,30 +289,42 @@ impl Wire {
                 id
             }
         };
-        out.reserve(usize::from(count));
-        let overhead = HEADER_LEN + self.keyring.overhead();
-        for (index, part) in (0u16..).zip(split(payload, self.chunk)) {
-            self.packet += 1;
-            let header = Header {
-                encrypted: self.keyring.is_encrypted(),
-                key_id: self.keyring.sealing_key_id().unwrap_or(0),
-                frag_index: index,
-                frag_count: count,
-                cluster_id: self.cluster_id,
-                sender: self.me,
-                packet_number: self.packet,
-                message_id,
-                sent_ms: self.wall_ms,
-            };
-            let mut d = Vec::with_capacity(overhead + part.len());
-            d.extend_from_slice(&header.encode());
-            d.extend_from_slice(part);
-            self.keyring.seal(&mut d);
-            debug_assert!(d.len() <= self.mtu);
-            out.push(d);
-        }
-        debug_assert_eq!(self.packet, last_packet);
-        Ok(message_id)
+        Ok((message_id, count))
+    }
+
+    /// Seals fragment `index` of the `count` fragments of `payload` (message `message_id`, as
+    /// returned by [`Wire::begin_message`]) into `out`, which is cleared first; the datagram
+    /// takes the next packet number and the current wall clock.
+    pub fn encode_fragment(
+        &mut self,
+        payload: &[u8],
+        message_id: u64,
+        index: u16,
+        count: u16,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        let chunk = self.chunk.max(1);
+        let start = (usize::from(index) * chunk).min(payload.len());
+        let part = &payload[start..(start + chunk).min(payload.len())];
+        self.packet = self.packet.checked_add(1).ok_or(EncodeError::Exhausted)?;
+        let header = Header {
+            encrypted: self.keyring.is_encrypted(),
+            key_id: self.keyring.sealing_key_id().unwrap_or(0),
+            frag_index: index,
+            frag_count: count,
+            cluster_id: self.cluster_id,
+            sender: self.me,
+            packet_number: self.packet,
+            message_id,
+            sent_ms: self.wall_ms,
+        };
+        out.clear();
+        out.reserve(HEADER_LEN + self.keyring.overhead() + part.len());
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(part);
+        self.keyring.seal(out);
+        debug_assert!(out.len() <= self.mtu);
+        Ok(())
     }
 
     /// Opens one datagram. Returns `Ok(Some((sender, payload)))` when a message completes,

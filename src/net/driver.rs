@@ -4,19 +4,20 @@
 //! Cache calls never wait for it: they push changes with `try_send` and return. The
 //! [`Transport`] is the only part that knows how datagrams travel: to a multicast group, or
 //! to each peer by unicast ([`super::unicast`], with discovery from [`super::discovery`]).
+//! Each pass of the loop waits for one wake-up, reads the clock once and gives that `now` to
+//! every call into the core.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use rand::Rng;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::diagnose::{OpenFailure, OpenFailures};
+use crate::proto::drop::DropReason;
 use crate::proto::endpoint::{Endpoint, Event, MemberEvent, PeerInfo};
 use crate::proto::message::{Item, Query};
 use crate::proto::metrics::NetworkMetrics;
@@ -24,7 +25,8 @@ use crate::proto::state::AppState;
 use crate::proto::version::NodeId;
 
 use super::discovery::{self, Resolved};
-use super::unicast::{self, AddressBook};
+pub use super::transport::{Tantrum, Transport};
+use super::unicast::AddressBook;
 
 /// Where the answers to one cluster query go: (answering node, msgpack body).
 pub type ReplySender = std::sync::mpsc::Sender<(NodeId, Vec<u8>)>;
@@ -37,17 +39,6 @@ pub enum Command {
     Query(Query, ReplySender),
     /// Snapshot of the counters.
     Metrics(std::sync::mpsc::Sender<NetworkMetrics>),
-}
-
-/// Where the fault injector drops datagrams.
-#[derive(Copy, Clone, Debug, PartialEq)]
-pub struct Tantrum {
-    /// Percent of datagrams dropped (0–100).
-    pub percent: f64,
-    /// Drop on send.
-    pub send: bool,
-    /// Drop on receive.
-    pub recv: bool,
 }
 
 /// State the driver shares with the node: membership, readiness.
@@ -75,73 +66,43 @@ pub struct Shared {
     pub open_failures: Mutex<OpenFailures>,
 }
 
-/// How datagrams travel.
-pub enum Transport {
-    /// To a multicast group: one socket joined to it, one to send from.
-    Multicast {
-        /// Joined to the group.
-        recv: UdpSocket,
-        /// Bound to the interface.
-        send: UdpSocket,
-        /// The group.
-        group: SocketAddrV4,
-    },
-    /// To each peer: one socket bound to `interface:bind_port`.
-    Unicast(Unicast),
+/// Counters the driver keeps itself (the core counts the rest); merged into the core's when
+/// metrics are read ([`DriverCounters::merged`]).
+#[derive(Debug, Default)]
+struct DriverCounters {
+    /// Datagrams the socket refused to send.
+    send_errors: u64,
+    /// Times the publisher's queue overflowed.
+    outbound_overflow: u64,
 }
 
-/// The unicast transport's state.
-pub struct Unicast {
-    sock: UdpSocket,
-    /// The `peers` entries with ports, re-resolved every `interval`.
-    entries: Vec<String>,
-    interval: Duration,
-    /// Heard addresses expire after this long without news.
-    expiry: Duration,
-    /// How often this node announces the addresses it hears its members from.
-    announce: Duration,
-}
-
-impl Transport {
-    /// Wraps multicast sockets opened by [`super::socket`] (must be called inside the runtime).
-    pub fn new(
-        recv: std::net::UdpSocket,
-        send: std::net::UdpSocket,
-        group: SocketAddrV4,
-    ) -> std::io::Result<Transport> {
-        Ok(Transport::Multicast {
-            recv: UdpSocket::from_std(recv)?,
-            send: UdpSocket::from_std(send)?,
-            group,
-        })
-    }
-
-    /// Wraps a unicast socket ([`super::socket::unicast_socket`]; inside the runtime).
-    /// `entries` are the `peers` with their ports, resolved every `interval`; addresses heard
-    /// from are forgotten after `expiry` without news; members' addresses are announced every
-    /// `announce`.
-    pub fn unicast(
-        sock: std::net::UdpSocket,
-        entries: Vec<String>,
-        interval: Duration,
-        expiry: Duration,
-        announce: Duration,
-    ) -> std::io::Result<Transport> {
-        Ok(Transport::Unicast(Unicast {
-            sock: UdpSocket::from_std(sock)?,
-            entries,
-            interval,
-            expiry,
-            announce,
-        }))
-    }
-
-    fn recv_socket(&self) -> &UdpSocket {
-        match self {
-            Transport::Multicast { recv, .. } => recv,
-            Transport::Unicast(u) => &u.sock,
+impl DriverCounters {
+    /// The core's metrics with the driver's and the transport's counters added.
+    fn merged(&self, ep: &Endpoint, transport: &Transport) -> NetworkMetrics {
+        let mut m = ep.metrics();
+        m.tantrum_drops += transport.tantrum_drops();
+        if transport.own_echoes() > 0 {
+            *m.dropped
+                .entry(DropReason::OwnEcho.as_str().to_string())
+                .or_default() += transport.own_echoes();
         }
+        m.outbound_overflow += self.outbound_overflow;
+        if self.send_errors > 0 {
+            *m.dropped
+                .entry(DropReason::SendError.as_str().to_string())
+                .or_default() += self.send_errors;
+        }
+        m
     }
+}
+
+/// What woke the driver up.
+enum Wake {
+    Stop,
+    Command(Option<Command>),
+    Resolved(Vec<Resolved>),
+    Datagram(std::io::Result<(usize, SocketAddr)>),
+    Timer,
 }
 
 /// Applies one round of resolutions to the book, saying when an entry starts or stops
@@ -178,15 +139,14 @@ fn apply_resolved(
 pub async fn run(
     mut ep: Endpoint,
     mut app: Box<dyn AppState + Send>,
-    transport: Transport,
+    mut transport: Transport,
     mut commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
-    tantrum: Tantrum,
     mut on_event: Box<dyn FnMut(&MemberEvent) + Send>,
 ) {
     let mut buf = vec![0u8; 65_536];
     let mut queries: HashMap<u64, (ReplySender, Instant)> = HashMap::new();
-    let mut rng = rand::rng();
+    let mut counters = DriverCounters::default();
     let epoch = tokio::time::Instant::now();
     let base = Instant::now();
     let to_tokio = |t: Instant| epoch + t.saturating_duration_since(base);
@@ -198,9 +158,9 @@ pub async fn run(
     let mut book = None;
     let mut failing = HashMap::new();
     let (disc_tx, mut disc_rx) = mpsc::channel::<Vec<Resolved>>(1);
-    let mut next_announce = Instant::now();
+    let mut next_announce = base;
     let mut announce_soon = false;
-    if let Transport::Unicast(u) = &transport {
+    if let Some(u) = transport.unicast_settings() {
         let mut b = AddressBook::new(u.expiry);
         let found = discovery::resolve_all(&u.entries).await;
         apply_resolved(&mut b, found, &mut failing);
@@ -221,15 +181,24 @@ pub async fn run(
         drop(disc_tx);
     }
     let unicast = book.is_some();
+    let announce_every = transport.unicast_settings().map(|u| u.announce);
     loop {
-        let deadline = to_tokio(ep.poll_timeout());
-        tokio::select! {
+        let deadline = ep.poll_timeout().map(to_tokio);
+        let wake = tokio::select! {
             biased;
-            _ = shared.stop.notified() => stopping = true,
+            _ = shared.stop.notified() => Wake::Stop,
             // Changes wait in the channel (holding their credits) while the core's outbox is
             // full, so the overload policy, not the core, decides what happens to them.
-            cmd = commands.recv(), if ep.outbox_len() < queue_max => {
-                let now = Instant::now();
+            cmd = commands.recv(), if ep.outbox_len() < queue_max => Wake::Command(cmd),
+            Some(found) = disc_rx.recv(), if unicast => Wake::Resolved(found),
+            res = transport.recv(&mut buf) => Wake::Datagram(res),
+            _ = sleep_until(deadline) => Wake::Timer,
+        };
+        // The one clock reading of this pass.
+        let now = Instant::now();
+        match wake {
+            Wake::Stop => stopping = true,
+            Wake::Command(cmd) => {
                 let mut next = cmd;
                 let mut n = 0;
                 let mut published = 0;
@@ -240,11 +209,11 @@ pub async fn run(
                             ep.publish(now, item);
                         }
                         Command::Query(q, tx) => {
-                            let id = ep.query(q);
+                            let id = ep.query(now, q);
                             queries.insert(id, (tx, now));
                         }
                         Command::Metrics(tx) => {
-                            let _ = tx.send(ep.metrics());
+                            let _ = tx.send(counters.merged(&ep, &transport));
                         }
                     }
                     n += 1;
@@ -256,37 +225,31 @@ pub async fn run(
                 if commands.is_closed() && commands.is_empty() {
                     stopping = true;
                 }
-                ep.flush(now);
             }
-            Some(found) = disc_rx.recv(), if unicast => {
+            Wake::Resolved(found) => {
                 if let Some(b) = book.as_mut() {
                     apply_resolved(b, found, &mut failing);
                 }
             }
-            res = transport.recv_socket().recv_from(&mut buf) => {
-                let mut res = res;
+            Wake::Datagram(first) => {
+                let mut res = first;
                 let mut n = 0;
                 loop {
                     match res {
                         Ok((len, src)) => {
-                            if tantrum.recv && tantrum.percent > 0.0 && rng.random::<f64>() * 100.0 < tantrum.percent {
-                                ep.metrics_mut().tantrum_drops += 1;
-                            } else {
-                                let now = Instant::now();
-                                let sender = ep.handle_datagram(now, &buf[..len], app.as_mut());
-                                if let Some(cause) = ep
-                                    .last_drop()
-                                    .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
-                                {
-                                    shared.open_failures.lock().record(cause, src, now);
-                                }
-                                // Only authentic datagrams teach addresses.
-                                if let (Some(b), Some(id)) = (book.as_mut(), sender) {
-                                    if id == ep.id() {
-                                        b.own(src);
-                                    } else {
-                                        b.heard(id, src, now);
-                                    }
+                            let sender = ep.handle_datagram(now, &buf[..len], app.as_mut());
+                            if let Some(cause) = ep
+                                .last_drop()
+                                .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
+                            {
+                                shared.open_failures.lock().record(cause, src, now);
+                            }
+                            // Only authentic datagrams teach addresses.
+                            if let (Some(b), Some(id)) = (book.as_mut(), sender) {
+                                if id == ep.id() {
+                                    b.own(src);
+                                } else {
+                                    b.heard(id, src, now);
                                 }
                             }
                         }
@@ -299,87 +262,39 @@ pub async fn run(
                     if n >= 256 {
                         break;
                     }
-                    res = transport.recv_socket().try_recv_from(&mut buf);
+                    res = transport.try_recv(&mut buf);
                     if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
                         break;
                     }
                 }
-                ep.flush(Instant::now());
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                ep.handle_timeout(Instant::now(), app.as_mut());
-            }
+            Wake::Timer => {}
         }
         // Timers run on every pass, whichever branch woke us: under steady traffic the biased
         // select above would otherwise starve heartbeats (acks), NAKs and tail announcements.
-        let now = Instant::now();
-        if now >= ep.poll_timeout() {
+        if ep.poll_timeout().is_some_and(|t| now >= t) {
             ep.handle_timeout(now, app.as_mut());
         }
         if shared.overflowed.swap(false, Ordering::AcqRel) {
-            ep.metrics_mut().outbound_overflow += 1;
+            counters.outbound_overflow += 1;
         }
         if commands.is_empty() {
-            super::overflow::repair_step(&mut ep, app.as_ref(), &shared.backlog, Instant::now());
+            super::overflow::repair_step(&mut ep, app.as_ref(), &shared.backlog, now);
         }
         if stopping {
-            ep.flush(Instant::now());
-            ep.leave();
+            ep.leave(now);
         }
-        if let (Transport::Unicast(u), Some(b)) = (&transport, book.as_mut()) {
-            let now = Instant::now();
+        if let (Some(every), Some(b)) = (announce_every, book.as_mut()) {
             if !stopping && (announce_soon || now >= next_announce) {
                 // Tell the members where we hear each of them from: a node that knows one
                 // seed learns everyone this way.
                 b.expire(now);
-                ep.announce_addresses(b.first_hand());
-                next_announce = now + u.announce;
+                ep.announce_addresses(now, b.first_hand());
+                next_announce = now + every;
                 announce_soon = false;
             }
         }
-        match &transport {
-            Transport::Multicast { send, group, .. } => {
-                while let Some(d) = ep.poll_transmit() {
-                    if tantrum.send
-                        && tantrum.percent > 0.0
-                        && rng.random::<f64>() * 100.0 < tantrum.percent
-                    {
-                        ep.metrics_mut().tantrum_drops += 1;
-                        continue;
-                    }
-                    if let Err(e) = send.send_to(&d, *group).await {
-                        tracing::debug!(error = %e, "send failed");
-                        *ep.metrics_mut()
-                            .dropped
-                            .entry("send_error".to_string())
-                            .or_default() += 1;
-                    }
-                }
-            }
-            Transport::Unicast(u) => {
-                let (mut out, mut dests) = (Vec::new(), Vec::new());
-                while let Some((to, d)) = ep.poll_transmit_to() {
-                    dests.push(to);
-                    out.push(d);
-                }
-                if let (false, Some(b)) = (out.is_empty(), book.as_mut()) {
-                    let mut copies = unicast::route(&dests, b);
-                    if tantrum.send && tantrum.percent > 0.0 {
-                        // Fault injection per copy: each link loses on its own.
-                        let before = copies.len();
-                        copies.retain(|_| rng.random::<f64>() * 100.0 >= tantrum.percent);
-                        ep.metrics_mut().tantrum_drops += (before - copies.len()) as u64;
-                    }
-                    let (_, failed) = unicast::fan_out(&u.sock, &out, &copies).await;
-                    if failed > 0 {
-                        *ep.metrics_mut()
-                            .dropped
-                            .entry("send_error".to_string())
-                            .or_default() += failed;
-                    }
-                }
-            }
-        }
+        counters.send_errors += transport.send(&mut ep, now, book.as_mut()).await.failed;
         let mut membership_changed = false;
         while let Some(ev) = ep.poll_event() {
             match &ev {
@@ -392,7 +307,7 @@ pub async fn run(
                 }
                 Event::Addresses { addrs, .. } => {
                     if let Some(b) = book.as_mut() {
-                        b.told(ep.id(), addrs, Instant::now());
+                        b.told(ep.id(), addrs, now);
                     }
                 }
                 Event::Member(m) => {
@@ -421,7 +336,7 @@ pub async fn run(
             // Refresh last-seen times cheaply now and then.
             let mut m = shared.members.lock();
             if let Some(first) = m.first() {
-                if first.last_seen.elapsed() > Duration::from_millis(500) {
+                if now.saturating_duration_since(first.last_seen) > MEMBERS_REFRESH {
                     *m = ep.peers();
                     refreshed = true;
                 }
@@ -434,8 +349,7 @@ pub async fn run(
                 .filter_map(|p| b.address_of(p.id).map(|a| (p.id, a)))
                 .collect();
         }
-        let now = Instant::now();
-        queries.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));
+        queries.retain(|_, (_, at)| now.duration_since(*at) < QUERY_LIFETIME);
         if stopping {
             break;
         }
@@ -443,4 +357,18 @@ pub async fn run(
     shared.stopped.store(true, Ordering::Release);
     // Wake anyone waiting for readiness so they can see the node stopped.
     shared.ready_cv.notify_all();
+}
+
+/// How stale the shared members' last-seen times may get before they are refreshed.
+const MEMBERS_REFRESH: Duration = Duration::from_millis(500);
+
+/// How long the answers to a cluster query are forwarded.
+const QUERY_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Sleeps until `deadline`, forever if there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

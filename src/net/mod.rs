@@ -6,4 +6,5 @@ pub mod driver;
 pub mod overflow;
 pub mod socket;
 pub mod sockopt;
+pub mod transport;
 pub mod unicast;

@@ -323,15 +323,13 @@ pub(crate) fn start(config: Config) -> Result<Node> {
             };
             rt.block_on(async move {
                 let transport = match sockets {
-                    Sockets::Multicast(recv, send) => Transport::new(recv, send, group),
+                    Sockets::Multicast(recv, send) => Transport::new(recv, send, group, tantrum),
                     Sockets::Unicast(sock) => {
-                        Transport::unicast(sock, entries, interval, expiry, announce)
+                        Transport::unicast(sock, entries, interval, expiry, announce, tantrum)
                     }
                 };
                 match transport {
-                    Ok(t) => {
-                        driver::run(endpoint, Box::new(app), t, rx, shared, tantrum, on_event).await
-                    }
+                    Ok(t) => driver::run(endpoint, Box::new(app), t, rx, shared, on_event).await,
                     Err(e) => tracing::error!(error = %e, "mccache: cannot register sockets"),
                 }
             });

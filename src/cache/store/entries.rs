@@ -18,13 +18,15 @@ use crate::proto::version::Version;
 pub(super) struct Entry<V> {
     pub(super) value: V,
     pub(super) version: Version,
-    pub(super) size: u64,
+    /// Serialized key + value bytes (saturating; accounted as stored, so always in balance).
+    pub(super) size: u32,
     /// Wall ms of the last write on this node.
     pub(super) written_ms: u64,
     /// Monotonic nanos when the entry expires; 0 = never.
     pub(super) expires_at: u64,
-    /// Per-entry TTL in ms as replicated (`None`: the cache's TTL).
-    pub(super) ttl_ms: Option<u64>,
+    /// Per-entry TTL in ms as replicated; [`CACHE_TTL`]: the cache's TTL. (Not an `Option`:
+    /// that would cost 8 more bytes per entry.)
+    ttl_ms: u64,
     /// crc32(key ‖ value ‖ version).
     pub(super) crc: u32,
     /// crc32(value).
@@ -35,7 +37,15 @@ pub(super) struct Entry<V> {
     pub(super) last_lookup: AtomicU64,
 }
 
+/// `Entry::ttl_ms` of an entry that follows the cache's TTL.
+const CACHE_TTL: u64 = u64::MAX;
+
 impl<V> Entry<V> {
+    /// The per-entry TTL in ms as replicated (`None`: the cache's TTL).
+    pub(super) fn ttl_ms(&self) -> Option<u64> {
+        (self.ttl_ms != CACHE_TTL).then_some(self.ttl_ms)
+    }
+
     pub(super) fn digest(&self) -> u64 {
         mix64(self.crc as u64)
     }
@@ -102,7 +112,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     }
 
     fn account_bytes(&self, e: &Entry<V>) {
-        self.bytes.fetch_add(e.size, Ordering::Relaxed);
+        self.bytes.fetch_add(e.size as u64, Ordering::Relaxed);
         self.checksum.fetch_add(e.digest(), Ordering::Relaxed);
         self.buckets[e.bucket as usize].fetch_add(e.digest(), Ordering::Relaxed);
     }
@@ -120,7 +130,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 
     pub(super) fn unaccount(&self, e: &Entry<V>) {
         self.entries.fetch_sub(1, Ordering::Relaxed);
-        self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+        self.bytes.fetch_sub(e.size as u64, Ordering::Relaxed);
         self.checksum.fetch_sub(e.digest(), Ordering::Relaxed);
         self.buckets[e.bucket as usize].fetch_sub(e.digest(), Ordering::Relaxed);
     }
@@ -210,13 +220,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         ttl: Ttl,
     ) -> Entry<V> {
         let (ttl_nanos, ttl_ms) = match ttl {
-            Ttl::Cache => (self.ttl_nanos, None),
-            Ttl::Entry(d) => (nanos(d), Some(d.as_millis() as u64)),
+            Ttl::Cache => (self.ttl_nanos, CACHE_TTL),
+            Ttl::Entry(d) => (nanos(d), (d.as_millis() as u64).min(CACHE_TTL - 1)),
         };
         Entry {
             value,
             version,
-            size: enc.size(),
+            size: enc.size().min(u32::MAX as u64) as u32,
             written_ms: wall,
             expires_at: if ttl_nanos == 0 {
                 0

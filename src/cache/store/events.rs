@@ -78,6 +78,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     }
 
     /// Monotonic ms + 1 (0 stays free for "never").
+    #[inline]
     pub(super) fn now_ms1(now: u64) -> u64 {
         now / 1_000_000 + 1
     }

@@ -118,6 +118,8 @@ pub(crate) struct Store<K, V> {
     hasher: Hasher,
     shards: Box<[Shard<K, V>]>,
     ttl_nanos: u64,
+    /// The clock's coarse reading, when it keeps one in a cell (see `Clock::coarse_cell`).
+    coarse: Option<Arc<AtomicU64>>,
     win_ms: u64,
     /// The callback window in nanoseconds (spikes).
     win_nanos: u64,
@@ -126,6 +128,8 @@ pub(crate) struct Store<K, V> {
     checksum: AtomicU64,
     buckets: Box<[AtomicU64]>,
     evict_hand: AtomicUsize,
+    /// Lower bound of the earliest `expires_at` in the cache; `u64::MAX` if none.
+    next_expiry: AtomicU64,
     clear_floor: RwLock<Version>,
     /// Tombstone horizon: deletes at or below it may have been forgotten here (collected
     /// tombstones, entries dropped in doubt). Records at or below it for keys not held are
@@ -155,6 +159,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         Store {
             name: Arc::from(name),
             ttl_nanos: cfg.ttl.map(nanos).unwrap_or(0),
+            coarse: core.clock.coarse_cell(),
             win_ms: cfg.callback_win.as_millis().min(u64::MAX as u128) as u64,
             win_nanos: nanos(cfg.callback_win),
             cfg,
@@ -166,6 +171,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             checksum: AtomicU64::new(0),
             buckets: (0..SYNC_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             evict_hand: AtomicUsize::new(0),
+            next_expiry: AtomicU64::new(u64::MAX),
             clear_floor: RwLock::new(Version::ZERO),
             horizon: RwLock::new(Version::ZERO),
             last_mutation: AtomicU64::new(0),
@@ -188,10 +194,21 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         &self.cfg
     }
 
+    /// A cheap, possibly slightly stale monotonic reading (see `Clock::coarse_nanos`).
+    #[inline]
+    fn coarse_nanos(&self) -> u64 {
+        match &self.coarse {
+            Some(cell) => cell.load(std::sync::atomic::Ordering::Relaxed),
+            None => self.core.clock.coarse_nanos(),
+        }
+    }
+
+    #[inline]
     fn shard(&self, key: &K) -> &Shard<K, V> {
         self.shard_of(self.hasher.hash_one(key))
     }
 
+    #[inline]
     fn shard_of(&self, hash: u64) -> &Shard<K, V> {
         // Middle bits: hashbrown uses the low bits for the slot and the top 7 as the tag.
         &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]

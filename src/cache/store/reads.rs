@@ -18,6 +18,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// The hit path hashes once (the shard and the map slot come from the same hash), takes the
     /// shard's read lock, reads the exact clock only if the entry has a TTL, and stores the
     /// referenced bit and last-lookup time only when they change.
+    #[inline]
     fn lookup<R>(&self, key: &K, f: impl FnOnce(&Entry<V>) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let shard = self.shard_of(hash);
@@ -31,7 +32,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                         if !e.referenced.load(Ordering::Relaxed) {
                             e.referenced.store(true, Ordering::Relaxed);
                         }
-                        let ms = Self::now_ms1(self.core.clock.coarse_nanos());
+                        let ms = Self::now_ms1(self.coarse_nanos());
                         if e.last_lookup.load(Ordering::Relaxed) != ms {
                             e.last_lookup.store(ms, Ordering::Relaxed);
                         }
@@ -58,6 +59,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         (!e.expired(now)).then(|| f(e, now))
     }
 
+    #[inline]
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         self.lookup(key, |e| e.value.clone())
     }
@@ -91,7 +93,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                         + Duration::from_millis(wall_now)
                         + Duration::from_nanos(e.expires_at.saturating_sub(now))
                 }),
-                size: e.size,
+                size: e.size as u64,
                 crc: e.value_crc,
             }
         })

@@ -22,7 +22,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         } else {
             Op::Put {
                 value: rmp_serde::to_vec(&e.value).ok()?,
-                ttl_ms: e.ttl_ms,
+                ttl_ms: e.ttl_ms(),
             }
         };
         let key = if key_bytes.is_empty() {

@@ -1,0 +1,296 @@
+//! How datagrams travel: to a multicast group, or to each peer by unicast ([`super::unicast`]).
+//!
+//! The [`Transport`] receives datagrams for the driver and sends what the core's
+//! [`Endpoint::poll_transmit`] writes. Fault injection (`monkey_tantrum`) lives here, wrapped
+//! around the sockets, so neither the core nor the driver loop knows about it.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::rngs::ThreadRng;
+use tokio::net::UdpSocket;
+
+use super::socket::RecvBatch;
+use super::unicast::{self, AddressBook};
+use crate::proto::endpoint::{Destination, Endpoint};
+use crate::proto::version::NodeId;
+
+/// Where the fault injector drops datagrams (`monkey_tantrum`).
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct Tantrum {
+    /// Percent of datagrams dropped (0–100).
+    pub percent: f64,
+    /// Drop on send.
+    pub send: bool,
+    /// Drop on receive.
+    pub recv: bool,
+}
+
+/// Most multicast datagrams sent by one pass of `sendmmsg` calls before the next are packed.
+const MULTICAST_BATCH: usize = 64;
+
+/// Datagrams travel over a [`Link`], through a fault injector.
+pub struct Transport {
+    link: Link,
+    faults: Faults,
+    /// Received datagrams not handed to the driver yet (one `recvmmsg` takes up to 32).
+    batch: RecvBatch,
+    /// Multicast: the send socket's address, the source of our own looped-back datagrams.
+    own_src: Option<SocketAddr>,
+    /// Own looped-back datagrams dropped before the core saw them.
+    own_echoes: u64,
+    /// Reused datagram buffers: one for multicast, one per datagram of a unicast pass.
+    bufs: Vec<Vec<u8>>,
+    dests: Vec<Option<NodeId>>,
+}
+
+/// The sockets.
+enum Link {
+    /// To a multicast group: one socket joined to it, one to send from.
+    Multicast {
+        recv: UdpSocket,
+        send: UdpSocket,
+        group: SocketAddrV4,
+    },
+    /// To each peer: one socket bound to `interface:bind_port`.
+    Unicast(Unicast),
+}
+
+/// The unicast transport's settings.
+pub struct Unicast {
+    sock: UdpSocket,
+    /// The `peers` entries with ports, re-resolved every `interval`.
+    pub entries: Vec<String>,
+    /// How often `entries` are resolved again.
+    pub interval: Duration,
+    /// Heard addresses expire after this long without news.
+    pub expiry: Duration,
+    /// How often this node announces the addresses it hears its members from.
+    pub announce: Duration,
+}
+
+/// What one [`Transport::send`] pass did.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams (unicast: copies) the socket refused.
+    pub failed: u64,
+}
+
+impl Transport {
+    /// Wraps multicast sockets opened by [`super::socket`] (must be called inside the runtime).
+    pub fn new(
+        recv: std::net::UdpSocket,
+        send: std::net::UdpSocket,
+        group: SocketAddrV4,
+        tantrum: Tantrum,
+    ) -> io::Result<Transport> {
+        let link = Link::Multicast {
+            recv: UdpSocket::from_std(recv)?,
+            send: UdpSocket::from_std(send)?,
+            group,
+        };
+        Ok(Transport::with(link, tantrum))
+    }
+
+    /// Wraps a unicast socket ([`super::socket::unicast_socket`]; inside the runtime).
+    /// `entries` are the `peers` with their ports, resolved every `interval`; addresses heard
+    /// from are forgotten after `expiry` without news; members' addresses are announced every
+    /// `announce`.
+    pub fn unicast(
+        sock: std::net::UdpSocket,
+        entries: Vec<String>,
+        interval: Duration,
+        expiry: Duration,
+        announce: Duration,
+        tantrum: Tantrum,
+    ) -> io::Result<Transport> {
+        let link = Link::Unicast(Unicast {
+            sock: UdpSocket::from_std(sock)?,
+            entries,
+            interval,
+            expiry,
+            announce,
+        });
+        Ok(Transport::with(link, tantrum))
+    }
+
+    fn with(link: Link, tantrum: Tantrum) -> Transport {
+        // Multicast loops our own datagrams back (for the other nodes on this host): they are
+        // recognised by their source, when the send socket has a specific address, and dropped
+        // here rather than opened by the core.
+        let own_src = match &link {
+            Link::Multicast { send, .. } => {
+                (send.local_addr().ok()).filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+            }
+            Link::Unicast(_) => None,
+        };
+        Transport {
+            batch: RecvBatch::new(),
+            own_src,
+            own_echoes: 0,
+            link,
+            faults: Faults {
+                tantrum,
+                rng: rand::rng(),
+                dropped: 0,
+            },
+            bufs: Vec::new(),
+            dests: Vec::new(),
+        }
+    }
+
+    /// The unicast settings (`None` for multicast).
+    pub fn unicast_settings(&self) -> Option<&Unicast> {
+        match &self.link {
+            Link::Unicast(u) => Some(u),
+            Link::Multicast { .. } => None,
+        }
+    }
+
+    /// Datagrams dropped on purpose so far (`monkey_tantrum`).
+    pub fn tantrum_drops(&self) -> u64 {
+        self.faults.dropped
+    }
+
+    /// Own looped-back multicast datagrams dropped so far (counted as `own_echo`).
+    pub fn own_echoes(&self) -> u64 {
+        self.own_echoes
+    }
+
+    /// Waits for the next datagram (cancel-safe: the only wait is for readiness). Datagrams
+    /// the fault injector drops, and our own looped-back multicast, are skipped.
+    pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            match self.try_recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.recv_socket().readable().await?;
+                }
+                got => return got,
+            }
+        }
+    }
+
+    /// The next datagram if one is waiting (`WouldBlock` otherwise). Datagrams are taken from
+    /// the socket in `recvmmsg` batches and handed out one by one.
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            let Some((len, from)) = self.batch.pop_into(buf) else {
+                let sock = match &self.link {
+                    Link::Multicast { recv, .. } => recv,
+                    Link::Unicast(u) => &u.sock,
+                };
+                self.batch.fill(sock)?;
+                continue;
+            };
+            let Some(src) = from else {
+                continue; // a datagram socket always names the source; skip if it did not
+            };
+            if self.own_src == Some(src) {
+                self.own_echoes += 1;
+            } else if !self.faults.loses_received() {
+                return Ok((len, src));
+            }
+        }
+    }
+
+    /// Sends every datagram the core has for now. Unicast: a datagram for one peer goes to
+    /// that peer's address in `book` when known, everything else to every target.
+    pub async fn send(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        book: Option<&mut AddressBook>,
+    ) -> Sent {
+        let mut sent = Sent::default();
+        match &self.link {
+            Link::Multicast { send, group, .. } => {
+                // Every datagram waiting, sent to the group in `sendmmsg` batches of up to
+                // `MULTICAST_BATCH` (so the reused buffers stay few).
+                let mut done = false;
+                while !done {
+                    let mut n = 0;
+                    while n < MULTICAST_BATCH {
+                        if self.bufs.len() <= n {
+                            self.bufs.push(Vec::new());
+                        }
+                        if ep.poll_transmit(now, &mut self.bufs[n]).is_none() {
+                            done = true;
+                            break;
+                        }
+                        if !self.faults.loses_sent() {
+                            n += 1;
+                        }
+                    }
+                    if n > 0 {
+                        let copies: Vec<(usize, SocketAddr)> =
+                            (0..n).map(|i| (i, SocketAddr::V4(*group))).collect();
+                        let (_, failed) = unicast::fan_out(send, &self.bufs[..n], &copies).await;
+                        sent.failed += failed;
+                    }
+                }
+            }
+            Link::Unicast(u) => {
+                self.dests.clear();
+                let mut n = 0;
+                loop {
+                    if self.bufs.len() <= n {
+                        self.bufs.push(Vec::new());
+                    }
+                    let Some(t) = ep.poll_transmit(now, &mut self.bufs[n]) else {
+                        break;
+                    };
+                    self.dests.push(match t.destination {
+                        Destination::Group => None,
+                        Destination::Node(id) => Some(id),
+                    });
+                    n += 1;
+                }
+                let Some(book) = book else {
+                    return sent;
+                };
+                if n == 0 {
+                    return sent;
+                }
+                let mut copies = unicast::route(&self.dests, book);
+                // Fault injection per copy: each link loses on its own.
+                copies.retain(|_| !self.faults.loses_sent());
+                let (_, failed) = unicast::fan_out(&u.sock, &self.bufs[..n], &copies).await;
+                sent.failed += failed;
+            }
+        }
+        sent
+    }
+
+    fn recv_socket(&self) -> &UdpSocket {
+        match &self.link {
+            Link::Multicast { recv, .. } => recv,
+            Link::Unicast(u) => &u.sock,
+        }
+    }
+}
+
+/// The fault injector: drops a share of datagrams on purpose, and counts them.
+struct Faults {
+    tantrum: Tantrum,
+    rng: ThreadRng,
+    dropped: u64,
+}
+
+impl Faults {
+    fn loses_received(&mut self) -> bool {
+        self.tantrum.recv && self.loses()
+    }
+
+    fn loses_sent(&mut self) -> bool {
+        self.tantrum.send && self.loses()
+    }
+
+    fn loses(&mut self) -> bool {
+        let lost =
+            self.tantrum.percent > 0.0 && self.rng.random::<f64>() * 100.0 < self.tantrum.percent;
+        self.dropped += u64::from(lost);
+        lost
+    }
+}
