@@ -22,19 +22,18 @@ const BURST: u64 = 1_000;
 
 fn config(sealed: bool, kib: bool) -> Config {
     let slot = u8::from(sealed) + 2 * u8::from(kib);
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 98, slot),
-        multicast_port: 47850 + u16::from(slot),
-        crypto_key: sealed.then(mccache::generate_key),
-        cluster_name: format!("budget-{slot}"),
-        daemon_sleep: 0.2,
-        cache_pulse: 30.0,
-        cache_ttl: 0.0,
-        cache_max: 1_000_000,
-        cache_size: 1 << 30,
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = Ipv4Addr::new(239, 255, 98, slot);
+    c.multicast_port = 47850 + u16::from(slot);
+    c.crypto_key = sealed.then(mccache::generate_key);
+    c.cluster_name = format!("budget-{slot}");
+    c.daemon_sleep = 0.2;
+    c.cache_pulse = 30.0;
+    c.cache_ttl = 0.0;
+    c.cache_max = 1_000_000;
+    c.cache_size = 1 << 30;
+    c
 }
 
 fn start(cfg: &Config) -> (Node, Node) {

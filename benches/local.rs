@@ -1,7 +1,11 @@
-//! Local (no network) throughput of mccache against moka, quick_cache and a `Mutex<lru>`
-//! baseline, on 1 and 2 threads: get-hit, get-miss, insert, and a Zipf-like 80/20 mix.
+//! Local throughput of mccache against moka, quick_cache and a `Mutex<lru>` baseline, on 1 and
+//! 2 threads in the same run: get-hit, get-miss, insert, and a Zipf-like 80/20 mix. The insert
+//! case also runs `mccache_net`: a node started with networking on loopback (its own multicast
+//! group and port, publisher active), so every insert builds and queues a replicated record.
 //!
 //! Run: `cargo bench --bench local -- --warm-up-time 1 --measurement-time 2`
+//! (one case: append its name, e.g. `get_hit`). Compare ratios within one run: the machine's
+//! load moves absolute figures.
 
 use std::hint::black_box;
 use std::num::NonZeroUsize;
@@ -62,17 +66,34 @@ impl Bench for Lru {
 }
 
 const CACHES: [&str; 4] = ["mccache", "moka", "quick_cache", "mutex_lru"];
+/// The caches of the insert case: also a node with networking.
+const INSERT_CACHES: [&str; 5] = ["mccache", "mccache_net", "moka", "quick_cache", "mutex_lru"];
+
+/// Loopback ports for the networked nodes (one per node, so runs of one bench do not mix).
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(47_600);
 
 fn make(name: &str, cap: usize) -> Arc<dyn Bench> {
     match name {
         "mccache" => {
-            let config = mccache::Config {
-                cache_ttl: 0.0,
-                cache_max: cap,
-                cache_size: 1 << 40,
-                ..mccache::Config::default()
-            };
+            let mut config = mccache::Config::default();
+            config.cache_ttl = 0.0;
+            config.cache_max = cap;
+            config.cache_size = 1 << 40;
             let node = mccache::Node::start_local(config).expect("default config is valid");
+            let cache = node.cache("bench").expect("fresh node");
+            Arc::new(Mc(cache, node))
+        }
+        "mccache_net" => {
+            let port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut config = mccache::Config::default();
+            config.cache_ttl = 0.0;
+            config.cache_max = cap;
+            config.cache_size = 1 << 40;
+            config.interface = std::net::Ipv4Addr::LOCALHOST;
+            config.multicast_ip = std::net::Ipv4Addr::new(239, 255, 94, (port % 250) as u8 + 1);
+            config.multicast_port = port;
+            config.cluster_name = format!("bench-local-{port}");
+            let node = mccache::Node::start(config).expect("loopback node starts");
             let cache = node.cache("bench").expect("fresh node");
             Arc::new(Mc(cache, node))
         }
@@ -134,6 +155,7 @@ fn run(threads: usize, iters: u64, op: &(dyn Fn(usize, u64) + Sync)) -> Duration
 fn bench_case(
     c: &mut Criterion,
     case: &str,
+    caches: &[&str],
     cap: usize,
     prefill: u64,
     keys: &dyn Fn(u64) -> Vec<u64>,
@@ -143,7 +165,7 @@ fn bench_case(
     g.throughput(Throughput::Elements(1));
     for threads in [1usize, 2] {
         let seqs: Vec<Vec<u64>> = (0..threads as u64).map(|t| keys(0x1234_5678 + t)).collect();
-        for name in CACHES {
+        for &name in caches {
             let cache = make(name, cap);
             for k in 0..prefill {
                 cache.insert(k, k);
@@ -163,12 +185,21 @@ fn bench_case(
 
 fn benches(c: &mut Criterion) {
     let big = 2 * POP as usize;
-    bench_case(c, "get_hit", big, POP, &|s| uniform(0, POP, s), |c, k| {
-        black_box(c.get(k));
-    });
+    bench_case(
+        c,
+        "get_hit",
+        &CACHES,
+        big,
+        POP,
+        &|s| uniform(0, POP, s),
+        |c, k| {
+            black_box(c.get(k));
+        },
+    );
     bench_case(
         c,
         "get_miss",
+        &CACHES,
         big,
         POP,
         &|s| uniform(POP, 2 * POP, s),
@@ -180,17 +211,26 @@ fn benches(c: &mut Criterion) {
     bench_case(
         c,
         "insert",
+        &INSERT_CACHES,
         POP as usize,
         POP,
         &|s| uniform(0, 4 * POP, s),
         |c, k| c.insert(k, k),
     );
     // Read, insert on miss; the cache holds a quarter of the population.
-    bench_case(c, "zipf_80_20", POP as usize / 4, 0, &hot_cold, |c, k| {
-        if c.get(k).is_none() {
-            c.insert(k, k);
-        }
-    });
+    bench_case(
+        c,
+        "zipf_80_20",
+        &CACHES,
+        POP as usize / 4,
+        0,
+        &hot_cold,
+        |c, k| {
+            if c.get(k).is_none() {
+                c.insert(k, k);
+            }
+        },
+    );
 }
 
 criterion_group!(local, benches);

@@ -62,14 +62,15 @@ fn start() -> Option<Server> {
 }
 
 fn node(backing: bool) -> Node {
-    Node::start_local(Config {
-        interface: Ipv4Addr::LOCALHOST,
-        cache_max: 1_000_000,
-        cache_size: 1 << 30,
-        cache_ttl: 0.0,
-        cluster_name: "t15-bench".into(),
-        backing: backing.then(|| format!("memcached://127.0.0.1:{PORT}")),
-        ..Config::default()
+    Node::start_local({
+        let mut c = Config::default();
+        c.interface = Ipv4Addr::LOCALHOST;
+        c.cache_max = 1_000_000;
+        c.cache_size = 1 << 30;
+        c.cache_ttl = 0.0;
+        c.cluster_name = "t15-bench".into();
+        c.backing = backing.then(|| format!("memcached://127.0.0.1:{PORT}"));
+        c
     })
     .expect("node")
 }

@@ -15,19 +15,18 @@ use std::time::{Duration, Instant};
 use mccache::{Config, Node};
 
 fn config(group: u8, port: u16) -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 97, group),
-        multicast_port: port,
-        crypto_key: Some(mccache::generate_key()),
-        cluster_name: format!("bench-{group}"),
-        daemon_sleep: 0.2,
-        cache_pulse: 2.0,
-        cache_ttl: 0.0,
-        cache_max: 1_000_000,
-        cache_size: 1 << 30,
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = Ipv4Addr::new(239, 255, 97, group);
+    c.multicast_port = port;
+    c.crypto_key = Some(mccache::generate_key());
+    c.cluster_name = format!("bench-{group}");
+    c.daemon_sleep = 0.2;
+    c.cache_pulse = 2.0;
+    c.cache_ttl = 0.0;
+    c.cache_max = 1_000_000;
+    c.cache_size = 1 << 30;
+    c
 }
 
 fn start(n: usize, cfg: &Config) -> Vec<Node> {

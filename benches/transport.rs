@@ -15,25 +15,23 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mccache::config::TransportKind;
+use mccache::TransportKind;
 use mccache::{Config, Node};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn configs(unicast: bool, n: usize, round: u8) -> Vec<Config> {
-    let base = Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 102, round),
-        multicast_port: 47290,
-        crypto_key: Some(KEY.to_string()),
-        cluster_name: format!("t11-bench-{round}"),
-        daemon_sleep: 0.2,
-        cache_pulse: 2.0,
-        cache_ttl: 0.0,
-        cache_max: 1_000_000,
-        cache_size: 1 << 30,
-        ..Config::default()
-    };
+    let mut base = Config::default();
+    base.interface = Ipv4Addr::LOCALHOST;
+    base.multicast_ip = Ipv4Addr::new(239, 255, 102, round);
+    base.multicast_port = 47290;
+    base.crypto_key = Some(KEY.to_string());
+    base.cluster_name = format!("t11-bench-{round}");
+    base.daemon_sleep = 0.2;
+    base.cache_pulse = 2.0;
+    base.cache_ttl = 0.0;
+    base.cache_max = 1_000_000;
+    base.cache_size = 1 << 30;
     (0..n)
         .map(|i| {
             let mut c = base.clone();

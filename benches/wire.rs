@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mccache::NodeId;
-use mccache::proto::wire::{Wire, WireConfig};
+use mccache_proto::wire::{Wire, WireConfig};
 
 fn roundtrip(c: &mut Criterion) {
     let mut group = c.benchmark_group("wire_1200B");

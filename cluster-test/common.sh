@@ -82,3 +82,21 @@ early_nodes() {
     if [ "$NODES" -le 1 ]; then echo "$NODES"; elif [ "$NODES" -le 3 ]; then echo $((NODES - 1)); else echo $((NODES - 2)); fi
 }
 LATE_AFTER=3
+
+# The end of a run: the report's coherence verdict, the multicast frames the bridge dropped (unicast
+# runs; "$@" is the command that lists the nft table), the timings. Exits 1 if a node failed (FAILED),
+# else with the report's verdict. Uses OUT, NODES, BIN, UNICAST, START, RUN_START, RUN_END, DURATION.
+finish_run() {
+    echo "== report ($OUT)"
+    "$BIN" report "$OUT" --expect "$NODES"
+    local verdict=$?
+    if [ "$UNICAST" = 1 ]; then
+        echo "== multicast frames dropped on the bridge: $("$@" 2>/dev/null | grep -o 'packets [0-9]*' | head -1)"
+    fi
+    local end
+    end=$(date +%s.%N)
+    printf '== timings: run %.1f s (workload %s s), total %.1f s\n' \
+        "$(echo "$RUN_END - $RUN_START" | bc)" "$DURATION" "$(echo "$end - $START" | bc)"
+    [ "$FAILED" = 0 ] || exit 1
+    exit "$verdict"
+}

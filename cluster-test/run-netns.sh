@@ -95,14 +95,4 @@ done
 PIDS=()
 RUN_END=$(date +%s.%N)
 
-echo "== report ($OUT)"
-"$BIN" report "$OUT" --expect "$NODES"
-VERDICT=$?
-if [ "$UNICAST" = 1 ]; then
-    echo "== multicast frames dropped on the bridge: $(ip netns exec "$HUB" nft list table bridge mcu | grep -o 'packets [0-9]*' | head -1)"
-fi
-END=$(date +%s.%N)
-printf '== timings: run %.1f s (workload %s s), total %.1f s\n' \
-    "$(echo "$RUN_END - $RUN_START" | bc)" "$DURATION" "$(echo "$END - $START" | bc)"
-[ "$FAILED" = 0 ] || exit 1
-exit "$VERDICT"
+finish_run ip netns exec "$HUB" nft list table bridge mcu

@@ -73,14 +73,4 @@ done
 RUN_END=$(date +%s.%N)
 "${COMPOSE[@]}" -p "$PROJECT" -f "$HERE/docker-compose.yml" logs --no-color > "$OUT/compose.log" 2>&1
 
-echo "== report ($OUT)"
-"$BIN" report "$OUT" --expect "$NODES"
-VERDICT=$?
-if [ "$UNICAST" = 1 ]; then
-    echo "== multicast frames dropped on the bridge: $(nft list table bridge "$NFT_TABLE" 2>/dev/null | grep -o 'packets [0-9]*' | head -1)"
-fi
-END=$(date +%s.%N)
-printf '== timings: run %.1f s (workload %s s), total %.1f s\n' \
-    "$(echo "$RUN_END - $RUN_START" | bc)" "$DURATION" "$(echo "$END - $START" | bc)"
-[ "$FAILED" = 0 ] || exit 1
-exit "$VERDICT"
+finish_run nft list table bridge "$NFT_TABLE"

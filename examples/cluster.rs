@@ -108,32 +108,31 @@ fn main() {
         }
     };
     let mut rng = rand::rng();
-    let config = Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(
-            239,
-            255,
-            rng.random_range(100..200),
-            rng.random_range(1..250),
-        ),
-        multicast_port: rng.random_range(20_000..60_000),
-        crypto_key: Some(mccache::generate_key()),
-        cluster_name: format!("demo-{}", std::process::id()),
-        daemon_sleep: 0.2,
-        cache_pulse: 1.0,
-        cache_ttl: 0.0,
-        cache_max: 1_000_000,
-        cache_size: 1 << 30,
-        monkey_tantrum: args.tantrum,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.interface = Ipv4Addr::LOCALHOST;
+    config.multicast_ip = Ipv4Addr::new(
+        239,
+        255,
+        rng.random_range(100..200),
+        rng.random_range(1..250),
+    );
+    config.multicast_port = rng.random_range(20_000..60_000);
+    config.crypto_key = Some(mccache::generate_key());
+    config.cluster_name = format!("demo-{}", std::process::id());
+    config.daemon_sleep = 0.2;
+    config.cache_pulse = 1.0;
+    config.cache_ttl = 0.0;
+    config.cache_max = 1_000_000;
+    config.cache_size = 1 << 30;
+    config.monkey_tantrum = args.tantrum;
     let base = Instant::now();
     let now_us = move || base.elapsed().as_micros() as u64;
     let nodes: Vec<Node> = (0..args.nodes)
         .map(|i| {
-            Node::start(Config {
-                node_name: Some(format!("node{i}")),
-                ..config.clone()
+            Node::start({
+                let mut c = config.clone();
+                c.node_name = Some(format!("node{i}"));
+                c
             })
             .expect("node starts")
         })

@@ -6,13 +6,11 @@ use std::time::Duration;
 use mccache::{Cache, Config, Node};
 
 fn main() -> mccache::Result<()> {
-    let config = Config {
-        cache_ttl: 0.0, // no TTL unless an entry asks for one
-        cache_max: 3,   // tiny, to show eviction
-        callback_win: 1.0,
-        daemon_sleep: 0.1,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.cache_ttl = 0.0;
+    config.cache_max = 3;
+    config.callback_win = 1.0;
+    config.daemon_sleep = 0.1;
     let node = Node::start_local(config)?;
     println!("node {} started (local only)", node.id());
 

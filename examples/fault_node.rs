@@ -33,7 +33,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_WRITE: u64 = 10_000_000;
 
 fn main() {
-    let node = match Config::load().and_then(Node::start) {
+    let node = match Config::load().map_err(Into::into).and_then(Node::start) {
         Ok(n) => n,
         Err(e) => {
             println!("{}", json!({ "ready": false, "error": e.to_string() }));

@@ -4,17 +4,18 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mccache::NodeId;
-use mccache::cache::hooks::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, key_bucket};
-use mccache::proto::endpoint::{Endpoint, EndpointConfig};
-use mccache::proto::message::{Msg, Query};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::state::AppState;
-use mccache::proto::version::Version;
-use mccache::proto::wire::{Wire, WireConfig};
+use mccache::Config;
+use mccache::unstable::{DetachedNode, FakeClock};
+use mccache_proto::endpoint::{Endpoint, EndpointConfig};
+use mccache_proto::message::{Msg, Query};
+use mccache_proto::metrics::NetworkMetrics;
+use mccache_proto::record::{Op, Record};
+use mccache_proto::sync::{KeyVersion, SYNC_BUCKETS, SyncDigest};
+use mccache_proto::version::{NodeId, Version};
+use mccache_proto::wire::{Wire, WireConfig};
 
 /// The key the sealed targets use.
 pub const KEY: [u8; 32] = [0x5a; 32];
@@ -93,136 +94,31 @@ pub fn message(data: &[u8]) {
     }
 }
 
-/// A trivial in-memory application state: caches of records, last version wins.
-#[derive(Default)]
-pub struct MapState {
-    /// cache -> key -> record.
-    pub caches: BTreeMap<String, BTreeMap<Vec<u8>, Record>>,
-    /// cache -> clear floor (bounded like the caches).
-    pub floors: BTreeMap<String, Version>,
-}
+/// The cache the `endpoint` target opens as `Cache<String, Vec<u8>>`: records for it go through
+/// the typed store (decoding, modes, caps); records for any other cache park in the record
+/// model (`ParkedCache`), as they do on a node whose application has not opened them.
+pub const TYPED: &str = "t";
 
-impl MapState {
-    fn live(&self, cache: &str) -> impl Iterator<Item = &Record> {
-        self.caches
-            .get(cache)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|r| matches!(r.op, Op::Put { .. }))
-    }
-}
-
-impl AppState for MapState {
-    fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
-        // Bound the model itself: a fuzzer must not make the harness allocate without end.
-        if self.caches.len() >= 64 && !self.caches.contains_key(cache) {
-            return Applied::Skipped;
-        }
-        let map = self.caches.entry(cache.to_string()).or_default();
-        match map.get(&record.key) {
-            Some(old) if old.version >= record.version => Applied::Stale,
-            _ if map.len() >= 4096 => Applied::Skipped,
-            _ => {
-                map.insert(record.key.clone(), record.clone());
-                Applied::Changed
-            }
-        }
-    }
-
-    fn apply_clear(&mut self, cache: &str, version: Version, _origin: NodeId) {
-        if let Some(map) = self.caches.get_mut(cache) {
-            map.retain(|_, r| r.version > version);
-        }
-        if self.floors.len() < 64 || self.floors.contains_key(cache) {
-            let f = self.floors.entry(cache.to_string()).or_default();
-            *f = (*f).max(version);
-        }
-    }
-
-    fn clear_floor(&self, cache: &str) -> Version {
-        self.floors.get(cache).copied().unwrap_or_default()
-    }
-
-    fn wall_ms(&self) -> u64 {
-        1_700_000_000_000
-    }
-
-    fn caches(&self) -> Vec<String> {
-        self.caches.keys().cloned().collect()
-    }
-
-    fn digest(&self, cache: &str) -> Option<SyncDigest> {
-        self.caches.get(cache)?;
-        let mut d = SyncDigest {
-            count: 0,
-            checksum: 0,
-            buckets: vec![0; SYNC_BUCKETS],
-        };
-        for r in self.live(cache) {
-            let h = u64::from(crc32fast::hash(&r.key)) ^ r.version.hlc;
-            d.count += 1;
-            d.checksum = d.checksum.wrapping_add(h);
-            d.buckets[key_bucket(&r.key)] = d.buckets[key_bucket(&r.key)].wrapping_add(h);
-        }
-        Some(d)
-    }
-
-    fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
-        self.caches
-            .get(cache)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|r| key_bucket(&r.key) == bucket)
-            .map(|r| KeyVersion {
-                key: r.key.clone(),
-                version: r.version,
-                deleted: !matches!(r.op, Op::Put { .. }),
-            })
-            .collect()
-    }
-
-    fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
-        self.caches.get(cache)?.get(key).cloned()
-    }
-
-    fn snapshot_chunk(
-        &self,
-        cache: &str,
-        cursor: u64,
-        max_bytes: usize,
-    ) -> (Vec<Record>, Option<u64>) {
-        let all: Vec<&Record> = self
-            .caches
-            .get(cache)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .collect();
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut i = usize::try_from(cursor).unwrap_or(usize::MAX);
-        while i < all.len() && bytes < max_bytes {
-            bytes += all[i].weight();
-            out.push(all[i].clone());
-            i += 1;
-        }
-        let next = (i < all.len()).then_some(i as u64);
-        (out, next)
-    }
-
-    fn answer(&self, query: &Query) -> Vec<u8> {
-        match query {
-            Query::Metrics { .. } => rmp_serde::to_vec(&self.caches.len()).unwrap_or_default(),
-            Query::Checksum { cache, .. } => {
-                rmp_serde::to_vec(&self.digest(cache).map(|d| d.checksum)).unwrap_or_default()
-            }
-        }
-    }
+/// The node under test's application state: the real `NodeApp` (registry, typed store,
+/// parked caches) on a fake clock, bounded by small caps so the harness cannot be made to
+/// allocate without end.
+pub fn node_state() -> (DetachedNode, Arc<FakeClock>) {
+    let clock = Arc::new(FakeClock::new());
+    let mut config = Config::default();
+    config.cache_max = 4096;
+    config.cache_size = 4 * 1024 * 1024;
+    config.max_message_size = 256 * 1024;
+    let node = DetachedNode::new(config, ME, clock.clone()).expect("a valid configuration");
+    node.cache::<String, Vec<u8>>(TYPED)
+        .expect("a fresh node opens its first cache");
+    (node, clock)
 }
 
 /// Peers whose node ids the `endpoint` target uses when it wraps payloads itself.
 pub const PEERS: [NodeId; 3] = [NodeId(0xa1), NodeId(0xb2), NodeId(0xc3)];
 
-/// `endpoint`: [`Endpoint::handle_datagram`] on a plaintext node with a [`MapState`].
+/// `endpoint`: [`Endpoint::handle_datagram`] on a plaintext node over the real application
+/// state ([`node_state`]).
 ///
 /// Each record's tag chooses what its bytes are:
 /// - bit 0 clear: a raw datagram, fed as is;
@@ -231,7 +127,7 @@ pub const PEERS: [NodeId; 3] = [NodeId(0xa1), NodeId(0xb2), NodeId(0xc3)];
 /// - bit 7 set: time advances by `(tag >> 3 & 0xf) * 40` ms and timers run first.
 ///
 /// Sent datagrams and events are drained after every step; their number is bounded.
-pub fn endpoint(data: &[u8]) -> mccache::NetworkMetrics {
+pub fn endpoint(data: &[u8]) -> NetworkMetrics {
     let start = Instant::now();
     let mut now = start;
     let cfg = EndpointConfig::new(
@@ -241,7 +137,8 @@ pub fn endpoint(data: &[u8]) -> mccache::NetworkMetrics {
         Duration::from_millis(500),
     );
     let mut ep = Endpoint::new(cfg, ME, now);
-    let mut app = MapState::default();
+    let (mut node, clock) = node_state();
+    let app = node.app();
     let mut peers: Vec<Wire> = PEERS
         .iter()
         .map(|&p| Wire::new(wire_config(Vec::new()), p))
@@ -249,16 +146,18 @@ pub fn endpoint(data: &[u8]) -> mccache::NetworkMetrics {
     let mut steps = 0usize;
     for (tag, body) in records(data) {
         if tag & 0x80 != 0 {
-            now += Duration::from_millis(u64::from((tag >> 3) & 0xf) * 40);
-            ep.handle_timeout(now, &mut app);
+            let step = Duration::from_millis(u64::from((tag >> 3) & 0xf) * 40);
+            now += step;
+            clock.advance(step);
+            ep.handle_timeout(now, app);
         }
         if tag & 1 == 0 {
-            ep.handle_datagram(now, body, &mut app);
+            ep.handle_datagram(now, body, app);
         } else {
             let peer = &mut peers[usize::from(tag >> 1) % PEERS.len()];
             if let Ok(ds) = peer.encode(body) {
                 for d in ds {
-                    ep.handle_datagram(now, &d, &mut app);
+                    ep.handle_datagram(now, &d, app);
                 }
             }
         }
@@ -288,7 +187,7 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
             ttl_ms: Some(1000),
         },
     };
-    use mccache::proto::message::{CacheDigest, Item};
+    use mccache_proto::message::{CacheDigest, Item};
     vec![
         (
             "hello_join",

@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use mccache::NodeId;
-use mccache::proto::wire::{Wire, WireConfig};
+use mccache_proto::version::NodeId;
+use mccache_proto::wire::{Wire, WireConfig};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);

@@ -131,6 +131,7 @@
 //! periodic metrics summaries are `info` events with target `mccache::metrics`.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
+#![warn(unnameable_types)]
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]
@@ -139,14 +140,14 @@ pub struct ReadmeDoctests;
 
 #[cfg(feature = "memcached")]
 mod backing;
-pub mod cache;
-pub mod config;
-pub mod diag;
-pub mod error;
-pub mod net;
-pub mod node;
-/// The replication protocol core: the I/O-free state machine of the `mccache-proto` crate.
-pub use mccache_proto as proto;
+mod cache;
+mod config;
+mod diag;
+mod error;
+mod net;
+mod node;
+// The replication protocol core (crate `mccache-proto`), as `crate::proto` inside.
+use mccache_proto as proto;
 #[cfg(feature = "unstable")]
 #[doc(hidden)]
 pub mod unstable;
@@ -159,18 +160,18 @@ pub use cache::handle::Cache;
 pub use cache::metrics::CacheMetrics;
 pub use cache::store::{CacheKey, CacheValue};
 pub use config::{BackingSpec, WritePolicy};
-pub use config::{CacheConfig, CacheMode, Config};
-pub use config::{TantrumSide, generate_key};
+pub use config::{CacheConfig, CacheMode, CacheOverrides, Config};
+pub use config::{Overload, TantrumSide, TransportKind, generate_key};
 pub use diag::{
     AddressCheck, MulticastCheck, PeerCheck, check_multicast, check_peers, get_hops, get_mtu,
 };
-pub use error::{Error, Result};
+pub use error::{ConfigError, Error, Result};
+pub use mccache_proto::metrics::NetworkMetrics;
+pub use mccache_proto::version::{NodeId, Version};
 pub use node::builder::CacheBuilder;
 pub use node::{
     ClusterAnswers, Health, Member, MemberEvent, Node, OpenFailure, Readiness, Unopened,
 };
-pub use proto::metrics::NetworkMetrics;
-pub use proto::version::{NodeId, Version};
 
 /// The process-wide default node and the configuration it was started with.
 struct DefaultNode {
@@ -243,10 +244,8 @@ pub fn default_node() -> Result<Node> {
 /// use mccache::Config;
 ///
 /// fn main() -> Result<(), mccache::Error> {
-///     let config = Config {
-///         cluster_name: "billing".into(),
-///         ..Config::load()? // mccache.toml and MCCACHE_* first
-///     };
+///     let mut config = Config::load()?; // mccache.toml and MCCACHE_* first
+///     config.cluster_name = "billing".into();
 ///     mccache::init(config.clone())?;
 ///     let sessions = mccache::get_cache::<String, String>("sessions");
 ///     sessions.insert("alice".into(), "token".into())?;

@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::wait_until;
-use mccache::cache::hooks::{SYNC_BUCKETS, SyncDigest};
-use mccache::proto::header::Header;
-use mccache::proto::message::{CacheDigest, Msg, Query};
-use mccache::proto::version::Version;
-use mccache::proto::wire::{Wire, WireConfig};
 use mccache::{Config, Node, NodeId};
+use mccache_proto::header::Header;
+use mccache_proto::message::{CacheDigest, Msg, Query};
+use mccache_proto::sync::{SYNC_BUCKETS, SyncDigest};
+use mccache_proto::version::Version;
+use mccache_proto::wire::{Wire, WireConfig};
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 104, 2);
 const PORT: u16 = 47411;
@@ -32,19 +32,18 @@ const CLUSTER: &str = "t13-amplification";
 const REQUESTS: usize = 400;
 
 fn config() -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: GROUP,
-        multicast_port: PORT,
-        daemon_sleep: 1.0,
-        cache_pulse: 5.0,
-        cache_max: 100_000,
-        cache_size: 256 << 20,
-        cache_ttl: 0.0,
-        crypto_key: None,
-        cluster_name: CLUSTER.to_string(),
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = GROUP;
+    c.multicast_port = PORT;
+    c.daemon_sleep = 1.0;
+    c.cache_pulse = 5.0;
+    c.cache_max = 100_000;
+    c.cache_size = 256 << 20;
+    c.cache_ttl = 0.0;
+    c.crypto_key = None;
+    c.cluster_name = CLUSTER.to_string();
+    c
 }
 
 fn wall_ms() -> u64 {
@@ -64,7 +63,7 @@ struct Tap {
 impl Tap {
     fn new() -> Tap {
         let sock =
-            mccache::net::socket::recv_socket(SocketAddrV4::new(GROUP, PORT), Ipv4Addr::LOCALHOST)
+            mccache::unstable::recv_socket(SocketAddrV4::new(GROUP, PORT), Ipv4Addr::LOCALHOST)
                 .expect("tap socket");
         sock.set_nonblocking(false).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(20)))
@@ -157,7 +156,7 @@ fn forged_requests_cannot_make_the_cluster_send_much_more_than_it_receives() {
     }
     let victim = nodes[0].id();
     let tap = Tap::new();
-    let sock = mccache::net::socket::send_socket(Ipv4Addr::LOCALHOST, 1).expect("socket");
+    let sock = mccache::unstable::send_socket(Ipv4Addr::LOCALHOST, 1).expect("socket");
     sock.set_nonblocking(false).unwrap();
 
     let all_different = SyncDigest {

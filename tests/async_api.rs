@@ -6,21 +6,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
+use mccache::unstable::FakeClock;
 use mccache::{Config, Error, Node};
 
 fn loopback(group: u8, port: u16) -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 105, group),
-        multicast_port: port,
-        daemon_sleep: 0.1,
-        cache_pulse: 0.5,
-        cache_ttl: 0.0,
-        cluster_name: format!("t14-async-{group}"),
-        crypto_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = Ipv4Addr::new(239, 255, 105, group);
+    c.multicast_port = port;
+    c.daemon_sleep = 0.1;
+    c.cache_pulse = 0.5;
+    c.cache_ttl = 0.0;
+    c.cluster_name = format!("t14-async-{group}");
+    c.crypto_key = Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +84,7 @@ async fn async_and_sync_callers_share_one_loader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_loader_errors_and_stale_refresh_on_the_runtime() {
     let clock = Arc::new(FakeClock::new());
-    let node = Node::start_with_clock(Config::default(), clock.clone()).unwrap();
+    let node = mccache::unstable::start_with_clock(Config::default(), clock.clone()).unwrap();
     let cache = node
         .cache_builder::<u32, u64>("prices")
         .fresh_for(Duration::from_secs(1))

@@ -4,22 +4,21 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
+use mccache::unstable::FakeClock;
 use mccache::{Cache, ChangeEvent, ChangeKind, Config, Error, Node, Origin};
 
 fn config() -> Config {
-    Config {
-        cache_ttl: 0.0,
-        cache_max: 1000,
-        callback_win: 2.0,
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.cache_ttl = 0.0;
+    c.cache_max = 1000;
+    c.callback_win = 2.0;
+    c
 }
 
 fn fake(config: Config) -> (Node, Arc<FakeClock>) {
     let clock = Arc::new(FakeClock::new());
     (
-        Node::start_with_clock(config, clock.clone()).unwrap(),
+        mccache::unstable::start_with_clock(config, clock.clone()).unwrap(),
         clock,
     )
 }
@@ -80,9 +79,10 @@ fn add_replace_many_keys_entries() {
 
 #[test]
 fn insert_many_refuses_the_whole_batch_when_one_pair_is_too_large() {
-    let node = Node::start_local(Config {
-        max_message_size: 100,
-        ..config()
+    let node = Node::start_local({
+        let mut c = config();
+        c.max_message_size = 100;
+        c
     })
     .unwrap();
     let c: Cache<u32, String> = node.cache("batch").unwrap();
@@ -97,10 +97,11 @@ fn insert_many_refuses_the_whole_batch_when_one_pair_is_too_large() {
 
 #[test]
 fn too_large_and_exceeds_cache_size_store_nothing() {
-    let node = Node::start_local(Config {
-        max_message_size: 64,
-        cache_size: 1000,
-        ..config()
+    let node = Node::start_local({
+        let mut c = config();
+        c.max_message_size = 64;
+        c.cache_size = 1000;
+        c
     })
     .unwrap();
     let c: Cache<u32, Vec<u8>> = node.cache("big").unwrap();
@@ -110,9 +111,10 @@ fn too_large_and_exceeds_cache_size_store_nothing() {
         other => panic!("{other:?}"),
     }
     assert_eq!(c.get(&1), Some(vec![1; 10]), "old value kept");
-    let node = Node::start_local(Config {
-        cache_size: 50,
-        ..config()
+    let node = Node::start_local({
+        let mut c = config();
+        c.cache_size = 50;
+        c
     })
     .unwrap();
     let c: Cache<u32, Vec<u8>> = node.cache("big").unwrap();
@@ -126,9 +128,10 @@ fn too_large_and_exceeds_cache_size_store_nothing() {
 
 #[test]
 fn ttl_per_cache_and_per_entry_and_touch() {
-    let (node, clock) = fake(Config {
-        cache_ttl: 10.0,
-        ..config()
+    let (node, clock) = fake({
+        let mut c = config();
+        c.cache_ttl = 10.0;
+        c
     });
     let c: Cache<u32, String> = node.cache("ttl").unwrap();
     c.insert(1, "cache-ttl".into()).unwrap();
@@ -264,9 +267,10 @@ fn metadata_checksum_and_key_checksum() {
 
 #[test]
 fn listeners_see_every_kind_with_local_origin() {
-    let (node, clock) = fake(Config {
-        cache_max: 2,
-        ..config()
+    let (node, clock) = fake({
+        let mut c = config();
+        c.cache_max = 2;
+        c
     });
     let c: Cache<u32, String> = node.cache("events").unwrap();
     let seen = recorder(&c);
@@ -336,9 +340,10 @@ fn callback_window_flags_changes_to_recently_read_keys_only() {
     );
 
     // callback_win = 0 disables the flag.
-    let (node, _) = fake(Config {
-        callback_win: 0.0,
-        ..config()
+    let (node, _) = fake({
+        let mut c = config();
+        c.callback_win = 0.0;
+        c
     });
     let c: Cache<u32, String> = node.cache("nowin").unwrap();
     let seen = recorder(&c);
@@ -417,13 +422,7 @@ fn two_nodes_in_one_process_are_independent() {
 #[test]
 fn per_cache_overrides_apply() {
     let mut cfg = config();
-    cfg.caches.insert(
-        "small".into(),
-        mccache::config::CacheOverrides {
-            cache_max: Some(3),
-            ..Default::default()
-        },
-    );
+    cfg.caches.entry("small".into()).or_default().cache_max = Some(3);
     let node = Node::start_local(cfg).unwrap();
     let small: Cache<u32, u32> = node.cache("small").unwrap();
     let big: Cache<u32, u32> = node.cache("big").unwrap();
@@ -439,20 +438,16 @@ fn per_cache_overrides_apply() {
 #[test]
 fn default_node_functions() {
     // The default node is a cluster node: keep it on loopback, on a group of its own.
-    let config = Config {
-        interface: std::net::Ipv4Addr::LOCALHOST,
-        multicast_ip: std::net::Ipv4Addr::new(239, 255, 101, 1),
-        multicast_port: 47101,
-        cluster_name: "t9-cache-api".into(),
-        crypto_key: Some(mccache::generate_key()),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.interface = std::net::Ipv4Addr::LOCALHOST;
+    config.multicast_ip = std::net::Ipv4Addr::new(239, 255, 101, 1);
+    config.multicast_port = 47101;
+    config.cluster_name = "t9-cache-api".into();
+    config.crypto_key = Some(mccache::generate_key());
     let node = mccache::init(config.clone()).unwrap();
     assert_eq!(mccache::init(config.clone()).unwrap().id(), node.id());
-    let other = Config {
-        cache_max: 7,
-        ..config
-    };
+    let mut other = config;
+    other.cache_max = 7;
     let err = mccache::init(other).unwrap_err();
     assert!(
         matches!(&err, Error::DefaultNodeConfigured { keys } if keys == &["cache_max".to_string()]),

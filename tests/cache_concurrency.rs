@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
+use mccache::unstable::FakeClock;
 use mccache::{Cache, Config, Error, Node};
 
 fn splitmix64(x: u64) -> u64 {
@@ -48,14 +48,12 @@ fn mixed_ops_from_many_threads_keep_invariants() {
     // A fake clock that the workers move forward, so expiry happens during the run but the
     // cache is quiescent (nothing expiring) while the invariants are checked.
     let clock = Arc::new(FakeClock::new());
-    let config = Config {
-        cache_ttl: 0.05,
-        cache_max: 300,
-        cache_size: 64 * 1024,
-        daemon_sleep: 0.01,
-        ..Config::default()
-    };
-    let node = Node::start_with_clock(config, clock.clone()).unwrap();
+    let mut config = Config::default();
+    config.cache_ttl = 0.05;
+    config.cache_max = 300;
+    config.cache_size = 64 * 1024;
+    config.daemon_sleep = 0.01;
+    let node = mccache::unstable::start_with_clock(config, clock.clone()).unwrap();
     let c: Cache<u64, Vec<u8>> = node.cache("mixed").unwrap();
     let threads = 8;
     let barrier = Arc::new(Barrier::new(threads));
@@ -140,7 +138,7 @@ fn mixed_ops_from_many_threads_keep_invariants() {
         .filter(|k| c.metadata(k).unwrap().expires.is_none())
         .count();
     clock.advance(Duration::from_secs(3600));
-    let erased = node.erased_cache("mixed").unwrap();
+    let erased = mccache::unstable::erased_cache(&node, "mixed").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while erased.sync_digest().count != forever as u64 {
         assert!(
@@ -223,9 +221,10 @@ fn waiters_get_loader_failed_when_the_loader_panics() {
 /// threads insert new keys (the entry slot is taken before a new key is stored).
 #[test]
 fn len_never_exceeds_cache_max_under_concurrent_inserts() {
-    let node = Node::start_local(Config {
-        cache_max: 16,
-        ..Config::default()
+    let node = Node::start_local({
+        let mut c = Config::default();
+        c.cache_max = 16;
+        c
     })
     .unwrap();
     let c: Cache<u64, u64> = node.cache("cap").unwrap();

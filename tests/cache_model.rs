@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mccache::cache::clock::FakeClock;
-use mccache::{Cache, Config, Error, Node};
+use mccache::unstable::FakeClock;
+use mccache::{Cache, Config, Error};
 use proptest::prelude::*;
 
 type K = u8;
@@ -86,7 +86,7 @@ const CACHE_TTL_MS: u64 = 5000;
 /// Runs `ops`; with `exact`, the cache must equal the model (no eviction possible).
 fn run(ops: Vec<Op>, config: Config, exact: bool) -> Result<(), TestCaseError> {
     let clock = Arc::new(FakeClock::new());
-    let node = Node::start_with_clock(config.clone(), clock.clone()).unwrap();
+    let node = mccache::unstable::start_with_clock(config.clone(), clock.clone()).unwrap();
     let c: Cache<K, V> = node.cache("m").unwrap();
     let mut m = Model::default();
     let max_entries = config.cache_max as u64;
@@ -256,7 +256,7 @@ fn run(ops: Vec<Op>, config: Config, exact: bool) -> Result<(), TestCaseError> {
     // Checksum: the documented formula, and another store fed the same entries in reverse order.
     let mut recomputed = 0u64;
     let mut records = Vec::new();
-    let erased = node.erased_cache("m").unwrap();
+    let erased = mccache::unstable::erased_cache(&node, "m").unwrap();
     for k in c.keys() {
         let crc = c.key_checksum(&k).unwrap();
         recomputed = recomputed.wrapping_add(splitmix64(crc as u64));
@@ -264,14 +264,12 @@ fn run(ops: Vec<Op>, config: Config, exact: bool) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(c.checksum(), recomputed);
     // Roomier caps: the source may sit above cache_size after a growing update.
-    let roomy = Config {
-        cache_max: 1000,
-        cache_size: 1 << 20,
-        ..config
-    };
-    let other = Node::start_with_clock(roomy, clock.clone()).unwrap();
+    let mut roomy = config;
+    roomy.cache_max = 1000;
+    roomy.cache_size = 1 << 20;
+    let other = mccache::unstable::start_with_clock(roomy, clock.clone()).unwrap();
     let c2: Cache<K, V> = other.cache("m").unwrap();
-    let e2 = other.erased_cache("m").unwrap();
+    let e2 = mccache::unstable::erased_cache(&other, "m").unwrap();
     for r in records.iter().rev() {
         e2.apply_remote(r, node.id());
     }
@@ -287,12 +285,10 @@ proptest! {
     /// equal the model exactly, nothing is ever evicted.
     #[test]
     fn matches_model_exactly_without_pressure(ops in prop::collection::vec(op(16, 24), 1..120)) {
-        let config = Config {
-            cache_ttl: CACHE_TTL_MS as f64 / 1000.0,
-            cache_max: 32,
-            cache_size: 1 << 20,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.cache_ttl = CACHE_TTL_MS as f64 / 1000.0;
+        config.cache_max = 32;
+        config.cache_size = 1 << 20;
         run(ops, config, true)?;
     }
 
@@ -300,12 +296,10 @@ proptest! {
     /// hold after every op (bytes may overshoot only through updates).
     #[test]
     fn respects_caps_under_pressure(ops in prop::collection::vec(op(40, 30), 1..150)) {
-        let config = Config {
-            cache_ttl: CACHE_TTL_MS as f64 / 1000.0,
-            cache_max: 8,
-            cache_size: 160,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.cache_ttl = CACHE_TTL_MS as f64 / 1000.0;
+        config.cache_max = 8;
+        config.cache_size = 160;
         run(ops, config, false)?;
     }
 }

@@ -8,11 +8,11 @@ mod sim_support;
 
 use std::time::Duration;
 
-use mccache::proto::message::{Item, Msg};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::version::{HLC_LOGICAL_BITS, NodeId, Version};
-use mccache::proto::wire::Wire;
-use sim_support::{NetParams, Sim, wire_config};
+use mccache_proto::message::{Item, Msg};
+use mccache_proto::record::{Op, Record};
+use mccache_proto::version::{HLC_LOGICAL_BITS, NodeId, Version};
+use mccache_proto::wire::Wire;
+use sim_support::{BYTES, NetParams, Sim, Write, key_bytes, wire_config};
 
 const HOUR_MS: i64 = 3_600_000;
 /// The default `max_clock_skew`.
@@ -28,11 +28,19 @@ fn net() -> NetParams {
     }
 }
 
-fn put(v: u8) -> Op {
-    Op::Put {
-        value: vec![v; 8],
-        ttl_ms: None,
-    }
+fn put(v: u8) -> Write {
+    Write::Put(vec![v; 8])
+}
+
+/// Workload keys by name: "a" is key 0, "x" 1, "b" 2, "k" 3, "j" 4; `r<n>` is 100 + n.
+const A: u32 = 0;
+const X: u32 = 1;
+const B: u32 = 2;
+const K: u32 = 3;
+const J: u32 = 4;
+
+fn key(n: u32) -> Vec<u8> {
+    key_bytes(BYTES, n)
 }
 
 fn dropped(sim: &Sim, i: usize, reason: &str) -> u64 {
@@ -51,29 +59,33 @@ fn a_peer_whose_clock_is_an_hour_ahead_cannot_win_writes_or_move_clocks() {
         let mut sim = Sim::new(seed, 3, net());
         sim.set_clock_offset(2, HOUR_MS);
         sim.run_until(Duration::from_secs(2));
-        sim.write(0, "alpha", b"a".to_vec(), put(1));
-        sim.write(2, "alpha", b"x".to_vec(), put(2));
-        sim.write(2, "alpha", b"a".to_vec(), put(3));
+        sim.write(0, BYTES, A, put(1));
+        sim.write(2, BYTES, X, put(2));
+        sim.write(2, BYTES, A, put(3));
         sim.run_until(Duration::from_secs(4));
         for i in [0, 1] {
-            let live = sim.live(i, "alpha");
-            assert!(!live.contains_key(b"x".as_slice()), "seed {seed} node {i}");
+            let live = sim.live(i, BYTES);
+            assert!(!live.contains_key(&key(X)), "seed {seed} node {i}");
             // The write from an hour ahead did not win over the honest one.
-            assert_eq!(live[&b"a".to_vec()].1, vec![1; 8], "seed {seed} node {i}");
+            assert_eq!(
+                live[&key(A)].1,
+                rmp_serde::to_vec(&vec![1u8; 8]).unwrap(),
+                "seed {seed} node {i}"
+            );
             // Nothing from the future reached the clock.
             let wall = sim.wall_of(i);
             assert!(
-                sim.model(i).seen >> HLC_LOGICAL_BITS <= wall + SKEW_MS,
+                sim.clock_seen(i) >> HLC_LOGICAL_BITS <= wall + SKEW_MS,
                 "seed {seed} node {i}: clock moved to {}",
-                sim.model(i).seen >> HLC_LOGICAL_BITS
+                sim.clock_seen(i) >> HLC_LOGICAL_BITS
             );
             let refused = dropped(&sim, i, "clock_skew") + dropped(&sim, i, "stale");
             assert!(refused > 0, "seed {seed} node {i}: refusals counted");
         }
         // Honest writes still converge between the honest nodes.
-        sim.write(1, "alpha", b"b".to_vec(), put(4));
+        sim.write(1, BYTES, B, put(4));
         sim.run_until(Duration::from_secs(5));
-        assert_eq!(sim.live(0, "alpha"), sim.live(1, "alpha"), "seed {seed}");
+        assert_eq!(sim.live(0, BYTES), sim.live(1, BYTES), "seed {seed}");
         if seed % 2 == 1 {
             // Plaintext: heartbeats get through, so the node an hour ahead knows it is.
             let off = sim.endpoint_of(2).metrics().clock_offset_ms;
@@ -88,7 +100,7 @@ fn a_peer_whose_clock_is_an_hour_ahead_cannot_win_writes_or_move_clocks() {
 fn a_forged_version_at_u64_max_is_refused_and_time_goes_on() {
     let mut sim = Sim::new(1, 2, net()); // plaintext: anyone can forge
     sim.run_until(Duration::from_secs(1));
-    sim.write(0, "alpha", b"k".to_vec(), put(1));
+    sim.write(0, BYTES, K, put(1));
     sim.run_until(Duration::from_millis(1500));
     let mut forger = Wire::new(wire_config(1472, false), NodeId(0xbad));
     forger.set_wall_ms(sim.wall_of(0));
@@ -101,15 +113,15 @@ fn a_forged_version_at_u64_max_is_refused_and_time_goes_on() {
             seq,
             items: vec![
                 Item::Rec {
-                    cache: "alpha".into(),
+                    cache: BYTES.into(),
                     rec: Record {
-                        key: b"k".to_vec(),
+                        key: key(K),
                         version: Version::new(hlc, NodeId(0xbad)),
                         op: Op::Del,
                     },
                 },
                 Item::Clear {
-                    cache: "alpha".into(),
+                    cache: BYTES.into(),
                     version: Version::new(hlc, NodeId(0xbad)),
                 },
             ],
@@ -119,15 +131,18 @@ fn a_forged_version_at_u64_max_is_refused_and_time_goes_on() {
         }
     }
     assert_eq!(dropped(&sim, 0, "clock_skew"), 6);
-    assert!(sim.live(0, "alpha").contains_key(b"k".as_slice()));
-    assert!(sim.model(0).seen >> HLC_LOGICAL_BITS <= sim.wall_of(0) + SKEW_MS);
+    assert!(sim.live(0, BYTES).contains_key(&key(K)));
+    assert!(sim.clock_seen(0) >> HLC_LOGICAL_BITS <= sim.wall_of(0) + SKEW_MS);
     // Later writes and deletes win and replicate as usual.
-    sim.write(0, "alpha", b"k".to_vec(), put(2));
-    sim.write(1, "alpha", b"j".to_vec(), put(3));
+    sim.write(0, BYTES, K, put(2));
+    sim.write(1, BYTES, J, put(3));
     sim.run_until(Duration::from_secs(2));
     for i in 0..2 {
-        assert_eq!(sim.live(i, "alpha")[&b"k".to_vec()].1, vec![2; 8]);
-        assert!(sim.live(i, "alpha").contains_key(b"j".as_slice()));
+        assert_eq!(
+            sim.live(i, BYTES)[&key(K)].1,
+            rmp_serde::to_vec(&vec![2u8; 8]).unwrap()
+        );
+        assert!(sim.live(i, BYTES).contains_key(&key(J)));
     }
 }
 
@@ -146,13 +161,13 @@ fn replay_after(exit: Exit, after: Duration) {
     sim.run_until(Duration::from_secs(1));
     sim.record_from(2);
     for k in 0..20u8 {
-        sim.write(2, "alpha", vec![b'r', k], put(k));
+        sim.write(2, BYTES, 100 + u32::from(k), put(k));
         sim.run_until(Duration::from_millis(1000 + 20 * u64::from(k)));
     }
     sim.run_until(Duration::from_secs(2));
     // Node 0 deletes some of them meanwhile: a replay must not bring them back.
     for k in 0..10u8 {
-        sim.write(0, "alpha", vec![b'r', k], Op::Del);
+        sim.write(0, BYTES, 100 + u32::from(k), Write::Del);
     }
     sim.run_until(Duration::from_millis(2500));
     let recorded = sim.recorded();
@@ -170,7 +185,7 @@ fn replay_after(exit: Exit, after: Duration) {
     sim.run_until(left_at + Duration::from_secs(3));
     let members_before = sim.endpoint_of(0).peers().len();
     let applied_before = sim.endpoint_of(0).metrics().changes_applied;
-    let live_before = sim.live(0, "alpha");
+    let live_before = sim.live(0, BYTES);
     sim.run_until(left_at + after);
     let refused_before = dropped(&sim, 0, "replay") + dropped(&sim, 0, "stale");
     for d in &recorded {
@@ -194,9 +209,9 @@ fn replay_after(exit: Exit, after: Duration) {
         "{exit:?} after {after:?}: the departed node reappeared"
     );
     for k in 0..10u8 {
-        assert!(!sim.live(0, "alpha").contains_key(&vec![b'r', k]));
+        assert!(!sim.live(0, BYTES).contains_key(&key(100 + u32::from(k))));
     }
-    assert_eq!(sim.live(0, "alpha").len(), live_before.len());
+    assert_eq!(sim.live(0, BYTES).len(), live_before.len());
 }
 
 #[test]

@@ -171,20 +171,8 @@ fn a_node_with_the_wrong_key_applies_nothing_and_counts_it() {
 #[test]
 fn cache_modes_replicate_update_if_present_and_invalidate() {
     let mut cfg = config(5, 46105);
-    cfg.caches.insert(
-        "present".into(),
-        mccache::config::CacheOverrides {
-            cache_mode: Some(CacheMode::UpdateIfPresent),
-            ..Default::default()
-        },
-    );
-    cfg.caches.insert(
-        "inval".into(),
-        mccache::config::CacheOverrides {
-            cache_mode: Some(CacheMode::Invalidate),
-            ..Default::default()
-        },
-    );
+    cfg.caches.entry("present".into()).or_default().cache_mode = Some(CacheMode::UpdateIfPresent);
+    cfg.caches.entry("inval".into()).or_default().cache_mode = Some(CacheMode::Invalidate);
     let a = Node::start(cfg.clone()).unwrap();
     let b = Node::start(cfg).unwrap();
     assert!(wait_until(T, || a.members().len() == 1 && b.members().len() == 1));

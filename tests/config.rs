@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use figment::Jail;
 use figment::providers::Serialized;
-use mccache::config::{CacheMode, TantrumSide, generate_key};
-use mccache::{Config, Error};
+use mccache::{CacheMode, TantrumSide, generate_key};
+use mccache::{Config, ConfigError};
 
 /// `Config::load` with the error rendered, so `?` works inside a jail.
 fn load() -> Result<Config, String> {
@@ -102,7 +102,7 @@ fn file_layer_sets_every_kind_of_key() {
         assert_eq!(c.node_name_or_default(), "web-1");
         assert_eq!(c.cluster_name, "prod");
         assert_eq!(c.queue_max, 10);
-        assert_eq!(c.overload, mccache::config::Overload::Block);
+        assert_eq!(c.overload, mccache::Overload::Block);
         assert_eq!(c.overload_wait(), Duration::from_millis(500));
         Ok(())
     });
@@ -122,7 +122,7 @@ fn env_beats_file_and_accepts_number_spellings() {
         jail.set_env("MCCACHE_CACHE_PULSE", "1e1");
         jail.set_env("MCCACHE_OVERLOAD", " error ");
         let c = load()?;
-        assert_eq!(c.overload, mccache::config::Overload::Error);
+        assert_eq!(c.overload, mccache::Overload::Error);
         assert_eq!(c.cache_ttl, 2.0);
         assert_eq!(c.cache_max, 2);
         assert_eq!(c.daemon_sleep, 3.0);
@@ -200,8 +200,8 @@ fn mccache_config_names_the_file() {
 
         jail.set_env("MCCACHE_CONFIG", "missing/nowhere.toml");
         match Config::load() {
-            Err(Error::ConfigFile { path, .. }) => assert_eq!(path, "missing/nowhere.toml"),
-            other => panic!("expected ConfigFile error, got {other:?}"),
+            Err(ConfigError::File { path, .. }) => assert_eq!(path, "missing/nowhere.toml"),
+            other => panic!("expected a file error, got {other:?}"),
         }
         assert!(load_err().contains("missing/nowhere.toml"));
         Ok(())
@@ -230,10 +230,15 @@ fn broken_toml_is_a_config_file_error() {
         jail.clear_env();
         jail.create_file("mccache.toml", "cache_ttl = = 3")?;
         match Config::load() {
-            Err(Error::ConfigFile { path, .. }) => {
-                assert!(path.ends_with("mccache.toml"), "{path}")
+            Err(e @ ConfigError::File { .. }) => {
+                assert!(
+                    e.to_string().ends_with("mccache.toml could not be used"),
+                    "{e}"
+                );
+                let source = std::error::Error::source(&e).expect("the TOML error is kept");
+                assert!(source.to_string().contains("cache_ttl"), "{source}");
             }
-            other => panic!("expected ConfigFile error, got {other:?}"),
+            other => panic!("expected a file error, got {other:?}"),
         }
         Ok(())
     });
@@ -348,10 +353,8 @@ fn keyring_from_env_list_and_single_key() {
 fn mccache_fernet_keys_are_accepted() {
     // McCache used Fernet keys: URL-safe base64 of 32 bytes.
     let fernet = "-_8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0=";
-    let c = Config {
-        crypto_key: Some(fernet.to_string()),
-        ..Config::default()
-    };
+    let mut c = Config::default();
+    c.crypto_key = Some(fernet.to_string());
     c.validate().unwrap();
     let ring = c.crypto_keyring().unwrap();
     let expected: Vec<u8> = [0xfb, 0xff].into_iter().chain(0..30).collect();
@@ -364,10 +367,8 @@ fn mccache_fernet_keys_are_accepted() {
 #[test]
 fn generated_keys_are_distinct_and_valid() {
     let keys: Vec<String> = (0..8).map(|_| generate_key()).collect();
-    let c = Config {
-        crypto_keys: keys.clone(),
-        ..Config::default()
-    };
+    let mut c = Config::default();
+    c.crypto_keys = keys.clone();
     assert_eq!(c.crypto_keyring().unwrap().len(), 8, "eight different keys");
 }
 
@@ -673,10 +674,13 @@ fn every_bad_env_value_names_key_and_value() {
             let got = load_err();
             assert_eq!(got, expected, "MCCACHE_{var}={value:?}");
             match Config::load() {
-                Err(Error::Config { key, .. }) => {
+                Err(e @ ConfigError::Invalid { .. }) => {
+                    let key = e.key().unwrap_or_default();
                     assert!(expected.starts_with(&format!("{key}: ")))
                 }
-                other => panic!("MCCACHE_{var}={value:?}: expected Error::Config, got {other:?}"),
+                other => {
+                    panic!("MCCACHE_{var}={value:?}: expected an invalid value, got {other:?}")
+                }
             }
             Ok(())
         });
@@ -794,135 +798,154 @@ fn every_bad_toml_type_names_key_and_value() {
 fn validate_catches_bad_programmatic_configs() {
     let cases: Vec<(Config, &str)> = vec![
         (
-            Config {
-                cache_ttl: f64::NAN,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.cache_ttl = f64::NAN;
+                c
             },
             r#"cache_ttl: "NaN" is not a number of seconds"#,
         ),
         (
-            Config {
-                cache_ttl: -1.0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.cache_ttl = -1.0;
+                c
             },
             r#"cache_ttl: "-1" must not be negative"#,
         ),
         (
-            Config {
-                cache_max: 0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.cache_max = 0;
+                c
             },
             r#"cache_max: "0" must be at least 1"#,
         ),
         (
-            Config {
-                cache_size: 0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.cache_size = 0;
+                c
             },
             r#"cache_size: "0" must be at least 1"#,
         ),
         (
-            Config {
-                cache_pulse: 0.0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.cache_pulse = 0.0;
+                c
             },
             r#"cache_pulse: "0" must be greater than 0"#,
         ),
         (
-            Config {
-                crypto_key: Some("short".into()),
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.crypto_key = Some("short".into());
+                c
             },
             r#"crypto_key: "<5 characters, not shown>" is not valid base64 of 32 bytes"#,
         ),
         (
-            Config {
-                crypto_keys: vec![generate_key(), String::new()],
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.crypto_keys = vec![generate_key(), String::new()];
+                c
             },
             r#"crypto_keys[1]: "<0 characters, not shown>" is not valid base64 of 32 bytes"#,
         ),
         (
-            Config {
-                packet_mtu: 100,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.packet_mtu = 100;
+                c
             },
             r#"packet_mtu: "100" must be between 576 and 65507"#,
         ),
         (
-            Config {
-                multicast_ip: Ipv4Addr::new(192, 168, 1, 1),
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.multicast_ip = Ipv4Addr::new(192, 168, 1, 1);
+                c
             },
             r#"multicast_ip: "192.168.1.1" is not an IPv4 multicast address (224.0.0.0/4)"#,
         ),
         (
-            Config {
-                multicast_port: 0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.multicast_port = 0;
+                c
             },
             r#"multicast_port: "0" is not a port number (1 to 65535)"#,
         ),
         (
-            Config {
-                multicast_hops: 0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.multicast_hops = 0;
+                c
             },
             r#"multicast_hops: "0" is not a hop count (1 to 255)"#,
         ),
         (
-            Config {
-                callback_win: -2.0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.callback_win = -2.0;
+                c
             },
             r#"callback_win: "-2" must not be negative"#,
         ),
         (
-            Config {
-                daemon_sleep: f64::INFINITY,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.daemon_sleep = f64::INFINITY;
+                c
             },
             r#"daemon_sleep: "inf" is not a number of seconds"#,
         ),
         (
-            Config {
-                monkey_tantrum: 200.0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.monkey_tantrum = 200.0;
+                c
             },
             r#"monkey_tantrum: "200" is not a percentage (0 to 100)"#,
         ),
         (
-            Config {
-                interface: Ipv4Addr::new(224, 0, 0, 1),
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.interface = Ipv4Addr::new(224, 0, 0, 1);
+                c
             },
             r#"interface: "224.0.0.1" is not a unicast IPv4 address or 0.0.0.0"#,
         ),
         (
-            Config {
-                max_message_size: 0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.max_message_size = 0;
+                c
             },
             r#"max_message_size: "0" must be between 1 byte and 64 MiB"#,
         ),
         (
-            Config {
-                node_name: Some(String::new()),
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.node_name = Some(String::new());
+                c
             },
             r#"node_name: "" must be 1 to 255 bytes of text"#,
         ),
         (
-            Config {
-                cluster_name: String::new(),
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.cluster_name = String::new();
+                c
             },
             r#"cluster_name: "" must be 1 to 64 bytes of text"#,
         ),
         (
-            Config {
-                queue_max: 0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.queue_max = 0;
+                c
             },
             r#"queue_max: "0" must be at least 1"#,
         ),
@@ -936,13 +959,7 @@ fn validate_catches_bad_programmatic_configs() {
 #[test]
 fn validate_checks_cache_overrides() {
     let mut c = Config::default();
-    c.caches.insert(
-        "users".into(),
-        mccache::config::CacheOverrides {
-            cache_max: Some(0),
-            ..Default::default()
-        },
-    );
+    c.caches.entry("users".into()).or_default().cache_max = Some(0);
     assert_eq!(
         c.validate().unwrap_err().to_string(),
         r#"caches.users.cache_max: "0" must be at least 1"#
@@ -955,11 +972,9 @@ fn config_is_a_figment_provider() {
         jail.clear_env();
         jail.set_env("MCCACHE_CACHE_MAX", "7");
         // An application's own config over ours: it decides precedence.
-        let mine = Config {
-            cluster_name: "app".into(),
-            cache_max: 99,
-            ..Config::default()
-        };
+        let mut mine = Config::default();
+        mine.cluster_name = "app".into();
+        mine.cache_max = 99;
         let figment = Config::figment().merge(mine.clone());
         let c = Config::from_figment(&figment).map_err(|e| e.to_string())?;
         assert_eq!(c, mine, "a Config merged last replaces every layer");

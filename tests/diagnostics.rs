@@ -18,16 +18,15 @@ const T: Duration = Duration::from_secs(20);
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn config(group: u8, port: u16, name: &str) -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 101, group),
-        multicast_port: port,
-        daemon_sleep: 0.1,
-        cache_pulse: 0.5,
-        crypto_key: Some(KEY.to_string()),
-        cluster_name: format!("t9-{name}"),
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = Ipv4Addr::new(239, 255, 101, group);
+    c.multicast_port = port;
+    c.daemon_sleep = 0.1;
+    c.cache_pulse = 0.5;
+    c.crypto_key = Some(KEY.to_string());
+    c.cluster_name = format!("t9-{name}");
+    c
 }
 
 /// Starts `a` and `b` on one group and checks that each reports `cause_a` (what `a` sees from
@@ -59,30 +58,24 @@ fn mismatch(a: Config, b: Config, cause_a: OpenFailure, cause_b: OpenFailure) {
 #[test]
 fn other_key_is_named() {
     let a = config(20, 47120, "key");
-    let b = Config {
-        crypto_key: Some(mccache::generate_key()),
-        ..a.clone()
-    };
+    let mut b = a.clone();
+    b.crypto_key = Some(mccache::generate_key());
     mismatch(a, b, OpenFailure::OtherKey, OpenFailure::OtherKey);
 }
 
 #[test]
 fn other_cluster_name_is_named() {
     let a = config(21, 47121, "name-a");
-    let b = Config {
-        cluster_name: "t9-name-b".into(),
-        ..a.clone()
-    };
+    let mut b = a.clone();
+    b.cluster_name = "t9-name-b".into();
     mismatch(a, b, OpenFailure::OtherCluster, OpenFailure::OtherCluster);
 }
 
 #[test]
 fn sealed_and_plaintext_are_named() {
     let sealed = config(22, 47122, "plain");
-    let plain = Config {
-        crypto_key: None,
-        ..sealed.clone()
-    };
+    let mut plain = sealed.clone();
+    plain.crypto_key = None;
     mismatch(
         sealed,
         plain,
@@ -107,13 +100,11 @@ fn health_of_a_good_pair() {
 #[test]
 fn wrong_interface_names_key_and_value() {
     // 192.0.2.1 (TEST-NET-1) is never an address of this host.
-    let cfg = Config {
-        interface: Ipv4Addr::new(192, 0, 2, 1),
-        ..config(24, 47124, "iface")
-    };
+    let mut cfg = config(24, 47124, "iface");
+    cfg.interface = Ipv4Addr::new(192, 0, 2, 1);
     let err = Node::start(cfg).unwrap_err();
     assert!(
-        matches!(&err, Error::Config { key, .. } if key == "interface"),
+        matches!(&err, Error::Config(e) if e.key() == Some("interface")),
         "{err:?}"
     );
     assert!(
@@ -130,11 +121,12 @@ fn wrong_interface_names_key_and_value() {
 fn cluster_metrics_complete_under_ten_percent_loss() {
     let nodes: Vec<Node> = (0..3)
         .map(|i| {
-            Node::start(Config {
-                monkey_tantrum: 10.0,
-                monkey_tantrum_side: TantrumSide::Both,
-                node_name: Some(format!("q{i}")),
-                ..config(25, 47125, "query")
+            Node::start({
+                let mut c = config(25, 47125, "query");
+                c.monkey_tantrum = 10.0;
+                c.monkey_tantrum_side = TantrumSide::Both;
+                c.node_name = Some(format!("q{i}"));
+                c
             })
             .unwrap()
         })
@@ -177,11 +169,12 @@ fn cluster_metrics_complete_under_ten_percent_loss() {
 #[test]
 fn a_silent_member_is_listed_as_missing() {
     let a = Node::start(config(26, 47126, "silent")).unwrap();
-    let deaf = Node::start(Config {
-        node_name: Some("deaf".into()),
-        monkey_tantrum: 100.0,
-        monkey_tantrum_side: TantrumSide::Recv,
-        ..config(26, 47126, "silent")
+    let deaf = Node::start({
+        let mut c = config(26, 47126, "silent");
+        c.node_name = Some("deaf".into());
+        c.monkey_tantrum = 100.0;
+        c.monkey_tantrum_side = TantrumSide::Recv;
+        c
     })
     .unwrap();
     assert!(wait_until(T, || a.members().len() == 1));

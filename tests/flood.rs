@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hostile_util::{Injector, T, config, dropped, group, rss_kib, wait_members, wait_until};
-use mccache::proto::crypto::Keyring;
-use mccache::proto::header::{Header, cluster_id};
-use mccache::proto::message::Msg;
-use mccache::proto::wire::{Wire, WireConfig};
 use mccache::{Node, NodeId};
+use mccache_proto::crypto::Keyring;
+use mccache_proto::header::{Header, cluster_id};
+use mccache_proto::message::Msg;
+use mccache_proto::wire::{Wire, WireConfig};
 
 const CLUSTER: &str = "flood";
 

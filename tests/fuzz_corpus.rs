@@ -61,7 +61,7 @@ fn endpoint_harness_reaches_message_handling() {
     // And the message target's round-trip check accepts every kind of message.
     for (name, m) in &msgs {
         assert_eq!(
-            mccache::proto::message::Msg::decode(&m.encode()).as_ref(),
+            mccache_proto::message::Msg::decode(&m.encode()).as_ref(),
             Some(m),
             "{name}"
         );

@@ -7,63 +7,23 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "support/forger.rs"]
+mod forger;
 mod hostile_util;
 
 use std::time::Duration;
 
+use forger::{Forger, wall_ms_now};
 use hostile_util::{
     Injector, KEY, KEY_B64, T, Tap, config, dropped, group, wait_members, wait_until,
 };
-use mccache::proto::crypto::{Keyring, key_id};
-use mccache::proto::header::{Header, cluster_id};
-use mccache::proto::message::{Item, Msg};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::version::Version;
-use mccache::proto::wire::{Wire, WireConfig};
 use mccache::{Node, NodeId};
-
-/// Builds authentic datagrams with arbitrary header fields, as a member holding the key could.
-struct Forger {
-    ring: Keyring,
-    keys: Vec<[u8; 32]>,
-    cluster: String,
-}
-
-impl Forger {
-    fn new(keys: Vec<[u8; 32]>, cluster: &str) -> Forger {
-        Forger {
-            ring: Keyring::new(&keys, cluster),
-            keys,
-            cluster: cluster.into(),
-        }
-    }
-
-    fn datagram(
-        &mut self,
-        sender: u64,
-        pn: u64,
-        mid: u64,
-        index: u16,
-        count: u16,
-        body: &[u8],
-    ) -> Vec<u8> {
-        let h = Header {
-            encrypted: !self.keys.is_empty(),
-            key_id: self.keys.first().map(key_id).unwrap_or(0),
-            frag_index: index,
-            frag_count: count,
-            cluster_id: cluster_id(&self.cluster),
-            sender: NodeId(sender),
-            packet_number: pn,
-            message_id: mid,
-            sent_ms: wall_ms_now(),
-        };
-        let mut d = h.encode().to_vec();
-        d.extend_from_slice(body);
-        self.ring.seal(&mut d);
-        d
-    }
-}
+use mccache_proto::crypto::key_id;
+use mccache_proto::header::{Header, cluster_id};
+use mccache_proto::message::{Item, Msg};
+use mccache_proto::record::{Op, Record};
+use mccache_proto::version::Version;
+use mccache_proto::wire::{Wire, WireConfig};
 
 fn wire(keys: Vec<[u8; 32]>, cluster: &str, me: u64, max: usize) -> Wire {
     let mut w = Wire::new(
@@ -137,7 +97,7 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
     assert_eq!(before, state(&wc));
 
     let inject = Injector::new(grp);
-    let mut forger = Forger::new(raw_keys.clone(), &cluster);
+    let mut forger = Forger::stamping(raw_keys.clone(), &cluster);
     let mut cases: Vec<(&str, Vec<Vec<u8>>, &str)> = Vec::new();
     let with = |i: usize, v: u8| {
         let mut d = captured.clone();
@@ -183,10 +143,10 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
         },
     ));
     cases.push(("replayed datagram", vec![captured.clone()], "replay"));
-    let mut foreign = Forger::new(raw_keys.clone(), "some-other-cluster");
+    let mut foreign = Forger::stamping(raw_keys.clone(), "some-other-cluster");
     cases.push((
         "foreign cluster",
-        vec![foreign.datagram(0x51, 1, 1, 0, 1, b"\x90")],
+        vec![foreign.datagram(NodeId(0x51), 1, 1, 0, 1, b"\x90")],
         "foreign_cluster",
     ));
     if sealed {
@@ -204,10 +164,10 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
             twin.encode(&Msg::Leave.encode()).unwrap(),
             "auth_failure",
         ));
-        let mut plain = Forger::new(vec![], &cluster);
+        let mut plain = Forger::stamping(vec![], &cluster);
         cases.push((
             "plaintext to a sealed node",
-            vec![plain.datagram(0x54, 1, 1, 0, 1, b"\x90")],
+            vec![plain.datagram(NodeId(0x54), 1, 1, 0, 1, b"\x90")],
             "auth_failure",
         ));
     } else {
@@ -221,46 +181,46 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
     cases.push((
         "inconsistent fragment counts",
         vec![
-            forger.datagram(0x61, 1, 5, 0, 3, &[1; 100]),
-            forger.datagram(0x61, 2, 5, 1, 5, &[2; 100]),
+            forger.datagram(NodeId(0x61), 1, 5, 0, 3, &[1; 100]),
+            forger.datagram(NodeId(0x61), 2, 5, 1, 5, &[2; 100]),
         ],
         "malformed",
     ));
     cases.push((
         "inconsistent fragment sizes",
         vec![
-            forger.datagram(0x62, 1, 5, 0, 3, &[1; 100]),
-            forger.datagram(0x62, 2, 5, 1, 3, &[2; 90]),
+            forger.datagram(NodeId(0x62), 1, 5, 0, 3, &[1; 100]),
+            forger.datagram(NodeId(0x62), 2, 5, 1, 3, &[2; 90]),
         ],
         "malformed",
     ));
     cases.push((
         "duplicate fragment",
         vec![
-            forger.datagram(0x63, 1, 5, 0, 3, &[1; 100]),
-            forger.datagram(0x63, 2, 5, 0, 3, &[1; 100]),
+            forger.datagram(NodeId(0x63), 1, 5, 0, 3, &[1; 100]),
+            forger.datagram(NodeId(0x63), 2, 5, 0, 3, &[1; 100]),
         ],
         "duplicate",
     ));
     cases.push((
         "empty middle fragment",
-        vec![forger.datagram(0x64, 1, 5, 1, 3, &[])],
+        vec![forger.datagram(NodeId(0x64), 1, 5, 1, 3, &[])],
         "malformed",
     ));
     cases.push((
         "huge claimed fragment count",
-        vec![forger.datagram(0x65, 1, 5, 0, u16::MAX, &[0; 1000])],
+        vec![forger.datagram(NodeId(0x65), 1, 5, 0, u16::MAX, &[0; 1000])],
         "oversize",
     ));
     cases.push((
         "malformed msgpack in an authentic envelope",
-        vec![forger.datagram(0x66, 1, 1, 0, 1, b"\xc1\xc1 not msgpack")],
+        vec![forger.datagram(NodeId(0x66), 1, 1, 0, 1, b"\xc1\xc1 not msgpack")],
         "malformed",
     ));
     cases.push((
         "wrong shape msgpack in an authentic envelope",
         vec![forger.datagram(
-            0x67,
+            NodeId(0x67),
             1,
             1,
             0,
@@ -423,11 +383,4 @@ fn replayed_burst_is_dropped() {
         >= was + burst.len() as u64));
     assert_eq!(cb.checksum(), sum);
     assert!((0..50).all(|i| cb.get(&format!("k{i}")).as_deref() == Some("second")));
-}
-
-/// This machine's wall clock in ms, as a sender stamps it into headers.
-fn wall_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -23,22 +23,21 @@ use memcached_support::{Memcached, binary_or_skip};
 
 /// A loopback config on group 239.255.106.`group`, UDP `port`, backed by `servers`.
 fn config(group: u8, port: u16, cluster: &str, servers: &[String]) -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 106, group),
-        multicast_port: port,
-        daemon_sleep: 0.1,
-        cache_pulse: 0.5,
-        cache_max: 100_000,
-        cache_size: 64 << 20,
-        cache_ttl: 0.0,
-        crypto_key: Some(KEY.to_string()),
-        cluster_name: cluster.to_string(),
-        backing: Some(format!("memcached://{}", servers.join(","))),
-        backing_timeout: 0.5,
-        backing_retry_after: 0.2,
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = Ipv4Addr::new(239, 255, 106, group);
+    c.multicast_port = port;
+    c.daemon_sleep = 0.1;
+    c.cache_pulse = 0.5;
+    c.cache_max = 100_000;
+    c.cache_size = 64 << 20;
+    c.cache_ttl = 0.0;
+    c.crypto_key = Some(KEY.to_string());
+    c.cluster_name = cluster.to_string();
+    c.backing = Some(format!("memcached://{}", servers.join(",")));
+    c.backing_timeout = 0.5;
+    c.backing_retry_after = 0.2;
+    c
 }
 
 /// A local-only node (no replication) on the same memcached: "another process" of any

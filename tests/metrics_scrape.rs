@@ -15,19 +15,18 @@ use prometheus_parse::{Scrape, Value};
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn loopback(group: u8, port: u16, name: &str) -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 105, group),
-        multicast_port: port,
-        daemon_sleep: 0.1,
-        cache_pulse: 0.5,
-        cache_ttl: 0.0,
-        metrics_log_interval: 0.2,
-        node_name: Some(name.to_string()),
-        cluster_name: format!("t14-metrics-{group}"),
-        crypto_key: Some(KEY.into()),
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = Ipv4Addr::new(239, 255, 105, group);
+    c.multicast_port = port;
+    c.daemon_sleep = 0.1;
+    c.cache_pulse = 0.5;
+    c.cache_ttl = 0.0;
+    c.metrics_log_interval = 0.2;
+    c.node_name = Some(name.to_string());
+    c.cluster_name = format!("t14-metrics-{group}");
+    c.crypto_key = Some(KEY.into());
+    c
 }
 
 /// GET /metrics from `addr`; `None` if nothing answers yet.

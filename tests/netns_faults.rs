@@ -7,25 +7,21 @@
 //! deleted on drop, processes killed and reaped first, even on panic. The scenarios run one at
 //! a time (a lock) so their measured times are not skewed by each other.
 
+#[path = "support/fault_node.rs"]
+mod fault_node;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use fault_node::Proc;
 use serde_json::Value;
 
-/// The shared test key (32 bytes, base64).
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const GROUP: &str = "239.255.94.1";
 /// Anti-entropy pulse of the nodes (MCCACHE_CACHE_PULSE), seconds.
 const PULSE: Duration = Duration::from_secs(1);
-/// How long one command may take to be answered.
-const ANSWER: Duration = Duration::from_secs(30);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -35,124 +31,20 @@ fn pulses(n: u32) -> Duration {
     PULSE * n
 }
 
-/// The `fault_node` example binary, built once per test process.
-fn fault_node_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // This test runs from <target>/<profile>/deps/; cargo puts examples in
-        // <target>/<profile>/examples/. Build it (a no-op when fresh): `cargo test --test
-        // netns_faults` alone does not build examples.
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "--example",
-            "fault_node",
-            "--target-dir",
-        ])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build --example fault_node");
-        assert!(status.success(), "cargo build --example fault_node failed");
-        let bin = profile_dir.join("examples").join("fault_node");
-        assert!(bin.is_file(), "{} missing", bin.display());
-        bin
-    })
-    .clone()
-}
-
-/// One `fault_node` process in a namespace. Killed and reaped on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    /// Starts a node in `ns` on `addr` and waits for its `{"ready":...}` line.
-    fn start(ns: &netns::Ns, addr: &str, name: &str, port: u16) -> (Proc, Value) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(fault_node_bin())
-            .env("MCCACHE_CONFIG", "")
-            .env("MCCACHE_INTERFACE", addr)
-            .env("MCCACHE_MULTICAST_IP", GROUP)
-            .env("MCCACHE_MULTICAST_PORT", port.to_string())
-            .env("MCCACHE_DAEMON_SLEEP", "0.2")
-            .env("MCCACHE_CACHE_PULSE", PULSE.as_secs_f64().to_string())
-            .env("MCCACHE_CRYPTO_KEY", KEY)
-            .env("MCCACHE_CACHE_MAX", "1000000")
-            .env("MCCACHE_CACHE_SIZE", "1 GiB")
-            .env("MCCACHE_CACHE_TTL", "0")
-            .env("MCCACHE_NODE_NAME", name)
-            .env("MCCACHE_CLUSTER_NAME", format!("faults-{port}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ip netns exec fault_node");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut p = Proc {
-            name: name.to_string(),
-            child,
-            stdin,
-            lines,
-        };
-        let hello = p.read();
-        assert_eq!(hello["ready"], true, "{name} did not start ready: {hello}");
-        (p, hello)
-    }
-
-    fn read(&mut self) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(ANSWER)
-            .unwrap_or_else(|e| panic!("{}: no answer ({e})", self.name));
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{}: bad line {line:?}: {e}", self.name))
-    }
-
-    fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}")
-            .and_then(|()| self.stdin.flush())
-            .unwrap_or_else(|e| panic!("{}: cannot send {cmd:?}: {e}", self.name));
-    }
-
-    fn ask(&mut self, cmd: &str) -> Value {
-        self.send(cmd);
-        let v = self.read();
-        assert!(v.get("error").is_none(), "{}: {cmd}: {v}", self.name);
-        v
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts node `name` of the cluster on `port` in `ns`: the big caps and the 1 s pulse the
+/// fault scenarios assume.
+fn start(ns: &netns::Ns, addr: &str, name: &str, port: u16) -> (Proc, Value) {
+    let env = [
+        ("MCCACHE_MULTICAST_IP", GROUP.to_string()),
+        ("MCCACHE_MULTICAST_PORT", port.to_string()),
+        ("MCCACHE_CACHE_PULSE", PULSE.as_secs_f64().to_string()),
+        ("MCCACHE_CACHE_MAX", "1000000".to_string()),
+        ("MCCACHE_CACHE_SIZE", "1 GiB".to_string()),
+        ("MCCACHE_CLUSTER_NAME", format!("faults-{port}")),
+    ];
+    let (p, hello) = Proc::start(&ns.name, addr, name, &env);
+    assert_eq!(hello["ready"], true, "{name} did not start ready: {hello}");
+    (p, hello)
 }
 
 /// A bridge namespace and three node namespaces, each with one `fault_node`.
@@ -168,7 +60,7 @@ struct Cluster {
 impl Cluster {
     fn new(test: &str, port: u16) -> Option<Cluster> {
         let mut lab = netns::Lab::new(test)?;
-        let _ = fault_node_bin();
+        let _ = fault_node::bin();
         let br_ns = lab.ns("br");
         let bridge = lab.bridge(&br_ns);
         let mut nodes = Vec::new();
@@ -196,7 +88,7 @@ impl Cluster {
 
     fn spawn(&self, i: usize) -> Proc {
         let (ns, addr, _) = &self.nodes[i];
-        Proc::start(ns, addr, &format!("f{i}"), self.port).0
+        start(ns, addr, &format!("f{i}"), self.port).0
     }
 
     /// Waits until every node sees both others as live (not suspect) members.
@@ -307,15 +199,11 @@ impl Cluster {
         if netem {
             return Some("netem");
         }
-        let have_nft = Command::new("nft")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !have_nft {
+        if !fault_node::have_nft() {
             return None;
         }
-        nft(
-            &self.bridge_ns,
+        fault_node::nft(
+            &self.bridge_ns.name,
             &format!(
                 "add table bridge mcfault\n\
                  delete table bridge mcfault\n\
@@ -345,28 +233,6 @@ impl Cluster {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
-}
-
-/// Runs an nft script inside `ns`.
-fn nft(ns: &netns::Ns, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(script.as_bytes())
-        .expect("write nft script");
-    let out = child.wait_with_output().expect("wait nft");
-    assert!(
-        out.status.success(),
-        "nft: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn loss_scenario(test: &str, port: u16, loss: u32) {
@@ -423,7 +289,7 @@ fn a_killed_node_restarts_gets_the_state_and_converges() {
     c.write(&[0, 1], 1000, "during");
     let restarted = Instant::now();
     let (ns, addr, _) = &c.nodes[2];
-    let (p, hello) = Proc::start(ns, addr, "f2", c.port);
+    let (p, hello) = start(ns, addr, "f2", c.port);
     eprintln!("restart: ready in {:?} ({hello})", restarted.elapsed());
     c.procs[2] = p;
     let d = c.procs[2].ask("digest");

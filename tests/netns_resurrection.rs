@@ -10,156 +10,34 @@
 //! runs the rest of the suite meanwhile (`--skip long_partition`). Needs root, iproute2 and
 //! nftables; otherwise it prints why and passes.
 
+#[path = "support/fault_node.rs"]
+mod fault_node;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use fault_node::{Proc, nft};
 use serde_json::Value;
 
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const GROUP: &str = "239.255.104.1";
 const PORT: u16 = 47410;
 const CLUSTER: &str = "t13-resurrect";
-const ANSWER: Duration = Duration::from_secs(30);
 /// Longer than the tombstone lifetime (60 s with a 1 s pulse).
 const CUT: Duration = Duration::from_secs(80);
 
-fn fault_node_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "--example",
-            "fault_node",
-            "--target-dir",
-        ])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build --example fault_node");
-        assert!(status.success(), "cargo build --example fault_node failed");
-        profile_dir.join("examples").join("fault_node")
-    })
-    .clone()
-}
-
-/// One node process; killed and reaped on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn start(ns: &netns::Ns, addr: &str, name: &str) -> Proc {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(fault_node_bin())
-            .env("MCCACHE_CONFIG", "")
-            .env("MCCACHE_INTERFACE", addr)
-            .env("MCCACHE_MULTICAST_IP", GROUP)
-            .env("MCCACHE_MULTICAST_PORT", PORT.to_string())
-            .env("MCCACHE_DAEMON_SLEEP", "0.2")
-            .env("MCCACHE_CACHE_PULSE", "1")
-            .env("MCCACHE_CRYPTO_KEY", KEY)
-            .env("MCCACHE_CACHE_MAX", "100000")
-            .env("MCCACHE_CACHE_TTL", "0")
-            .env("MCCACHE_NODE_NAME", name)
-            .env("MCCACHE_CLUSTER_NAME", CLUSTER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ip netns exec fault_node");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut p = Proc {
-            name: name.to_string(),
-            child,
-            stdin,
-            lines,
-        };
-        let hello = p.read();
-        assert_eq!(hello["ready"], true, "{name} did not start ready: {hello}");
-        p
-    }
-
-    fn read(&mut self) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(ANSWER)
-            .unwrap_or_else(|e| panic!("{}: no answer ({e})", self.name));
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{}: bad line {line:?}: {e}", self.name))
-    }
-
-    fn ask(&mut self, cmd: &str) -> Value {
-        writeln!(self.stdin, "{cmd}")
-            .and_then(|()| self.stdin.flush())
-            .unwrap_or_else(|e| panic!("{}: cannot send {cmd:?}: {e}", self.name));
-        let v = self.read();
-        assert!(v.get("error").is_none(), "{}: {cmd}: {v}", self.name);
-        v
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs an nft script inside `ns`.
-fn nft(ns: &netns::Ns, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write nft script");
-    let out = child.wait_with_output().expect("wait nft");
-    assert!(
-        out.status.success(),
-        "nft: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn have_nft() -> bool {
-    Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Starts node `name` in `ns`: 1 s pulse, so tombstones live 60 s.
+fn start(ns: &netns::Ns, addr: &str, name: &str) -> Proc {
+    let env = [
+        ("MCCACHE_MULTICAST_IP", GROUP.to_string()),
+        ("MCCACHE_MULTICAST_PORT", PORT.to_string()),
+        ("MCCACHE_CACHE_PULSE", "1".to_string()),
+        ("MCCACHE_CACHE_MAX", "100000".to_string()),
+        ("MCCACHE_CLUSTER_NAME", CLUSTER.to_string()),
+    ];
+    let (p, hello) = Proc::start(&ns.name, addr, name, &env);
+    assert_eq!(hello["ready"], true, "{name} did not start ready: {hello}");
+    p
 }
 
 fn digests(procs: &mut [Proc]) -> Vec<Value> {
@@ -187,11 +65,11 @@ fn long_partition_of_80_s_brings_no_deleted_key_back() {
     let Some(mut lab) = netns::Lab::with_tag("netns_resurrection", "mch") else {
         return;
     };
-    if !have_nft() {
+    if !fault_node::have_nft() {
         eprintln!("netns_resurrection: skipped: needs nftables (apt-get install nftables)");
         return;
     }
-    let _ = fault_node_bin();
+    let _ = fault_node::bin();
     let br_ns = lab.ns("br");
     let bridge = lab.bridge(&br_ns);
     let mut nodes = Vec::new();
@@ -206,7 +84,7 @@ fn long_partition_of_80_s_brings_no_deleted_key_back() {
     let mut procs: Vec<Proc> = nodes
         .iter()
         .enumerate()
-        .map(|(i, (ns, addr))| Proc::start(ns, addr, &format!("r{i}")))
+        .map(|(i, (ns, addr))| start(ns, addr, &format!("r{i}")))
         .collect();
     wait_for(&mut procs, Duration::from_secs(20), "membership", |ds| {
         ds.iter().all(|d| d["members"] == 2 && d["suspects"] == 0)
@@ -221,7 +99,7 @@ fn long_partition_of_80_s_brings_no_deleted_key_back() {
 
     // Cut node 2 off: nothing in or out on the cluster's port.
     nft(
-        &nodes[2].0,
+        &nodes[2].0.name,
         &format!(
             "table inet mch13cut {{\n chain in {{ type filter hook input priority 0; udp dport {PORT} drop; }}\n chain out {{ type filter hook output priority 0; udp dport {PORT} drop; }}\n}}\n"
         ),
@@ -249,7 +127,7 @@ fn long_partition_of_80_s_brings_no_deleted_key_back() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // Heal.
-    nft(&nodes[2].0, "delete table inet mch13cut\n");
+    nft(&nodes[2].0.name, "delete table inet mch13cut\n");
     let healed = Instant::now();
     wait_for(
         &mut procs,

@@ -8,127 +8,20 @@
 //! Needs root, iproute2 and nftables; otherwise it prints why it is skipped and passes.
 //! Namespaces `mcu-<pid>-<n>-<role>`, addresses 10.211.0.0/24, port 47260, cluster `t11-netns`.
 
+#[path = "support/fault_node.rs"]
+mod fault_node;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use fault_node::{Proc, nft};
 use serde_json::Value;
 
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const PORT: u16 = 47260;
-const ANSWER: Duration = Duration::from_secs(30);
 /// Bound on convergence after writes, in seconds (10 pulses of 1 s).
 const CONVERGE: Duration = Duration::from_secs(10);
-
-fn fault_node_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args([
-        "build",
-        "--quiet",
-        "--example",
-        "fault_node",
-        "--target-dir",
-    ])
-    .arg(target_dir)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().expect("cargo build").success(),
-        "build fault_node"
-    );
-    profile_dir.join("examples").join("fault_node")
-}
-
-/// One `fault_node` process in a namespace; killed and reaped on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn start(bin: &PathBuf, ns: &str, addr: &str, name: &str, env: &[(&str, String)]) -> Proc {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(bin)
-            .env("MCCACHE_CONFIG", "")
-            .env("MCCACHE_INTERFACE", addr)
-            .env("MCCACHE_MULTICAST_IP", "239.255.102.1")
-            .env("MCCACHE_MULTICAST_PORT", PORT.to_string())
-            .env("MCCACHE_DAEMON_SLEEP", "0.2")
-            .env("MCCACHE_CACHE_PULSE", "1")
-            .env("MCCACHE_CRYPTO_KEY", KEY)
-            .env("MCCACHE_CACHE_MAX", "1000000")
-            .env("MCCACHE_CACHE_SIZE", "1 GiB")
-            .env("MCCACHE_CACHE_TTL", "0")
-            .env("MCCACHE_NODE_NAME", name)
-            .env("MCCACHE_CLUSTER_NAME", "t11-netns");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn fault_node");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut p = Proc {
-            name: name.to_string(),
-            child,
-            stdin,
-            lines,
-        };
-        let hello = p.read();
-        assert!(hello.get("error").is_none(), "{name}: {hello}");
-        p
-    }
-
-    fn read(&mut self) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(ANSWER)
-            .unwrap_or_else(|e| panic!("{}: no answer ({e})", self.name));
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{}: {line:?}: {e}", self.name))
-    }
-
-    fn ask(&mut self, cmd: &str) -> Value {
-        writeln!(self.stdin, "{cmd}")
-            .and_then(|()| self.stdin.flush())
-            .unwrap();
-        let v = self.read();
-        assert!(v.get("error").is_none(), "{}: {cmd}: {v}", self.name);
-        v
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Hosts files written for the namespaces; removed on drop (before the lab deletes them).
 struct HostsFiles(Vec<PathBuf>);
@@ -150,25 +43,18 @@ impl Drop for HostsFiles {
     }
 }
 
-fn nft(ns: &str, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Starts node `name` in namespace `ns` with the test's group, port and cluster, plus `env`.
+fn start(ns: &str, addr: &str, name: &str, env: &[(&str, String)]) -> Proc {
+    let mut all = vec![
+        ("MCCACHE_MULTICAST_IP", "239.255.102.1".to_string()),
+        ("MCCACHE_MULTICAST_PORT", PORT.to_string()),
+        ("MCCACHE_CACHE_PULSE", "1".to_string()),
+        ("MCCACHE_CACHE_MAX", "1000000".to_string()),
+        ("MCCACHE_CACHE_SIZE", "1 GiB".to_string()),
+        ("MCCACHE_CLUSTER_NAME", "t11-netns".to_string()),
+    ];
+    all.extend(env.iter().cloned());
+    Proc::start(ns, addr, name, &all).0
 }
 
 /// The bridge's rules: multicast frames never cross it; `loss` percent of the unicast copies
@@ -221,18 +107,14 @@ fn write(procs: &mut [Proc], who: &[usize], n: usize, prefix: &str) {
 
 #[test]
 fn unicast_converges_where_multicast_is_dropped_under_loss_and_restarts() {
-    let have_nft = Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_nft {
+    if !fault_node::have_nft() {
         eprintln!("skipped: needs nftables (apt-get install nftables)");
         return;
     }
     let Some(mut lab) = netns::Lab::with_prefix("netns_unicast", "mcu") else {
         return;
     };
-    let bin = fault_node_bin();
+    let _ = fault_node::bin();
     let br_ns = lab.ns("br");
     let bridge = lab.bridge(&br_ns);
     let mut nodes = Vec::new();
@@ -261,7 +143,7 @@ fn unicast_converges_where_multicast_is_dropped_under_loss_and_restarts() {
     // Multicast across this bridge: the nodes never meet.
     {
         let mut mc: Vec<Proc> = (0..2)
-            .map(|i| Proc::start(&bin, &nodes[i].0, &nodes[i].1, &format!("m{i}"), &[]))
+            .map(|i| start(&nodes[i].0, &nodes[i].1, &format!("m{i}"), &[]))
             .collect();
         std::thread::sleep(Duration::from_secs(2));
         let ds = digests(&mut mc);
@@ -277,8 +159,8 @@ fn unicast_converges_where_multicast_is_dropped_under_loss_and_restarts() {
         ("MCCACHE_BIND_PORT", PORT.to_string()),
         ("MCCACHE_DISCOVERY_INTERVAL", "0.5".to_string()),
     ];
-    let start = |i: usize| Proc::start(&bin, &nodes[i].0, &nodes[i].1, &format!("u{i}"), &unicast);
-    let mut procs: Vec<Proc> = (0..3).map(start).collect();
+    let start_u = |i: usize| start(&nodes[i].0, &nodes[i].1, &format!("u{i}"), &unicast);
+    let mut procs: Vec<Proc> = (0..3).map(start_u).collect();
     converge(&mut procs, 0, "unicast membership");
     let mut total = 0;
     for (loss, round) in [(5, "l5"), (20, "l20")] {
@@ -292,7 +174,7 @@ fn unicast_converges_where_multicast_is_dropped_under_loss_and_restarts() {
     drop(procs.pop());
     write(&mut procs, &[0, 1], 500, "dead");
     total += 1000;
-    procs.push(start(2));
+    procs.push(start_u(2));
     converge(&mut procs, total, "after the restart");
     write(&mut procs, &[2], 300, "back");
     total += 300;
@@ -301,7 +183,7 @@ fn unicast_converges_where_multicast_is_dropped_under_loss_and_restarts() {
     for (ns, _) in &nodes {
         hosts.write(ns, &service(4));
     }
-    procs.push(start(3));
+    procs.push(start_u(3));
     converge(&mut procs, total, "a node added later");
     write(&mut procs, &[3], 100, "late");
     converge(&mut procs, total + 100, "writes from the added node");

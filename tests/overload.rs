@@ -77,18 +77,19 @@ fn run(policy: &str, slot: u8) -> Report {
     let port = 47310 + u16::from(slot);
     let group = Ipv4Addr::new(239, 255, 103, 100 + slot);
     let cluster_name = format!("t12-overload-{policy}");
-    let observer = Node::start(Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: group,
-        multicast_port: port,
-        cluster_name: cluster_name.clone(),
-        crypto_key: Some(cluster::KEY.to_string()),
-        daemon_sleep: 0.1,
-        cache_pulse: 600.0,
-        cache_ttl: 0.0,
-        cache_max: 1_000_000,
-        cache_size: 1 << 30,
-        ..Config::default()
+    let observer = Node::start({
+        let mut c = Config::default();
+        c.interface = Ipv4Addr::LOCALHOST;
+        c.multicast_ip = group;
+        c.multicast_port = port;
+        c.cluster_name = cluster_name.clone();
+        c.crypto_key = Some(cluster::KEY.to_string());
+        c.daemon_sleep = 0.1;
+        c.cache_pulse = 600.0;
+        c.cache_ttl = 0.0;
+        c.cache_max = 1_000_000;
+        c.cache_size = 1 << 30;
+        c
     })
     .expect("observer starts");
     let seen = observer.cache::<u32, u64>("load").expect("cache");

@@ -10,17 +10,16 @@ use std::time::{Duration, Instant};
 use mccache::{Cache, Config, Error, Node};
 
 fn loopback(group: u8, port: u16) -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 105, group),
-        multicast_port: port,
-        daemon_sleep: 0.1,
-        cache_pulse: 0.5,
-        cache_ttl: 0.0,
-        cluster_name: format!("t14-peer-{group}"),
-        crypto_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = Ipv4Addr::new(239, 255, 105, group);
+    c.multicast_port = port;
+    c.daemon_sleep = 0.1;
+    c.cache_pulse = 0.5;
+    c.cache_ttl = 0.0;
+    c.cluster_name = format!("t14-peer-{group}");
+    c.crypto_key = Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
+    c
 }
 
 fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

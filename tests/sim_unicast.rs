@@ -10,9 +10,8 @@ mod sim_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mccache::proto::record::Op;
 use rand::{Rng, SeedableRng};
-use sim_support::{NetParams, Sim};
+use sim_support::{BYTES, NetParams, Sim, Write};
 
 fn net(loss: f64) -> NetParams {
     NetParams {
@@ -52,16 +51,13 @@ fn writes(sim: &mut Sim, rng: &mut impl Rng, t: &mut Duration, n: usize, writers
         *t += Duration::from_micros(rng.random_range(0..3000));
         sim.run_until(*t);
         let i = writers[j % writers.len()];
-        let key = format!("k{}", rng.random_range(0..60)).into_bytes();
-        let op = if rng.random_bool(0.1) {
-            Op::Del
+        let key = rng.random_range(0..60);
+        let write = if rng.random_bool(0.1) {
+            Write::Del
         } else {
-            Op::Put {
-                value: vec![i as u8; rng.random_range(1..200)],
-                ttl_ms: None,
-            }
+            Write::Put(vec![i as u8; rng.random_range(1..200)])
         };
-        sim.write(i, "c", key, op);
+        sim.write(i, BYTES, key, write);
     }
 }
 
@@ -96,7 +92,7 @@ fn fan_out_scenario(seed: u64) -> Result<(), String> {
         let learned = all
             .iter()
             .all(|&i| sim.endpoint_of(i).peers().len() == n - 1);
-        if learned && identical(&sim, &all, "c").is_ok() {
+        if learned && identical(&sim, &all, BYTES).is_ok() {
             let targets = sim.unicast_targets_of(0).len();
             if targets != n - 1 {
                 return Err(format!(
@@ -113,7 +109,7 @@ fn fan_out_scenario(seed: u64) -> Result<(), String> {
         .collect();
     Err(format!(
         "seed {seed}: {n} nodes, seeds {seeds:?}: members {members:?}: {:?}",
-        identical(&sim, &all, "c")
+        identical(&sim, &all, BYTES)
     ))
 }
 
@@ -153,11 +149,11 @@ fn a_peer_reachable_by_some_nodes_only_still_converges() {
     writes(&mut sim, &mut rng, &mut t, 400, &[0, 3, 1]);
     let limit = t + Duration::from_secs(10);
     let all = [0, 1, 2, 3];
-    while t < limit && identical(&sim, &all, "c").is_err() {
+    while t < limit && identical(&sim, &all, BYTES).is_err() {
         t += Duration::from_millis(50);
         sim.run_until(t);
     }
-    identical(&sim, &all, "c").unwrap();
+    identical(&sim, &all, BYTES).unwrap();
     // 0 and 3 never became members of each other, so neither holds the other's window open;
     // 0's writes reached 3 (and back) through anti-entropy with 1 and 2.
     let ids: BTreeMap<usize, _> = all.iter().map(|&i| (i, sim.endpoint_of(i).id())).collect();
@@ -191,12 +187,14 @@ fn a_restarted_unicast_node_rejoins_through_its_seed() {
     sim.restart(0); // it knows nobody: the others find it again from their books and seeds
     let limit = t + Duration::from_secs(10);
     while t < limit
-        && !(identical(&sim, &[0, 1, 2], "c").is_ok()
+        && !(identical(&sim, &[0, 1, 2], BYTES).is_ok()
             && (0..3).all(|i| sim.endpoint_of(i).peers().len() == 2))
     {
         t += Duration::from_millis(50);
         sim.run_until(t);
     }
-    identical(&sim, &[0, 1, 2], "c").unwrap();
+    identical(&sim, &[0, 1, 2], BYTES).unwrap();
     assert!((0..3).all(|i| sim.endpoint_of(i).peers().len() == 2));
+    // The others saw the crashed incarnation fail and the new one join.
+    sim.check_members().unwrap();
 }

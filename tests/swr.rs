@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mccache::cache::clock::FakeClock;
+use mccache::unstable::FakeClock;
 use mccache::{Cache, Config, Error, Node};
 
 fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -21,7 +21,7 @@ fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 fn setup(eager: Option<f64>) -> (Node, Arc<FakeClock>, Cache<u32, String>) {
     let clock = Arc::new(FakeClock::new());
-    let node = Node::start_with_clock(Config::default(), clock.clone()).unwrap();
+    let node = mccache::unstable::start_with_clock(Config::default(), clock.clone()).unwrap();
     let mut b = node
         .cache_builder::<u32, String>("swr")
         .fresh_for(Duration::from_millis(1000))

@@ -4,12 +4,14 @@
 
 #[path = "support/cluster.rs"]
 mod cluster_support;
+#[path = "support/stress_nodes.rs"]
+mod stress_nodes;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use cluster_support::{KEY, wait_until};
-use mccache::config::TransportKind;
+use mccache::TransportKind;
 use mccache::{Config, Node};
 
 const T: Duration = Duration::from_secs(15);
@@ -113,7 +115,7 @@ fn names_resolve_and_state_transfers_to_a_late_joiner() {
 fn a_node_with_another_key_is_neither_member_nor_learned() {
     let a = Node::start(config("keys", 47220, &[])).unwrap();
     let mut other = config("keys", 47221, &[addr(47220)]);
-    other.crypto_key = Some(mccache::config::generate_key());
+    other.crypto_key = Some(mccache::generate_key());
     let intruder = Node::start(other).unwrap();
     let b = Node::start(config("keys", 47222, &[addr(47220)])).unwrap();
     assert!(wait_until(T, || a.members().len() == 1 && b.members().len() == 1));
@@ -192,76 +194,29 @@ fn unicast_config_comes_from_toml_and_its_errors_name_the_key() {
 /// loopback ports, each knowing only the first, run the stress workload and end identical.
 #[test]
 fn three_node_processes_over_unicast_end_with_identical_caches() {
-    use std::process::{Command, Stdio};
-    use std::time::Instant;
-    let dir = std::env::temp_dir().join(format!("mccache-unicast-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut children: Vec<_> = (0..3u16)
-        .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_mccache"))
-                .args([
-                    "node",
-                    "--duration",
-                    "2",
-                    "--aperture",
-                    "0.002",
-                    "--mix",
-                    "mixed",
-                ])
-                .args([
-                    "--peers",
-                    "3",
-                    "--seed",
-                    &(i + 1).to_string(),
-                    "--quiesce-timeout",
-                    "30",
-                ])
-                .arg("--out")
-                .arg(dir.join(format!("node{i}.json")))
-                .env("MCCACHE_INTERFACE", "127.0.0.1")
-                .env("MCCACHE_TRANSPORT", "unicast")
-                .env("MCCACHE_BIND_PORT", (47240 + i).to_string())
-                .env("MCCACHE_PEERS", "127.0.0.1:47240,localhost:47241")
-                .env("MCCACHE_DISCOVERY_INTERVAL", "0.5")
-                .env("MCCACHE_DAEMON_SLEEP", "0.2")
-                .env("MCCACHE_CACHE_PULSE", "1")
-                .env("MCCACHE_CLUSTER_NAME", "t11-processes")
-                .env("MCCACHE_CRYPTO_KEY", KEY)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn mccache node")
-        })
+    let dir = stress_nodes::out_dir("unicast");
+    let results = stress_nodes::run(&dir, 3, |i| {
+        [
+            ("MCCACHE_INTERFACE", "127.0.0.1".to_string()),
+            ("MCCACHE_TRANSPORT", "unicast".to_string()),
+            ("MCCACHE_BIND_PORT", (47240 + i).to_string()),
+            (
+                "MCCACHE_PEERS",
+                "127.0.0.1:47240,localhost:47241".to_string(),
+            ),
+            ("MCCACHE_DISCOVERY_INTERVAL", "0.5".to_string()),
+            ("MCCACHE_DAEMON_SLEEP", "0.2".to_string()),
+            ("MCCACHE_CACHE_PULSE", "1".to_string()),
+            ("MCCACHE_CLUSTER_NAME", "t11-processes".to_string()),
+            ("MCCACHE_CRYPTO_KEY", KEY.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec()
+    });
+    let checksums: Vec<_> = results
+        .iter()
+        .map(|v| v["caches"]["stress"]["checksum"].clone())
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut checksums = Vec::new();
-    for (i, mut child) in children.drain(..).enumerate() {
-        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if child.try_wait().unwrap().is_none() {
-            let _ = child.kill();
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "node {i} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let json = std::fs::read_to_string(dir.join(format!("node{i}.json"))).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["quiesced"], true, "node {i} quiesced");
-        assert!(
-            v["ops"]["inserts"].as_u64().unwrap() > 0,
-            "the workload wrote"
-        );
-        assert!(
-            v["lag"]["count"].as_u64().unwrap() > 0,
-            "remote writes arrived"
-        );
-        checksums.push(v["caches"]["stress"]["checksum"].clone());
-    }
     assert!(
         checksums.iter().all(|c| *c == checksums[0] && !c.is_null()),
         "{checksums:?}"

@@ -3,11 +3,15 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "support/forger.rs"]
+mod forger;
+
+use forger::Forger;
 use mccache::NodeId;
-use mccache::proto::crypto::{Keyring, key_id};
-use mccache::proto::drop::{DropCounters, DropReason};
-use mccache::proto::header::{HEADER_LEN, Header, cluster_id};
-use mccache::proto::wire::{Wire, WireConfig};
+use mccache_proto::crypto::key_id;
+use mccache_proto::drop::{DropCounters, DropReason};
+use mccache_proto::header::{HEADER_LEN, cluster_id};
+use mccache_proto::wire::{Wire, WireConfig};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -26,57 +30,6 @@ fn cfg(keys: Vec<[u8; 32]>) -> WireConfig {
         reassembly_timeout: Duration::from_secs(2),
         max_reassembly_bytes: 256 * 1024,
         ..WireConfig::default()
-    }
-}
-
-/// An insider's forgery: an authentic datagram with arbitrary header fields.
-struct Forger {
-    ring: Keyring,
-    keys: Vec<[u8; 32]>,
-    cluster: String,
-}
-
-impl Forger {
-    fn new(keys: Vec<[u8; 32]>, cluster: &str) -> Forger {
-        Forger {
-            ring: Keyring::new(&keys, cluster),
-            keys,
-            cluster: cluster.into(),
-        }
-    }
-
-    fn header(&self, sender: NodeId, pn: u64, mid: u64, index: u16, count: u16) -> Header {
-        Header {
-            encrypted: !self.keys.is_empty(),
-            key_id: self.keys.first().map(key_id).unwrap_or(0),
-            frag_index: index,
-            frag_count: count,
-            cluster_id: cluster_id(&self.cluster),
-            sender,
-            packet_number: pn,
-            message_id: mid,
-            sent_ms: 0,
-        }
-    }
-
-    fn seal(&mut self, h: Header, body: &[u8]) -> Vec<u8> {
-        let mut d = h.encode().to_vec();
-        d.extend_from_slice(body);
-        self.ring.seal(&mut d);
-        d
-    }
-
-    fn datagram(
-        &mut self,
-        sender: NodeId,
-        pn: u64,
-        mid: u64,
-        index: u16,
-        count: u16,
-        body: &[u8],
-    ) -> Vec<u8> {
-        let h = self.header(sender, pn, mid, index, count);
-        self.seal(h, body)
     }
 }
 

@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use mccache::NodeId;
-use mccache::proto::drop::DropReason;
-use mccache::proto::fragment::max_payload_per_datagram;
-use mccache::proto::header::{HEADER_LEN, Header};
-use mccache::proto::wire::{Wire, WireConfig};
+use mccache_proto::drop::DropReason;
+use mccache_proto::fragment::max_payload_per_datagram;
+use mccache_proto::header::{HEADER_LEN, Header};
+use mccache_proto::wire::{Wire, WireConfig};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

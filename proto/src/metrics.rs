@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A snapshot of the node's network and replication counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct NetworkMetrics {
     /// Datagrams sent.
     pub datagrams_sent: u64,

@@ -3,8 +3,9 @@
 //! The store never calls `Instant::now` or `SystemTime::now` itself; it asks a [`Clock`], so tests
 //! can drive time by hand with a [`FakeClock`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of time: monotonic nanoseconds (TTL, callback window, spikes) and wall-clock
 /// milliseconds since the Unix epoch (write versions and metadata).
@@ -25,6 +26,13 @@ pub trait Clock: Send + Sync + 'static {
     /// Called by the node's housekeeper every few milliseconds to bring
     /// [`Clock::coarse_nanos`] up to date. The default does nothing.
     fn refresh(&self) {}
+    /// The cell behind [`Clock::coarse_nanos`], if the clock keeps its coarse reading in one:
+    /// a cache's read hit path then loads it directly instead of calling through the trait
+    /// object. The default is `None`.
+    #[doc(hidden)]
+    fn coarse_cell(&self) -> Option<Arc<AtomicU64>> {
+        None
+    }
 }
 
 /// The real clock: [`Instant`] for monotonic time, [`SystemTime`] for wall time.
@@ -37,7 +45,7 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct SystemClock {
     origin: Instant,
-    coarse: AtomicU64,
+    coarse: Arc<AtomicU64>,
     /// `wall ms - monotonic ms`.
     wall_offset_ms: AtomicU64,
 }
@@ -54,7 +62,7 @@ impl SystemClock {
     pub fn new() -> SystemClock {
         let c = SystemClock {
             origin: Instant::now(),
-            coarse: AtomicU64::new(0),
+            coarse: Arc::new(AtomicU64::new(0)),
             wall_offset_ms: AtomicU64::new(0),
         };
         c.refresh();
@@ -100,6 +108,10 @@ impl Clock for SystemClock {
         self.coarse.load(Ordering::Relaxed)
     }
 
+    fn coarse_cell(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.coarse.clone())
+    }
+
     fn refresh(&self) {
         let now = self.read();
         let wall = system_wall_ms();
@@ -113,7 +125,7 @@ impl Clock for SystemClock {
 /// Wall time starts at 2023-11-14T22:13:20Z and advances together with monotonic time.
 ///
 /// ```
-/// use mccache::cache::clock::{Clock, FakeClock};
+/// use mccache::unstable::{Clock, FakeClock};
 /// use std::time::Duration;
 ///
 /// let clock = FakeClock::new();
@@ -121,12 +133,14 @@ impl Clock for SystemClock {
 /// clock.advance(Duration::from_millis(5));
 /// assert_eq!(clock.now_nanos() - t0, 5_000_000);
 /// ```
+#[cfg(any(test, feature = "unstable"))]
 #[derive(Debug)]
 pub struct FakeClock {
     nanos: AtomicU64,
     wall_base_ms: u64,
 }
 
+#[cfg(any(test, feature = "unstable"))]
 impl FakeClock {
     /// A fake clock at monotonic time 1 s.
     pub fn new() -> FakeClock {
@@ -137,17 +151,19 @@ impl FakeClock {
     }
 
     /// Moves both clocks forward by `d`.
-    pub fn advance(&self, d: Duration) {
+    pub fn advance(&self, d: std::time::Duration) {
         self.nanos.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
     }
 }
 
+#[cfg(any(test, feature = "unstable"))]
 impl Default for FakeClock {
     fn default() -> Self {
         FakeClock::new()
     }
 }
 
+#[cfg(any(test, feature = "unstable"))]
 impl Clock for FakeClock {
     fn now_nanos(&self) -> u64 {
         self.nanos.load(Ordering::SeqCst)
@@ -161,6 +177,7 @@ impl Clock for FakeClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn system_clock_is_monotonic_and_near_wall_time() {

@@ -6,6 +6,7 @@ use crate::proto::version::{NodeId, Version};
 
 /// What happened to a key.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ChangeKind {
     /// A new key was stored.
     Insert,
@@ -33,6 +34,7 @@ pub enum Origin {
 /// One change to one key, as delivered to listeners registered with
 /// [`Cache::on_change`](crate::Cache::on_change).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChangeEvent<K> {
     /// The key that changed.
     pub key: K,
@@ -59,6 +61,7 @@ pub struct ListenerId(pub(crate) u64);
 
 /// What the cache knows about one live entry, from [`Cache::metadata`](crate::Cache::metadata).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Metadata {
     /// The version of the last write (the token for `compare_and_swap`).
     pub version: Version,

@@ -93,6 +93,7 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     /// assert_eq!(c.get(&2), None);
     /// # Ok::<(), mccache::Error>(())
     /// ```
+    #[inline]
     pub fn get(&self, key: &K) -> Option<V> {
         match self.store.get(key) {
             Some(v) => Some(v),

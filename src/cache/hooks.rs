@@ -3,7 +3,6 @@
 //!
 //! Both sides speak bytes ([`Record`]) so that the replication layer never needs `K` or `V`.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use crate::proto::record::Record;
@@ -74,7 +73,7 @@ impl Publisher for NoPublisher {
 }
 
 pub use crate::proto::sync::{
-    Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket, key_part, splitmix64,
+    Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket, splitmix64,
 };
 
 /// A cache seen without its types: what the node and the protocol need from every cache.
@@ -86,8 +85,6 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// `"K, V"` type names, for type-mismatch errors.
     fn type_names(&self) -> String;
-    /// For downcasting to the typed inner cache.
-    fn as_any(&self) -> &dyn Any;
     /// Applies a peer's change if its version is newer than what is held (tombstones and the
     /// clear floor included); fires change listeners with origin = remote(`origin`).
     fn apply_remote(&self, record: &Record, origin: NodeId) -> Applied;

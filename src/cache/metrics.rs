@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// changes alike (as McCache does); evictions are always local decisions.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct CacheMetrics {
     /// Reads of a key (`get`, `contains_key`, `get_many` per key, ...).
     pub lookups: u64,

@@ -4,10 +4,13 @@
 use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
-use super::Parsed;
+use super::rules::{Choice, KeyRule, Rule, lower};
+use super::values::{Parsed, shown, whole};
+use crate::error::ConfigError;
 
 /// How a cache's local writes reach its memcached tier (`backing_write`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum WritePolicy {
     /// `"write-through"`: every local write also sets the value in memcached (with its TTL).
     #[default]
@@ -55,17 +58,17 @@ impl BackingSpec {
     }
 }
 
-pub(super) const SCHEME: &str = "memcached://";
+const SCHEME: &str = "memcached://";
 /// The most servers one `backing` may list.
 const MAX_SERVERS: usize = 64;
 
-pub(super) const REASON_BACKING: &str = "is not memcached://host:port[,host:port...] (or \"none\")";
-pub(super) const REASON_BACKING_DUP: &str = "lists a server twice";
-pub(super) const REASON_BACKING_FEATURE: &str =
+const REASON_BACKING: &str = "is not memcached://host:port[,host:port...] (or \"none\")";
+const REASON_BACKING_DUP: &str = "lists a server twice";
+const REASON_BACKING_FEATURE: &str =
     "needs mccache built with the `memcached` feature (cargo add mccache --features memcached)";
-pub(super) const REASON_WRITE: &str = "must be write-through or invalidate";
-pub(super) const REASON_FAILURES: &str = "is not a whole number of failures (1 to 1000)";
-pub(super) const REASON_POOL: &str = "is not a whole number of connections (1 to 1024)";
+const REASON_WRITE: &str = "must be write-through or invalidate";
+const REASON_FAILURES: &str = "is not a whole number of failures (1 to 1000)";
+const REASON_POOL: &str = "is not a whole number of connections (1 to 1024)";
 
 /// Parses a `backing` value into its servers: `None` for `""` or `"none"`.
 pub(super) fn parse_url(s: &str) -> Parsed<Option<Vec<String>>> {
@@ -101,56 +104,82 @@ pub(super) fn parse_url(s: &str) -> Parsed<Option<Vec<String>>> {
     Ok(Some(servers))
 }
 
-/// `backing` as a figment value: the text, checked (the feature is checked by `validate`).
-pub(super) fn backing_v(v: &Value) -> Parsed<Option<String>> {
-    let Value::String(_, s) = v else {
-        return Err(REASON_BACKING);
-    };
-    Ok(parse_url(s)?.map(|_| s.trim().to_string()))
+/// `backing` (node-wide): `memcached://host:port,...`, or `none`/empty (unset). A URL is
+/// refused in a build without the `memcached` feature.
+pub(super) struct Backing;
+
+impl KeyRule for Backing {
+    type Value = Option<String>;
+
+    fn parse(&self, key: &str, v: &Value) -> Result<Option<Option<String>>, ConfigError> {
+        let refuse = |r| ConfigError::invalid(key, shown(v), r);
+        match v {
+            Value::Empty(..) => Ok(Some(None)),
+            Value::String(_, s) => match parse_url(s).map_err(refuse)? {
+                None => Ok(Some(None)),
+                Some(_) => {
+                    feature(s).map_err(refuse)?;
+                    Ok(Some(Some(s.trim().to_string())))
+                }
+            },
+            _ => Err(refuse(REASON_BACKING)),
+        }
+    }
+
+    fn check(&self, key: &str, v: &Option<String>) -> Result<(), ConfigError> {
+        match v {
+            Some(s) => feature(s).map_err(|r| ConfigError::invalid(key, s, r)),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Whether a checked `backing` value can be used by this build.
-pub(super) fn feature(s: &str) -> Parsed<()> {
+pub(super) const BACKING: Backing = Backing;
+
+/// `backing` of one cache: as [`BACKING`], but `none` is kept (it turns a node-wide `backing`
+/// off for this cache).
+pub(super) const BACKING_OVERRIDE: Rule<String> = Rule {
+    read: |v| match v {
+        Value::String(_, s) if parse_url(s)?.is_none() => Ok("none".to_string()),
+        Value::String(_, s) => Ok(s.trim().to_string()),
+        _ => Err(REASON_BACKING),
+    },
+    range: |s| feature(s),
+};
+
+/// Whether a `backing` value is well formed and can be used by this build.
+fn feature(s: &str) -> Parsed<()> {
     match parse_url(s)? {
         Some(_) if !cfg!(feature = "memcached") => Err(REASON_BACKING_FEATURE),
         _ => Ok(()),
     }
 }
 
-pub(super) fn write_policy(v: &Value) -> Parsed<WritePolicy> {
-    let Value::String(_, s) = v else {
-        return Err(REASON_WRITE);
-    };
-    match s.trim().to_ascii_lowercase().as_str() {
+/// `backing_write`.
+pub(super) const WRITE: Choice<WritePolicy> =
+    Choice(|v| match lower(v).ok_or(REASON_WRITE)?.as_str() {
         "write-through" | "write_through" | "writethrough" => Ok(WritePolicy::WriteThrough),
         "invalidate" | "invalidate-through" => Ok(WritePolicy::Invalidate),
         _ => Err(REASON_WRITE),
-    }
-}
+    });
 
-pub(super) fn failures(v: &Value) -> Parsed<u32> {
-    let n = super::whole(v, REASON_FAILURES)?;
-    failures_n(n)
-}
-
-pub(super) fn failures_n(n: u64) -> Parsed<u32> {
-    match u32::try_from(n) {
-        Ok(m @ 1..=1000) => Ok(m),
+/// `backing_down_after`: 1 to 1000 failures.
+pub(super) const FAILURES: Rule<u32> = Rule {
+    read: |v| u32::try_from(whole(v, REASON_FAILURES)?).map_err(|_| REASON_FAILURES),
+    range: |n| match n {
+        1..=1000 => Ok(()),
         _ => Err(REASON_FAILURES),
-    }
-}
+    },
+};
 
-pub(super) fn pool(v: &Value) -> Parsed<usize> {
-    let n = super::whole(v, REASON_POOL)?;
-    pool_n(n)
-}
-
-pub(super) fn pool_n(n: u64) -> Parsed<usize> {
-    match usize::try_from(n) {
-        Ok(m @ 1..=1024) => Ok(m),
+/// `backing_pool_max`: 1 to 1024 connections.
+pub(super) const POOL: Rule<usize> = Rule {
+    read: |v| usize::try_from(whole(v, REASON_POOL)?).map_err(|_| REASON_POOL),
+    range: |n| match n {
+        1..=1024 => Ok(()),
         _ => Err(REASON_POOL),
-    }
-}
+    },
+};
 
 #[cfg(test)]
 mod tests {

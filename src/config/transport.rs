@@ -4,10 +4,10 @@
 
 use std::net::Ipv4Addr;
 
-use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
-use super::{Parsed, shown, whole};
+use super::rules::{Choice, List, lower};
+use super::values::Parsed;
 
 /// How datagrams reach the other nodes (`transport`).
 ///
@@ -16,11 +16,12 @@ use super::{Parsed, shown, whole};
 ///     transport = "unicast"
 ///     peers = ["10.1.2.3:4000", "cache.my-ns.svc.cluster.local:4000"]
 /// "#)?;
-/// assert_eq!(config.transport, mccache::config::TransportKind::Unicast);
+/// assert_eq!(config.transport, mccache::TransportKind::Unicast);
 /// # Ok::<(), mccache::Error>(())
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum TransportKind {
     /// `"multicast"`: every datagram goes once to the group `multicast_ip:multicast_port`
     /// (the default).
@@ -41,54 +42,35 @@ impl TransportKind {
     }
 }
 
-pub(super) const REASON_TRANSPORT: &str = "must be multicast or unicast";
-pub(super) const REASON_PEERS: &str = "is not a list of host:port peers";
-pub(super) const REASON_PEER: &str =
-    "is not host:port (an IPv4 address or a DNS name, and a port 1 to 65535)";
+const REASON_TRANSPORT: &str = "must be multicast or unicast";
+const REASON_PEERS: &str = "is not a list of host:port peers";
+const REASON_PEER: &str = "is not host:port (an IPv4 address or a DNS name, and a port 1 to 65535)";
 
-pub(super) fn transport(v: &Value) -> Parsed<TransportKind> {
-    let Value::String(_, s) = v else {
-        return Err(REASON_TRANSPORT);
-    };
-    match s.trim().to_ascii_lowercase().as_str() {
+/// `transport`.
+pub(super) const TRANSPORT: Choice<TransportKind> =
+    Choice(|v| match lower(v).ok_or(REASON_TRANSPORT)?.as_str() {
         "multicast" => Ok(TransportKind::Multicast),
         "unicast" => Ok(TransportKind::Unicast),
         _ => Err(REASON_TRANSPORT),
-    }
-}
+    });
 
 /// `peers`: a TOML array of strings, or one string of comma-separated entries (the
-/// environment's `MCCACHE_PEERS=a:4000,b:4000`). Empty entries are skipped. Errors name the
-/// entry (`peers[1]`).
-pub(super) fn peers(v: &Value) -> crate::Result<Vec<String>> {
-    let items: Vec<Value> = match v {
-        Value::Array(_, items) => items.clone(),
-        Value::String(_, s) => s.split(',').map(|p| Value::from(p.to_string())).collect(),
-        _ => return Err(super::bad("peers", shown(v), REASON_PEERS)),
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let Value::String(_, s) = item else {
-            return Err(super::bad(&format!("peers[{i}]"), shown(item), REASON_PEER));
-        };
-        let s = s.trim();
-        if s.is_empty() {
-            continue;
-        }
-        peer(s).map_err(|reason| super::bad(&format!("peers[{i}]"), s, reason))?;
-        out.push(s.to_string());
-    }
-    Ok(out)
-}
+/// environment's `MCCACHE_PEERS=a:4000,b:4000`). Errors name the entry (`peers[1]`).
+pub(super) const PEERS: List = List {
+    not_a_list: REASON_PEERS,
+    not_an_entry: REASON_PEER,
+    entry: peer,
+    secret: false,
+};
 
 /// One peer entry: `host:port` or `host` (the port is then the node's own bind port), where
 /// host is an IPv4 address or a DNS name.
-pub(crate) fn peer(s: &str) -> Parsed<()> {
+fn peer(s: &str) -> Parsed<()> {
     split_peer(s).map(drop)
 }
 
 /// Splits a peer entry into host and optional port.
-pub(crate) fn split_peer(s: &str) -> Parsed<(&str, Option<u16>)> {
+fn split_peer(s: &str) -> Parsed<(&str, Option<u16>)> {
     let s = s.trim();
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => {
@@ -121,13 +103,8 @@ pub(crate) fn split_peer(s: &str) -> Parsed<(&str, Option<u16>)> {
     }
 }
 
-/// A peer entry with its port filled in (`default_port` when it has none).
-///
-/// ```
-/// use mccache::config::peer_with_port;
-/// assert_eq!(peer_with_port("cache.ns.svc:4100", 4000), "cache.ns.svc:4100");
-/// assert_eq!(peer_with_port("10.0.0.7", 4000), "10.0.0.7:4000");
-/// ```
+/// A peer entry with its port filled in (`default_port` when it has none): `"10.0.0.7"` with
+/// 4000 is `"10.0.0.7:4000"`; an entry with a port keeps it.
 pub fn peer_with_port(entry: &str, default_port: u16) -> String {
     match split_peer(entry) {
         Ok((host, Some(port))) => format!("{host}:{port}"),
@@ -136,14 +113,18 @@ pub fn peer_with_port(entry: &str, default_port: u16) -> String {
     }
 }
 
-pub(super) fn bind_port(v: &Value) -> Parsed<u16> {
-    let n = whole(v, super::REASON_PORT)?;
-    super::port(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_with_port_fills_in_only_a_missing_port() {
+        assert_eq!(
+            peer_with_port("cache.ns.svc:4100", 4000),
+            "cache.ns.svc:4100"
+        );
+        assert_eq!(peer_with_port("10.0.0.7", 4000), "10.0.0.7:4000");
+    }
 
     #[test]
     fn peers_accept_addresses_and_names_with_or_without_port() {

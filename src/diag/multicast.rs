@@ -13,6 +13,7 @@ const TOKEN_PREFIX: &[u8] = b"mccache-check-multicast:";
 
 /// The result of [`check_multicast`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MulticastCheck {
     /// The group and port that were checked.
     pub group: SocketAddrV4,

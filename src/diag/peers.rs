@@ -21,6 +21,7 @@ const RESEND: Duration = Duration::from_millis(200);
 
 /// One `peers` entry, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerCheck {
     /// The entry with its port (`host:port`).
     pub entry: String,
@@ -32,6 +33,7 @@ pub struct PeerCheck {
 
 /// One resolved address of a peer, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AddressCheck {
     /// The address probed.
     pub addr: SocketAddr,

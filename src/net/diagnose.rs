@@ -82,6 +82,7 @@ impl fmt::Display for OpenFailure {
 
 /// The last datagram this node could not open.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Unopened {
     /// The sender's address.
     pub from: SocketAddr,

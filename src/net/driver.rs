@@ -39,8 +39,6 @@ pub enum Command {
     Query(Query, ReplySender),
     /// Snapshot of the counters.
     Metrics(std::sync::mpsc::Sender<NetworkMetrics>),
-    /// Leave the cluster and stop.
-    Shutdown,
 }
 
 /// State the driver shares with the node: membership, readiness.
@@ -217,7 +215,6 @@ pub async fn run(
                         Command::Metrics(tx) => {
                             let _ = tx.send(counters.merged(&ep, &transport));
                         }
-                        Command::Shutdown => stopping = true,
                     }
                     n += 1;
                     if n < 8192 && ep.outbox_len() < queue_max {

@@ -7,7 +7,6 @@
 //! Linux only (the options are Linux socket options).
 #![allow(unsafe_code)]
 
-use std::fs::File;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -15,12 +14,6 @@ use std::time::Duration;
 
 /// Sets `IP_MTU_DISCOVER = IP_PMTUDISC_PROBE` on an IPv4 socket: datagrams carry the DF bit
 /// and may be larger than the kernel's cached path MTU, which is what a path-MTU probe needs.
-///
-/// # Example
-/// ```
-/// let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-/// mccache::net::sockopt::set_pmtudisc_probe_v4(&sock).unwrap();
-/// ```
 pub fn set_pmtudisc_probe_v4(sock: &impl AsFd) -> io::Result<()> {
     set_int(
         sock.as_fd(),
@@ -142,7 +135,8 @@ pub fn recv_errqueue(sock: &impl AsFd, control: &mut [u8]) -> io::Result<Option<
 /// afterwards live in that namespace. Needs `CAP_SYS_ADMIN`. Use a dedicated thread: there
 /// is no way back except another call with a handle to the original namespace
 /// (`/proc/self/ns/net` opened beforehand).
-pub fn enter_netns(ns: &File) -> io::Result<()> {
+#[cfg(any(test, feature = "unstable"))]
+pub fn enter_netns(ns: &std::fs::File) -> io::Result<()> {
     // SAFETY: setns only reads the descriptor, which `ns` keeps open across the call; it
     // changes the namespace of this thread only and touches no memory of ours.
     let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };

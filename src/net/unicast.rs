@@ -80,6 +80,7 @@ impl AddressBook {
     }
 
     /// The seeds and their current addresses.
+    #[cfg(any(test, feature = "unstable"))]
     pub fn seeds(&self) -> &BTreeMap<String, Vec<SocketAddr>> {
         &self.seeds
     }
@@ -178,6 +179,7 @@ impl AddressBook {
     }
 
     /// True when the target list changed since the last call to [`AddressBook::targets`].
+    #[cfg(any(test, feature = "unstable"))]
     pub fn is_dirty(&self) -> bool {
         self.dirty
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::cache::handle::Cache;
 use crate::cache::store::{CacheKey, CacheValue};
 use crate::config::{CacheConfig, CacheMode};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::node::Node;
 
 /// Opens a cache with settings given in code, in the manner of moka's builders.
@@ -160,11 +160,7 @@ impl<'a, K: CacheKey, V: CacheValue> CacheBuilder<'a, K, V> {
 }
 
 fn bad(key: &str, value: impl Debug, reason: &str) -> Error {
-    Error::Config {
-        key: key.to_string(),
-        value: format!("{value:?}"),
-        reason: reason.to_string(),
-    }
+    ConfigError::invalid(key, format!("{value:?}"), reason).into()
 }
 
 impl Requested {

@@ -15,7 +15,7 @@ use super::Node;
 use crate::cache::clock::SystemClock;
 use crate::cache::metrics::CacheMetrics;
 use crate::config::{Config, TransportKind};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::net::driver::{self, Command, Shared, Tantrum, Transport};
 use crate::net::overflow::Backlog;
 use crate::net::{discovery, socket};
@@ -28,6 +28,7 @@ use crate::proto::wire::WireConfig;
 
 /// A live peer as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Member {
     /// Its node id (random per process start).
     pub id: NodeId,
@@ -58,6 +59,7 @@ const QUERY_RETRY_MAX: Duration = Duration::from_millis(200);
 /// It dereferences to the map of answers, so `answers.len()`, `answers.get(&id)` and
 /// `for (id, value) in &answers` work directly.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ClusterAnswers<T> {
     /// The answers by node id, this node's own included.
     pub answers: BTreeMap<NodeId, T>,
@@ -195,11 +197,13 @@ pub(crate) fn start(config: Config) -> Result<Node> {
             if code == Some(libc::ENODEV) || code == Some(libc::EADDRNOTAVAIL) {
                 socket_error(&config, e)
             } else {
-                Error::Config {
-                    key: "bind_port".to_string(),
-                    value: format!("{}:{port}", config.interface),
-                    reason: format!("cannot be bound on interface {} ({e})", config.interface),
-                }
+                ConfigError::invalid_because(
+                    "bind_port",
+                    format!("{}:{port}", config.interface),
+                    &format!("cannot be bound on interface {}", config.interface),
+                    e,
+                )
+                .into()
             }
         })?;
         if config.peers.is_empty() {
@@ -285,6 +289,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         registry,
         hlc: node.inner.core.hlc.clone(),
         lag,
+        clock: node.inner.core.clock.clone(),
     };
     let tantrum = Tantrum {
         percent: config.monkey_tantrum,
@@ -341,19 +346,18 @@ pub(crate) fn start(config: Config) -> Result<Node> {
 fn socket_error(config: &Config, e: std::io::Error) -> Error {
     let code = e.raw_os_error();
     if code == Some(libc::ENODEV) || code == Some(libc::EADDRNOTAVAIL) {
-        return Error::Config {
-            key: "interface".into(),
-            value: config.interface.to_string(),
-            reason: format!("is not an address of this host ({e})"),
-        };
+        return ConfigError::invalid_because(
+            "interface",
+            config.interface,
+            "is not an address of this host",
+            e,
+        )
+        .into();
     }
     let group = config.group();
     if code == Some(libc::EADDRINUSE) || code == Some(libc::EACCES) {
-        return Error::Config {
-            key: "multicast_port".into(),
-            value: group.port().to_string(),
-            reason: format!("cannot be bound ({e})"),
-        };
+        return ConfigError::invalid_because("multicast_port", group.port(), "cannot be bound", e)
+            .into();
     }
     Error::Network(std::io::Error::new(
         e.kind(),
@@ -606,7 +610,7 @@ impl Node {
         timeout: Duration,
     ) -> Result<ClusterAnswers<Option<u64>>> {
         let key = key
-            .map(|k| rmp_serde::to_vec(k).map_err(|e| Error::Serialization(e.to_string())))
+            .map(|k| rmp_serde::to_vec(k).map_err(|e| Error::Serialization(Box::new(e))))
             .transpose()?;
         let local = self.erased(name).and_then(|c| match &key {
             None => Some(c.sync_digest().checksum),
@@ -658,12 +662,7 @@ impl Node {
         let core = &self.inner.core;
         let version = Version::new(core.hlc.tick(core.clock.wall_ms()), core.id);
         if let Some(net) = &self.inner.net {
-            net.registry
-                .parked
-                .lock()
-                .entry(name.to_string())
-                .or_default()
-                .clear(version);
+            net.registry.park(name, |p| p.clear(version));
             net.tx
                 .try_send(Command::Publish(Item::Clear {
                     cache: name.to_string(),

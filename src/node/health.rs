@@ -13,6 +13,7 @@ pub use crate::net::diagnose::{OpenFailure, Unopened};
 /// What [`Node::wait_ready`] found.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
 #[must_use = "a node that found no peer may be misconfigured: check Readiness::found_peers"]
+#[non_exhaustive]
 pub enum Readiness {
     /// Ready: the node found `peers` live peers and copied the caches' state from one of them.
     Joined {
@@ -119,7 +120,7 @@ impl Node {
     /// match node.wait_ready(std::time::Duration::from_secs(2)) {
     ///     Readiness::Joined { peers } => println!("joined {peers} peers"),
     ///     Readiness::Alone => eprintln!("no peer found: {:?}", node.health()),
-    ///     Readiness::NotReady => eprintln!("not ready yet"),
+    ///     _ => eprintln!("not ready yet"), // NotReady (the enum is non-exhaustive)
     /// }
     /// # Ok::<(), mccache::Error>(())
     /// ```

@@ -22,6 +22,7 @@ use builder::{CacheBuilder, Requested};
 
 pub(crate) mod builder;
 mod cluster;
+pub(crate) mod detached;
 mod health;
 mod nonblocking;
 pub(crate) mod replica;
@@ -98,7 +99,9 @@ impl Node {
     /// ```no_run
     /// use mccache::{Config, Node};
     ///
-    /// let node = Node::start(Config { interface: "10.0.0.5".parse().unwrap(), ..Config::load()? })?;
+    /// let mut config = Config::load()?;
+    /// config.interface = "10.0.0.5".parse().unwrap();
+    /// let node = Node::start(config)?;
     /// if !node.wait_ready(std::time::Duration::from_secs(2)).found_peers() {
     ///     eprintln!("no peer yet: {:?}", node.health());
     /// }
@@ -133,13 +136,6 @@ impl Node {
             Arc::new(SystemClock::new()),
             None,
         )
-    }
-
-    /// Starts a node on a given clock (tests drive time with
-    /// [`FakeClock`](crate::cache::clock::FakeClock)).
-    #[doc(hidden)]
-    pub fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Node> {
-        Node::start_with(config, Arc::new(NoPublisher), clock, None)
     }
 
     /// Starts a node whose caches hand their local writes to `publisher`.
@@ -245,7 +241,7 @@ impl Node {
         if let Some(r) = self.inner.registry.open.read().get(name) {
             return existing(r);
         }
-        let mut reg = self.inner.registry.open.write();
+        let reg = self.inner.registry.open.write();
         if let Some(r) = reg.get(name) {
             return existing(r);
         }
@@ -258,20 +254,22 @@ impl Node {
         if let Some(b) = self.inner.tiers.for_cache(name, store.config()) {
             store.set_backing(b);
         }
-        reg.insert(
-            name.to_string(),
+        // Peers' data that arrived before the application opened the cache is handed over.
+        self.inner.registry.register(
+            reg,
+            name,
             Registered {
                 erased: store.clone(),
                 typed: store.clone(),
             },
         );
-        drop(reg);
-        // Peers' data that arrived before the application opened the cache.
-        self.inner.registry.unpark(name, store.as_ref());
         Ok(Cache { store })
     }
 
-    fn typed<K: CacheKey, V: CacheValue>(name: &str, r: &Registered) -> Result<Cache<K, V>> {
+    pub(crate) fn typed<K: CacheKey, V: CacheValue>(
+        name: &str,
+        r: &Registered,
+    ) -> Result<Cache<K, V>> {
         match r.typed.clone().downcast::<Store<K, V>>() {
             Ok(store) => Ok(Cache { store }),
             Err(_) => Err(Error::TypeMismatch {
@@ -334,13 +332,6 @@ impl Node {
     /// ```
     pub fn shutdown(&self) {
         self.inner.stop();
-    }
-
-    /// One cache without types, by name: the view the replication layer drives (remote
-    /// applies, digests, snapshots). Exposed for tests and tools.
-    #[doc(hidden)]
-    pub fn erased_cache(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
-        self.erased(name)
     }
 
     /// Every cache of the node, without types (for the replication layer).
@@ -429,6 +420,7 @@ fn housekeeper(
         for c in &caches {
             c.housekeep(tomb_ttl);
         }
+        registry.housekeep_parked(clock.now_nanos(), tomb_ttl);
         reporter.tick(&caches, now);
     }
 }

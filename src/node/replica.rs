@@ -9,6 +9,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
+use crate::cache::clock::Clock;
 use crate::cache::hooks::{
     Applied, Change, ChangeKindWire, ErasedCache, KeyVersion, Publisher, SyncDigest,
 };
@@ -41,6 +42,21 @@ pub struct Registry {
     pub parked_limits: (usize, usize),
 }
 
+/// Runs `f` on a parked cache, created with the node-wide bounds if absent.
+fn park_in<R>(
+    parked: &mut BTreeMap<String, ParkedCache>,
+    limits: (usize, usize),
+    name: &str,
+    f: impl FnOnce(&mut ParkedCache) -> R,
+) -> R {
+    match parked.get_mut(name) {
+        Some(p) => f(p),
+        None => f(parked
+            .entry(name.to_string())
+            .or_insert_with(|| ParkedCache::new(limits.0, limits.1))),
+    }
+}
+
 impl Registry {
     /// An empty registry; parked caches are bounded by the node-wide caps.
     pub fn new(config: &crate::Config) -> Registry {
@@ -54,6 +70,32 @@ impl Registry {
         }
     }
 
+    /// Runs `f` on the parked cache `name`, creating it (empty, bounded) if absent.
+    pub fn park<R>(&self, name: &str, f: impl FnOnce(&mut ParkedCache) -> R) -> R {
+        park_in(&mut self.parked.lock(), self.parked_limits, name, f)
+    }
+
+    /// Collects the parked caches' tombstones older than `ttl` (see [`ParkedCache::housekeep`]).
+    pub fn housekeep_parked(&self, now_nanos: u64, ttl: Duration) {
+        for p in self.parked.lock().values_mut() {
+            p.housekeep(now_nanos, ttl);
+        }
+    }
+
+    /// Registers a cache the application has just opened (the caller holds the write lock
+    /// `open`), then hands it the records parked under its name.
+    pub fn register(
+        &self,
+        mut open: parking_lot::RwLockWriteGuard<'_, HashMap<String, Registered>>,
+        name: &str,
+        cache: Registered,
+    ) {
+        let erased = cache.erased.clone();
+        open.insert(name.to_string(), cache);
+        drop(open);
+        self.unpark(name, erased.as_ref());
+    }
+
     /// Hands the parked records of `name` to a cache that has just been opened.
     pub fn unpark(&self, name: &str, cache: &dyn ErasedCache) {
         let Some(mut parked) = self.parked.lock().remove(name) else {
@@ -63,10 +105,13 @@ impl Registry {
         if floor != Version::ZERO {
             cache.apply_clear(floor, floor.node);
         }
-        cache.raise_horizon(parked.horizon());
+        // The records first: each was accepted by the parked cache's rules, and one held at
+        // or below the parked horizon would be refused by an empty cache with that horizon.
+        let horizon = parked.horizon();
         for rec in parked.drain() {
             cache.apply_remote(&rec, rec.version.node);
         }
+        cache.raise_horizon(horizon);
     }
 
     fn opened(&self, name: &str) -> Option<Arc<dyn ErasedCache>> {
@@ -115,6 +160,14 @@ pub struct NodeApp {
     pub hlc: Arc<Hlc>,
     /// Apply lag samples.
     pub lag: Arc<LagSamples>,
+    /// The node's clock: wall time for the core, monotonic time for parked tombstones.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl NodeApp {
+    fn park<R>(&self, cache: &str, f: impl FnOnce(&mut ParkedCache) -> R) -> R {
+        self.registry.park(cache, f)
+    }
 }
 
 fn wall_us() -> u64 {
@@ -130,13 +183,8 @@ impl AppState for NodeApp {
         let applied = match self.registry.opened(cache) {
             Some(c) => c.apply_remote(record, origin),
             None => {
-                let (max_e, max_b) = self.registry.parked_limits;
-                self.registry
-                    .parked
-                    .lock()
-                    .entry(cache.to_string())
-                    .or_default()
-                    .apply(record, max_e, max_b)
+                let now = self.clock.now_nanos();
+                self.park(cache, |p| p.apply(record, now))
             }
         };
         if applied == Applied::Changed {
@@ -150,13 +198,7 @@ impl AppState for NodeApp {
         self.hlc.observe(version.hlc);
         match self.registry.opened(cache) {
             Some(c) => c.apply_clear(version, origin),
-            None => self
-                .registry
-                .parked
-                .lock()
-                .entry(cache.to_string())
-                .or_default()
-                .clear(version),
+            None => self.park(cache, |p| p.clear(version)),
         }
     }
 
@@ -180,7 +222,7 @@ impl AppState for NodeApp {
     }
 
     fn wall_ms(&self) -> u64 {
-        wall_us() / 1000
+        self.clock.wall_ms()
     }
 
     fn horizon(&self, cache: &str) -> Version {
@@ -200,13 +242,7 @@ impl AppState for NodeApp {
         self.hlc.observe(version.hlc);
         match self.registry.opened(cache) {
             Some(c) => c.raise_horizon(version),
-            None => self
-                .registry
-                .parked
-                .lock()
-                .entry(cache.to_string())
-                .or_default()
-                .raise_horizon(version),
+            None => self.park(cache, |p| p.raise_horizon(version)),
         }
     }
 
@@ -339,16 +375,17 @@ pub struct ChannelPublisher {
     pub queue_max: usize,
 }
 
-impl ChannelPublisher {
-    fn item(change: Change) -> Item {
-        let cache = change.cache.to_string();
-        match change.kind {
-            ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
-            ChangeKindWire::Clear(version) => Item::Clear { cache, version },
-            ChangeKindWire::Loading(key) => Item::Loading { cache, key },
-        }
+/// The replicated item for a local change.
+pub fn change_item(change: Change) -> Item {
+    let cache = change.cache.to_string();
+    match change.kind {
+        ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
+        ChangeKindWire::Clear(version) => Item::Clear { cache, version },
+        ChangeKindWire::Loading(key) => Item::Loading { cache, key },
     }
+}
 
+impl ChannelPublisher {
     fn overflowed(&self, item: &Item) {
         if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
@@ -384,7 +421,7 @@ impl ChannelPublisher {
 
 impl Publisher for ChannelPublisher {
     fn publish(&self, change: Change) {
-        let item = Self::item(change);
+        let item = change_item(change);
         if self.backlog.try_take() {
             self.send(item);
         } else if !self.tx.is_closed() {
@@ -405,7 +442,7 @@ impl Publisher for ChannelPublisher {
     }
 
     fn publish_reserved(&self, change: Change) {
-        self.send(Self::item(change));
+        self.send(change_item(change));
     }
 
     fn release(&self) {

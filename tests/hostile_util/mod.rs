@@ -28,14 +28,13 @@ pub fn group(group: u8, port: u16) -> SocketAddrV4 {
 /// A loopback node config: fast heartbeats and pulses, roomy caps, sealed with `keys` (first
 /// sends, all receive; empty = plaintext).
 pub fn config(group: u8, port: u16, cluster: &str, keys: &[&str]) -> Config {
-    Config {
-        multicast_ip: Ipv4Addr::new(239, 255, 92, group),
-        cache_size: 256 << 20,
-        crypto_key: None,
-        crypto_keys: keys.iter().map(|k| k.to_string()).collect(),
-        cluster_name: cluster.to_string(),
-        ..cluster_support::config(group, port)
-    }
+    let mut c = cluster_support::config(group, port);
+    c.multicast_ip = Ipv4Addr::new(239, 255, 92, group);
+    c.cache_size = 256 << 20;
+    c.crypto_key = None;
+    c.crypto_keys = keys.iter().map(|k| k.to_string()).collect();
+    c.cluster_name = cluster.to_string();
+    c
 }
 
 #[path = "../support/cluster.rs"]
@@ -71,8 +70,7 @@ pub struct Tap {
 impl Tap {
     /// Joins `group` on loopback (shares the port with the nodes).
     pub fn new(group: SocketAddrV4) -> Tap {
-        let sock =
-            mccache::net::socket::recv_socket(group, Ipv4Addr::LOCALHOST).expect("tap socket");
+        let sock = mccache::unstable::recv_socket(group, Ipv4Addr::LOCALHOST).expect("tap socket");
         sock.set_nonblocking(false).expect("blocking");
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .expect("timeout");
@@ -120,7 +118,7 @@ pub struct Injector {
 impl Injector {
     /// A sender for `group`.
     pub fn new(group: SocketAddrV4) -> Injector {
-        let sock = mccache::net::socket::send_socket(Ipv4Addr::LOCALHOST, 1).expect("send socket");
+        let sock = mccache::unstable::send_socket(Ipv4Addr::LOCALHOST, 1).expect("send socket");
         sock.set_nonblocking(false).expect("blocking");
         Injector { sock, group }
     }

@@ -14,19 +14,18 @@ pub const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// A config for a loopback test: group 239.255.93.`group`, port `port`, interface 127.0.0.1,
 /// fast heartbeats and pulses, roomy caps, sealed with [`KEY`].
 pub fn config(group: u8, port: u16) -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: Ipv4Addr::new(239, 255, 93, group),
-        multicast_port: port,
-        daemon_sleep: 0.1,
-        cache_pulse: 0.5,
-        cache_max: 100_000,
-        cache_size: 512 << 20,
-        cache_ttl: 0.0,
-        crypto_key: Some(KEY.to_string()),
-        cluster_name: format!("test-{group}-{port}"),
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = Ipv4Addr::new(239, 255, 93, group);
+    c.multicast_port = port;
+    c.daemon_sleep = 0.1;
+    c.cache_pulse = 0.5;
+    c.cache_max = 100_000;
+    c.cache_size = 512 << 20;
+    c.cache_ttl = 0.0;
+    c.crypto_key = Some(KEY.to_string());
+    c.cluster_name = format!("test-{group}-{port}");
+    c
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.

@@ -219,7 +219,7 @@ impl Lab {
         let handle = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         std::thread::scope(|s| {
             s.spawn(move || {
-                mccache::net::sockopt::enter_netns(&handle).expect("setns");
+                mccache::unstable::enter_netns(&handle).expect("setns");
                 f()
             })
             .join()

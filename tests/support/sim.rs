@@ -1,203 +1,162 @@
-//! A deterministic discrete-event simulator for clusters of protocol cores.
+//! A deterministic discrete-event simulator for clusters of mccache nodes.
 //!
-//! N [`Endpoint`]s exchange datagrams over a virtual network with seeded loss, duplication,
-//! delay jitter (hence reordering), partitions, crashes, restarts and late joins. Time is virtual:
-//! the simulator jumps from event to event. Everything is derived from one seed, so a failing
-//! seed replays exactly.
+//! N nodes, each a protocol core ([`Endpoint`]) over the real node application state
+//! ([`DetachedNode`]: `NodeApp` → `Registry` → typed `Store`s and parked caches), exchange
+//! datagrams over a virtual network with seeded loss, duplication, delay jitter (hence
+//! reordering), partitions, crashes, restarts, clean leaves and late joins. Time is virtual:
+//! the simulator jumps from event to event, and every node's clock is a [`SimClock`] it sets.
+//! Everything is derived from one seed, so a failing seed replays.
+//!
+//! The workload goes through typed caches as an application's would: [`BYTES`]
+//! (`Cache<String, Vec<u8>>`) and [`NUMS`] (`Cache<u32, u64>`), each in the cache mode the
+//! scenario gives it. A cache a node has not opened yet parks what it receives; opening it
+//! hands the parked records over ([`Sim::open`] checks that they all arrive). Membership events
+//! are kept per node for [`Sim::check_members`].
 
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mccache::cache::hooks::{
-    Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket,
-};
-use mccache::net::unicast::AddressBook;
-use mccache::proto::endpoint::{Destination, Endpoint, EndpointConfig, Event, MemberEvent};
-use mccache::proto::message::{Item, Query};
-use mccache::proto::record::{Op, Record};
-use mccache::proto::state::AppState;
-use mccache::proto::version::{Hlc, NodeId, Version};
-use mccache::proto::wire::WireConfig;
+use mccache::unstable::{AddressBook, Clock, DetachedNode, NodeApp, ParkedCache};
+use mccache::{CacheMode, Config};
+use mccache_proto::endpoint::{Destination, Endpoint, EndpointConfig, Event, MemberEvent};
+use mccache_proto::message::{Item, Query};
+use mccache_proto::record::{Op, Record};
+use mccache_proto::state::AppState;
+use mccache_proto::sync::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest};
+use mccache_proto::version::{NodeId, Version};
+use mccache_proto::wire::WireConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// One node's caches, as the simulator models them: key -> latest record (puts and tombstones).
-#[derive(Default, Clone, Debug)]
-pub struct Model {
-    pub caches: BTreeMap<String, ModelCache>,
-    /// Highest HLC timestamp seen in peers' changes (the real node's clock observes these).
-    pub seen: u64,
-    /// Virtual wall clock, set by the simulator before every call.
-    pub wall_ms: u64,
+/// The workload cache of byte values: `Cache<String, Vec<u8>>`, keys `"k<n>"`.
+pub const BYTES: &str = "alpha";
+/// The workload cache of numbers: `Cache<u32, u64>`, keys `n`.
+pub const NUMS: &str = "beta";
+/// Both workload caches.
+pub const CACHES: [&str; 2] = [BYTES, NUMS];
+
+/// A write of the workload: key `n` of a cache gets a value (its bytes for [`BYTES`], the
+/// first eight of them as a little-endian `u64` for [`NUMS`]) or is removed.
+#[derive(Clone, Debug)]
+pub enum Write {
+    Put(Vec<u8>),
+    Del,
+}
+
+/// A node's clock, set by the simulator before every call into the node.
+#[derive(Debug, Default)]
+pub struct SimClock {
+    nanos: AtomicU64,
+    wall_ms: AtomicU64,
+}
+
+impl SimClock {
+    fn set(&self, nanos: u64, wall_ms: u64) {
+        self.nanos.store(nanos, Ordering::Relaxed);
+        self.wall_ms.store(wall_ms, Ordering::Relaxed);
+    }
+}
+
+impl Clock for SimClock {
+    fn now_nanos(&self) -> u64 {
+        self.nanos.load(Ordering::Relaxed)
+    }
+    fn wall_ms(&self) -> u64 {
+        self.wall_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// A node's application state as the core sees it: the real [`NodeApp`], watched by an
+/// oracle that never forgets a delete.
+///
+/// Deterministic where the store is not (its shards hash with a per-process random seed): key
+/// lists are sorted by key, and snapshot chunks are cut in key order from the store's whole
+/// snapshot, so that a seed replays exactly.
+pub struct SimApp {
+    pub node: DetachedNode,
+    /// Oracle, never collected: the newest delete (or invalidation) this node applied or
+    /// made, per (cache, key).
+    deleted_seen: BTreeMap<(String, Vec<u8>), Version>,
     /// Resurrections seen: a put applied at or below a delete this node had applied.
     pub violations: Vec<String>,
 }
 
-#[derive(Default, Clone, Debug)]
-pub struct ModelCache {
-    pub records: BTreeMap<Vec<u8>, Record>,
-    pub floor: Version,
-    /// Tombstone horizon, as the real store keeps it.
-    pub horizon: Version,
-    /// When each tombstone was stored (wall ms), for collection.
-    tomb_at: BTreeMap<Vec<u8>, u64>,
-    /// Oracle, never collected: the newest delete this node applied per key.
-    deleted_seen: BTreeMap<Vec<u8>, Version>,
-}
+impl SimApp {
+    fn new(node: DetachedNode) -> SimApp {
+        SimApp {
+            node,
+            deleted_seen: BTreeMap::new(),
+            violations: Vec::new(),
+        }
+    }
 
-impl ModelCache {
-    fn apply(&mut self, rec: &Record, wall_ms: u64) -> Applied {
-        if rec.version <= self.floor {
-            return Applied::Stale;
-        }
-        match self.records.get(&rec.key) {
-            Some(old) if old.version >= rec.version => return Applied::Stale,
-            None if rec.version <= self.horizon => return Applied::BelowHorizon,
-            _ => {}
-        }
-        self.records.insert(rec.key.clone(), rec.clone());
-        if matches!(rec.op, Op::Put { .. }) {
-            self.tomb_at.remove(&rec.key);
-        } else {
-            self.tomb_at.insert(rec.key.clone(), wall_ms);
-            let d = self.deleted_seen.entry(rec.key.clone()).or_default();
+    fn saw_delete(&mut self, cache: &str, rec: &Record) {
+        if !matches!(rec.op, Op::Put { .. }) {
+            let d = self
+                .deleted_seen
+                .entry((cache.to_string(), rec.key.clone()))
+                .or_default();
             *d = (*d).max(rec.version);
         }
-        Applied::Changed
     }
 
-    /// A put at or below a delete this node applied before (the invariant under test).
-    fn resurrects(&self, rec: &Record) -> bool {
-        matches!(rec.op, Op::Put { .. })
-            && self
-                .deleted_seen
-                .get(&rec.key)
-                .is_some_and(|d| rec.version <= *d)
-    }
-
-    /// Collects tombstones stored more than `ttl_ms` ago, raising the horizon.
-    pub fn gc(&mut self, wall_ms: u64, ttl_ms: u64) {
-        let old: Vec<Vec<u8>> = self
-            .tomb_at
-            .iter()
-            .filter(|(_, at)| wall_ms.saturating_sub(**at) > ttl_ms)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in old {
-            self.tomb_at.remove(&k);
-            if let Some(r) = self.records.remove(&k) {
-                self.horizon = self.horizon.max(r.version);
-            }
-        }
-    }
-
-    /// Live entries: key -> (version, value).
-    pub fn live(&self) -> BTreeMap<Vec<u8>, (Version, Vec<u8>)> {
-        self.records
-            .iter()
-            .filter_map(|(k, r)| match &r.op {
-                Op::Put { value, .. } => Some((k.clone(), (r.version, value.clone()))),
-                _ => None,
-            })
-            .collect()
+    fn app(&self) -> &NodeApp {
+        self.node.app_ref()
     }
 }
 
-impl AppState for Model {
-    fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
-        self.seen = self.seen.max(record.version.hlc);
-        let wall = self.wall_ms;
-        let c = self.caches.entry(cache.to_string()).or_default();
-        let resurrects = c.resurrects(record);
-        let applied = c.apply(record, wall);
-        if resurrects && applied == Applied::Changed {
-            self.violations.push(format!(
-                "{cache}/{:?} came back at {:?} after its delete at {:?}",
-                String::from_utf8_lossy(&record.key),
-                record.version,
-                c.deleted_seen.get(&record.key)
-            ));
+impl AppState for SimApp {
+    fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied {
+        let deleted = self
+            .deleted_seen
+            .get(&(cache.to_string(), record.key.clone()))
+            .copied();
+        let resurrects =
+            matches!(record.op, Op::Put { .. }) && deleted.is_some_and(|d| record.version <= d);
+        let applied = self.node.app().apply(cache, record, origin);
+        if applied == Applied::Changed {
+            if resurrects {
+                self.violations.push(format!(
+                    "{cache}/{:?} came back at {:?} after its delete at {deleted:?}",
+                    String::from_utf8_lossy(&record.key),
+                    record.version,
+                ));
+            }
+            self.saw_delete(cache, record);
         }
         applied
     }
-    fn horizon(&self, cache: &str) -> Version {
-        self.caches
-            .get(cache)
-            .map(|c| c.horizon)
-            .unwrap_or_default()
-    }
-    fn raise_horizon(&mut self, cache: &str, version: Version) {
-        self.seen = self.seen.max(version.hlc);
-        let c = self.caches.entry(cache.to_string()).or_default();
-        c.horizon = c.horizon.max(version);
-    }
-    fn drop_doubtful(&mut self, cache: &str, key: &[u8], version: Version) -> bool {
-        let Some(c) = self.caches.get_mut(cache) else {
-            return false;
-        };
-        c.horizon = c.horizon.max(version);
-        match c.records.get(key) {
-            Some(r) if r.version == version && matches!(r.op, Op::Put { .. }) => {
-                c.records.remove(key);
-                true
-            }
-            _ => false,
-        }
-    }
-    fn apply_clear(&mut self, cache: &str, version: Version, _origin: NodeId) {
-        self.seen = self.seen.max(version.hlc);
-        let c = self.caches.entry(cache.to_string()).or_default();
-        if version > c.floor {
-            c.floor = version;
-        }
-        let floor = c.floor;
-        c.records.retain(|_, r| r.version > floor);
-        let records = &c.records;
-        c.tomb_at.retain(|k, _| records.contains_key(k));
+    fn apply_clear(&mut self, cache: &str, version: Version, origin: NodeId) {
+        self.node.app().apply_clear(cache, version, origin)
     }
     fn clear_floor(&self, cache: &str) -> Version {
-        self.caches.get(cache).map(|c| c.floor).unwrap_or_default()
-    }
-    fn wall_ms(&self) -> u64 {
-        self.wall_ms
+        self.app().clear_floor(cache)
     }
     fn caches(&self) -> Vec<String> {
-        self.caches.keys().cloned().collect()
+        self.app().caches()
     }
     fn digest(&self, cache: &str) -> Option<SyncDigest> {
-        let c = self.caches.get(cache)?;
-        let mut d = SyncDigest {
-            count: 0,
-            checksum: 0,
-            buckets: vec![0; SYNC_BUCKETS],
-        };
-        for (k, (v, val)) in c.live() {
-            let e = entry_digest(&k, &val, v);
-            d.count += 1;
-            d.checksum = d.checksum.wrapping_add(e);
-            d.buckets[key_bucket(&k)] = d.buckets[key_bucket(&k)].wrapping_add(e);
-        }
-        Some(d)
+        self.app().digest(cache)
     }
     fn bucket_versions(&self, cache: &str, bucket: usize) -> Vec<KeyVersion> {
-        let Some(c) = self.caches.get(cache) else {
-            return Vec::new();
-        };
-        c.records
-            .values()
-            .filter(|r| key_bucket(&r.key) == bucket)
-            .map(|r| KeyVersion {
-                key: r.key.clone(),
-                version: r.version,
-                deleted: !matches!(r.op, Op::Put { .. }),
-            })
-            .collect()
+        let mut keys = self.app().bucket_versions(cache, bucket);
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        keys
+    }
+    fn buckets_versions(&self, cache: &str, buckets: &[usize]) -> Vec<Vec<KeyVersion>> {
+        let mut lists = self.app().buckets_versions(cache, buckets);
+        for keys in &mut lists {
+            keys.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        lists
     }
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
-        self.caches.get(cache)?.records.get(key).cloned()
+        self.app().record(cache, key)
     }
     fn snapshot_chunk(
         &self,
@@ -205,22 +164,35 @@ impl AppState for Model {
         cursor: u64,
         max_bytes: usize,
     ) -> (Vec<Record>, Option<u64>) {
-        let Some(c) = self.caches.get(cache) else {
-            return (Vec::new(), None);
-        };
-        let all: Vec<&Record> = c.records.values().collect();
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut i = cursor as usize;
-        while i < all.len() && (bytes < max_bytes || out.is_empty()) {
-            bytes += all[i].weight();
-            out.push(all[i].clone());
-            i += 1;
+        // The store's whole snapshot, cut into chunks in key order by the record model.
+        let mut model = ParkedCache::default();
+        let mut at = Some(0);
+        while let Some(c) = at {
+            let (records, next) = self.app().snapshot_chunk(cache, c, usize::MAX);
+            for r in &records {
+                model.apply(r, 0);
+            }
+            at = next;
         }
-        (out, (i < all.len()).then_some(i as u64))
+        model.snapshot_chunk(cursor, max_bytes)
     }
-    fn answer(&self, _query: &Query) -> Vec<u8> {
-        Vec::new()
+    fn horizon(&self, cache: &str) -> Version {
+        self.app().horizon(cache)
+    }
+    fn raise_horizon(&mut self, cache: &str, version: Version) {
+        self.node.app().raise_horizon(cache, version)
+    }
+    fn drop_doubtful(&mut self, cache: &str, key: &[u8], version: Version) -> bool {
+        self.node.app().drop_doubtful(cache, key, version)
+    }
+    fn wall_ms(&self) -> u64 {
+        self.app().wall_ms()
+    }
+    fn peer_loading(&mut self, cache: &str, key: &[u8], origin: NodeId) {
+        self.node.app().peer_loading(cache, key, origin)
+    }
+    fn answer(&self, query: &Query) -> Vec<u8> {
+        self.app().answer(query)
     }
 }
 
@@ -236,15 +208,17 @@ pub struct NetParams {
 
 struct SimNode {
     ep: Endpoint,
-    app: Model,
-    hlc: Hlc,
+    app: SimApp,
+    clock: Arc<SimClock>,
     alive: bool,
     /// Writes this node made (cache, record), for the no-resurrection oracle.
     writes: Vec<(String, Record)>,
-    /// Next tombstone collection (wall ms).
-    next_gc_ms: u64,
+    /// Next housekeeping pass (wall ms).
+    next_housekeep_ms: u64,
     /// This node's clock minus the true time, in ms.
     clock_offset_ms: i64,
+    /// Membership events this incarnation reported, in order.
+    events: Vec<MemberEvent>,
 }
 
 #[derive(Debug)]
@@ -256,6 +230,13 @@ enum Ev {
         /// The sending node (its address is the datagram's source under unicast).
         from: usize,
     },
+}
+
+/// How a node stopped, as the scenario did it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Departure {
+    Crashed,
+    Left,
 }
 
 /// Unicast fan-out (the `transport = "unicast"` path): each node sends only to the addresses
@@ -304,6 +285,10 @@ pub struct Sim {
     pub tomb_ttl: Duration,
     /// `Some`: unicast fan-out instead of multicast (see [`Sim::use_unicast`]).
     pub unicast: Option<UnicastNet>,
+    /// The mode of each cache (absent: replicate).
+    modes: BTreeMap<String, CacheMode>,
+    /// Every node id of every incarnation, with how it stopped (`None`: running).
+    pub ids: BTreeMap<NodeId, (usize, Option<Departure>)>,
 }
 
 pub fn wire_config(mtu: usize, encrypted: bool) -> WireConfig {
@@ -322,8 +307,30 @@ pub fn wire_config(mtu: usize, encrypted: bool) -> WireConfig {
     }
 }
 
+/// The key bytes of workload key `n` in `cache`, as its typed cache encodes them.
+pub fn key_bytes(cache: &str, n: u32) -> Vec<u8> {
+    if cache == NUMS {
+        rmp_serde::to_vec(&n).expect("encodes")
+    } else {
+        rmp_serde::to_vec(&format!("k{n}")).expect("encodes")
+    }
+}
+
+fn number(value: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = value.len().min(8);
+    b[..n].copy_from_slice(&value[..n]);
+    u64::from_le_bytes(b)
+}
+
 impl Sim {
+    /// `n` nodes, every cache in mode 1 (replicate).
     pub fn new(seed: u64, n: usize, net: NetParams) -> Sim {
+        Sim::with_modes(seed, n, net, &[])
+    }
+
+    /// `n` nodes whose caches have the given modes (others replicate).
+    pub fn with_modes(seed: u64, n: usize, net: NetParams, modes: &[(&str, CacheMode)]) -> Sim {
         let mut sim = Sim {
             rng: StdRng::seed_from_u64(seed),
             base: Instant::now(),
@@ -346,6 +353,8 @@ impl Sim {
             tomb_ttl: Duration::from_millis(500) * 12,
             recording: None,
             unicast: None,
+            modes: modes.iter().map(|(c, m)| (c.to_string(), *m)).collect(),
+            ids: BTreeMap::new(),
         };
         for _ in 0..n {
             sim.add_node();
@@ -353,11 +362,17 @@ impl Sim {
         sim
     }
 
+    /// The mode of `cache`.
+    pub fn mode(&self, cache: &str) -> CacheMode {
+        self.modes.get(cache).copied().unwrap_or_default()
+    }
+
     fn instant(&self) -> Instant {
         self.base + self.now
     }
 
-    fn endpoint(&mut self) -> Endpoint {
+    /// A fresh node: a protocol core and the node's caches (none open) with a new identity.
+    fn fresh(&mut self, clock: Arc<SimClock>) -> (Endpoint, SimApp) {
         let id = NodeId(self.rng.random::<u64>() | 1);
         let cfg = EndpointConfig::new(
             format!("n{id}"),
@@ -365,20 +380,36 @@ impl Sim {
             self.heartbeat,
             self.pulse,
         );
-        Endpoint::new(cfg, id, self.instant())
+        // Entries live until deleted, and the caps stay out of the way: convergence is
+        // checked on every write.
+        let mut config = Config::default();
+        config.cache_ttl = 0.0;
+        config.cache_max = 1 << 20;
+        config.cache_size = 1 << 32;
+        config.cache_pulse = self.pulse.as_secs_f64();
+        config.daemon_sleep = self.heartbeat.as_secs_f64();
+        config.max_message_size = 1 << 20;
+        for (cache, mode) in &self.modes {
+            config.caches.entry(cache.clone()).or_default().cache_mode = Some(*mode);
+        }
+        let node = DetachedNode::new(config, id, clock).expect("a valid configuration");
+        (Endpoint::new(cfg, id, self.instant()), SimApp::new(node))
     }
 
     /// Adds a node (a late joiner if the simulation already runs). Returns its index.
     pub fn add_node(&mut self) -> usize {
-        let ep = self.endpoint();
+        let clock = Arc::new(SimClock::default());
+        let (ep, app) = self.fresh(clock.clone());
+        self.ids.insert(ep.id(), (self.nodes.len(), None));
         self.nodes.push(SimNode {
             ep,
-            app: Model::default(),
-            hlc: Hlc::new(),
+            app,
+            clock,
             alive: true,
             writes: Vec::new(),
-            next_gc_ms: 0,
+            next_housekeep_ms: 0,
             clock_offset_ms: 0,
+            events: Vec::new(),
         });
         self.incarnations.push(0);
         let i = self.nodes.len() - 1;
@@ -394,24 +425,32 @@ impl Sim {
         self.nodes[i].alive
     }
 
-    /// Crashes node `i`: it stops at once, sends nothing more, loses its state.
-    pub fn crash(&mut self, i: usize) {
+    fn stopped(&mut self, i: usize, how: Departure) {
         self.nodes[i].alive = false;
         self.incarnations[i] += 1;
+        let id = self.nodes[i].ep.id();
+        self.ids.insert(id, (i, Some(how)));
     }
 
-    /// Restarts a crashed node with empty state and a new identity (a new incarnation).
+    /// Crashes node `i`: it stops at once, sends nothing more, loses its state.
+    pub fn crash(&mut self, i: usize) {
+        self.stopped(i, Departure::Crashed);
+    }
+
+    /// Restarts a stopped node with empty state and a new identity (a new incarnation).
     pub fn restart(&mut self, i: usize) {
-        let ep = self.endpoint();
+        let clock = self.nodes[i].clock.clone();
+        let (ep, app) = self.fresh(clock);
+        self.ids.insert(ep.id(), (i, None));
         let n = &mut self.nodes[i];
         n.ep = ep;
-        n.app = Model {
+        n.app = SimApp {
             violations: std::mem::take(&mut n.app.violations),
-            ..Model::default()
+            ..app
         };
-        n.hlc = Hlc::new();
         n.alive = true;
         n.writes.clear();
+        n.events.clear();
         self.incarnations[i] += 1;
         if let Some(u) = self.unicast.as_mut() {
             // A new process: it knows its configured peers again, nothing it had learned.
@@ -440,12 +479,19 @@ impl Sim {
         self.nodes[i].clock_offset_ms = offset_ms;
     }
 
+    /// Sets node `i`'s clock to now; returns now as an [`Instant`] for its core.
+    fn tick(&mut self, i: usize) -> Instant {
+        let wall = self.wall_of(i);
+        // Monotonic time starts at 1 s, as a fresh process's would be past zero.
+        let nanos = 1_000_000_000 + self.now.as_nanos() as u64;
+        self.nodes[i].clock.set(nanos, wall);
+        self.instant()
+    }
+
     /// Injects a raw datagram into node `i`, as if received from the network now.
     pub fn inject(&mut self, i: usize, datagram: &[u8]) {
-        let now = self.instant();
-        let wall = self.wall_of(i);
+        let now = self.tick(i);
         let n = &mut self.nodes[i];
-        n.app.wall_ms = wall;
         n.ep.handle_datagram(now, datagram, &mut n.app);
         self.pump(i);
     }
@@ -465,63 +511,115 @@ impl Sim {
 
     /// Node `i` leaves cleanly (announces it) and stops.
     pub fn leave(&mut self, i: usize) {
-        let now = self.instant();
+        let now = self.tick(i);
         let n = &mut self.nodes[i];
         n.ep.leave(now);
         self.pump(i);
-        self.nodes[i].alive = false;
-        self.incarnations[i] += 1;
+        self.stopped(i, Departure::Left);
     }
 
-    /// The version of a new local write on node `i`, which must be alive: its clock first
-    /// moves past every version the node has seen (as the real node's apply path does).
-    fn next_version(&mut self, i: usize) -> Version {
-        let wall = self.wall_of(i);
-        let n = &mut self.nodes[i];
-        n.hlc.observe(n.app.seen);
-        Version::new(n.hlc.tick(wall), n.ep.id())
+    /// Opens `cache` on node `i` as its application would (a no-op if open), and checks the
+    /// hand-over: every record parked for it is then held by the typed cache at the same
+    /// version (or, in mode 0, a value for a key the cache does not hold is skipped).
+    pub fn open(&mut self, i: usize, cache: &str) -> Result<(), String> {
+        self.tick(i);
+        let node = &self.nodes[i].app.node;
+        if node.is_open(cache) {
+            return Ok(());
+        }
+        let parked = node.parked(cache).unwrap_or_default();
+        if cache == NUMS {
+            node.cache::<u32, u64>(cache).map_err(|e| e.to_string())?;
+        } else {
+            node.cache::<String, Vec<u8>>(cache)
+                .map_err(|e| e.to_string())?;
+        }
+        let mode = self.mode(cache);
+        let app = &self.nodes[i].app;
+        for rec in parked {
+            let held = app.record(cache, &rec.key).map(|r| r.version);
+            let skipped = mode == CacheMode::UpdateIfPresent && matches!(rec.op, Op::Put { .. });
+            let expect = (!skipped).then_some(rec.version);
+            if held != expect {
+                return Err(format!(
+                    "node {i} opened {cache}: parked {:?} at {:?} ({}) became {held:?}",
+                    String::from_utf8_lossy(&rec.key),
+                    rec.version,
+                    if matches!(rec.op, Op::Put { .. }) {
+                        "value"
+                    } else {
+                        "delete"
+                    },
+                ));
+            }
+        }
+        Ok(())
     }
 
-    /// Publishes a local change of node `i` and moves its datagrams into the network.
-    fn publish(&mut self, i: usize, item: Item) {
-        let now = self.instant();
+    /// Moves the changes node `i`'s caches published into its core, and notes them for the
+    /// oracles.
+    fn publish_local(&mut self, i: usize) {
+        let now = self.tick(i);
         let n = &mut self.nodes[i];
-        n.ep.publish(now, item);
+        let items = n.app.node.take_published();
+        if items.is_empty() {
+            return;
+        }
+        for item in items {
+            match &item {
+                Item::Rec { cache, rec } => {
+                    n.app.saw_delete(cache, rec);
+                    n.writes.push((cache.clone(), rec.clone()));
+                    self.all_writes.push((cache.clone(), rec.clone()));
+                }
+                Item::Clear { cache, version } => {
+                    self.all_clears.push((cache.clone(), *version));
+                }
+                Item::Loading { .. } => {}
+            }
+            n.ep.publish(now, item);
+        }
         self.pump(i);
     }
 
-    /// A local write on node `i`: applied locally, then published.
-    pub fn write(&mut self, i: usize, cache: &str, key: Vec<u8>, op: Op) {
+    /// A local write on node `i` (opening the cache first, as an application must): stored
+    /// through the typed cache, then published.
+    pub fn write(&mut self, i: usize, cache: &str, key: u32, write: Write) {
         if !self.nodes[i].alive {
             return;
         }
-        let version = self.next_version(i);
-        let rec = Record { key, version, op };
-        let wall = self.wall_of(i);
-        let n = &mut self.nodes[i];
-        n.app.wall_ms = wall;
-        n.app
-            .caches
-            .entry(cache.to_string())
-            .or_default()
-            .apply(&rec, wall);
-        n.writes.push((cache.to_string(), rec.clone()));
-        self.all_writes.push((cache.to_string(), rec.clone()));
-        let cache = cache.to_string();
-        self.publish(i, Item::Rec { cache, rec });
+        self.open(i, cache).unwrap_or_else(|e| panic!("{e}"));
+        let node = &self.nodes[i].app.node;
+        let done = if cache == NUMS {
+            let c = node.cache::<u32, u64>(cache).expect("open");
+            match write {
+                Write::Put(v) => c.insert(key, number(&v)).map(drop),
+                Write::Del => c.remove(&key).map(drop),
+            }
+        } else {
+            let c = node.cache::<String, Vec<u8>>(cache).expect("open");
+            match write {
+                Write::Put(v) => c.insert(format!("k{key}"), v).map(drop),
+                Write::Del => c.remove(&format!("k{key}")).map(drop),
+            }
+        };
+        done.unwrap_or_else(|e| panic!("node {i}: write to {cache}: {e}"));
+        self.publish_local(i);
     }
 
-    /// A versioned clear on node `i`.
+    /// A versioned clear of `cache` on node `i`.
     pub fn clear(&mut self, i: usize, cache: &str) {
         if !self.nodes[i].alive {
             return;
         }
-        let version = self.next_version(i);
-        let n = &mut self.nodes[i];
-        n.app.apply_clear(cache, version, n.ep.id());
-        self.all_clears.push((cache.to_string(), version));
-        let cache = cache.to_string();
-        self.publish(i, Item::Clear { cache, version });
+        self.open(i, cache).unwrap_or_else(|e| panic!("{e}"));
+        let node = &self.nodes[i].app.node;
+        if cache == NUMS {
+            node.cache::<u32, u64>(cache).expect("open").clear();
+        } else {
+            node.cache::<String, Vec<u8>>(cache).expect("open").clear();
+        }
+        self.publish_local(i);
     }
 
     fn can_talk(&self, a: usize, b: usize) -> bool {
@@ -602,7 +700,28 @@ impl Sim {
         }
     }
 
-    /// Moves node `i`'s output datagrams into the network.
+    /// Schedules the delivery of datagram `data` from `from` to `to`.
+    fn send(&mut self, from: usize, to: usize, data: Vec<u8>) {
+        let jitter = if self.net.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.rng.random_range(0..self.net.jitter.as_nanos() as u64))
+        };
+        let at = self.now + self.net.delay + jitter;
+        let ev = Ev::Deliver {
+            to,
+            incarnation: self.incarnations[to],
+            data,
+            from,
+        };
+        let id = self.next_ev;
+        self.next_ev += 1;
+        self.events.insert(id, ev);
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, id)));
+    }
+
+    /// Moves node `i`'s output datagrams into the network and its events into its log.
     fn pump(&mut self, i: usize) {
         if self.unicast.is_some() {
             return self.pump_unicast(i);
@@ -639,29 +758,15 @@ impl Sim {
                         self.dropped += 1;
                         continue;
                     }
-                    let jitter = if self.net.jitter.is_zero() {
-                        Duration::ZERO
-                    } else {
-                        Duration::from_nanos(
-                            self.rng.random_range(0..self.net.jitter.as_nanos() as u64),
-                        )
-                    };
-                    let at = self.now + self.net.delay + jitter;
-                    let ev = Ev::Deliver {
-                        to,
-                        incarnation: self.incarnations[to],
-                        data: d.clone(),
-                        from: i,
-                    };
-                    let id = self.next_ev;
-                    self.next_ev += 1;
-                    self.events.insert(id, ev);
-                    self.seq += 1;
-                    self.queue.push(Reverse((at, self.seq, id)));
+                    self.send(i, to, d.clone());
                 }
             }
         }
-        while self.nodes[i].ep.poll_event().is_some() {}
+        while let Some(ev) = self.nodes[i].ep.poll_event() {
+            if let Event::Member(m) = ev {
+                self.nodes[i].events.push(m);
+            }
+        }
     }
 
     /// Unicast [`Sim::pump`]: one copy per target of the sender's book, each link with its own
@@ -685,7 +790,7 @@ impl Sim {
         }
         let copies = {
             let u = self.unicast.as_mut().expect("unicast");
-            mccache::net::unicast::route(&dests, &mut u.books[i])
+            mccache::unstable::route(&dests, &mut u.books[i])
         };
         for (d, addr) in copies {
             let Some(to) = self.node_at(addr) else {
@@ -698,23 +803,7 @@ impl Sim {
                 self.dropped += 1;
                 continue;
             }
-            let jitter = if self.net.jitter.is_zero() {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(self.rng.random_range(0..self.net.jitter.as_nanos() as u64))
-            };
-            let at = self.now + self.net.delay + jitter;
-            let ev = Ev::Deliver {
-                to,
-                incarnation: self.incarnations[to],
-                data: out[d].clone(),
-                from: i,
-            };
-            let id = self.next_ev;
-            self.next_ev += 1;
-            self.events.insert(id, ev);
-            self.seq += 1;
-            self.queue.push(Reverse((at, self.seq, id)));
+            self.send(i, to, out[d].clone());
         }
         let me = self.nodes[i].ep.id();
         let now = self.instant();
@@ -722,7 +811,12 @@ impl Sim {
             let u = self.unicast.as_mut().expect("unicast");
             match ev {
                 Event::Addresses { addrs, .. } => u.books[i].told(me, &addrs, now),
-                Event::Member(MemberEvent::Left { id, .. }) => u.books[i].forget(id),
+                Event::Member(m) => {
+                    if let MemberEvent::Left { id, .. } = &m {
+                        u.books[i].forget(*id);
+                    }
+                    self.nodes[i].events.push(m);
+                }
                 _ => {}
             }
         }
@@ -772,25 +866,20 @@ impl Sim {
                     continue;
                 }
                 self.delivered += 1;
-                let now = self.instant();
-                let wall = self.wall_of(to);
+                let now = self.tick(to);
                 let n = &mut self.nodes[to];
-                n.app.wall_ms = wall;
                 let sender = n.ep.handle_datagram(now, &data, &mut n.app);
                 self.unicast_learn(to, from, sender);
                 self.pump(to);
             } else if ti != usize::MAX {
-                let now = self.instant();
+                let now = self.tick(ti);
                 let wall = self.wall_of(ti);
+                let ttl = self.tomb_ttl;
                 let n = &mut self.nodes[ti];
-                n.app.wall_ms = wall;
-                if wall >= n.next_gc_ms {
-                    // The node's housekeeper: collect tombstones older than the TTL.
-                    n.next_gc_ms = wall + 250;
-                    let ttl = self.tomb_ttl.as_millis() as u64;
-                    for c in n.app.caches.values_mut() {
-                        c.gc(wall, ttl);
-                    }
+                if wall >= n.next_housekeep_ms {
+                    // The node's housekeeper: sweeps, and collects tombstones past their TTL.
+                    n.next_housekeep_ms = wall + 250;
+                    n.app.node.housekeep(ttl);
                 }
                 n.ep.handle_timeout(now, &mut n.app);
                 self.pump(ti);
@@ -798,25 +887,55 @@ impl Sim {
         }
     }
 
-    /// Node `i`'s live entries of `cache`.
+    /// Node `i`'s live entries of `cache` (opened or parked), as peers see them: key bytes ->
+    /// (version, value bytes; empty in an invalidate-mode cache, which replicates no values).
     pub fn live(&self, i: usize, cache: &str) -> BTreeMap<Vec<u8>, (Version, Vec<u8>)> {
-        self.nodes[i]
-            .app
-            .caches
-            .get(cache)
-            .map(|c| c.live())
-            .unwrap_or_default()
+        let app = &self.nodes[i].app;
+        let buckets: Vec<usize> = (0..SYNC_BUCKETS).collect();
+        app.buckets_versions(cache, &buckets)
+            .into_iter()
+            .flatten()
+            .filter(|kv| !kv.deleted)
+            .map(|kv| {
+                let value = match app.record(cache, &kv.key).map(|r| r.op) {
+                    Some(Op::Put { value, .. }) => value,
+                    _ => Vec::new(),
+                };
+                (kv.key, (kv.version, value))
+            })
+            .collect()
+    }
+
+    /// Node `i`'s record (value or tombstone) of `key` in `cache`.
+    pub fn record(&self, i: usize, cache: &str, key: &[u8]) -> Option<Record> {
+        self.nodes[i].app.record(cache, key)
     }
 
     pub fn endpoint_of(&self, i: usize) -> &Endpoint {
         &self.nodes[i].ep
     }
 
+    /// Caches node `i` holds, opened or parked.
     pub fn caches_of(&self, i: usize) -> BTreeSet<String> {
-        self.nodes[i].app.caches.keys().cloned().collect()
+        self.nodes[i].app.caches().into_iter().collect()
     }
 
-    /// The newest write per (cache, key) made by nodes alive now, with clears applied.
+    /// Node `i`'s typed handle on [`NUMS`] (opening it, as [`Sim::open`] does).
+    pub fn nums(&mut self, i: usize) -> mccache::Cache<u32, u64> {
+        self.open(i, NUMS).unwrap_or_else(|e| panic!("{e}"));
+        self.nodes[i]
+            .app
+            .node
+            .cache::<u32, u64>(NUMS)
+            .expect("the types it was opened with")
+    }
+
+    /// True if node `i`'s application opened `cache`.
+    pub fn is_open(&self, i: usize, cache: &str) -> bool {
+        self.nodes[i].app.node.is_open(cache)
+    }
+
+    /// The writes made by nodes alive now.
     pub fn surviving_writes(&self) -> Vec<(String, Record)> {
         self.nodes
             .iter()
@@ -825,17 +944,13 @@ impl Sim {
             .collect()
     }
 
-    pub fn model(&self, i: usize) -> &Model {
-        &self.nodes[i].app
-    }
-
     /// The highest tombstone horizon of `cache` over live nodes: a write at or below it may
     /// have been dropped in doubt (a miss, never a resurrection).
     pub fn max_horizon(&self, cache: &str) -> Version {
         self.nodes
             .iter()
             .filter(|n| n.alive)
-            .filter_map(|n| n.app.caches.get(cache).map(|c| c.horizon))
+            .map(|n| n.app.horizon(cache))
             .max()
             .unwrap_or_default()
     }
@@ -846,5 +961,67 @@ impl Sim {
             .iter()
             .flat_map(|n| n.app.violations.iter().cloned())
             .collect()
+    }
+
+    /// Node `i`'s clock (HLC) reading: the newest timestamp it has issued or observed.
+    pub fn clock_seen(&self, i: usize) -> u64 {
+        self.nodes[i].app.app().hlc.peek()
+    }
+
+    /// Node `i`'s membership events, this incarnation.
+    pub fn member_events(&self, i: usize) -> &[MemberEvent] {
+        &self.nodes[i].events
+    }
+
+    /// Membership as the scenario made it, against every live node's events:
+    /// - it saw every other live node join, and that node's last event is not a leave;
+    /// - a node it saw join that has stopped since was then reported gone: as failed if it
+    ///   crashed;
+    /// - no event names an id that never existed or the node itself.
+    pub fn check_members(&self) -> Result<(), String> {
+        for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+            let me = n.ep.id();
+            if !n.events.contains(&MemberEvent::Ready) {
+                return Err(format!("node {i} never became ready"));
+            }
+            // id -> the last Joined/Left event about it
+            let mut last: BTreeMap<NodeId, &MemberEvent> = BTreeMap::new();
+            for ev in &n.events {
+                let id = match ev {
+                    MemberEvent::Joined { id, .. } | MemberEvent::Left { id, .. } => *id,
+                    MemberEvent::Suspect { id } | MemberEvent::Alive { id } => *id,
+                    _ => continue,
+                };
+                if id == me || !self.ids.contains_key(&id) {
+                    return Err(format!("node {i}: event about an unknown node: {ev:?}"));
+                }
+                if matches!(ev, MemberEvent::Joined { .. } | MemberEvent::Left { .. }) {
+                    last.insert(id, ev);
+                }
+            }
+            for (id, (j, how)) in &self.ids {
+                if *id == me {
+                    continue;
+                }
+                let seen = last.get(id);
+                match (how, seen) {
+                    (None, Some(MemberEvent::Joined { .. })) => {}
+                    (None, other) => {
+                        return Err(format!(
+                            "node {i} does not count live node {j} ({id}) as a member: last event {other:?}"
+                        ));
+                    }
+                    (Some(_), None) => {}
+                    (Some(Departure::Crashed), Some(MemberEvent::Left { failed: true, .. })) => {}
+                    (Some(Departure::Left), Some(MemberEvent::Left { .. })) => {}
+                    (Some(how), Some(ev)) => {
+                        return Err(format!(
+                            "node {i}: node {j} ({id}) {how:?}, last event {ev:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ pub struct CheckPeersArgs {
 
 /// Prints one line per resolved address; true when every entry has an address that answers.
 pub fn main(args: CheckPeersArgs) -> Result<bool, String> {
-    let config = mccache::Config::load().map_err(|e| e.to_string())?;
+    let config = mccache::Config::load().map_err(|e| crate::chain(&e))?;
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|_| format!("--timeout: {} is not a number of seconds", args.timeout))?;
     let checks = mccache::check_peers(&config, timeout).map_err(|e| e.to_string())?;

@@ -52,20 +52,19 @@ pub struct DemoArgs {
 
 /// A loopback node configuration for the demo (and for tests of it).
 pub fn loopback_config(group: Ipv4Addr, port: u16, key: &str, name: String) -> Config {
-    Config {
-        interface: Ipv4Addr::LOCALHOST,
-        multicast_ip: group,
-        multicast_port: port,
-        daemon_sleep: 0.2,
-        cache_pulse: 1.0,
-        cache_max: 1_000_000,
-        cache_size: 1 << 30,
-        cache_ttl: 0.0,
-        crypto_key: Some(key.to_string()),
-        cluster_name: format!("demo-{group}-{port}"),
-        node_name: Some(name),
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = group;
+    c.multicast_port = port;
+    c.daemon_sleep = 0.2;
+    c.cache_pulse = 1.0;
+    c.cache_max = 1_000_000;
+    c.cache_size = 1 << 30;
+    c.cache_ttl = 0.0;
+    c.crypto_key = Some(key.to_string());
+    c.cluster_name = format!("demo-{group}-{port}");
+    c.node_name = Some(name);
+    c
 }
 
 struct Member {
@@ -116,7 +115,8 @@ pub fn main(args: DemoArgs) -> Result<(), String> {
     let mut members = Vec::new();
     for i in 0..args.nodes {
         let config = loopback_config(group, port, &key, format!("demo-{}", i + 1));
-        let node = Node::start(config).map_err(|e| format!("node {}: {e}", i + 1))?;
+        let node =
+            Node::start(config).map_err(|e| format!("node {}: {}", i + 1, crate::chain(&e)))?;
         let cache = node
             .cache::<String, Val>(CACHE)
             .map_err(|e| e.to_string())?;

@@ -153,3 +153,15 @@ fn check_multicast(
     }
     Ok(check.received)
 }
+
+/// An error and its sources, `error: source: source…` (mccache's errors keep the error
+/// underneath, such as the TOML syntax error of a configuration file, as their source).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}

@@ -95,7 +95,7 @@ fn env_sets(name: &str) -> bool {
 
 /// The node configuration: `Config::load()`, run defaults, then the flags.
 pub fn config(args: &NodeArgs) -> Result<Config, String> {
-    let mut config = Config::load().map_err(|e| e.to_string())?;
+    let mut config = Config::load().map_err(|e| crate::chain(&e))?;
     if !env_sets(RUN_DEFAULTS[0]) {
         config.cache_max = 1_000_000;
     }
@@ -114,7 +114,7 @@ pub fn config(args: &NodeArgs) -> Result<Config, String> {
     if args.interface_from_route {
         config.interface = crate::route::interface_from_route(config.multicast_ip)?;
     }
-    config.validate().map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| crate::chain(&e))?;
     Ok(config)
 }
 
@@ -152,7 +152,8 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
     if let Some(addr) = args.metrics_addr {
         serve_metrics(addr)?;
     }
-    let node = Node::start(config.clone()).map_err(|e| format!("node start: {e}"))?;
+    let node =
+        Node::start(config.clone()).map_err(|e| format!("node start: {}", crate::chain(&e)))?;
     let cache = node
         .cache::<String, Val>(CACHE)
         .map_err(|e| e.to_string())?;

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Cond, Encoded, Store, Ttl, ser_err};
+use super::encoding::{Encoded, ser_err};
+use super::{Cond, Store, Ttl};
 use crate::cache::backing::{Backing, Lease, Read};
 use crate::cache::store::{CacheKey, CacheValue};
 use crate::error::{Error, Result};

@@ -1,0 +1,296 @@
+//! Expiry and eviction: sweeping entries whose TTL has passed, CLOCK (second chance) eviction
+//! under the global `cache_max` and `cache_size` caps, and the collection of old tombstones,
+//! which raises the tombstone horizon.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::entries::{Shard, nanos};
+use super::events::Events;
+use super::{CacheKey, CacheValue, Store};
+use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
+use crate::proto::version::Version;
+
+impl<K: CacheKey, V: CacheValue> Store<K, V> {
+    /// Sweeps expired entries from shards whose earliest expiry has passed.
+    ///
+    /// The cache-wide lower bound `next_expiry` makes this O(1) while nothing is due. It is
+    /// reset before the shards are read and lowered again by each shard read, so a TTL write
+    /// that races with a sweep is never lost: a write lowers its shard's bound under the
+    /// shard's lock and then the cache-wide one (all `SeqCst`).
+    pub(super) fn expire_due(&self, now: u64, ev: &mut Events<K>) {
+        if self.next_expiry.load(Ordering::SeqCst) > now {
+            return;
+        }
+        self.next_expiry.store(u64::MAX, Ordering::SeqCst);
+        for shard in self.shards.iter() {
+            if shard.next_expiry.load(Ordering::SeqCst) <= now {
+                self.sweep_shard(shard, now, ev);
+            }
+            self.next_expiry
+                .fetch_min(shard.next_expiry.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    pub(super) fn expire_due_and_fire(&self) {
+        let mut ev = self.events();
+        self.expire_due(self.core.clock.now_nanos(), &mut ev);
+        self.fire(ev);
+    }
+
+    fn sweep_shard(&self, shard: &Shard<K, V>, now: u64, ev: &mut Events<K>) {
+        let mut g = shard.lock.write();
+        let mut next = u64::MAX;
+        let mut n = 0;
+        g.map.retain(|k, e| {
+            if e.expired(now) {
+                self.unaccount(e);
+                n += 1;
+                ev.push(|| self.expire_event(k, e, now));
+                false
+            } else {
+                if e.expires_at != 0 {
+                    next = next.min(e.expires_at);
+                }
+                true
+            }
+        });
+        if g.hand >= g.map.len() {
+            g.hand = 0;
+        }
+        shard.next_expiry.store(next, Ordering::SeqCst);
+        shard.stats.ev_ttl.fetch_add(n, Ordering::Relaxed);
+        drop(g);
+        for _ in 0..n {
+            self.note_mutation(now);
+        }
+    }
+
+    /// Brings the cache back under both caps after a new key was stored (never evicting the
+    /// entry written at `protect`).
+    pub(super) fn enforce_caps(&self, protect: Version, now: u64, ev: &mut Events<K>) {
+        let mut swept = false;
+        loop {
+            let over_entries =
+                self.entries.load(Ordering::Relaxed) > self.cfg.max_entries.max(1) as u64;
+            let over_bytes = self.bytes.load(Ordering::Relaxed) > self.cfg.max_bytes;
+            if !over_entries && !over_bytes {
+                return;
+            }
+            if !swept {
+                swept = true;
+                self.expire_due(now, ev);
+                continue;
+            }
+            if !self.evict_one(over_entries, protect, now, ev) {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn evict_one(
+        &self,
+        capacity: bool,
+        protect: Version,
+        now: u64,
+        ev: &mut Events<K>,
+    ) -> bool {
+        // Two rounds: the first may only clear referenced bits everywhere.
+        let n = self.shards.len();
+        for _ in 0..2 * n {
+            let si = self.evict_hand.fetch_add(1, Ordering::Relaxed) & (n - 1);
+            if self.clock_evict(&self.shards[si], capacity, protect, now, ev) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// CLOCK over one shard's dense order: clears referenced bits until it finds an
+    /// unreferenced (or expired) entry other than `protect`, and removes it. Gives up after one
+    /// pass over the shard, leaving the hand where it stopped, so the global hand moves on to
+    /// the next shard (bits cleared here are checked on the next visit).
+    fn clock_evict(
+        &self,
+        shard: &Shard<K, V>,
+        capacity: bool,
+        protect: Version,
+        now: u64,
+        ev: &mut Events<K>,
+    ) -> bool {
+        let mut g = shard.lock.write();
+        let len = g.map.len();
+        if len == 0 {
+            return false;
+        }
+        for _ in 0..len {
+            if g.hand >= g.map.len() {
+                g.hand = 0;
+            }
+            let hand = g.hand;
+            let e = &g.map[hand];
+            if e.version == protect {
+                g.hand += 1;
+                continue;
+            }
+            let expired = e.expired(now);
+            if !expired && e.referenced.swap(false, Ordering::Relaxed) {
+                g.hand += 1;
+                continue;
+            }
+            let Some((k, e)) = self.take_index(&mut g, hand) else {
+                return false;
+            };
+            let (counter, kind) = if expired {
+                (&shard.stats.ev_ttl, ChangeKind::Expire)
+            } else if capacity {
+                (&shard.stats.ev_capacity, ChangeKind::Evict)
+            } else {
+                (&shard.stats.ev_bytes, ChangeKind::Evict)
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(g);
+            self.note_mutation(now);
+            ev.push(|| ChangeEvent {
+                key: k,
+                kind,
+                origin: Origin::Local,
+                version: e.version,
+                in_callback_window: self.in_window(&e, now),
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Drops tombstones older than `ttl`, raising the horizon to the newest one dropped (the
+    /// horizon is raised before the tombstone goes, so no record slips in between).
+    pub(super) fn gc_tombs(&self, ttl: Duration) {
+        let now = self.core.clock.now_nanos();
+        let ttl = nanos(ttl);
+        for shard in self.shards.iter() {
+            let stale = {
+                let g = shard.lock.read();
+                g.tombs
+                    .values()
+                    .filter(|t| now.saturating_sub(t.at_nanos) > ttl)
+                    .map(|t| t.version)
+                    .max()
+            };
+            if let Some(newest) = stale {
+                let mut g = shard.lock.write();
+                let mut top = newest;
+                g.tombs.retain(|_, t| {
+                    let keep = now.saturating_sub(t.at_nanos) <= ttl;
+                    if !keep {
+                        top = top.max(t.version);
+                    }
+                    keep
+                });
+                self.raise_horizon_to(top);
+            }
+        }
+    }
+
+    pub(super) fn raise_horizon_to(&self, version: Version) {
+        let mut h = self.horizon.write();
+        if version > *h {
+            *h = version;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testing::setup;
+    use crate::error::Error;
+    use crate::{Cache, Config};
+
+    #[test]
+    fn clock_gives_referenced_entries_a_second_chance() {
+        let (node, _, _) = setup(Config {
+            cache_max: 4,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("c").unwrap();
+        for i in 0..4 {
+            c.insert(i, i).unwrap();
+        }
+        // One full pass clears every insert bit, evicting one entry.
+        c.insert(4, 4).unwrap();
+        assert_eq!(c.len(), 4);
+        // Read the survivors except one; that one must be the next victim.
+        let mut live: Vec<u32> = c.keys().into_iter().filter(|k| *k != 4).collect();
+        live.sort();
+        let victim = live[0];
+        for k in &live[1..] {
+            c.get(k);
+        }
+        c.get(&4);
+        c.insert(5, 5).unwrap();
+        assert!(
+            !c.contains_key(&victim),
+            "unreferenced {victim} should go first"
+        );
+        assert_eq!(c.len(), 4);
+        assert_eq!(c.metrics().evictions_capacity, 2);
+    }
+
+    #[test]
+    fn byte_cap_evicts_for_bytes_and_updates_never_evict() {
+        // Each u32 key (1..5 bytes) + 10-byte string value.
+        let (node, _, _) = setup(Config {
+            cache_size: 60,
+            cache_max: 100,
+            ..Config::default()
+        });
+        let c: Cache<u32, String> = node.cache("b").unwrap();
+        for i in 0..5 {
+            c.insert(i, "x".repeat(10)).unwrap();
+        }
+        assert_eq!(c.len(), 5);
+        assert_eq!(c.metrics().bytes, 60);
+        // Growing an update overshoots the cap without evicting.
+        c.insert(0, "x".repeat(30)).unwrap();
+        assert_eq!(c.len(), 5);
+        assert_eq!(c.metrics().evictions(), 0);
+        assert!(c.metrics().bytes > 60);
+        // The next new key trims back under the cap.
+        c.insert(9, "y".repeat(10)).unwrap();
+        let m = c.metrics();
+        assert!(m.bytes <= 60, "{m:?}");
+        assert!(m.evictions_bytes >= 1 && m.evictions_capacity == 0);
+        assert_eq!(c.get(&9), Some("y".repeat(10)));
+        assert!(matches!(
+            c.insert(10, "z".repeat(100)),
+            Err(Error::ExceedsCacheSize { size: 103, max: 60 })
+        ));
+    }
+
+    #[test]
+    fn a_full_cache_sweeps_due_entries_before_evicting_and_keeps_finding_them() {
+        let (node, _, clock) = setup(Config {
+            cache_max: 3,
+            cache_ttl: 0.0,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("e").unwrap();
+        c.insert(1, 1).unwrap();
+        c.insert_with_ttl(2, 2, Duration::from_secs(1)).unwrap();
+        c.insert(3, 3).unwrap();
+        clock.advance(Duration::from_millis(1001));
+        c.insert(4, 4).unwrap();
+        let m = c.metrics();
+        assert_eq!((m.evictions_ttl, m.evictions_capacity), (1, 0));
+        // A TTL entry written after that sweep is found by the next one.
+        c.insert_with_ttl(5, 5, Duration::from_secs(1)).unwrap();
+        assert_eq!(c.metrics().evictions_capacity, 1);
+        clock.advance(Duration::from_millis(1001));
+        c.insert(6, 6).unwrap();
+        let m = c.metrics();
+        assert_eq!((m.evictions_ttl, m.evictions_capacity), (2, 1));
+        assert!(!c.contains_key(&5) && c.contains_key(&6));
+    }
+}

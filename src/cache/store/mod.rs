@@ -1,0 +1,225 @@
+//! The typed store behind every [`Cache`](crate::Cache): sharded maps, CLOCK eviction under
+//! global caps, TTL, incremental checksums, change events, and the
+//! [`ErasedCache`](crate::cache::hooks::ErasedCache) side that the replication layer drives.
+//!
+//! # Layout
+//! The key space is split over a power-of-two number of shards (4 × cores, 16 to 64). Each shard
+//! is a `parking_lot::RwLock<IndexMap<K, Entry<V>>>` padded to its own cache lines, next to its
+//! own hit/miss/write counters (striped counters: threads on different shards never share a
+//! counter line). A read takes only its shard's read lock; on a hit it sets the entry's
+//! *referenced* bit and last-lookup time with relaxed atomics (skipping the store when the value
+//! is already current), so hot keys do not bounce cache lines between readers.
+//!
+//! # Caps and eviction
+//! `cache_max` (entries) and `cache_size` (serialized key + value bytes) are global to the
+//! cache: a cache never evicts while it is under both. Inserting a *new* key that pushes the
+//! cache over a cap first sweeps expired entries from shards that have some due, then evicts
+//! with CLOCK (second chance): a hand moves round-robin over the shards and, inside a shard,
+//! over the map's dense order; an entry whose referenced bit is set (by a hit or its insert) has
+//! the bit cleared and is passed over; the first unreferenced entry is removed with
+//! `swap_remove_index` (O(1)). The key being inserted is never the victim. Updating an existing
+//! key never evicts: an update that grows a value may leave the cache above `cache_size` until
+//! the next insert of a new key trims it.
+//!
+//! # Locks
+//! At most one shard lock is held at a time; listeners and the publisher are called after every
+//! lock is released.
+//!
+//! # Files
+//! `entries` (what a shard holds, accounting), `mutation` (the upsert and tombstone steps every
+//! write path shares), `reads`, `local` (local writes), `remote` (peer records), `eviction`
+//! (expiry, CLOCK, tombstone collection), `events` (listeners), `flight` (single flight),
+//! `sync` (the `ErasedCache` side: digests, snapshots), `tiered` (the shared tier),
+//! `encoding` (the serialized form of a write).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::backing::Backing;
+use crate::cache::context::StoreContext;
+use crate::cache::event::ChangeEvent;
+use crate::cache::hooks::SYNC_BUCKETS;
+use crate::config::CacheConfig;
+use crate::proto::version::Version;
+
+mod encoding;
+mod entries;
+mod events;
+mod eviction;
+mod flight;
+mod local;
+mod mutation;
+mod reads;
+mod remote;
+mod sync;
+#[cfg(test)]
+mod testing;
+/// The shared-tier side of the store (read-through, load-through, write hooks).
+mod tiered;
+
+use entries::{Shard, nanos};
+pub(crate) use flight::Flight;
+
+/// Bounds on what a cache key must be: a serde type that hashes.
+pub trait CacheKey:
+    Serialize + DeserializeOwned + Clone + Hash + Eq + Send + Sync + 'static
+{
+}
+impl<T: Serialize + DeserializeOwned + Clone + Hash + Eq + Send + Sync + 'static> CacheKey for T {}
+
+/// Bounds on what a cache value must be: a serde type that can be cloned out to readers.
+pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue for T {}
+
+type Hasher = foldhash::fast::RandomState;
+pub(crate) type Listener<K> = Arc<dyn Fn(&ChangeEvent<K>) + Send + Sync>;
+
+pub(crate) use super::hooks::splitmix64 as mix64;
+
+/// The condition a local write is made under.
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum Cond {
+    Always,
+    IfAbsent,
+    IfPresent,
+    IfVersion(Option<Version>),
+    /// A value read from (or loaded for) the shared tier: stored only if the key is absent and
+    /// no delete or clear newer than this version (taken before the read) is known.
+    Fill(Version),
+}
+
+/// The TTL a local write asks for.
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum Ttl {
+    Cache,
+    Entry(Duration),
+}
+
+/// What a local write did.
+pub(crate) struct Written<V> {
+    /// The value replaced, if any.
+    pub(crate) old: Option<V>,
+    /// The new version, `None` if the condition failed and nothing was stored.
+    pub(crate) version: Option<Version>,
+}
+
+/// A typed cache's whole state. `Cache<K, V>` is an `Arc` of this.
+pub(crate) struct Store<K, V> {
+    name: Arc<str>,
+    cfg: CacheConfig,
+    pub(crate) core: Arc<StoreContext>,
+    hasher: Hasher,
+    shards: Box<[Shard<K, V>]>,
+    ttl_nanos: u64,
+    /// The clock's coarse reading, when it keeps one in a cell (see `Clock::coarse_cell`).
+    coarse: Option<Arc<AtomicU64>>,
+    win_ms: u64,
+    /// The callback window in nanoseconds (spikes).
+    win_nanos: u64,
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    checksum: AtomicU64,
+    buckets: Box<[AtomicU64]>,
+    evict_hand: AtomicUsize,
+    /// Lower bound of the earliest `expires_at` in the cache; `u64::MAX` if none.
+    next_expiry: AtomicU64,
+    clear_floor: RwLock<Version>,
+    /// Tombstone horizon: deletes at or below it may have been forgotten here (collected
+    /// tombstones, entries dropped in doubt). Records at or below it for keys not held are
+    /// refused (docs/PROTOCOL.md, "No resurrection").
+    horizon: RwLock<Version>,
+    last_mutation: AtomicU64,
+    spikes: AtomicU64,
+    spike_gap_sum: AtomicU64,
+    listeners: RwLock<Vec<(u64, Listener<K>)>>,
+    listener_count: AtomicUsize,
+    next_listener: AtomicU64,
+    pub(crate) flights: Mutex<HashMap<K, Arc<Flight<V>>, Hasher>>,
+    /// The optional shared tier (see `tiered`).
+    backing: OnceLock<Arc<dyn Backing>>,
+    /// Loader counters and refresh state of [`Cache::get_or_load`](crate::Cache::get_or_load).
+    pub(crate) loads: crate::cache::load::LoadState<K>,
+}
+
+impl<K: CacheKey, V: CacheValue> Store<K, V> {
+    pub(crate) fn new(name: &str, cfg: CacheConfig, core: Arc<StoreContext>) -> Store<K, V> {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(4);
+        let n = (cores * 4).next_power_of_two().clamp(16, 64);
+        let hasher = Hasher::default();
+        let shards = (0..n).map(|_| Shard::new(hasher)).collect();
+        Store {
+            name: Arc::from(name),
+            ttl_nanos: cfg.ttl.map(nanos).unwrap_or(0),
+            coarse: core.clock.coarse_cell(),
+            win_ms: cfg.callback_win.as_millis().min(u64::MAX as u128) as u64,
+            win_nanos: nanos(cfg.callback_win),
+            cfg,
+            core,
+            hasher,
+            shards,
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            checksum: AtomicU64::new(0),
+            buckets: (0..SYNC_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            evict_hand: AtomicUsize::new(0),
+            next_expiry: AtomicU64::new(u64::MAX),
+            clear_floor: RwLock::new(Version::ZERO),
+            horizon: RwLock::new(Version::ZERO),
+            last_mutation: AtomicU64::new(0),
+            spikes: AtomicU64::new(0),
+            spike_gap_sum: AtomicU64::new(0),
+            listeners: RwLock::new(Vec::new()),
+            listener_count: AtomicUsize::new(0),
+            next_listener: AtomicU64::new(1),
+            flights: Mutex::new(HashMap::with_hasher(hasher)),
+            backing: OnceLock::new(),
+            loads: crate::cache::load::LoadState::new(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn config(&self) -> &CacheConfig {
+        &self.cfg
+    }
+
+    /// A cheap, possibly slightly stale monotonic reading (see `Clock::coarse_nanos`).
+    #[inline]
+    fn coarse_nanos(&self) -> u64 {
+        match &self.coarse {
+            Some(cell) => cell.load(std::sync::atomic::Ordering::Relaxed),
+            None => self.core.clock.coarse_nanos(),
+        }
+    }
+
+    #[inline]
+    fn shard(&self, key: &K) -> &Shard<K, V> {
+        self.shard_of(self.hasher.hash_one(key))
+    }
+
+    #[inline]
+    fn shard_of(&self, hash: u64) -> &Shard<K, V> {
+        // Middle bits: hashbrown uses the low bits for the slot and the top 7 as the tag.
+        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+    }
+}
+
+/// `"K, V"` type names, as type-mismatch errors show them.
+pub(crate) fn type_names<K, V>() -> String {
+    format!(
+        "{}, {}",
+        std::any::type_name::<K>(),
+        std::any::type_name::<V>()
+    )
+}

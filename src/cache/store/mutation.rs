@@ -1,0 +1,159 @@
+//! The steps every write path shares, under a shard's write lock: drop the key's entry if it
+//! expired, replace or insert an entry (accounting, counters, change event, tombstone), and
+//! bury a key under a tombstone. Local writes, remote applies and tier fills all go through
+//! these, so the three paths cannot drift apart.
+
+use std::sync::atomic::Ordering;
+
+use super::encoding::bucket_of;
+use super::entries::{Entry, Shard, ShardMap, Tomb};
+use super::events::Events;
+use super::{CacheKey, CacheValue, Store};
+use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
+use crate::proto::version::Version;
+
+/// What [`Store::upsert`] did.
+pub(super) struct Upserted<V> {
+    /// The value replaced; `None` if the key was new.
+    pub(super) old: Option<V>,
+    /// Whether the slot reserved for a new key was used.
+    pub(super) used_slot: bool,
+}
+
+impl<K: CacheKey, V: CacheValue> Store<K, V> {
+    /// The index of `key`'s live entry in a write-locked shard. An entry that has expired is
+    /// removed first (counted as a TTL eviction, with an `Expire` event) and reported absent.
+    pub(super) fn live_index(
+        &self,
+        shard: &Shard<K, V>,
+        g: &mut ShardMap<K, V>,
+        key: &K,
+        now: u64,
+        ev: &mut Events<K>,
+    ) -> Option<usize> {
+        let i = g.map.get_index_of(key)?;
+        if !g.map[i].expired(now) {
+            return Some(i);
+        }
+        if let Some((k, e)) = self.take_index(g, i) {
+            shard.stats.ev_ttl.fetch_add(1, Ordering::Relaxed);
+            self.note_mutation(now);
+            ev.push(|| self.expire_event(&k, &e, now));
+        }
+        None
+    }
+
+    /// Stores `entry` under `key` in a write-locked shard: replaces the live entry at `live`
+    /// or inserts a new one (using the slot reserved for it, if `slot_reserved`), with byte
+    /// accounting, counters and an `Update`/`Insert` event from `origin`; forgets the key's
+    /// tombstone. The caller has already decided that the write wins.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn upsert(
+        &self,
+        shard: &Shard<K, V>,
+        g: &mut ShardMap<K, V>,
+        live: Option<usize>,
+        key: K,
+        entry: Entry<V>,
+        origin: Origin,
+        slot_reserved: bool,
+        now: u64,
+        ev: &mut Events<K>,
+    ) -> Upserted<V> {
+        let version = entry.version;
+        if entry.expires_at != 0 {
+            // Shard first, then the cache-wide bound (see `expire_due`).
+            shard
+                .next_expiry
+                .fetch_min(entry.expires_at, Ordering::SeqCst);
+            self.next_expiry
+                .fetch_min(entry.expires_at, Ordering::SeqCst);
+        }
+        if !g.tombs.is_empty() {
+            g.tombs.swap_remove(&key);
+        }
+        let out = match live {
+            Some(i) => {
+                let slot = &mut g.map[i];
+                let window = self.in_window(slot, now);
+                self.unaccount(slot);
+                self.account(&entry);
+                let old = std::mem::replace(slot, entry);
+                shard.stats.updates.fetch_add(1, Ordering::Relaxed);
+                ev.push(|| ChangeEvent {
+                    key,
+                    kind: ChangeKind::Update,
+                    origin,
+                    version,
+                    in_callback_window: window,
+                });
+                Upserted {
+                    old: Some(old.value),
+                    used_slot: false,
+                }
+            }
+            None => {
+                let used_slot = self.account_new(&entry, slot_reserved);
+                ev.push(|| ChangeEvent {
+                    key: key.clone(),
+                    kind: ChangeKind::Insert,
+                    origin,
+                    version,
+                    in_callback_window: false,
+                });
+                g.map.insert(key, entry);
+                shard.stats.inserts.fetch_add(1, Ordering::Relaxed);
+                Upserted {
+                    old: None,
+                    used_slot,
+                }
+            }
+        };
+        self.note_mutation(now);
+        out
+    }
+
+    /// Deletes `key` at `version` in a write-locked shard: removes the live entry at `live`
+    /// (counted as a delete, with a `Remove` event from `origin`) and leaves a tombstone so
+    /// that older writes arriving late cannot bring the key back. Returns the removed value.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bury(
+        &self,
+        shard: &Shard<K, V>,
+        g: &mut ShardMap<K, V>,
+        live: Option<usize>,
+        key: &K,
+        key_bytes: &[u8],
+        version: Version,
+        origin: Origin,
+        now: u64,
+        ev: &mut Events<K>,
+    ) -> Option<V> {
+        let removed = live.and_then(|i| self.take_index(g, i));
+        let (key, value) = match removed {
+            Some((k, e)) => {
+                shard.stats.deletes.fetch_add(1, Ordering::Relaxed);
+                self.note_mutation(now);
+                ev.push(|| ChangeEvent {
+                    key: k.clone(),
+                    kind: ChangeKind::Remove,
+                    origin,
+                    version,
+                    in_callback_window: self.in_window(&e, now),
+                });
+                (k, Some(e.value))
+            }
+            None => (key.clone(), None),
+        };
+        g.tombs.insert(
+            key,
+            Tomb {
+                version,
+                at_nanos: now,
+                key_bytes: key_bytes.into(),
+                bucket: bucket_of(key_bytes),
+            },
+        );
+        value
+    }
+}

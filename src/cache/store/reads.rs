@@ -1,0 +1,165 @@
+//! Reads: point lookups (the hit path), metadata, whole-cache snapshots and metrics.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use indexmap::map::RawEntryApiV1;
+
+use super::entries::Entry;
+use super::{CacheKey, CacheValue, Store};
+use crate::cache::event::Metadata;
+use crate::cache::metrics::CacheMetrics;
+use crate::proto::version::Version;
+
+impl<K: CacheKey, V: CacheValue> Store<K, V> {
+    /// A read of one key: counts a lookup, marks the entry referenced and read.
+    ///
+    /// The hit path hashes once (the shard and the map slot come from the same hash), takes the
+    /// shard's read lock, reads the exact clock only if the entry has a TTL, and stores the
+    /// referenced bit and last-lookup time only when they change.
+    #[inline]
+    fn lookup<R>(&self, key: &K, f: impl FnOnce(&Entry<V>) -> R) -> Option<R> {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard_of(hash);
+        let out = {
+            let g = shard.lock.read();
+            match g.map.raw_entry_v1().from_hash(hash, |k| k == key) {
+                Some((_, e)) => {
+                    if e.expires_at != 0 && e.expired(self.core.clock.now_nanos()) {
+                        None
+                    } else {
+                        if !e.referenced.load(Ordering::Relaxed) {
+                            e.referenced.store(true, Ordering::Relaxed);
+                        }
+                        let ms = Self::now_ms1(self.coarse_nanos());
+                        if e.last_lookup.load(Ordering::Relaxed) != ms {
+                            e.last_lookup.store(ms, Ordering::Relaxed);
+                        }
+                        Some(f(e))
+                    }
+                }
+                None => None,
+            }
+        };
+        let counter = if out.is_some() {
+            &shard.stats.hits
+        } else {
+            &shard.stats.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        out
+    }
+
+    /// A read that counts nothing and marks nothing (metadata, snapshots, internal checks).
+    fn peek<R>(&self, key: &K, f: impl FnOnce(&Entry<V>, u64) -> R) -> Option<R> {
+        let g = self.shard(key).lock.read();
+        let e = g.map.get(key)?;
+        let now = self.core.clock.now_nanos();
+        (!e.expired(now)).then(|| f(e, now))
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        self.lookup(key, |e| e.value.clone())
+    }
+
+    pub(crate) fn get_with_version(&self, key: &K) -> Option<(V, Version)> {
+        self.lookup(key, |e| (e.value.clone(), e.version))
+    }
+
+    pub(crate) fn contains_key(&self, key: &K) -> bool {
+        self.lookup(key, |_| ()).is_some()
+    }
+
+    pub(crate) fn peek_value(&self, key: &K) -> Option<(V, Version)> {
+        self.peek(key, |e, _| (e.value.clone(), e.version))
+    }
+
+    pub(crate) fn metadata(&self, key: &K) -> Option<Metadata> {
+        let wall_now = self.core.clock.wall_ms();
+        self.peek(key, |e, now| {
+            let now_ms = now / 1_000_000;
+            let ll = e.last_lookup.load(Ordering::Relaxed);
+            Metadata {
+                version: e.version,
+                written: UNIX_EPOCH + Duration::from_millis(e.written_ms),
+                last_lookup: (ll != 0).then(|| {
+                    let ago = now_ms.saturating_sub(ll - 1);
+                    UNIX_EPOCH + Duration::from_millis(wall_now.saturating_sub(ago))
+                }),
+                expires: (e.expires_at != 0).then(|| {
+                    UNIX_EPOCH
+                        + Duration::from_millis(wall_now)
+                        + Duration::from_nanos(e.expires_at.saturating_sub(now))
+                }),
+                size: e.size as u64,
+                crc: e.value_crc,
+            }
+        })
+    }
+
+    pub(crate) fn key_checksum(&self, key: &K) -> Option<u32> {
+        self.peek(key, |e, _| e.crc)
+    }
+
+    fn snapshot<R>(&self, mut f: impl FnMut(&K, &Entry<V>) -> R) -> Vec<R> {
+        let now = self.core.clock.now_nanos();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let g = shard.lock.read();
+            out.extend(
+                g.map
+                    .iter()
+                    .filter(|(_, e)| !e.expired(now))
+                    .map(|(k, e)| f(k, e)),
+            );
+        }
+        out
+    }
+
+    pub(crate) fn keys(&self) -> Vec<K> {
+        self.snapshot(|k, _| k.clone())
+    }
+
+    pub(crate) fn entries(&self) -> Vec<(K, V)> {
+        self.snapshot(|k, e| (k.clone(), e.value.clone()))
+    }
+
+    /// Live entries (expired ones are swept first, from shards that have some due).
+    pub(crate) fn len(&self) -> usize {
+        self.expire_due_and_fire();
+        self.entries.load(Ordering::Relaxed) as usize
+    }
+
+    pub(crate) fn checksum(&self) -> u64 {
+        self.expire_due_and_fire();
+        self.checksum.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn metrics(&self) -> CacheMetrics {
+        self.expire_due_and_fire();
+        let mut m = CacheMetrics::default();
+        for s in self.shards.iter() {
+            let st = &s.stats;
+            m.hits += st.hits.load(Ordering::Relaxed);
+            m.misses += st.misses.load(Ordering::Relaxed);
+            m.inserts += st.inserts.load(Ordering::Relaxed);
+            m.updates += st.updates.load(Ordering::Relaxed);
+            m.deletes += st.deletes.load(Ordering::Relaxed);
+            m.evictions_capacity += st.ev_capacity.load(Ordering::Relaxed);
+            m.evictions_bytes += st.ev_bytes.load(Ordering::Relaxed);
+            m.evictions_ttl += st.ev_ttl.load(Ordering::Relaxed);
+        }
+        m.lookups = m.hits + m.misses;
+        m.entries = self.entries.load(Ordering::Relaxed);
+        m.bytes = self.bytes.load(Ordering::Relaxed);
+        m.spikes = self.spikes.load(Ordering::Relaxed);
+        self.loads.add_to(&mut m);
+        if m.spikes > 0 {
+            m.spike_interval =
+                self.spike_gap_sum.load(Ordering::Relaxed) as f64 / m.spikes as f64 / 1e9;
+        }
+        m
+    }
+}

@@ -1,0 +1,355 @@
+//! Remote changes: a peer's put, delete or invalidation, applied if its version is newer than
+//! everything known for the key (live entry, tombstone, clear floor, tombstone horizon), and
+//! the drop of an entry held in doubt.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::encoding::Encoded;
+use super::{CacheKey, CacheValue, Store, Ttl};
+use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
+use crate::cache::hooks::Applied;
+use crate::config::CacheMode;
+use crate::proto::record::{Op, Record};
+use crate::proto::version::{NodeId, Version};
+
+impl<K: CacheKey, V: CacheValue> Store<K, V> {
+    pub(super) fn decode_key(bytes: &[u8]) -> Option<K> {
+        rmp_serde::from_slice(bytes).ok()
+    }
+
+    /// Applies one peer record (see [`ErasedCache::apply_remote`](crate::cache::hooks::ErasedCache::apply_remote)).
+    pub(super) fn apply_remote_record(&self, rec: &Record, origin: NodeId) -> Applied {
+        let Some(key) = Self::decode_key(&rec.key) else {
+            return Applied::Undecodable;
+        };
+        self.core.hlc.observe(rec.version.hlc);
+        if rec.version <= *self.clear_floor.read() {
+            return Applied::Stale;
+        }
+        let origin = Origin::Remote(origin);
+        let put = match &rec.op {
+            Op::Put { value, ttl_ms } if self.cfg.mode != CacheMode::Invalidate => {
+                let Ok(v) = rmp_serde::from_slice::<V>(value) else {
+                    return Applied::Undecodable;
+                };
+                let enc = Encoded::from_parts(&rec.key, value);
+                if enc.size() > self.cfg.max_bytes {
+                    return Applied::Skipped;
+                }
+                let ttl = match ttl_ms {
+                    None => Ttl::Cache,
+                    Some(ms) => Ttl::Entry(Duration::from_millis(*ms)),
+                };
+                Some((v, enc, ttl))
+            }
+            // Del, Inval, or a Put into an invalidate-mode cache.
+            _ => None,
+        };
+        let shard = self.shard(&key);
+        let mut ev = self.events();
+        let (now, wall) = self.core.clock.now_both();
+        let version = rec.version;
+        let mut new_key = false;
+        let reserved =
+            put.is_some() && self.reserve_slot_for(shard, &key, Some(version), now, &mut ev);
+        let mut used_slot = false;
+        let applied = {
+            let mut g = shard.lock.write();
+            let tomb_newer = g.tombs.get(&key).is_some_and(|t| version <= t.version);
+            let live = self.live_index(shard, &mut g, &key, now, &mut ev);
+            if tomb_newer || live.is_some_and(|i| version <= g.map[i].version) {
+                Applied::Stale
+            } else if live.is_none()
+                && !g.tombs.contains_key(&key)
+                && version <= *self.horizon.read()
+            {
+                // Not held, and its delete may have been forgotten here.
+                Applied::BelowHorizon
+            } else {
+                match put {
+                    Some(_) if live.is_none() && self.cfg.mode == CacheMode::UpdateIfPresent => {
+                        Applied::Skipped
+                    }
+                    Some((value, enc, ttl)) => {
+                        let entry = self.new_entry(value, &enc, version, (now, wall), ttl);
+                        new_key = live.is_none();
+                        used_slot = self
+                            .upsert(
+                                shard, &mut g, live, key, entry, origin, reserved, now, &mut ev,
+                            )
+                            .used_slot;
+                        Applied::Changed
+                    }
+                    None => {
+                        self.bury(
+                            shard, &mut g, live, &key, &rec.key, version, origin, now, &mut ev,
+                        );
+                        Applied::Changed
+                    }
+                }
+            }
+        };
+        if reserved && !used_slot {
+            self.release_slot();
+        }
+        if new_key {
+            self.enforce_caps(version, now, &mut ev);
+        }
+        self.fire(ev);
+        applied
+    }
+
+    /// Drops the live entry of `key_bytes` if it is held at exactly `version`; no tombstone,
+    /// nothing published (a local decision, like an eviction). Raises the horizon first.
+    pub(super) fn drop_doubtful_entry(&self, key_bytes: &[u8], version: Version) -> bool {
+        let Some(key) = Self::decode_key(key_bytes) else {
+            return false;
+        };
+        self.raise_horizon_to(version);
+        let shard = self.shard(&key);
+        let mut ev = self.events();
+        let now = self.core.clock.now_nanos();
+        let dropped = {
+            let mut g = shard.lock.write();
+            match g.map.get_index_of(&key) {
+                Some(i) if g.map[i].version == version => match self.take_index(&mut g, i) {
+                    Some((k, e)) => {
+                        shard.stats.ev_capacity.fetch_add(1, Ordering::Relaxed);
+                        ev.push(|| ChangeEvent {
+                            key: k,
+                            kind: ChangeKind::Evict,
+                            origin: Origin::Local,
+                            version: e.version,
+                            in_callback_window: self.in_window(&e, now),
+                        });
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            }
+        };
+        if dropped {
+            self.note_mutation(now);
+        }
+        self.fire(ev);
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::super::testing::{bytes, erased, put, remote, setup};
+    use crate::cache::event::{ChangeKind, Origin};
+    use crate::cache::hooks::{Applied, ChangeKindWire};
+    use crate::config::CacheMode;
+    use crate::proto::record::{Op, Record};
+    use crate::proto::version::{NodeId, Version};
+    use crate::{Cache, Config};
+
+    #[test]
+    fn invalidate_mode_publishes_inval_and_applies_puts_as_invalidations() {
+        let config = Config {
+            cache_mode: CacheMode::Invalidate,
+            ..Config::default()
+        };
+        let (node, rec, _) = setup(config);
+        let c: Cache<u32, u32> = node.cache("i").unwrap();
+        c.insert(1, 10).unwrap();
+        let out = rec.take();
+        assert!(matches!(&out[0].kind, ChangeKindWire::Record(r) if r.op == Op::Inval));
+        let e = erased(&node, "i");
+        let v = Version::new(node.core().hlc.peek() + 1, NodeId(7));
+        assert_eq!(e.apply_remote(&put(1, 11, v), NodeId(7)), Applied::Changed);
+        assert_eq!(c.get(&1), None);
+        // The invalidation is a floor for older puts.
+        let older = Version::new(v.hlc - 1, NodeId(7));
+        assert_eq!(
+            e.apply_remote(&put(1, 12, older), NodeId(7)),
+            Applied::Stale
+        );
+        assert!(
+            rec.take().is_empty(),
+            "remote applies are never re-published"
+        );
+    }
+
+    #[test]
+    fn remote_apply_orders_by_version_with_tombstones_and_clear_floor() {
+        let (node, _, _) = setup(Config::default());
+        let c: Cache<u32, u32> = node.cache("r").unwrap();
+        let e = erased(&node, "r");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        c.on_change(move |ev| s.lock().unwrap().push((ev.kind, ev.origin)));
+
+        assert_eq!(
+            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            Applied::Changed
+        );
+        assert_eq!(c.get(&1), Some(1));
+        assert_eq!(
+            e.apply_remote(&put(1, 2, remote(99)), NodeId(7)),
+            Applied::Stale
+        );
+        assert_eq!(
+            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            Applied::Stale
+        );
+        let del = Record {
+            key: bytes(&1u32),
+            version: remote(101),
+            op: Op::Del,
+        };
+        assert_eq!(e.apply_remote(&del, NodeId(7)), Applied::Changed);
+        assert_eq!(c.get(&1), None);
+        // An older put can't resurrect the key; a newer one can.
+        assert_eq!(
+            e.apply_remote(&put(1, 3, remote(100)), NodeId(7)),
+            Applied::Stale
+        );
+        assert_eq!(e.record(&bytes(&1u32)).unwrap().op, Op::Del);
+        assert_eq!(
+            e.apply_remote(&put(1, 4, remote(102)), NodeId(7)),
+            Applied::Changed
+        );
+        assert_eq!(c.get(&1), Some(4));
+        // Local writes version after everything observed.
+        c.insert(2, 2).unwrap();
+        assert!(c.get_with_version(&2).unwrap().1 > remote(102));
+        // Clear floor.
+        e.apply_clear(remote(2000), NodeId(7));
+        assert!(c.is_empty());
+        assert_eq!(
+            e.apply_remote(&put(3, 3, remote(1500)), NodeId(7)),
+            Applied::Stale
+        );
+        assert_eq!(
+            e.apply_remote(&put(3, 3, remote(2001)), NodeId(7)),
+            Applied::Changed
+        );
+        // Garbage.
+        let bad = Record {
+            key: vec![0xc1],
+            version: remote(3000),
+            op: Op::Del,
+        };
+        assert_eq!(e.apply_remote(&bad, NodeId(7)), Applied::Undecodable);
+        let bad_val = Record {
+            key: bytes(&5u32),
+            version: remote(3000),
+            op: Op::Put {
+                value: vec![0xc1, 0xff],
+                ttl_ms: None,
+            },
+        };
+        assert_eq!(e.apply_remote(&bad_val, NodeId(7)), Applied::Undecodable);
+
+        let r = Origin::Remote(NodeId(7));
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen[..4],
+            [
+                (ChangeKind::Insert, r),
+                (ChangeKind::Remove, r),
+                (ChangeKind::Insert, r),
+                (ChangeKind::Insert, Origin::Local)
+            ]
+        );
+        assert!(seen.contains(&(ChangeKind::Clear, r)));
+    }
+
+    #[test]
+    fn collected_tombstones_raise_a_horizon_that_refuses_older_records_for_absent_keys() {
+        let (node, _, clock) = setup(Config::default());
+        let c: Cache<u32, u32> = node.cache("h").unwrap();
+        let e = erased(&node, "h");
+        assert_eq!(e.horizon(), Version::ZERO);
+        e.apply_remote(&put(1, 1, remote(100)), NodeId(7));
+        e.apply_remote(&put(2, 2, remote(100)), NodeId(7));
+        let del = Record {
+            key: bytes(&1u32),
+            version: remote(200),
+            op: Op::Del,
+        };
+        assert_eq!(e.apply_remote(&del, NodeId(7)), Applied::Changed);
+        // Young tombstones stay; the horizon only moves when one is collected.
+        e.housekeep(Duration::from_secs(60));
+        assert_eq!(e.horizon(), Version::ZERO);
+        clock.advance(Duration::from_secs(61));
+        e.housekeep(Duration::from_secs(60));
+        assert_eq!(e.horizon(), remote(200));
+        assert!(e.record(&bytes(&1u32)).is_none(), "tombstone collected");
+        // The late copy of the deleted write is refused, not re-introduced...
+        assert_eq!(
+            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            Applied::BelowHorizon
+        );
+        assert_eq!(c.get(&1), None);
+        // ...while a newer write, and updates of keys still held, apply as usual.
+        assert_eq!(
+            e.apply_remote(&put(1, 5, remote(201)), NodeId(7)),
+            Applied::Changed
+        );
+        assert_eq!(
+            e.apply_remote(&put(2, 3, remote(150)), NodeId(7)),
+            Applied::Changed
+        );
+        // Dropping in doubt removes only the version named, without a tombstone.
+        assert!(!e.drop_doubtful(&bytes(&2u32), remote(149)));
+        assert!(e.drop_doubtful(&bytes(&2u32), remote(150)));
+        assert_eq!(c.get(&2), None);
+        assert!(e.record(&bytes(&2u32)).is_none());
+        assert_eq!(e.horizon(), remote(200));
+    }
+
+    #[test]
+    fn update_if_present_mode_skips_puts_for_absent_keys() {
+        let config = Config {
+            cache_mode: CacheMode::UpdateIfPresent,
+            ..Config::default()
+        };
+        let (node, _, _) = setup(config);
+        let c: Cache<u32, u32> = node.cache("u").unwrap();
+        let e = erased(&node, "u");
+        assert_eq!(
+            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            Applied::Skipped
+        );
+        assert!(!c.contains_key(&1));
+        c.insert(1, 0).unwrap();
+        let v = Version::new(node.core().hlc.peek() + 1, NodeId(7));
+        assert_eq!(e.apply_remote(&put(1, 5, v), NodeId(7)), Applied::Changed);
+        assert_eq!(c.get(&1), Some(5));
+    }
+
+    #[test]
+    fn remote_ttl_is_counted_on_the_local_clock() {
+        let (node, _, clock) = setup(Config {
+            cache_ttl: 0.0,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("t").unwrap();
+        let e = erased(&node, "t");
+        let rec = Record {
+            key: bytes(&1u32),
+            version: remote(1), // written "long ago" by the peer's clock
+            op: Op::Put {
+                value: bytes(&1u32),
+                ttl_ms: Some(1000),
+            },
+        };
+        assert_eq!(e.apply_remote(&rec, NodeId(7)), Applied::Changed);
+        assert_eq!(c.get(&1), Some(1));
+        clock.advance(Duration::from_millis(1001));
+        assert_eq!(c.get(&1), None);
+        // An expiring entry leaves no tombstone: the record is gone.
+        e.housekeep(Duration::from_secs(60));
+        assert!(e.record(&bytes(&1u32)).is_none());
+        assert_eq!(e.metrics().evictions_ttl, 1);
+    }
+}

@@ -1,0 +1,71 @@
+//! Runs `mccache node` processes (the stress workload) side by side and collects their JSON
+//! results: the separate-OS-process tests of the multicast and unicast transports share it.
+//!
+//! Use it from a test file with `#[path = "support/stress_nodes.rs"] mod stress_nodes;`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A fresh, empty output folder for the test `name` of this process.
+pub fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mccache-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts `n` `mccache node` processes (2 s of the mixed workload, `--aperture 0.002`, seeds
+/// 1..=n, writing `dir/node<i>.json`), node `i` configured by the environment `env(i)` only;
+/// waits for all of them (bounded: a node gives up quiescing after 30 s, a hung one is killed
+/// after 120 s), checks that each exited successfully, quiesced, wrote and measured remote
+/// writes, and returns their results in order.
+pub fn run(dir: &Path, n: usize, env: impl Fn(usize) -> Vec<(String, String)>) -> Vec<Value> {
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_mccache"))
+                .args(["node", "--duration", "2", "--aperture", "0.002"])
+                .args(["--mix", "mixed", "--peers", &n.to_string()])
+                .args(["--seed", &(i + 1).to_string(), "--quiesce-timeout", "30"])
+                .arg("--out")
+                .arg(dir.join(format!("node{i}.json")))
+                .envs(env(i))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn mccache node")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut results = Vec::new();
+    for (i, mut child) in children.into_iter().enumerate() {
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "node {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.join(format!("node{i}.json"))).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["quiesced"], true, "node {i} quiesced");
+        assert!(
+            v["ops"]["inserts"].as_u64().unwrap() > 0,
+            "the workload wrote"
+        );
+        assert!(
+            v["lag"]["count"].as_u64().unwrap() > 0,
+            "remote writes arrived"
+        );
+        results.push(v);
+    }
+    results
+}
