@@ -67,7 +67,7 @@ pub fn send_socket(interface: Ipv4Addr, hops: u8) -> io::Result<std::net::UdpSoc
 /// Opens the unicast socket: bound to `interface:port`, used both to receive and to send (so
 /// peers see the address they can answer to). No `SO_REUSEPORT`: two nodes on one host need
 /// two ports, and a port already taken is an error rather than a silent split of the traffic.
-/// Its receive buffer is sized for bursts like the multicast one ([`size_recv_buffer`]): every
+/// Its receive buffer is sized for bursts like the multicast one (`size_recv_buffer`): every
 /// peer's traffic arrives on this one socket.
 pub fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;

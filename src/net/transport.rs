@@ -31,7 +31,7 @@ pub struct Tantrum {
 /// Most multicast datagrams sent by one pass of `sendmmsg` calls before the next are packed.
 const MULTICAST_BATCH: usize = 64;
 
-/// Datagrams travel over a [`Link`], through a fault injector.
+/// Datagrams travel over a link (multicast or unicast sockets), through a fault injector.
 pub struct Transport {
     link: Link,
     faults: Faults,
