@@ -191,21 +191,25 @@ impl ParkedCache {
     }
 
     /// Every record held (values and tombstones), in key order.
+    #[cfg(any(test, feature = "unstable"))]
     pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.records.values()
     }
 
     /// The live records (values, no tombstones), in key order.
+    #[cfg(any(test, feature = "unstable"))]
     pub fn live(&self) -> impl Iterator<Item = &Record> {
         self.records.values().filter(|r| is_live(r))
     }
 
     /// Records held, tombstones included.
+    #[cfg(any(test, feature = "unstable"))]
     pub fn len(&self) -> usize {
         self.records.len()
     }
 
     /// True if no record is held.
+    #[cfg(any(test, feature = "unstable"))]
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
