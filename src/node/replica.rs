@@ -170,13 +170,6 @@ impl NodeApp {
     }
 }
 
-fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 impl AppState for NodeApp {
     fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied {
         self.hlc.observe(record.version.hlc);
@@ -189,7 +182,7 @@ impl AppState for NodeApp {
         };
         if applied == Applied::Changed {
             let written_us = record.version.millis() * 1000;
-            self.lag.record(wall_us().saturating_sub(written_us));
+            self.lag.record(self.clock.wall_us().saturating_sub(written_us));
         }
         applied
     }
