@@ -211,8 +211,10 @@ fn write_paced<V: Val>(cache: &Cache<u32, V>, rate: f64, span: Duration, idx: u3
             }
             continue;
         }
-        // Up to 16 writes per clock reading.
-        for _ in 0..16 {
+        // The writes due by now, up to 16 per clock reading: one at a time at low rates (so
+        // the low-load lag is that of a lone write), in small bursts when the writer is behind.
+        let behind = (now - start).as_secs_f64() * rate - n as f64;
+        for _ in 0..(behind.ceil().max(1.0) as u64).min(16) {
             cache.insert(k, V::make(wall_ns())).expect("insert");
             n += 1;
             k += 3;

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod budget;
+pub mod codec;
 pub mod crypto;
 pub mod drop;
 pub mod endpoint;

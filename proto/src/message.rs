@@ -1,11 +1,18 @@
-//! Protocol messages: what travels inside the (sealed, fragmented) datagrams, encoded with
-//! rmp-serde. Decoding is total: anything that does not decode is dropped as malformed.
+//! Protocol messages: what travels inside the (sealed, fragmented) datagrams. Decoding is
+//! total: anything that does not decode is dropped as malformed.
+//!
+//! The first byte says how the rest is encoded. The replicated changes (`Data` and `Repair`,
+//! nearly all the traffic under load) have a compact binary form ([`crate::codec`]): a cache
+//! name is written once for a run of items of the same cache, a version is two fixed words,
+//! key and value are length-prefixed bytes. It costs a fraction of per-record MessagePack to
+//! write and to read (see the README's per-change budget). Every other message is rmp-serde.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::Record;
+use super::codec::{Reader, put_bytes, put_u64, put_varint};
+use super::record::{Record, varint_len};
 use super::version::{NodeId, Version};
 use crate::sync::{KeyVersion, SyncDigest};
 
@@ -39,14 +46,100 @@ pub enum Item {
 }
 
 impl Item {
-    /// Approximate encoded size, used to pack items into datagrams.
+    /// Encoded size, used to pack items into datagrams: an upper bound (it counts the cache
+    /// name, which a run of items of one cache carries only once).
     pub fn weight(&self) -> usize {
+        let (cache, body) = match self {
+            Item::Rec { cache, rec } => (cache, rec.compact_len()),
+            Item::Clear { cache, .. } => (cache, 16),
+            Item::Loading { cache, key } => (cache, varint_len(key.len() as u64) + key.len()),
+        };
+        1 + varint_len(cache.len() as u64) + cache.len() + body
+    }
+
+    fn cache(&self) -> &str {
         match self {
-            Item::Rec { cache, rec } => cache.len() + rec.weight() + 8,
-            Item::Clear { cache, .. } => cache.len() + 32,
-            Item::Loading { cache, key } => cache.len() + key.len() + 8,
+            Item::Rec { cache, .. } | Item::Clear { cache, .. } | Item::Loading { cache, .. } => {
+                cache
+            }
         }
     }
+}
+
+/// First byte of an encoded message: how the rest is encoded.
+const TAG_RMP: u8 = 0;
+const TAG_DATA: u8 = 1;
+const TAG_REPAIR: u8 = 2;
+
+/// Item codes of the compact form (after the record op codes 0–3); [`NEW_CACHE`] is or-ed in
+/// when the item names its cache (the first item, and each one whose cache differs from the
+/// previous item's).
+const ITEM_CLEAR: u8 = 4;
+const ITEM_LOADING: u8 = 5;
+const NEW_CACHE: u8 = 0x80;
+
+/// Writes an item list in the compact form: count, then each item as its code, its cache name
+/// when it changes, and its body.
+fn encode_items(items: &[Item], out: &mut Vec<u8>) {
+    put_varint(out, items.len() as u64);
+    let mut last: Option<&str> = None;
+    for item in items {
+        let code = match item {
+            Item::Rec { rec, .. } => rec.op_code(),
+            Item::Clear { .. } => ITEM_CLEAR,
+            Item::Loading { .. } => ITEM_LOADING,
+        };
+        let cache = item.cache();
+        if last == Some(cache) {
+            out.push(code);
+        } else {
+            out.push(code | NEW_CACHE);
+            put_bytes(out, cache.as_bytes());
+            last = Some(cache);
+        }
+        match item {
+            Item::Rec { rec, .. } => rec.encode_compact(out),
+            Item::Clear { version, .. } => {
+                put_u64(out, version.hlc);
+                put_u64(out, version.node.0);
+            }
+            Item::Loading { key, .. } => put_bytes(out, key),
+        }
+    }
+}
+
+/// Reads what [`encode_items`] wrote. Allocates no more than the input justifies: every item
+/// takes at least two bytes, so a count beyond half the remaining bytes is refused up front.
+fn decode_items(r: &mut Reader<'_>) -> Option<Vec<Item>> {
+    let count = usize::try_from(r.varint()?).ok()?;
+    if count > r.remaining() / 2 {
+        return None;
+    }
+    let mut items = Vec::with_capacity(count);
+    let mut cache: Option<String> = None;
+    for _ in 0..count {
+        let code = r.u8()?;
+        if code & NEW_CACHE != 0 {
+            cache = Some(std::str::from_utf8(r.bytes()?).ok()?.to_owned());
+        }
+        let name = cache.clone()?;
+        let item = match code & !NEW_CACHE {
+            ITEM_CLEAR => Item::Clear {
+                cache: name,
+                version: Version::new(r.u64()?, NodeId(r.u64()?)),
+            },
+            ITEM_LOADING => Item::Loading {
+                cache: name,
+                key: r.bytes()?.to_vec(),
+            },
+            op => Item::Rec {
+                cache: name,
+                rec: Record::decode_compact(op, r)?,
+            },
+        };
+        items.push(item);
+    }
+    Some(items)
 }
 
 /// A question one node asks the whole cluster (answers come back as [`Msg::Reply`]).
@@ -229,16 +322,61 @@ pub enum Msg {
 pub const MAX_ADDRESSES: usize = 256;
 
 impl Msg {
-    /// Encodes with rmp-serde.
+    /// Encodes: `Data` and `Repair` in the compact form, everything else with rmp-serde, after
+    /// a one-byte tag that says which.
     pub fn encode(&self) -> Vec<u8> {
-        // Serializing these plain data types into a Vec cannot fail: no maps with non-string
-        // keys, no custom serializers that error.
-        rmp_serde::to_vec(self).unwrap_or_default()
+        match self {
+            Msg::Data { seq, items } => {
+                let mut out =
+                    Vec::with_capacity(16 + items.iter().map(Item::weight).sum::<usize>());
+                out.push(TAG_DATA);
+                put_varint(&mut out, *seq);
+                encode_items(items, &mut out);
+                out
+            }
+            Msg::Repair { items } => {
+                let mut out = Vec::with_capacity(8 + items.iter().map(Item::weight).sum::<usize>());
+                out.push(TAG_REPAIR);
+                encode_items(items, &mut out);
+                out
+            }
+            _ => {
+                let mut out = vec![TAG_RMP];
+                // Serializing these plain data types into a Vec cannot fail: no maps with
+                // non-string keys, no custom serializers that error.
+                if rmp_serde::encode::write(&mut out, self).is_err() {
+                    out.truncate(1);
+                }
+                out
+            }
+        }
     }
 
-    /// Decodes; `None` if the bytes are not a valid message.
+    /// Decodes; `None` if the bytes are not a valid message (trailing bytes after a compact
+    /// message, or a `Data`/`Repair` in MessagePack, are not: each message has one form).
     pub fn decode(bytes: &[u8]) -> Option<Msg> {
-        rmp_serde::from_slice(bytes).ok()
+        let (&tag, rest) = bytes.split_first()?;
+        let mut r = Reader::new(rest);
+        let msg = match tag {
+            TAG_DATA => {
+                let seq = r.varint()?;
+                Msg::Data {
+                    seq,
+                    items: decode_items(&mut r)?,
+                }
+            }
+            TAG_REPAIR => Msg::Repair {
+                items: decode_items(&mut r)?,
+            },
+            TAG_RMP => {
+                return match rmp_serde::from_slice(rest).ok()? {
+                    Msg::Data { .. } | Msg::Repair { .. } => None,
+                    m => Some(m),
+                };
+            }
+            _ => return None,
+        };
+        (r.remaining() == 0).then_some(msg)
     }
 
     /// The node a targeted message is meant for (`None`: everybody).
@@ -331,6 +469,113 @@ mod tests {
         for m in msgs {
             assert_eq!(Msg::decode(&m.encode()), Some(m));
         }
+    }
+
+    fn data_of_every_item_kind() -> Msg {
+        let rec = |key: u8, op: Op| Record {
+            key: vec![key; 3],
+            version: Version::new(u64::MAX - u64::from(key), NodeId(u64::from(key) << 40)),
+            op,
+        };
+        let items = vec![
+            Item::Rec {
+                cache: "a".into(),
+                rec: rec(
+                    1,
+                    Op::Put {
+                        value: vec![9; 200],
+                        ttl_ms: None,
+                    },
+                ),
+            },
+            Item::Rec {
+                cache: "a".into(),
+                rec: rec(
+                    2,
+                    Op::Put {
+                        value: Vec::new(),
+                        ttl_ms: Some(u64::MAX),
+                    },
+                ),
+            },
+            Item::Rec {
+                cache: "bé".into(),
+                rec: rec(3, Op::Del),
+            },
+            Item::Rec {
+                cache: "bé".into(),
+                rec: rec(4, Op::Inval),
+            },
+            Item::Clear {
+                cache: "a".into(),
+                version: Version::new(7, NodeId(8)),
+            },
+            Item::Loading {
+                cache: String::new(),
+                key: vec![5; 300],
+            },
+        ];
+        Msg::Data {
+            seq: 1 << 50,
+            items,
+        }
+    }
+
+    #[test]
+    fn compact_messages_round_trip_and_weights_bound_their_size() {
+        let Msg::Data { items, .. } = data_of_every_item_kind() else {
+            unreachable!()
+        };
+        for m in [
+            data_of_every_item_kind(),
+            Msg::Repair {
+                items: items.clone(),
+            },
+            Msg::Repair { items: Vec::new() },
+        ] {
+            let bytes = m.encode();
+            assert_eq!(Msg::decode(&bytes), Some(m));
+        }
+        // Each item alone (so it names its cache) takes at most its weight.
+        for item in items {
+            let alone = Msg::Repair {
+                items: vec![item.clone()],
+            }
+            .encode();
+            assert!(alone.len() - 2 <= item.weight(), "{item:?}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_trailing_byte_of_a_compact_message_is_refused() {
+        let bytes = data_of_every_item_kind().encode();
+        for end in 0..bytes.len() {
+            assert_eq!(Msg::decode(&bytes[..end]), None, "prefix of {end} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Msg::decode(&longer), None);
+    }
+
+    #[test]
+    fn hostile_compact_headers_are_refused_without_allocating() {
+        // A count of 2^62 items in a 12-byte message.
+        let mut huge = vec![TAG_REPAIR];
+        put_varint(&mut huge, 1 << 62);
+        huge.extend_from_slice(&[0x80, 1, b'c']);
+        assert_eq!(Msg::decode(&huge), None);
+        // First item without a cache name; unknown item code; invalid UTF-8 cache name.
+        assert_eq!(Msg::decode(&[TAG_REPAIR, 1, ITEM_LOADING, 0]), None);
+        assert_eq!(Msg::decode(&[TAG_REPAIR, 1, 0x80 | 0x7f, 1, b'c', 0]), None);
+        assert_eq!(
+            Msg::decode(&[TAG_REPAIR, 1, 0x80 | ITEM_LOADING, 1, 0xff, 0]),
+            None
+        );
+        // The MessagePack form of a data message is not accepted (one form per message).
+        let mut rmp = vec![TAG_RMP];
+        rmp.extend(rmp_serde::to_vec(&data_of_every_item_kind()).unwrap());
+        assert_eq!(Msg::decode(&rmp), None);
+        assert_eq!(Msg::decode(&[9, 0]), None);
     }
 
     #[test]

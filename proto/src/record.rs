@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::version::Version;
+use super::codec::{Reader, put_bytes, put_u64, put_varint};
+use super::version::{NodeId, Version};
 
 /// What a replicated change does to a key.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -44,5 +45,77 @@ impl Record {
                 Op::Put { value, .. } => value.len() + 9,
                 Op::Del | Op::Inval => 1,
             }
+    }
+}
+
+/// Op codes of the compact form (see [`Record::encode_compact`]); the message codec keeps the
+/// codes above these for its other items.
+pub(crate) const OP_PUT: u8 = 0;
+pub(crate) const OP_PUT_TTL: u8 = 1;
+pub(crate) const OP_DEL: u8 = 2;
+pub(crate) const OP_INVAL: u8 = 3;
+
+/// Bytes of a varint holding `v`.
+pub(crate) fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+impl Record {
+    /// The op code of this record in the compact form.
+    pub(crate) fn op_code(&self) -> u8 {
+        match &self.op {
+            Op::Put { ttl_ms: None, .. } => OP_PUT,
+            Op::Put {
+                ttl_ms: Some(_), ..
+            } => OP_PUT_TTL,
+            Op::Del => OP_DEL,
+            Op::Inval => OP_INVAL,
+        }
+    }
+
+    /// Appends the compact form after the op code: key (length-prefixed), version (two
+    /// little-endian words), then for a put the value (length-prefixed) and the TTL (varint).
+    pub(crate) fn encode_compact(&self, out: &mut Vec<u8>) {
+        put_bytes(out, &self.key);
+        put_u64(out, self.version.hlc);
+        put_u64(out, self.version.node.0);
+        if let Op::Put { value, ttl_ms } = &self.op {
+            put_bytes(out, value);
+            if let Some(ttl) = ttl_ms {
+                put_varint(out, *ttl);
+            }
+        }
+    }
+
+    /// Bytes [`Record::encode_compact`] appends.
+    pub(crate) fn compact_len(&self) -> usize {
+        let key = varint_len(self.key.len() as u64) + self.key.len();
+        key + 16
+            + match &self.op {
+                Op::Put { value, ttl_ms } => {
+                    varint_len(value.len() as u64) + value.len() + ttl_ms.map_or(0, varint_len)
+                }
+                Op::Del | Op::Inval => 0,
+            }
+    }
+
+    /// Reads what [`Record::encode_compact`] wrote for op code `code`; `None` if malformed.
+    pub(crate) fn decode_compact(code: u8, r: &mut Reader<'_>) -> Option<Record> {
+        let key = r.bytes()?.to_vec();
+        let version = Version::new(r.u64()?, NodeId(r.u64()?));
+        let op = match code {
+            OP_PUT | OP_PUT_TTL => Op::Put {
+                value: r.bytes()?.to_vec(),
+                ttl_ms: if code == OP_PUT_TTL {
+                    Some(r.varint()?)
+                } else {
+                    None
+                },
+            },
+            OP_DEL => Op::Del,
+            OP_INVAL => Op::Inval,
+            _ => return None,
+        };
+        Some(Record { key, version, op })
     }
 }

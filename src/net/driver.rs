@@ -81,6 +81,11 @@ impl DriverCounters {
     fn merged(&self, ep: &Endpoint, transport: &Transport) -> NetworkMetrics {
         let mut m = ep.metrics();
         m.tantrum_drops += transport.tantrum_drops();
+        if transport.own_echoes() > 0 {
+            *m.dropped
+                .entry(DropReason::OwnEcho.as_str().to_string())
+                .or_default() += transport.own_echoes();
+        }
         m.outbound_overflow += self.outbound_overflow;
         if self.send_errors > 0 {
             *m.dropped

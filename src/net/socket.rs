@@ -1,9 +1,11 @@
 //! UDP socket setup with socket2. Multicast: one socket joined to the group for receiving, one
 //! bound to the interface for sending. Unicast: one socket bound to `interface:bind_port`.
+//! Receiving in batches ([`RecvBatch`], one `recvmmsg` call for up to 32 datagrams).
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Receive and send buffer sizes asked of the kernel (it may grant less: `net.core.rmem_max`).
@@ -65,11 +67,90 @@ pub fn send_socket(interface: Ipv4Addr, hops: u8) -> io::Result<std::net::UdpSoc
 /// Opens the unicast socket: bound to `interface:port`, used both to receive and to send (so
 /// peers see the address they can answer to). No `SO_REUSEPORT`: two nodes on one host need
 /// two ports, and a port already taken is an error rather than a silent split of the traffic.
+/// Its receive buffer is sized for bursts like the multicast one ([`size_recv_buffer`]): every
+/// peer's traffic arrives on this one socket.
 pub fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    size_recv_buffer(&s);
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     s.bind(&SocketAddr::V4(SocketAddrV4::new(interface, port)).into())?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+/// Datagrams received together by one `recvmmsg` call: up to [`RecvBatch::CAPACITY`], each in
+/// its own 64 KiB buffer (the largest UDP payload, so nothing is truncated; pages never
+/// written are never resident), handed out one at a time.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    got: Vec<(usize, Option<SocketAddr>)>,
+    next: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch::new()
+    }
+}
+
+impl RecvBatch {
+    /// Most datagrams taken by one call.
+    pub const CAPACITY: usize = 32;
+
+    /// Empty buffers.
+    pub fn new() -> RecvBatch {
+        RecvBatch {
+            bufs: (0..Self::CAPACITY).map(|_| vec![0u8; 65_536]).collect(),
+            got: Vec::with_capacity(Self::CAPACITY),
+            next: 0,
+        }
+    }
+
+    /// Takes the datagrams waiting on `sock` (at most [`RecvBatch::CAPACITY`]) in one system
+    /// call, replacing any not handed out yet; returns how many. `WouldBlock` when there were
+    /// none (tokio then waits for the socket to become readable again).
+    pub fn fill(&mut self, sock: &tokio::net::UdpSocket) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let RecvBatch { bufs, got, next } = self;
+        got.clear();
+        *next = 0;
+        sock.try_io(tokio::io::Interest::READABLE, || {
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), None);
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            let res = recvmmsg(
+                sock.as_raw_fd(),
+                &mut headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(io::Error::from)?;
+            got.extend(res.map(|m| (m.bytes, m.address.and_then(socket_addr))));
+            if got.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        })?;
+        Ok(got.len())
+    }
+
+    /// The next datagram of the last [`RecvBatch::fill`], copied into `buf` (truncated to its
+    /// length), with its length and the address it came from; `None` when all were handed out.
+    pub fn pop_into(&mut self, buf: &mut [u8]) -> Option<(usize, Option<SocketAddr>)> {
+        let (len, from) = *self.got.get(self.next)?;
+        let data = &self.bufs[self.next][..len.min(self.bufs[self.next].len())];
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        self.next += 1;
+        Some((n, from))
+    }
+}
+
+fn socket_addr(s: SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
+    }
+    s.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
 }

@@ -12,6 +12,7 @@ use rand::Rng;
 use rand::rngs::ThreadRng;
 use tokio::net::UdpSocket;
 
+use super::socket::RecvBatch;
 use super::unicast::{self, AddressBook};
 use crate::proto::endpoint::{Destination, Endpoint};
 use crate::proto::version::NodeId;
@@ -27,10 +28,19 @@ pub struct Tantrum {
     pub recv: bool,
 }
 
+/// Most multicast datagrams sent by one pass of `sendmmsg` calls before the next are packed.
+const MULTICAST_BATCH: usize = 64;
+
 /// Datagrams travel over a [`Link`], through a fault injector.
 pub struct Transport {
     link: Link,
     faults: Faults,
+    /// Received datagrams not handed to the driver yet (one `recvmmsg` takes up to 32).
+    batch: RecvBatch,
+    /// Multicast: the send socket's address, the source of our own looped-back datagrams.
+    own_src: Option<SocketAddr>,
+    /// Own looped-back datagrams dropped before the core saw them.
+    own_echoes: u64,
     /// Reused datagram buffers: one for multicast, one per datagram of a unicast pass.
     bufs: Vec<Vec<u8>>,
     dests: Vec<Option<NodeId>>,
@@ -107,7 +117,19 @@ impl Transport {
     }
 
     fn with(link: Link, tantrum: Tantrum) -> Transport {
+        // Multicast loops our own datagrams back (for the other nodes on this host): they are
+        // recognised by their source, when the send socket has a specific address, and dropped
+        // here rather than opened by the core.
+        let own_src = match &link {
+            Link::Multicast { send, .. } => {
+                (send.local_addr().ok()).filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+            }
+            Link::Unicast(_) => None,
+        };
         Transport {
+            batch: RecvBatch::new(),
+            own_src,
+            own_echoes: 0,
             link,
             faults: Faults {
                 tantrum,
@@ -132,23 +154,43 @@ impl Transport {
         self.faults.dropped
     }
 
-    /// Waits for the next datagram (cancel-safe). Datagrams the fault injector drops are
-    /// skipped.
+    /// Own looped-back multicast datagrams dropped so far (counted as `own_echo`).
+    pub fn own_echoes(&self) -> u64 {
+        self.own_echoes
+    }
+
+    /// Waits for the next datagram (cancel-safe: the only wait is for readiness). Datagrams
+    /// the fault injector drops, and our own looped-back multicast, are skipped.
     pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         loop {
-            let got = self.recv_socket().recv_from(buf).await?;
-            if !self.faults.loses_received() {
-                return Ok(got);
+            match self.try_recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.recv_socket().readable().await?;
+                }
+                got => return got,
             }
         }
     }
 
-    /// The next datagram if one is waiting (`WouldBlock` otherwise).
+    /// The next datagram if one is waiting (`WouldBlock` otherwise). Datagrams are taken from
+    /// the socket in `recvmmsg` batches and handed out one by one.
     pub fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         loop {
-            let got = self.recv_socket().try_recv_from(buf)?;
-            if !self.faults.loses_received() {
-                return Ok(got);
+            let Some((len, from)) = self.batch.pop_into(buf) else {
+                let sock = match &self.link {
+                    Link::Multicast { recv, .. } => recv,
+                    Link::Unicast(u) => &u.sock,
+                };
+                self.batch.fill(sock)?;
+                continue;
+            };
+            let Some(src) = from else {
+                continue; // a datagram socket always names the source; skip if it did not
+            };
+            if self.own_src == Some(src) {
+                self.own_echoes += 1;
+            } else if !self.faults.loses_received() {
+                return Ok((len, src));
             }
         }
     }
@@ -164,17 +206,28 @@ impl Transport {
         let mut sent = Sent::default();
         match &self.link {
             Link::Multicast { send, group, .. } => {
-                if self.bufs.is_empty() {
-                    self.bufs.push(Vec::new());
-                }
-                let buf = &mut self.bufs[0];
-                while ep.poll_transmit(now, buf).is_some() {
-                    if self.faults.loses_sent() {
-                        continue;
+                // Every datagram waiting, sent to the group in `sendmmsg` batches of up to
+                // `MULTICAST_BATCH` (so the reused buffers stay few).
+                let mut done = false;
+                while !done {
+                    let mut n = 0;
+                    while n < MULTICAST_BATCH {
+                        if self.bufs.len() <= n {
+                            self.bufs.push(Vec::new());
+                        }
+                        if ep.poll_transmit(now, &mut self.bufs[n]).is_none() {
+                            done = true;
+                            break;
+                        }
+                        if !self.faults.loses_sent() {
+                            n += 1;
+                        }
                     }
-                    if let Err(e) = send.send_to(buf, *group).await {
-                        tracing::debug!(error = %e, "send failed");
-                        sent.failed += 1;
+                    if n > 0 {
+                        let copies: Vec<(usize, SocketAddr)> =
+                            (0..n).map(|i| (i, SocketAddr::V4(*group))).collect();
+                        let (_, failed) = unicast::fan_out(send, &self.bufs[..n], &copies).await;
+                        sent.failed += failed;
                     }
                 }
             }

@@ -2,6 +2,7 @@
 //! store derives from it (entry checksum, value checksum, sync bucket).
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 use serde::Serialize;
 
@@ -22,13 +23,22 @@ thread_local! {
     static ENCODE_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
+/// A fresh crc32 hasher, cloned from one made once: `Hasher::new` detects the CPU's features
+/// every time, which costs more than hashing a small key.
+fn crc_hasher() -> crc32fast::Hasher {
+    static PROTO: OnceLock<crc32fast::Hasher> = OnceLock::new();
+    PROTO.get_or_init(crc32fast::Hasher::new).clone()
+}
+
 /// Serialized key ‖ value in one buffer borrowed from a thread-local (returned on drop), plus
-/// the crcs the store needs.
+/// the crcs the store needs, computed in one pass over key ‖ value and one over the value.
 pub(super) struct Encoded {
     buf: Vec<u8>,
     klen: usize,
-    key_crc: crc32fast::Hasher,
-    value_crc: crc32fast::Hasher,
+    key_crc: u32,
+    value_crc: u32,
+    /// crc32 state after key ‖ value (the entry crc continues it with the version).
+    kv_crc: crc32fast::Hasher,
 }
 
 impl Encoded {
@@ -49,15 +59,18 @@ impl Encoded {
     }
 
     fn from_buf(buf: Vec<u8>, klen: usize) -> Encoded {
-        let mut key_crc = crc32fast::Hasher::new();
-        key_crc.update(&buf[..klen]);
-        let mut value_crc = crc32fast::Hasher::new();
+        let mut kv_crc = crc_hasher();
+        kv_crc.update(&buf[..klen]);
+        let key_crc = kv_crc.clone().finalize();
+        kv_crc.update(&buf[klen..]);
+        let mut value_crc = crc_hasher();
         value_crc.update(&buf[klen..]);
         Encoded {
             buf,
             klen,
             key_crc,
-            value_crc,
+            value_crc: value_crc.finalize(),
+            kv_crc,
         }
     }
 
@@ -74,18 +87,16 @@ impl Encoded {
     }
 
     pub(super) fn value_crc(&self) -> u32 {
-        self.value_crc.clone().finalize()
+        self.value_crc
     }
 
     pub(super) fn bucket(&self) -> u8 {
-        (self.key_crc.clone().finalize() as usize % SYNC_BUCKETS) as u8
+        (self.key_crc as usize % SYNC_BUCKETS) as u8
     }
 
-    /// crc32(key ‖ value ‖ version bytes). (One pass over the buffer: `Hasher::combine` is
-    /// far slower than re-hashing small entries.)
+    /// crc32(key ‖ value ‖ version bytes), continuing the pass over key ‖ value.
     pub(super) fn entry_crc(&self, version: &Version) -> u32 {
-        let mut h = crc32fast::Hasher::new();
-        h.update(&self.buf);
+        let mut h = self.kv_crc.clone();
         h.update(&version.to_bytes());
         h.finalize()
     }

@@ -13,11 +13,22 @@ use crate::proto::version::Version;
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// Sweeps expired entries from shards whose earliest expiry has passed.
+    ///
+    /// The cache-wide lower bound `next_expiry` makes this O(1) while nothing is due. It is
+    /// reset before the shards are read and lowered again by each shard read, so a TTL write
+    /// that races with a sweep is never lost: a write lowers its shard's bound under the
+    /// shard's lock and then the cache-wide one (all `SeqCst`).
     pub(super) fn expire_due(&self, now: u64, ev: &mut Events<K>) {
+        if self.next_expiry.load(Ordering::SeqCst) > now {
+            return;
+        }
+        self.next_expiry.store(u64::MAX, Ordering::SeqCst);
         for shard in self.shards.iter() {
-            if shard.next_expiry.load(Ordering::Relaxed) <= now {
+            if shard.next_expiry.load(Ordering::SeqCst) <= now {
                 self.sweep_shard(shard, now, ev);
             }
+            self.next_expiry
+                .fetch_min(shard.next_expiry.load(Ordering::SeqCst), Ordering::SeqCst);
         }
     }
 
@@ -47,7 +58,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         if g.hand >= g.map.len() {
             g.hand = 0;
         }
-        shard.next_expiry.store(next, Ordering::Relaxed);
+        shard.next_expiry.store(next, Ordering::SeqCst);
         shard.stats.ev_ttl.fetch_add(n, Ordering::Relaxed);
         drop(g);
         for _ in 0..n {
@@ -191,6 +202,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::super::testing::setup;
     use crate::error::Error;
     use crate::{Cache, Config};
@@ -254,5 +267,30 @@ mod tests {
             c.insert(10, "z".repeat(100)),
             Err(Error::ExceedsCacheSize { size: 103, max: 60 })
         ));
+    }
+
+    #[test]
+    fn a_full_cache_sweeps_due_entries_before_evicting_and_keeps_finding_them() {
+        let (node, _, clock) = setup(Config {
+            cache_max: 3,
+            cache_ttl: 0.0,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("e").unwrap();
+        c.insert(1, 1).unwrap();
+        c.insert_with_ttl(2, 2, Duration::from_secs(1)).unwrap();
+        c.insert(3, 3).unwrap();
+        clock.advance(Duration::from_millis(1001));
+        c.insert(4, 4).unwrap();
+        let m = c.metrics();
+        assert_eq!((m.evictions_ttl, m.evictions_capacity), (1, 0));
+        // A TTL entry written after that sweep is found by the next one.
+        c.insert_with_ttl(5, 5, Duration::from_secs(1)).unwrap();
+        assert_eq!(c.metrics().evictions_capacity, 1);
+        clock.advance(Duration::from_millis(1001));
+        c.insert(6, 6).unwrap();
+        let m = c.metrics();
+        assert_eq!((m.evictions_ttl, m.evictions_capacity), (2, 1));
+        assert!(!c.contains_key(&5) && c.contains_key(&6));
     }
 }

@@ -128,6 +128,8 @@ pub(crate) struct Store<K, V> {
     checksum: AtomicU64,
     buckets: Box<[AtomicU64]>,
     evict_hand: AtomicUsize,
+    /// Lower bound of the earliest `expires_at` in the cache; `u64::MAX` if none.
+    next_expiry: AtomicU64,
     clear_floor: RwLock<Version>,
     /// Tombstone horizon: deletes at or below it may have been forgotten here (collected
     /// tombstones, entries dropped in doubt). Records at or below it for keys not held are
@@ -169,6 +171,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             checksum: AtomicU64::new(0),
             buckets: (0..SYNC_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             evict_hand: AtomicUsize::new(0),
+            next_expiry: AtomicU64::new(u64::MAX),
             clear_floor: RwLock::new(Version::ZERO),
             horizon: RwLock::new(Version::ZERO),
             last_mutation: AtomicU64::new(0),

@@ -62,9 +62,12 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     ) -> Upserted<V> {
         let version = entry.version;
         if entry.expires_at != 0 {
+            // Shard first, then the cache-wide bound (see `expire_due`).
             shard
                 .next_expiry
-                .fetch_min(entry.expires_at, Ordering::Relaxed);
+                .fetch_min(entry.expires_at, Ordering::SeqCst);
+            self.next_expiry
+                .fetch_min(entry.expires_at, Ordering::SeqCst);
         }
         if !g.tombs.is_empty() {
             g.tombs.swap_remove(&key);

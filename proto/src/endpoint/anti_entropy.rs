@@ -1,0 +1,400 @@
+//! Anti-entropy: periodic digest pulses, bucket key lists for the buckets that differ, pushes
+//! and pulls of the records that differ, and the answer budget that bounds what a peer's
+//! requests can make this node send.
+
+use super::*;
+use crate::message::CacheDigest;
+use crate::sync::{KeyVersion, SYNC_BUCKETS, key_part};
+use crate::version::Version;
+
+impl Endpoint {
+    /// Runs an anti-entropy pulse soon (after local changes could not be queued).
+    pub fn schedule_pulse(&mut self, now: Instant) {
+        self.timers
+            .bring_forward(Timer::Pulse, now + OVERFLOW_PULSE_DELAY);
+    }
+
+    /// Runs an anti-entropy pulse at `at` at the latest.
+    pub fn schedule_pulse_at(&mut self, at: Instant) {
+        self.timers.bring_forward(Timer::Pulse, at);
+    }
+
+    /// Brings the next pulse forward to `now + delay`, but no closer than half a heartbeat after
+    /// the last one: peers (or forged senders) appearing, or `Gone` answers, cannot make this
+    /// node multicast digests back to back.
+    pub(super) fn pulse_soon(&mut self, now: Instant, delay: Duration) {
+        let mut at = now + delay;
+        if let Some(last) = self.last_pulse_at {
+            at = at.max(last + (self.cfg.heartbeat / 2).max(MIN_PULSE_SPACING));
+        }
+        self.timers.bring_forward(Timer::Pulse, at);
+    }
+
+    /// Whether the periodic pulse due now waits: only a periodic one (not one asked for by a
+    /// new peer, a loss or an overload), only while data messages were sent or received within
+    /// the settle time, and for at most [`MAX_PULSE_DEFERRAL_PERIODS`] pulse periods in a row.
+    pub(super) fn defer_periodic_pulse(&mut self, now: Instant) -> bool {
+        if self.timers.get(Timer::Pulse) != Some(self.periodic_pulse) {
+            return false;
+        }
+        let recent =
+            |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < self.cfg.settle);
+        if !(recent(self.last_data_at) || recent(self.last_data_rx)) {
+            return false;
+        }
+        let since = *self.pulse_deferred_since.get_or_insert(now);
+        now.duration_since(since) < self.cfg.pulse * MAX_PULSE_DEFERRAL_PERIODS
+    }
+
+    pub(super) fn send_pulse(&mut self, app: &mut dyn AppState) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let caches: Vec<CacheDigest> = app
+            .caches()
+            .into_iter()
+            .filter_map(|cache| {
+                let floor = app.clear_floor(&cache);
+                app.digest(&cache).map(|digest| CacheDigest {
+                    cache,
+                    digest,
+                    floor,
+                })
+            })
+            .collect();
+        if caches.is_empty() {
+            return;
+        }
+        self.metrics.pulses_sent += 1;
+        self.send_msg(&Msg::Digest { caches });
+    }
+
+    pub(super) fn on_digest(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        caches: Vec<CacheDigest>,
+        app: &mut dyn AppState,
+    ) {
+        for line in caches {
+            if app.digest(&line.cache).is_none() {
+                continue;
+            }
+            // A clear this node missed (it joined later, or the message was lost for good).
+            if line.floor > app.clear_floor(&line.cache)
+                && !self.refuse_ahead(now, &line.floor, from)
+            {
+                app.apply_clear(&line.cache, line.floor, from);
+            }
+            let Some(mine) = app.digest(&line.cache) else {
+                continue;
+            };
+            if mine.checksum == line.digest.checksum && mine.count == line.digest.count {
+                continue;
+            }
+            self.metrics.ae_exchanges += 1;
+            let differing: Vec<u16> = (0..SYNC_BUCKETS)
+                .filter(|&b| mine.buckets.get(b) != line.digest.buckets.get(b))
+                .map(|b| b as u16)
+                .collect();
+            // Send our key versions for those buckets in messages of a few datagrams each, so
+            // they get through a lossy network. A bucket too long for one message is split into
+            // parts by a second hash both sides compute, so every list is compared exactly.
+            let budget = self.list_budget();
+            let horizon = app.horizon(&line.cache);
+            let mut parts: Vec<(u16, u16, u16)> = Vec::new();
+            let mut keys = Vec::new();
+            let mut bytes = 0usize;
+            let wanted: Vec<usize> = differing.iter().map(|&b| b as usize).collect();
+            let lists = app.buckets_versions(&line.cache, &wanted);
+            for (b, all) in differing.into_iter().zip(lists) {
+                let size: usize = all.iter().map(|k| k.key.len() + 24).sum();
+                let of = size.div_ceil(budget).clamp(1, 4096) as u16;
+                let mut split: Vec<Vec<KeyVersion>> = vec![Vec::new(); of as usize];
+                for kv in all {
+                    split[key_part(&kv.key, of) as usize].push(kv);
+                }
+                for (p, part_keys) in split.into_iter().enumerate() {
+                    let part_bytes: usize = part_keys.iter().map(|k| k.key.len() + 24).sum();
+                    if !parts.is_empty() && bytes + part_bytes > budget {
+                        let msg = Msg::Buckets {
+                            to: from,
+                            cache: line.cache.clone(),
+                            parts: std::mem::take(&mut parts),
+                            keys: std::mem::take(&mut keys),
+                            horizon,
+                        };
+                        if !self.send_paid(now, from, &msg) {
+                            return;
+                        }
+                        bytes = 0;
+                    }
+                    parts.push((b, p as u16, of));
+                    keys.extend(part_keys);
+                    bytes += part_bytes;
+                }
+            }
+            if !parts.is_empty() {
+                let msg = Msg::Buckets {
+                    to: from,
+                    cache: line.cache.clone(),
+                    parts,
+                    keys,
+                    horizon,
+                };
+                if !self.send_paid(now, from, &msg) {
+                    return;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_buckets(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        cache: &str,
+        parts: &[(u16, u16, u16)],
+        theirs: Vec<KeyVersion>,
+        their_horizon: Version,
+        app: &mut dyn AppState,
+    ) {
+        if app.digest(cache).is_none() {
+            return;
+        }
+        let mut their_map: BTreeMap<Vec<u8>, KeyVersion> = BTreeMap::new();
+        for kv in theirs {
+            their_map.insert(kv.key.clone(), kv);
+        }
+        let mut push = Vec::new();
+        let mut pull = Vec::new();
+        let mut doubtful = Vec::new();
+        let my_horizon = app.horizon(cache);
+        let cutoff = app
+            .wall_ms()
+            .saturating_sub(self.cfg.settle.as_millis() as u64);
+        let settled = |v: &crate::version::Version| v.millis() <= cutoff;
+        let valid: Vec<(u16, u16, u16)> = parts
+            .iter()
+            .copied()
+            .filter(|&(b, part, of)| (b as usize) < SYNC_BUCKETS && of != 0 && part < of)
+            .collect();
+        let mut wanted: Vec<usize> = valid.iter().map(|&(b, _, _)| b as usize).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let lists = app.buckets_versions(cache, &wanted);
+        for &(b, part, of) in &valid {
+            let Ok(i) = wanted.binary_search(&(b as usize)) else {
+                continue;
+            };
+            for mine in lists[i]
+                .iter()
+                .filter(|kv| key_part(&kv.key, of) == part)
+                .cloned()
+            {
+                match their_map.remove(&mine.key) {
+                    Some(t) if t.version > mine.version => {
+                        if settled(&t.version) {
+                            pull.push(mine.key)
+                        }
+                    }
+                    Some(t) if t.version == mine.version => {}
+                    // They do not hold the key and may have forgotten its delete: a live
+                    // entry is dropped here (a miss is safe, a resurrection is not), a
+                    // tombstone need not be sent (they refuse what it would refuse).
+                    None if mine.version <= their_horizon => {
+                        if !mine.deleted {
+                            doubtful.push((mine.key, mine.version));
+                        }
+                    }
+                    _ => {
+                        if settled(&mine.version) {
+                            push.push(mine.key)
+                        }
+                    }
+                }
+            }
+        }
+        for (key, version) in doubtful {
+            if app.drop_doubtful(cache, &key, version) {
+                self.metrics.horizon_drops += 1;
+            }
+        }
+        // Keys they hold and we do not know at all (unless we would refuse them: they drop
+        // those live ones when they compare against our horizon).
+        pull.extend(
+            their_map
+                .into_values()
+                .filter(|kv| settled(&kv.version) && kv.version > my_horizon)
+                .map(|kv| kv.key),
+        );
+        let items: Vec<Item> = push
+            .iter()
+            .filter_map(|k| app.record(cache, k))
+            .map(|rec| Item::Rec {
+                cache: cache.to_string(),
+                rec,
+            })
+            .collect();
+        let items = self.affordable(now, from, items);
+        self.send_repair(items);
+        let budget = self.list_budget();
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        for k in pull {
+            bytes += k.len() + 4;
+            keys.push(serde_bytes::ByteBuf::from(k));
+            if bytes >= budget {
+                self.send_msg(&Msg::Pull {
+                    to: from,
+                    cache: cache.to_string(),
+                    keys: std::mem::take(&mut keys),
+                });
+                bytes = 0;
+            }
+        }
+        if !keys.is_empty() {
+            self.send_msg(&Msg::Pull {
+                to: from,
+                cache: cache.to_string(),
+                keys,
+            });
+        }
+    }
+
+    /// A peer asks for the records of `keys`: sent on the reliable stream, as far as its
+    /// answer budget pays.
+    pub(super) fn on_pull(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        cache: &str,
+        keys: &[serde_bytes::ByteBuf],
+        app: &mut dyn AppState,
+    ) {
+        let items: Vec<Item> = keys
+            .iter()
+            .filter_map(|k| app.record(cache, k))
+            .map(|rec| Item::Rec {
+                cache: cache.to_string(),
+                rec,
+            })
+            .collect();
+        let items = self.affordable(now, from, items);
+        self.send_repair(items);
+    }
+
+    /// Takes `bytes` of `to`'s answer budget; counts `answer_budget` and returns false if it
+    /// does not have them.
+    pub(super) fn pay(&mut self, now: Instant, to: NodeId, bytes: usize) -> bool {
+        if self.budget.spend(now, to, bytes) {
+            return true;
+        }
+        self.drops.record(DropReason::AnswerBudget);
+        false
+    }
+
+    /// The longest prefix of `items` that `to`'s answer budget pays for (the rest is asked
+    /// again at a later pulse).
+    pub(super) fn affordable(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        mut items: Vec<Item>,
+    ) -> Vec<Item> {
+        let may = self.budget.available(now, to) as usize;
+        let mut total = 0usize;
+        let mut n = 0;
+        for it in &items {
+            let w = self.wire_size(it.weight());
+            if total + w > may {
+                break;
+            }
+            total += w;
+            n += 1;
+        }
+        if n < items.len() {
+            self.drops.record(DropReason::AnswerBudget);
+            items.truncate(n);
+        }
+        if total > 0 {
+            self.budget.spend(now, to, total);
+        }
+        items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    /// Runs both nodes' timers and exchanges everything at each step until `until`.
+    fn run(
+        a: &mut Endpoint,
+        b: &mut Endpoint,
+        app_a: &mut MapApp,
+        app_b: &mut MapApp,
+        from: Instant,
+        until: Instant,
+    ) {
+        let mut now = from;
+        while now <= until {
+            a.handle_timeout(now, app_a);
+            b.handle_timeout(now, app_b);
+            for _ in 0..4 {
+                deliver(a, b, app_b, now);
+                deliver(b, a, app_a, now);
+            }
+            now += Duration::from_millis(10);
+        }
+    }
+
+    #[test]
+    fn pulses_repair_what_a_peer_missed_in_both_directions() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
+        // Written long enough ago to be settled, never published.
+        let old = app_a.wall - 60_000;
+        app_a.put("c", put_at(b"from-a", b"1", old, a.id()));
+        app_b.put("c", put_at(b"from-b", b"2", old, b.id()));
+        let until = t0 + a.cfg.pulse * 2;
+        run(&mut a, &mut b, &mut app_a, &mut app_b, t0, until);
+        assert_eq!(app_a.caches, app_b.caches);
+        assert!(app_b.record("c", b"from-a").is_some());
+        assert!(a.metrics().pulses_sent >= 1);
+        assert!(a.metrics().ae_exchanges + b.metrics().ae_exchanges >= 1);
+        assert!(a.metrics().ae_repairs + b.metrics().ae_repairs >= 2);
+    }
+
+    #[test]
+    fn pulses_brought_forward_keep_their_spacing() {
+        let t0 = Instant::now();
+        let mut a = endpoint(1, t0);
+        a.last_pulse_at = Some(t0);
+        a.pulse_soon(t0, GONE_PULSE_DELAY);
+        let spacing = (a.cfg.heartbeat / 2).max(MIN_PULSE_SPACING);
+        assert_eq!(a.timers.get(Timer::Pulse), Some(t0 + spacing));
+        a.schedule_pulse_at(t0 + Duration::from_millis(1));
+        assert_eq!(
+            a.timers.get(Timer::Pulse),
+            Some(t0 + Duration::from_millis(1))
+        );
+    }
+
+    #[test]
+    fn answers_stop_at_the_requesters_budget() {
+        let t0 = Instant::now();
+        let mut a = endpoint(1, t0);
+        let big: Vec<Item> = (0..1000u32)
+            .map(|i| Item::Rec {
+                cache: "c".into(),
+                rec: put_at(&i.to_be_bytes(), &[0; 1000], 1, NodeId(1)),
+            })
+            .collect();
+        let sent = a.affordable(t0, NodeId(9), big);
+        assert!(sent.len() < 1000, "a stranger cannot ask for a megabyte");
+        assert_eq!(a.drops().get(DropReason::AnswerBudget), 1);
+    }
+}

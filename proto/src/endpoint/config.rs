@@ -1,0 +1,171 @@
+//! Tunables of the protocol core ([`EndpointConfig`]) and the named constants of its timing
+//! and bounds.
+
+use std::time::Duration;
+
+#[cfg(doc)]
+use super::Endpoint;
+use crate::reliability::NakPolicy;
+use crate::wire::WireConfig;
+
+/// Most bytes of datagrams queued for sending before NAKs stop being served: a NAK storm (or
+/// one forged NAK naming a whole retransmit buffer of large messages, many times over) must
+/// not queue unbounded memory. Unserved NAKs are simply asked again later.
+pub const MAX_QUEUED_TRANSMIT_BYTES: usize = 8 << 20;
+
+/// Most missing sequence numbers tracked over all peers. An announcement that would open more
+/// makes that peer's stream jump to it instead (counted as `gap_budget`): the skipped span is
+/// repaired by anti-entropy, acks keep flowing, and spoofed peers announcing far-ahead streams
+/// cannot grow memory or the per-wakeup NAK timer scan (which is linear in tracked gaps).
+pub const MAX_TRACKED_GAPS: u64 = 1 << 14;
+
+/// Period of wire housekeeping (expiring stalled reassemblies).
+pub const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(250);
+
+/// After a change could not be queued (or [`Endpoint::schedule_pulse`]), the anti-entropy
+/// pulse that repairs it runs this soon.
+pub const OVERFLOW_PULSE_DELAY: Duration = Duration::from_millis(50);
+
+/// After a peer answered `Gone` (what we missed is lost for good), the pulse that repairs it
+/// runs this soon.
+pub const GONE_PULSE_DELAY: Duration = Duration::from_millis(10);
+
+/// After a peer appeared (or a stream jumped ahead), digests are compared this soon.
+pub const NEW_PEER_PULSE_DELAY: Duration = Duration::from_millis(20);
+
+/// After this node became ready, a pulse closes any race between the snapshot cursor and live
+/// changes this soon.
+pub const READY_PULSE_DELAY: Duration = Duration::from_millis(5);
+
+/// Pulses brought forward are at least half a heartbeat apart, and never closer than this.
+pub const MIN_PULSE_SPACING: Duration = Duration::from_millis(20);
+
+/// A periodic pulse is put off while data flows for at most this many pulse periods in a row.
+pub const MAX_PULSE_DEFERRAL_PERIODS: u32 = 4;
+
+/// Tail announcements (`Tail`: our highest sequence number) after a burst of data messages:
+/// the first `tail_delay` after it, the next ones [`TAIL_REPEAT_SPACING`] times that apart.
+pub const TAIL_ANNOUNCEMENTS: u8 = 2;
+
+/// Spacing of repeated tail announcements, in multiples of `tail_delay`.
+pub const TAIL_REPEAT_SPACING: u32 = 8;
+
+/// A joiner asks its donor again for a chunk after this many `tail_delay`s (at most one
+/// heartbeat) without an answer.
+pub const TRANSFER_RETRY_FACTOR: u32 = 25;
+
+/// Most sequence numbers one NAK can make this node look at (retransmit or answer `Gone`).
+pub const NAK_WORK_BUDGET: u32 = 4096;
+
+/// Snapshot chunks remembered for resending under the same message id.
+pub const SERVED_CHUNKS_KEPT: usize = 16;
+
+/// A new peer's stream is taken from its start when its first message seen has a sequence
+/// number up to this (its first messages, if lost, are still NAKed); a longer-running stream is
+/// joined where it is (history is covered by state transfer and anti-entropy).
+pub const YOUNG_STREAM: u64 = 4096;
+
+/// Bytes a data message takes besides its items (an estimate used to fill datagrams).
+pub(super) const DATA_MSG_OVERHEAD: usize = 16;
+
+/// Default of `max_clock_skew`, in seconds.
+pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 60;
+
+/// Tunables of the protocol core. [`EndpointConfig::new`] derives sane values from the node
+/// configuration; the simulator shrinks them.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Human name announced in heartbeats.
+    pub name: String,
+    /// Datagram format, keys and limits.
+    pub wire: WireConfig,
+    /// Heartbeat and housekeeping period (`daemon_sleep`).
+    pub heartbeat: Duration,
+    /// Anti-entropy pulse period (`cache_pulse`).
+    pub pulse: Duration,
+    /// Heartbeats missed before a peer is suspected.
+    pub suspect_after: u32,
+    /// Heartbeats missed before a peer is removed.
+    pub remove_after: u32,
+    /// NAK timing.
+    pub nak: NakPolicy,
+    /// Bytes of sent data messages kept for retransmission.
+    pub retransmit_bytes: usize,
+    /// Unacknowledged data messages allowed in flight before new data waits (flow control).
+    pub window: u64,
+    /// Changes that may wait to be sent; beyond it changes are dropped and repaired by
+    /// anti-entropy.
+    pub queue_max: usize,
+    /// Delay after a burst before the tail announcement.
+    pub tail_delay: Duration,
+    /// Bytes per state-transfer chunk.
+    pub snapshot_chunk: usize,
+    /// How long a joining node waits for a peer before declaring itself ready alone.
+    pub join_wait: Duration,
+    /// Send a cumulative ack after this many data messages received.
+    pub ack_every: u64,
+    /// Most peers tracked (membership table bound).
+    pub max_peers: usize,
+    /// Batching window: when a data message went out less than this long ago and the queued
+    /// changes do not fill a datagram, they wait (at most this long) for more to join them.
+    /// At low load every change leaves at once; under load datagrams fill up.
+    pub linger: Duration,
+    /// Anti-entropy leaves alone keys whose newest version is younger than this: they are most
+    /// likely still in flight on the reliable stream, and repairing them would only add load.
+    pub settle: Duration,
+    /// Versions (and clear floors, horizons) further ahead of this node's wall clock than this
+    /// are refused (`clock_skew`), counted, warned about and never observed into the clock.
+    pub max_clock_skew: Duration,
+}
+
+impl EndpointConfig {
+    /// Defaults derived from the heartbeat and pulse periods.
+    pub fn new(
+        name: String,
+        wire: WireConfig,
+        heartbeat: Duration,
+        pulse: Duration,
+    ) -> EndpointConfig {
+        EndpointConfig {
+            name,
+            wire,
+            heartbeat,
+            pulse,
+            suspect_after: 3,
+            remove_after: 6,
+            nak: NakPolicy::default(),
+            retransmit_bytes: 32 << 20,
+            window: 16_384,
+            queue_max: 65_536,
+            tail_delay: Duration::from_millis(2),
+            snapshot_chunk: 32 << 10,
+            join_wait: heartbeat.mul_f64(1.5).max(Duration::from_millis(300)),
+            ack_every: 256,
+            max_peers: 256,
+            settle: (pulse / 2).min(Duration::from_secs(1)),
+            linger: Duration::from_micros(200),
+            max_clock_skew: Duration::from_secs(DEFAULT_MAX_CLOCK_SKEW_SECS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_derive_from_heartbeat_and_pulse() {
+        let heartbeat = Duration::from_millis(100);
+        let pulse = Duration::from_secs(4);
+        let c = EndpointConfig::new("n".into(), WireConfig::default(), heartbeat, pulse);
+        assert_eq!(c.join_wait, Duration::from_millis(300));
+        assert_eq!(c.settle, Duration::from_secs(1));
+        let c = EndpointConfig::new("n".into(), WireConfig::default(), heartbeat * 10, pulse / 4);
+        assert_eq!(c.join_wait, Duration::from_millis(1500));
+        assert_eq!(c.settle, Duration::from_millis(500));
+        assert_eq!(
+            c.max_clock_skew,
+            Duration::from_secs(DEFAULT_MAX_CLOCK_SKEW_SECS)
+        );
+    }
+}

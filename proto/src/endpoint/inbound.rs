@@ -1,0 +1,309 @@
+//! Received datagrams: opening them, dispatching each message to the part of the core that
+//! handles it, and the peers' reliable streams (ordering, duplicates, gaps).
+
+use super::*;
+use crate::message::Msg;
+use crate::reliability::Arrival;
+use crate::sync::Applied;
+
+impl Endpoint {
+    /// Handles one received datagram. Returns the sender when the datagram was authentic (it
+    /// opened with the cluster's keys, or passed the crc in plaintext, and was no replay), even
+    /// if it only completed part of a message; `Some(own id)` for this node's own authentic
+    /// echo; `None` when it was dropped. A unicast driver learns members' addresses from this.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        app: &mut dyn AppState,
+    ) -> Option<NodeId> {
+        self.set_wall(now, app.wall_ms());
+        self.metrics.datagrams_received += 1;
+        self.metrics.bytes_received += datagram.len() as u64;
+        self.last_drop = None;
+        let (from, payload) = match self.wire.decode(now, datagram) {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                return crate::header::Header::decode(datagram)
+                    .ok()
+                    .map(|h| h.sender);
+            }
+            Err(DropReason::OwnEcho) if self.wire.is_own_echo(datagram) => {
+                self.last_drop = Some(DropReason::OwnEcho);
+                self.drops.record(DropReason::OwnEcho);
+                return Some(self.me);
+            }
+            Err(reason) => {
+                self.last_drop = Some(reason);
+                self.drops.record(reason);
+                tracing::trace!(reason = reason.as_str(), "datagram dropped");
+                if let Some((sender, offset)) = self.wire.take_last_stale() {
+                    self.warn_stale(now, sender, offset);
+                }
+                return None;
+            }
+        };
+        let Some(msg) = Msg::decode(&payload) else {
+            self.metrics.malformed_messages += 1;
+            self.drops.record(DropReason::Malformed);
+            tracing::debug!(%from, len = payload.len(), "undecodable message dropped");
+            return Some(from);
+        };
+        if self.left {
+            return Some(from);
+        }
+        // Credit for answers: a message for this node alone (whatever the transport) can be
+        // answered only here; one for everybody may be answered by every member.
+        // (For one node alone, 3/4 of the bound: a margin for the framing estimate.)
+        let size = self.wire_size(payload.len());
+        match msg.target() {
+            Some(to) if to == self.me => self.budget.earn(now, from, size * 3 / 4, 1),
+            Some(_) => {}
+            None => self.budget.earn(now, from, size, self.peers.len() + 1),
+        }
+        if let Some(to) = msg.target() {
+            if to != self.me {
+                // Still proof of life.
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.last_seen = now;
+                }
+                return Some(from);
+            }
+        }
+        self.handle_msg(now, from, msg, app);
+        self.refresh_nak_timer();
+        Some(from)
+    }
+
+    /// Dispatches one message from `from` (already opened, for this node or for everyone).
+    fn handle_msg(&mut self, now: Instant, from: NodeId, msg: Msg, app: &mut dyn AppState) {
+        if matches!(msg, Msg::Leave) {
+            self.on_leave(from);
+            return;
+        }
+        if !self.touch_peer(now, from, &msg) {
+            return;
+        }
+        match msg {
+            Msg::Data { seq, items } => self.on_data(now, from, seq, &items, app),
+            hello @ Msg::Hello { .. } => self.on_hello(now, from, hello, app),
+            Msg::Ack { acks } => self.on_ack_list(from, &acks),
+            Msg::Tail { seq_hi } => self.learn_seq_hi(now, from, seq_hi),
+            Msg::Leave => {}
+            Msg::Nak { ranges, .. } => self.on_nak(from, &ranges),
+            Msg::Gone { ranges, .. } => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.recv.give_up(&ranges);
+                }
+                // What was lost must come back through anti-entropy: pulse soon.
+                self.pulse_soon(now, GONE_PULSE_DELAY);
+            }
+            Msg::Digest { caches } => self.on_digest(now, from, caches, app),
+            Msg::Buckets {
+                cache,
+                parts,
+                keys,
+                horizon,
+                ..
+            } => {
+                if !self.refuse_ahead(now, &horizon, from) {
+                    self.on_buckets(now, from, &cache, &parts, keys, horizon, app)
+                }
+            }
+            Msg::Pull { cache, keys, .. } => self.on_pull(now, from, &cache, &keys, app),
+            Msg::Repair { items } => self.apply_items(now, &items, from, app, true),
+            Msg::SnapshotReq { cache, cursor, .. } => {
+                self.on_snapshot_req(now, from, cache, cursor, app)
+            }
+            chunk @ Msg::SnapshotChunk { .. } => self.on_snapshot_chunk_msg(now, from, chunk, app),
+            Msg::Query { id, query } => self.on_query(now, from, id, &query, app),
+            Msg::Reply { id, body, .. } => self.events.push_back(Event::Reply { id, from, body }),
+            Msg::Addresses { addrs } => self.on_addresses(from, addrs),
+        }
+    }
+
+    /// A data message on `from`'s reliable stream: applied at once if new (in any order:
+    /// versions decide), counted if a duplicate; acknowledged every `ack_every` messages.
+    fn on_data(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        seq: u64,
+        items: &[Item],
+        app: &mut dyn AppState,
+    ) {
+        self.last_data_rx = Some(now);
+        self.bound_gaps(now, from, seq.saturating_sub(1));
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        match p.recv.receive(now, seq, &self.cfg.nak) {
+            Arrival::Duplicate => {
+                self.metrics.duplicates += 1;
+                self.drops.record(DropReason::DuplicateMessage);
+            }
+            Arrival::New => {
+                p.received_since_ack += 1;
+                let ack_now = p.received_since_ack >= self.cfg.ack_every;
+                self.apply_items(now, items, from, app, false);
+                if ack_now {
+                    self.send_ack();
+                }
+            }
+        }
+    }
+
+    /// `from` announced that its stream reached `seq_hi` (a heartbeat or a tail): gaps before
+    /// it are NAKed.
+    pub(super) fn learn_seq_hi(&mut self, now: Instant, from: NodeId, seq_hi: u64) {
+        self.bound_gaps(now, from, seq_hi);
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.recv.learn_hi(now, seq_hi, &self.cfg.nak);
+        }
+    }
+
+    /// Before learning that `from` has sent up to `seq_hi`: if that would take the gaps
+    /// tracked over all peers past [`MAX_TRACKED_GAPS`], gives the whole span up instead (the
+    /// stream jumps to `seq_hi`; anti-entropy repairs what was in it) and counts `gap_budget`.
+    pub(super) fn bound_gaps(&mut self, now: Instant, from: NodeId, seq_hi: u64) {
+        let Some(p) = self.peers.get(&from) else {
+            return;
+        };
+        // A stream opens at most MAX_AHEAD gaps at once (it abandons beyond that).
+        let opens = seq_hi
+            .saturating_sub(p.recv.seq_hi())
+            .min(crate::reliability::MAX_AHEAD);
+        if opens <= 1 {
+            return;
+        }
+        let tracked: u64 = self.peers.values().map(|p| p.recv.missing()).sum();
+        if tracked.saturating_add(opens) <= MAX_TRACKED_GAPS {
+            return;
+        }
+        self.drops.record(DropReason::GapBudget);
+        if let Some(p) = self.peers.get_mut(&from) {
+            // O(1) jump (walking the span would cost the CPU the budget is meant to save).
+            let old = std::mem::replace(&mut p.recv, RecvStream::new(seq_hi));
+            p.recv.gaps_detected = old.gaps_detected;
+            p.recv.abandoned = old
+                .abandoned
+                .saturating_add(seq_hi.saturating_sub(old.contiguous()));
+        }
+        self.pulse_soon(now, NEW_PEER_PULSE_DELAY);
+    }
+
+    pub(super) fn apply_items(
+        &mut self,
+        now: Instant,
+        items: &[Item],
+        from: NodeId,
+        app: &mut dyn AppState,
+        repair: bool,
+    ) {
+        for item in items {
+            match item {
+                Item::Rec { rec, .. } if self.refuse_ahead(now, &rec.version, from) => {}
+                Item::Clear { version, .. } if self.refuse_ahead(now, version, from) => {}
+                Item::Rec { cache, rec } => match app.apply(cache, rec, from) {
+                    Applied::Changed => {
+                        self.metrics.changes_applied += 1;
+                        if repair {
+                            self.metrics.snapshot_records_applied += 1;
+                        }
+                    }
+                    Applied::Stale | Applied::Skipped => self.metrics.changes_stale += 1,
+                    Applied::BelowHorizon => {
+                        self.metrics.changes_stale += 1;
+                        self.drops.record(DropReason::BelowHorizon);
+                    }
+                    Applied::Undecodable => {
+                        self.drops.record(DropReason::UndecodableRecord);
+                    }
+                },
+                Item::Clear { cache, version } => app.apply_clear(cache, *version, from),
+                Item::Loading { cache, key } => app.peer_loading(cache, key, from),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use crate::record::{Op, Record};
+
+    #[test]
+    fn a_published_change_is_applied_by_a_peer_and_a_replay_is_dropped() {
+        let t0 = Instant::now();
+        let (mut a, mut b, app_a, mut app_b) = joined_pair(t0);
+        let rec = Record {
+            key: b"k".to_vec(),
+            version: version_at(app_a.wall, a.id()),
+            op: Op::Put {
+                value: b"v".to_vec(),
+                ttl_ms: None,
+            },
+        };
+        a.publish(
+            t0,
+            Item::Rec {
+                cache: "c".into(),
+                rec: rec.clone(),
+            },
+        );
+        let sent = drain(&mut a, t0);
+        assert_eq!(sent.len(), 1, "one change, one datagram");
+        for d in &sent {
+            b.handle_datagram(t0, d, &mut app_b);
+        }
+        assert_eq!(app_b.record("c", b"k"), Some(rec));
+        assert_eq!(b.metrics().changes_applied, 1);
+        // The same datagram again is a replay at the wire.
+        assert_eq!(b.handle_datagram(t0, &sent[0], &mut app_b), None);
+        assert_eq!(b.last_drop(), Some(DropReason::Replay));
+        assert!(
+            app_a.record("c", b"k").is_none(),
+            "the sender's state is its own business"
+        );
+    }
+
+    #[test]
+    fn a_gap_is_naked_and_repaired_by_retransmission() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
+        let wall = app_a.wall;
+        let mut lost = Vec::new();
+        for (i, key) in [b"x", b"y"].iter().enumerate() {
+            let version = version_at(wall + i as u64, a.id());
+            let rec = Record {
+                key: key.to_vec(),
+                version,
+                op: Op::Del,
+            };
+            a.publish(
+                t0,
+                Item::Rec {
+                    cache: "c".into(),
+                    rec,
+                },
+            );
+            // Past the linger window: each change is its own data message.
+            let t = t0 + a.cfg.linger * (i as u32 + 1) * 2;
+            lost.push(drain(&mut a, t));
+        }
+        // The first message is lost; the second arrives and reveals the gap.
+        for d in &lost[1] {
+            b.handle_datagram(t0, d, &mut app_b);
+        }
+        assert_eq!(b.peers[&a.id()].recv.missing(), 1);
+        let nak_at = b.poll_timeout().expect("a NAK is due");
+        b.handle_timeout(nak_at, &mut app_b);
+        assert!(b.metrics().retransmits_requested >= 1);
+        deliver(&mut b, &mut a, &mut app_a, nak_at);
+        assert_eq!(a.metrics().retransmits_served, 1);
+        deliver(&mut a, &mut b, &mut app_b, nak_at);
+        assert_eq!(b.peers[&a.id()].recv.missing(), 0);
+        assert!(app_b.record("c", b"x").is_some());
+    }
+}

@@ -1,0 +1,266 @@
+//! Membership: the peer table, heartbeats (`Hello`), cumulative acks, clean leaves and failure
+//! detection.
+
+use super::*;
+use crate::message::Msg;
+
+/// The peer table.
+pub(super) type PeerMap = BTreeMap<NodeId, Peer>;
+
+/// A peer as this node tracks it.
+#[derive(Debug)]
+pub(super) struct Peer {
+    pub(super) name: String,
+    pub(super) last_seen: Instant,
+    pub(super) suspect: bool,
+    /// Our stream, as acknowledged by this peer.
+    pub(super) acked: u64,
+    /// This peer's stream, as received here.
+    pub(super) recv: RecvStream,
+    pub(super) received_since_ack: u64,
+    /// Its wall clock minus ours, in ms, from its last heartbeat (`None` until one arrives).
+    pub(super) clock_offset_ms: Option<i64>,
+}
+
+impl Endpoint {
+    /// A peer left cleanly: it is dropped at once.
+    pub(super) fn on_leave(&mut self, from: NodeId) {
+        if self.peers.remove(&from).is_some() {
+            self.wire.forget_sender(from);
+            self.budget.forget(from);
+            self.events.push_back(Event::Member(MemberEvent::Left {
+                id: from,
+                failed: false,
+            }));
+            self.release_acked();
+        }
+    }
+
+    /// A heartbeat, or a joiner's announcement (`join`), which is answered at once.
+    pub(super) fn on_hello(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        msg: Msg,
+        app: &mut dyn AppState,
+    ) {
+        let Msg::Hello {
+            name,
+            join,
+            seq_hi,
+            acks,
+            caches,
+            wall_ms,
+        } = msg
+        else {
+            return;
+        };
+        self.on_peer_clock(now, from, wall_ms);
+        self.on_ack_list(from, &acks);
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.name = name;
+        }
+        self.learn_seq_hi(now, from, seq_hi);
+        if join {
+            // Answer at once so the joiner learns the membership and our caches (if
+            // its budget allows; otherwise it hears our next heartbeat).
+            let caches = app.caches();
+            let size =
+                128 + 24 * self.peers.len() + caches.iter().map(|c| c.len() + 2).sum::<usize>();
+            if self.pay(now, from, self.wire_size(size)) {
+                self.send_hello(false, caches);
+            }
+        }
+        self.maybe_start_transfer(now, from, caches);
+    }
+
+    /// Records that `from` is alive; adds it if new. Returns false if the table is full.
+    pub(super) fn touch_peer(&mut self, now: Instant, from: NodeId, msg: &Msg) -> bool {
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.last_seen = now;
+            if p.suspect {
+                p.suspect = false;
+                self.events
+                    .push_back(Event::Member(MemberEvent::Alive { id: from }));
+            }
+            return true;
+        }
+        if self.peers.len() >= self.cfg.max_peers {
+            self.drops.record(DropReason::MembershipFull);
+            return false;
+        }
+        // Where its stream starts for us: history before we met is covered by state transfer
+        // and anti-entropy. A young stream is taken from the start so that its first messages,
+        // if lost, are still NAKed.
+        let base = match msg {
+            Msg::Hello { seq_hi, .. } => *seq_hi,
+            Msg::Data { seq, .. } if *seq <= YOUNG_STREAM => 0,
+            Msg::Data { seq, .. } => seq - 1,
+            _ => 0,
+        };
+        let name = match msg {
+            Msg::Hello { name, .. } => name.clone(),
+            _ => String::new(),
+        };
+        self.peers.insert(
+            from,
+            Peer {
+                name: name.clone(),
+                last_seen: now,
+                suspect: false,
+                // It does not need our past: it fetches state on its own.
+                acked: self.send.seq_hi(),
+                recv: RecvStream::new(base),
+                received_since_ack: 0,
+                clock_offset_ms: None,
+            },
+        );
+        self.events
+            .push_back(Event::Member(MemberEvent::Joined { id: from, name }));
+        if !matches!(msg, Msg::Hello { .. }) {
+            // Learn its name and our caches quickly; also ask it to announce itself (paid from
+            // what it sent: a stream of new forged ids must not buy a Hello each).
+            let size = 128 + 24 * self.peers.len();
+            if self.pay(now, from, self.wire_size(size)) {
+                self.send_hello(true, Vec::new());
+            }
+        }
+        // A peer that (re)appears may have missed anything: compare digests soon.
+        self.pulse_soon(now, NEW_PEER_PULSE_DELAY);
+        true
+    }
+
+    pub(super) fn detect_failures(&mut self, now: Instant) {
+        let suspect_after = self.cfg.heartbeat * self.cfg.suspect_after;
+        let remove_after = self.cfg.heartbeat * self.cfg.remove_after;
+        let mut removed = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            let silent = now.saturating_duration_since(p.last_seen);
+            if silent >= remove_after {
+                removed.push(*id);
+            } else if silent >= suspect_after && !p.suspect {
+                p.suspect = true;
+                self.events
+                    .push_back(Event::Member(MemberEvent::Suspect { id: *id }));
+            }
+        }
+        for id in removed {
+            self.peers.remove(&id);
+            self.wire.forget_sender(id);
+            self.budget.forget(id);
+            self.events
+                .push_back(Event::Member(MemberEvent::Left { id, failed: true }));
+        }
+        self.release_acked();
+    }
+
+    pub(super) fn send_hello(&mut self, join: bool, caches: Vec<String>) {
+        let acks = self.ack_list();
+        for p in self.peers.values_mut() {
+            p.received_since_ack = 0;
+        }
+        let msg = Msg::Hello {
+            name: self.cfg.name.clone(),
+            join,
+            seq_hi: self.send.seq_hi(),
+            acks,
+            caches,
+            wall_ms: self.wall_ms,
+        };
+        self.send_msg(&msg);
+    }
+
+    pub(super) fn send_ack(&mut self) {
+        let acks = self.ack_list();
+        for p in self.peers.values_mut() {
+            p.received_since_ack = 0;
+        }
+        self.send_msg(&Msg::Ack { acks });
+    }
+
+    pub(super) fn ack_list(&self) -> Vec<(NodeId, u64)> {
+        self.peers
+            .iter()
+            .map(|(id, p)| (*id, p.recv.contiguous()))
+            .collect()
+    }
+
+    pub(super) fn on_ack_list(&mut self, from: NodeId, acks: &[(NodeId, u64)]) {
+        if let Some(&(_, upto)) = acks.iter().find(|(id, _)| *id == self.me) {
+            if let Some(p) = self.peers.get_mut(&from) {
+                p.acked = p.acked.max(upto.min(self.send.seq_hi()));
+            }
+            self.release_acked();
+        }
+    }
+
+    pub(super) fn release_acked(&mut self) {
+        match self.peers.values().map(|p| p.acked).min() {
+            Some(min) => self.send.release(min),
+            None => self.send.release_all(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn peers_meet_through_their_announcements() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (endpoint(1, t0), endpoint(2, t0));
+        let (mut app_a, mut app_b) = (MapApp::default(), MapApp::default());
+        a.handle_timeout(t0, &mut app_a);
+        deliver(&mut a, &mut b, &mut app_b, t0);
+        assert_eq!(
+            b.poll_event(),
+            Some(Event::Member(MemberEvent::Joined {
+                id: a.id(),
+                name: "test".into()
+            }))
+        );
+        // b answers the joiner at once.
+        deliver(&mut b, &mut a, &mut app_a, t0);
+        assert_eq!(a.peers().len(), 1);
+        assert_eq!(b.peers()[0].id, a.id());
+    }
+
+    #[test]
+    fn a_silent_peer_is_suspected_then_removed() {
+        let t0 = Instant::now();
+        let (mut a, b, mut app_a, _) = joined_pair(t0);
+        let hb = a.cfg.heartbeat;
+        let mut events = Vec::new();
+        for i in 1..=a.cfg.remove_after {
+            let t = t0 + hb * i;
+            a.handle_timeout(t, &mut app_a);
+            drain(&mut a, t);
+            events.extend(std::iter::from_fn(|| a.poll_event()));
+        }
+        let id = b.id();
+        let member = |e: &Event| matches!(e, Event::Member(m) if *m != MemberEvent::Ready);
+        let members: Vec<Event> = events.into_iter().filter(member).collect();
+        assert_eq!(
+            members,
+            vec![
+                Event::Member(MemberEvent::Suspect { id }),
+                Event::Member(MemberEvent::Left { id, failed: true }),
+            ]
+        );
+        assert!(a.peers().is_empty());
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_peers() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (endpoint(1, t0), endpoint(2, t0));
+        b.cfg.max_peers = 0;
+        let (mut app_a, mut app_b) = (MapApp::default(), MapApp::default());
+        a.handle_timeout(t0, &mut app_a);
+        deliver(&mut a, &mut b, &mut app_b, t0);
+        assert!(b.peers().is_empty());
+        assert_eq!(b.drops().get(DropReason::MembershipFull), 1);
+    }
+}

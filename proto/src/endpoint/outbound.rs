@@ -1,0 +1,377 @@
+//! What this node sends: local changes published onto its reliable stream (batched into data
+//! messages, flow-controlled, kept for retransmission), the send queue that
+//! [`Endpoint::poll_transmit`] writes out a datagram at a time, and retransmissions for NAKs.
+
+use super::*;
+use crate::message::Msg;
+use crate::reliability::to_ranges;
+
+/// A message waiting to be sent, written one datagram at a time by [`Endpoint::poll_transmit`].
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    pub(super) to: Destination,
+    pub(super) payload: Arc<[u8]>,
+    /// Wire message id.
+    pub(super) id: u64,
+    /// Next fragment to write, of `count`.
+    pub(super) next: u16,
+    pub(super) count: u16,
+}
+
+impl Endpoint {
+    /// Queues a local change for replication; [`Endpoint::poll_transmit`] packs it into a
+    /// data message. Never blocks: if the outbound queue is full the change is dropped,
+    /// counted, and an anti-entropy pulse is scheduled so peers repair it.
+    pub fn publish(&mut self, now: Instant, item: Item) {
+        if self.left {
+            return;
+        }
+        if self.outbox.len() >= self.cfg.queue_max {
+            self.metrics.outbound_overflow += 1;
+            self.timers
+                .bring_forward(Timer::Pulse, now + OVERFLOW_PULSE_DELAY);
+            return;
+        }
+        self.outbox_bytes += item.weight();
+        self.outbox.push_back(item);
+    }
+
+    /// Packs queued changes into one data message (as many as fit a datagram) and queues it.
+    /// Returns false if nothing was packed: nothing queued, the flow-control window is full,
+    /// or the changes linger for more to join them (then [`Timer::Linger`] is set). `now_all`
+    /// packs lingering changes at once (leaving).
+    pub(super) fn pack_data(&mut self, now: Instant, now_all: bool) -> bool {
+        if self.outbox.is_empty() {
+            self.timers.stop(Timer::Linger);
+            return false;
+        }
+        let chunk = self.wire.chunk_size().max(64);
+        if !now_all && self.outbox_bytes + DATA_MSG_OVERHEAD < chunk {
+            if let Some(last) = self.last_data_at {
+                let due = last + self.cfg.linger;
+                if now < due {
+                    self.timers.set(Timer::Linger, due);
+                    return false;
+                }
+            }
+        }
+        self.timers.stop(Timer::Linger);
+        if self.in_flight() >= self.cfg.window {
+            return false; // flow control: wait for acks (or for slow peers to be removed)
+        }
+        let mut items = Vec::new();
+        let mut bytes = DATA_MSG_OVERHEAD;
+        while let Some(item) = self.outbox.front() {
+            let w = item.weight();
+            if !items.is_empty() && bytes + w > chunk {
+                break;
+            }
+            bytes += w;
+            self.outbox_bytes = self.outbox_bytes.saturating_sub(w);
+            items.extend(self.outbox.pop_front());
+            if bytes >= chunk {
+                break;
+            }
+        }
+        self.metrics.changes_sent += items.len() as u64;
+        let seq = self.send.next_seq();
+        let payload: Arc<[u8]> = Msg::Data { seq, items }.encode().into();
+        self.metrics.data_messages_sent += 1;
+        if let Some(id) = self.queue(payload.clone(), None, Destination::Group) {
+            if !self.peers.is_empty() {
+                self.send.keep(seq, id, payload);
+            }
+        }
+        self.last_data_at = Some(now);
+        self.timers.set(Timer::Tail, now + self.cfg.tail_delay);
+        self.tail_repeats = TAIL_ANNOUNCEMENTS;
+        true
+    }
+
+    /// Sends the newest records of keys whose changes could not be queued (the targeted repair
+    /// after an overload), on the reliable stream, past the `queue_max` bound.
+    pub fn repair(&mut self, now: Instant, items: Vec<Item>) {
+        if !self.left && !items.is_empty() {
+            self.advance_wall(now);
+            self.send_repair(items);
+        }
+    }
+
+    /// Repairs travel on the reliable stream like local changes (they are idempotent by
+    /// version), so they get the same loss recovery.
+    pub(super) fn send_repair(&mut self, items: Vec<Item>) {
+        self.metrics.ae_repairs += items.len() as u64;
+        for item in items {
+            self.outbox_bytes += item.weight();
+            self.outbox.push_back(item);
+        }
+    }
+
+    /// Announces that this node leaves; peers drop it at once. Changes still queued are
+    /// packed first (as far as the flow-control window allows), so they go out before the
+    /// announcement; nothing is accepted afterwards.
+    pub fn leave(&mut self, now: Instant) {
+        if !self.left {
+            self.advance_wall(now);
+            while self.pack_data(now, true) {}
+            self.send_msg(&Msg::Leave);
+            self.left = true;
+        }
+    }
+
+    /// Writes the next datagram to send into `buf` (cleared first) and says where it goes;
+    /// `None` when there is nothing to send now. Queued changes are packed into data messages
+    /// here, as late as possible (so changes published meanwhile share datagrams), and each
+    /// datagram is sealed only when asked for: call it until it returns `None` after every
+    /// other call.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.advance_wall(now);
+        if self.transmits.is_empty() && (self.left || !self.pack_data(now, false)) {
+            return None;
+        }
+        let out = self.transmits.front_mut()?;
+        let (destination, index, count) = (out.to, out.next, out.count);
+        let written = self
+            .wire
+            .encode_fragment(&out.payload, out.id, index, count, buf);
+        out.next += 1;
+        if out.next >= count {
+            let done = self.transmits.pop_front()?;
+            let size = self.wire_size(done.payload.len());
+            self.transmit_bytes = self.transmit_bytes.saturating_sub(size);
+        }
+        if let Err(e) = written {
+            // Only an exhausted packet counter fails here: the node must restart.
+            tracing::warn!(error = %e, "datagram not sent");
+            self.drops.record(DropReason::Unsendable);
+            buf.clear();
+            return self.poll_transmit(now, buf);
+        }
+        self.metrics.datagrams_sent += 1;
+        self.metrics.bytes_sent += buf.len() as u64;
+        Some(Transmit {
+            destination,
+            size: buf.len(),
+        })
+    }
+
+    /// Sends an answer to `to` if its answer budget pays for it.
+    pub(super) fn send_paid(&mut self, now: Instant, to: NodeId, msg: &Msg) -> bool {
+        let payload = msg.encode();
+        if !self.pay(now, to, self.wire_size(payload.len())) {
+            return false;
+        }
+        self.queue(payload.into(), None, destination(msg));
+        true
+    }
+
+    pub(super) fn send_msg(&mut self, msg: &Msg) -> Option<u64> {
+        self.queue(msg.encode().into(), None, destination(msg))
+    }
+
+    /// Queues one message for `to` as wire message `id` (a new id if `None`); returns the id
+    /// used. Its datagrams are sealed by [`Endpoint::poll_transmit`].
+    pub(super) fn queue(
+        &mut self,
+        payload: Arc<[u8]>,
+        id: Option<u64>,
+        to: Destination,
+    ) -> Option<u64> {
+        match self.wire.begin_message(payload.len(), id) {
+            Ok((id, count)) => {
+                self.transmit_bytes += self.wire_size(payload.len());
+                self.transmits.push_back(Outgoing {
+                    to,
+                    payload,
+                    id,
+                    next: 0,
+                    count,
+                });
+                Some(id)
+            }
+            Err(e) => {
+                // Only oversized messages fail; caches refuse entries that could cause this.
+                tracing::warn!(error = %e, len = payload.len(), "message not sent");
+                self.drops.record(DropReason::Unsendable);
+                None
+            }
+        }
+    }
+
+    pub(super) fn on_nak(&mut self, from: NodeId, ranges: &[(u64, u64)]) {
+        let mut gone = Vec::new();
+        let mut budget = NAK_WORK_BUDGET; // bound the work one NAK can cause
+        for &(a, b) in ranges {
+            if a > b || b > self.send.seq_hi() {
+                continue;
+            }
+            for seq in a..=b {
+                if budget == 0 {
+                    break;
+                }
+                budget -= 1;
+                if self.transmit_bytes >= MAX_QUEUED_TRANSMIT_BYTES {
+                    // Shed: the asker NAKs again after its backoff.
+                    self.drops.record(DropReason::NakShed);
+                    budget = 0;
+                    break;
+                }
+                match self.send.get(seq).map(|(id, p)| (id, p.clone())) {
+                    Some((id, payload)) => {
+                        self.metrics.retransmits_served += 1;
+                        // Same message id: fragments the receiver already holds still count.
+                        // For the peer that asked (others missing it ask on their own).
+                        self.queue(payload, Some(id), Destination::Node(from));
+                    }
+                    None => gone.push(seq),
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.metrics.retransmits_gone += gone.len() as u64;
+            self.send_msg(&Msg::Gone {
+                to: from,
+                ranges: to_ranges(&gone),
+            });
+        }
+    }
+
+    /// NAKs, one message per peer with gaps due.
+    pub(super) fn send_due_naks(&mut self, now: Instant) {
+        let mut naks = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            if p.recv.next_nak().is_some_and(|t| t <= now) {
+                let ranges = p.recv.due_naks(now, &self.cfg.nak);
+                if !ranges.is_empty() {
+                    naks.push((*id, ranges));
+                }
+            }
+        }
+        for (to, ranges) in naks {
+            self.metrics.retransmits_requested += ranges.len() as u64;
+            self.send_msg(&Msg::Nak { to, ranges });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    fn put(ep: &Endpoint, key: &[u8], value: &[u8]) -> Item {
+        Item::Rec {
+            cache: "c".into(),
+            rec: put_at(key, value, MapApp::default().wall, ep.id()),
+        }
+    }
+
+    #[test]
+    fn changes_published_together_share_a_datagram_and_are_kept_for_retransmission() {
+        let t0 = Instant::now();
+        let (mut a, _b, _, _) = joined_pair(t0);
+        for i in 0..10u8 {
+            let item = put(&a, &[i], b"value");
+            a.publish(t0, item);
+        }
+        assert_eq!(a.outbox_len(), 10, "nothing is packed before it is polled");
+        let sent = drain(&mut a, t0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(a.outbox_len(), 0);
+        assert_eq!(a.metrics().changes_sent, 10);
+        assert_eq!(a.metrics().data_messages_sent, 1);
+        assert_eq!(a.send.len(), 1, "kept until the peer acknowledges it");
+        assert_eq!(a.in_flight(), 1);
+        assert!(!a.is_quiet());
+    }
+
+    #[test]
+    fn a_lone_change_right_after_a_data_message_lingers() {
+        let t0 = Instant::now();
+        let (mut a, _b, _, _) = joined_pair(t0);
+        let item = put(&a, b"1", b"v");
+        a.publish(t0, item);
+        assert_eq!(
+            drain(&mut a, t0).len(),
+            1,
+            "at low load a change leaves at once"
+        );
+        let item = put(&a, b"2", b"v");
+        a.publish(t0, item);
+        assert!(drain(&mut a, t0).is_empty(), "it waits for company");
+        let due = t0 + a.cfg.linger;
+        assert_eq!(a.timers.get(Timer::Linger), Some(due));
+        assert!(a.poll_timeout().is_some_and(|t| t <= due));
+        assert_eq!(drain(&mut a, due).len(), 1);
+        assert_eq!(a.timers.get(Timer::Linger), None);
+    }
+
+    #[test]
+    fn the_window_holds_new_data_until_acks_arrive() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
+        a.cfg.window = 1;
+        let item = put(&a, b"1", b"v");
+        a.publish(t0, item);
+        let first = drain(&mut a, t0);
+        assert_eq!(first.len(), 1);
+        let t1 = t0 + a.cfg.linger * 2;
+        let item = put(&a, b"2", b"v");
+        a.publish(t1, item);
+        assert!(
+            drain(&mut a, t1).is_empty(),
+            "one message in flight fills the window"
+        );
+        for d in &first {
+            b.handle_datagram(t1, d, &mut app_b);
+        }
+        // b's heartbeat acknowledges it.
+        let hb = t0 + b.cfg.heartbeat;
+        b.handle_timeout(hb, &mut app_b);
+        deliver(&mut b, &mut a, &mut app_a, hb);
+        assert_eq!(a.in_flight(), 0);
+        assert_eq!(a.send.len(), 0, "released once acknowledged");
+        assert!(!drain(&mut a, hb).is_empty());
+        assert_eq!(a.outbox_len(), 0);
+        assert_eq!(a.metrics().data_messages_sent, 2);
+    }
+
+    #[test]
+    fn leaving_sends_what_is_queued_before_the_leave() {
+        let t0 = Instant::now();
+        let (mut a, mut b, _, mut app_b) = joined_pair(t0);
+        let item = put(&a, b"k", b"v");
+        a.publish(t0, item);
+        a.leave(t0);
+        let item = put(&a, b"late", b"v");
+        a.publish(t0, item);
+        assert_eq!(a.outbox_len(), 0, "nothing is accepted after leaving");
+        assert_eq!(deliver(&mut a, &mut b, &mut app_b, t0), 2);
+        assert!(app_b.record("c", b"k").is_some());
+        assert!(b.peers().is_empty());
+        let left = std::iter::from_fn(|| b.poll_event()).any(|e| {
+            e == Event::Member(MemberEvent::Left {
+                id: a.id(),
+                failed: false,
+            })
+        });
+        assert!(left);
+    }
+
+    #[test]
+    fn a_nak_for_a_released_message_is_answered_gone() {
+        let t0 = Instant::now();
+        let (mut a, mut b, _, mut app_b) = joined_pair(t0);
+        let item = put(&a, b"k", b"v");
+        a.publish(t0, item);
+        drain(&mut a, t0);
+        a.send.release_all();
+        a.on_nak(b.id(), &[(1, 1)]);
+        assert_eq!(a.metrics().retransmits_gone, 1);
+        let mut buf = Vec::new();
+        let t = a.poll_transmit(t0, &mut buf).expect("the Gone answer");
+        assert_eq!(t.destination, Destination::Node(b.id()));
+        b.handle_datagram(t0, &buf, &mut app_b);
+        assert_eq!(b.peers[&a.id()].recv.missing(), 0);
+    }
+}

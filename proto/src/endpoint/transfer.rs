@@ -1,0 +1,352 @@
+//! State transfer: a joining node copies its first peer's caches chunk by chunk (the donor
+//! serves chunks, resending them under the same message id when asked again), then declares
+//! itself ready.
+
+use super::*;
+use crate::message::Msg;
+use crate::record::Record;
+use crate::sync::Applied;
+use crate::version::Version;
+
+/// A state transfer in progress.
+#[derive(Debug)]
+pub(super) struct Transfer {
+    /// The peer copied from.
+    pub(super) donor: NodeId,
+    /// Caches not yet complete: the cursor asked for, and when.
+    pub(super) pending: BTreeMap<String, (u64, Instant)>,
+}
+
+/// Where joining stands; [`Timer::Join`] holds its deadline.
+#[derive(Debug)]
+pub(super) enum JoinState {
+    /// Waiting for a peer to offer its caches (until `join_wait`).
+    Waiting,
+    /// Copying the caches of a donor.
+    Transferring(Transfer),
+    /// Holds a full copy (or found no peer).
+    Ready,
+}
+
+/// A received snapshot chunk.
+pub(super) struct Chunk {
+    pub(super) cache: String,
+    pub(super) cursor: u64,
+    pub(super) records: Vec<Record>,
+    pub(super) next: Option<u64>,
+    pub(super) horizon: Version,
+}
+
+/// A snapshot chunk sent: (requester, cache, cursor), wire message id, payload.
+pub(super) type Served = ((NodeId, String, u64), u64, Arc<[u8]>);
+
+impl Endpoint {
+    /// A peer offered its caches: a node still waiting to join copies them from it.
+    pub(super) fn maybe_start_transfer(&mut self, now: Instant, from: NodeId, caches: Vec<String>) {
+        if !matches!(self.join, JoinState::Waiting) || caches.is_empty() {
+            return;
+        }
+        let mut pending = BTreeMap::new();
+        for cache in caches {
+            let req = self.snapshot_req(from, cache.clone(), 0);
+            self.send_msg(&req);
+            pending.insert(cache, (0, now));
+        }
+        self.join = JoinState::Transferring(Transfer {
+            donor: from,
+            pending,
+        });
+        self.timers.set(Timer::Join, now + self.transfer_timeout());
+    }
+
+    /// How long a joiner waits for a chunk before asking again (the donor resends it under
+    /// the same message id, so partial reassemblies complete).
+    pub(super) fn transfer_timeout(&self) -> Duration {
+        (self.cfg.tail_delay * TRANSFER_RETRY_FACTOR).min(self.cfg.heartbeat)
+    }
+
+    /// A joiner asks for the chunk of `cache` at `cursor`: served as far as its answer budget
+    /// pays, and remembered to be resent under the same message id.
+    pub(super) fn on_snapshot_req(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        cache: String,
+        cursor: u64,
+        app: &mut dyn AppState,
+    ) {
+        let key = (from, cache.clone(), cursor);
+        if let Some((id, payload)) = self
+            .served
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, id, p)| (*id, p.clone()))
+        {
+            // A repeated request: resend under the same message id so fragments the
+            // joiner already holds still count.
+            if self.pay(now, from, self.wire_size(payload.len())) {
+                self.queue(payload, Some(id), Destination::Node(from));
+            }
+            return;
+        }
+        // What this requester may be sent, less room for the framing.
+        let may = self.budget.available(now, from).saturating_sub(256) as usize;
+        let budget = self.cfg.snapshot_chunk.min(self.list_budget()).min(may);
+        if budget < 64 {
+            self.drops.record(DropReason::AnswerBudget);
+            return;
+        }
+        let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
+        self.metrics.snapshot_chunks_served += 1;
+        let floor = app.clear_floor(&cache);
+        let horizon = app.horizon(&cache);
+        let payload: Arc<[u8]> = Msg::SnapshotChunk {
+            to: from,
+            cache,
+            cursor,
+            records,
+            next,
+            floor,
+            horizon,
+        }
+        .encode()
+        .into();
+        if !self.pay(now, from, self.wire_size(payload.len())) {
+            // A record larger than the credit: asked again, the credit grows.
+            return;
+        }
+        if let Some(id) = self.queue(payload.clone(), None, Destination::Node(from)) {
+            if self.served.len() >= SERVED_CHUNKS_KEPT {
+                self.served.pop_front();
+            }
+            self.served.push_back((key, id, payload));
+        }
+    }
+
+    /// A chunk arrived: versions from the future are refused, a newer clear floor is applied,
+    /// and the records go to [`Endpoint::on_snapshot_chunk`].
+    pub(super) fn on_snapshot_chunk_msg(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        msg: Msg,
+        app: &mut dyn AppState,
+    ) {
+        let Msg::SnapshotChunk {
+            cache,
+            cursor,
+            mut records,
+            next,
+            floor,
+            horizon,
+            ..
+        } = msg
+        else {
+            return;
+        };
+        if self.refuse_ahead(now, &floor, from) || self.refuse_ahead(now, &horizon, from) {
+            return;
+        }
+        if floor > app.clear_floor(&cache) {
+            app.apply_clear(&cache, floor, from);
+        }
+        records.retain(|r| !self.refuse_ahead(now, &r.version, from));
+        let chunk = Chunk {
+            cache,
+            cursor,
+            records,
+            next,
+            horizon,
+        };
+        self.on_snapshot_chunk(now, from, chunk, app)
+    }
+
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        chunk: Chunk,
+        app: &mut dyn AppState,
+    ) {
+        let Chunk {
+            cache,
+            cursor,
+            records,
+            next,
+            horizon,
+        } = chunk;
+        for rec in &records {
+            if app.apply(&cache, rec, from) == Applied::Changed {
+                self.metrics.snapshot_records_applied += 1;
+            }
+        }
+        let timeout = self.transfer_timeout();
+        let JoinState::Transferring(tr) = &mut self.join else {
+            return;
+        };
+        if tr.donor != from || tr.pending.get(&cache).map(|(c, _)| *c) != Some(cursor) {
+            return;
+        }
+        match next {
+            Some(n) => {
+                tr.pending.insert(cache.clone(), (n, now));
+                self.timers.set(Timer::Join, now + timeout);
+                let req = self.snapshot_req(from, cache, n);
+                self.send_msg(&req);
+            }
+            None => {
+                tr.pending.remove(&cache);
+                // The copy is complete: it forgot what the donor forgot. (Adopted only now, so
+                // that the donor's own records older than its horizon are not refused.)
+                app.raise_horizon(&cache, horizon);
+                if tr.pending.is_empty() {
+                    self.metrics.state_transfers += 1;
+                    self.become_ready(now);
+                }
+            }
+        }
+    }
+
+    pub(super) fn become_ready(&mut self, now: Instant) {
+        self.join = JoinState::Ready;
+        self.timers.stop(Timer::Join);
+        self.events.push_back(Event::Member(MemberEvent::Ready));
+        // Close any race between the snapshot cursor and live changes.
+        self.timers
+            .bring_forward(Timer::Pulse, now + READY_PULSE_DELAY);
+    }
+
+    /// The join deadline passed: stop waiting for a peer, or ask the donor again.
+    pub(super) fn join_timeout(&mut self, now: Instant) {
+        match &self.join {
+            JoinState::Waiting => self.become_ready(now),
+            JoinState::Transferring(tr) => {
+                // The donor stalled: ask again from where we are, or give up if it is gone.
+                if self.peers.contains_key(&tr.donor) {
+                    let donor = tr.donor;
+                    let asks: Vec<(String, u64)> = tr
+                        .pending
+                        .iter()
+                        .map(|(c, (cursor, _))| (c.clone(), *cursor))
+                        .collect();
+                    self.timers.set(Timer::Join, now + self.transfer_timeout());
+                    for (cache, cursor) in asks {
+                        let req = self.snapshot_req(donor, cache, cursor);
+                        self.send_msg(&req);
+                    }
+                } else {
+                    // Anti-entropy with the remaining peers completes the copy.
+                    self.become_ready(now);
+                }
+            }
+            JoinState::Ready => self.timers.stop(Timer::Join),
+        }
+    }
+
+    /// A snapshot request, padded to about one datagram so the donor's answer is paid for.
+    pub(super) fn snapshot_req(&self, to: NodeId, cache: String, cursor: u64) -> Msg {
+        let pad = self
+            .wire
+            .chunk_size()
+            .saturating_sub(cache.len() + 64)
+            .min(1 << 16);
+        Msg::SnapshotReq {
+            to,
+            cache,
+            cursor,
+            pad: serde_bytes::ByteBuf::from(vec![0u8; pad]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::membership::Peer;
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn a_joiner_copies_its_donors_caches_then_is_ready() {
+        let t0 = Instant::now();
+        let mut donor = endpoint(1, t0);
+        let mut app_d = MapApp::default();
+        for i in 0..200u32 {
+            app_d.put(
+                "c",
+                put_at(&i.to_be_bytes(), &[7; 300], app_d.wall - 1, donor.id()),
+            );
+        }
+        donor.handle_timeout(t0, &mut app_d);
+        drain(&mut donor, t0);
+        let t1 = t0 + donor.cfg.join_wait; // the donor is ready alone
+        donor.handle_timeout(t1, &mut app_d);
+        assert!(donor.is_ready());
+        let mut joiner = endpoint(2, t1);
+        let mut app_j = MapApp::default();
+        joiner.handle_timeout(t1, &mut app_j);
+        let mut now = t1;
+        for _ in 0..200 {
+            deliver(&mut joiner, &mut donor, &mut app_d, now);
+            deliver(&mut donor, &mut joiner, &mut app_j, now);
+            if joiner.is_ready() {
+                break;
+            }
+            now += Duration::from_millis(1);
+            joiner.handle_timeout(now, &mut app_j);
+            donor.handle_timeout(now, &mut app_d);
+        }
+        assert!(joiner.is_ready());
+        assert_eq!(app_j.caches, app_d.caches);
+        assert_eq!(joiner.metrics().state_transfers, 1);
+        assert!(
+            donor.metrics().snapshot_chunks_served >= 2,
+            "several chunks"
+        );
+        let ready = std::iter::from_fn(|| joiner.poll_event())
+            .any(|e| e == Event::Member(MemberEvent::Ready));
+        assert!(ready);
+    }
+
+    #[test]
+    fn a_joiner_alone_is_ready_after_join_wait() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(1, t0);
+        let mut app = MapApp::default();
+        ep.handle_timeout(t0, &mut app);
+        assert!(!ep.is_ready());
+        let until = t0 + ep.cfg.join_wait;
+        assert_eq!(ep.timers.get(Timer::Join), Some(until));
+        ep.handle_timeout(until, &mut app);
+        assert!(ep.is_ready());
+        assert_eq!(ep.timers.get(Timer::Join), None);
+    }
+
+    #[test]
+    fn a_stalled_donor_is_asked_again() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(2, t0);
+        let mut app = MapApp::default();
+        ep.handle_timeout(t0, &mut app);
+        drain(&mut ep, t0);
+        ep.peers.insert(
+            NodeId(1),
+            Peer {
+                name: String::new(),
+                last_seen: t0,
+                suspect: false,
+                acked: 0,
+                recv: RecvStream::new(0),
+                received_since_ack: 0,
+                clock_offset_ms: None,
+            },
+        );
+        ep.maybe_start_transfer(t0, NodeId(1), vec!["c".into()]);
+        assert_eq!(drain(&mut ep, t0).len(), 1, "the first request");
+        let retry = ep.timers.get(Timer::Join).expect("a retry deadline");
+        assert_eq!(retry, t0 + ep.transfer_timeout());
+        ep.handle_timeout(retry, &mut app);
+        let again = drain(&mut ep, retry);
+        assert!(!again.is_empty(), "asked again");
+        assert!(!ep.is_ready());
+    }
+}
