@@ -196,6 +196,24 @@ impl ParkedCache {
         self.records.values()
     }
 
+    /// The live records (values, no tombstones), in key order.
+    #[cfg(any(test, feature = "unstable"))]
+    pub fn live(&self) -> impl Iterator<Item = &Record> {
+        self.records.values().filter(|r| is_live(r))
+    }
+
+    /// Records held, tombstones included.
+    #[cfg(any(test, feature = "unstable"))]
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True if no record is held.
+    #[cfg(any(test, feature = "unstable"))]
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     /// Digest of the live (non-deleted) records, computed as a typed cache computes it.
     pub fn digest(&self) -> SyncDigest {
         let mut d = SyncDigest {

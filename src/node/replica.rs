@@ -358,7 +358,7 @@ impl AppState for NodeApp {
 /// falls back to anti-entropy pulses past `queue_max` remembered keys). `block` waits up to
 /// `overload_timeout` for room, then refuses the write; `error` refuses it at once. A refused
 /// write stores nothing and returns [`Error::Overloaded`].
-pub struct ChannelPublisher {
+pub(crate) struct ChannelPublisher {
     /// To the driver.
     pub tx: mpsc::Sender<Command>,
     /// Changes not queued because the queue was full.
@@ -376,7 +376,7 @@ pub struct ChannelPublisher {
 }
 
 /// The replicated item for a local change.
-pub fn change_item(change: Change) -> Item {
+pub(crate) fn change_item(change: Change) -> Item {
     let cache = change.cache.to_string();
     match change.kind {
         ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
