@@ -184,12 +184,8 @@ fn scenario(seed: u64) -> Result<String, String> {
     result.map_err(|e| format!("{desc}: {e}"))?;
     // Phase 2: the loss stops; every buffer drains back to its baseline. (While loss goes on,
     // periodic multi-fragment heartbeats always leave a few young partial reassemblies.)
-    //
-    // Not with a cache in mode 0: a node that lacks a key its peers hold pulls it at every
-    // pulse (the digests differ), the holder re-sends it on the reliable stream and the puller
-    // skips it (update-if-present), so repairs stay in flight for good. Entries, membership
-    // and hand-over are still checked there.
-    let quiet_expected = modes.iter().all(|(_, m)| *m != CacheMode::UpdateIfPresent);
+    // This holds in mode 0 too: anti-entropy neither pulls nor pushes a key to a node that
+    // lacks it there (it would skip it at every pulse).
     sim.net.loss = 0.0;
     sim.net.dup = 0.0;
     let drained = check_at + Duration::from_secs(5);
@@ -198,13 +194,8 @@ fn scenario(seed: u64) -> Result<String, String> {
         sim.run_until(check_at);
         match check_entries(&sim)
             .and_then(|()| sim.check_members())
-            .and_then(|()| {
-                if quiet_expected {
-                    check_quiet(&sim)
-                } else {
-                    Ok(())
-                }
-            }) {
+            .and_then(|()| check_quiet(&sim))
+        {
             Ok(()) => {
                 let entries: Vec<Live> = CACHES.iter().map(|c| sim.live(0, c)).collect();
                 return Ok(format!(

@@ -54,6 +54,12 @@ pub trait AppState {
     fn drop_doubtful(&mut self, _cache: &str, _key: &[u8], _version: Version) -> bool {
         false
     }
+    /// Whether `cache` takes a peer's value for a key it does not hold live (false for a cache
+    /// that only updates keys it already holds). When false, anti-entropy neither pulls such
+    /// keys nor pushes them to a peer that lacks them: they would be skipped at every pulse.
+    fn adopts_absent_keys(&self, _cache: &str) -> bool {
+        true
+    }
     /// The application's wall clock, in milliseconds since the Unix epoch (the core reads no
     /// clock itself; anti-entropy uses this to leave changes still in flight alone).
     fn wall_ms(&self) -> u64;

@@ -118,6 +118,11 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn drop_doubtful(&self, _key: &[u8], _version: crate::proto::version::Version) -> bool {
         false
     }
+    /// Whether a peer's value for a key not held live is taken (false in update-if-present
+    /// mode, see `AppState::adopts_absent_keys` in the protocol core).
+    fn adopts_absent_keys(&self) -> bool {
+        true
+    }
     /// Local metrics.
     fn metrics(&self) -> crate::cache::metrics::CacheMetrics;
     /// Clears the cache here and publishes a versioned clear (what `Cache::clear` does).

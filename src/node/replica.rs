@@ -182,7 +182,8 @@ impl AppState for NodeApp {
         };
         if applied == Applied::Changed {
             let written_us = record.version.millis() * 1000;
-            self.lag.record(self.clock.wall_us().saturating_sub(written_us));
+            self.lag
+                .record(self.clock.wall_us().saturating_sub(written_us));
         }
         applied
     }
@@ -216,6 +217,13 @@ impl AppState for NodeApp {
 
     fn wall_ms(&self) -> u64 {
         self.clock.wall_ms()
+    }
+
+    fn adopts_absent_keys(&self, cache: &str) -> bool {
+        // A parked cache (not opened yet) holds whatever it is sent.
+        self.registry
+            .opened(cache)
+            .is_none_or(|c| c.adopts_absent_keys())
     }
 
     fn horizon(&self, cache: &str) -> Version {

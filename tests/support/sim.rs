@@ -185,6 +185,9 @@ impl AppState for SimApp {
     fn drop_doubtful(&mut self, cache: &str, key: &[u8], version: Version) -> bool {
         self.node.app().drop_doubtful(cache, key, version)
     }
+    fn adopts_absent_keys(&self, cache: &str) -> bool {
+        self.app().adopts_absent_keys(cache)
+    }
     fn wall_ms(&self) -> u64 {
         self.app().wall_ms()
     }

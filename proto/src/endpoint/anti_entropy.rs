@@ -175,6 +175,12 @@ impl Endpoint {
             .wall_ms()
             .saturating_sub(self.cfg.settle.as_millis() as u64);
         let settled = |v: &crate::version::Version| v.millis() <= cutoff;
+        // An update-if-present cache skips a value for a key it does not hold live: neither
+        // side sends one to the side that lacks it (that side would skip it at every pulse).
+        let adopts = app.adopts_absent_keys(cache);
+        let skipped = |holder: &KeyVersion, lacker: Option<&KeyVersion>| {
+            !adopts && !holder.deleted && lacker.is_none_or(|l| l.deleted)
+        };
         let valid: Vec<(u16, u16, u16)> = parts
             .iter()
             .copied()
@@ -193,9 +199,10 @@ impl Endpoint {
                 .filter(|kv| key_part(&kv.key, of) == part)
                 .cloned()
             {
-                match their_map.remove(&mine.key) {
+                let theirs = their_map.remove(&mine.key);
+                match &theirs {
                     Some(t) if t.version > mine.version => {
-                        if settled(&t.version) {
+                        if settled(&t.version) && !skipped(t, Some(&mine)) {
                             pull.push(mine.key)
                         }
                     }
@@ -209,7 +216,7 @@ impl Endpoint {
                         }
                     }
                     _ => {
-                        if settled(&mine.version) {
+                        if settled(&mine.version) && !skipped(&mine, theirs.as_ref()) {
                             push.push(mine.key)
                         }
                     }
@@ -226,7 +233,7 @@ impl Endpoint {
         pull.extend(
             their_map
                 .into_values()
-                .filter(|kv| settled(&kv.version) && kv.version > my_horizon)
+                .filter(|kv| settled(&kv.version) && kv.version > my_horizon && !skipped(kv, None))
                 .map(|kv| kv.key),
         );
         let items: Vec<Item> = push
@@ -329,6 +336,7 @@ impl Endpoint {
 mod tests {
     use super::super::testing::*;
     use super::*;
+    use crate::record::Op;
 
     /// Runs both nodes' timers and exchanges everything at each step until `until`.
     fn run(
@@ -366,6 +374,31 @@ mod tests {
         assert!(a.metrics().pulses_sent >= 1);
         assert!(a.metrics().ae_exchanges + b.metrics().ae_exchanges >= 1);
         assert!(a.metrics().ae_repairs + b.metrics().ae_repairs >= 2);
+    }
+
+    #[test]
+    fn update_if_present_caches_go_quiet_when_one_side_lacks_keys() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
+        app_a.adopts_absent = false;
+        app_b.adopts_absent = false;
+        let old = app_a.wall - 60_000;
+        // a holds a key b lacks, and a newer value of a key b holds only as a tombstone.
+        app_a.put("c", put_at(b"only-a", b"1", old, a.id()));
+        app_a.put("c", put_at(b"dead-at-b", b"2", old + 1, a.id()));
+        let mut tomb = put_at(b"dead-at-b", b"", old, b.id());
+        tomb.op = Op::Del;
+        app_b.put("c", tomb);
+        app_b.caches.entry("c".into()).or_default();
+        let until = t0 + a.cfg.pulse * 4;
+        run(&mut a, &mut b, &mut app_a, &mut app_b, t0, until);
+        assert!(a.metrics().ae_exchanges + b.metrics().ae_exchanges >= 1);
+        assert_eq!(
+            a.metrics().ae_repairs + b.metrics().ae_repairs,
+            0,
+            "nothing sent that would be skipped"
+        );
+        assert!(app_b.record("c", b"only-a").is_none());
     }
 
     #[test]

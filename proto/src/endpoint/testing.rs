@@ -17,6 +17,8 @@ use crate::wire::WireConfig;
 pub(super) struct MapApp {
     pub(super) caches: BTreeMap<String, BTreeMap<Vec<u8>, Record>>,
     pub(super) wall: u64,
+    /// False: like an update-if-present cache, a `Put` for a key not held live is skipped.
+    pub(super) adopts_absent: bool,
 }
 
 impl Default for MapApp {
@@ -24,6 +26,7 @@ impl Default for MapApp {
         MapApp {
             caches: BTreeMap::new(),
             wall: 1_700_000_000_000,
+            adopts_absent: true,
         }
     }
 }
@@ -41,8 +44,15 @@ impl MapApp {
 impl AppState for MapApp {
     fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
         let map = self.caches.entry(cache.to_string()).or_default();
+        let held_live = |r: Option<&Record>| r.is_some_and(|r| matches!(r.op, Op::Put { .. }));
         match map.get(&record.key) {
             Some(old) if old.version >= record.version => Applied::Stale,
+            old if !self.adopts_absent
+                && matches!(record.op, Op::Put { .. })
+                && !held_live(old) =>
+            {
+                Applied::Skipped
+            }
             _ => {
                 map.insert(record.key.clone(), record.clone());
                 Applied::Changed
@@ -54,6 +64,10 @@ impl AppState for MapApp {
         if let Some(map) = self.caches.get_mut(cache) {
             map.retain(|_, r| r.version > version);
         }
+    }
+
+    fn adopts_absent_keys(&self, _cache: &str) -> bool {
+        self.adopts_absent
     }
 
     fn clear_floor(&self, _cache: &str) -> Version {

@@ -218,6 +218,10 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         *self.horizon.read()
     }
 
+    fn adopts_absent_keys(&self) -> bool {
+        self.cfg.mode != CacheMode::UpdateIfPresent
+    }
+
     fn raise_horizon(&self, version: Version) {
         self.raise_horizon_to(version);
     }
