@@ -60,25 +60,26 @@ pub use cache::CacheConfig;
 pub use enums::{CacheMode, Overload, TantrumSide};
 pub(crate) use keys::differing_keys;
 pub use keys::{CacheOverrides, Config};
-pub use transport::{TransportKind, peer_with_port};
+pub use transport::TransportKind;
+pub(crate) use transport::peer_with_port;
 use values::{decode_key, redact};
 
 /// The prefix of every environment variable read by [`Config::load`].
-pub const ENV_PREFIX: &str = "MCCACHE_";
+pub(crate) const ENV_PREFIX: &str = "MCCACHE_";
 
 /// The environment variable naming the TOML file to read instead of `./mccache.toml`.
 /// Set but empty: read no file at all.
-pub const CONFIG_PATH_ENV: &str = "MCCACHE_CONFIG";
+pub(crate) const CONFIG_PATH_ENV: &str = "MCCACHE_CONFIG";
 
 /// The file read from the working directory when [`CONFIG_PATH_ENV`] is not set.
-pub const DEFAULT_CONFIG_FILE: &str = "mccache.toml";
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "mccache.toml";
 
 /// The longest timespan any seconds key accepts: 10^9 s (about 31.7 years). Longer spans would
 /// overflow `Instant` arithmetic.
-pub const MAX_SECONDS: f64 = 1e9;
+pub(crate) const MAX_SECONDS: f64 = 1e9;
 
 /// The largest accepted `max_message_size`: 64 MiB.
-pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_SIZE_LIMIT: usize = 64 * 1024 * 1024;
 
 impl Config {
     /// Loads defaults, then `./mccache.toml` (or the file named by `$MCCACHE_CONFIG`), then
@@ -358,7 +359,7 @@ impl Provider for Config {
 /// `MCCACHE_CACHE_TLL is not a configuration key and is ignored (did you mean MCCACHE_CACHE_TTL?)`.
 /// [`Config::load`] warns about each of them once per process (see
 /// [`crate::Node::health`] for the list on a running node).
-pub fn unknown_env_vars() -> Vec<String> {
+pub(crate) fn unknown_env_vars() -> Vec<String> {
     load::unknown_env_vars()
 }
 

@@ -132,6 +132,10 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(unnameable_types)]
+#![warn(unreachable_pub)]
+// Items that only `mccache::unstable` exports (test hooks) are `pub` on purpose; without that
+// feature they look unreachable. Every test and CI build has the feature, and is checked.
+#![cfg_attr(not(feature = "unstable"), allow(unreachable_pub))]
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]

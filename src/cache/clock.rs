@@ -14,6 +14,11 @@ pub trait Clock: Send + Sync + 'static {
     fn now_nanos(&self) -> u64;
     /// Wall-clock milliseconds since the Unix epoch.
     fn wall_ms(&self) -> u64;
+    /// Wall-clock microseconds since the Unix epoch (replication lag). The default is
+    /// [`Clock::wall_ms`] scaled.
+    fn wall_us(&self) -> u64 {
+        self.wall_ms().saturating_mul(1000)
+    }
     /// Both readings at once (`(now_nanos, wall_ms)`); clocks may answer with one time read.
     fn now_both(&self) -> (u64, u64) {
         (self.now_nanos(), self.wall_ms())
@@ -92,6 +97,13 @@ impl Clock for SystemClock {
 
     fn wall_ms(&self) -> u64 {
         self.now_both().1
+    }
+
+    fn wall_us(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
     }
 
     fn now_both(&self) -> (u64, u64) {

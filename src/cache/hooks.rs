@@ -10,7 +10,7 @@ use crate::proto::version::NodeId;
 
 /// A local write to be replicated: the cache name and the record (key, version, op).
 #[derive(Clone, Debug)]
-pub struct Change {
+pub(crate) struct Change {
     /// The cache the write happened in.
     pub cache: Arc<str>,
     /// What happened.
@@ -19,7 +19,7 @@ pub struct Change {
 
 /// The replicated forms of a local write.
 #[derive(Clone, Debug)]
-pub enum ChangeKindWire {
+pub(crate) enum ChangeKindWire {
     /// One key changed (put, delete or invalidate).
     Record(Record),
     /// The whole cache was cleared at this version: entries older than it are removed.
@@ -35,7 +35,7 @@ pub enum ChangeKindWire {
 /// for its change, which then goes out through [`Publisher::publish_reserved`] (or the slot is
 /// given back with [`Publisher::release`] if the write changed nothing); `Ok(false)` means the
 /// change goes through [`Publisher::publish`]; an error refuses the write.
-pub trait Publisher: Send + Sync + 'static {
+pub(crate) trait Publisher: Send + Sync + 'static {
     /// Queues one change for replication (no slot reserved: never blocks).
     fn publish(&self, change: Change);
 
@@ -62,7 +62,7 @@ pub trait Publisher: Send + Sync + 'static {
 
 /// A publisher that drops everything: a node with no network.
 #[derive(Debug, Default)]
-pub struct NoPublisher;
+pub(crate) struct NoPublisher;
 
 impl Publisher for NoPublisher {
     fn publish(&self, _change: Change) {}
@@ -72,7 +72,7 @@ impl Publisher for NoPublisher {
     }
 }
 
-pub use crate::proto::sync::{
+pub(crate) use crate::proto::sync::{
     Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket, splitmix64,
 };
 

@@ -100,7 +100,7 @@ macro_rules! declare_keys {
             ) -> Result<bool, $crate::error::ConfigError> {
                 $(
                     if key == stringify!($name) {
-                        if let Some(x) = KeyRule::parse(&$rule, key, v)? {
+                        if let Some(x) = $crate::config::rules::KeyRule::parse(&$rule, key, v)? {
                             self.$name = x;
                         }
                         return Ok(true);
@@ -111,7 +111,7 @@ macro_rules! declare_keys {
 
             /// Checks every key with its rule, then every per-cache override.
             pub(super) fn check_keys(&self) -> Result<(), $crate::error::ConfigError> {
-                $(KeyRule::check(&$rule, stringify!($name), &self.$name)?;)*
+                $($crate::config::rules::KeyRule::check(&$rule, stringify!($name), &self.$name)?;)*
                 for (name, overrides) in &self.caches {
                     overrides.check(name)?;
                 }
@@ -131,7 +131,7 @@ macro_rules! declare_keys {
                 $($(
                     if key == stringify!($name) {
                         let full = format!("caches.{cache}.{key}");
-                        let rule: &dyn KeyRule<Value = $oty> = &$orule;
+                        let rule: &dyn $crate::config::rules::KeyRule<Value = $oty> = &$orule;
                         if let Some(x) = rule.parse(&full, v)? {
                             self.$name = Some(x);
                         }
@@ -147,12 +147,12 @@ macro_rules! declare_keys {
                     return Err($crate::error::ConfigError::invalid(
                         "caches",
                         cache,
-                        REASON_CACHE_NAME,
+                        $crate::config::load::REASON_CACHE_NAME,
                     ));
                 }
                 $($(
                     if let Some(v) = &self.$name {
-                        let rule: &dyn KeyRule<Value = $oty> = &$orule;
+                        let rule: &dyn $crate::config::rules::KeyRule<Value = $oty> = &$orule;
                         rule.check(&format!("caches.{cache}.{}", stringify!($name)), v)?;
                     }
                 )?)*

@@ -9,8 +9,11 @@
 use std::net::Ipv4Addr;
 
 use super::declare::declare_keys;
-use super::load::REASON_CACHE_NAME;
-use super::rules::*;
+use super::rules::{
+    BYTES, CHANGES, CLUSTER_NAME, CryptoKey, ENTRIES, GROUP, HOPS, INTERFACE, KEYRING,
+    MESSAGE_SIZE, MODE, MTU, NODE_NAME, OVERLOAD, Opt, PERCENT, PORT, SECS_NON_NEGATIVE,
+    SECS_POSITIVE, SIDE,
+};
 use super::{CacheMode, Overload, TantrumSide, TransportKind, WritePolicy, backing, transport};
 
 declare_keys! {

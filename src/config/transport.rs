@@ -105,7 +105,7 @@ fn split_peer(s: &str) -> Parsed<(&str, Option<u16>)> {
 
 /// A peer entry with its port filled in (`default_port` when it has none): `"10.0.0.7"` with
 /// 4000 is `"10.0.0.7:4000"`; an entry with a port keeps it.
-pub fn peer_with_port(entry: &str, default_port: u16) -> String {
+pub(crate) fn peer_with_port(entry: &str, default_port: u16) -> String {
     match split_peer(entry) {
         Ok((host, Some(port))) => format!("{host}:{port}"),
         Ok((host, None)) => format!("{host}:{default_port}"),

@@ -11,7 +11,7 @@ use crate::net::sockopt;
 use crate::{Error, Result};
 
 /// The largest TTL tried.
-pub const MAX_HOPS: u8 = 30;
+pub(super) const MAX_HOPS: u8 = 30;
 /// How long a probe waits for an answer before it is sent once more.
 const FIRST_WAIT: Duration = Duration::from_millis(300);
 /// How long the second probe of a TTL waits. Routers rate-limit ICMP per destination (Linux:

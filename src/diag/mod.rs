@@ -32,11 +32,11 @@ use crate::net::sockopt;
 
 /// The UDP port probes are sent to: the first traceroute port, which nothing listens on, so the
 /// destination answers with ICMP port-unreachable.
-pub const PROBE_PORT: u16 = 33434;
+pub(crate) const PROBE_PORT: u16 = 33434;
 
 /// One entry of a socket's error queue (an ICMP error, or a local error), decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrQueueEvent {
+pub(crate) enum ErrQueueEvent {
     /// The datagram was too big for a link: ICMPv4 type 3 code 4 ("fragmentation needed"),
     /// ICMPv6 "packet too big", or a local `EMSGSIZE` (then `from` is `None` and `mtu` is the
     /// outgoing interface's MTU).
@@ -85,7 +85,7 @@ const EE_LEN: usize = 16;
 ///
 /// The layout is Linux's: `cmsghdr { size_t len; int level; int type; }`, data aligned to
 /// `size_t`.
-pub fn parse_recverr(control: &[u8]) -> Option<ErrQueueEvent> {
+pub(crate) fn parse_recverr(control: &[u8]) -> Option<ErrQueueEvent> {
     const W: usize = size_of::<usize>();
     let align = |n: usize| n.checked_add(W - 1).map(|n| n & !(W - 1));
     let hdr = align(W + 8)?;
@@ -157,7 +157,7 @@ fn decode_offender(b: &[u8]) -> Option<IpAddr> {
 /// (`recvmsg(MSG_ERRQUEUE | MSG_DONTWAIT)`). `Ok(None)`: the queue is empty. Entries that do
 /// not decode are skipped (and traced). Reading an entry also clears the socket's pending
 /// error, so the next `send` does not fail with a stale one.
-pub fn read_error_queue(sock: &impl AsFd) -> io::Result<Option<ErrQueueEvent>> {
+pub(crate) fn read_error_queue(sock: &impl AsFd) -> io::Result<Option<ErrQueueEvent>> {
     // Bounded: a queue holds few entries; the cap keeps a flood from spinning us forever.
     for _ in 0..64 {
         let mut control = [0u8; 512];

@@ -10,7 +10,7 @@ use crate::net::sockopt;
 use crate::{Error, Result};
 
 /// IPv4 + UDP header bytes: a datagram payload of `mtu - 28` fills an IPv4 MTU of `mtu`.
-pub const UDP_IPV4_OVERHEAD: u32 = 28;
+pub(super) const UDP_IPV4_OVERHEAD: u32 = 28;
 /// The smallest MTU every IPv4 link must carry (RFC 791).
 const MIN_MTU: u32 = 68;
 /// The largest IPv4 datagram.

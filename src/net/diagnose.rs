@@ -97,7 +97,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Counters and the rate limiter, kept by the driver and read by `Node::health`.
 #[derive(Default, Debug)]
-pub struct OpenFailures {
+pub(crate) struct OpenFailures {
     counts: BTreeMap<OpenFailure, u64>,
     last: Option<Unopened>,
     /// Per cause: when it was last warned about, and how many arrived since.
@@ -107,7 +107,7 @@ pub struct OpenFailures {
 impl OpenFailures {
     /// Counts one datagram from `from` that could not be opened, and warns (at most once per
     /// cause every 10 s, with the count since the last warning).
-    pub fn record(&mut self, cause: OpenFailure, from: SocketAddr, now: Instant) {
+    pub(crate) fn record(&mut self, cause: OpenFailure, from: SocketAddr, now: Instant) {
         *self.counts.entry(cause).or_default() += 1;
         self.last = Some(Unopened {
             from,
@@ -131,12 +131,12 @@ impl OpenFailures {
     }
 
     /// Datagrams counted for each cause (zeros left out).
-    pub fn counts(&self) -> BTreeMap<OpenFailure, u64> {
+    pub(crate) fn counts(&self) -> BTreeMap<OpenFailure, u64> {
         self.counts.clone()
     }
 
     /// The last one.
-    pub fn last(&self) -> Option<Unopened> {
+    pub(crate) fn last(&self) -> Option<Unopened> {
         self.last.clone()
     }
 }

@@ -14,11 +14,11 @@ use std::time::Duration;
 use crate::config::peer_with_port;
 
 /// How long one entry's resolution may take before it counts as failed.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The result of resolving one `peers` entry.
 #[derive(Debug)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// The entry with its port filled in (`host:port`).
     pub entry: String,
     /// Its IPv4 addresses, sorted, or why there are none.
@@ -26,7 +26,7 @@ pub struct Resolved {
 }
 
 /// The `peers` entries with their ports filled in (`default_port` where an entry has none).
-pub fn entries(peers: &[String], default_port: u16) -> Vec<String> {
+pub(crate) fn entries(peers: &[String], default_port: u16) -> Vec<String> {
     let mut v: Vec<String> = peers
         .iter()
         .map(|p| peer_with_port(p, default_port))
@@ -38,7 +38,7 @@ pub fn entries(peers: &[String], default_port: u16) -> Vec<String> {
 
 /// Resolves every entry concurrently (each on tokio's blocking pool), IPv4 addresses only.
 /// The answer keeps the order of `entries`.
-pub async fn resolve_all(entries: &[String]) -> Vec<Resolved> {
+pub(crate) async fn resolve_all(entries: &[String]) -> Vec<Resolved> {
     let mut set = tokio::task::JoinSet::new();
     for (i, e) in entries.iter().enumerate() {
         let e = e.clone();
@@ -87,7 +87,7 @@ async fn resolve_one(entry: String) -> Resolved {
 }
 
 /// Resolves every entry on the calling thread (for callers outside a runtime).
-pub fn resolve_blocking(entries: &[String]) -> Vec<Resolved> {
+pub(crate) fn resolve_blocking(entries: &[String]) -> Vec<Resolved> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -25,14 +25,14 @@ use crate::proto::state::AppState;
 use crate::proto::version::NodeId;
 
 use super::discovery::{self, Resolved};
-pub use super::transport::{Tantrum, Transport};
+pub(crate) use super::transport::{Tantrum, Transport};
 use super::unicast::AddressBook;
 
 /// Where the answers to one cluster query go: (answering node, msgpack body).
-pub type ReplySender = std::sync::mpsc::Sender<(NodeId, Vec<u8>)>;
+pub(crate) type ReplySender = std::sync::mpsc::Sender<(NodeId, Vec<u8>)>;
 
 /// Requests from the node to the driver.
-pub enum Command {
+pub(crate) enum Command {
     /// Replicate a local change.
     Publish(Item),
     /// Ask the cluster; every reply is forwarded to the sender.
@@ -43,7 +43,7 @@ pub enum Command {
 
 /// State the driver shares with the node: membership, readiness.
 #[derive(Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// Live peers, refreshed by the driver.
     pub members: Mutex<Vec<PeerInfo>>,
     /// True once the node holds a full copy.
@@ -136,7 +136,7 @@ fn apply_resolved(
 }
 
 /// Runs the driver until shutdown. `on_event` sees every membership event.
-pub async fn run(
+pub(crate) async fn run(
     mut ep: Endpoint,
     mut app: Box<dyn AppState + Send>,
     mut transport: Transport,

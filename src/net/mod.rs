@@ -1,10 +1,10 @@
 //! Sockets and the single tokio driver task that connects the protocol core to the network.
 
-pub mod diagnose;
-pub mod discovery;
-pub mod driver;
-pub mod overflow;
-pub mod socket;
-pub mod sockopt;
-pub mod transport;
-pub mod unicast;
+pub(crate) mod diagnose;
+pub(crate) mod discovery;
+pub(crate) mod driver;
+pub(crate) mod overflow;
+pub(crate) mod socket;
+pub(crate) mod sockopt;
+pub(crate) mod transport;
+pub(crate) mod unicast;

@@ -22,7 +22,7 @@ use crate::proto::version::Version;
 
 /// Credits and dirty keys of one node (see the module docs).
 #[derive(Debug)]
-pub struct Backlog {
+pub(crate) struct Backlog {
     credits: AtomicIsize,
     capacity: usize,
     dirty_max: usize,
@@ -34,7 +34,7 @@ pub struct Backlog {
 }
 
 /// Most keys remembered for the targeted repair (unless `queue_max` is larger).
-pub const DIRTY_MAX: usize = 1 << 18;
+pub(crate) const DIRTY_MAX: usize = 1 << 18;
 
 impl Default for Backlog {
     fn default() -> Backlog {
@@ -53,7 +53,7 @@ struct Dirty {
 impl Backlog {
     /// `capacity` credits (`queue_max`); at most max(`capacity`, [`DIRTY_MAX`]) dirty keys are
     /// remembered.
-    pub fn new(capacity: usize) -> Backlog {
+    pub(crate) fn new(capacity: usize) -> Backlog {
         Backlog::with_dirty_max(capacity, capacity.max(DIRTY_MAX))
     }
 
@@ -69,12 +69,12 @@ impl Backlog {
     }
 
     /// The number of credits when none is taken (`queue_max`).
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
     /// Takes one credit if one is left.
-    pub fn try_take(&self) -> bool {
+    pub(crate) fn try_take(&self) -> bool {
         if self.credits.fetch_sub(1, Ordering::AcqRel) > 0 {
             return true;
         }
@@ -83,7 +83,7 @@ impl Backlog {
     }
 
     /// Takes one credit, waiting at most `timeout` for the driver to free one.
-    pub fn take_wait(&self, timeout: Duration) -> bool {
+    pub(crate) fn take_wait(&self, timeout: Duration) -> bool {
         if self.try_take() {
             return true;
         }
@@ -104,7 +104,7 @@ impl Backlog {
 
     /// Gives `n` credits back (the driver took `n` changes off the queue, or a reserved write
     /// published nothing).
-    pub fn give(&self, n: usize) {
+    pub(crate) fn give(&self, n: usize) {
         if n > 0 {
             self.credits
                 .fetch_add(n.min(isize::MAX as usize) as isize, Ordering::AcqRel);
@@ -112,7 +112,7 @@ impl Backlog {
     }
 
     /// Remembers a change that could not be queued, for the targeted repair.
-    pub fn mark(&self, item: &Item) {
+    pub(crate) fn mark(&self, item: &Item) {
         let mut d = self.dirty.lock();
         match item {
             Item::Rec { cache, rec } => {
@@ -137,7 +137,7 @@ impl Backlog {
     }
 
     /// Whether changes wait for the targeted repair.
-    pub fn has_dirty(&self) -> bool {
+    pub(crate) fn has_dirty(&self) -> bool {
         self.has_dirty.load(Ordering::Acquire)
     }
 }
@@ -150,7 +150,7 @@ const REPAIR_BATCH: usize = 4096;
 /// reliable stream, whenever the core's outbox holds fewer than that. If the dirty set
 /// spilled, schedules an anti-entropy pulse now and one after the settle time (anti-entropy
 /// leaves younger keys to the stream).
-pub fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backlog, now: Instant) {
+pub(crate) fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backlog, now: Instant) {
     {
         let mut due = backlog.pulse_due.lock();
         if let Some(at) = *due {

@@ -67,9 +67,9 @@ pub fn send_socket(interface: Ipv4Addr, hops: u8) -> io::Result<std::net::UdpSoc
 /// Opens the unicast socket: bound to `interface:port`, used both to receive and to send (so
 /// peers see the address they can answer to). No `SO_REUSEPORT`: two nodes on one host need
 /// two ports, and a port already taken is an error rather than a silent split of the traffic.
-/// Its receive buffer is sized for bursts like the multicast one ([`size_recv_buffer`]): every
+/// Its receive buffer is sized for bursts like the multicast one (`size_recv_buffer`): every
 /// peer's traffic arrives on this one socket.
-pub fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     size_recv_buffer(&s);
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);
@@ -81,7 +81,7 @@ pub fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::net::Ud
 /// Datagrams received together by one `recvmmsg` call: up to [`RecvBatch::CAPACITY`], each in
 /// its own 64 KiB buffer (the largest UDP payload, so nothing is truncated; pages never
 /// written are never resident), handed out one at a time.
-pub struct RecvBatch {
+pub(crate) struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     got: Vec<(usize, Option<SocketAddr>)>,
     next: usize,
@@ -95,10 +95,10 @@ impl Default for RecvBatch {
 
 impl RecvBatch {
     /// Most datagrams taken by one call.
-    pub const CAPACITY: usize = 32;
+    pub(crate) const CAPACITY: usize = 32;
 
     /// Empty buffers.
-    pub fn new() -> RecvBatch {
+    pub(crate) fn new() -> RecvBatch {
         RecvBatch {
             bufs: (0..Self::CAPACITY).map(|_| vec![0u8; 65_536]).collect(),
             got: Vec::with_capacity(Self::CAPACITY),
@@ -109,7 +109,7 @@ impl RecvBatch {
     /// Takes the datagrams waiting on `sock` (at most [`RecvBatch::CAPACITY`]) in one system
     /// call, replacing any not handed out yet; returns how many. `WouldBlock` when there were
     /// none (tokio then waits for the socket to become readable again).
-    pub fn fill(&mut self, sock: &tokio::net::UdpSocket) -> io::Result<usize> {
+    pub(crate) fn fill(&mut self, sock: &tokio::net::UdpSocket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         let RecvBatch { bufs, got, next } = self;
         got.clear();
@@ -137,7 +137,7 @@ impl RecvBatch {
 
     /// The next datagram of the last [`RecvBatch::fill`], copied into `buf` (truncated to its
     /// length), with its length and the address it came from; `None` when all were handed out.
-    pub fn pop_into(&mut self, buf: &mut [u8]) -> Option<(usize, Option<SocketAddr>)> {
+    pub(crate) fn pop_into(&mut self, buf: &mut [u8]) -> Option<(usize, Option<SocketAddr>)> {
         let (len, from) = *self.got.get(self.next)?;
         let data = &self.bufs[self.next][..len.min(self.bufs[self.next].len())];
         let n = data.len().min(buf.len());

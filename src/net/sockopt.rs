@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Sets `IP_MTU_DISCOVER = IP_PMTUDISC_PROBE` on an IPv4 socket: datagrams carry the DF bit
 /// and may be larger than the kernel's cached path MTU, which is what a path-MTU probe needs.
-pub fn set_pmtudisc_probe_v4(sock: &impl AsFd) -> io::Result<()> {
+pub(crate) fn set_pmtudisc_probe_v4(sock: &impl AsFd) -> io::Result<()> {
     set_int(
         sock.as_fd(),
         libc::IPPROTO_IP,
@@ -25,7 +25,7 @@ pub fn set_pmtudisc_probe_v4(sock: &impl AsFd) -> io::Result<()> {
 
 /// Sets `SO_RCVBUFFORCE`: a receive buffer of `bytes` past `net.core.rmem_max`. Needs
 /// `CAP_NET_ADMIN`; fails with `EPERM` otherwise.
-pub fn force_recv_buffer(sock: &impl AsFd, bytes: usize) -> io::Result<()> {
+pub(crate) fn force_recv_buffer(sock: &impl AsFd, bytes: usize) -> io::Result<()> {
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
 }
@@ -33,7 +33,7 @@ pub fn force_recv_buffer(sock: &impl AsFd, bytes: usize) -> io::Result<()> {
 /// Turns `IP_RECVERR` on or off on an IPv4 socket. When on, ICMP errors caused by the socket's
 /// datagrams are queued on the socket's error queue, to be read with
 /// `recvmsg(MSG_ERRQUEUE)` (see [`crate::diag::read_error_queue`]).
-pub fn set_recverr_v4(sock: &impl AsFd, on: bool) -> io::Result<()> {
+pub(crate) fn set_recverr_v4(sock: &impl AsFd, on: bool) -> io::Result<()> {
     set_int(
         sock.as_fd(),
         libc::IPPROTO_IP,
@@ -44,14 +44,14 @@ pub fn set_recverr_v4(sock: &impl AsFd, on: bool) -> io::Result<()> {
 
 /// Reads `IP_MTU`: the kernel's current path-MTU estimate (IP-level bytes) for the peer of a
 /// *connected* IPv4 socket. Fails with `ENOTCONN` on an unconnected socket.
-pub fn ip_mtu_v4(sock: &impl AsFd) -> io::Result<u32> {
+pub(crate) fn ip_mtu_v4(sock: &impl AsFd) -> io::Result<u32> {
     let v = get_int(sock.as_fd(), libc::IPPROTO_IP, libc::IP_MTU)?;
     u32::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative IP_MTU"))
 }
 
 /// What [`wait_events`] saw on one socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// Data can be read.
     pub readable: bool,
     /// The error queue (or the pending socket error) is not empty.
@@ -61,7 +61,10 @@ pub struct Readiness {
 /// Waits up to `timeout` until at least one of `socks` is readable or has a pending error
 /// (`poll(2)` with `POLLIN`; `POLLERR` is always reported). Returns one [`Readiness`] per
 /// socket, all default when the time ran out. `EINTR` counts as "nothing yet".
-pub fn wait_events(socks: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<Readiness>> {
+pub(crate) fn wait_events(
+    socks: &[BorrowedFd<'_>],
+    timeout: Duration,
+) -> io::Result<Vec<Readiness>> {
     let mut fds: Vec<libc::pollfd> = socks
         .iter()
         .map(|s| libc::pollfd {
@@ -96,7 +99,7 @@ pub fn wait_events(socks: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Ve
 /// (`recvmsg(MSG_ERRQUEUE | MSG_DONTWAIT)`, with a 1-byte data buffer as Linux requires) and
 /// copies its control messages into `control`. Returns the number of control bytes, or
 /// `Ok(None)` when the queue is empty. The decoder is [`crate::diag::parse_recverr`].
-pub fn recv_errqueue(sock: &impl AsFd, control: &mut [u8]) -> io::Result<Option<usize>> {
+pub(crate) fn recv_errqueue(sock: &impl AsFd, control: &mut [u8]) -> io::Result<Option<usize>> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
@@ -199,7 +202,7 @@ fn get_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Res
 /// how the process-wide default node announces its leave at exit.
 ///
 /// `hook` must not unwind: wrap its body in `std::panic::catch_unwind`.
-pub fn at_exit(hook: extern "C" fn()) -> io::Result<()> {
+pub(crate) fn at_exit(hook: extern "C" fn()) -> io::Result<()> {
     // SAFETY: atexit only stores the function pointer; `hook` is a plain `extern "C" fn()`
     // taking no arguments, which is the signature atexit requires, and it lives for the whole
     // program (function pointers are 'static).

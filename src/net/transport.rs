@@ -19,7 +19,7 @@ use crate::proto::version::NodeId;
 
 /// Where the fault injector drops datagrams (`monkey_tantrum`).
 #[derive(Copy, Clone, Debug, PartialEq)]
-pub struct Tantrum {
+pub(crate) struct Tantrum {
     /// Percent of datagrams dropped (0–100).
     pub percent: f64,
     /// Drop on send.
@@ -31,8 +31,8 @@ pub struct Tantrum {
 /// Most multicast datagrams sent by one pass of `sendmmsg` calls before the next are packed.
 const MULTICAST_BATCH: usize = 64;
 
-/// Datagrams travel over a [`Link`], through a fault injector.
-pub struct Transport {
+/// Datagrams travel over a link (multicast or unicast sockets), through a fault injector.
+pub(crate) struct Transport {
     link: Link,
     faults: Faults,
     /// Received datagrams not handed to the driver yet (one `recvmmsg` takes up to 32).
@@ -59,7 +59,7 @@ enum Link {
 }
 
 /// The unicast transport's settings.
-pub struct Unicast {
+pub(crate) struct Unicast {
     sock: UdpSocket,
     /// The `peers` entries with ports, re-resolved every `interval`.
     pub entries: Vec<String>,
@@ -73,14 +73,14 @@ pub struct Unicast {
 
 /// What one [`Transport::send`] pass did.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sent {
+pub(crate) struct Sent {
     /// Datagrams (unicast: copies) the socket refused.
     pub failed: u64,
 }
 
 impl Transport {
     /// Wraps multicast sockets opened by [`super::socket`] (must be called inside the runtime).
-    pub fn new(
+    pub(crate) fn new(
         recv: std::net::UdpSocket,
         send: std::net::UdpSocket,
         group: SocketAddrV4,
@@ -98,7 +98,7 @@ impl Transport {
     /// `entries` are the `peers` with their ports, resolved every `interval`; addresses heard
     /// from are forgotten after `expiry` without news; members' addresses are announced every
     /// `announce`.
-    pub fn unicast(
+    pub(crate) fn unicast(
         sock: std::net::UdpSocket,
         entries: Vec<String>,
         interval: Duration,
@@ -142,7 +142,7 @@ impl Transport {
     }
 
     /// The unicast settings (`None` for multicast).
-    pub fn unicast_settings(&self) -> Option<&Unicast> {
+    pub(crate) fn unicast_settings(&self) -> Option<&Unicast> {
         match &self.link {
             Link::Unicast(u) => Some(u),
             Link::Multicast { .. } => None,
@@ -150,18 +150,18 @@ impl Transport {
     }
 
     /// Datagrams dropped on purpose so far (`monkey_tantrum`).
-    pub fn tantrum_drops(&self) -> u64 {
+    pub(crate) fn tantrum_drops(&self) -> u64 {
         self.faults.dropped
     }
 
     /// Own looped-back multicast datagrams dropped so far (counted as `own_echo`).
-    pub fn own_echoes(&self) -> u64 {
+    pub(crate) fn own_echoes(&self) -> u64 {
         self.own_echoes
     }
 
     /// Waits for the next datagram (cancel-safe: the only wait is for readiness). Datagrams
     /// the fault injector drops, and our own looped-back multicast, are skipped.
-    pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         loop {
             match self.try_recv(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -174,7 +174,7 @@ impl Transport {
 
     /// The next datagram if one is waiting (`WouldBlock` otherwise). Datagrams are taken from
     /// the socket in `recvmmsg` batches and handed out one by one.
-    pub fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    pub(crate) fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         loop {
             let Some((len, from)) = self.batch.pop_into(buf) else {
                 let sock = match &self.link {
@@ -197,7 +197,7 @@ impl Transport {
 
     /// Sends every datagram the core has for now. Unicast: a datagram for one peer goes to
     /// that peer's address in `book` when known, everything else to every target.
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         ep: &mut Endpoint,
         now: Instant,

@@ -29,7 +29,7 @@ use crate::proto::version::NodeId;
 
 /// Most addresses remembered per source (heard, told): a flood of authentic-looking plaintext
 /// datagrams from many ports cannot grow the book without bound.
-pub const MAX_BOOK_ENTRIES: usize = 1024;
+pub(crate) const MAX_BOOK_ENTRIES: usize = 1024;
 
 /// Most datagrams handed to one `sendmmsg` call.
 const BATCH: usize = 256;
@@ -202,7 +202,7 @@ fn bounded_insert(
 /// Sends each copy `(datagram index, address)`, `BATCH` copies per `sendmmsg` call, waiting
 /// for the socket when its buffer is full. Returns (copies sent, copies that failed); a failed
 /// copy (an unreachable address, say) is skipped and the rest still go out.
-pub async fn fan_out(
+pub(crate) async fn fan_out(
     sock: &UdpSocket,
     datagrams: &[Vec<u8>],
     copies: &[(usize, SocketAddr)],

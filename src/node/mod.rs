@@ -22,6 +22,7 @@ use builder::{CacheBuilder, Requested};
 
 pub(crate) mod builder;
 mod cluster;
+#[cfg(any(test, feature = "unstable"))]
 pub(crate) mod detached;
 mod health;
 mod nonblocking;

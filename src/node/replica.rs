@@ -170,13 +170,6 @@ impl NodeApp {
     }
 }
 
-fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 impl AppState for NodeApp {
     fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied {
         self.hlc.observe(record.version.hlc);
@@ -189,7 +182,7 @@ impl AppState for NodeApp {
         };
         if applied == Applied::Changed {
             let written_us = record.version.millis() * 1000;
-            self.lag.record(wall_us().saturating_sub(written_us));
+            self.lag.record(self.clock.wall_us().saturating_sub(written_us));
         }
         applied
     }
@@ -358,7 +351,7 @@ impl AppState for NodeApp {
 /// falls back to anti-entropy pulses past `queue_max` remembered keys). `block` waits up to
 /// `overload_timeout` for room, then refuses the write; `error` refuses it at once. A refused
 /// write stores nothing and returns [`Error::Overloaded`].
-pub struct ChannelPublisher {
+pub(crate) struct ChannelPublisher {
     /// To the driver.
     pub tx: mpsc::Sender<Command>,
     /// Changes not queued because the queue was full.
@@ -376,7 +369,7 @@ pub struct ChannelPublisher {
 }
 
 /// The replicated item for a local change.
-pub fn change_item(change: Change) -> Item {
+pub(crate) fn change_item(change: Change) -> Item {
     let cache = change.cache.to_string();
     match change.kind {
         ChangeKindWire::Record(rec) => Item::Rec { cache, rec },

@@ -38,15 +38,15 @@ impl Endpoint {
 
     /// Packs queued changes into one data message (as many as fit a datagram) and queues it.
     /// Returns false if nothing was packed: nothing queued, the flow-control window is full,
-    /// or the changes linger for more to join them (then [`Timer::Linger`] is set). `now_all`
+    /// or the changes linger for more to join them (then [`Timer::Linger`] is set). `no_linger`
     /// packs lingering changes at once (leaving).
-    pub(super) fn pack_data(&mut self, now: Instant, now_all: bool) -> bool {
+    pub(super) fn pack_data(&mut self, now: Instant, no_linger: bool) -> bool {
         if self.outbox.is_empty() {
             self.timers.stop(Timer::Linger);
             return false;
         }
         let chunk = self.wire.chunk_size().max(64);
-        if !now_all && self.outbox_bytes + DATA_MSG_OVERHEAD < chunk {
+        if !no_linger && self.outbox_bytes + DATA_MSG_OVERHEAD < chunk {
             if let Some(last) = self.last_data_at {
                 let due = last + self.cfg.linger;
                 if now < due {

@@ -24,7 +24,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let Some(key) = Self::decode_key(&rec.key) else {
             return Applied::Undecodable;
         };
-        self.core.hlc.observe(rec.version.hlc);
         if rec.version <= *self.clear_floor.read() {
             return Applied::Stale;
         }

@@ -56,7 +56,6 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
     }
 
     fn apply_clear(&self, version: Version, origin: NodeId) {
-        self.core.hlc.observe(version.hlc);
         self.clear_at(version, Origin::Remote(origin));
     }
 
@@ -220,7 +219,6 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
     }
 
     fn raise_horizon(&self, version: Version) {
-        self.core.hlc.observe(version.hlc);
         self.raise_horizon_to(version);
     }
 
