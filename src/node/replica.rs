@@ -182,7 +182,8 @@ impl AppState for NodeApp {
         };
         if applied == Applied::Changed {
             let written_us = record.version.millis() * 1000;
-            self.lag.record(self.clock.wall_us().saturating_sub(written_us));
+            self.lag
+                .record(self.clock.wall_us().saturating_sub(written_us));
         }
         applied
     }
