@@ -9,6 +9,7 @@ use parking_lot::RwLock;
 
 use super::encoding::Encoded;
 use super::events::Events;
+use super::table::Table;
 use super::{CacheKey, CacheValue, Hasher, Store, Ttl, mix64};
 use crate::config::CacheMode;
 use crate::error::{Error, Result};
@@ -64,7 +65,7 @@ pub(super) struct Tomb {
 }
 
 pub(super) struct ShardMap<K, V> {
-    pub(super) map: IndexMap<K, Entry<V>, Hasher>,
+    pub(super) map: Table<K, Entry<V>>,
     pub(super) tombs: IndexMap<K, Tomb, Hasher>,
     /// The CLOCK hand: an index into `map`'s dense order.
     pub(super) hand: usize,
@@ -95,7 +96,7 @@ impl<K, V> Shard<K, V> {
     pub(super) fn new(hasher: Hasher) -> Shard<K, V> {
         Shard {
             lock: RwLock::new(ShardMap {
-                map: IndexMap::with_hasher(hasher),
+                map: Table::with_hasher(hasher),
                 tombs: IndexMap::with_hasher(hasher),
                 hand: 0,
             }),
@@ -144,13 +145,14 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         &self,
         shard: &Shard<K, V>,
         key: &K,
+        hash: u64,
         remote: Option<Version>,
         now: u64,
         ev: &mut Events<K>,
     ) -> bool {
         {
             let g = shard.lock.read();
-            if g.map.contains_key(key) {
+            if g.map.find_hashed(hash, key).is_some() {
                 return false;
             }
             // A remote record that will be refused needs no slot (and must not evict).

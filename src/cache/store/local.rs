@@ -1,6 +1,7 @@
 //! Local writes: insert (under a condition), remove and clear, each versioned with the node's
 //! HLC, published to the replication layer and mirrored to the shared tier.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 
 use super::encoding::{Encoded, ser_err};
@@ -60,17 +61,19 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 version: None,
             });
         }
-        let shard = self.shard(&key);
+        // One hash for the shard, the slot check, the lookup and the insert.
+        let hash = self.hasher.hash_one(&key);
+        let shard = self.shard_of(hash);
         let mut ev = self.events();
         let (now, wall) = self.core.clock.now_both();
         // A new key takes its entry slot before it is stored, so `len()` never exceeds
         // `cache_max`, as seen from any thread.
-        let slot_reserved = self.reserve_slot_for(shard, &key, None, now, &mut ev);
+        let slot_reserved = self.reserve_slot_for(shard, &key, hash, None, now, &mut ev);
         let mut used_slot = false;
         // `Ok(None)`: the condition failed, nothing stored.
         let outcome: Result<Option<(Option<V>, Version, bool)>> = {
             let mut g = shard.lock.write();
-            let live = self.live_index(shard, &mut g, &key, now, &mut ev);
+            let live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
             let found = live.map(|i| g.map[i].version);
             match (cond, found) {
                 (Cond::IfAbsent | Cond::Fill(_), Some(_)) | (Cond::IfPresent, None) => Ok(None),
@@ -88,7 +91,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                         shard,
                         &mut g,
                         live,
-                        key,
+                        (key, hash),
                         entry,
                         Origin::Local,
                         slot_reserved,
@@ -184,12 +187,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     pub(crate) fn remove(&self, key: &K) -> Result<Option<V>> {
         let key_bytes = rmp_serde::to_vec(key).map_err(ser_err)?;
         let reserved = self.core.publisher.enabled() && self.core.publisher.reserve()?;
-        let shard = self.shard(key);
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard_of(hash);
         let mut ev = self.events();
         let (now, wall) = self.core.clock.now_both();
         let removed = {
             let mut g = shard.lock.write();
-            self.live_index(shard, &mut g, key, now, &mut ev)
+            self.live_index(shard, &mut g, key, hash, now, &mut ev)
                 .and_then(|i| {
                     let version = Version::new(self.core.hlc.tick(wall), self.core.id);
                     let old = self.bury(

@@ -59,6 +59,7 @@ mod mutation;
 mod reads;
 mod remote;
 mod sync;
+mod table;
 #[cfg(test)]
 mod testing;
 /// The shared-tier side of the store (read-through, load-through, write hooks).

@@ -21,17 +21,18 @@ pub(super) struct Upserted<V> {
 }
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
-    /// The index of `key`'s live entry in a write-locked shard. An entry that has expired is
+    /// The index of `key` (whose hash is `hash`)'s live entry in a write-locked shard. An entry that has expired is
     /// removed first (counted as a TTL eviction, with an `Expire` event) and reported absent.
     pub(super) fn live_index(
         &self,
         shard: &Shard<K, V>,
         g: &mut ShardMap<K, V>,
         key: &K,
+        hash: u64,
         now: u64,
         ev: &mut Events<K>,
     ) -> Option<usize> {
-        let i = g.map.get_index_of(key)?;
+        let i = g.map.find_hashed(hash, key)?;
         if !g.map[i].expired(now) {
             return Some(i);
         }
@@ -43,7 +44,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         None
     }
 
-    /// Stores `entry` under `key` in a write-locked shard: replaces the live entry at `live`
+    /// Stores `entry` under `key` (hashed `hash`) in a write-locked shard: replaces the live entry at `live`
     /// or inserts a new one (using the slot reserved for it, if `slot_reserved`), with byte
     /// accounting, counters and an `Update`/`Insert` event from `origin`; forgets the key's
     /// tombstone. The caller has already decided that the write wins.
@@ -53,7 +54,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         shard: &Shard<K, V>,
         g: &mut ShardMap<K, V>,
         live: Option<usize>,
-        key: K,
+        (key, hash): (K, u64),
         entry: Entry<V>,
         origin: Origin,
         slot_reserved: bool,
@@ -101,7 +102,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                     version,
                     in_callback_window: false,
                 });
-                g.map.insert(key, entry);
+                g.map.insert_new(hash, key, entry);
                 shard.stats.inserts.fetch_add(1, Ordering::Relaxed);
                 Upserted {
                     old: None,

@@ -4,8 +4,6 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
-use indexmap::map::RawEntryApiV1;
-
 use super::entries::Entry;
 use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::Metadata;
@@ -24,8 +22,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let shard = self.shard_of(hash);
         let out = {
             let g = shard.lock.read();
-            match g.map.raw_entry_v1().from_hash(hash, |k| k == key) {
-                Some((_, e)) => {
+            match g.map.get_hashed(hash, key) {
+                Some(e) => {
                     if e.expires_at != 0 && e.expired(self.core.clock.now_nanos()) {
                         None
                     } else {

@@ -2,6 +2,7 @@
 //! everything known for the key (live entry, tombstone, clear floor, tombstone horizon), and
 //! the drop of an entry held in doubt.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -45,18 +46,19 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             // Del, Inval, or a Put into an invalidate-mode cache.
             _ => None,
         };
-        let shard = self.shard(&key);
+        let hash = self.hasher.hash_one(&key);
+        let shard = self.shard_of(hash);
         let mut ev = self.events();
         let (now, wall) = self.core.clock.now_both();
         let version = rec.version;
         let mut new_key = false;
         let reserved =
-            put.is_some() && self.reserve_slot_for(shard, &key, Some(version), now, &mut ev);
+            put.is_some() && self.reserve_slot_for(shard, &key, hash, Some(version), now, &mut ev);
         let mut used_slot = false;
         let applied = {
             let mut g = shard.lock.write();
             let tomb_newer = g.tombs.get(&key).is_some_and(|t| version <= t.version);
-            let live = self.live_index(shard, &mut g, &key, now, &mut ev);
+            let live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
             if tomb_newer || live.is_some_and(|i| version <= g.map[i].version) {
                 Applied::Stale
             } else if live.is_none()
@@ -75,7 +77,15 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                         new_key = live.is_none();
                         used_slot = self
                             .upsert(
-                                shard, &mut g, live, key, entry, origin, reserved, now, &mut ev,
+                                shard,
+                                &mut g,
+                                live,
+                                (key, hash),
+                                entry,
+                                origin,
+                                reserved,
+                                now,
+                                &mut ev,
                             )
                             .used_slot;
                         Applied::Changed

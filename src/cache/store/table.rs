@@ -1,0 +1,176 @@
+//! A shard's entry table: a dense slab of `(key, entry)` pairs (the CLOCK hand and snapshots
+//! walk it by position) indexed by a `hashbrown::HashTable<u32>` of slab positions.
+//!
+//! Unlike an `IndexMap`, no hash is stored per entry: the index holds 4-byte positions and
+//! hashes are recomputed from the key when the index grows or an entry moves (foldhash on a
+//! small key is a few instructions). Callers that already hashed the key (the shard was chosen
+//! from the same hash) pass it in, so a lookup or an insert hashes once and probes once.
+
+use std::hash::BuildHasher;
+use std::ops::{Index, IndexMut};
+
+use hashbrown::HashTable;
+
+use super::Hasher;
+
+pub(super) struct Table<K, V> {
+    index: HashTable<u32>,
+    slab: Vec<(K, V)>,
+    hasher: Hasher,
+}
+
+impl<K, V> Table<K, V> {
+    pub(super) fn with_hasher(hasher: Hasher) -> Table<K, V> {
+        Table {
+            index: HashTable::new(),
+            slab: Vec::new(),
+            hasher,
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V> Table<K, V> {
+    pub(super) fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.slab.iter().map(|(k, v)| (k, v))
+    }
+
+    pub(super) fn get_index(&self, i: usize) -> Option<(&K, &V)> {
+        self.slab.get(i).map(|(k, v)| (k, v))
+    }
+
+    /// The slab position of `key`, whose hash (from this table's hasher) is `hash`.
+    #[inline]
+    pub(super) fn find_hashed(&self, hash: u64, key: &K) -> Option<usize> {
+        let slab = &self.slab;
+        self.index
+            .find(hash, |&i| slab[i as usize].0 == *key)
+            .map(|&i| i as usize)
+    }
+
+    #[inline]
+    pub(super) fn get_hashed(&self, hash: u64, key: &K) -> Option<&V> {
+        self.find_hashed(hash, key).map(|i| &self.slab[i].1)
+    }
+
+    pub(super) fn get_index_of(&self, key: &K) -> Option<usize> {
+        self.find_hashed(self.hash(key), key)
+    }
+
+    pub(super) fn get(&self, key: &K) -> Option<&V> {
+        self.get_hashed(self.hash(key), key)
+    }
+
+    /// Appends `key`, which the caller has just found absent; `hash` is its hash. Returns its
+    /// position. (One probe for a free slot; no key comparisons.)
+    pub(super) fn insert_new(&mut self, hash: u64, key: K, value: V) -> usize {
+        debug_assert!(self.find_hashed(hash, &key).is_none());
+        let i = self.slab.len();
+        // Positions are u32: a shard never holds 4 billion entries (`max_entries` is a usize
+        // spread over the shards, and memory runs out long before).
+        let pos = u32::try_from(i).expect("shard holds fewer than 2^32 entries");
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index
+            .insert_unique(hash, pos, |&j| hasher.hash_one(&slab[j as usize].0));
+        self.slab.push((key, value));
+        i
+    }
+
+    /// Removes the entry at position `i`; the last entry takes its place.
+    pub(super) fn swap_remove_index(&mut self, i: usize) -> Option<(K, V)> {
+        let hash = self.hash(&self.slab.get(i)?.0);
+        let pos = i as u32;
+        if let Ok(slot) = self.index.find_entry(hash, |&j| j == pos) {
+            slot.remove();
+        }
+        let last = self.slab.len() - 1;
+        if i != last {
+            let moved = self.hash(&self.slab[last].0);
+            let last = last as u32;
+            if let Some(p) = self.index.find_mut(moved, |&j| j == last) {
+                *p = pos;
+            }
+        }
+        Some(self.slab.swap_remove(i))
+    }
+
+    /// Keeps the entries for which `keep` returns true, in their order.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        let before = self.slab.len();
+        self.slab.retain_mut(|(k, v)| keep(k, v));
+        if self.slab.len() == before {
+            return;
+        }
+        self.index.clear();
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        for (i, (k, _)) in slab.iter().enumerate() {
+            self.index
+                .insert_unique(hasher.hash_one(k), i as u32, |&j| {
+                    hasher.hash_one(&slab[j as usize].0)
+                });
+        }
+        if self.slab.capacity() > 2 * self.slab.len() + 16 {
+            self.slab.shrink_to_fit();
+            self.index
+                .shrink_to_fit(|&j| hasher.hash_one(&self.slab[j as usize].0));
+        }
+    }
+}
+
+impl<K, V> Index<usize> for Table<K, V> {
+    type Output = V;
+
+    fn index(&self, i: usize) -> &V {
+        &self.slab[i].1
+    }
+}
+
+impl<K, V> IndexMut<usize> for Table<K, V> {
+    fn index_mut(&mut self, i: usize) -> &mut V {
+        &mut self.slab[i].1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_find_remove_and_retain_keep_positions_consistent() {
+        let mut t: Table<u64, u64> = Table::with_hasher(Hasher::default());
+        for k in 0..1000u64 {
+            assert_eq!(t.get(&k), None);
+            let h = t.hash(&k);
+            assert_eq!(t.insert_new(h, k, k * 10), k as usize);
+        }
+        assert_eq!(t.len(), 1000);
+        // Remove from the front: the last entry moves into the hole and must still be found.
+        for k in 0..100u64 {
+            let i = t.get_index_of(&k).unwrap();
+            assert_eq!(t.swap_remove_index(i), Some((k, k * 10)));
+            assert_eq!(t.get_index_of(&k), None);
+        }
+        assert_eq!(t.swap_remove_index(t.len()), None);
+        t.retain(|k, v| {
+            *v += 1;
+            k % 2 == 0
+        });
+        assert_eq!(t.len(), 450);
+        for k in 0..1000u64 {
+            let want = (k >= 100 && k % 2 == 0).then_some(k * 10 + 1);
+            assert_eq!(t.get(&k).copied(), want, "key {k}");
+            if let Some(i) = t.get_index_of(&k) {
+                assert_eq!(t.get_index(i).map(|(k, _)| *k), Some(k));
+                assert_eq!(t[i], k * 10 + 1);
+            }
+        }
+        assert_eq!(t.iter().count(), 450);
+    }
+}
