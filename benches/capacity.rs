@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mccache::{Cache, ChangeKind, Config, Node, Origin};
 
 const KEYS: u32 = 30_000;
-const WORKER_ENV: &str = "MCCACHE_CAPACITY_WORKER";
+const WORKER_ENV: &str = "CAPACITY_WORKER";
 
 // ------------------------------------------------------------------------------ lag histogram
 
@@ -127,7 +127,7 @@ impl Val for serde_bytes::ByteBuf {
 fn worker() {
     let config = Config::load().expect("worker config (MCCACHE_*)");
     let node = Node::start(config).expect("worker node starts");
-    match std::env::var("MCCACHE_CAPACITY_VALUE").as_deref() {
+    match std::env::var("CAPACITY_WORKER_VALUE").as_deref() {
         Ok("kib") => serve::<serde_bytes::ByteBuf>(node),
         _ => serve::<u64>(node),
     }
@@ -433,6 +433,13 @@ impl Cluster {
                     c
                 }
             };
+            // The bench's own MCCACHE_CAPACITY_* settings are not node configuration: keep
+            // them from the workers, whose nodes would warn about unknown variables.
+            for (k, _) in std::env::vars() {
+                if k.starts_with("MCCACHE_CAPACITY_") {
+                    cmd.env_remove(k);
+                }
+            }
             cmd.env(WORKER_ENV, "1")
                 .env("MCCACHE_CONFIG", "")
                 .env("MCCACHE_MULTICAST_IP", format!("239.255.103.{}", case.slot))
@@ -446,7 +453,7 @@ impl Cluster {
                 .env("MCCACHE_CACHE_TTL", "0")
                 .env("MCCACHE_NODE_NAME", format!("cap{i}"))
                 .env(
-                    "MCCACHE_CAPACITY_VALUE",
+                    "CAPACITY_WORKER_VALUE",
                     if case.kib { "kib" } else { "small" },
                 )
                 .stdin(Stdio::piped())
