@@ -1,26 +1,16 @@
 //! The async API under tokio: async loaders sharing one flight with sync callers, async
 //! stale-while-revalidate, and async readiness and cluster queries on a loopback cluster.
 
-use std::net::Ipv4Addr;
+#[path = "support/cluster.rs"]
+mod cluster_support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use cluster_support::config;
 use mccache::unstable::FakeClock;
 use mccache::{Config, Error, Node};
-
-fn loopback(group: u8, port: u16) -> Config {
-    let mut c = Config::default();
-    c.interface = Ipv4Addr::LOCALHOST;
-    c.multicast_ip = Ipv4Addr::new(239, 255, 105, group);
-    c.multicast_port = port;
-    c.daemon_sleep = 0.1;
-    c.cache_pulse = 0.5;
-    c.cache_ttl = 0.0;
-    c.cluster_name = format!("t14-async-{group}");
-    c.crypto_key = Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_and_sync_callers_share_one_loader() {
@@ -139,9 +129,9 @@ async fn async_loader_errors_and_stale_refresh_on_the_runtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_readiness_and_cluster_queries() {
-    let a = Node::start(loopback(1, 47501)).unwrap();
+    let a = Node::start(config(1, 47501)).unwrap();
     assert!(a.wait_ready_async(Duration::from_secs(5)).await.is_ready());
-    let b = Node::start(loopback(1, 47501)).unwrap();
+    let b = Node::start(config(1, 47501)).unwrap();
     assert!(b.wait_ready_async(Duration::from_secs(10)).await.is_ready());
     let ca = a.cache::<u32, u32>("q").unwrap();
     let cb = b.cache::<u32, u32>("q").unwrap();

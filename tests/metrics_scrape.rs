@@ -4,28 +4,23 @@
 //! summary as `tracing` events.
 #![cfg(feature = "metrics")]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+#[path = "support/cluster.rs"]
+mod cluster_support;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cluster_support::{KEY, wait_until};
 use mccache::{Config, Error, Node};
 use prometheus_parse::{Scrape, Value};
 
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
+/// The shared loopback config, with a name and housekeeper summaries every 0.2 s.
 fn loopback(group: u8, port: u16, name: &str) -> Config {
-    let mut c = Config::default();
-    c.interface = Ipv4Addr::LOCALHOST;
-    c.multicast_ip = Ipv4Addr::new(239, 255, 105, group);
-    c.multicast_port = port;
-    c.daemon_sleep = 0.1;
-    c.cache_pulse = 0.5;
-    c.cache_ttl = 0.0;
+    let mut c = cluster_support::config(group, port);
     c.metrics_log_interval = 0.2;
     c.node_name = Some(name.to_string());
-    c.cluster_name = format!("t14-metrics-{group}");
-    c.crypto_key = Some(KEY.into());
     c
 }
 
@@ -52,17 +47,6 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
             _ => f64::NAN,
         })
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 #[derive(Clone, Default)]

@@ -1,46 +1,25 @@
 //! Cluster-wide single flight: while one node loads a key through `get_or_load`, a peer that
 //! misses the same key waits (bounded) for the replicated value instead of loading it too.
 
-use std::net::Ipv4Addr;
+#[path = "support/cluster.rs"]
+mod cluster_support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mccache::{Cache, Config, Error, Node};
-
-fn loopback(group: u8, port: u16) -> Config {
-    let mut c = Config::default();
-    c.interface = Ipv4Addr::LOCALHOST;
-    c.multicast_ip = Ipv4Addr::new(239, 255, 105, group);
-    c.multicast_port = port;
-    c.daemon_sleep = 0.1;
-    c.cache_pulse = 0.5;
-    c.cache_ttl = 0.0;
-    c.cluster_name = format!("t14-peer-{group}");
-    c.crypto_key = Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
-    c
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
-}
+use cluster_support::{config, wait_until};
+use mccache::{Cache, Error, Node};
 
 fn pair(
     group: u8,
     port: u16,
     wait: Duration,
 ) -> (Node, Node, Cache<String, String>, Cache<String, String>) {
-    let a = Node::start(loopback(group, port)).unwrap();
+    let a = Node::start(config(group, port)).unwrap();
     assert!(a.wait_ready(Duration::from_secs(5)).is_ready());
-    let b = Node::start(loopback(group, port)).unwrap();
+    let b = Node::start(config(group, port)).unwrap();
     assert!(b.wait_ready(Duration::from_secs(10)).is_ready());
     assert!(wait_until(Duration::from_secs(10), || a.members().len()
         == 1
