@@ -12,27 +12,19 @@ mod cluster_support;
 #[path = "support/memcached.rs"]
 mod memcached_support;
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_support::{KEY, wait_until};
+use cluster_support::wait_until;
 use mccache::{Config, Node, ServerEvent, WritePolicy};
 use memcached_support::{Memcached, binary_or_skip};
 
-/// A loopback config on group 239.255.106.`group`, UDP `port`, backed by `servers`.
+/// The shared loopback config on `group`/`port`, backed by `servers`.
 fn config(group: u8, port: u16, cluster: &str, servers: &[String]) -> Config {
-    let mut c = Config::default();
-    c.interface = Ipv4Addr::LOCALHOST;
-    c.multicast_ip = Ipv4Addr::new(239, 255, 106, group);
-    c.multicast_port = port;
-    c.daemon_sleep = 0.1;
-    c.cache_pulse = 0.5;
-    c.cache_max = 100_000;
+    let mut c = cluster_support::config(group, port);
     c.cache_size = 64 << 20;
-    c.cache_ttl = 0.0;
-    c.crypto_key = Some(KEY.to_string());
     c.cluster_name = cluster.to_string();
     c.backing = Some(format!("memcached://{}", servers.join(",")));
     // Generous: on a loaded CI machine a 0.5 s timeout once failed a write-through (the value
