@@ -17,7 +17,7 @@ use super::replica::{LagSamples, NodeApp, Registered, Registry, change_item};
 use crate::cache::clock::Clock;
 use crate::cache::context::StoreContext;
 use crate::cache::handle::Cache;
-use crate::cache::hooks::{Change, ErasedCache, Publisher};
+use crate::cache::hooks::{Change, Publisher};
 use crate::cache::store::{CacheKey, CacheValue, Store};
 use crate::config::Config;
 use crate::error::Result;
@@ -122,20 +122,9 @@ impl DetachedNode {
     /// The node's housekeeping pass: expired entries swept, tombstones older than
     /// `tombstone_ttl` collected (opened and parked caches).
     pub fn housekeep(&self, tombstone_ttl: Duration) {
-        let caches: Vec<Arc<dyn ErasedCache>> = self
-            .app
-            .registry
-            .open
-            .read()
-            .values()
-            .map(|r| r.erased.clone())
-            .collect();
-        for c in &caches {
-            c.housekeep(tombstone_ttl);
-        }
         self.app
             .registry
-            .housekeep_parked(self.ctx.clock.now_nanos(), tombstone_ttl);
+            .housekeep(self.ctx.clock.now_nanos(), tombstone_ttl);
     }
 
     /// The application state the protocol core works on.

@@ -412,16 +412,7 @@ fn housekeeper(
             continue;
         }
         next = now + period;
-        let caches: Vec<Arc<dyn ErasedCache>> = registry
-            .open
-            .read()
-            .values()
-            .map(|r| r.erased.clone())
-            .collect();
-        for c in &caches {
-            c.housekeep(tomb_ttl);
-        }
-        registry.housekeep_parked(clock.now_nanos(), tomb_ttl);
+        let caches = registry.housekeep(clock.now_nanos(), tomb_ttl);
         reporter.tick(&caches, now);
     }
 }

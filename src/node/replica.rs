@@ -76,10 +76,22 @@ impl Registry {
     }
 
     /// Collects the parked caches' tombstones older than `ttl` (see [`ParkedCache::housekeep`]).
-    pub fn housekeep_parked(&self, now_nanos: u64, ttl: Duration) {
+    /// One housekeeping pass over every cache, opened and parked (expiry, tombstones older
+    /// than `ttl`); returns the opened caches it visited.
+    pub fn housekeep(&self, now_nanos: u64, ttl: Duration) -> Vec<Arc<dyn ErasedCache>> {
+        let caches: Vec<Arc<dyn ErasedCache>> = self
+            .open
+            .read()
+            .values()
+            .map(|r| r.erased.clone())
+            .collect();
+        for c in &caches {
+            c.housekeep(ttl);
+        }
         for p in self.parked.lock().values_mut() {
             p.housekeep(now_nanos, ttl);
         }
+        caches
     }
 
     /// Registers a cache the application has just opened (the caller holds the write lock

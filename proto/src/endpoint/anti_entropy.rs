@@ -236,16 +236,7 @@ impl Endpoint {
                 .filter(|kv| settled(&kv.version) && kv.version > my_horizon && !skipped(kv, None))
                 .map(|kv| kv.key),
         );
-        let items: Vec<Item> = push
-            .iter()
-            .filter_map(|k| app.record(cache, k))
-            .map(|rec| Item::Rec {
-                cache: cache.to_string(),
-                rec,
-            })
-            .collect();
-        let items = self.affordable(now, from, items);
-        self.send_repair(items);
+        self.send_records(now, from, cache, push.iter().map(|k| k.as_slice()), app);
         let budget = self.list_budget();
         let mut keys = Vec::new();
         let mut bytes = 0;
@@ -280,8 +271,20 @@ impl Endpoint {
         keys: &[serde_bytes::ByteBuf],
         app: &mut dyn AppState,
     ) {
+        self.send_records(now, from, cache, keys.iter().map(|k| k.as_slice()), app);
+    }
+
+    /// Sends `from` the records this node holds for `keys` of `cache`, as repairs on the
+    /// reliable stream, as far as its answer budget pays.
+    fn send_records<'k>(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        cache: &str,
+        keys: impl Iterator<Item = &'k [u8]>,
+        app: &mut dyn AppState,
+    ) {
         let items: Vec<Item> = keys
-            .iter()
             .filter_map(|k| app.record(cache, k))
             .map(|rec| Item::Rec {
                 cache: cache.to_string(),
