@@ -61,16 +61,7 @@ impl Cluster {
     fn new(test: &str, port: u16) -> Option<Cluster> {
         let mut lab = netns::Lab::new(test)?;
         let _ = fault_node::bin();
-        let br_ns = lab.ns("br");
-        let bridge = lab.bridge(&br_ns);
-        let mut nodes = Vec::new();
-        for i in 0..3 {
-            let ns = lab.ns(&format!("n{i}"));
-            let addr = format!("10.231.0.{}", i + 1);
-            let dev = lab.attach(&bridge, &ns, &format!("{addr}/24"), 1500);
-            netns::ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", &dev]);
-            nodes.push((ns, addr, dev));
-        }
+        let (br_ns, nodes) = lab.hosts_on_bridge("n", "10.231.0", 3);
         let mut c = Cluster {
             procs: Vec::new(),
             nodes,

@@ -70,21 +70,12 @@ fn long_partition_of_80_s_brings_no_deleted_key_back() {
         return;
     }
     let _ = fault_node::bin();
-    let br_ns = lab.ns("br");
-    let bridge = lab.bridge(&br_ns);
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        let ns = lab.ns(&format!("n{i}"));
-        let addr = format!("10.232.13.{}", i + 1);
-        let dev = lab.attach(&bridge, &ns, &format!("{addr}/24"), 1500);
-        netns::ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", &dev]);
-        nodes.push((ns, addr));
-    }
+    let (_br_ns, nodes) = lab.hosts_on_bridge("n", "10.232.13", 3);
     // Field order: processes die before the lab deletes the namespaces (and the nft table).
     let mut procs: Vec<Proc> = nodes
         .iter()
         .enumerate()
-        .map(|(i, (ns, addr))| start(ns, addr, &format!("r{i}")))
+        .map(|(i, (ns, addr, _))| start(ns, addr, &format!("r{i}")))
         .collect();
     wait_for(&mut procs, Duration::from_secs(20), "membership", |ds| {
         ds.iter().all(|d| d["members"] == 2 && d["suspects"] == 0)

@@ -115,16 +115,8 @@ fn unicast_converges_where_multicast_is_dropped_under_loss_and_restarts() {
         return;
     };
     let _ = fault_node::bin();
-    let br_ns = lab.ns("br");
-    let bridge = lab.bridge(&br_ns);
-    let mut nodes = Vec::new();
-    for i in 0..4 {
-        let ns = lab.ns(&format!("u{i}"));
-        let addr = format!("10.211.0.{}", i + 1);
-        let dev = lab.attach(&bridge, &ns, &format!("{addr}/24"), 1500);
-        netns::ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", &dev]);
-        nodes.push((ns.name.clone(), addr));
-    }
+    let (br_ns, hosts) = lab.hosts_on_bridge("u", "10.211.0", 4);
+    let nodes: Vec<(String, String)> = hosts.into_iter().map(|(ns, a, _)| (ns.name, a)).collect();
     bridge_rules(&br_ns.name, 0);
     // `mcu-cache` is the service name: one address per replica, as a headless Service answers.
     // The fourth node is not in it yet.

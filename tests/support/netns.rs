@@ -199,6 +199,29 @@ impl Lab {
         dm
     }
 
+    /// A bridge namespace `br` and `n` hosts `<role><i>` plugged into it (MTU 1500), host `i`
+    /// at `<subnet>.<i + 1>/24` with multicast routed out of its veth. Returns the bridge's
+    /// namespace and, per host, its namespace, address and device.
+    pub fn hosts_on_bridge(
+        &mut self,
+        role: &str,
+        subnet: &str,
+        n: usize,
+    ) -> (Ns, Vec<(Ns, String, String)>) {
+        let br_ns = self.ns("br");
+        let bridge = self.bridge(&br_ns);
+        let hosts = (0..n)
+            .map(|i| {
+                let ns = self.ns(&format!("{role}{i}"));
+                let addr = format!("{subnet}.{}", i + 1);
+                let dev = self.attach(&bridge, &ns, &format!("{addr}/24"), 1500);
+                ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", &dev]);
+                (ns, addr, dev)
+            })
+            .collect();
+        (br_ns, hosts)
+    }
+
     /// Adds a route in `ns`: `dest` (a CIDR or `default`) via the gateway `via`.
     pub fn route(&self, ns: &Ns, dest: &str, via: &str) {
         ip(&["-n", &ns.name, "route", "add", dest, "via", via]);

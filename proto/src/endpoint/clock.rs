@@ -33,6 +33,19 @@ impl Endpoint {
         true
     }
 
+    /// Whether a clock warning may be logged now (at most one per [`WARN_EVERY`]); if so, the
+    /// next one waits from now.
+    fn offset_warning_due(&mut self, now: Instant) -> bool {
+        if self
+            .warned_offset
+            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
+        {
+            return false;
+        }
+        self.warned_offset = Some(now);
+        true
+    }
+
     /// An authentic datagram stamped too far from this node's clock: one of the two clocks is
     /// wrong (or it is a replay). Rate-limited warning.
     pub(super) fn warn_stale(&mut self, now: Instant, sender: NodeId, offset: i64) {
@@ -41,13 +54,9 @@ impl Endpoint {
             // Plausibly an old replay rather than a clock problem: counted, not warned about.
             return;
         }
-        if self
-            .warned_offset
-            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
-        {
+        if !self.offset_warning_due(now) {
             return;
         }
-        self.warned_offset = Some(now);
         if self.peers.is_empty() {
             self.metrics.clock_offset_ms = -offset;
         }
@@ -85,13 +94,9 @@ impl Endpoint {
         if offset.unsigned_abs() <= limit as u64 {
             return;
         }
-        if self
-            .warned_offset
-            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
-        {
+        if !self.offset_warning_due(now) {
             return;
         }
-        self.warned_offset = Some(now);
         if offsets
             .iter()
             .all(|o| o.unsigned_abs() > limit as u64 && o.signum() == offset.signum())
