@@ -48,7 +48,7 @@
 //!   retransmits, anti-entropy repair, state transfer to joining nodes, three modes per cache
 //!   ([`CacheMode`]), cluster-wide queries ([`Node::get_cluster_metrics`],
 //!   [`Node::get_cluster_checksum`]) and clear.
-//! - **Security**: ChaCha20-Poly1305 sealed datagrams with key rotation
+//! - **Security**: AES-256-GCM-SIV sealed datagrams with key rotation
 //!   ([`Config::crypto_keyring`]), replay protection, bounded buffers.
 //! - **Per-cache builder**: [`Node::cache_builder`] merges settings given in code with the
 //!   configuration file ([`CacheBuilder`]).

@@ -1,10 +1,11 @@
-//! Sealing and opening datagram bodies: XChaCha20-Poly1305 with a keyring, or a crc32 in
-//! plaintext mode.
+//! Sealing and opening datagram bodies: AES-256-GCM-SIV (RFC 8452) with a keyring, or a crc32
+//! in plaintext mode.
 //!
-//! * **Sealed** (keyring not empty): the first key seals, every key opens. The nonce is
-//!   `sender node id (8, BE) ‖ packet number (8, BE) ‖ 8 zero bytes`; the associated data is
-//!   the 48 header bytes followed by the cluster name, so a datagram of another cluster fails
-//!   authentication even under the same key. Body = ciphertext ‖ 16-byte tag.
+//! * **Sealed** (keyring not empty): the first key seals, every key opens. The 96-bit nonce is
+//!   `fold32(sender node id) (4, BE) ‖ packet number (8, BE)`, where `fold32` xors the two
+//!   halves of the 64-bit id (see [`nonce`]); the associated data is the 48 header bytes
+//!   followed by the cluster name, so a datagram of another cluster fails authentication even
+//!   under the same key. Body = ciphertext ‖ 16-byte tag.
 //! * **Plaintext** (empty keyring): body = payload ‖ crc32 (BE) over header ‖ cluster name ‖
 //!   payload. This detects corruption and strays, not attackers.
 //!
@@ -12,22 +13,26 @@
 //! see [`key_id`]), not an index into the keyring: nodes in the middle of a key rotation hold
 //! their keys in different orders, and a fingerprint names the same key on all of them.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Key, Nonce, Tag};
 
 use super::drop::DropReason;
 use super::header::{HEADER_LEN, Header};
 use super::version::NodeId;
 
-/// Bytes of the Poly1305 tag appended to a sealed body.
+/// Bytes of the AES-GCM-SIV tag appended to a sealed body.
 pub const TAG_LEN: usize = 16;
 /// Bytes of the crc32 appended to a plaintext body.
 pub const CRC_LEN: usize = 4;
 
-/// Domain-separation label for key fingerprints.
-const KEY_ID_LABEL: &[u8] = b"mccache key id v1";
-/// Nonce used only to fingerprint keys. Real nonces end in 8 zero bytes, so it never collides.
-const KEY_ID_NONCE: [u8; 24] = [0xFF; 24];
+/// Bytes of a datagram nonce.
+pub const NONCE_LEN: usize = 12;
+
+/// Domain-separation label for key fingerprints (v2: AES-256-GCM-SIV; v1 was XChaCha20-Poly1305).
+const KEY_ID_LABEL: &[u8] = b"mccache key id v2";
+/// Nonce used only to fingerprint keys. Its packet-number part is 0, which no datagram carries
+/// (packet numbers start at 1 and headers with 0 are malformed), so it never seals traffic.
+const KEY_ID_NONCE: [u8; NONCE_LEN] = [0; NONCE_LEN];
 
 /// The keys of a node plus the cluster label they authenticate.
 ///
@@ -55,7 +60,7 @@ pub struct Keyring {
 
 struct KeyEntry {
     id: u8,
-    cipher: XChaCha20Poly1305,
+    cipher: Aes256GcmSiv,
 }
 
 impl Keyring {
@@ -65,7 +70,7 @@ impl Keyring {
             .iter()
             .map(|k| KeyEntry {
                 id: key_id(k),
-                cipher: XChaCha20Poly1305::new(Key::from_slice(k)),
+                cipher: Aes256GcmSiv::new(Key::<Aes256GcmSiv>::from_slice(k)),
             })
             .collect();
         let cluster_name: Box<[u8]> = cluster_name.as_bytes().into();
@@ -102,7 +107,9 @@ impl Keyring {
     /// the payload is encrypted and the tag appended (or, in plaintext mode, the crc appended).
     ///
     /// The header must name this keyring's mode and sealing key id, and its `(sender, packet
-    /// number)` must never have been sealed before under the same key.
+    /// number)` should never have been sealed before under the same key. AES-GCM-SIV resists
+    /// nonce misuse: a repeated nonce only shows that two identical (header, payload) pairs
+    /// were identical, and the header holds the full sender id and packet number.
     pub fn seal(&mut self, datagram: &mut Vec<u8>) {
         debug_assert!(datagram.len() >= HEADER_LEN);
         let Some(key) = self.keys.first() else {
@@ -119,10 +126,10 @@ impl Keyring {
         self.aad[..HEADER_LEN].copy_from_slice(header);
         let tag = key
             .cipher
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &self.aad, body)
-            // Invariant: XChaCha20-Poly1305 only refuses plaintexts longer than ~256 GiB;
-            // callers seal single datagrams (< 64 KiB).
-            .expect("datagram body within XChaCha20-Poly1305 length limit");
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &self.aad, body)
+            // Invariant: AES-GCM-SIV only refuses plaintexts or associated data longer than
+            // 2^36 bytes (64 GiB); callers seal single datagrams (< 64 KiB) with a short name.
+            .expect("datagram body within AES-GCM-SIV length limit");
         datagram.extend_from_slice(&tag);
     }
 
@@ -156,7 +163,7 @@ impl Keyring {
                 let (ciphertext, tag) = body.split_at(split);
                 let tag = Tag::from_slice(tag);
                 let nonce = nonce_from_header(head);
-                let nonce = XNonce::from_slice(&nonce);
+                let nonce = Nonce::from_slice(&nonce);
                 self.aad[..HEADER_LEN].copy_from_slice(head);
                 let mut candidates = self
                     .keys
@@ -199,31 +206,47 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
-/// The one-byte key id of `key`: the first byte of the Poly1305 tag of an empty message sealed
-/// under `key` with a reserved nonce and a fixed label. It reveals nothing usable about the key,
-/// and every node computes the same id for the same key.
+/// The one-byte key id of `key`: the first byte of the AES-256-GCM-SIV tag of an empty message
+/// sealed under `key` with a reserved nonce (never used for traffic) and a fixed label. It
+/// reveals nothing usable about the key, and every node computes the same id for the same key.
 pub fn key_id(key: &[u8; 32]) -> u8 {
-    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
+    let cipher = Aes256GcmSiv::new(Key::<Aes256GcmSiv>::from_slice(key));
     let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(&KEY_ID_NONCE), KEY_ID_LABEL, &mut [])
+        .encrypt_in_place_detached(Nonce::from_slice(&KEY_ID_NONCE), KEY_ID_LABEL, &mut [])
         // Invariant: an empty plaintext is always within the length limit.
         .expect("empty plaintext always seals");
     tag[0]
 }
 
-/// The 24-byte nonce of a datagram: sender id (BE) ‖ packet number (BE) ‖ 8 zero bytes.
-pub fn nonce(sender: NodeId, packet_number: u64) -> [u8; 24] {
-    let mut n = [0u8; 24];
-    n[..8].copy_from_slice(&sender.0.to_be_bytes());
-    n[8..16].copy_from_slice(&packet_number.to_be_bytes());
+/// The 12-byte nonce of a datagram: `fold32(sender)` (BE) ‖ packet number (BE), where
+/// `fold32(id) = (id >> 32) ^ (id & 0xFFFF_FFFF)`.
+///
+/// Within one process the packet number never repeats, so neither does the nonce. Two processes
+/// under one key share nonces only if their ids fold to the same 32 bits; AES-GCM-SIV keeps
+/// confidentiality and authenticity then, and their datagrams still differ in the associated
+/// data (the header holds the full 64-bit id). docs/PROTOCOL.md ("Encryption") has the bounds.
+pub fn nonce(sender: NodeId, packet_number: u64) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    n[..4].copy_from_slice(&fold32(sender.0).to_be_bytes());
+    n[4..].copy_from_slice(&packet_number.to_be_bytes());
     n
 }
 
 /// The nonce from encoded header bytes (sender at 14..22, packet number at 22..30).
-fn nonce_from_header(header: &[u8]) -> [u8; 24] {
-    let mut n = [0u8; 24];
-    n[..16].copy_from_slice(&header[14..30]);
+fn nonce_from_header(header: &[u8]) -> [u8; NONCE_LEN] {
+    let mut sender = [0u8; 8];
+    sender.copy_from_slice(&header[14..22]);
+    let mut n = [0u8; NONCE_LEN];
+    n[..4].copy_from_slice(&fold32(u64::from_be_bytes(sender)).to_be_bytes());
+    n[4..].copy_from_slice(&header[22..30]);
     n
+}
+
+/// The 32 nonce bits taken from a 64-bit sender id: its two halves xored, so every bit of the
+/// id counts (ids are random, but a test or a hand-picked id may differ in either half only).
+fn fold32(id: u64) -> u32 {
+    // Truncation intended: the low half.
+    ((id >> 32) ^ (id & 0xFFFF_FFFF)) as u32
 }
 
 fn plaintext_crc(header: &[u8], cluster_name: &[u8], payload: &[u8]) -> u32 {
@@ -263,9 +286,13 @@ mod tests {
     #[test]
     fn nonce_layout() {
         let n = nonce(NodeId(0x0102030405060708), 0x1112131415161718);
-        assert_eq!(&n[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(&n[8..16], &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
-        assert_eq!(&n[16..], &[0; 8]);
+        assert_eq!(&n[..4], &[1 ^ 5, 2 ^ 6, 3 ^ 7, 4 ^ 8]);
+        assert_eq!(&n[4..], &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
+        // Ids that differ in only one half get different nonces.
+        assert_ne!(nonce(NodeId(1), 5), nonce(NodeId(2), 5));
+        assert_ne!(nonce(NodeId(1 << 32), 5), nonce(NodeId(2 << 32), 5));
+        // Packet numbers start at 1, so no datagram uses the key-id nonce.
+        assert_eq!(&KEY_ID_NONCE[4..], &[0; 8]);
         let h = Header {
             encrypted: true,
             key_id: 0,
@@ -287,6 +314,45 @@ mod tests {
             (0..=255u8).map(|b| key_id(&[b; 32])).collect();
         // 256 keys into 256 ids: a fingerprint, not a constant.
         assert!(distinct.len() > 100, "{}", distinct.len());
+    }
+
+    #[test]
+    fn colliding_nonces_still_seal_distinct_ciphertexts() {
+        // Two processes whose ids fold to the same 32 bits share nonces at equal packet
+        // numbers. The full ids differ in the associated data, so the synthetic IVs (tags) and
+        // the keystreams differ, and each datagram opens only as itself.
+        let (a, b) = (NodeId(0x0000_0001_0000_0003), NodeId(0x0000_0002_0000_0000));
+        assert_eq!(nonce(a, 9), nonce(b, 9));
+        let mut ring = Keyring::new(&[[5; 32]], "c");
+        let mut ha = header(&ring, "c");
+        ha.sender = a;
+        ha.packet_number = 9;
+        let hb = Header { sender: b, ..ha };
+        let payload = [0u8; 64];
+        let da = sealed(&mut ring, &ha, &payload);
+        let db = sealed(&mut ring, &hb, &payload);
+        assert_ne!(da[HEADER_LEN..], db[HEADER_LEN..]);
+        assert_eq!(ring.open(&ha, &da).unwrap(), payload);
+        assert_eq!(ring.open(&hb, &db).unwrap(), payload);
+        // A body spliced under the other sender's header does not open.
+        let mut spliced = hb.encode().to_vec();
+        spliced.extend_from_slice(&da[HEADER_LEN..]);
+        assert_eq!(ring.open(&hb, &spliced), Err(DropReason::AuthFailure));
+    }
+
+    #[test]
+    fn sealed_body_is_payload_plus_tag_and_hides_it() {
+        let mut ring = Keyring::new(&[[3; 32]], "c");
+        let h = header(&ring, "c");
+        let d = sealed(&mut ring, &h, &[0u8; 100]);
+        assert_eq!(d.len(), HEADER_LEN + 100 + TAG_LEN);
+        assert_eq!(&d[..HEADER_LEN], &h.encode()[..]);
+        assert!(d[HEADER_LEN..HEADER_LEN + 100].iter().any(|&b| b != 0));
+        for i in HEADER_LEN..d.len() {
+            let mut bad = d.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(ring.open(&h, &bad), Err(DropReason::AuthFailure), "byte {i}");
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub const HEADER_LEN: usize = 48;
 /// The first two bytes of every datagram.
 pub const MAGIC: [u8; 2] = *b"MC";
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 3;
-/// Flag bit: the body is sealed (XChaCha20-Poly1305) rather than plaintext with a crc32.
+pub const WIRE_VERSION: u8 = 4;
+/// Flag bit: the body is sealed (AES-256-GCM-SIV) rather than plaintext with a crc32.
 pub const FLAG_ENCRYPTED: u8 = 0b0000_0001;
 
 /// A decoded header. Every value of this type satisfies the structural rules checked by

@@ -80,8 +80,9 @@ declare_keys! {
         unit: "seconds (float), > 0",
         default: "`5`",
     }
-    /// The cluster key for ChaCha20-Poly1305. Make one with `mccache::generate_key()`. Without
-    /// a key, datagrams are plaintext with a crc32 check. Standard and URL-safe base64 are both
+    /// The cluster key: seals datagrams (AES-256-GCM-SIV) and memcached-tier values
+    /// (XChaCha20-Poly1305). Make one with `mccache::generate_key()`. Without a key, datagrams
+    /// are plaintext with a crc32 check. Standard and URL-safe base64 are both
     /// accepted, with or without padding, so McCache's Fernet keys work. An empty value turns
     /// encryption off.
     crypto_key: Option<String> = None => {
