@@ -233,6 +233,9 @@ impl Reassembler {
                     return Err(DropReason::Malformed);
                 }
                 if a.has(index) {
+                    // Still a sign the message is being sent (a sender resending it a few
+                    // fragments at a time): the assembly stays.
+                    a.last_activity = now;
                     return Err(DropReason::Duplicate);
                 }
                 if is_last {
