@@ -343,5 +343,59 @@ mod tests {
         assert!(!b.dirty.lock().spilled);
         b.mark(&rec(3));
         assert!(b.dirty.lock().spilled, "past the bound the set spills");
+        let cache: Arc<str> = "c".into();
+        b.mark_key(&cache, &[1]);
+        assert_eq!(
+            b.dirty.lock().len,
+            2,
+            "a remembered key is not counted twice"
+        );
+    }
+
+    fn put(k: u8) -> Item {
+        Item::Rec {
+            cache: "c".into(),
+            rec: crate::proto::record::Record {
+                key: vec![k],
+                version: Version::ZERO,
+                op: crate::proto::record::Op::Del,
+            },
+        }
+    }
+
+    #[test]
+    fn the_queue_is_taken_whole_and_wakes_only_a_parked_driver() {
+        let q = ChangeQueue::default();
+        let (mut staged, mut spare) = (VecDeque::new(), Vec::new());
+        q.push(put(1));
+        assert!(!q.inner.lock().parked);
+        assert!(q.take_or_park(&mut staged, &mut spare));
+        assert_eq!(staged.len(), 1);
+        assert!(q.is_empty());
+        staged.clear();
+        assert!(!q.take_or_park(&mut staged, &mut spare), "empty: parks");
+        assert!(q.inner.lock().parked);
+        q.push(put(2));
+        assert!(!q.inner.lock().parked, "the first push after parking wakes");
+        q.push(put(3));
+        // The wake left a permit: the driver's next wait returns at once.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), q.woken())
+                .await
+                .expect("woken by the push");
+        });
+        assert!(q.take_or_park(&mut staged, &mut spare));
+        let keys: Vec<u8> = staged
+            .iter()
+            .map(|i| match i {
+                Item::Rec { rec, .. } => rec.key[0],
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(keys, [2, 3], "in order");
     }
 }
