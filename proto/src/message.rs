@@ -8,6 +8,7 @@
 //! write and to read (see the README's per-change budget). Every other message is rmp-serde.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,19 +18,22 @@ use super::version::{NodeId, Version};
 use crate::sync::{KeyVersion, SyncDigest};
 
 /// One replicated change inside a [`Msg::Data`] or [`Msg::Repair`] message.
+///
+/// The cache name is shared (`Arc<str>`): a node's writes to one cache, and the items decoded
+/// from one run of a data message, all point at one name instead of each carrying a copy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Item {
     /// A change to one key of cache `cache`.
     Rec {
         /// Cache name.
-        cache: String,
+        cache: Arc<str>,
         /// The change.
         rec: Record,
     },
     /// Cache `cache` was cleared at `version`.
     Clear {
         /// Cache name.
-        cache: String,
+        cache: Arc<str>,
         /// Version of the clear.
         version: Version,
     },
@@ -38,7 +42,7 @@ pub enum Item {
     /// instead of loading it too. Advisory; carries no data.
     Loading {
         /// Cache name.
-        cache: String,
+        cache: Arc<str>,
         /// Key bytes.
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
@@ -116,11 +120,12 @@ fn decode_items(r: &mut Reader<'_>) -> Option<Vec<Item>> {
         return None;
     }
     let mut items = Vec::with_capacity(count);
-    let mut cache: Option<String> = None;
+    // One shared name per run of items of the same cache.
+    let mut cache: Option<Arc<str>> = None;
     for _ in 0..count {
         let code = r.u8()?;
         if code & NEW_CACHE != 0 {
-            cache = Some(std::str::from_utf8(r.bytes()?).ok()?.to_owned());
+            cache = Some(Arc::from(std::str::from_utf8(r.bytes()?).ok()?));
         }
         let name = cache.clone()?;
         let item = match code & !NEW_CACHE {
@@ -511,7 +516,7 @@ mod tests {
                 version: Version::new(7, NodeId(8)),
             },
             Item::Loading {
-                cache: String::new(),
+                cache: "".into(),
                 key: vec![5; 300],
             },
         ];

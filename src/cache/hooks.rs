@@ -53,6 +53,29 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// Gives back a slot reserved by a write that published nothing.
     fn release(&self) {}
 
+    /// Queues the record of one key's local write, as [`Publisher::publish`] (or
+    /// [`Publisher::publish_reserved`] if `reserved`) would, but builds it only if it is
+    /// queued: a change that finds the queue full is remembered by its `key` bytes alone, so
+    /// an overloaded node copies nothing per write.
+    fn publish_record(
+        &self,
+        cache: &Arc<str>,
+        key: &[u8],
+        reserved: bool,
+        build: &mut dyn FnMut() -> Record,
+    ) {
+        let _ = key;
+        let change = Change {
+            cache: cache.clone(),
+            kind: ChangeKindWire::Record(build()),
+        };
+        if reserved {
+            self.publish_reserved(change);
+        } else {
+            self.publish(change);
+        }
+    }
+
     /// Whether published changes go anywhere. Caches skip building records when this is
     /// `false` (a local-only node), which keeps local writes cheap.
     fn enabled(&self) -> bool {

@@ -18,7 +18,7 @@ use crate::cache::parked::ParkedCache;
 use crate::config::Overload;
 use crate::error::Error;
 use crate::net::driver::Command;
-use crate::net::overflow::Backlog;
+use crate::net::overflow::{Backlog, ChangeQueue};
 use crate::proto::message::{Item, Query};
 use crate::proto::record::Record;
 use crate::proto::state::AppState;
@@ -365,15 +365,17 @@ impl AppState for NodeApp {
 
 /// Sends local changes to the driver, under the node's overload policy (`overload`).
 ///
-/// The queue holds `queue_max` changes (credits in [`Backlog`]). When it is full:
-/// `repair` stores the write, skips queueing its change, remembers the key and raises the
+/// The queue ([`ChangeQueue`]) holds `queue_max` changes (credits in [`Backlog`]). When it is
+/// full: `repair` stores the write, skips queueing its change, remembers the key and raises the
 /// overflow flag: the driver re-sends the key's newest record as soon as the queue drains (and
 /// falls back to anti-entropy pulses past `queue_max` remembered keys). `block` waits up to
 /// `overload_timeout` for room, then refuses the write; `error` refuses it at once. A refused
 /// write stores nothing and returns [`Error::Overloaded`].
 pub(crate) struct ChannelPublisher {
-    /// To the driver.
+    /// To the driver: closed once it has stopped (changes are then dropped).
     pub tx: mpsc::Sender<Command>,
+    /// Where changes holding a credit wait for the driver.
+    pub queue: Arc<ChangeQueue>,
     /// Changes not queued because the queue was full.
     pub overflow: AtomicU64,
     /// Raised on overflow; the driver answers with a repair.
@@ -390,7 +392,7 @@ pub(crate) struct ChannelPublisher {
 
 /// The replicated item for a local change.
 pub(crate) fn change_item(change: Change) -> Item {
-    let cache = change.cache.to_string();
+    let cache = change.cache;
     match change.kind {
         ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
         ChangeKindWire::Clear(version) => Item::Clear { cache, version },
@@ -399,7 +401,9 @@ pub(crate) fn change_item(change: Change) -> Item {
 }
 
 impl ChannelPublisher {
-    fn overflowed(&self, item: &Item) {
+    /// Counts a change that found no room (warning once) and raises the overflow flag; the
+    /// caller has remembered it in the backlog.
+    fn overflowed(&self) {
         if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 "mccache: replication queue full (queue_max {}): changes are repaired as soon as it drains (overload = \"{}\")",
@@ -407,19 +411,17 @@ impl ChannelPublisher {
                 self.policy.as_str()
             );
         }
-        self.backlog.mark(item);
-        self.overflowed.store(true, Ordering::Release);
+        if !self.overflowed.load(Ordering::Relaxed) {
+            self.overflowed.store(true, Ordering::Release);
+        }
     }
 
-    /// Sends with a credit already taken.
+    /// Queues with a credit already taken (given back if the driver has stopped).
     fn send(&self, item: Item) {
-        match self.tx.try_send(Command::Publish(item)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Command::Publish(item))) => {
-                self.backlog.give(1);
-                self.overflowed(&item);
-            }
-            Err(_) => self.backlog.give(1),
+        if self.tx.is_closed() {
+            self.backlog.give(1);
+        } else {
+            self.queue.push(item);
         }
     }
 
@@ -438,7 +440,26 @@ impl Publisher for ChannelPublisher {
         if self.backlog.try_take() {
             self.send(item);
         } else if !self.tx.is_closed() {
-            self.overflowed(&item);
+            self.backlog.mark(&item);
+            self.overflowed();
+        }
+    }
+
+    fn publish_record(
+        &self,
+        cache: &Arc<str>,
+        key: &[u8],
+        reserved: bool,
+        build: &mut dyn FnMut() -> Record,
+    ) {
+        if reserved || self.backlog.try_take() {
+            self.send(Item::Rec {
+                cache: cache.clone(),
+                rec: build(),
+            });
+        } else if !self.tx.is_closed() {
+            self.backlog.mark_key(cache, key);
+            self.overflowed();
         }
     }
 

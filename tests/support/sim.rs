@@ -572,11 +572,11 @@ impl Sim {
             match &item {
                 Item::Rec { cache, rec } => {
                     n.app.saw_delete(cache, rec);
-                    n.writes.push((cache.clone(), rec.clone()));
-                    self.all_writes.push((cache.clone(), rec.clone()));
+                    n.writes.push((cache.to_string(), rec.clone()));
+                    self.all_writes.push((cache.to_string(), rec.clone()));
                 }
                 Item::Clear { cache, version } => {
-                    self.all_clears.push((cache.clone(), *version));
+                    self.all_clears.push((cache.to_string(), *version));
                 }
                 Item::Loading { .. } => {}
             }

@@ -149,26 +149,26 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         if !self.core.publisher.enabled() {
             return;
         }
-        let op = if self.cfg.mode == CacheMode::Invalidate {
-            Op::Inval
-        } else {
-            let ttl_ms = match ttl {
-                Ttl::Cache => None,
-                Ttl::Entry(d) => Some(d.as_millis() as u64),
-            };
-            Op::Put {
-                value: enc.value().to_vec(),
-                ttl_ms,
-            }
+        let inval = self.cfg.mode == CacheMode::Invalidate;
+        let ttl_ms = match ttl {
+            Ttl::Cache => None,
+            Ttl::Entry(d) => Some(d.as_millis() as u64),
         };
-        self.publish(
-            Record {
+        // The bytes are copied out of the thread's encode buffer only if the change is queued.
+        self.core
+            .publisher
+            .publish_record(&self.name, enc.key(), reserved, &mut || Record {
                 key: enc.key().to_vec(),
                 version,
-                op,
-            },
-            reserved,
-        );
+                op: if inval {
+                    Op::Inval
+                } else {
+                    Op::Put {
+                        value: enc.value().to_vec(),
+                        ttl_ms,
+                    }
+                },
+            });
     }
 
     fn publish(&self, record: Record, reserved: bool) {
