@@ -15,7 +15,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     ///
     /// The hit path hashes once (the shard and the map slot come from the same hash), takes the
     /// shard's read lock, reads the exact clock only if the entry has a TTL, and stores the
-    /// referenced bit and last-lookup time only when they change.
+    /// referenced bit and last-lookup time (one atomic word) only when it changes.
     #[inline]
     fn lookup<R>(&self, key: &K, f: impl FnOnce(&Entry<V>) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
