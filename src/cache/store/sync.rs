@@ -101,7 +101,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         for shard in self.shards.iter() {
             let g = shard.lock.read();
             for (k, e) in g.map.iter() {
-                let i = slot[e.bucket as usize];
+                let i = slot[e.bucket() as usize];
                 if i != usize::MAX
                     && !e.expired(now)
                     && let Ok(key) = rmp_serde::to_vec(k)
@@ -133,7 +133,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         for shard in self.shards.iter() {
             let g = shard.lock.read();
             for (k, e) in g.map.iter() {
-                if e.bucket as usize == bucket
+                if e.bucket() as usize == bucket
                     && !e.expired(now)
                     && let Ok(key) = rmp_serde::to_vec(k)
                 {
