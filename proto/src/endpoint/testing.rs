@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Endpoint, EndpointConfig};
 use crate::message::Query;
-use crate::record::{Op, Record};
+use crate::record::{Op, OpRef, Record, RecordRef};
 use crate::state::AppState;
 use crate::sync::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket};
 use crate::version::{HLC_LOGICAL_BITS, NodeId, Version};
@@ -42,19 +42,19 @@ impl MapApp {
 }
 
 impl AppState for MapApp {
-    fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
+    fn apply(&mut self, cache: &str, record: RecordRef<'_>, _origin: NodeId) -> Applied {
         let map = self.caches.entry(cache.to_string()).or_default();
         let held_live = |r: Option<&Record>| r.is_some_and(|r| matches!(r.op, Op::Put { .. }));
-        match map.get(&record.key) {
+        match map.get(record.key) {
             Some(old) if old.version >= record.version => Applied::Stale,
             old if !self.adopts_absent
-                && matches!(record.op, Op::Put { .. })
+                && matches!(record.op, OpRef::Put { .. })
                 && !held_live(old) =>
             {
                 Applied::Skipped
             }
             _ => {
-                map.insert(record.key.clone(), record.clone());
+                map.insert(record.key.to_vec(), record.to_record());
                 Applied::Changed
             }
         }
