@@ -505,6 +505,55 @@ mod tests {
     use crate::record::Op;
 
     #[test]
+    fn changes_decode_in_place_to_what_msg_decode_returns() {
+        let rec = Record {
+            key: b"key".to_vec(),
+            version: Version::new(42, NodeId(3)),
+            op: crate::record::Op::Put {
+                value: b"value".to_vec(),
+                ttl_ms: Some(9),
+            },
+        };
+        let items = vec![
+            Item::Rec {
+                cache: "a".into(),
+                rec: rec.clone(),
+            },
+            Item::Loading {
+                cache: "a".into(),
+                key: b"k".to_vec(),
+            },
+            Item::Clear {
+                cache: "b".into(),
+                version: Version::new(7, NodeId(1)),
+            },
+        ];
+        for m in [
+            Msg::Data {
+                seq: 5,
+                items: items.clone(),
+            },
+            Msg::Repair { items },
+        ] {
+            let bytes = m.encode();
+            assert!(Changes::is_changes(&bytes));
+            let c = Changes::decode(&bytes).expect("decodes");
+            assert_eq!(c.seq, matches!(m, Msg::Data { .. }).then_some(5));
+            let ItemRef::Rec { cache, rec: view } = c.items[0] else {
+                panic!("a record first: {:?}", c.items[0]);
+            };
+            assert_eq!((cache, view), ("a", rec.view()));
+            // Borrowed from the message, not copied.
+            assert!(bytes.as_ptr_range().contains(&view.key.as_ptr()));
+            assert_eq!(c.to_msg(), m);
+            assert_eq!(Msg::decode(&bytes), Some(m));
+        }
+        let other = Msg::Tail { seq_hi: 1 }.encode();
+        assert!(!Changes::is_changes(&other));
+        assert_eq!(Changes::decode(&other), None);
+    }
+
+    #[test]
     fn messages_round_trip() {
         let rec = Record {
             key: vec![1, 2, 3],

@@ -364,6 +364,54 @@ mod tests {
     }
 
     #[test]
+    fn runs_of_one_cache_are_applied_together_and_in_order_around_a_clear() {
+        let t0 = Instant::now();
+        let (mut a, mut b, app_a, mut app_b) = joined_pair(t0);
+        let (wall, id) = (app_a.wall, a.id());
+        let put = |key: &[u8], ms: u64| Record {
+            key: key.to_vec(),
+            version: version_at(wall + ms, id),
+            op: Op::Put {
+                value: b"v".to_vec(),
+                ttl_ms: None,
+            },
+        };
+        let items = [
+            ("c", Some(put(b"k1", 1))),
+            ("c", Some(put(b"k2", 2))),
+            ("d", Some(put(b"k3", 3))),
+            ("c", None), // a clear of c at +4
+            ("c", Some(put(b"k4", 5))),
+        ];
+        for (cache, rec) in items {
+            let item = match rec {
+                Some(rec) => Item::Rec {
+                    cache: cache.into(),
+                    rec,
+                },
+                None => Item::Clear {
+                    cache: cache.into(),
+                    version: version_at(wall + 4, id),
+                },
+            };
+            a.publish(t0, item);
+        }
+        let sent = drain(&mut a, t0);
+        assert_eq!(sent.len(), 1, "one message");
+        for d in &sent {
+            b.handle_datagram(t0, d, &mut app_b);
+        }
+        let runs: Vec<(&str, usize)> = app_b.runs.iter().map(|(c, n)| (&c[..], *n)).collect();
+        assert_eq!(runs, [("c", 2), ("d", 1), ("c", 1)]);
+        // The clear came after k1 and k2 and before k4.
+        assert!(app_b.record("c", b"k1").is_none());
+        assert!(app_b.record("c", b"k2").is_none());
+        assert_eq!(app_b.record("c", b"k4"), Some(put(b"k4", 5)));
+        assert_eq!(app_b.record("d", b"k3"), Some(put(b"k3", 3)));
+        assert_eq!(b.metrics().changes_applied, 4);
+    }
+
+    #[test]
     fn a_gap_is_naked_and_repaired_by_retransmission() {
         let t0 = Instant::now();
         let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);

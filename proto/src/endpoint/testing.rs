@@ -19,6 +19,8 @@ pub(super) struct MapApp {
     pub(super) wall: u64,
     /// False: like an update-if-present cache, a `Put` for a key not held live is skipped.
     pub(super) adopts_absent: bool,
+    /// Each [`AppState::apply_run`] call: the cache and the number of records.
+    pub(super) runs: Vec<(String, usize)>,
 }
 
 impl Default for MapApp {
@@ -27,6 +29,7 @@ impl Default for MapApp {
             caches: BTreeMap::new(),
             wall: 1_700_000_000_000,
             adopts_absent: true,
+            runs: Vec::new(),
         }
     }
 }
@@ -57,6 +60,19 @@ impl AppState for MapApp {
                 map.insert(record.key.to_vec(), record.to_record());
                 Applied::Changed
             }
+        }
+    }
+
+    fn apply_run(
+        &mut self,
+        cache: &str,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        self.runs.push((cache.to_string(), records.len()));
+        for record in records {
+            each(self.apply(cache, *record, origin));
         }
     }
 

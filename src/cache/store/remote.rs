@@ -301,6 +301,57 @@ mod tests {
     }
 
     #[test]
+    fn a_run_reports_each_record_in_order_and_fires_its_events_after_the_last() {
+        let (node, _, _) = setup(Config::default());
+        let c: Cache<u32, u32> = node.cache("run").unwrap();
+        let e = erased(&node, "run");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let c2 = c.clone();
+        c.on_change(move |ev| s.lock().unwrap().push((ev.kind, c2.get(&1))));
+        let del = Record {
+            key: bytes(&1u32),
+            version: remote(102),
+            op: Op::Del,
+        };
+        let bad = Record {
+            key: vec![0xc1],
+            version: remote(103),
+            op: Op::Del,
+        };
+        let records = [
+            put(1, 1, remote(100)),
+            put(1, 2, remote(99)),
+            bad,
+            put(2, 2, remote(101)),
+            del,
+        ];
+        let views: Vec<_> = records.iter().map(Record::view).collect();
+        let mut outcomes = Vec::new();
+        e.apply_remote_run(&views, NodeId(7), &mut |a| outcomes.push(a));
+        assert_eq!(
+            outcomes,
+            [
+                Applied::Changed,
+                Applied::Stale,
+                Applied::Undecodable,
+                Applied::Changed,
+                Applied::Changed
+            ]
+        );
+        assert_eq!((c.get(&1), c.get(&2)), (None, Some(2)));
+        // Listeners ran after the whole run: key 1 was already deleted when they saw its insert.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (ChangeKind::Insert, None),
+                (ChangeKind::Insert, None),
+                (ChangeKind::Remove, None)
+            ]
+        );
+    }
+
+    #[test]
     fn collected_tombstones_raise_a_horizon_that_refuses_older_records_for_absent_keys() {
         let (node, _, clock) = setup(Config::default());
         let c: Cache<u32, u32> = node.cache("h").unwrap();
