@@ -77,8 +77,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let shard = self.shard_of(hash);
         let version = rec.version;
         let mut new_key = false;
-        let reserved =
-            put.is_some() && self.reserve_slot_for(shard, &key, hash, Some(version), now, ev);
+        // A slot is reserved (room made before the write lock) only when the cache is full;
+        // below `cache_max` a new key is accounted as it is inserted, and the caps enforced
+        // after it as usual, which spares the pre-check under the read lock.
+        let full = self.entries.load(Ordering::Relaxed) >= self.cfg.max_entries.max(1) as u64;
+        let reserved = put.is_some()
+            && full
+            && self.reserve_slot_for(shard, &key, hash, Some(version), now, ev);
         let mut used_slot = false;
         let applied = {
             let mut g = shard.lock.write();
@@ -298,6 +303,28 @@ mod tests {
             ]
         );
         assert!(seen.contains(&(ChangeKind::Clear, r)));
+    }
+
+    #[test]
+    fn remote_inserts_into_a_full_cache_evict_down_to_cache_max() {
+        let (node, _, _) = setup(Config {
+            cache_max: 3,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("cap").unwrap();
+        let e = erased(&node, "cap");
+        for k in 0..8u32 {
+            let applied = e.apply_remote(put(k, k, remote(100 + u64::from(k))).view(), NodeId(7));
+            assert_eq!(applied, Applied::Changed);
+            assert!(c.len() <= 3, "{} entries after key {k}", c.len());
+        }
+        assert_eq!(c.len(), 3);
+        assert_eq!(
+            c.get(&7),
+            Some(7),
+            "the key being inserted is never the victim"
+        );
+        assert_eq!(e.metrics().evictions_capacity, 5);
     }
 
     #[test]
