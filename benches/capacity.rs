@@ -20,7 +20,9 @@
 //! Environment: `MCCACHE_CAPACITY_SECONDS` (seconds per trial, default 2),
 //! `MCCACHE_CAPACITY_CASES` (comma list of `small-plain,small-sealed,kib-plain,kib-sealed`),
 //! `MCCACHE_CAPACITY_LOOPBACK=1` (no namespaces even as root),
-//! `MCCACHE_CAPACITY_MAX` (highest aggregate rate tried, default 2,000,000).
+//! `MCCACHE_CAPACITY_MAX` (highest aggregate rate tried, default 2,000,000),
+//! `MCCACHE_CAPACITY_FIXED` (no search: after the warm-up, one trial at this aggregate rate,
+//! announced by a line `fixed: pids … start` so a profiler can attach to the workers).
 //! Groups 239.255.103.0/24, ports 47300–47399, cluster names `t12-*`, namespaces `mcc*`.
 
 use std::collections::BTreeMap;
@@ -678,6 +680,17 @@ fn run_case(case: Case, lab: Option<&(Lab, Vec<String>)>, span: Duration, max: f
     let warm = c.trial(20_000.0, Duration::from_millis(1600));
     c.settle();
     let _ = warm;
+    if let Some(rate) = std::env::var("MCCACHE_CAPACITY_FIXED")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        let pids: Vec<String> = c.workers.iter().map(|w| w.pid.to_string()).collect();
+        println!("  fixed: pids {} start", pids.join(","));
+        let t = c.trial(rate, span);
+        println!("  fixed:    {}", t.line());
+        println!("  load average after: {}", loadavg());
+        return;
+    }
     let low = c.trial(1_000.0, span);
     println!("  low load: {}", low.line());
     let mut best: Option<Trial> = None;

@@ -1,11 +1,23 @@
 //! UDP socket setup with socket2. Multicast: one socket joined to the group for receiving, one
 //! bound to the interface for sending. Unicast: one socket bound to `interface:bind_port`.
-//! Receiving in batches ([`RecvBatch`], one `recvmmsg` call for up to 32 datagrams).
+//! Receiving in batches ([`RecvBatch`], one `recvmmsg` call for up to 32 buffers, each holding
+//! one datagram or, with `UDP_GRO`, up to 64 of one sender coalesced by the kernel); sending a
+//! run of equal-sized datagrams as one `UDP_SEGMENT` (GSO) call ([`send_segments`]).
+//!
+//! Why GSO/GRO: a datagram costs the kernel far more than its bytes (the sender's system call
+//! pays for the delivery to every receiver on the host or bridge). A GSO super-packet crosses
+//! veth and bridge whole, multicast included; a receiver with `UDP_GRO` gets it whole, one
+//! without gets it split into its datagrams by the kernel. Figures: README, "Coherent capacity
+//! across processes".
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
+    sendmsg, setsockopt, sockopt::UdpGroSegment,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Receive and send buffer sizes asked of the kernel (it may grant less: `net.core.rmem_max`).
@@ -36,6 +48,15 @@ fn size_recv_buffer(s: &Socket) {
     });
 }
 
+/// Asks the kernel to hand over datagrams that arrive coalesced (a sender's GSO super-packet)
+/// as one buffer with their segment size (`UDP_GRO`, Linux 5.0), rather than splitting them
+/// first; [`RecvBatch`] splits them. Kernels without it split them themselves: nothing lost.
+fn accept_coalesced(s: &Socket) {
+    if let Err(e) = setsockopt(s, UdpGroSegment, &true) {
+        tracing::debug!(error = %e, "UDP_GRO not available: coalesced datagrams arrive split");
+    }
+}
+
 /// Opens the receiving socket: bound to `group:port` (so only this group's traffic arrives),
 /// shared with other local nodes (`SO_REUSEADDR`/`SO_REUSEPORT`), joined on `interface`.
 pub fn recv_socket(group: SocketAddrV4, interface: Ipv4Addr) -> io::Result<std::net::UdpSocket> {
@@ -43,6 +64,7 @@ pub fn recv_socket(group: SocketAddrV4, interface: Ipv4Addr) -> io::Result<std::
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     size_recv_buffer(&s);
+    accept_coalesced(&s);
     s.bind(&SocketAddr::V4(group).into())?;
     s.join_multicast_v4(group.ip(), &interface)?;
     s.set_nonblocking(true)?;
@@ -72,19 +94,25 @@ pub fn send_socket(interface: Ipv4Addr, hops: u8) -> io::Result<std::net::UdpSoc
 pub(crate) fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     size_recv_buffer(&s);
+    accept_coalesced(&s);
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     s.bind(&SocketAddr::V4(SocketAddrV4::new(interface, port)).into())?;
     s.set_nonblocking(true)?;
     Ok(s.into())
 }
 
-/// Datagrams received together by one `recvmmsg` call: up to [`RecvBatch::CAPACITY`], each in
-/// its own 64 KiB buffer (the largest UDP payload, so nothing is truncated; pages never
-/// written are never resident), handed out one at a time.
+/// Datagrams received together by one `recvmmsg` call: up to [`RecvBatch::CAPACITY`] buffers,
+/// each of 64 KiB (the largest UDP payload, so nothing is truncated; pages never written are
+/// never resident) holding one datagram or several of one sender coalesced by the kernel
+/// (`UDP_GRO`: equal segments, the last may be shorter), handed out one datagram at a time.
 pub(crate) struct RecvBatch {
     bufs: Vec<Vec<u8>>,
-    got: Vec<(usize, Option<SocketAddr>)>,
+    /// Per buffer filled: bytes, source, and the size of the datagrams in it (its length when
+    /// it holds one).
+    got: Vec<(usize, Option<SocketAddr>, usize)>,
     next: usize,
+    /// Where the next datagram starts in `bufs[next]`.
+    offset: usize,
 }
 
 impl Default for RecvBatch {
@@ -94,7 +122,7 @@ impl Default for RecvBatch {
 }
 
 impl RecvBatch {
-    /// Most datagrams taken by one call.
+    /// Most buffers filled by one call.
     pub(crate) const CAPACITY: usize = 32;
 
     /// Empty buffers.
@@ -103,19 +131,29 @@ impl RecvBatch {
             bufs: (0..Self::CAPACITY).map(|_| vec![0u8; 65_536]).collect(),
             got: Vec::with_capacity(Self::CAPACITY),
             next: 0,
+            offset: 0,
         }
     }
 
-    /// Takes the datagrams waiting on `sock` (at most [`RecvBatch::CAPACITY`]) in one system
-    /// call, replacing any not handed out yet; returns how many. `WouldBlock` when there were
-    /// none (tokio then waits for the socket to become readable again).
+    /// Takes the datagrams waiting on `sock` (at most [`RecvBatch::CAPACITY`] buffers) in one
+    /// system call, replacing any not handed out yet; returns how many buffers were filled.
+    /// `WouldBlock` when there were none (tokio then waits for the socket to become readable
+    /// again).
     pub(crate) fn fill(&mut self, sock: &tokio::net::UdpSocket) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
-        let RecvBatch { bufs, got, next } = self;
+        let RecvBatch {
+            bufs,
+            got,
+            next,
+            offset,
+        } = self;
         got.clear();
         *next = 0;
+        *offset = 0;
         sock.try_io(tokio::io::Interest::READABLE, || {
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), None);
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+                bufs.len(),
+                Some(nix::cmsg_space!(libc::c_int)),
+            );
             let mut slices: Vec<[IoSliceMut<'_>; 1]> =
                 bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
             let res = recvmmsg(
@@ -126,7 +164,16 @@ impl RecvBatch {
                 None,
             )
             .map_err(io::Error::from)?;
-            got.extend(res.map(|m| (m.bytes, m.address.and_then(socket_addr))));
+            got.extend(res.map(|m| {
+                let segment = (m.cmsgs().ok().into_iter().flatten())
+                    .find_map(|c| match c {
+                        ControlMessageOwned::UdpGroSegments(s) => usize::try_from(s).ok(),
+                        _ => None,
+                    })
+                    .filter(|s| *s > 0)
+                    .unwrap_or(m.bytes);
+                (m.bytes, m.address.and_then(socket_addr), segment)
+            }));
             if got.is_empty() {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -138,12 +185,50 @@ impl RecvBatch {
     /// The next datagram of the last [`RecvBatch::fill`], copied into `buf` (truncated to its
     /// length), with its length and the address it came from; `None` when all were handed out.
     pub(crate) fn pop_into(&mut self, buf: &mut [u8]) -> Option<(usize, Option<SocketAddr>)> {
-        let (len, from) = *self.got.get(self.next)?;
+        let (len, from, segment) = *self.got.get(self.next)?;
         let data = &self.bufs[self.next][..len.min(self.bufs[self.next].len())];
-        let n = data.len().min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        self.next += 1;
+        let start = self.offset.min(data.len());
+        let end = start.saturating_add(segment.max(1)).min(data.len());
+        let datagram = &data[start..end];
+        let n = datagram.len().min(buf.len());
+        buf[..n].copy_from_slice(&datagram[..n]);
+        if end >= data.len() {
+            self.next += 1;
+            self.offset = 0;
+        } else {
+            self.offset = end;
+        }
         Some((n, from))
+    }
+}
+
+/// Sends `data`, datagrams of `segment` bytes back to back (the last may be shorter), to `to`
+/// in one `UDP_SEGMENT` (GSO) call, waiting for the socket when its buffer is full. The kernel
+/// refuses (`EIO`, `EINVAL`) when the route's device cannot segment or a segment exceeds the
+/// path MTU: the caller then sends them one by one.
+pub(crate) async fn send_segments(
+    sock: &tokio::net::UdpSocket,
+    data: &[u8],
+    segment: u16,
+    to: SocketAddr,
+) -> io::Result<()> {
+    let addr = SockaddrStorage::from(to);
+    loop {
+        let res = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg(
+                sock.as_raw_fd(),
+                &[IoSlice::new(data)],
+                &[ControlMessage::UdpGsoSegments(&segment)],
+                MsgFlags::MSG_DONTWAIT,
+                Some(&addr),
+            )
+            .map_err(io::Error::from)
+        });
+        match res {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable().await?,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -153,4 +238,79 @@ fn socket_addr(s: SockaddrStorage) -> Option<SocketAddr> {
     }
     s.as_sockaddr_in6()
         .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A GSO send of equal datagrams and a shorter last one reaches a socket that accepts
+    /// coalesced datagrams as exactly those datagrams, in order.
+    #[test]
+    fn a_gso_send_arrives_as_its_datagrams() {
+        runtime().block_on(async {
+            let rx = unicast_socket(Ipv4Addr::LOCALHOST, 0).unwrap();
+            let to = rx.local_addr().unwrap();
+            let rx = tokio::net::UdpSocket::from_std(rx).unwrap();
+            let tx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let datagrams: Vec<Vec<u8>> = (0..5u8)
+                .map(|i| vec![i; if i == 4 { 300 } else { 1100 }])
+                .collect();
+            let all: Vec<u8> = datagrams.concat();
+            send_segments(&tx, &all, 1100, to).await.unwrap();
+            let mut batch = RecvBatch::new();
+            let mut buf = vec![0u8; 65_536];
+            let (mut got, mut filled) = (Vec::new(), 0);
+            while got.len() < datagrams.len() {
+                match batch.pop_into(&mut buf) {
+                    Some((n, from)) => {
+                        assert_eq!(from, tx.local_addr().ok());
+                        got.push(buf[..n].to_vec());
+                    }
+                    None => {
+                        rx.readable().await.unwrap();
+                        filled += batch.fill(&rx).unwrap_or(0);
+                    }
+                }
+            }
+            assert_eq!(got, datagrams);
+            // Coalesced (UDP_GRO, Linux ≥ 5.0): one buffer held all five, split here.
+            assert_eq!(filled, 1);
+            assert!(batch.pop_into(&mut buf).is_none());
+        });
+    }
+
+    /// A zero-length datagram is handed out once, as zero bytes, and the next one follows.
+    #[test]
+    fn an_empty_datagram_is_handed_out_once() {
+        runtime().block_on(async {
+            let rx = unicast_socket(Ipv4Addr::LOCALHOST, 0).unwrap();
+            let to = rx.local_addr().unwrap();
+            let rx = tokio::net::UdpSocket::from_std(rx).unwrap();
+            let tx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            tx.send_to(&[], to).await.unwrap();
+            tx.send_to(b"abc", to).await.unwrap();
+            let mut batch = RecvBatch::new();
+            let mut buf = [0u8; 16];
+            let mut lens = Vec::new();
+            while lens.len() < 2 {
+                match batch.pop_into(&mut buf) {
+                    Some((n, _)) => lens.push(n),
+                    None => {
+                        rx.readable().await.unwrap();
+                        let _ = batch.fill(&rx);
+                    }
+                }
+            }
+            assert_eq!(lens, [0, 3]);
+            assert_eq!(&buf[..3], b"abc");
+        });
+    }
 }

@@ -31,6 +31,12 @@ pub(crate) struct Tantrum {
 /// Most multicast datagrams sent by one pass of `sendmmsg` calls before the next are packed.
 const MULTICAST_BATCH: usize = 64;
 
+/// Most datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 before Linux 6.9).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Most bytes in one GSO send (an IPv4 UDP payload holds at most 65,507).
+const GSO_MAX_BYTES: usize = 65_000;
+
 /// Datagrams travel over a link (multicast or unicast sockets), through a fault injector.
 pub(crate) struct Transport {
     link: Link,
@@ -44,6 +50,10 @@ pub(crate) struct Transport {
     /// Reused datagram buffers: one for multicast, one per datagram of a unicast pass.
     bufs: Vec<Vec<u8>>,
     dests: Vec<Option<NodeId>>,
+    /// Multicast: runs of equal-sized datagrams go out as one GSO send until the kernel
+    /// refuses one; `scratch` holds a run.
+    gso: bool,
+    scratch: Vec<u8>,
 }
 
 /// The sockets.
@@ -138,6 +148,8 @@ impl Transport {
             },
             bufs: Vec::new(),
             dests: Vec::new(),
+            gso: true,
+            scratch: Vec::new(),
         }
     }
 
@@ -224,10 +236,10 @@ impl Transport {
                         }
                     }
                     if n > 0 {
-                        let copies: Vec<(usize, SocketAddr)> =
-                            (0..n).map(|i| (i, SocketAddr::V4(*group))).collect();
-                        let (_, failed) = unicast::fan_out(send, &self.bufs[..n], &copies).await;
-                        sent.failed += failed;
+                        let to = SocketAddr::V4(*group);
+                        sent.failed +=
+                            send_runs(send, &self.bufs[..n], to, &mut self.gso, &mut self.scratch)
+                                .await;
                     }
                 }
             }
@@ -271,6 +283,75 @@ impl Transport {
     }
 }
 
+/// Sends `bufs` to `to` in order: each run of equal-sized datagrams (the last may be shorter;
+/// [`gso_run`]) as one GSO send while `gso` holds, the others by `sendmmsg`. If the kernel
+/// refuses a GSO send, that run goes out one by one and `gso` is cleared for good (a debug
+/// message says why). Returns the datagrams that failed.
+async fn send_runs(
+    sock: &UdpSocket,
+    bufs: &[Vec<u8>],
+    to: SocketAddr,
+    gso: &mut bool,
+    scratch: &mut Vec<u8>,
+) -> u64 {
+    let mut failed = 0;
+    let mut singles: Vec<(usize, SocketAddr)> = Vec::new();
+    let mut i = 0;
+    while i < bufs.len() {
+        let run = if *gso { gso_run(bufs, i) } else { 1 };
+        if run < 2 {
+            singles.push((i, to));
+            i += 1;
+            continue;
+        }
+        if !singles.is_empty() {
+            failed += unicast::fan_out(sock, bufs, &singles).await.1;
+            singles.clear();
+        }
+        scratch.clear();
+        for b in &bufs[i..i + run] {
+            scratch.extend_from_slice(b);
+        }
+        // `gso_run` keeps segments within u16.
+        let segment = u16::try_from(bufs[i].len()).unwrap_or(u16::MAX);
+        if let Err(e) = super::socket::send_segments(sock, scratch, segment, to).await {
+            tracing::debug!(error = %e, "GSO send refused: datagrams go out one by one from now on");
+            *gso = false;
+            let copies: Vec<(usize, SocketAddr)> = (i..i + run).map(|j| (j, to)).collect();
+            failed += unicast::fan_out(sock, bufs, &copies).await.1;
+        }
+        i += run;
+    }
+    if !singles.is_empty() {
+        failed += unicast::fan_out(sock, bufs, &singles).await.1;
+    }
+    failed
+}
+
+/// How many datagrams from `bufs[i]` on can go out as one GSO send: all the size of the first
+/// except the last, which may be shorter; at most [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`].
+/// A receiver splits the super-packet at that size (or the kernel does for it), so datagram
+/// boundaries are kept exactly.
+fn gso_run(bufs: &[Vec<u8>], i: usize) -> usize {
+    let segment = bufs[i].len();
+    if segment == 0 || segment > usize::from(u16::MAX) {
+        return 1;
+    }
+    let (mut n, mut bytes) = (1, segment);
+    while let Some(next) = bufs.get(i + n) {
+        let len = next.len();
+        if n >= GSO_MAX_SEGMENTS || len == 0 || len > segment || bytes + len > GSO_MAX_BYTES {
+            break;
+        }
+        n += 1;
+        bytes += len;
+        if len < segment {
+            break; // a shorter datagram ends the run
+        }
+    }
+    n
+}
+
 /// The fault injector: drops a share of datagrams on purpose, and counts them.
 struct Faults {
     tantrum: Tantrum,
@@ -292,5 +373,45 @@ impl Faults {
             self.tantrum.percent > 0.0 && self.rng.random::<f64>() * 100.0 < self.tantrum.percent;
         self.dropped += u64::from(lost);
         lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(lens: &[usize]) -> Vec<Vec<u8>> {
+        lens.iter().map(|&n| vec![0u8; n]).collect()
+    }
+
+    #[test]
+    fn a_gso_run_is_equal_sizes_ended_by_at_most_one_shorter() {
+        let b = sizes(&[100, 100, 100, 60, 100, 100]);
+        assert_eq!(gso_run(&b, 0), 4);
+        assert_eq!(gso_run(&b, 4), 2);
+        assert_eq!(
+            gso_run(&sizes(&[100, 120, 100]), 0),
+            1,
+            "a longer one ends it"
+        );
+        assert_eq!(
+            gso_run(&sizes(&[100, 0, 100]), 0),
+            1,
+            "an empty one is never a segment"
+        );
+        assert_eq!(gso_run(&sizes(&[0, 0]), 0), 1);
+        assert_eq!(
+            gso_run(&sizes(&[70_000, 70_000]), 0),
+            1,
+            "segments fit a u16"
+        );
+    }
+
+    #[test]
+    fn a_gso_run_stays_within_the_kernels_bounds() {
+        assert_eq!(gso_run(&sizes(&[10; 100]), 0), GSO_MAX_SEGMENTS);
+        let n = gso_run(&sizes(&[1400; 100]), 0);
+        assert_eq!(n, GSO_MAX_BYTES / 1400);
+        assert!(n * 1400 <= GSO_MAX_BYTES);
     }
 }
