@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::proto::record::Record;
+use crate::proto::record::{Record, RecordRef};
 use crate::proto::version::NodeId;
 
 /// A local write to be replicated: the cache name and the record (key, version, op).
@@ -110,7 +110,21 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn type_names(&self) -> String;
     /// Applies a peer's change if its version is newer than what is held (tombstones and the
     /// clear floor included); fires change listeners with origin = remote(`origin`).
-    fn apply_remote(&self, record: &Record, origin: NodeId) -> Applied;
+    fn apply_remote(&self, record: RecordRef<'_>, origin: NodeId) -> Applied;
+    /// Applies a run of a peer's changes in order, calling `each` once per record, in the same
+    /// order, with what applying it did (see `AppState::apply_run` in the protocol core). The
+    /// store reads its clock and clear floor once for the run and fires the run's change
+    /// events after the last record.
+    fn apply_remote_run(
+        &self,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        for record in records {
+            each(self.apply_remote(*record, origin));
+        }
+    }
     /// Applies a peer's `clear`: removes every entry older than `version`, raises the clear floor.
     fn apply_clear(&self, version: crate::proto::version::Version, origin: NodeId);
     /// The current record for a key (live value or tombstone), re-serialized, for repair.

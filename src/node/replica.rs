@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::net::driver::Command;
 use crate::net::overflow::{Backlog, ChangeQueue};
 use crate::proto::message::{Item, Query};
-use crate::proto::record::Record;
+use crate::proto::record::{Record, RecordRef};
 use crate::proto::state::AppState;
 use crate::proto::version::{Hlc, NodeId, Version};
 
@@ -121,7 +121,7 @@ impl Registry {
         // or below the parked horizon would be refused by an empty cache with that horizon.
         let horizon = parked.horizon();
         for rec in parked.drain() {
-            cache.apply_remote(&rec, rec.version.node);
+            cache.apply_remote(rec.view(), rec.version.node);
         }
         cache.raise_horizon(horizon);
     }
@@ -143,12 +143,22 @@ impl LagSamples {
 
     /// Records one sample.
     pub fn record(&self, us: u64) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % Self::CAP;
+        self.record_all(&[us]);
+    }
+
+    /// Records several samples, taking the lock once.
+    pub fn record_all(&self, samples: &[u64]) {
+        if samples.is_empty() {
+            return;
+        }
+        let first = self.next.fetch_add(samples.len() as u64, Ordering::Relaxed) as usize;
         let mut r = self.ring.lock();
-        if r.len() < Self::CAP {
-            r.push(us);
-        } else {
-            r[i] = us;
+        for (n, &us) in samples.iter().enumerate() {
+            if r.len() < Self::CAP {
+                r.push(us);
+            } else {
+                r[first.wrapping_add(n) % Self::CAP] = us;
+            }
         }
     }
 
@@ -183,21 +193,58 @@ impl NodeApp {
 }
 
 impl AppState for NodeApp {
-    fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied {
-        self.hlc.observe(record.version.hlc);
-        let applied = match self.registry.opened(cache) {
-            Some(c) => c.apply_remote(record, origin),
+    fn apply(&mut self, cache: &str, record: RecordRef<'_>, origin: NodeId) -> Applied {
+        let mut applied = Applied::Skipped;
+        self.apply_run(cache, &[record], origin, &mut |a| applied = a);
+        applied
+    }
+
+    /// One lookup of the cache, one clock observation (of the run's newest version) and one
+    /// lock of the lag ring per run.
+    fn apply_run(
+        &mut self,
+        cache: &str,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        let Some(newest) = records.iter().map(|r| r.version.hlc).max() else {
+            return;
+        };
+        self.hlc.observe(newest);
+        let mut lags = Vec::new();
+        match self.registry.opened(cache) {
+            Some(c) => {
+                let wall_us = self.clock.wall_us();
+                let mut i = 0;
+                c.apply_remote_run(records, origin, &mut |applied| {
+                    if applied == Applied::Changed
+                        && let Some(r) = records.get(i)
+                    {
+                        if lags.capacity() == 0 {
+                            lags.reserve(records.len() - i);
+                        }
+                        lags.push(wall_us.saturating_sub(r.version.millis() * 1000));
+                    }
+                    i += 1;
+                    each(applied);
+                });
+            }
             None => {
                 let now = self.clock.now_nanos();
-                self.park(cache, |p| p.apply(record, now))
+                let wall_us = self.clock.wall_us();
+                self.park(cache, |p| {
+                    for r in records {
+                        let applied = p.apply(&r.to_record(), now);
+                        if applied == Applied::Changed {
+                            lags.push(wall_us.saturating_sub(r.version.millis() * 1000));
+                        }
+                        each(applied);
+                    }
+                });
             }
-        };
-        if applied == Applied::Changed {
-            let written_us = record.version.millis() * 1000;
-            self.lag
-                .record(self.clock.wall_us().saturating_sub(written_us));
         }
-        applied
+        self.lag.record_all(&lags);
     }
 
     fn apply_clear(&mut self, cache: &str, version: Version, origin: NodeId) {

@@ -257,7 +257,7 @@ impl Endpoint {
             horizon,
         } = chunk;
         for rec in &records {
-            if app.apply(&cache, rec, from) == Applied::Changed {
+            if app.apply(&cache, rec.view(), from) == Applied::Changed {
                 self.metrics.snapshot_records_applied += 1;
             }
         }

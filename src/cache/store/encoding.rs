@@ -50,8 +50,11 @@ impl Encoded {
         Ok(Encoded::from_buf(buf, klen))
     }
 
+    /// Key and value bytes already serialized (a peer's record), copied into the thread's
+    /// buffer like [`Encoded::new`] writes into it (no allocation once the buffer has grown).
     pub(super) fn from_parts(key: &[u8], value: &[u8]) -> Encoded {
-        let mut buf = Vec::with_capacity(key.len() + value.len());
+        let mut buf = ENCODE_BUF.with(|c| c.take());
+        buf.clear();
         buf.extend_from_slice(key);
         buf.extend_from_slice(value);
         Encoded::from_buf(buf, key.len())
