@@ -271,7 +271,7 @@ fn run(ops: Vec<Op>, config: Config, exact: bool) -> Result<(), TestCaseError> {
     let c2: Cache<K, V> = other.cache("m").unwrap();
     let e2 = mccache::unstable::erased_cache(&other, "m").unwrap();
     for r in records.iter().rev() {
-        e2.apply_remote(r, node.id());
+        e2.apply_remote(r.view(), node.id());
     }
     prop_assert_eq!(c2.len(), c.len());
     prop_assert_eq!(c2.checksum(), c.checksum());

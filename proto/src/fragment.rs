@@ -233,6 +233,9 @@ impl Reassembler {
                     return Err(DropReason::Malformed);
                 }
                 if a.has(index) {
+                    // Still a sign the message is being sent (a sender resending it a few
+                    // fragments at a time): the assembly stays.
+                    a.last_activity = now;
                     return Err(DropReason::Duplicate);
                 }
                 if is_last {
@@ -600,6 +603,38 @@ mod tests {
         assert_eq!(r.expired(), 1);
         assert_eq!(r.expire(t0 + Duration::from_millis(3600)), 1);
         assert_eq!((r.in_progress(), r.bytes_held()), (0, 0));
+    }
+
+    #[test]
+    fn a_duplicate_fragment_keeps_its_assembly_alive() {
+        // A sender going round a message a few fragments at a time: mostly duplicates.
+        let t0 = Instant::now();
+        let mut r = Reassembler::new(limits());
+        r.insert(t0, NodeId(1), 1, 0, 3, vec![1]).unwrap();
+        let t1 = t0 + Duration::from_millis(1500);
+        assert_eq!(
+            r.insert(t1, NodeId(1), 1, 0, 3, vec![1]),
+            Err(DropReason::Duplicate)
+        );
+        assert_eq!(r.expire(t0 + Duration::from_millis(2500)), 0);
+        r.insert(
+            t1 + Duration::from_millis(1900),
+            NodeId(1),
+            1,
+            1,
+            3,
+            vec![2],
+        )
+        .unwrap();
+        let done = r.insert(
+            t1 + Duration::from_millis(1950),
+            NodeId(1),
+            1,
+            2,
+            3,
+            vec![3],
+        );
+        assert_eq!(done, Ok(Some(vec![1, 2, 3])));
     }
 
     #[test]

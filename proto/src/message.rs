@@ -8,28 +8,32 @@
 //! write and to read (see the README's per-change budget). Every other message is rmp-serde.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::{Reader, put_bytes, put_u64, put_varint};
-use super::record::{Record, varint_len};
+use super::record::{Record, RecordRef, varint_len};
 use super::version::{NodeId, Version};
 use crate::sync::{KeyVersion, SyncDigest};
 
 /// One replicated change inside a [`Msg::Data`] or [`Msg::Repair`] message.
+///
+/// The cache name is shared (`Arc<str>`): a node's writes to one cache, and the items decoded
+/// from one run of a data message, all point at one name instead of each carrying a copy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Item {
     /// A change to one key of cache `cache`.
     Rec {
         /// Cache name.
-        cache: String,
+        cache: Arc<str>,
         /// The change.
         rec: Record,
     },
     /// Cache `cache` was cleared at `version`.
     Clear {
         /// Cache name.
-        cache: String,
+        cache: Arc<str>,
         /// Version of the clear.
         version: Version,
     },
@@ -38,7 +42,7 @@ pub enum Item {
     /// instead of loading it too. Advisory; carries no data.
     Loading {
         /// Cache name.
-        cache: String,
+        cache: Arc<str>,
         /// Key bytes.
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
@@ -55,6 +59,21 @@ impl Item {
             Item::Loading { cache, key } => (cache, varint_len(key.len() as u64) + key.len()),
         };
         1 + varint_len(cache.len() as u64) + cache.len() + body
+    }
+
+    /// This item as a borrowed view.
+    pub fn view(&self) -> ItemRef<'_> {
+        match self {
+            Item::Rec { cache, rec } => ItemRef::Rec {
+                cache,
+                rec: rec.view(),
+            },
+            Item::Clear { cache, version } => ItemRef::Clear {
+                cache,
+                version: *version,
+            },
+            Item::Loading { cache, key } => ItemRef::Loading { cache, key },
+        }
     }
 
     fn cache(&self) -> &str {
@@ -108,32 +127,121 @@ fn encode_items(items: &[Item], out: &mut Vec<u8>) {
     }
 }
 
-/// Reads what [`encode_items`] wrote. Allocates no more than the input justifies: every item
-/// takes at least two bytes, so a count beyond half the remaining bytes is refused up front.
-fn decode_items(r: &mut Reader<'_>) -> Option<Vec<Item>> {
+/// An [`Item`] borrowed from a received message: cache name, key and value are slices of the
+/// opened datagram (decoding allocates nothing per item).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ItemRef<'a> {
+    /// A change to one key of cache `cache`.
+    Rec {
+        /// Cache name.
+        cache: &'a str,
+        /// The change.
+        rec: RecordRef<'a>,
+    },
+    /// Cache `cache` was cleared at `version`.
+    Clear {
+        /// Cache name.
+        cache: &'a str,
+        /// Version of the clear.
+        version: Version,
+    },
+    /// The sender has started loading `key` of cache `cache`.
+    Loading {
+        /// Cache name.
+        cache: &'a str,
+        /// Key bytes.
+        key: &'a [u8],
+    },
+}
+
+impl ItemRef<'_> {
+    /// An owned copy.
+    pub fn to_item(&self) -> Item {
+        match *self {
+            ItemRef::Rec { cache, rec } => Item::Rec {
+                cache: cache.into(),
+                rec: rec.to_record(),
+            },
+            ItemRef::Clear { cache, version } => Item::Clear {
+                cache: cache.into(),
+                version,
+            },
+            ItemRef::Loading { cache, key } => Item::Loading {
+                cache: cache.into(),
+                key: key.to_vec(),
+            },
+        }
+    }
+}
+
+/// A `Data` or `Repair` message decoded without copying (see [`Changes::decode`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Changes<'a> {
+    /// The sequence number of a `Data` message; `None` for a `Repair`.
+    pub seq: Option<u64>,
+    /// The changes, borrowing the message bytes.
+    pub items: Vec<ItemRef<'a>>,
+}
+
+impl<'a> Changes<'a> {
+    /// Whether `bytes` is a `Data` or `Repair` message (by its first byte), which
+    /// [`Changes::decode`] reads and [`Msg::decode`] copies.
+    pub fn is_changes(bytes: &[u8]) -> bool {
+        matches!(bytes.first(), Some(&(TAG_DATA | TAG_REPAIR)))
+    }
+
+    /// Decodes a `Data` or `Repair` message in place: one allocation (the item list) per
+    /// message, none per item. `None` if the bytes are not such a message or are malformed
+    /// (as for [`Msg::decode`]: trailing bytes are refused).
+    pub fn decode(bytes: &'a [u8]) -> Option<Changes<'a>> {
+        let (&tag, rest) = bytes.split_first()?;
+        let mut r = Reader::new(rest);
+        let seq = match tag {
+            TAG_DATA => Some(r.varint()?),
+            TAG_REPAIR => None,
+            _ => return None,
+        };
+        let items = decode_items(&mut r)?;
+        (r.remaining() == 0).then_some(Changes { seq, items })
+    }
+
+    /// The owned message ([`Msg::Data`] or [`Msg::Repair`]).
+    pub fn to_msg(&self) -> Msg {
+        let items = self.items.iter().map(ItemRef::to_item).collect();
+        match self.seq {
+            Some(seq) => Msg::Data { seq, items },
+            None => Msg::Repair { items },
+        }
+    }
+}
+
+/// Reads what [`encode_items`] wrote, borrowing from the input. Allocates no more than the
+/// input justifies: every item takes at least two bytes, so a count beyond half the remaining
+/// bytes is refused up front.
+fn decode_items<'a>(r: &mut Reader<'a>) -> Option<Vec<ItemRef<'a>>> {
     let count = usize::try_from(r.varint()?).ok()?;
     if count > r.remaining() / 2 {
         return None;
     }
     let mut items = Vec::with_capacity(count);
-    let mut cache: Option<String> = None;
+    let mut cache: Option<&'a str> = None;
     for _ in 0..count {
         let code = r.u8()?;
         if code & NEW_CACHE != 0 {
-            cache = Some(std::str::from_utf8(r.bytes()?).ok()?.to_owned());
+            cache = Some(std::str::from_utf8(r.bytes()?).ok()?);
         }
-        let name = cache.clone()?;
+        let cache = cache?;
         let item = match code & !NEW_CACHE {
-            ITEM_CLEAR => Item::Clear {
-                cache: name,
+            ITEM_CLEAR => ItemRef::Clear {
+                cache,
                 version: Version::new(r.u64()?, NodeId(r.u64()?)),
             },
-            ITEM_LOADING => Item::Loading {
-                cache: name,
-                key: r.bytes()?.to_vec(),
+            ITEM_LOADING => ItemRef::Loading {
+                cache,
+                key: r.bytes()?,
             },
-            op => Item::Rec {
-                cache: name,
+            op => ItemRef::Rec {
+                cache,
                 rec: Record::decode_compact(op, r)?,
             },
         };
@@ -355,28 +463,17 @@ impl Msg {
     /// Decodes; `None` if the bytes are not a valid message (trailing bytes after a compact
     /// message, or a `Data`/`Repair` in MessagePack, are not: each message has one form).
     pub fn decode(bytes: &[u8]) -> Option<Msg> {
+        if Changes::is_changes(bytes) {
+            return Changes::decode(bytes).map(|c| c.to_msg());
+        }
         let (&tag, rest) = bytes.split_first()?;
-        let mut r = Reader::new(rest);
-        let msg = match tag {
-            TAG_DATA => {
-                let seq = r.varint()?;
-                Msg::Data {
-                    seq,
-                    items: decode_items(&mut r)?,
-                }
-            }
-            TAG_REPAIR => Msg::Repair {
-                items: decode_items(&mut r)?,
-            },
-            TAG_RMP => {
-                return match rmp_serde::from_slice(rest).ok()? {
-                    Msg::Data { .. } | Msg::Repair { .. } => None,
-                    m => Some(m),
-                };
-            }
-            _ => return None,
-        };
-        (r.remaining() == 0).then_some(msg)
+        if tag != TAG_RMP {
+            return None;
+        }
+        match rmp_serde::from_slice(rest).ok()? {
+            Msg::Data { .. } | Msg::Repair { .. } => None,
+            m => Some(m),
+        }
     }
 
     /// The node a targeted message is meant for (`None`: everybody).
@@ -410,6 +507,55 @@ mod serde_bytes_opt {
 mod tests {
     use super::*;
     use crate::record::Op;
+
+    #[test]
+    fn changes_decode_in_place_to_what_msg_decode_returns() {
+        let rec = Record {
+            key: b"key".to_vec(),
+            version: Version::new(42, NodeId(3)),
+            op: crate::record::Op::Put {
+                value: b"value".to_vec(),
+                ttl_ms: Some(9),
+            },
+        };
+        let items = vec![
+            Item::Rec {
+                cache: "a".into(),
+                rec: rec.clone(),
+            },
+            Item::Loading {
+                cache: "a".into(),
+                key: b"k".to_vec(),
+            },
+            Item::Clear {
+                cache: "b".into(),
+                version: Version::new(7, NodeId(1)),
+            },
+        ];
+        for m in [
+            Msg::Data {
+                seq: 5,
+                items: items.clone(),
+            },
+            Msg::Repair { items },
+        ] {
+            let bytes = m.encode();
+            assert!(Changes::is_changes(&bytes));
+            let c = Changes::decode(&bytes).expect("decodes");
+            assert_eq!(c.seq, matches!(m, Msg::Data { .. }).then_some(5));
+            let ItemRef::Rec { cache, rec: view } = c.items[0] else {
+                panic!("a record first: {:?}", c.items[0]);
+            };
+            assert_eq!((cache, view), ("a", rec.view()));
+            // Borrowed from the message, not copied.
+            assert!(bytes.as_ptr_range().contains(&view.key.as_ptr()));
+            assert_eq!(c.to_msg(), m);
+            assert_eq!(Msg::decode(&bytes), Some(m));
+        }
+        let other = Msg::Tail { seq_hi: 1 }.encode();
+        assert!(!Changes::is_changes(&other));
+        assert_eq!(Changes::decode(&other), None);
+    }
 
     #[test]
     fn messages_round_trip() {
@@ -511,7 +657,7 @@ mod tests {
                 version: Version::new(7, NodeId(8)),
             },
             Item::Loading {
-                cache: String::new(),
+                cache: "".into(),
                 key: vec![5; 300],
             },
         ];

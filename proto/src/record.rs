@@ -36,7 +36,69 @@ pub struct Record {
     pub op: Op,
 }
 
+/// A [`Record`] borrowed from a received message: key and value are slices of the opened
+/// datagram, so decoding a change allocates nothing (see [`crate::message::ItemRef`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RecordRef<'a> {
+    /// The key, as serialized by rmp-serde.
+    pub key: &'a [u8],
+    /// The version of the write.
+    pub version: Version,
+    /// What the write does.
+    pub op: OpRef<'a>,
+}
+
+/// [`Op`] borrowed from a received message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OpRef<'a> {
+    /// Store this value (msgpack bytes of `V`), with an optional per-entry TTL in milliseconds.
+    Put {
+        /// The value, as serialized by rmp-serde.
+        value: &'a [u8],
+        /// Per-entry TTL in milliseconds (`None`: the receiving cache's own `cache_ttl`).
+        ttl_ms: Option<u64>,
+    },
+    /// Delete the key, leaving a tombstone at this version.
+    Del,
+    /// Drop older copies (invalidate mode).
+    Inval,
+}
+
+impl RecordRef<'_> {
+    /// An owned copy.
+    pub fn to_record(&self) -> Record {
+        Record {
+            key: self.key.to_vec(),
+            version: self.version,
+            op: match self.op {
+                OpRef::Put { value, ttl_ms } => Op::Put {
+                    value: value.to_vec(),
+                    ttl_ms,
+                },
+                OpRef::Del => Op::Del,
+                OpRef::Inval => Op::Inval,
+            },
+        }
+    }
+}
+
 impl Record {
+    /// This record as a borrowed view (what [`crate::state::AppState::apply`] takes).
+    pub fn view(&self) -> RecordRef<'_> {
+        RecordRef {
+            key: &self.key,
+            version: self.version,
+            op: match &self.op {
+                Op::Put { value, ttl_ms } => OpRef::Put {
+                    value,
+                    ttl_ms: *ttl_ms,
+                },
+                Op::Del => OpRef::Del,
+                Op::Inval => OpRef::Inval,
+            },
+        }
+    }
+
     /// Bytes this record occupies in memory and roughly on the wire.
     pub fn weight(&self) -> usize {
         self.key.len()
@@ -99,23 +161,24 @@ impl Record {
             }
     }
 
-    /// Reads what [`Record::encode_compact`] wrote for op code `code`; `None` if malformed.
-    pub(crate) fn decode_compact(code: u8, r: &mut Reader<'_>) -> Option<Record> {
-        let key = r.bytes()?.to_vec();
+    /// Reads what [`Record::encode_compact`] wrote for op code `code`, borrowing key and value
+    /// from the input; `None` if malformed.
+    pub(crate) fn decode_compact<'a>(code: u8, r: &mut Reader<'a>) -> Option<RecordRef<'a>> {
+        let key = r.bytes()?;
         let version = Version::new(r.u64()?, NodeId(r.u64()?));
         let op = match code {
-            OP_PUT | OP_PUT_TTL => Op::Put {
-                value: r.bytes()?.to_vec(),
+            OP_PUT | OP_PUT_TTL => OpRef::Put {
+                value: r.bytes()?,
                 ttl_ms: if code == OP_PUT_TTL {
                     Some(r.varint()?)
                 } else {
                     None
                 },
             },
-            OP_DEL => Op::Del,
-            OP_INVAL => Op::Inval,
+            OP_DEL => OpRef::Del,
+            OP_INVAL => OpRef::Inval,
             _ => return None,
         };
-        Some(Record { key, version, op })
+        Some(RecordRef { key, version, op })
     }
 }

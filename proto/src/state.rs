@@ -4,14 +4,31 @@
 //! plain in-memory model. Nothing here does I/O.
 
 use super::message::Query;
-use super::record::Record;
+use super::record::{Record, RecordRef};
 use super::version::{NodeId, Version};
 use crate::sync::{Applied, KeyVersion, SyncDigest};
 
 /// The application state the protocol replicates.
 pub trait AppState {
     /// Applies a peer's change by version (the cache layer implements it, see `ErasedCache::apply_remote` in `mccache`).
-    fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied;
+    /// The record borrows the received message (an owned [`Record`] lends one with
+    /// [`Record::view`]).
+    fn apply(&mut self, cache: &str, record: RecordRef<'_>, origin: NodeId) -> Applied;
+    /// Applies a run of a peer's changes to one cache, in order, calling `each` once per record,
+    /// in the same order, with what applying it did. The default applies them one by one with
+    /// [`AppState::apply`]; an application overrides it to share work over the run (finding
+    /// the cache once, reading its clock once).
+    fn apply_run(
+        &mut self,
+        cache: &str,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        for record in records {
+            each(self.apply(cache, *record, origin));
+        }
+    }
     /// Applies a peer's versioned clear.
     fn apply_clear(&mut self, cache: &str, version: Version, origin: NodeId);
     /// The newest clear applied to a cache ([`Version::ZERO`] if none or no such cache).

@@ -28,6 +28,12 @@ pub trait Clock: Send + Sync + 'static {
     fn coarse_nanos(&self) -> u64 {
         self.now_nanos()
     }
+    /// Both readings at the granularity of [`Clock::coarse_nanos`] (`(coarse_nanos, wall_ms)`),
+    /// for writes that need no exact time. The default is [`Clock::now_both`].
+    #[doc(hidden)]
+    fn coarse_both(&self) -> (u64, u64) {
+        self.now_both()
+    }
     /// Called by the node's housekeeper every few milliseconds to bring
     /// [`Clock::coarse_nanos`] up to date. The default does nothing.
     fn refresh(&self) {}
@@ -124,6 +130,16 @@ impl Clock for SystemClock {
         Some(self.coarse.clone())
     }
 
+    fn coarse_both(&self) -> (u64, u64) {
+        let now = self.coarse.load(Ordering::Relaxed);
+        (
+            now,
+            self.wall_offset_ms
+                .load(Ordering::Relaxed)
+                .wrapping_add(now / 1_000_000),
+        )
+    }
+
     fn refresh(&self) {
         let now = self.read();
         let wall = system_wall_ms();
@@ -207,8 +223,10 @@ mod tests {
             b,
             "coarse reading moves only when refreshed"
         );
+        assert_eq!(c.coarse_both().0, b);
         c.refresh();
         assert!(c.coarse_nanos() >= b + 2_000_000);
+        assert!(c.coarse_both().1.abs_diff(c.wall_ms()) < 5);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::proto::record::Record;
+use crate::proto::record::{Record, RecordRef};
 use crate::proto::version::NodeId;
 
 /// A local write to be replicated: the cache name and the record (key, version, op).
@@ -53,6 +53,29 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// Gives back a slot reserved by a write that published nothing.
     fn release(&self) {}
 
+    /// Queues the record of one key's local write, as [`Publisher::publish`] (or
+    /// [`Publisher::publish_reserved`] if `reserved`) would, but builds it only if it is
+    /// queued: a change that finds the queue full is remembered by its `key` bytes alone, so
+    /// an overloaded node copies nothing per write.
+    fn publish_record(
+        &self,
+        cache: &Arc<str>,
+        key: &[u8],
+        reserved: bool,
+        build: &mut dyn FnMut() -> Record,
+    ) {
+        let _ = key;
+        let change = Change {
+            cache: cache.clone(),
+            kind: ChangeKindWire::Record(build()),
+        };
+        if reserved {
+            self.publish_reserved(change);
+        } else {
+            self.publish(change);
+        }
+    }
+
     /// Whether published changes go anywhere. Caches skip building records when this is
     /// `false` (a local-only node), which keeps local writes cheap.
     fn enabled(&self) -> bool {
@@ -87,7 +110,21 @@ pub trait ErasedCache: Send + Sync + 'static {
     fn type_names(&self) -> String;
     /// Applies a peer's change if its version is newer than what is held (tombstones and the
     /// clear floor included); fires change listeners with origin = remote(`origin`).
-    fn apply_remote(&self, record: &Record, origin: NodeId) -> Applied;
+    fn apply_remote(&self, record: RecordRef<'_>, origin: NodeId) -> Applied;
+    /// Applies a run of a peer's changes in order, calling `each` once per record, in the same
+    /// order, with what applying it did (see `AppState::apply_run` in the protocol core). The
+    /// store reads its clock and clear floor once for the run and fires the run's change
+    /// events after the last record.
+    fn apply_remote_run(
+        &self,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        for record in records {
+            each(self.apply_remote(*record, origin));
+        }
+    }
     /// Applies a peer's `clear`: removes every entry older than `version`, raises the clear floor.
     fn apply_clear(&self, version: crate::proto::version::Version, origin: NodeId);
     /// The current record for a key (live value or tombstone), re-serialized, for repair.

@@ -1,13 +1,14 @@
 //! The driver: one tokio task, on a runtime thread the node owns, that connects the I/O-free
 //! [`Endpoint`] to the sockets, the timer and the node's command channel.
 //!
-//! Cache calls never wait for it: they push changes with `try_send` and return. The
+//! Cache calls never wait for it: they append changes to the [`super::overflow::ChangeQueue`]
+//! and return (waking it only if it is parked on an empty queue). The
 //! [`Transport`] is the only part that knows how datagrams travel: to a multicast group, or
 //! to each peer by unicast ([`super::unicast`], with discovery from [`super::discovery`]).
 //! Each pass of the loop waits for one wake-up, reads the clock once and gives that `now` to
 //! every call into the core.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +34,8 @@ pub(crate) type ReplySender = std::sync::mpsc::Sender<(NodeId, Vec<u8>)>;
 
 /// Requests from the node to the driver.
 pub(crate) enum Command {
-    /// Replicate a local change.
+    /// Replicate a change that holds no queue credit (a clear of a cache not opened here);
+    /// caches' changes come through [`Shared::changes`].
     Publish(Item),
     /// Ask the cluster; every reply is forwarded to the sender.
     Query(Query, ReplySender),
@@ -58,6 +60,8 @@ pub(crate) struct Shared {
     pub stop: tokio::sync::Notify,
     /// Outbound queue credits and the keys waiting for a targeted repair after an overflow.
     pub backlog: Arc<super::overflow::Backlog>,
+    /// The caches' changes, each holding one of the backlog's credits.
+    pub changes: Arc<super::overflow::ChangeQueue>,
     /// Unicast: where each member was heard from (empty for multicast).
     pub addresses: Mutex<HashMap<NodeId, SocketAddr>>,
     /// True if this node seals its datagrams (has a `crypto_key`); set before the driver runs.
@@ -100,6 +104,7 @@ impl DriverCounters {
 enum Wake {
     Stop,
     Command(Option<Command>),
+    Changes,
     Resolved(Vec<Resolved>),
     Datagram(std::io::Result<(usize, SocketAddr)>),
     Timer,
@@ -182,14 +187,22 @@ pub(crate) async fn run(
     }
     let unicast = book.is_some();
     let announce_every = transport.unicast_settings().map(|u| u.announce);
+    // Changes taken off the shared queue, still holding their credits, and the buffer the
+    // writers fill next.
+    let mut staged: VecDeque<Item> = VecDeque::new();
+    let mut spare: Vec<Item> = Vec::new();
     loop {
         let deadline = ep.poll_timeout().map(to_tokio);
+        // Changes wait in the queue (holding their credits) while the core's outbox is full,
+        // so the overload policy, not the core, decides what happens to them.
+        let room = ep.outbox_len() < queue_max;
+        let changes_ready = room && shared.changes.take_or_park(&mut staged, &mut spare);
         let wake = tokio::select! {
             biased;
             _ = shared.stop.notified() => Wake::Stop,
-            // Changes wait in the channel (holding their credits) while the core's outbox is
-            // full, so the overload policy, not the core, decides what happens to them.
-            cmd = commands.recv(), if ep.outbox_len() < queue_max => Wake::Command(cmd),
+            cmd = commands.recv(), if room => Wake::Command(cmd),
+            _ = std::future::ready(()), if changes_ready => Wake::Changes,
+            _ = shared.changes.woken(), if room && !changes_ready => Wake::Changes,
             Some(found) = disc_rx.recv(), if unicast => Wake::Resolved(found),
             res = transport.recv(&mut buf) => Wake::Datagram(res),
             _ = sleep_until(deadline) => Wake::Timer,
@@ -198,16 +211,17 @@ pub(crate) async fn run(
         let now = Instant::now();
         match wake {
             Wake::Stop => stopping = true,
+            Wake::Changes => {
+                if shared.changes.take_or_park(&mut staged, &mut spare) {
+                    publish_staged(&mut ep, now, &mut staged, &mut spare, &shared, queue_max);
+                }
+            }
             Wake::Command(cmd) => {
                 let mut next = cmd;
                 let mut n = 0;
-                let mut published = 0;
                 while let Some(c) = next.take() {
                     match c {
-                        Command::Publish(item) => {
-                            published += 1;
-                            ep.publish(now, item);
-                        }
+                        Command::Publish(item) => ep.publish(now, item),
                         Command::Query(q, tx) => {
                             let id = ep.query(now, q);
                             queries.insert(id, (tx, now));
@@ -221,7 +235,6 @@ pub(crate) async fn run(
                         next = commands.try_recv().ok();
                     }
                 }
-                shared.backlog.give(published);
                 if commands.is_closed() && commands.is_empty() {
                     stopping = true;
                 }
@@ -278,10 +291,18 @@ pub(crate) async fn run(
         if shared.overflowed.swap(false, Ordering::AcqRel) {
             counters.outbound_overflow += 1;
         }
-        if commands.is_empty() {
+        if commands.is_empty() && staged.is_empty() && shared.changes.is_empty() {
             super::overflow::repair_step(&mut ep, app.as_ref(), &shared.backlog, now);
         }
         if stopping {
+            // What the caches queued before the stop goes out ahead of the leave, as far as
+            // the core's outbox takes it.
+            for _ in 0..queue_max / 8192 + 2 {
+                if !shared.changes.take_or_park(&mut staged, &mut spare) {
+                    break;
+                }
+                publish_staged(&mut ep, now, &mut staged, &mut spare, &shared, queue_max);
+            }
             ep.leave(now);
         }
         if let (Some(every), Some(b)) = (announce_every, book.as_mut()) {
@@ -357,6 +378,30 @@ pub(crate) async fn run(
     shared.stopped.store(true, Ordering::Release);
     // Wake anyone waiting for readiness so they can see the node stopped.
     shared.ready_cv.notify_all();
+}
+
+/// Hands staged changes to the core, up to 8,192 per pass and while its outbox holds fewer
+/// than `limit`, giving their credits back; returns the emptied buffer to `spare`.
+fn publish_staged(
+    ep: &mut Endpoint,
+    now: Instant,
+    staged: &mut VecDeque<Item>,
+    spare: &mut Vec<Item>,
+    shared: &Shared,
+    limit: usize,
+) {
+    let mut published = 0;
+    while published < 8192 && ep.outbox_len() < limit {
+        let Some(item) = staged.pop_front() else {
+            break;
+        };
+        ep.publish(now, item);
+        published += 1;
+    }
+    shared.backlog.give(published);
+    if staged.is_empty() {
+        *spare = Vec::from(std::mem::take(staged));
+    }
 }
 
 /// How stale the shared members' last-seen times may get before they are refreshed.

@@ -8,8 +8,13 @@
 //!   peers converge right after a burst instead of at the next anti-entropy pulse. The set is
 //!   bounded ([`DIRTY_MAX`] keys, or `queue_max` if larger); past the bound it spills, and the
 //!   driver falls back to anti-entropy pulses (one at once, one after the settle time).
+//! - **The change queue** ([`ChangeQueue`]): where the publisher puts the changes it holds
+//!   credits for. Writers append under a short lock; the driver takes everything queued in one
+//!   swap, and a writer wakes the driver only when it finds it parked on an empty queue, so a
+//!   busy driver costs writers no system call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,10 +47,13 @@ impl Default for Backlog {
     }
 }
 
+/// Dirty keys hold local keys only (never network input), so a fast unkeyed hash will do.
+type Fast = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 struct Dirty {
-    keys: HashMap<String, HashSet<Vec<u8>>>,
-    clears: HashMap<String, Version>,
+    keys: HashMap<Arc<str>, HashSet<Vec<u8>, Fast>, Fast>,
+    clears: HashMap<Arc<str>, Version, Fast>,
     len: usize,
     spilled: bool,
 }
@@ -113,32 +121,118 @@ impl Backlog {
 
     /// Remembers a change that could not be queued, for the targeted repair.
     pub(crate) fn mark(&self, item: &Item) {
-        let mut d = self.dirty.lock();
         match item {
-            Item::Rec { cache, rec } => {
-                if d.len >= self.dirty_max {
-                    d.spilled = true;
-                } else {
-                    let set = d.keys.entry(cache.clone()).or_default();
-                    if set.insert(rec.key.clone()) {
-                        d.len += 1;
+            Item::Rec { cache, rec } => self.mark_key(cache, &rec.key),
+            Item::Clear { cache, version } => {
+                let mut d = self.dirty.lock();
+                match d.clears.get_mut(&**cache) {
+                    Some(v) => *v = (*v).max(*version),
+                    None => {
+                        d.clears.insert(cache.clone(), *version);
                     }
                 }
-            }
-            Item::Clear { cache, version } => {
-                let v = d.clears.entry(cache.clone()).or_insert(*version);
-                *v = (*v).max(*version);
+                drop(d);
+                self.set_dirty();
             }
             // A loading announcement carries no state: nothing to repair if it is lost
             // (peers that would have waited for it simply load themselves).
-            Item::Loading { .. } => return,
+            Item::Loading { .. } => {}
         }
-        self.has_dirty.store(true, Ordering::Release);
+    }
+
+    /// Remembers one key whose change could not be queued. Allocates only for a key not
+    /// remembered yet (a writer that keeps overflowing on hot keys copies nothing).
+    pub(crate) fn mark_key(&self, cache: &Arc<str>, key: &[u8]) {
+        {
+            let mut guard = self.dirty.lock();
+            let d = &mut *guard;
+            if d.keys.get(&**cache).is_some_and(|set| set.contains(key)) {
+                drop(guard);
+                return self.set_dirty();
+            }
+            if d.len >= self.dirty_max {
+                d.spilled = true;
+            } else {
+                d.keys
+                    .entry(cache.clone())
+                    .or_default()
+                    .insert(key.to_vec());
+                d.len += 1;
+            }
+        }
+        self.set_dirty();
+    }
+
+    fn set_dirty(&self) {
+        if !self.has_dirty.load(Ordering::Relaxed) {
+            self.has_dirty.store(true, Ordering::Release);
+        }
     }
 
     /// Whether changes wait for the targeted repair.
     pub(crate) fn has_dirty(&self) -> bool {
         self.has_dirty.load(Ordering::Acquire)
+    }
+}
+
+/// The queue of changes the publisher holds credits for (see the module docs). Bounded by
+/// the credits: at most `queue_max` changes wait here and in the driver's hands together.
+#[derive(Debug, Default)]
+pub(crate) struct ChangeQueue {
+    inner: Mutex<Queued>,
+    /// How a writer wakes a parked driver.
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queued {
+    items: Vec<Item>,
+    /// The driver found the queue empty and waits for [`ChangeQueue::wake`].
+    parked: bool,
+}
+
+impl ChangeQueue {
+    /// Appends a change (its credit already taken); wakes the driver if it is parked.
+    pub(crate) fn push(&self, item: Item) {
+        let wake = {
+            let mut q = self.inner.lock();
+            q.items.push(item);
+            std::mem::take(&mut q.parked)
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether no change is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.lock().items.is_empty()
+    }
+
+    /// The driver's side: if `staged` is empty, moves every queued change into it (keeping
+    /// `spare`'s allocation for the writers). Returns whether `staged` holds changes; if not,
+    /// the driver is marked parked and the next [`ChangeQueue::push`] wakes it.
+    pub(crate) fn take_or_park(&self, staged: &mut VecDeque<Item>, spare: &mut Vec<Item>) -> bool {
+        if !staged.is_empty() {
+            return true;
+        }
+        let mut q = self.inner.lock();
+        if q.items.is_empty() {
+            q.parked = true;
+            return false;
+        }
+        q.parked = false;
+        spare.clear();
+        std::mem::swap(&mut q.items, spare);
+        drop(q);
+        *staged = VecDeque::from(std::mem::take(spare));
+        true
+    }
+
+    /// Resolves when a writer has queued a change after the driver parked (or at once if one
+    /// did so since the last wait).
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
     }
 }
 
@@ -167,7 +261,7 @@ pub(crate) fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backl
     let (keys, clears, spilled) = {
         let mut d = backlog.dirty.lock();
         let mut keys = Vec::new();
-        let caches: Vec<String> = d.keys.keys().cloned().collect();
+        let caches: Vec<Arc<str>> = d.keys.keys().cloned().collect();
         for cache in caches {
             let Some(set) = d.keys.get_mut(&cache) else {
                 continue;
@@ -189,7 +283,7 @@ pub(crate) fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backl
             }
         }
         d.len = d.len.saturating_sub(keys.len());
-        let clears: Vec<(String, Version)> = d.clears.drain().collect();
+        let clears: Vec<(Arc<str>, Version)> = d.clears.drain().collect();
         let spilled = std::mem::take(&mut d.spilled);
         if d.keys.is_empty() {
             backlog.has_dirty.store(false, Ordering::Release);
@@ -249,5 +343,59 @@ mod tests {
         assert!(!b.dirty.lock().spilled);
         b.mark(&rec(3));
         assert!(b.dirty.lock().spilled, "past the bound the set spills");
+        let cache: Arc<str> = "c".into();
+        b.mark_key(&cache, &[1]);
+        assert_eq!(
+            b.dirty.lock().len,
+            2,
+            "a remembered key is not counted twice"
+        );
+    }
+
+    fn put(k: u8) -> Item {
+        Item::Rec {
+            cache: "c".into(),
+            rec: crate::proto::record::Record {
+                key: vec![k],
+                version: Version::ZERO,
+                op: crate::proto::record::Op::Del,
+            },
+        }
+    }
+
+    #[test]
+    fn the_queue_is_taken_whole_and_wakes_only_a_parked_driver() {
+        let q = ChangeQueue::default();
+        let (mut staged, mut spare) = (VecDeque::new(), Vec::new());
+        q.push(put(1));
+        assert!(!q.inner.lock().parked);
+        assert!(q.take_or_park(&mut staged, &mut spare));
+        assert_eq!(staged.len(), 1);
+        assert!(q.is_empty());
+        staged.clear();
+        assert!(!q.take_or_park(&mut staged, &mut spare), "empty: parks");
+        assert!(q.inner.lock().parked);
+        q.push(put(2));
+        assert!(!q.inner.lock().parked, "the first push after parking wakes");
+        q.push(put(3));
+        // The wake left a permit: the driver's next wait returns at once.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), q.woken())
+                .await
+                .expect("woken by the push");
+        });
+        assert!(q.take_or_park(&mut staged, &mut spare));
+        let keys: Vec<u8> = staged
+            .iter()
+            .map(|i| match i {
+                Item::Rec { rec, .. } => rec.key[0],
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(keys, [2, 3], "in order");
     }
 }

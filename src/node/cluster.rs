@@ -230,6 +230,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     shared.sealed.store(!keys.is_empty(), Ordering::Relaxed);
     let publisher = Arc::new(ChannelPublisher {
         tx: tx.clone(),
+        queue: shared.changes.clone(),
         overflow: AtomicU64::new(0),
         overflowed: shared.overflowed.clone(),
         backlog,
@@ -665,7 +666,7 @@ impl Node {
             net.registry.park(name, |p| p.clear(version));
             net.tx
                 .try_send(Command::Publish(Item::Clear {
-                    cache: name.to_string(),
+                    cache: name.into(),
                     version,
                 }))
                 .map_err(|_| Error::Shutdown)?;

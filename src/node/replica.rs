@@ -18,9 +18,9 @@ use crate::cache::parked::ParkedCache;
 use crate::config::Overload;
 use crate::error::Error;
 use crate::net::driver::Command;
-use crate::net::overflow::Backlog;
+use crate::net::overflow::{Backlog, ChangeQueue};
 use crate::proto::message::{Item, Query};
-use crate::proto::record::Record;
+use crate::proto::record::{Record, RecordRef};
 use crate::proto::state::AppState;
 use crate::proto::version::{Hlc, NodeId, Version};
 
@@ -121,7 +121,7 @@ impl Registry {
         // or below the parked horizon would be refused by an empty cache with that horizon.
         let horizon = parked.horizon();
         for rec in parked.drain() {
-            cache.apply_remote(&rec, rec.version.node);
+            cache.apply_remote(rec.view(), rec.version.node);
         }
         cache.raise_horizon(horizon);
     }
@@ -143,12 +143,22 @@ impl LagSamples {
 
     /// Records one sample.
     pub fn record(&self, us: u64) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % Self::CAP;
+        self.record_all(&[us]);
+    }
+
+    /// Records several samples, taking the lock once.
+    pub fn record_all(&self, samples: &[u64]) {
+        if samples.is_empty() {
+            return;
+        }
+        let first = self.next.fetch_add(samples.len() as u64, Ordering::Relaxed) as usize;
         let mut r = self.ring.lock();
-        if r.len() < Self::CAP {
-            r.push(us);
-        } else {
-            r[i] = us;
+        for (n, &us) in samples.iter().enumerate() {
+            if r.len() < Self::CAP {
+                r.push(us);
+            } else {
+                r[first.wrapping_add(n) % Self::CAP] = us;
+            }
         }
     }
 
@@ -183,21 +193,58 @@ impl NodeApp {
 }
 
 impl AppState for NodeApp {
-    fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied {
-        self.hlc.observe(record.version.hlc);
-        let applied = match self.registry.opened(cache) {
-            Some(c) => c.apply_remote(record, origin),
+    fn apply(&mut self, cache: &str, record: RecordRef<'_>, origin: NodeId) -> Applied {
+        let mut applied = Applied::Skipped;
+        self.apply_run(cache, &[record], origin, &mut |a| applied = a);
+        applied
+    }
+
+    /// One lookup of the cache, one clock observation (of the run's newest version) and one
+    /// lock of the lag ring per run.
+    fn apply_run(
+        &mut self,
+        cache: &str,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        let Some(newest) = records.iter().map(|r| r.version.hlc).max() else {
+            return;
+        };
+        self.hlc.observe(newest);
+        let mut lags = Vec::new();
+        match self.registry.opened(cache) {
+            Some(c) => {
+                let wall_us = self.clock.wall_us();
+                let mut i = 0;
+                c.apply_remote_run(records, origin, &mut |applied| {
+                    if applied == Applied::Changed
+                        && let Some(r) = records.get(i)
+                    {
+                        if lags.capacity() == 0 {
+                            lags.reserve(records.len() - i);
+                        }
+                        lags.push(wall_us.saturating_sub(r.version.millis() * 1000));
+                    }
+                    i += 1;
+                    each(applied);
+                });
+            }
             None => {
                 let now = self.clock.now_nanos();
-                self.park(cache, |p| p.apply(record, now))
+                let wall_us = self.clock.wall_us();
+                self.park(cache, |p| {
+                    for r in records {
+                        let applied = p.apply(&r.to_record(), now);
+                        if applied == Applied::Changed {
+                            lags.push(wall_us.saturating_sub(r.version.millis() * 1000));
+                        }
+                        each(applied);
+                    }
+                });
             }
-        };
-        if applied == Applied::Changed {
-            let written_us = record.version.millis() * 1000;
-            self.lag
-                .record(self.clock.wall_us().saturating_sub(written_us));
         }
-        applied
+        self.lag.record_all(&lags);
     }
 
     fn apply_clear(&mut self, cache: &str, version: Version, origin: NodeId) {
@@ -365,15 +412,17 @@ impl AppState for NodeApp {
 
 /// Sends local changes to the driver, under the node's overload policy (`overload`).
 ///
-/// The queue holds `queue_max` changes (credits in [`Backlog`]). When it is full:
-/// `repair` stores the write, skips queueing its change, remembers the key and raises the
+/// The queue ([`ChangeQueue`]) holds `queue_max` changes (credits in [`Backlog`]). When it is
+/// full: `repair` stores the write, skips queueing its change, remembers the key and raises the
 /// overflow flag: the driver re-sends the key's newest record as soon as the queue drains (and
 /// falls back to anti-entropy pulses past `queue_max` remembered keys). `block` waits up to
 /// `overload_timeout` for room, then refuses the write; `error` refuses it at once. A refused
 /// write stores nothing and returns [`Error::Overloaded`].
 pub(crate) struct ChannelPublisher {
-    /// To the driver.
+    /// To the driver: closed once it has stopped (changes are then dropped).
     pub tx: mpsc::Sender<Command>,
+    /// Where changes holding a credit wait for the driver.
+    pub queue: Arc<ChangeQueue>,
     /// Changes not queued because the queue was full.
     pub overflow: AtomicU64,
     /// Raised on overflow; the driver answers with a repair.
@@ -390,7 +439,7 @@ pub(crate) struct ChannelPublisher {
 
 /// The replicated item for a local change.
 pub(crate) fn change_item(change: Change) -> Item {
-    let cache = change.cache.to_string();
+    let cache = change.cache;
     match change.kind {
         ChangeKindWire::Record(rec) => Item::Rec { cache, rec },
         ChangeKindWire::Clear(version) => Item::Clear { cache, version },
@@ -399,7 +448,9 @@ pub(crate) fn change_item(change: Change) -> Item {
 }
 
 impl ChannelPublisher {
-    fn overflowed(&self, item: &Item) {
+    /// Counts a change that found no room (warning once) and raises the overflow flag; the
+    /// caller has remembered it in the backlog.
+    fn overflowed(&self) {
         if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 "mccache: replication queue full (queue_max {}): changes are repaired as soon as it drains (overload = \"{}\")",
@@ -407,19 +458,17 @@ impl ChannelPublisher {
                 self.policy.as_str()
             );
         }
-        self.backlog.mark(item);
-        self.overflowed.store(true, Ordering::Release);
+        if !self.overflowed.load(Ordering::Relaxed) {
+            self.overflowed.store(true, Ordering::Release);
+        }
     }
 
-    /// Sends with a credit already taken.
+    /// Queues with a credit already taken (given back if the driver has stopped).
     fn send(&self, item: Item) {
-        match self.tx.try_send(Command::Publish(item)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Command::Publish(item))) => {
-                self.backlog.give(1);
-                self.overflowed(&item);
-            }
-            Err(_) => self.backlog.give(1),
+        if self.tx.is_closed() {
+            self.backlog.give(1);
+        } else {
+            self.queue.push(item);
         }
     }
 
@@ -438,7 +487,26 @@ impl Publisher for ChannelPublisher {
         if self.backlog.try_take() {
             self.send(item);
         } else if !self.tx.is_closed() {
-            self.overflowed(&item);
+            self.backlog.mark(&item);
+            self.overflowed();
+        }
+    }
+
+    fn publish_record(
+        &self,
+        cache: &Arc<str>,
+        key: &[u8],
+        reserved: bool,
+        build: &mut dyn FnMut() -> Record,
+    ) {
+        if reserved || self.backlog.try_take() {
+            self.send(Item::Rec {
+                cache: cache.clone(),
+                rec: build(),
+            });
+        } else if !self.tx.is_closed() {
+            self.backlog.mark_key(cache, key);
+            self.overflowed();
         }
     }
 

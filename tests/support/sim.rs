@@ -25,7 +25,7 @@ use mccache::unstable::{AddressBook, Clock, DetachedNode, NodeApp, ParkedCache};
 use mccache::{CacheMode, Config};
 use mccache_proto::endpoint::{Destination, Endpoint, EndpointConfig, Event, MemberEvent};
 use mccache_proto::message::{Item, Query};
-use mccache_proto::record::{Op, Record};
+use mccache_proto::record::{Op, OpRef, Record, RecordRef};
 use mccache_proto::state::AppState;
 use mccache_proto::sync::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest};
 use mccache_proto::version::{NodeId, Version};
@@ -95,11 +95,11 @@ impl SimApp {
         }
     }
 
-    fn saw_delete(&mut self, cache: &str, rec: &Record) {
-        if !matches!(rec.op, Op::Put { .. }) {
+    fn saw_delete(&mut self, cache: &str, rec: RecordRef<'_>) {
+        if !matches!(rec.op, OpRef::Put { .. }) {
             let d = self
                 .deleted_seen
-                .entry((cache.to_string(), rec.key.clone()))
+                .entry((cache.to_string(), rec.key.to_vec()))
                 .or_default();
             *d = (*d).max(rec.version);
         }
@@ -111,19 +111,19 @@ impl SimApp {
 }
 
 impl AppState for SimApp {
-    fn apply(&mut self, cache: &str, record: &Record, origin: NodeId) -> Applied {
+    fn apply(&mut self, cache: &str, record: RecordRef<'_>, origin: NodeId) -> Applied {
         let deleted = self
             .deleted_seen
-            .get(&(cache.to_string(), record.key.clone()))
+            .get(&(cache.to_string(), record.key.to_vec()))
             .copied();
         let resurrects =
-            matches!(record.op, Op::Put { .. }) && deleted.is_some_and(|d| record.version <= d);
+            matches!(record.op, OpRef::Put { .. }) && deleted.is_some_and(|d| record.version <= d);
         let applied = self.node.app().apply(cache, record, origin);
         if applied == Applied::Changed {
             if resurrects {
                 self.violations.push(format!(
                     "{cache}/{:?} came back at {:?} after its delete at {deleted:?}",
-                    String::from_utf8_lossy(&record.key),
+                    String::from_utf8_lossy(record.key),
                     record.version,
                 ));
             }
@@ -571,12 +571,12 @@ impl Sim {
         for item in items {
             match &item {
                 Item::Rec { cache, rec } => {
-                    n.app.saw_delete(cache, rec);
-                    n.writes.push((cache.clone(), rec.clone()));
-                    self.all_writes.push((cache.clone(), rec.clone()));
+                    n.app.saw_delete(cache, rec.view());
+                    n.writes.push((cache.to_string(), rec.clone()));
+                    self.all_writes.push((cache.to_string(), rec.clone()));
                 }
                 Item::Clear { cache, version } => {
-                    self.all_clears.push((cache.clone(), *version));
+                    self.all_clears.push((cache.to_string(), *version));
                 }
                 Item::Loading { .. } => {}
             }

@@ -284,10 +284,11 @@ impl Endpoint {
         keys: impl Iterator<Item = &'k [u8]>,
         app: &mut dyn AppState,
     ) {
+        let name: Arc<str> = Arc::from(cache);
         let items: Vec<Item> = keys
             .filter_map(|k| app.record(cache, k))
             .map(|rec| Item::Rec {
-                cache: cache.to_string(),
+                cache: name.clone(),
                 rec,
             })
             .collect();

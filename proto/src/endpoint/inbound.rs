@@ -2,7 +2,8 @@
 //! handles it, and the peers' reliable streams (ordering, duplicates, gaps).
 
 use super::*;
-use crate::message::Msg;
+use crate::message::{Changes, ItemRef, Msg};
+use crate::record::RecordRef;
 use crate::reliability::Arrival;
 use crate::sync::Applied;
 
@@ -43,7 +44,14 @@ impl Endpoint {
                 return None;
             }
         };
-        let Some(msg) = Msg::decode(&payload) else {
+        // The replicated changes (nearly all the traffic) are read in place: their items
+        // borrow `payload`, nothing is copied per change.
+        let decoded = if Changes::is_changes(&payload) {
+            Changes::decode(&payload).map(Decoded::Changes)
+        } else {
+            Msg::decode(&payload).map(Decoded::Msg)
+        };
+        let Some(decoded) = decoded else {
             self.metrics.malformed_messages += 1;
             self.drops.record(DropReason::Malformed);
             tracing::debug!(%from, len = payload.len(), "undecodable message dropped");
@@ -56,12 +64,16 @@ impl Endpoint {
         // answered only here; one for everybody may be answered by every member.
         // (For one node alone, 3/4 of the bound: a margin for the framing estimate.)
         let size = self.wire_size(payload.len());
-        match msg.target() {
+        let target = match &decoded {
+            Decoded::Msg(msg) => msg.target(),
+            Decoded::Changes(_) => None,
+        };
+        match target {
             Some(to) if to == self.me => self.budget.earn(now, from, size * 3 / 4, 1),
             Some(_) => {}
             None => self.budget.earn(now, from, size, self.peers.len() + 1),
         }
-        if let Some(to) = msg.target() {
+        if let Some(to) = target {
             if to != self.me {
                 // Still proof of life.
                 if let Some(p) = self.peers.get_mut(&from) {
@@ -70,9 +82,38 @@ impl Endpoint {
                 return Some(from);
             }
         }
-        self.handle_msg(now, from, msg, app);
+        match decoded {
+            Decoded::Msg(msg) => self.handle_msg(now, from, msg, app),
+            Decoded::Changes(changes) => self.handle_changes(now, from, &changes, app),
+        }
         self.refresh_nak_timer();
         Some(from)
+    }
+
+    /// A `Data` or `Repair` message from `from`, read in place.
+    fn handle_changes(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        changes: &Changes<'_>,
+        app: &mut dyn AppState,
+    ) {
+        // What `touch_peer` reads of a data message is its sequence number (an empty item
+        // list does not allocate).
+        let head = match changes.seq {
+            Some(seq) => Msg::Data {
+                seq,
+                items: Vec::new(),
+            },
+            None => Msg::Repair { items: Vec::new() },
+        };
+        if !self.touch_peer(now, from, &head) {
+            return;
+        }
+        match changes.seq {
+            Some(seq) => self.on_data(now, from, seq, &changes.items, app),
+            None => self.apply_items(now, &changes.items, from, app, true),
+        }
     }
 
     /// Dispatches one message from `from` (already opened, for this node or for everyone).
@@ -85,7 +126,16 @@ impl Endpoint {
             return;
         }
         match msg {
-            Msg::Data { seq, items } => self.on_data(now, from, seq, &items, app),
+            // `handle_datagram` reads these in place (`handle_changes`); owned ones are applied
+            // the same way.
+            Msg::Data { seq, items } => {
+                let items: Vec<ItemRef<'_>> = items.iter().map(Item::view).collect();
+                self.on_data(now, from, seq, &items, app)
+            }
+            Msg::Repair { items } => {
+                let items: Vec<ItemRef<'_>> = items.iter().map(Item::view).collect();
+                self.apply_items(now, &items, from, app, true)
+            }
             hello @ Msg::Hello { .. } => self.on_hello(now, from, hello, app),
             Msg::Ack { acks } => self.on_ack_list(from, &acks),
             Msg::Tail { seq_hi } => self.learn_seq_hi(now, from, seq_hi),
@@ -111,7 +161,6 @@ impl Endpoint {
                 }
             }
             Msg::Pull { cache, keys, .. } => self.on_pull(now, from, &cache, &keys, app),
-            Msg::Repair { items } => self.apply_items(now, &items, from, app, true),
             Msg::SnapshotReq { cache, cursor, .. } => {
                 self.on_snapshot_req(now, from, cache, cursor, app)
             }
@@ -129,7 +178,7 @@ impl Endpoint {
         now: Instant,
         from: NodeId,
         seq: u64,
-        items: &[Item],
+        items: &[ItemRef<'_>],
         app: &mut dyn AppState,
     ) {
         self.last_data_rx = Some(now);
@@ -192,39 +241,85 @@ impl Endpoint {
         self.pulse_soon(now, NEW_PEER_PULSE_DELAY);
     }
 
+    /// Applies a message's items in order; each run of consecutive records of one cache goes
+    /// to the application in one [`AppState::apply_run`] call.
     pub(super) fn apply_items(
         &mut self,
         now: Instant,
-        items: &[Item],
+        items: &[ItemRef<'_>],
         from: NodeId,
         app: &mut dyn AppState,
         repair: bool,
     ) {
+        let mut run: Vec<RecordRef<'_>> = Vec::new();
+        let mut run_cache = "";
         for item in items {
-            match item {
-                Item::Rec { rec, .. } if self.refuse_ahead(now, &rec.version, from) => {}
-                Item::Clear { version, .. } if self.refuse_ahead(now, version, from) => {}
-                Item::Rec { cache, rec } => match app.apply(cache, rec, from) {
-                    Applied::Changed => {
-                        self.metrics.changes_applied += 1;
-                        if repair {
-                            self.metrics.snapshot_records_applied += 1;
-                        }
+            match *item {
+                ItemRef::Rec { cache, rec } => {
+                    if self.refuse_ahead(now, &rec.version, from) {
+                        continue;
                     }
-                    Applied::Stale | Applied::Skipped => self.metrics.changes_stale += 1,
-                    Applied::BelowHorizon => {
-                        self.metrics.changes_stale += 1;
-                        self.drops.record(DropReason::BelowHorizon);
+                    if cache != run_cache {
+                        self.apply_run(run_cache, &run, from, app, repair);
+                        run.clear();
+                        run_cache = cache;
                     }
-                    Applied::Undecodable => {
-                        self.drops.record(DropReason::UndecodableRecord);
+                    if run.is_empty() {
+                        run.reserve(items.len());
                     }
-                },
-                Item::Clear { cache, version } => app.apply_clear(cache, *version, from),
-                Item::Loading { cache, key } => app.peer_loading(cache, key, from),
+                    run.push(rec);
+                }
+                ItemRef::Clear { cache, version } => {
+                    self.apply_run(run_cache, &run, from, app, repair);
+                    run.clear();
+                    if !self.refuse_ahead(now, &version, from) {
+                        app.apply_clear(cache, version, from);
+                    }
+                }
+                ItemRef::Loading { cache, key } => {
+                    self.apply_run(run_cache, &run, from, app, repair);
+                    run.clear();
+                    app.peer_loading(cache, key, from);
+                }
             }
         }
+        self.apply_run(run_cache, &run, from, app, repair);
     }
+
+    /// Applies one run of records of `cache` (nothing if empty) and counts the outcomes.
+    fn apply_run(
+        &mut self,
+        cache: &str,
+        run: &[RecordRef<'_>],
+        from: NodeId,
+        app: &mut dyn AppState,
+        repair: bool,
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        let (metrics, drops) = (&mut self.metrics, &mut self.drops);
+        app.apply_run(cache, run, from, &mut |applied| match applied {
+            Applied::Changed => {
+                metrics.changes_applied += 1;
+                if repair {
+                    metrics.snapshot_records_applied += 1;
+                }
+            }
+            Applied::Stale | Applied::Skipped => metrics.changes_stale += 1,
+            Applied::BelowHorizon => {
+                metrics.changes_stale += 1;
+                drops.record(DropReason::BelowHorizon);
+            }
+            Applied::Undecodable => drops.record(DropReason::UndecodableRecord),
+        });
+    }
+}
+
+/// A message as `handle_datagram` decodes it: the changes in place, anything else owned.
+enum Decoded<'a> {
+    Changes(Changes<'a>),
+    Msg(Msg),
 }
 
 #[cfg(test)]
@@ -266,6 +361,54 @@ mod tests {
             app_a.record("c", b"k").is_none(),
             "the sender's state is its own business"
         );
+    }
+
+    #[test]
+    fn runs_of_one_cache_are_applied_together_and_in_order_around_a_clear() {
+        let t0 = Instant::now();
+        let (mut a, mut b, app_a, mut app_b) = joined_pair(t0);
+        let (wall, id) = (app_a.wall, a.id());
+        let put = |key: &[u8], ms: u64| Record {
+            key: key.to_vec(),
+            version: version_at(wall + ms, id),
+            op: Op::Put {
+                value: b"v".to_vec(),
+                ttl_ms: None,
+            },
+        };
+        let items = [
+            ("c", Some(put(b"k1", 1))),
+            ("c", Some(put(b"k2", 2))),
+            ("d", Some(put(b"k3", 3))),
+            ("c", None), // a clear of c at +4
+            ("c", Some(put(b"k4", 5))),
+        ];
+        for (cache, rec) in items {
+            let item = match rec {
+                Some(rec) => Item::Rec {
+                    cache: cache.into(),
+                    rec,
+                },
+                None => Item::Clear {
+                    cache: cache.into(),
+                    version: version_at(wall + 4, id),
+                },
+            };
+            a.publish(t0, item);
+        }
+        let sent = drain(&mut a, t0);
+        assert_eq!(sent.len(), 1, "one message");
+        for d in &sent {
+            b.handle_datagram(t0, d, &mut app_b);
+        }
+        let runs: Vec<(&str, usize)> = app_b.runs.iter().map(|(c, n)| (&c[..], *n)).collect();
+        assert_eq!(runs, [("c", 2), ("d", 1), ("c", 1)]);
+        // The clear came after k1 and k2 and before k4.
+        assert!(app_b.record("c", b"k1").is_none());
+        assert!(app_b.record("c", b"k2").is_none());
+        assert_eq!(app_b.record("c", b"k4"), Some(put(b"k4", 5)));
+        assert_eq!(app_b.record("d", b"k3"), Some(put(b"k3", 3)));
+        assert_eq!(b.metrics().changes_applied, 4);
     }
 
     #[test]

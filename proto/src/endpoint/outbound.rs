@@ -13,9 +13,13 @@ pub(super) struct Outgoing {
     pub(super) payload: Arc<[u8]>,
     /// Wire message id.
     pub(super) id: u64,
-    /// Next fragment to write, of `count`.
+    /// Next fragment to write, of `count`; this entry writes the fragments before `end` (a
+    /// resent snapshot chunk may be sent a window of fragments at a time).
     pub(super) next: u16,
+    pub(super) end: u16,
     pub(super) count: u16,
+    /// What this entry counts in `transmit_bytes`.
+    pub(super) bytes: usize,
 }
 
 impl Endpoint {
@@ -135,10 +139,9 @@ impl Endpoint {
             .wire
             .encode_fragment(&out.payload, out.id, index, count, buf);
         out.next += 1;
-        if out.next >= count {
+        if out.next >= out.end {
             let done = self.transmits.pop_front()?;
-            let size = self.wire_size(done.payload.len());
-            self.transmit_bytes = self.transmit_bytes.saturating_sub(size);
+            self.transmit_bytes = self.transmit_bytes.saturating_sub(done.bytes);
         }
         if let Err(e) = written {
             // Only an exhausted packet counter fails here: the node must restart.
@@ -179,13 +182,16 @@ impl Endpoint {
     ) -> Option<u64> {
         match self.wire.begin_message(payload.len(), id) {
             Ok((id, count)) => {
-                self.transmit_bytes += self.wire_size(payload.len());
+                let bytes = self.wire_size(payload.len());
+                self.transmit_bytes += bytes;
                 self.transmits.push_back(Outgoing {
                     to,
                     payload,
                     id,
                     next: 0,
+                    end: count,
                     count,
+                    bytes,
                 });
                 Some(id)
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Endpoint, EndpointConfig};
 use crate::message::Query;
-use crate::record::{Op, Record};
+use crate::record::{Op, OpRef, Record, RecordRef};
 use crate::state::AppState;
 use crate::sync::{Applied, KeyVersion, SYNC_BUCKETS, SyncDigest, entry_digest, key_bucket};
 use crate::version::{HLC_LOGICAL_BITS, NodeId, Version};
@@ -19,6 +19,8 @@ pub(super) struct MapApp {
     pub(super) wall: u64,
     /// False: like an update-if-present cache, a `Put` for a key not held live is skipped.
     pub(super) adopts_absent: bool,
+    /// Each [`AppState::apply_run`] call: the cache and the number of records.
+    pub(super) runs: Vec<(String, usize)>,
 }
 
 impl Default for MapApp {
@@ -27,6 +29,7 @@ impl Default for MapApp {
             caches: BTreeMap::new(),
             wall: 1_700_000_000_000,
             adopts_absent: true,
+            runs: Vec::new(),
         }
     }
 }
@@ -42,21 +45,34 @@ impl MapApp {
 }
 
 impl AppState for MapApp {
-    fn apply(&mut self, cache: &str, record: &Record, _origin: NodeId) -> Applied {
+    fn apply(&mut self, cache: &str, record: RecordRef<'_>, _origin: NodeId) -> Applied {
         let map = self.caches.entry(cache.to_string()).or_default();
         let held_live = |r: Option<&Record>| r.is_some_and(|r| matches!(r.op, Op::Put { .. }));
-        match map.get(&record.key) {
+        match map.get(record.key) {
             Some(old) if old.version >= record.version => Applied::Stale,
             old if !self.adopts_absent
-                && matches!(record.op, Op::Put { .. })
+                && matches!(record.op, OpRef::Put { .. })
                 && !held_live(old) =>
             {
                 Applied::Skipped
             }
             _ => {
-                map.insert(record.key.clone(), record.clone());
+                map.insert(record.key.to_vec(), record.to_record());
                 Applied::Changed
             }
+        }
+    }
+
+    fn apply_run(
+        &mut self,
+        cache: &str,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        self.runs.push((cache.to_string(), records.len()));
+        for record in records {
+            each(self.apply(cache, *record, origin));
         }
     }
 

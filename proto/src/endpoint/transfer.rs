@@ -37,8 +37,17 @@ pub(super) struct Chunk {
     pub(super) horizon: Version,
 }
 
-/// A snapshot chunk sent: (requester, cache, cursor), wire message id, payload.
-pub(super) type Served = ((NodeId, String, u64), u64, Arc<[u8]>);
+/// A snapshot chunk served, kept to be resent under the same wire message id.
+#[derive(Debug)]
+pub(super) struct Served {
+    /// (requester, cache, cursor).
+    key: (NodeId, String, u64),
+    /// Wire message id.
+    id: u64,
+    payload: Arc<[u8]>,
+    /// The fragment the next partial send starts at.
+    next: u16,
+}
 
 impl Endpoint {
     /// A peer offered its caches: a node still waiting to join copies them from it.
@@ -65,8 +74,10 @@ impl Endpoint {
         (self.cfg.tail_delay * TRANSFER_RETRY_FACTOR).min(self.cfg.heartbeat)
     }
 
-    /// A joiner asks for the chunk of `cache` at `cursor`: served as far as its answer budget
-    /// pays, and remembered to be resent under the same message id.
+    /// A joiner asks for the chunk of `cache` at `cursor`: cut to what its answer credit
+    /// pays (at least one record, however large), remembered, and sent as far as the credit
+    /// pays (see [`Endpoint::send_served`]). Asked again, the same chunk is sent on under the
+    /// same message id, so fragments the joiner already holds still count.
     pub(super) fn on_snapshot_req(
         &mut self,
         now: Instant,
@@ -76,17 +87,8 @@ impl Endpoint {
         app: &mut dyn AppState,
     ) {
         let key = (from, cache.clone(), cursor);
-        if let Some((id, payload)) = self
-            .served
-            .iter()
-            .find(|(k, _, _)| *k == key)
-            .map(|(_, id, p)| (*id, p.clone()))
-        {
-            // A repeated request: resend under the same message id so fragments the
-            // joiner already holds still count.
-            if self.pay(now, from, self.wire_size(payload.len())) {
-                self.queue(payload, Some(id), Destination::Node(from));
-            }
+        if let Some(i) = self.served.iter().position(|s| s.key == key) {
+            self.send_served(now, i);
             return;
         }
         // What this requester may be sent, less room for the framing.
@@ -97,7 +99,6 @@ impl Endpoint {
             return;
         }
         let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
-        self.metrics.snapshot_chunks_served += 1;
         let floor = app.clear_floor(&cache);
         let horizon = app.horizon(&cache);
         let payload: Arc<[u8]> = Msg::SnapshotChunk {
@@ -111,15 +112,95 @@ impl Endpoint {
         }
         .encode()
         .into();
-        if !self.pay(now, from, self.wire_size(payload.len())) {
-            // A record larger than the credit: asked again, the credit grows.
+        let id = match self.wire.begin_message(payload.len(), None) {
+            Ok((id, _)) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, len = payload.len(), "snapshot chunk not sent");
+                self.drops.record(DropReason::Unsendable);
+                return;
+            }
+        };
+        self.metrics.snapshot_chunks_served += 1;
+        if self.served.len() >= SERVED_CHUNKS_KEPT {
+            self.served.pop_front();
+        }
+        self.served.push_back(Served {
+            key,
+            id,
+            payload,
+            next: 0,
+        });
+        self.send_served(now, self.served.len() - 1);
+    }
+
+    /// Sends served chunk `i` as far as its requester's answer credit pays: whole if it
+    /// can; else as many of its fragments as it pays, going on where the last partial send
+    /// stopped (wrapping around). A record larger than what one request earns thus crosses a
+    /// lossy network a few fragments per request, every fragment keeping the joiner's
+    /// reassembly alive, instead of waiting for a whole resend's worth of credit (by which time
+    /// the joiner may have expired the fragments it held). Nothing is sent if not even one
+    /// fragment is paid: the credit grows with the next request.
+    fn send_served(&mut self, now: Instant, i: usize) {
+        let Some(s) = self.served.get(i) else {
+            return;
+        };
+        let (to, id, payload, start) = (s.key.0, s.id, s.payload.clone(), s.next);
+        let whole = self.wire_size(payload.len());
+        let available = self.budget.available(now, to) as usize;
+        if available >= whole {
+            if self.pay(now, to, whole) {
+                self.queue(payload, Some(id), Destination::Node(to));
+            }
             return;
         }
-        if let Some(id) = self.queue(payload.clone(), None, Destination::Node(from)) {
-            if self.served.len() >= SERVED_CHUNKS_KEPT {
-                self.served.pop_front();
+        let chunk = self.wire.chunk_size().max(1);
+        let Some(count) = crate::fragment::fragment_count(payload.len(), chunk) else {
+            return;
+        };
+        let (count, len) = (usize::from(count), payload.len());
+        let start = if usize::from(start) >= count {
+            0
+        } else {
+            usize::from(start)
+        };
+        // Fragment `k` on the wire: its bytes, header and tag.
+        let framing = self.wire_size(0);
+        let frag = |k: usize| len.min(k * chunk + chunk).saturating_sub(k * chunk) + framing;
+        let (mut sent, mut bytes) = (0usize, 0usize);
+        while sent < count {
+            let w = frag((start + sent) % count);
+            if bytes + w > available {
+                break;
             }
-            self.served.push_back((key, id, payload));
+            bytes += w;
+            sent += 1;
+        }
+        if sent == 0 || !self.pay(now, to, bytes) {
+            self.drops.record(DropReason::AnswerBudget);
+            return;
+        }
+        // One or two runs of fragments: [start, end) and, wrapped around, [0, rest).
+        let end = (start + sent).min(count);
+        let rest = sent - (end - start);
+        for (first, last) in [(start, end), (0, rest)] {
+            if first < last {
+                let bytes = (first..last).map(frag).sum();
+                self.transmit_bytes += bytes;
+                // Fragment indices fit u16: `count` came from one.
+                self.transmits.push_back(Outgoing {
+                    to: Destination::Node(to),
+                    payload: payload.clone(),
+                    id,
+                    next: first as u16,
+                    end: last as u16,
+                    count: count as u16,
+                    bytes,
+                });
+            }
+        }
+        let next = if rest > 0 { rest } else { end % count };
+        if let Some(s) = self.served.get_mut(i) {
+            s.next = next as u16;
         }
     }
 
@@ -176,7 +257,7 @@ impl Endpoint {
             horizon,
         } = chunk;
         for rec in &records {
-            if app.apply(&cache, rec, from) == Applied::Changed {
+            if app.apply(&cache, rec.view(), from) == Applied::Changed {
                 self.metrics.snapshot_records_applied += 1;
             }
         }
@@ -305,6 +386,77 @@ mod tests {
         let ready = std::iter::from_fn(|| joiner.poll_event())
             .any(|e| e == Event::Member(MemberEvent::Ready));
         assert!(ready);
+    }
+
+    /// Moves `from`'s datagrams at `now` into `to`, dropping about 30 % of them (xorshift).
+    fn deliver_lossy(
+        from: &mut Endpoint,
+        to: &mut Endpoint,
+        app: &mut MapApp,
+        now: Instant,
+        rng: &mut u64,
+    ) {
+        for d in drain(from, now) {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            if *rng % 10 >= 3 {
+                to.handle_datagram(now, &d, app);
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_larger_than_a_requests_credit_crosses_a_lossy_link() {
+        // Plaintext (no answer pool), MTU 576, 30 % loss both ways, partial reassemblies
+        // expiring after 1 s. Each request earns ~1.6 KB of answer credit, the 40 KB record
+        // takes ~85 fragments: a whole resend needs ~28 requests' credit (more than 1 s), so
+        // resent whole it would never arrive. Sent a few fragments per request, going round
+        // the record, it does.
+        let t0 = Instant::now();
+        let node = |id: u64, at: Instant| {
+            let mut cfg = config();
+            cfg.wire.mtu = 576;
+            cfg.wire.reassembly_timeout = Duration::from_secs(1);
+            Endpoint::new(cfg, NodeId(id), at)
+        };
+        let mut donor = node(1, t0);
+        let mut app_d = MapApp::default();
+        app_d.put(
+            "c",
+            put_at(b"big", &[5; 40_000], app_d.wall - 1, donor.id()),
+        );
+        for i in 0..20u32 {
+            app_d.put(
+                "c",
+                put_at(&i.to_be_bytes(), &[7; 100], app_d.wall - 1, donor.id()),
+            );
+        }
+        donor.handle_timeout(t0, &mut app_d);
+        drain(&mut donor, t0);
+        let t1 = t0 + donor.cfg.join_wait;
+        donor.handle_timeout(t1, &mut app_d);
+        assert!(donor.is_ready());
+        let mut joiner = node(2, t1);
+        let mut app_j = MapApp::default();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut now = t1;
+        while !joiner.is_ready() && now < t1 + Duration::from_secs(30) {
+            joiner.handle_timeout(now, &mut app_j);
+            donor.handle_timeout(now, &mut app_d);
+            if matches!(joiner.join, JoinState::Waiting) {
+                // The introductions get through (a joiner finding no peer is ready alone).
+                deliver(&mut joiner, &mut donor, &mut app_d, now);
+                deliver(&mut donor, &mut joiner, &mut app_j, now);
+            } else {
+                deliver_lossy(&mut joiner, &mut donor, &mut app_d, now, &mut rng);
+                deliver_lossy(&mut donor, &mut joiner, &mut app_j, now, &mut rng);
+            }
+            now += Duration::from_millis(5);
+        }
+        assert!(joiner.is_ready(), "not ready after {:?}", now - t1);
+        assert_eq!(joiner.metrics().state_transfers, 1, "ready by a full copy");
+        assert_eq!(app_j.caches, app_d.caches);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The serialized form of a write: key ‖ value in one thread-local buffer, with the crcs the
-//! store derives from it (entry checksum, value checksum, sync bucket).
+//! store derives from it (entry checksum, sync bucket).
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -31,12 +31,11 @@ fn crc_hasher() -> crc32fast::Hasher {
 }
 
 /// Serialized key ‖ value in one buffer borrowed from a thread-local (returned on drop), plus
-/// the crcs the store needs, computed in one pass over key ‖ value and one over the value.
+/// the crcs the store needs, computed in one pass over key ‖ value.
 pub(super) struct Encoded {
     buf: Vec<u8>,
     klen: usize,
     key_crc: u32,
-    value_crc: u32,
     /// crc32 state after key ‖ value (the entry crc continues it with the version).
     kv_crc: crc32fast::Hasher,
 }
@@ -51,8 +50,11 @@ impl Encoded {
         Ok(Encoded::from_buf(buf, klen))
     }
 
+    /// Key and value bytes already serialized (a peer's record), copied into the thread's
+    /// buffer like [`Encoded::new`] writes into it (no allocation once the buffer has grown).
     pub(super) fn from_parts(key: &[u8], value: &[u8]) -> Encoded {
-        let mut buf = Vec::with_capacity(key.len() + value.len());
+        let mut buf = ENCODE_BUF.with(|c| c.take());
+        buf.clear();
         buf.extend_from_slice(key);
         buf.extend_from_slice(value);
         Encoded::from_buf(buf, key.len())
@@ -63,13 +65,10 @@ impl Encoded {
         kv_crc.update(&buf[..klen]);
         let key_crc = kv_crc.clone().finalize();
         kv_crc.update(&buf[klen..]);
-        let mut value_crc = crc_hasher();
-        value_crc.update(&buf[klen..]);
         Encoded {
             buf,
             klen,
             key_crc,
-            value_crc: value_crc.finalize(),
             kv_crc,
         }
     }
@@ -84,10 +83,6 @@ impl Encoded {
 
     pub(super) fn value(&self) -> &[u8] {
         &self.buf[self.klen..]
-    }
-
-    pub(super) fn value_crc(&self) -> u32 {
-        self.value_crc
     }
 
     pub(super) fn bucket(&self) -> u8 {

@@ -1,7 +1,7 @@
 //! What a shard holds (entries, tombstones, its CLOCK hand and counters) and the cache-wide
 //! accounting of entries, bytes and checksums that every insert and removal keeps exact.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -15,44 +15,152 @@ use crate::config::CacheMode;
 use crate::error::{Error, Result};
 use crate::proto::version::Version;
 
-/// One stored value and its bookkeeping.
+/// One stored value and its bookkeeping: 40 bytes besides the value (48 for a `u64` value).
+///
+/// Times are kept in milliseconds of the store's monotonic clock, narrowed (see the module
+/// docs of `store` for the limits): the write time (48 bits, rounded up), the TTL (`u32`, see
+/// [`encode_ttl`]) from which the expiry is derived, and the last read hit (31 bits, modulo
+/// 2³¹ ms ≈ 24.8 days) next to the CLOCK referenced bit in one atomic word.
 pub(super) struct Entry<V> {
     pub(super) value: V,
     pub(super) version: Version,
     /// Serialized key + value bytes (saturating; accounted as stored, so always in balance).
     pub(super) size: u32,
-    /// Wall ms of the last write on this node.
-    pub(super) written_ms: u64,
-    /// Monotonic nanos when the entry expires; 0 = never.
-    pub(super) expires_at: u64,
-    /// Per-entry TTL in ms as replicated; [`CACHE_TTL`]: the cache's TTL. (Not an `Option`:
-    /// that would cost 8 more bytes per entry.)
-    ttl_ms: u64,
     /// crc32(key ‖ value ‖ version).
     pub(super) crc: u32,
-    /// crc32(value).
-    pub(super) value_crc: u32,
-    pub(super) bucket: u8,
-    pub(super) referenced: AtomicBool,
-    /// Monotonic ms + 1 of the last read hit; 0 = never read.
-    pub(super) last_lookup: AtomicU64,
+    /// Monotonic ms (rounded up) of the last write on this node in the low 48 bits, the sync
+    /// bucket in the next 8, flags ([`PER_ENTRY_TTL`]) in the top 8.
+    stamp: u64,
+    /// The TTL ([`encode_ttl`]); 0 = never expires.
+    ttl: u32,
+    /// [`REFERENCED`] | monotonic ms of the last read hit modulo 2³¹ (0 = never read). Written
+    /// by readers under the shard's read lock (plain loads and stores: the bits they write are
+    /// the same for every reader at a given time).
+    touch: AtomicU32,
 }
 
-/// `Entry::ttl_ms` of an entry that follows the cache's TTL.
-const CACHE_TTL: u64 = u64::MAX;
+const WRITTEN_BITS: u32 = 48;
+const WRITTEN_MASK: u64 = (1 << WRITTEN_BITS) - 1;
+/// Flag in `stamp`: the TTL was given for this entry (replicated as such), not the cache's.
+const PER_ENTRY_TTL: u64 = 1 << 56;
+/// The CLOCK referenced bit in `touch`.
+const REFERENCED: u32 = 1 << 31;
+/// The last-lookup bits of `touch`.
+const LOOKUP_MASK: u32 = REFERENCED - 1;
+/// A last lookup at most this far (ms) *ahead* of the time it is compared with counts as now
+/// (a reader's coarse time may be newer than the exact time a writer read just before it).
+const AHEAD_SLACK: u32 = 1 << 16;
+/// TTLs of 2³¹ ms (≈ 24.8 days) and more are kept in whole seconds (flagged by this bit).
+const TTL_SECONDS: u32 = 1 << 31;
+
+/// A TTL in ms as an entry keeps it: exact below 2³¹ ms (≈ 24.8 days); above, rounded up to
+/// whole seconds and capped at 2³¹ − 1 s (≈ 68 years). 0 = never expires.
+pub(super) fn encode_ttl(ms: u64) -> u32 {
+    if ms < TTL_SECONDS as u64 {
+        ms as u32
+    } else {
+        TTL_SECONDS | ms.div_ceil(1000).min((TTL_SECONDS - 1) as u64) as u32
+    }
+}
+
+/// The TTL in ms that [`encode_ttl`] kept.
+pub(super) fn decode_ttl(t: u32) -> u64 {
+    if t & TTL_SECONDS == 0 {
+        t as u64
+    } else {
+        (t & !TTL_SECONDS) as u64 * 1000
+    }
+}
+
+/// Monotonic nanos → ms, rounded up (write times: an expiry derived from them is never early).
+#[inline]
+fn ms_up(nanos: u64) -> u64 {
+    nanos.div_ceil(1_000_000)
+}
+
+/// The `touch` value of a read hit at monotonic `nanos` (referenced, lookup ms modulo 2³¹,
+/// never 0).
+#[inline]
+pub(super) fn touch_at(nanos: u64) -> u32 {
+    REFERENCED | ((nanos / 1_000_000) as u32 & LOOKUP_MASK).max(1)
+}
 
 impl<V> Entry<V> {
     /// The per-entry TTL in ms as replicated (`None`: the cache's TTL).
     pub(super) fn ttl_ms(&self) -> Option<u64> {
-        (self.ttl_ms != CACHE_TTL).then_some(self.ttl_ms)
+        (self.stamp & PER_ENTRY_TTL != 0).then(|| decode_ttl(self.ttl))
     }
 
     pub(super) fn digest(&self) -> u64 {
         mix64(self.crc as u64)
     }
 
+    pub(super) fn bucket(&self) -> u8 {
+        (self.stamp >> WRITTEN_BITS) as u8
+    }
+
+    /// Monotonic ms of the last write on this node (rounded up).
+    pub(super) fn written_ms(&self) -> u64 {
+        self.stamp & WRITTEN_MASK
+    }
+
+    /// Whether the entry has a TTL at all (a cheap test before reading the clock).
+    #[inline]
+    pub(super) fn has_ttl(&self) -> bool {
+        self.ttl != 0
+    }
+
+    /// Monotonic nanos at which the entry expires; 0 = never.
+    pub(super) fn expires_at(&self) -> u64 {
+        if self.ttl == 0 {
+            return 0;
+        }
+        (self.written_ms() + decode_ttl(self.ttl))
+            .saturating_mul(1_000_000)
+            .max(1)
+    }
+
+    #[inline]
     pub(super) fn expired(&self, now: u64) -> bool {
-        self.expires_at != 0 && self.expires_at <= now
+        self.ttl != 0 && self.expires_at() <= now
+    }
+
+    /// Marks a read hit at the `touch_at` value `t` (stores only if the word changes).
+    #[inline]
+    pub(super) fn touch(&self, t: u32) {
+        if self.touch.load(Ordering::Relaxed) != t {
+            self.touch.store(t, Ordering::Relaxed);
+        }
+    }
+
+    /// CLOCK under the shard's write lock: clears the referenced bit; returns whether it was set.
+    pub(super) fn take_referenced(&mut self) -> bool {
+        let t = self.touch.get_mut();
+        let was = *t & REFERENCED != 0;
+        *t &= !REFERENCED;
+        was
+    }
+
+    /// Monotonic ms of the last read hit, if any, as seen at monotonic ms `now_ms`: the latest
+    /// time not after `now_ms` that agrees with the 31 bits kept (exact for reads less than
+    /// 2³¹ ms ≈ 24.8 days ago; an older read may be reported as a multiple of that later).
+    pub(super) fn last_lookup_ms(&self, now_ms: u64) -> Option<u64> {
+        let ll = self.touch.load(Ordering::Relaxed) & LOOKUP_MASK;
+        if ll == 0 {
+            return None;
+        }
+        let mut ago = (now_ms as u32).wrapping_sub(ll) & LOOKUP_MASK;
+        if ago > LOOKUP_MASK - AHEAD_SLACK {
+            ago = 0;
+        }
+        Some(now_ms.saturating_sub(ago as u64))
+    }
+
+    /// Whether the entry was read at most `win_ms` before monotonic `now` (nanos).
+    pub(super) fn read_within(&self, now: u64, win_ms: u64) -> bool {
+        let now_ms = now / 1_000_000;
+        self.last_lookup_ms(now_ms)
+            .is_some_and(|t| now_ms - t <= win_ms)
     }
 }
 
@@ -115,7 +223,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     fn account_bytes(&self, e: &Entry<V>) {
         self.bytes.fetch_add(e.size as u64, Ordering::Relaxed);
         self.checksum.fetch_add(e.digest(), Ordering::Relaxed);
-        self.buckets[e.bucket as usize].fetch_add(e.digest(), Ordering::Relaxed);
+        self.buckets[e.bucket() as usize].fetch_add(e.digest(), Ordering::Relaxed);
     }
 
     /// Accounts a new entry; with `reserved`, its entry slot was already taken by
@@ -133,7 +241,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         self.entries.fetch_sub(1, Ordering::Relaxed);
         self.bytes.fetch_sub(e.size as u64, Ordering::Relaxed);
         self.checksum.fetch_sub(e.digest(), Ordering::Relaxed);
-        self.buckets[e.bucket as usize].fetch_sub(e.digest(), Ordering::Relaxed);
+        self.buckets[e.bucket() as usize].fetch_sub(e.digest(), Ordering::Relaxed);
     }
 
     /// If `key` is not held (a hint, read before the write lock), takes one entry slot below
@@ -213,34 +321,28 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         Ok(())
     }
 
+    /// A new entry written at monotonic `now` (nanos); `_wall` is kept for the callers'
+    /// convenience (the wall time of a write is derived from `now` when it is asked for).
     pub(super) fn new_entry(
         &self,
         value: V,
         enc: &Encoded,
         version: Version,
-        (now, wall): (u64, u64),
+        (now, _wall): (u64, u64),
         ttl: Ttl,
     ) -> Entry<V> {
-        let (ttl_nanos, ttl_ms) = match ttl {
-            Ttl::Cache => (self.ttl_nanos, CACHE_TTL),
-            Ttl::Entry(d) => (nanos(d), (d.as_millis() as u64).min(CACHE_TTL - 1)),
+        let (ttl, flag) = match ttl {
+            Ttl::Cache => (self.ttl_code, 0),
+            Ttl::Entry(d) => (encode_ttl(nanos(d).div_ceil(1_000_000)), PER_ENTRY_TTL),
         };
         Entry {
             value,
             version,
             size: enc.size().min(u32::MAX as u64) as u32,
-            written_ms: wall,
-            expires_at: if ttl_nanos == 0 {
-                0
-            } else {
-                now.saturating_add(ttl_nanos).max(1)
-            },
-            ttl_ms,
             crc: enc.entry_crc(&version),
-            value_crc: enc.value_crc(),
-            bucket: enc.bucket(),
-            referenced: AtomicBool::new(true),
-            last_lookup: AtomicU64::new(0),
+            stamp: (ms_up(now) & WRITTEN_MASK) | (enc.bucket() as u64) << WRITTEN_BITS | flag,
+            ttl,
+            touch: AtomicU32::new(REFERENCED),
         }
     }
 
@@ -258,4 +360,83 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 /// A duration in nanoseconds, saturating.
 pub(super) fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_keeps_40_bytes_besides_its_value() {
+        assert_eq!(std::mem::size_of::<Entry<u64>>(), 48);
+        assert_eq!(std::mem::size_of::<Entry<()>>(), 40);
+    }
+
+    #[test]
+    fn ttls_are_exact_below_2_31_ms_and_rounded_up_to_seconds_above() {
+        for ms in [0, 1, 999, 3_000, (1 << 31) - 1] {
+            assert_eq!(decode_ttl(encode_ttl(ms)), ms);
+        }
+        assert_eq!(decode_ttl(encode_ttl(1 << 31)), 2_147_484_000);
+        // The largest configurable cache TTL (10⁹ s) is kept exactly.
+        assert_eq!(decode_ttl(encode_ttl(1_000_000_000_000)), 1_000_000_000_000);
+        // Beyond 2³¹ − 1 s: capped.
+        assert_eq!(decode_ttl(encode_ttl(u64::MAX)), ((1u64 << 31) - 1) * 1000);
+        assert_ne!(encode_ttl(u64::MAX), 0, "a huge TTL never means no TTL");
+    }
+
+    fn entry(now: u64, ttl_ms: u64, per_entry: bool) -> Entry<u32> {
+        Entry {
+            value: 0,
+            version: Version::ZERO,
+            size: 0,
+            crc: 0,
+            stamp: ms_up(now) | if per_entry { PER_ENTRY_TTL } else { 0 } | 7 << WRITTEN_BITS,
+            ttl: encode_ttl(ttl_ms),
+            touch: AtomicU32::new(REFERENCED),
+        }
+    }
+
+    #[test]
+    fn expiry_is_never_early_and_at_most_a_millisecond_late() {
+        let ms = 1_000_000;
+        // Written on a whole millisecond: exact.
+        let e = entry(5_000 * ms, 2_000, true);
+        assert!(!e.expired(7_000 * ms - 1) && e.expired(7_000 * ms));
+        assert_eq!(
+            (e.ttl_ms(), e.bucket(), e.written_ms()),
+            (Some(2_000), 7, 5_000)
+        );
+        // Written mid-millisecond: rounded up.
+        let e = entry(5_000 * ms + 1, 2_000, false);
+        assert!(!e.expired(7_000 * ms + 1) && e.expired(7_001 * ms));
+        assert_eq!(e.ttl_ms(), None);
+        let e = entry(5_000 * ms, 0, true);
+        assert!(!e.has_ttl() && !e.expired(u64::MAX) && e.expires_at() == 0);
+    }
+
+    #[test]
+    fn last_lookup_survives_wrapping_and_the_clock_bit() {
+        let ms = 1_000_000u64;
+        let mut e = entry(0, 0, false);
+        assert_eq!(e.last_lookup_ms(10), None);
+        assert!(e.take_referenced() && !e.take_referenced());
+        // A read just past a multiple of 2³¹ ms, seen a little later.
+        let t = 3 * (1u64 << 31) + 5;
+        e.touch(touch_at(t * ms));
+        assert_eq!(e.last_lookup_ms(t + 1_000), Some(t));
+        assert!(e.read_within((t + 1_000) * ms, 1_000) && !e.read_within((t + 1_001) * ms, 1_000));
+        // A reader's coarse time slightly ahead of the caller's: now.
+        assert_eq!(e.last_lookup_ms(t - 3), Some(t - 3));
+        assert!(e.take_referenced());
+        assert_eq!(
+            e.last_lookup_ms(t + 2),
+            Some(t),
+            "clearing the bit keeps the time"
+        );
+        // A read at ms ≡ 0 (mod 2³¹) is not "never" (it is kept 1 ms late).
+        e.touch(touch_at((1u64 << 32) * ms));
+        assert_eq!(e.last_lookup_ms(1 << 32), Some(1 << 32));
+        assert_eq!(e.last_lookup_ms((1 << 32) + 5), Some((1 << 32) + 1));
+    }
 }

@@ -77,19 +77,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
     }
 
-    /// Monotonic ms + 1 (0 stays free for "never").
-    #[inline]
-    pub(super) fn now_ms1(now: u64) -> u64 {
-        now / 1_000_000 + 1
-    }
-
     /// Whether the entry was read within the callback window before `now`.
     pub(super) fn in_window(&self, e: &Entry<V>, now: u64) -> bool {
-        if self.win_ms == 0 {
-            return false;
-        }
-        let ll = e.last_lookup.load(Ordering::Relaxed);
-        ll != 0 && Self::now_ms1(now).saturating_sub(ll) <= self.win_ms
+        self.win_ms != 0 && e.read_within(now, self.win_ms)
     }
 
     /// McCache's spike metric: compares each mutation's time to the previous one.

@@ -49,8 +49,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 ev.push(|| self.expire_event(k, e, now));
                 false
             } else {
-                if e.expires_at != 0 {
-                    next = next.min(e.expires_at);
+                if e.has_ttl() {
+                    next = next.min(e.expires_at());
                 }
                 true
             }
@@ -128,13 +128,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 g.hand = 0;
             }
             let hand = g.hand;
-            let e = &g.map[hand];
+            let e = &mut g.map[hand];
             if e.version == protect {
                 g.hand += 1;
                 continue;
             }
             let expired = e.expired(now);
-            if !expired && e.referenced.swap(false, Ordering::Relaxed) {
+            if !expired && e.take_referenced() {
                 g.hand += 1;
                 continue;
             }

@@ -65,7 +65,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let hash = self.hasher.hash_one(&key);
         let shard = self.shard_of(hash);
         let mut ev = self.events();
-        let (now, wall) = self.core.clock.now_both();
+        let (now, wall) = self.write_time(shard, ttl);
         // A new key takes its entry slot before it is stored, so `len()` never exceeds
         // `cache_max`, as seen from any thread.
         let slot_reserved = self.reserve_slot_for(shard, &key, hash, None, now, &mut ev);
@@ -145,30 +145,50 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         result
     }
 
+    /// The monotonic and wall time of a write to `shard`. Exact, unless the write has no TTL
+    /// and no entry of the shard has one (then no expiry can hinge on it): then the clock's
+    /// coarse reading (at most one housekeeping tick old, about 10 ms), which costs a load
+    /// instead of a clock read. Write times, versions and spike gaps are then that coarse.
+    /// (A TTL entry stored in the shard concurrently, after the check, is only seen as
+    /// expired late if its TTL is shorter than the coarse reading's age.)
+    #[inline]
+    fn write_time(&self, shard: &super::entries::Shard<K, V>, ttl: Ttl) -> (u64, u64) {
+        let no_ttl = match ttl {
+            Ttl::Cache => self.ttl_code == 0,
+            Ttl::Entry(d) => d.is_zero(),
+        };
+        if no_ttl && self.coarse.is_some() && shard.next_expiry.load(Ordering::Relaxed) == u64::MAX
+        {
+            self.core.clock.coarse_both()
+        } else {
+            self.core.clock.now_both()
+        }
+    }
+
     fn publish_put(&self, enc: &Encoded, version: Version, ttl: Ttl, reserved: bool) {
         if !self.core.publisher.enabled() {
             return;
         }
-        let op = if self.cfg.mode == CacheMode::Invalidate {
-            Op::Inval
-        } else {
-            let ttl_ms = match ttl {
-                Ttl::Cache => None,
-                Ttl::Entry(d) => Some(d.as_millis() as u64),
-            };
-            Op::Put {
-                value: enc.value().to_vec(),
-                ttl_ms,
-            }
+        let inval = self.cfg.mode == CacheMode::Invalidate;
+        let ttl_ms = match ttl {
+            Ttl::Cache => None,
+            Ttl::Entry(d) => Some(d.as_millis() as u64),
         };
-        self.publish(
-            Record {
+        // The bytes are copied out of the thread's encode buffer only if the change is queued.
+        self.core
+            .publisher
+            .publish_record(&self.name, enc.key(), reserved, &mut || Record {
                 key: enc.key().to_vec(),
                 version,
-                op,
-            },
-            reserved,
-        );
+                op: if inval {
+                    Op::Inval
+                } else {
+                    Op::Put {
+                        value: enc.value().to_vec(),
+                        ttl_ms,
+                    }
+                },
+            });
     }
 
     fn publish(&self, record: Record, reserved: bool) {

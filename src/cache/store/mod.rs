@@ -4,11 +4,26 @@
 //!
 //! # Layout
 //! The key space is split over a power-of-two number of shards (4 × cores, 16 to 64). Each shard
-//! is a `parking_lot::RwLock<IndexMap<K, Entry<V>>>` padded to its own cache lines, next to its
-//! own hit/miss/write counters (striped counters: threads on different shards never share a
-//! counter line). A read takes only its shard's read lock; on a hit it sets the entry's
-//! *referenced* bit and last-lookup time with relaxed atomics (skipping the store when the value
-//! is already current), so hot keys do not bounce cache lines between readers.
+//! is a `parking_lot::RwLock` over a dense slab of entries with a `hashbrown` index (`table`),
+//! padded to its own cache lines, next to its own hit/miss/write counters (striped counters:
+//! threads on different shards never share a counter line). A read takes only its shard's read
+//! lock; on a hit it sets the entry's *referenced* bit and last-lookup time, which share one
+//! atomic word, with one relaxed load (and a store only when the word changes, at most once a
+//! millisecond), so hot keys do not bounce cache lines between readers.
+//!
+//! # Entries and time
+//! An entry keeps 40 bytes besides its value (`entries::Entry`): the version, the serialized
+//! size and checksum, and times narrowed to milliseconds of the monotonic clock. Their limits:
+//! - **TTL**: exact to the millisecond up to 2³¹ ms (≈ 24.8 days); longer TTLs are kept in
+//!   whole seconds (rounded up, so up to 1 s late) up to 2³¹ − 1 s (≈ 68 years; longer ones
+//!   are capped there, which covers every `cache_ttl` the config accepts). The write time is
+//!   rounded up to the millisecond, so an entry expires between its TTL and 1 ms after, never
+//!   before. A per-entry TTL below 1 ms is 1 ms.
+//! - **Last lookup** (metadata and the callback window) is kept modulo 2³¹ ms: exact for reads
+//!   less than ≈ 24.8 days ago; an older read may be reported a multiple of that later.
+//! - **Write time** (metadata `written`) is monotonic, turned into wall time with the clock's
+//!   current offset when asked for.
+//! - The value's crc (metadata `crc`) is not kept: `metadata` re-serializes the value.
 //!
 //! # Caps and eviction
 //! `cache_max` (entries) and `cache_size` (serialized key + value bytes) are global to the
@@ -118,7 +133,8 @@ pub(crate) struct Store<K, V> {
     pub(crate) core: Arc<StoreContext>,
     hasher: Hasher,
     shards: Box<[Shard<K, V>]>,
-    ttl_nanos: u64,
+    /// The cache's TTL as entries keep it (`entries::encode_ttl`; 0 = none).
+    ttl_code: u32,
     /// The clock's coarse reading, when it keeps one in a cell (see `Clock::coarse_cell`).
     coarse: Option<Arc<AtomicU64>>,
     win_ms: u64,
@@ -159,7 +175,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let shards = (0..n).map(|_| Shard::new(hasher)).collect();
         Store {
             name: Arc::from(name),
-            ttl_nanos: cfg.ttl.map(nanos).unwrap_or(0),
+            ttl_code: entries::encode_ttl(cfg.ttl.map(nanos).unwrap_or(0).div_ceil(1_000_000)),
             coarse: core.clock.coarse_cell(),
             win_ms: cfg.callback_win.as_millis().min(u64::MAX as u128) as u64,
             win_nanos: nanos(cfg.callback_win),

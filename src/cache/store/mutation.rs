@@ -62,13 +62,11 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         ev: &mut Events<K>,
     ) -> Upserted<V> {
         let version = entry.version;
-        if entry.expires_at != 0 {
+        if entry.has_ttl() {
+            let at = entry.expires_at();
             // Shard first, then the cache-wide bound (see `expire_due`).
-            shard
-                .next_expiry
-                .fetch_min(entry.expires_at, Ordering::SeqCst);
-            self.next_expiry
-                .fetch_min(entry.expires_at, Ordering::SeqCst);
+            shard.next_expiry.fetch_min(at, Ordering::SeqCst);
+            self.next_expiry.fetch_min(at, Ordering::SeqCst);
         }
         if !g.tombs.is_empty() {
             g.tombs.swap_remove(&key);

@@ -4,7 +4,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::entries::Entry;
+use super::entries::{Entry, touch_at};
 use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::Metadata;
 use crate::cache::metrics::CacheMetrics;
@@ -15,7 +15,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     ///
     /// The hit path hashes once (the shard and the map slot come from the same hash), takes the
     /// shard's read lock, reads the exact clock only if the entry has a TTL, and stores the
-    /// referenced bit and last-lookup time only when they change.
+    /// referenced bit and last-lookup time (one atomic word) only when it changes.
     #[inline]
     fn lookup<R>(&self, key: &K, f: impl FnOnce(&Entry<V>) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
@@ -24,16 +24,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             let g = shard.lock.read();
             match g.map.get_hashed(hash, key) {
                 Some(e) => {
-                    if e.expires_at != 0 && e.expired(self.core.clock.now_nanos()) {
+                    if e.has_ttl() && e.expired(self.core.clock.now_nanos()) {
                         None
                     } else {
-                        if !e.referenced.load(Ordering::Relaxed) {
-                            e.referenced.store(true, Ordering::Relaxed);
-                        }
-                        let ms = Self::now_ms1(self.coarse_nanos());
-                        if e.last_lookup.load(Ordering::Relaxed) != ms {
-                            e.last_lookup.store(ms, Ordering::Relaxed);
-                        }
+                        e.touch(touch_at(self.coarse_nanos()));
                         Some(f(e))
                     }
                 }
@@ -78,21 +72,27 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let wall_now = self.core.clock.wall_ms();
         self.peek(key, |e, now| {
             let now_ms = now / 1_000_000;
-            let ll = e.last_lookup.load(Ordering::Relaxed);
+            // Monotonic ms → wall time, with the clock's current offset.
+            let wall_at = |ms: u64| {
+                UNIX_EPOCH
+                    + Duration::from_millis(wall_now.saturating_sub(now_ms.saturating_sub(ms)))
+            };
+            let expires = e.expires_at();
             Metadata {
                 version: e.version,
-                written: UNIX_EPOCH + Duration::from_millis(e.written_ms),
-                last_lookup: (ll != 0).then(|| {
-                    let ago = now_ms.saturating_sub(ll - 1);
-                    UNIX_EPOCH + Duration::from_millis(wall_now.saturating_sub(ago))
-                }),
-                expires: (e.expires_at != 0).then(|| {
+                written: wall_at(e.written_ms()),
+                last_lookup: e.last_lookup_ms(now_ms).map(wall_at),
+                expires: (expires != 0).then(|| {
                     UNIX_EPOCH
                         + Duration::from_millis(wall_now)
-                        + Duration::from_nanos(e.expires_at.saturating_sub(now))
+                        + Duration::from_nanos(expires.saturating_sub(now))
                 }),
                 size: e.size as u64,
-                crc: e.value_crc,
+                // Not kept per entry (4 bytes each): the value re-serialized, as a peer would
+                // get it.
+                crc: rmp_serde::to_vec(&e.value)
+                    .map(|b| crc32fast::hash(&b))
+                    .unwrap_or(0),
             }
         })
     }

@@ -7,11 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::encoding::Encoded;
+use super::events::Events;
 use super::{CacheKey, CacheValue, Store, Ttl};
 use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
 use crate::cache::hooks::Applied;
 use crate::config::CacheMode;
-use crate::proto::record::{Op, Record};
+use crate::proto::record::{OpRef, RecordRef};
 use crate::proto::version::{NodeId, Version};
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
@@ -19,27 +20,53 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         rmp_serde::from_slice(bytes).ok()
     }
 
-    /// Applies one peer record (see [`ErasedCache::apply_remote`](crate::cache::hooks::ErasedCache::apply_remote)).
-    pub(super) fn apply_remote_record(&self, rec: &Record, origin: NodeId) -> Applied {
-        let Some(key) = Self::decode_key(&rec.key) else {
+    /// Applies a run of peer records in order (see
+    /// [`ErasedCache::apply_remote_run`](crate::cache::hooks::ErasedCache::apply_remote_run)):
+    /// the clock, the clear floor and the listener count are read once for the run, and its
+    /// change events fire after the last record, with no lock held.
+    pub(super) fn apply_remote_records(
+        &self,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        let mut ev = self.events();
+        let now = self.core.clock.now_both();
+        let floor = *self.clear_floor.read();
+        for rec in records {
+            each(self.apply_remote_record(rec, origin, floor, now, &mut ev));
+        }
+        self.fire(ev);
+    }
+
+    /// Applies one peer record, its events into `ev`.
+    fn apply_remote_record(
+        &self,
+        rec: &RecordRef<'_>,
+        origin: NodeId,
+        floor: Version,
+        (now, wall): (u64, u64),
+        ev: &mut Events<K>,
+    ) -> Applied {
+        let Some(key) = Self::decode_key(rec.key) else {
             return Applied::Undecodable;
         };
-        if rec.version <= *self.clear_floor.read() {
+        if rec.version <= floor {
             return Applied::Stale;
         }
         let origin = Origin::Remote(origin);
-        let put = match &rec.op {
-            Op::Put { value, ttl_ms } if self.cfg.mode != CacheMode::Invalidate => {
+        let put = match rec.op {
+            OpRef::Put { value, ttl_ms } if self.cfg.mode != CacheMode::Invalidate => {
                 let Ok(v) = rmp_serde::from_slice::<V>(value) else {
                     return Applied::Undecodable;
                 };
-                let enc = Encoded::from_parts(&rec.key, value);
+                let enc = Encoded::from_parts(rec.key, value);
                 if enc.size() > self.cfg.max_bytes {
                     return Applied::Skipped;
                 }
                 let ttl = match ttl_ms {
                     None => Ttl::Cache,
-                    Some(ms) => Ttl::Entry(Duration::from_millis(*ms)),
+                    Some(ms) => Ttl::Entry(Duration::from_millis(ms)),
                 };
                 Some((v, enc, ttl))
             }
@@ -48,17 +75,20 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         };
         let hash = self.hasher.hash_one(&key);
         let shard = self.shard_of(hash);
-        let mut ev = self.events();
-        let (now, wall) = self.core.clock.now_both();
         let version = rec.version;
         let mut new_key = false;
-        let reserved =
-            put.is_some() && self.reserve_slot_for(shard, &key, hash, Some(version), now, &mut ev);
+        // A slot is reserved (room made before the write lock) only when the cache is full;
+        // below `cache_max` a new key is accounted as it is inserted, and the caps enforced
+        // after it as usual, which spares the pre-check under the read lock.
+        let full = self.entries.load(Ordering::Relaxed) >= self.cfg.max_entries.max(1) as u64;
+        let reserved = put.is_some()
+            && full
+            && self.reserve_slot_for(shard, &key, hash, Some(version), now, ev);
         let mut used_slot = false;
         let applied = {
             let mut g = shard.lock.write();
             let tomb_newer = g.tombs.get(&key).is_some_and(|t| version <= t.version);
-            let live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
+            let live = self.live_index(shard, &mut g, &key, hash, now, ev);
             if tomb_newer || live.is_some_and(|i| version <= g.map[i].version) {
                 Applied::Stale
             } else if live.is_none()
@@ -85,15 +115,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                                 origin,
                                 reserved,
                                 now,
-                                &mut ev,
+                                ev,
                             )
                             .used_slot;
                         Applied::Changed
                     }
                     None => {
-                        self.bury(
-                            shard, &mut g, live, &key, &rec.key, version, origin, now, &mut ev,
-                        );
+                        self.bury(shard, &mut g, live, &key, rec.key, version, origin, now, ev);
                         Applied::Changed
                     }
                 }
@@ -103,9 +131,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             self.release_slot();
         }
         if new_key {
-            self.enforce_caps(version, now, &mut ev);
+            self.enforce_caps(version, now, ev);
         }
-        self.fire(ev);
         applied
     }
 
@@ -173,12 +200,15 @@ mod tests {
         assert!(matches!(&out[0].kind, ChangeKindWire::Record(r) if r.op == Op::Inval));
         let e = erased(&node, "i");
         let v = Version::new(node.core().hlc.peek() + 1, NodeId(7));
-        assert_eq!(e.apply_remote(&put(1, 11, v), NodeId(7)), Applied::Changed);
+        assert_eq!(
+            e.apply_remote(put(1, 11, v).view(), NodeId(7)),
+            Applied::Changed
+        );
         assert_eq!(c.get(&1), None);
         // The invalidation is a floor for older puts.
         let older = Version::new(v.hlc - 1, NodeId(7));
         assert_eq!(
-            e.apply_remote(&put(1, 12, older), NodeId(7)),
+            e.apply_remote(put(1, 12, older).view(), NodeId(7)),
             Applied::Stale
         );
         assert!(
@@ -197,16 +227,16 @@ mod tests {
         c.on_change(move |ev| s.lock().unwrap().push((ev.kind, ev.origin)));
 
         assert_eq!(
-            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            e.apply_remote(put(1, 1, remote(100)).view(), NodeId(7)),
             Applied::Changed
         );
         assert_eq!(c.get(&1), Some(1));
         assert_eq!(
-            e.apply_remote(&put(1, 2, remote(99)), NodeId(7)),
+            e.apply_remote(put(1, 2, remote(99)).view(), NodeId(7)),
             Applied::Stale
         );
         assert_eq!(
-            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            e.apply_remote(put(1, 1, remote(100)).view(), NodeId(7)),
             Applied::Stale
         );
         let del = Record {
@@ -214,16 +244,16 @@ mod tests {
             version: remote(101),
             op: Op::Del,
         };
-        assert_eq!(e.apply_remote(&del, NodeId(7)), Applied::Changed);
+        assert_eq!(e.apply_remote(del.view(), NodeId(7)), Applied::Changed);
         assert_eq!(c.get(&1), None);
         // An older put can't resurrect the key; a newer one can.
         assert_eq!(
-            e.apply_remote(&put(1, 3, remote(100)), NodeId(7)),
+            e.apply_remote(put(1, 3, remote(100)).view(), NodeId(7)),
             Applied::Stale
         );
         assert_eq!(e.record(&bytes(&1u32)).unwrap().op, Op::Del);
         assert_eq!(
-            e.apply_remote(&put(1, 4, remote(102)), NodeId(7)),
+            e.apply_remote(put(1, 4, remote(102)).view(), NodeId(7)),
             Applied::Changed
         );
         assert_eq!(c.get(&1), Some(4));
@@ -234,11 +264,11 @@ mod tests {
         e.apply_clear(remote(2000), NodeId(7));
         assert!(c.is_empty());
         assert_eq!(
-            e.apply_remote(&put(3, 3, remote(1500)), NodeId(7)),
+            e.apply_remote(put(3, 3, remote(1500)).view(), NodeId(7)),
             Applied::Stale
         );
         assert_eq!(
-            e.apply_remote(&put(3, 3, remote(2001)), NodeId(7)),
+            e.apply_remote(put(3, 3, remote(2001)).view(), NodeId(7)),
             Applied::Changed
         );
         // Garbage.
@@ -247,7 +277,7 @@ mod tests {
             version: remote(3000),
             op: Op::Del,
         };
-        assert_eq!(e.apply_remote(&bad, NodeId(7)), Applied::Undecodable);
+        assert_eq!(e.apply_remote(bad.view(), NodeId(7)), Applied::Undecodable);
         let bad_val = Record {
             key: bytes(&5u32),
             version: remote(3000),
@@ -256,7 +286,10 @@ mod tests {
                 ttl_ms: None,
             },
         };
-        assert_eq!(e.apply_remote(&bad_val, NodeId(7)), Applied::Undecodable);
+        assert_eq!(
+            e.apply_remote(bad_val.view(), NodeId(7)),
+            Applied::Undecodable
+        );
 
         let r = Origin::Remote(NodeId(7));
         let seen = seen.lock().unwrap();
@@ -273,19 +306,92 @@ mod tests {
     }
 
     #[test]
+    fn remote_inserts_into_a_full_cache_evict_down_to_cache_max() {
+        let (node, _, _) = setup(Config {
+            cache_max: 3,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("cap").unwrap();
+        let e = erased(&node, "cap");
+        for k in 0..8u32 {
+            let applied = e.apply_remote(put(k, k, remote(100 + u64::from(k))).view(), NodeId(7));
+            assert_eq!(applied, Applied::Changed);
+            assert!(c.len() <= 3, "{} entries after key {k}", c.len());
+        }
+        assert_eq!(c.len(), 3);
+        assert_eq!(
+            c.get(&7),
+            Some(7),
+            "the key being inserted is never the victim"
+        );
+        assert_eq!(e.metrics().evictions_capacity, 5);
+    }
+
+    #[test]
+    fn a_run_reports_each_record_in_order_and_fires_its_events_after_the_last() {
+        let (node, _, _) = setup(Config::default());
+        let c: Cache<u32, u32> = node.cache("run").unwrap();
+        let e = erased(&node, "run");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let c2 = c.clone();
+        c.on_change(move |ev| s.lock().unwrap().push((ev.kind, c2.get(&1))));
+        let del = Record {
+            key: bytes(&1u32),
+            version: remote(102),
+            op: Op::Del,
+        };
+        let bad = Record {
+            key: vec![0xc1],
+            version: remote(103),
+            op: Op::Del,
+        };
+        let records = [
+            put(1, 1, remote(100)),
+            put(1, 2, remote(99)),
+            bad,
+            put(2, 2, remote(101)),
+            del,
+        ];
+        let views: Vec<_> = records.iter().map(Record::view).collect();
+        let mut outcomes = Vec::new();
+        e.apply_remote_run(&views, NodeId(7), &mut |a| outcomes.push(a));
+        assert_eq!(
+            outcomes,
+            [
+                Applied::Changed,
+                Applied::Stale,
+                Applied::Undecodable,
+                Applied::Changed,
+                Applied::Changed
+            ]
+        );
+        assert_eq!((c.get(&1), c.get(&2)), (None, Some(2)));
+        // Listeners ran after the whole run: key 1 was already deleted when they saw its insert.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (ChangeKind::Insert, None),
+                (ChangeKind::Insert, None),
+                (ChangeKind::Remove, None)
+            ]
+        );
+    }
+
+    #[test]
     fn collected_tombstones_raise_a_horizon_that_refuses_older_records_for_absent_keys() {
         let (node, _, clock) = setup(Config::default());
         let c: Cache<u32, u32> = node.cache("h").unwrap();
         let e = erased(&node, "h");
         assert_eq!(e.horizon(), Version::ZERO);
-        e.apply_remote(&put(1, 1, remote(100)), NodeId(7));
-        e.apply_remote(&put(2, 2, remote(100)), NodeId(7));
+        e.apply_remote(put(1, 1, remote(100)).view(), NodeId(7));
+        e.apply_remote(put(2, 2, remote(100)).view(), NodeId(7));
         let del = Record {
             key: bytes(&1u32),
             version: remote(200),
             op: Op::Del,
         };
-        assert_eq!(e.apply_remote(&del, NodeId(7)), Applied::Changed);
+        assert_eq!(e.apply_remote(del.view(), NodeId(7)), Applied::Changed);
         // Young tombstones stay; the horizon only moves when one is collected.
         e.housekeep(Duration::from_secs(60));
         assert_eq!(e.horizon(), Version::ZERO);
@@ -295,17 +401,17 @@ mod tests {
         assert!(e.record(&bytes(&1u32)).is_none(), "tombstone collected");
         // The late copy of the deleted write is refused, not re-introduced...
         assert_eq!(
-            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            e.apply_remote(put(1, 1, remote(100)).view(), NodeId(7)),
             Applied::BelowHorizon
         );
         assert_eq!(c.get(&1), None);
         // ...while a newer write, and updates of keys still held, apply as usual.
         assert_eq!(
-            e.apply_remote(&put(1, 5, remote(201)), NodeId(7)),
+            e.apply_remote(put(1, 5, remote(201)).view(), NodeId(7)),
             Applied::Changed
         );
         assert_eq!(
-            e.apply_remote(&put(2, 3, remote(150)), NodeId(7)),
+            e.apply_remote(put(2, 3, remote(150)).view(), NodeId(7)),
             Applied::Changed
         );
         // Dropping in doubt removes only the version named, without a tombstone.
@@ -326,13 +432,16 @@ mod tests {
         let c: Cache<u32, u32> = node.cache("u").unwrap();
         let e = erased(&node, "u");
         assert_eq!(
-            e.apply_remote(&put(1, 1, remote(100)), NodeId(7)),
+            e.apply_remote(put(1, 1, remote(100)).view(), NodeId(7)),
             Applied::Skipped
         );
         assert!(!c.contains_key(&1));
         c.insert(1, 0).unwrap();
         let v = Version::new(node.core().hlc.peek() + 1, NodeId(7));
-        assert_eq!(e.apply_remote(&put(1, 5, v), NodeId(7)), Applied::Changed);
+        assert_eq!(
+            e.apply_remote(put(1, 5, v).view(), NodeId(7)),
+            Applied::Changed
+        );
         assert_eq!(c.get(&1), Some(5));
     }
 
@@ -352,7 +461,7 @@ mod tests {
                 ttl_ms: Some(1000),
             },
         };
-        assert_eq!(e.apply_remote(&rec, NodeId(7)), Applied::Changed);
+        assert_eq!(e.apply_remote(rec.view(), NodeId(7)), Applied::Changed);
         assert_eq!(c.get(&1), Some(1));
         clock.advance(Duration::from_millis(1001));
         assert_eq!(c.get(&1), None);

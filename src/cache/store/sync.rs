@@ -11,7 +11,7 @@ use crate::cache::event::Origin;
 use crate::cache::hooks::{Applied, ErasedCache, KeyVersion, SYNC_BUCKETS, SyncDigest};
 use crate::cache::metrics::CacheMetrics;
 use crate::config::CacheMode;
-use crate::proto::record::{Op, Record};
+use crate::proto::record::{Op, Record, RecordRef};
 use crate::proto::version::{NodeId, Version};
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
@@ -51,8 +51,19 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         self.loads.peer_loading(key, self.core.clock.now_nanos());
     }
 
-    fn apply_remote(&self, record: &Record, origin: NodeId) -> Applied {
-        self.apply_remote_record(record, origin)
+    fn apply_remote(&self, record: RecordRef<'_>, origin: NodeId) -> Applied {
+        let mut applied = Applied::Skipped;
+        self.apply_remote_run(&[record], origin, &mut |a| applied = a);
+        applied
+    }
+
+    fn apply_remote_run(
+        &self,
+        records: &[RecordRef<'_>],
+        origin: NodeId,
+        each: &mut dyn FnMut(Applied),
+    ) {
+        self.apply_remote_records(records, origin, each)
     }
 
     fn apply_clear(&self, version: Version, origin: NodeId) {
@@ -101,7 +112,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         for shard in self.shards.iter() {
             let g = shard.lock.read();
             for (k, e) in g.map.iter() {
-                let i = slot[e.bucket as usize];
+                let i = slot[e.bucket() as usize];
                 if i != usize::MAX
                     && !e.expired(now)
                     && let Ok(key) = rmp_serde::to_vec(k)
@@ -133,7 +144,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         for shard in self.shards.iter() {
             let g = shard.lock.read();
             for (k, e) in g.map.iter() {
-                if e.bucket as usize == bucket
+                if e.bucket() as usize == bucket
                     && !e.expired(now)
                     && let Ok(key) = rmp_serde::to_vec(k)
                 {
@@ -298,7 +309,7 @@ mod tests {
         let c2: Cache<u32, u32> = other.cache("d").unwrap();
         let e2 = erased(&other, "d");
         for r in recs.iter().rev() {
-            assert_eq!(e2.apply_remote(r, node.id()), Applied::Changed);
+            assert_eq!(e2.apply_remote(r.view(), node.id()), Applied::Changed);
         }
         assert_eq!(c2.checksum(), c.checksum());
         assert_eq!(c2.len(), 450);
