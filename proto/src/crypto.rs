@@ -351,7 +351,11 @@ mod tests {
         for i in HEADER_LEN..d.len() {
             let mut bad = d.clone();
             bad[i] ^= 0x01;
-            assert_eq!(ring.open(&h, &bad), Err(DropReason::AuthFailure), "byte {i}");
+            assert_eq!(
+                ring.open(&h, &bad),
+                Err(DropReason::AuthFailure),
+                "byte {i}"
+            );
         }
     }
 
