@@ -26,7 +26,7 @@ pub const TAG_LEN: usize = 16;
 pub const CRC_LEN: usize = 4;
 
 /// Bytes of a datagram nonce.
-pub const NONCE_LEN: usize = 12;
+const NONCE_LEN: usize = 12;
 
 /// Domain-separation label for key fingerprints (v2: AES-256-GCM-SIV; v1 was XChaCha20-Poly1305).
 const KEY_ID_LABEL: &[u8] = b"mccache key id v2";
