@@ -12,7 +12,7 @@ use crate::{Config, Node, Result};
 pub use crate::cache::clock::{Clock, FakeClock, SystemClock};
 pub use crate::cache::hooks::ErasedCache;
 pub use crate::cache::parked::ParkedCache;
-pub use crate::net::socket::{recv_socket, send_socket};
+pub use crate::net::socket::{recv_socket, recv_socket_uncoalesced, send_socket};
 pub use crate::net::sockopt::enter_netns;
 pub use crate::net::unicast::{AddressBook, route};
 pub use crate::node::detached::DetachedNode;

@@ -62,9 +62,11 @@ struct Tap {
 
 impl Tap {
     fn new() -> Tap {
-        let sock =
-            mccache::unstable::recv_socket(SocketAddrV4::new(GROUP, PORT), Ipv4Addr::LOCALHOST)
-                .expect("tap socket");
+        let sock = mccache::unstable::recv_socket_uncoalesced(
+            SocketAddrV4::new(GROUP, PORT),
+            Ipv4Addr::LOCALHOST,
+        )
+        .expect("tap socket");
         sock.set_nonblocking(false).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();

@@ -71,6 +71,18 @@ pub fn recv_socket(group: SocketAddrV4, interface: Ipv4Addr) -> io::Result<std::
     Ok(s.into())
 }
 
+/// [`recv_socket`] without `UDP_GRO`: every datagram arrives on its own, as a plain
+/// `recv_from` expects (for tools and tests that watch the group's traffic datagram by
+/// datagram; nodes use [`recv_socket`] and split coalesced buffers themselves).
+pub fn recv_socket_uncoalesced(
+    group: SocketAddrV4,
+    interface: Ipv4Addr,
+) -> io::Result<std::net::UdpSocket> {
+    let s = recv_socket(group, interface)?;
+    setsockopt(&s, UdpGroSegment, &false).map_err(io::Error::from)?;
+    Ok(s)
+}
+
 /// Opens the sending socket: bound to `interface` (an ephemeral port), multicast leaving through
 /// `interface` with TTL `hops`, looped back so other nodes on this host hear it.
 pub fn send_socket(interface: Ipv4Addr, hops: u8) -> io::Result<std::net::UdpSocket> {

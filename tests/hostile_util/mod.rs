@@ -70,7 +70,8 @@ pub struct Tap {
 impl Tap {
     /// Joins `group` on loopback (shares the port with the nodes).
     pub fn new(group: SocketAddrV4) -> Tap {
-        let sock = mccache::unstable::recv_socket(group, Ipv4Addr::LOCALHOST).expect("tap socket");
+        let sock = mccache::unstable::recv_socket_uncoalesced(group, Ipv4Addr::LOCALHOST)
+            .expect("tap socket");
         sock.set_nonblocking(false).expect("blocking");
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .expect("timeout");
