@@ -160,13 +160,17 @@ async fn a_tokio_service_scrapes_prometheus_text_and_logs_show_summaries() {
         }
     }
 
-    // The housekeeper's summaries (metrics_log_interval = 0.2 s).
+    // The housekeeper's summaries (metrics_log_interval = 0.2 s): both nodes' lines, and A's
+    // cache line once it counts the three loads (an earlier pass may have logged it before).
     assert!(wait_until(Duration::from_secs(10), || {
         let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
         text.contains("cache metrics")
             && text.contains("cache=users")
             && text.contains("network metrics")
             && text.contains("node=\"t14-b\"")
+            && text.lines().any(|l| {
+                l.contains("cache metrics") && l.contains("t14-a") && l.contains("loads=3")
+            })
     }));
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
     let line = text
