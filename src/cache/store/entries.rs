@@ -179,11 +179,10 @@ pub(super) struct ShardMap<K, V> {
     pub(super) hand: usize,
 }
 
-/// A shard's counters (striped: threads on different shards never share a counter line).
+/// A shard's write counters (striped: threads on different shards never share a counter line).
+/// Hits and misses are counted per reader thread instead (`counts`).
 #[derive(Default)]
 pub(super) struct Stats {
-    pub(super) hits: AtomicU64,
-    pub(super) misses: AtomicU64,
     pub(super) inserts: AtomicU64,
     pub(super) updates: AtomicU64,
     pub(super) deletes: AtomicU64,

@@ -5,11 +5,13 @@
 //! # Layout
 //! The key space is split over a power-of-two number of shards (4 × cores, 16 to 64). Each shard
 //! is a `parking_lot::RwLock` over a dense slab of entries with a `hashbrown` index (`table`),
-//! padded to its own cache lines, next to its own hit/miss/write counters (striped counters:
-//! threads on different shards never share a counter line). A read takes only its shard's read
-//! lock; on a hit it sets the entry's *referenced* bit and last-lookup time, which share one
-//! atomic word, with one relaxed load (and a store only when the word changes, at most once a
-//! millisecond), so hot keys do not bounce cache lines between readers.
+//! padded to its own cache lines, next to its own write counters (striped counters: threads on
+//! different shards never share a counter line). Hits and misses are counted per reader thread
+//! (`counts`: 64 slots of 64 bytes per cache, one per reader thread alive, plus a shared one),
+//! with a relaxed load and store instead of a locked increment. A read takes only its shard's
+//! read lock; on a hit it sets the entry's *referenced* bit and last-lookup time, which share
+//! one atomic word, with one relaxed load (and a store only when the word changes, at most once
+//! a millisecond), so hot keys do not bounce cache lines between readers.
 //!
 //! # Entries and time
 //! An entry keeps 40 bytes besides its value (`entries::Entry`): the version, the serialized
@@ -41,8 +43,8 @@
 //! lock is released.
 //!
 //! # Files
-//! `entries` (what a shard holds, accounting), `mutation` (the upsert and tombstone steps every
-//! write path shares), `reads`, `local` (local writes), `remote` (peer records), `eviction`
+//! `entries` (what a shard holds, accounting), `counts` (hit and miss counters), `mutation`
+//! (the upsert and tombstone steps every write path shares), `reads`, `local` (local writes), `remote` (peer records), `eviction`
 //! (expiry, CLOCK, tombstone collection), `events` (listeners), `flight` (single flight),
 //! `sync` (the `ErasedCache` side: digests, snapshots), `tiered` (the shared tier),
 //! `encoding` (the serialized form of a write).
@@ -64,6 +66,7 @@ use crate::cache::hooks::SYNC_BUCKETS;
 use crate::config::CacheConfig;
 use crate::proto::version::Version;
 
+mod counts;
 mod encoding;
 mod entries;
 mod events;
@@ -133,6 +136,8 @@ pub(crate) struct Store<K, V> {
     pub(crate) core: Arc<StoreContext>,
     hasher: Hasher,
     shards: Box<[Shard<K, V>]>,
+    /// Hit and miss counts (per reader thread).
+    reads: counts::ReadCounts,
     /// The cache's TTL as entries keep it (`entries::encode_ttl`; 0 = none).
     ttl_code: u32,
     /// The clock's coarse reading, when it keeps one in a cell (see `Clock::coarse_cell`).
@@ -183,6 +188,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             core,
             hasher,
             shards,
+            reads: counts::ReadCounts::new(),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             checksum: AtomicU64::new(0),

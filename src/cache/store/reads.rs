@@ -14,33 +14,26 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// A read of one key: counts a lookup, marks the entry referenced and read.
     ///
     /// The hit path hashes once (the shard and the map slot come from the same hash), takes the
-    /// shard's read lock, reads the exact clock only if the entry has a TTL, and stores the
-    /// referenced bit and last-lookup time (one atomic word) only when it changes.
+    /// shard's read lock, reads the exact clock only if the entry has a TTL, stores the
+    /// referenced bit and last-lookup time (one atomic word) only when it changes, and counts
+    /// the hit or miss in the calling thread's own counter slot (`counts`: a relaxed load and
+    /// store, no locked instruction), still under the lock (measured faster than after it).
     #[inline]
     fn lookup<R>(&self, key: &K, f: impl FnOnce(&Entry<V>) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let shard = self.shard_of(hash);
-        let out = {
-            let g = shard.lock.read();
-            match g.map.get_hashed(hash, key) {
-                Some(e) => {
-                    if e.has_ttl() && e.expired(self.core.clock.now_nanos()) {
-                        None
-                    } else {
-                        e.touch(touch_at(self.coarse_nanos()));
-                        Some(f(e))
-                    }
-                }
-                None => None,
+        let g = shard.lock.read();
+        match g.map.get_hashed(hash, key) {
+            Some(e) if !(e.has_ttl() && e.expired(self.core.clock.now_nanos())) => {
+                e.touch(touch_at(self.coarse_nanos()));
+                self.reads.count(true);
+                Some(f(e))
             }
-        };
-        let counter = if out.is_some() {
-            &shard.stats.hits
-        } else {
-            &shard.stats.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        out
+            _ => {
+                self.reads.count(false);
+                None
+            }
+        }
     }
 
     /// A read that counts nothing and marks nothing (metadata, snapshots, internal checks).
@@ -138,10 +131,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     pub(crate) fn metrics(&self) -> CacheMetrics {
         self.expire_due_and_fire();
         let mut m = CacheMetrics::default();
+        (m.hits, m.misses) = self.reads.totals();
         for s in self.shards.iter() {
             let st = &s.stats;
-            m.hits += st.hits.load(Ordering::Relaxed);
-            m.misses += st.misses.load(Ordering::Relaxed);
             m.inserts += st.inserts.load(Ordering::Relaxed);
             m.updates += st.updates.load(Ordering::Relaxed);
             m.deletes += st.deletes.load(Ordering::Relaxed);
