@@ -192,6 +192,14 @@ pub(super) struct Stats {
     pub(super) ev_ttl: AtomicU64,
 }
 
+/// Adds `n` to a shard counter that only writers holding the shard's write lock change (all
+/// but hits and misses): a plain load and store, no locked read-modify-write; readers still
+/// load it atomically.
+#[inline]
+pub(super) fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
 #[repr(align(128))]
 pub(super) struct Shard<K, V> {
     pub(super) lock: RwLock<ShardMap<K, V>>,
@@ -220,7 +228,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         self.account_bytes(e);
     }
 
-    fn account_bytes(&self, e: &Entry<V>) {
+    pub(super) fn account_bytes(&self, e: &Entry<V>) {
         self.bytes.fetch_add(e.size as u64, Ordering::Relaxed);
         self.checksum.fetch_add(e.digest(), Ordering::Relaxed);
         self.buckets[e.bucket() as usize].fetch_add(e.digest(), Ordering::Relaxed);
@@ -239,6 +247,12 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 
     pub(super) fn unaccount(&self, e: &Entry<V>) {
         self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.unaccount_bytes(e);
+    }
+
+    /// Unaccounts a removed entry but its entry slot, which the caller keeps (an eviction
+    /// that makes room for a new key hands the victim's slot over to it).
+    pub(super) fn unaccount_bytes(&self, e: &Entry<V>) {
         self.bytes.fetch_sub(e.size as u64, Ordering::Relaxed);
         self.checksum.fetch_sub(e.digest(), Ordering::Relaxed);
         self.buckets[e.bucket() as usize].fetch_sub(e.digest(), Ordering::Relaxed);
@@ -274,7 +288,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         let max = self.cfg.max_entries.max(1) as u64;
         let mut swept = false;
-        let mut rounds = 0;
         loop {
             let n = self.entries.load(Ordering::Relaxed);
             if n < max {
@@ -292,10 +305,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 self.expire_due(now, ev);
                 continue;
             }
-            rounds += 1;
-            if rounds > 64 || !self.evict_one(true, Version::ZERO, now, ev) {
-                return false;
-            }
+            // The victim's slot is handed over to the new key: the entry count does not move
+            // (no decrement and re-increment another thread could slip between).
+            return self.evict_one(true, true, Version::ZERO, now, ev);
         }
     }
 
@@ -348,8 +360,23 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 
     /// Removes the entry at `idx` (expired, evicted, deleted or cleared), keeping the hand valid.
     pub(super) fn take_index(&self, g: &mut ShardMap<K, V>, idx: usize) -> Option<(K, Entry<V>)> {
+        self.take_index_keeping_slot(g, idx, false)
+    }
+
+    /// [`Self::take_index`]; with `keep_slot`, the entry's slot stays counted in `entries`
+    /// (handed over to a new key, see [`Self::reserve_slot_for`]).
+    pub(super) fn take_index_keeping_slot(
+        &self,
+        g: &mut ShardMap<K, V>,
+        idx: usize,
+        keep_slot: bool,
+    ) -> Option<(K, Entry<V>)> {
         let (k, e) = g.map.swap_remove_index(idx)?;
-        self.unaccount(&e);
+        if keep_slot {
+            self.unaccount_bytes(&e);
+        } else {
+            self.unaccount(&e);
+        }
         if g.hand > g.map.len() {
             g.hand = 0;
         }

@@ -282,7 +282,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 });
                 g.tombs.retain(|_, t| t.version > version);
                 g.hand = 0;
-                shard.stats.deletes.fetch_add(n, Ordering::Relaxed);
+                super::entries::bump(&shard.stats.deletes, n);
                 for _ in 0..n {
                     self.note_mutation(now);
                 }
