@@ -197,7 +197,10 @@ pub(super) struct Stats {
 /// load it atomically.
 #[inline]
 pub(super) fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 #[repr(align(128))]
