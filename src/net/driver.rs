@@ -191,8 +191,21 @@ pub(crate) async fn run(
     // writers fill next.
     let mut staged: VecDeque<Item> = VecDeque::new();
     let mut spare: Vec<Item> = Vec::new();
+    // One timer for the whole run, moved only when the core's next deadline changes (or after
+    // it fired): a fresh `Sleep` per pass registers with tokio's timer wheel every time, and
+    // a registration earlier than the wheel's next wake-up writes the runtime's eventfd, so
+    // every pass cost a `write` and an extra `epoll_wait` that returned at once.
+    let timer = tokio::time::sleep_until(epoch);
+    tokio::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
     loop {
         let deadline = ep.poll_timeout().map(to_tokio);
+        if deadline != armed || timer.is_elapsed() {
+            if let Some(d) = deadline {
+                timer.as_mut().reset(d);
+            }
+            armed = deadline;
+        }
         // Changes wait in the queue (holding their credits) while the core's outbox is full,
         // so the overload policy, not the core, decides what happens to them.
         let room = ep.outbox_len() < queue_max;
@@ -205,7 +218,7 @@ pub(crate) async fn run(
             _ = shared.changes.woken(), if room && !changes_ready => Wake::Changes,
             Some(found) = disc_rx.recv(), if unicast => Wake::Resolved(found),
             res = transport.recv(&mut buf) => Wake::Datagram(res),
-            _ = sleep_until(deadline) => Wake::Timer,
+            _ = &mut timer, if armed.is_some() => Wake::Timer,
         };
         // The one clock reading of this pass.
         let now = Instant::now();
@@ -409,11 +422,3 @@ const MEMBERS_REFRESH: Duration = Duration::from_millis(500);
 
 /// How long the answers to a cluster query are forwarded.
 const QUERY_LIFETIME: Duration = Duration::from_secs(60);
-
-/// Sleeps until `deadline`, forever if there is none.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
