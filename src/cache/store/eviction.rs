@@ -42,9 +42,11 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let mut g = shard.lock.write();
         let mut next = u64::MAX;
         let mut n = 0;
-        g.map.retain(|k, e| {
+        let sm = &mut *g;
+        let digests = &mut sm.digests;
+        sm.map.retain(|k, e| {
             if e.expired(now) {
-                self.unaccount(e);
+                self.unaccount(digests, e);
                 n += 1;
                 ev.push(|| self.expire_event(k, e, now));
                 false

@@ -265,11 +265,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             {
                 let mut g = shard.lock.write();
                 let mut n = 0u64;
-                g.map.retain(|k, e| {
+                let sm = &mut *g;
+                let digests = &mut sm.digests;
+                sm.map.retain(|k, e| {
                     if e.version >= version {
                         return true;
                     }
-                    self.unaccount(e);
+                    self.unaccount(digests, e);
                     n += 1;
                     ev.push(|| ChangeEvent {
                         key: k.clone(),

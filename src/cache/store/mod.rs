@@ -41,8 +41,10 @@
 //! At most one shard lock is held at a time; listeners and the publisher are called after every
 //! lock is released. A shard's write counters (inserts, updates, deletes, evictions) change only
 //! under its write lock, so they are bumped with a plain load and store, not a locked
-//! read-modify-write; the cache-wide counters (entries, bytes, checksum, spikes) are atomics on a
-//! cache line of their own, apart from the fields every operation only reads.
+//! read-modify-write. Likewise each shard keeps its share of the 64 sync bucket digests (plain
+//! sums, 512 bytes per shard), which the cache's digest adds up under each shard's read lock.
+//! The cache-wide counters (entries, bytes, checksum, spikes) are atomics on a cache line of
+//! their own, apart from the fields every operation only reads.
 //!
 //! # Files
 //! `entries` (what a shard holds, accounting), `mutation` (the upsert and tombstone steps every
@@ -64,7 +66,6 @@ use serde::de::DeserializeOwned;
 use crate::cache::backing::Backing;
 use crate::cache::context::StoreContext;
 use crate::cache::event::ChangeEvent;
-use crate::cache::hooks::SYNC_BUCKETS;
 use crate::config::CacheConfig;
 use crate::proto::version::Version;
 
@@ -144,7 +145,6 @@ pub(crate) struct Store<K, V> {
     pub(crate) core: Arc<StoreContext>,
     hasher: Hasher,
     shards: Box<[Shard<K, V>]>,
-    buckets: Box<[AtomicU64]>,
     /// The cache's TTL as entries keep it (`entries::encode_ttl`; 0 = none).
     ttl_code: u32,
     /// The clock's coarse reading, when it keeps one in a cell (see `Clock::coarse_cell`).
@@ -206,7 +206,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             checksum: AtomicU64::new(0),
-            buckets: (0..SYNC_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             evict_hand: AtomicUsize::new(0),
             next_expiry: AtomicU64::new(u64::MAX),
             clear_floor: RwLock::new(Version::ZERO),

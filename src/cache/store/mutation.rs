@@ -76,8 +76,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 let slot = &mut g.map[i];
                 let window = self.in_window(slot, now);
                 // Same key, same slot: only bytes and digests change.
-                self.unaccount_bytes(slot);
-                self.account_bytes(&entry);
+                self.unaccount_bytes(&mut g.digests, slot);
+                self.account_bytes(&mut g.digests, &entry);
                 let old = std::mem::replace(slot, entry);
                 bump(&shard.stats.updates, 1);
                 ev.push(|| ChangeEvent {
@@ -93,7 +93,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 }
             }
             None => {
-                let used_slot = self.account_new(&entry, slot_reserved);
+                let used_slot = self.account_new(&mut g.digests, &entry, slot_reserved);
                 ev.push(|| ChangeEvent {
                     key: key.clone(),
                     kind: ChangeKind::Insert,
