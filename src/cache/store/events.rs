@@ -48,11 +48,17 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
     }
 
-    /// Runs every listener on every collected event. Called with no lock held.
+    /// Runs every listener on every collected event. Called with no lock held. (Inlined test
+    /// for the common case of nothing collected; the listeners run out of line.)
+    #[inline]
     pub(super) fn fire(&self, ev: Events<K>) {
-        if ev.list.is_empty() {
-            return;
+        if !ev.list.is_empty() {
+            self.fire_listeners(ev);
         }
+    }
+
+    #[inline(never)]
+    fn fire_listeners(&self, ev: Events<K>) {
         // Clone the list so listeners may register or remove listeners themselves.
         let listeners: Vec<Listener<K>> = self
             .listeners
