@@ -81,8 +81,12 @@ impl Backlog {
         self.capacity
     }
 
-    /// Takes one credit if one is left.
+    /// Takes one credit if one is left. A queue seen full costs a load, not a locked
+    /// read-modify-write (writers that keep overflowing do not bounce the credits' line).
     pub(crate) fn try_take(&self) -> bool {
+        if self.credits.load(Ordering::Relaxed) <= 0 {
+            return false;
+        }
         if self.credits.fetch_sub(1, Ordering::AcqRel) > 0 {
             return true;
         }

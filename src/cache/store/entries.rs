@@ -1,5 +1,6 @@
-//! What a shard holds (entries, tombstones, its CLOCK hand and counters) and the cache-wide
-//! accounting of entries, bytes and checksums that every insert and removal keeps exact.
+//! What a shard holds (entries, tombstones, its CLOCK hand, counters and its share of the sync
+//! bucket digests) and the cache-wide accounting of entries, bytes and checksums that every
+//! insert and removal keeps exact.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use super::encoding::Encoded;
 use super::events::Events;
 use super::table::Table;
 use super::{CacheKey, CacheValue, Hasher, Store, Ttl, mix64};
+use crate::cache::hooks::SYNC_BUCKETS;
 use crate::config::CacheMode;
 use crate::error::{Error, Result};
 use crate::proto::version::Version;
@@ -174,9 +176,28 @@ pub(super) struct Tomb {
 
 pub(super) struct ShardMap<K, V> {
     pub(super) map: Table<K, Entry<V>>,
+    /// This shard's share of the sync bucket digests.
+    pub(super) digests: Digests,
     pub(super) tombs: IndexMap<K, Tomb, Hasher>,
     /// The CLOCK hand: an index into `map`'s dense order.
     pub(super) hand: usize,
+}
+
+/// A shard's share of the sync bucket digests: by bucket, the wrapping sum of its entries'
+/// digests. Changed only under the shard's write lock (plain additions, no atomics); the
+/// cache's digest adds the shards' up (`sync_digest`). 512 bytes per shard.
+pub(super) struct Digests(pub(super) [u64; SYNC_BUCKETS]);
+
+impl Digests {
+    fn add(&mut self, e_bucket: u8, digest: u64) {
+        let b = &mut self.0[e_bucket as usize];
+        *b = b.wrapping_add(digest);
+    }
+
+    fn sub(&mut self, e_bucket: u8, digest: u64) {
+        let b = &mut self.0[e_bucket as usize];
+        *b = b.wrapping_sub(digest);
+    }
 }
 
 /// A shard's write counters (striped: threads on different shards never share a counter line).
@@ -189,6 +210,17 @@ pub(super) struct Stats {
     pub(super) ev_capacity: AtomicU64,
     pub(super) ev_bytes: AtomicU64,
     pub(super) ev_ttl: AtomicU64,
+}
+
+/// Adds `n` to a shard counter ([`Stats`]: only writers holding the shard's write lock change
+/// them): a plain load and store, no locked read-modify-write; readers still
+/// load it atomically.
+#[inline]
+pub(super) fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 #[repr(align(128))]
@@ -204,6 +236,7 @@ impl<K, V> Shard<K, V> {
         Shard {
             lock: RwLock::new(ShardMap {
                 map: Table::with_hasher(hasher),
+                digests: Digests([0; SYNC_BUCKETS]),
                 tombs: IndexMap::with_hasher(hasher),
                 hand: 0,
             }),
@@ -214,33 +247,42 @@ impl<K, V> Shard<K, V> {
 }
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
-    pub(super) fn account(&self, e: &Entry<V>) {
+    /// Accounts a new entry of the shard whose digests are `d` (under its write lock).
+    pub(super) fn account(&self, d: &mut Digests, e: &Entry<V>) {
         self.entries.fetch_add(1, Ordering::Relaxed);
-        self.account_bytes(e);
+        self.account_bytes(d, e);
     }
 
-    fn account_bytes(&self, e: &Entry<V>) {
+    /// Accounts an entry's bytes and digests, not its entry slot.
+    pub(super) fn account_bytes(&self, d: &mut Digests, e: &Entry<V>) {
         self.bytes.fetch_add(e.size as u64, Ordering::Relaxed);
         self.checksum.fetch_add(e.digest(), Ordering::Relaxed);
-        self.buckets[e.bucket() as usize].fetch_add(e.digest(), Ordering::Relaxed);
+        d.add(e.bucket(), e.digest());
     }
 
     /// Accounts a new entry; with `reserved`, its entry slot was already taken by
     /// [`Self::reserve_slot_for`]. Returns whether the reservation was used.
-    pub(super) fn account_new(&self, e: &Entry<V>, reserved: bool) -> bool {
+    pub(super) fn account_new(&self, d: &mut Digests, e: &Entry<V>, reserved: bool) -> bool {
         if !reserved {
-            self.account(e);
+            self.account(d, e);
             return false;
         }
-        self.account_bytes(e);
+        self.account_bytes(d, e);
         true
     }
 
-    pub(super) fn unaccount(&self, e: &Entry<V>) {
+    /// Unaccounts an entry removed from the shard whose digests are `d` (under its write lock).
+    pub(super) fn unaccount(&self, d: &mut Digests, e: &Entry<V>) {
         self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.unaccount_bytes(d, e);
+    }
+
+    /// Unaccounts a removed entry but its entry slot, which the caller keeps (an eviction
+    /// that makes room for a new key hands the victim's slot over to it).
+    pub(super) fn unaccount_bytes(&self, d: &mut Digests, e: &Entry<V>) {
         self.bytes.fetch_sub(e.size as u64, Ordering::Relaxed);
         self.checksum.fetch_sub(e.digest(), Ordering::Relaxed);
-        self.buckets[e.bucket() as usize].fetch_sub(e.digest(), Ordering::Relaxed);
+        d.sub(e.bucket(), e.digest());
     }
 
     /// If `key` is not held (a hint, read before the write lock), takes one entry slot below
@@ -273,7 +315,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         let max = self.cfg.max_entries.max(1) as u64;
         let mut swept = false;
-        let mut rounds = 0;
         loop {
             let n = self.entries.load(Ordering::Relaxed);
             if n < max {
@@ -291,10 +332,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 self.expire_due(now, ev);
                 continue;
             }
-            rounds += 1;
-            if rounds > 64 || !self.evict_one(true, Version::ZERO, now, ev) {
-                return false;
-            }
+            // The victim's slot is handed over to the new key: the entry count does not move
+            // (no decrement and re-increment another thread could slip between).
+            return self.evict_one(true, true, Version::ZERO, now, ev);
         }
     }
 
@@ -347,8 +387,23 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 
     /// Removes the entry at `idx` (expired, evicted, deleted or cleared), keeping the hand valid.
     pub(super) fn take_index(&self, g: &mut ShardMap<K, V>, idx: usize) -> Option<(K, Entry<V>)> {
+        self.take_index_keeping_slot(g, idx, false)
+    }
+
+    /// [`Self::take_index`]; with `keep_slot`, the entry's slot stays counted in `entries`
+    /// (handed over to a new key, see [`Self::reserve_slot_for`]).
+    pub(super) fn take_index_keeping_slot(
+        &self,
+        g: &mut ShardMap<K, V>,
+        idx: usize,
+        keep_slot: bool,
+    ) -> Option<(K, Entry<V>)> {
         let (k, e) = g.map.swap_remove_index(idx)?;
-        self.unaccount(&e);
+        if keep_slot {
+            self.unaccount_bytes(&mut g.digests, &e);
+        } else {
+            self.unaccount(&mut g.digests, &e);
+        }
         if g.hand > g.map.len() {
             g.hand = 0;
         }

@@ -48,11 +48,17 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
     }
 
-    /// Runs every listener on every collected event. Called with no lock held.
+    /// Runs every listener on every collected event. Called with no lock held. (Inlined test
+    /// for the common case of nothing collected; the listeners run out of line.)
+    #[inline]
     pub(super) fn fire(&self, ev: Events<K>) {
-        if ev.list.is_empty() {
-            return;
+        if !ev.list.is_empty() {
+            self.fire_listeners(ev);
         }
+    }
+
+    #[inline(never)]
+    fn fire_listeners(&self, ev: Events<K>) {
         // Clone the list so listeners may register or remove listeners themselves.
         let listeners: Vec<Listener<K>> = self
             .listeners
@@ -83,13 +89,25 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     }
 
     /// McCache's spike metric: compares each mutation's time to the previous one.
+    ///
+    /// Writes without a TTL mostly take the clock's coarse reading, so consecutive mutations
+    /// often see the same `now`: then the last-mutation time is only read (the swap would write
+    /// the value it holds; a concurrent swap that lands in between is ordered after this one),
+    /// and a zero gap adds nothing to the gap sum, which keeps the cache-wide line shared.
     pub(super) fn note_mutation(&self, now: u64) {
-        let prev = self.last_mutation.swap(now + 1, Ordering::Relaxed);
+        let cur = self.last_mutation.load(Ordering::Relaxed);
+        let prev = if cur == now + 1 {
+            cur
+        } else {
+            self.last_mutation.swap(now + 1, Ordering::Relaxed)
+        };
         if prev != 0 {
             let gap = now.saturating_sub(prev - 1);
             if gap <= self.win_nanos {
                 self.spikes.fetch_add(1, Ordering::Relaxed);
-                self.spike_gap_sum.fetch_add(gap, Ordering::Relaxed);
+                if gap != 0 {
+                    self.spike_gap_sum.fetch_add(gap, Ordering::Relaxed);
+                }
             }
         }
     }

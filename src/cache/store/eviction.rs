@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::entries::{Shard, nanos};
+use super::entries::{Shard, bump, nanos};
 use super::events::Events;
 use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
@@ -42,9 +42,11 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let mut g = shard.lock.write();
         let mut next = u64::MAX;
         let mut n = 0;
-        g.map.retain(|k, e| {
+        let sm = &mut *g;
+        let digests = &mut sm.digests;
+        sm.map.retain(|k, e| {
             if e.expired(now) {
-                self.unaccount(e);
+                self.unaccount(digests, e);
                 n += 1;
                 ev.push(|| self.expire_event(k, e, now));
                 false
@@ -59,7 +61,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             g.hand = 0;
         }
         shard.next_expiry.store(next, Ordering::SeqCst);
-        shard.stats.ev_ttl.fetch_add(n, Ordering::Relaxed);
+        bump(&shard.stats.ev_ttl, n);
         drop(g);
         for _ in 0..n {
             self.note_mutation(now);
@@ -82,15 +84,18 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 self.expire_due(now, ev);
                 continue;
             }
-            if !self.evict_one(over_entries, protect, now, ev) {
+            if !self.evict_one(over_entries, false, protect, now, ev) {
                 return;
             }
         }
     }
 
+    /// Evicts one entry (CLOCK). With `keep_slot`, the victim's entry slot stays counted: the
+    /// caller takes it over for the key it is inserting (see `reserve_slot_for`).
     pub(super) fn evict_one(
         &self,
         capacity: bool,
+        keep_slot: bool,
         protect: Version,
         now: u64,
         ev: &mut Events<K>,
@@ -99,7 +104,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let n = self.shards.len();
         for _ in 0..2 * n {
             let si = self.evict_hand.fetch_add(1, Ordering::Relaxed) & (n - 1);
-            if self.clock_evict(&self.shards[si], capacity, protect, now, ev) {
+            if self.clock_evict(&self.shards[si], capacity, keep_slot, protect, now, ev) {
                 return true;
             }
         }
@@ -114,6 +119,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         &self,
         shard: &Shard<K, V>,
         capacity: bool,
+        keep_slot: bool,
         protect: Version,
         now: u64,
         ev: &mut Events<K>,
@@ -138,7 +144,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 g.hand += 1;
                 continue;
             }
-            let Some((k, e)) = self.take_index(&mut g, hand) else {
+            let Some((k, e)) = self.take_index_keeping_slot(&mut g, hand, keep_slot) else {
                 return false;
             };
             let (counter, kind) = if expired {
@@ -148,7 +154,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             } else {
                 (&shard.stats.ev_bytes, ChangeKind::Evict)
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            bump(counter, 1);
             drop(g);
             self.note_mutation(now);
             ev.push(|| ChangeEvent {

@@ -265,11 +265,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             {
                 let mut g = shard.lock.write();
                 let mut n = 0u64;
-                g.map.retain(|k, e| {
+                let sm = &mut *g;
+                let digests = &mut sm.digests;
+                sm.map.retain(|k, e| {
                     if e.version >= version {
                         return true;
                     }
-                    self.unaccount(e);
+                    self.unaccount(digests, e);
                     n += 1;
                     ev.push(|| ChangeEvent {
                         key: k.clone(),
@@ -282,7 +284,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 });
                 g.tombs.retain(|_, t| t.version > version);
                 g.hand = 0;
-                shard.stats.deletes.fetch_add(n, Ordering::Relaxed);
+                super::entries::bump(&shard.stats.deletes, n);
                 for _ in 0..n {
                     self.note_mutation(now);
                 }

@@ -34,13 +34,19 @@
 //! with CLOCK (second chance): a hand moves round-robin over the shards and, inside a shard,
 //! over the map's dense order; an entry whose referenced bit is set (by a hit or its insert) has
 //! the bit cleared and is passed over; the first unreferenced entry is removed with
-//! `swap_remove_index` (O(1)). The key being inserted is never the victim. Updating an existing
+//! `swap_remove_index` (O(1)). An eviction made to find room for a new key hands the victim's
+//! entry slot over to that key (the entry count does not move). The key being inserted is never the victim. Updating an existing
 //! key never evicts: an update that grows a value may leave the cache above `cache_size` until
 //! the next insert of a new key trims it.
 //!
-//! # Locks
+//! # Locks and counters
 //! At most one shard lock is held at a time; listeners and the publisher are called after every
-//! lock is released.
+//! lock is released. A shard's write counters (inserts, updates, deletes, evictions) change only
+//! under its write lock, so they are bumped with a plain load and store, not a locked
+//! read-modify-write. Likewise each shard keeps its share of the 64 sync bucket digests (plain
+//! sums, 512 bytes per shard), which the cache's digest adds up under each shard's read lock.
+//! The cache-wide counters (entries, bytes, checksum, spikes) are atomics on a cache line of
+//! their own, apart from the fields every operation only reads.
 //!
 //! # Files
 //! `entries` (what a shard holds, accounting), `counts` (hit and miss counters), `mutation`
@@ -62,7 +68,6 @@ use serde::de::DeserializeOwned;
 use crate::cache::backing::Backing;
 use crate::cache::context::StoreContext;
 use crate::cache::event::ChangeEvent;
-use crate::cache::hooks::SYNC_BUCKETS;
 use crate::config::CacheConfig;
 use crate::proto::version::Version;
 
@@ -130,7 +135,14 @@ pub(crate) struct Written<V> {
 }
 
 /// A typed cache's whole state. `Cache<K, V>` is an `Arc` of this.
+///
+/// Laid out in three groups (`repr(C)`, each starting on its own 128-byte line): what every
+/// operation reads and nothing writes after construction; the cache-wide counters every insert
+/// writes; the locks and rarer state. So a writer's counter updates do not evict the
+/// read-mostly fields from the other cores' caches.
+#[repr(C)]
 pub(crate) struct Store<K, V> {
+    // Read-mostly.
     name: Arc<str>,
     cfg: CacheConfig,
     pub(crate) core: Arc<StoreContext>,
@@ -145,23 +157,25 @@ pub(crate) struct Store<K, V> {
     win_ms: u64,
     /// The callback window in nanoseconds (spikes).
     win_nanos: u64,
+    listener_count: AtomicUsize,
+    _hot: LineBreak,
+    // Written by every insert.
     entries: AtomicU64,
     bytes: AtomicU64,
     checksum: AtomicU64,
-    buckets: Box<[AtomicU64]>,
     evict_hand: AtomicUsize,
     /// Lower bound of the earliest `expires_at` in the cache; `u64::MAX` if none.
     next_expiry: AtomicU64,
+    last_mutation: AtomicU64,
+    spikes: AtomicU64,
+    spike_gap_sum: AtomicU64,
+    _cold: LineBreak,
     clear_floor: RwLock<Version>,
     /// Tombstone horizon: deletes at or below it may have been forgotten here (collected
     /// tombstones, entries dropped in doubt). Records at or below it for keys not held are
     /// refused (docs/PROTOCOL.md, "No resurrection").
     horizon: RwLock<Version>,
-    last_mutation: AtomicU64,
-    spikes: AtomicU64,
-    spike_gap_sum: AtomicU64,
     listeners: RwLock<Vec<(u64, Listener<K>)>>,
-    listener_count: AtomicUsize,
     next_listener: AtomicU64,
     pub(crate) flights: Mutex<HashMap<K, Arc<Flight<V>>, Hasher>>,
     /// The optional shared tier (see `tiered`).
@@ -169,6 +183,12 @@ pub(crate) struct Store<K, V> {
     /// Loader counters and refresh state of [`Cache::get_or_load`](crate::Cache::get_or_load).
     pub(crate) loads: crate::cache::load::LoadState<K>,
 }
+
+/// A zero-sized field that starts the next field of a `repr(C)` struct on a new 128-byte line
+/// (two 64-byte lines: adjacent-line prefetchers pair them).
+#[derive(Default)]
+#[repr(align(128))]
+struct LineBreak;
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
     pub(crate) fn new(name: &str, cfg: CacheConfig, core: Arc<StoreContext>) -> Store<K, V> {
@@ -192,7 +212,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             checksum: AtomicU64::new(0),
-            buckets: (0..SYNC_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             evict_hand: AtomicUsize::new(0),
             next_expiry: AtomicU64::new(u64::MAX),
             clear_floor: RwLock::new(Version::ZERO),
@@ -201,6 +220,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             spikes: AtomicU64::new(0),
             spike_gap_sum: AtomicU64::new(0),
             listeners: RwLock::new(Vec::new()),
+            _hot: LineBreak,
+            _cold: LineBreak,
             listener_count: AtomicUsize::new(0),
             next_listener: AtomicU64::new(1),
             flights: Mutex::new(HashMap::with_hasher(hasher)),

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use super::encoding::bucket_of;
-use super::entries::{Entry, Shard, ShardMap, Tomb};
+use super::entries::{Entry, Shard, ShardMap, Tomb, bump};
 use super::events::Events;
 use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
@@ -37,7 +37,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             return Some(i);
         }
         if let Some((k, e)) = self.take_index(g, i) {
-            shard.stats.ev_ttl.fetch_add(1, Ordering::Relaxed);
+            bump(&shard.stats.ev_ttl, 1);
             self.note_mutation(now);
             ev.push(|| self.expire_event(&k, &e, now));
         }
@@ -75,10 +75,11 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             Some(i) => {
                 let slot = &mut g.map[i];
                 let window = self.in_window(slot, now);
-                self.unaccount(slot);
-                self.account(&entry);
+                // Same key, same slot: only bytes and digests change.
+                self.unaccount_bytes(&mut g.digests, slot);
+                self.account_bytes(&mut g.digests, &entry);
                 let old = std::mem::replace(slot, entry);
-                shard.stats.updates.fetch_add(1, Ordering::Relaxed);
+                bump(&shard.stats.updates, 1);
                 ev.push(|| ChangeEvent {
                     key,
                     kind: ChangeKind::Update,
@@ -92,7 +93,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 }
             }
             None => {
-                let used_slot = self.account_new(&entry, slot_reserved);
+                let used_slot = self.account_new(&mut g.digests, &entry, slot_reserved);
                 ev.push(|| ChangeEvent {
                     key: key.clone(),
                     kind: ChangeKind::Insert,
@@ -101,7 +102,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                     in_callback_window: false,
                 });
                 g.map.insert_new(hash, key, entry);
-                shard.stats.inserts.fetch_add(1, Ordering::Relaxed);
+                bump(&shard.stats.inserts, 1);
                 Upserted {
                     old: None,
                     used_slot,
@@ -131,7 +132,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let removed = live.and_then(|i| self.take_index(g, i));
         let (key, value) = match removed {
             Some((k, e)) => {
-                shard.stats.deletes.fetch_add(1, Ordering::Relaxed);
+                bump(&shard.stats.deletes, 1);
                 self.note_mutation(now);
                 ev.push(|| ChangeEvent {
                     key: k.clone(),

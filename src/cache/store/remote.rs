@@ -151,7 +151,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             match g.map.get_index_of(&key) {
                 Some(i) if g.map[i].version == version => match self.take_index(&mut g, i) {
                     Some((k, e)) => {
-                        shard.stats.ev_capacity.fetch_add(1, Ordering::Relaxed);
+                        super::entries::bump(&shard.stats.ev_capacity, 1);
                         ev.push(|| ChangeEvent {
                             key: k,
                             kind: ChangeKind::Evict,

@@ -91,11 +91,17 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         SyncDigest {
             count: self.entries.load(Ordering::Relaxed),
             checksum: self.checksum.load(Ordering::Relaxed),
+            // The shards' shares added up (under each shard's read lock in turn).
             buckets: self
-                .buckets
+                .shards
                 .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
+                .fold(vec![0u64; SYNC_BUCKETS], |mut sum, s| {
+                    let g = s.lock.read();
+                    for (t, d) in sum.iter_mut().zip(g.digests.0.iter()) {
+                        *t = t.wrapping_add(*d);
+                    }
+                    sum
+                }),
         }
     }
 
