@@ -256,7 +256,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// Accounts an entry's bytes and digests, not its entry slot.
     pub(super) fn account_bytes(&self, d: &mut Digests, e: &Entry<V>) {
         self.bytes.fetch_add(e.size as u64, Ordering::Relaxed);
-        self.checksum.fetch_add(e.digest(), Ordering::Relaxed);
         d.add(e.bucket(), e.digest());
     }
 
@@ -281,7 +280,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// that makes room for a new key hands the victim's slot over to it).
     pub(super) fn unaccount_bytes(&self, d: &mut Digests, e: &Entry<V>) {
         self.bytes.fetch_sub(e.size as u64, Ordering::Relaxed);
-        self.checksum.fetch_sub(e.digest(), Ordering::Relaxed);
         d.sub(e.bucket(), e.digest());
     }
 

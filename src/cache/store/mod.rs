@@ -44,14 +44,15 @@
 //! lock is released. A shard's write counters (inserts, updates, deletes, evictions) change only
 //! under its write lock, so they are bumped with a plain load and store, not a locked
 //! read-modify-write. Likewise each shard keeps its share of the 64 sync bucket digests (plain
-//! sums, 512 bytes per shard), which the cache's digest adds up under each shard's read lock.
-//! The cache-wide counters (entries, bytes, checksum, spikes) are atomics on a cache line of
-//! their own, apart from the fields every operation only reads.
+//! sums, 512 bytes per shard), which the cache's digest and its checksum (their sum) add up
+//! under each shard's read lock. The cache-wide counters (entries, bytes, spikes) are atomics
+//! on a cache line of their own, apart from the fields every operation only reads.
 //!
 //! # Files
 //! `entries` (what a shard holds, accounting), `counts` (hit and miss counters), `mutation`
-//! (the upsert and tombstone steps every write path shares), `reads`, `local` (local writes), `remote` (peer records), `eviction`
-//! (expiry, CLOCK, tombstone collection), `events` (listeners), `flight` (single flight),
+//! (the upsert and tombstone steps every write path shares), `reads`, `local` (local
+//! writes), `remote` (peer records), `eviction` (expiry, CLOCK, tombstone collection),
+//! `events` (listeners), `flight` (single flight),
 //! `sync` (the `ErasedCache` side: digests, snapshots), `tiered` (the shared tier),
 //! `encoding` (the serialized form of a write).
 
@@ -162,7 +163,6 @@ pub(crate) struct Store<K, V> {
     // Written by every insert.
     entries: AtomicU64,
     bytes: AtomicU64,
-    checksum: AtomicU64,
     evict_hand: AtomicUsize,
     /// Lower bound of the earliest `expires_at` in the cache; `u64::MAX` if none.
     next_expiry: AtomicU64,
@@ -211,7 +211,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             reads: counts::ReadCounts::new(),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            checksum: AtomicU64::new(0),
             evict_hand: AtomicUsize::new(0),
             next_expiry: AtomicU64::new(u64::MAX),
             clear_floor: RwLock::new(Version::ZERO),

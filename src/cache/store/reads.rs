@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::entries::{Entry, touch_at};
 use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::Metadata;
+use crate::cache::hooks::SYNC_BUCKETS;
 use crate::cache::metrics::CacheMetrics;
 use crate::proto::version::Version;
 
@@ -123,9 +124,28 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         self.entries.load(Ordering::Relaxed) as usize
     }
 
+    /// The cache's checksum: the wrapping sum of its entries' digests, which is the sum of
+    /// the sync bucket digests (kept per shard, added up here; no cache-wide counter is
+    /// written by inserts).
     pub(crate) fn checksum(&self) -> u64 {
         self.expire_due_and_fire();
-        self.checksum.load(Ordering::Relaxed)
+        self.bucket_digests()
+            .iter()
+            .fold(0u64, |a, d| a.wrapping_add(*d))
+    }
+
+    /// The sync bucket digests: the shards' shares added up (under each shard's read lock in
+    /// turn).
+    pub(super) fn bucket_digests(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .fold(vec![0u64; SYNC_BUCKETS], |mut sum, s| {
+                let g = s.lock.read();
+                for (t, d) in sum.iter_mut().zip(g.digests.0.iter()) {
+                    *t = t.wrapping_add(*d);
+                }
+                sum
+            })
     }
 
     pub(crate) fn metrics(&self) -> CacheMetrics {

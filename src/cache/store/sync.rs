@@ -88,20 +88,11 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
 
     fn sync_digest(&self) -> SyncDigest {
         self.expire_due_and_fire();
+        let buckets = self.bucket_digests();
         SyncDigest {
             count: self.entries.load(Ordering::Relaxed),
-            checksum: self.checksum.load(Ordering::Relaxed),
-            // The shards' shares added up (under each shard's read lock in turn).
-            buckets: self
-                .shards
-                .iter()
-                .fold(vec![0u64; SYNC_BUCKETS], |mut sum, s| {
-                    let g = s.lock.read();
-                    for (t, d) in sum.iter_mut().zip(g.digests.0.iter()) {
-                        *t = t.wrapping_add(*d);
-                    }
-                    sum
-                }),
+            checksum: buckets.iter().fold(0u64, |a, d| a.wrapping_add(*d)),
+            buckets,
         }
     }
 
