@@ -107,8 +107,10 @@ pub struct EndpointConfig {
     /// Most peers tracked (membership table bound).
     pub max_peers: usize,
     /// Batching window: when a data message went out less than this long ago and the queued
-    /// changes do not fill a datagram, they wait (at most this long) for more to join them.
-    /// At low load every change leaves at once; under load datagrams fill up.
+    /// changes leave room in a datagram for another change the size of the newest, they wait
+    /// (at most this long) for more to join them. At low load every change leaves at once;
+    /// under load datagrams fill up; a change too large to share a datagram (1 KiB at MTU
+    /// 1500) never waits.
     pub linger: Duration,
     /// Anti-entropy leaves alone keys whose newest version is younger than this: they are most
     /// likely still in flight on the reliable stream, and repairing them would only add load.

@@ -50,7 +50,10 @@ impl Endpoint {
             return false;
         }
         let chunk = self.wire.chunk_size().max(64);
-        if !no_linger && self.outbox_bytes + DATA_MSG_OVERHEAD < chunk {
+        // Lingering only pays if another change like the newest would still fit: a change of
+        // 1 KiB at MTU 1500 leaves no room for a second one, so it goes at once.
+        let newest = self.outbox.back().map_or(0, Item::weight);
+        if !no_linger && self.outbox_bytes + DATA_MSG_OVERHEAD + newest <= chunk {
             if let Some(last) = self.last_data_at {
                 let due = last + self.cfg.linger;
                 if now < due {
@@ -310,6 +313,25 @@ mod tests {
         assert!(a.poll_timeout().is_some_and(|t| t <= due));
         assert_eq!(drain(&mut a, due).len(), 1);
         assert_eq!(a.timers.get(Timer::Linger), None);
+    }
+
+    #[test]
+    fn a_change_that_leaves_no_room_for_another_like_it_does_not_linger() {
+        let t0 = Instant::now();
+        let (mut a, _b, _, _) = joined_pair(t0);
+        let big = vec![7u8; a.wire.chunk_size() * 2 / 3];
+        let item = put(&a, b"1", &big);
+        a.publish(t0, item);
+        assert_eq!(drain(&mut a, t0).len(), 1);
+        // Right after a data message, but a second change this size could not join it.
+        let item = put(&a, b"2", &big);
+        a.publish(t0, item);
+        assert_eq!(drain(&mut a, t0).len(), 1, "sent at once");
+        assert_eq!(a.timers.get(Timer::Linger), None);
+        // A small change right after still waits for company.
+        let item = put(&a, b"3", b"v");
+        a.publish(t0, item);
+        assert!(drain(&mut a, t0).is_empty());
     }
 
     #[test]
