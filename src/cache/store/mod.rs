@@ -35,9 +35,9 @@
 //! over the map's dense order; an entry whose referenced bit is set (by a hit or its insert) has
 //! the bit cleared and is passed over; the first unreferenced entry is removed with
 //! `swap_remove_index` (O(1)). An eviction made to find room for a new key hands the victim's
-//! entry slot over to that key (the entry count does not move). The key being inserted is never the victim. Updating an existing
-//! key never evicts: an update that grows a value may leave the cache above `cache_size` until
-//! the next insert of a new key trims it.
+//! entry slot over to that key (the entry count does not move). The key being inserted is
+//! never the victim. Updating an existing key never evicts: an update that grows a value may
+//! leave the cache above `cache_size` until the next insert of a new key trims it.
 //!
 //! # Locks and counters
 //! At most one shard lock is held at a time; listeners and the publisher are called after every

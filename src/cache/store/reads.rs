@@ -129,9 +129,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// written by inserts).
     pub(crate) fn checksum(&self) -> u64 {
         self.expire_due_and_fire();
-        self.bucket_digests()
-            .iter()
-            .fold(0u64, |a, d| a.wrapping_add(*d))
+        checksum_of(&self.bucket_digests())
     }
 
     /// The sync bucket digests: the shards' shares added up (under each shard's read lock in
@@ -172,4 +170,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         m
     }
+}
+
+/// The cache checksum from its sync bucket digests: their wrapping sum.
+pub(super) fn checksum_of(buckets: &[u64]) -> u64 {
+    buckets.iter().fold(0u64, |a, d| a.wrapping_add(*d))
 }

@@ -91,7 +91,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         let buckets = self.bucket_digests();
         SyncDigest {
             count: self.entries.load(Ordering::Relaxed),
-            checksum: buckets.iter().fold(0u64, |a, d| a.wrapping_add(*d)),
+            checksum: super::reads::checksum_of(&buckets),
             buckets,
         }
     }
