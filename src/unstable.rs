@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::cache::hooks::NoPublisher;
 use crate::{Config, Node, Result};
 
-pub use crate::cache::clock::{Clock, FakeClock, SystemClock};
+pub use crate::cache::clock::{Clock, CoarseCell, FakeClock, SystemClock};
 pub use crate::cache::hooks::ErasedCache;
 pub use crate::cache::parked::ParkedCache;
 pub use crate::net::socket::{recv_socket, recv_socket_uncoalesced, send_socket};

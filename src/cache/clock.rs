@@ -4,7 +4,7 @@
 //! can drive time by hand with a [`FakeClock`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of time: monotonic nanoseconds (TTL, callback window, spikes) and wall-clock
@@ -41,9 +41,62 @@ pub trait Clock: Send + Sync + 'static {
     /// a cache's read hit path then loads it directly instead of calling through the trait
     /// object. The default is `None`.
     #[doc(hidden)]
-    fn coarse_cell(&self) -> Option<Arc<AtomicU64>> {
+    fn coarse_cell(&self) -> Option<Arc<CoarseCell>> {
         None
     }
+}
+
+/// A clock's coarse monotonic reading kept in memory (see [`Clock::coarse_cell`]), in two forms:
+/// nanoseconds, and milliseconds modulo 2³¹ (never 0), the form in which a cache keeps the time
+/// of an entry's last read hit. The millisecond form is derived when the reading is stored, so
+/// the read hit path loads it instead of dividing. The two are stored one after the other
+/// (relaxed): a reader may briefly see the new nanoseconds with the previous millisecond.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct CoarseCell {
+    nanos: AtomicU64,
+    ms31: AtomicU32,
+}
+
+impl Default for CoarseCell {
+    fn default() -> Self {
+        CoarseCell {
+            nanos: AtomicU64::new(0),
+            ms31: AtomicU32::new(ms31(0)),
+        }
+    }
+}
+
+impl CoarseCell {
+    /// The coarse reading in monotonic nanoseconds.
+    #[inline]
+    pub fn nanos(&self) -> u64 {
+        self.nanos.load(Ordering::Relaxed)
+    }
+
+    /// The coarse reading in monotonic milliseconds modulo 2³¹, never 0 (0 is taken to 1).
+    #[inline]
+    pub fn ms31(&self) -> u32 {
+        self.ms31.load(Ordering::Relaxed)
+    }
+
+    /// Stores `nanos` if it is ahead of the reading held (both forms).
+    fn advance(&self, nanos: u64) {
+        if self.nanos.load(Ordering::Relaxed) < nanos {
+            self.nanos.store(nanos, Ordering::Relaxed);
+            let ms = ms31(nanos);
+            if self.ms31.load(Ordering::Relaxed) != ms {
+                self.ms31.store(ms, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Monotonic `nanos` as milliseconds modulo 2³¹, never 0 (0 is taken to 1): the form of
+/// [`CoarseCell::ms31`].
+#[inline]
+pub(crate) fn ms31(nanos: u64) -> u32 {
+    ((nanos / 1_000_000) as u32 & 0x7fff_ffff).max(1)
 }
 
 /// The real clock: [`Instant`] for monotonic time, [`SystemTime`] for wall time.
@@ -56,7 +109,7 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct SystemClock {
     origin: Instant,
-    coarse: Arc<AtomicU64>,
+    coarse: Arc<CoarseCell>,
     /// `wall ms - monotonic ms`.
     wall_offset_ms: AtomicU64,
 }
@@ -73,7 +126,7 @@ impl SystemClock {
     pub fn new() -> SystemClock {
         let c = SystemClock {
             origin: Instant::now(),
-            coarse: Arc::new(AtomicU64::new(0)),
+            coarse: Arc::new(CoarseCell::default()),
             wall_offset_ms: AtomicU64::new(0),
         };
         c.refresh();
@@ -83,9 +136,7 @@ impl SystemClock {
     fn read(&self) -> u64 {
         // u64 nanoseconds cover 584 years of process uptime.
         let now = self.origin.elapsed().as_nanos() as u64;
-        if self.coarse.load(Ordering::Relaxed) < now {
-            self.coarse.store(now, Ordering::Relaxed);
-        }
+        self.coarse.advance(now);
         now
     }
 }
@@ -123,15 +174,15 @@ impl Clock for SystemClock {
     }
 
     fn coarse_nanos(&self) -> u64 {
-        self.coarse.load(Ordering::Relaxed)
+        self.coarse.nanos()
     }
 
-    fn coarse_cell(&self) -> Option<Arc<AtomicU64>> {
+    fn coarse_cell(&self) -> Option<Arc<CoarseCell>> {
         Some(self.coarse.clone())
     }
 
     fn coarse_both(&self) -> (u64, u64) {
-        let now = self.coarse.load(Ordering::Relaxed);
+        let now = self.coarse.nanos();
         (
             now,
             self.wall_offset_ms
@@ -226,12 +277,28 @@ mod tests {
         assert_eq!(c.coarse_both().0, b);
         c.refresh();
         assert!(c.coarse_nanos() >= b + 2_000_000);
+        let cell = c.coarse_cell().unwrap();
+        assert_eq!(cell.ms31(), ms31(cell.nanos()));
         assert!(c.coarse_both().1.abs_diff(c.wall_ms()) < 5);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
         assert!(c.wall_ms().abs_diff(wall) < 5_000);
+    }
+
+    #[test]
+    fn ms31_wraps_at_2_31_ms_and_is_never_0() {
+        let ms = 1_000_000u64;
+        assert_eq!(ms31(0), 1);
+        assert_eq!(ms31(999_999), 1);
+        assert_eq!(ms31(5 * ms + 7), 5);
+        assert_eq!(ms31(((1 << 31) + 9) * ms), 9);
+        assert_eq!(ms31((1 << 32) * ms), 1);
+        let cell = CoarseCell::default();
+        cell.advance(42 * ms);
+        cell.advance(41 * ms);
+        assert_eq!((cell.nanos(), cell.ms31()), (42 * ms, 42));
     }
 
     #[test]

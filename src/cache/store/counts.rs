@@ -82,14 +82,16 @@ struct Slot {
 
 /// A cache's hit and miss counts.
 pub(super) struct ReadCounts {
-    slots: Box<[Slot; SLOTS]>,
+    /// Inline (4 KiB in the store): a hit then addresses its slot from the store's pointer
+    /// without loading a pointer to the slots first.
+    slots: [Slot; SLOTS],
     shared: Slot,
 }
 
 impl ReadCounts {
     pub(super) fn new() -> ReadCounts {
         ReadCounts {
-            slots: Box::new(std::array::from_fn(|_| Slot::default())),
+            slots: std::array::from_fn(|_| Slot::default()),
             shared: Slot::default(),
         }
     }

@@ -23,22 +23,29 @@ use crate::proto::version::Version;
 /// docs of `store` for the limits): the write time (48 bits, rounded up), the TTL (`u32`, see
 /// [`encode_ttl`]) from which the expiry is derived, and the last read hit (31 bits, modulo
 /// 2³¹ ms ≈ 24.8 days) next to the CLOCK referenced bit in one atomic word.
+///
+/// `repr(C)`, in this order: what a read hit touches (value, TTL, touch word) first, so that,
+/// with the key just before it in the shard's slab (`table::Slot`), a hit on a `u64 → u64`
+/// entry (56 bytes) reads 24 contiguous bytes, which straddle two cache lines for 2 of the 8
+/// positions an entry takes modulo 64 bytes (the default layout spread them over all 56 bytes:
+/// 6 of 8).
+#[repr(C)]
 pub(super) struct Entry<V> {
     pub(super) value: V,
-    pub(super) version: Version,
-    /// Serialized key + value bytes (saturating; accounted as stored, so always in balance).
-    pub(super) size: u32,
-    /// crc32(key ‖ value ‖ version).
-    pub(super) crc: u32,
-    /// Monotonic ms (rounded up) of the last write on this node in the low 48 bits, the sync
-    /// bucket in the next 8, flags ([`PER_ENTRY_TTL`]) in the top 8.
-    stamp: u64,
     /// The TTL ([`encode_ttl`]); 0 = never expires.
     ttl: u32,
     /// [`REFERENCED`] | monotonic ms of the last read hit modulo 2³¹ (0 = never read). Written
     /// by readers under the shard's read lock (plain loads and stores: the bits they write are
     /// the same for every reader at a given time).
     touch: AtomicU32,
+    pub(super) version: Version,
+    /// Monotonic ms (rounded up) of the last write on this node in the low 48 bits, the sync
+    /// bucket in the next 8, flags ([`PER_ENTRY_TTL`]) in the top 8.
+    stamp: u64,
+    /// Serialized key + value bytes (saturating; accounted as stored, so always in balance).
+    pub(super) size: u32,
+    /// crc32(key ‖ value ‖ version).
+    pub(super) crc: u32,
 }
 
 const WRITTEN_BITS: u32 = 48;
@@ -84,7 +91,14 @@ fn ms_up(nanos: u64) -> u64 {
 /// never 0).
 #[inline]
 pub(super) fn touch_at(nanos: u64) -> u32 {
-    REFERENCED | ((nanos / 1_000_000) as u32 & LOOKUP_MASK).max(1)
+    touch_ms31(crate::cache::clock::ms31(nanos))
+}
+
+/// The `touch` value of a read hit at a [`CoarseCell::ms31`](crate::cache::clock::CoarseCell)
+/// reading (milliseconds modulo 2³¹, never 0).
+#[inline]
+pub(super) fn touch_ms31(ms31: u32) -> u32 {
+    REFERENCED | ms31
 }
 
 impl<V> Entry<V> {

@@ -154,7 +154,7 @@ pub(crate) struct Store<K, V> {
     /// The cache's TTL as entries keep it (`entries::encode_ttl`; 0 = none).
     ttl_code: u32,
     /// The clock's coarse reading, when it keeps one in a cell (see `Clock::coarse_cell`).
-    coarse: Option<Arc<AtomicU64>>,
+    coarse: Option<Arc<crate::cache::clock::CoarseCell>>,
     win_ms: u64,
     /// The callback window in nanoseconds (spikes).
     win_nanos: u64,
@@ -237,12 +237,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         &self.cfg
     }
 
-    /// A cheap, possibly slightly stale monotonic reading (see `Clock::coarse_nanos`).
+    /// The `touch` word of a read hit now (referenced, coarse last-lookup time): a load from the
+    /// clock's cell, which keeps the millisecond form ready, when it has one.
     #[inline]
-    fn coarse_nanos(&self) -> u64 {
+    fn touch_now(&self) -> u32 {
         match &self.coarse {
-            Some(cell) => cell.load(std::sync::atomic::Ordering::Relaxed),
-            None => self.core.clock.coarse_nanos(),
+            Some(cell) => entries::touch_ms31(cell.ms31()),
+            None => entries::touch_at(self.core.clock.coarse_nanos()),
         }
     }
 

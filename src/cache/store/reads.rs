@@ -4,7 +4,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::entries::{Entry, touch_at};
+use super::entries::Entry;
 use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::Metadata;
 use crate::cache::hooks::SYNC_BUCKETS;
@@ -26,7 +26,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let g = shard.lock.read();
         match g.map.get_hashed(hash, key) {
             Some(e) if !(e.has_ttl() && e.expired(self.core.clock.now_nanos())) => {
-                e.touch(touch_at(self.coarse_nanos()));
+                e.touch(self.touch_now());
                 self.reads.count(true);
                 Some(f(e))
             }

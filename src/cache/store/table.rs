@@ -15,8 +15,17 @@ use super::Hasher;
 
 pub(super) struct Table<K, V> {
     index: HashTable<u32>,
-    slab: Vec<(K, V)>,
+    slab: Vec<Slot<K, V>>,
     hasher: Hasher,
+}
+
+/// A slab element: the key, then the entry, in that order (`repr(C)`), so that the fields a
+/// read hit touches (the key, and the entry's leading fields, see `entries::Entry`) are
+/// contiguous at the start of the element.
+#[repr(C)]
+struct Slot<K, V> {
+    key: K,
+    val: V,
 }
 
 impl<K, V> Table<K, V> {
@@ -39,11 +48,11 @@ impl<K: Eq + std::hash::Hash, V> Table<K, V> {
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.slab.iter().map(|(k, v)| (k, v))
+        self.slab.iter().map(|s| (&s.key, &s.val))
     }
 
     pub(super) fn get_index(&self, i: usize) -> Option<(&K, &V)> {
-        self.slab.get(i).map(|(k, v)| (k, v))
+        self.slab.get(i).map(|s| (&s.key, &s.val))
     }
 
     /// The slab position of `key`, whose hash (from this table's hasher) is `hash`.
@@ -51,13 +60,13 @@ impl<K: Eq + std::hash::Hash, V> Table<K, V> {
     pub(super) fn find_hashed(&self, hash: u64, key: &K) -> Option<usize> {
         let slab = &self.slab;
         self.index
-            .find(hash, |&i| slab[i as usize].0 == *key)
+            .find(hash, |&i| slab[i as usize].key == *key)
             .map(|&i| i as usize)
     }
 
     #[inline]
     pub(super) fn get_hashed(&self, hash: u64, key: &K) -> Option<&V> {
-        self.find_hashed(hash, key).map(|i| &self.slab[i].1)
+        self.find_hashed(hash, key).map(|i| &self.slab[i].val)
     }
 
     pub(super) fn get_index_of(&self, key: &K) -> Option<usize> {
@@ -78,48 +87,49 @@ impl<K: Eq + std::hash::Hash, V> Table<K, V> {
         let pos = u32::try_from(i).expect("shard holds fewer than 2^32 entries");
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.index
-            .insert_unique(hash, pos, |&j| hasher.hash_one(&slab[j as usize].0));
-        self.slab.push((key, value));
+            .insert_unique(hash, pos, |&j| hasher.hash_one(&slab[j as usize].key));
+        self.slab.push(Slot { key, val: value });
         i
     }
 
     /// Removes the entry at position `i`; the last entry takes its place.
     pub(super) fn swap_remove_index(&mut self, i: usize) -> Option<(K, V)> {
-        let hash = self.hash(&self.slab.get(i)?.0);
+        let hash = self.hash(&self.slab.get(i)?.key);
         let pos = i as u32;
         if let Ok(slot) = self.index.find_entry(hash, |&j| j == pos) {
             slot.remove();
         }
         let last = self.slab.len() - 1;
         if i != last {
-            let moved = self.hash(&self.slab[last].0);
+            let moved = self.hash(&self.slab[last].key);
             let last = last as u32;
             if let Some(p) = self.index.find_mut(moved, |&j| j == last) {
                 *p = pos;
             }
         }
-        Some(self.slab.swap_remove(i))
+        let Slot { key, val } = self.slab.swap_remove(i);
+        Some((key, val))
     }
 
     /// Keeps the entries for which `keep` returns true, in their order.
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         let before = self.slab.len();
-        self.slab.retain_mut(|(k, v)| keep(k, v));
+        self.slab.retain_mut(|s| keep(&s.key, &mut s.val));
         if self.slab.len() == before {
             return;
         }
         self.index.clear();
         let (slab, hasher) = (&self.slab, &self.hasher);
-        for (i, (k, _)) in slab.iter().enumerate() {
+        for (i, s) in slab.iter().enumerate() {
             self.index
-                .insert_unique(hasher.hash_one(k), i as u32, |&j| {
-                    hasher.hash_one(&slab[j as usize].0)
+                .insert_unique(hasher.hash_one(&s.key), i as u32, |&j| {
+                    hasher.hash_one(&slab[j as usize].key)
                 });
         }
         if self.slab.capacity() > 2 * self.slab.len() + 16 {
             self.slab.shrink_to_fit();
             self.index
-                .shrink_to_fit(|&j| hasher.hash_one(&self.slab[j as usize].0));
+                .shrink_to_fit(|&j| hasher.hash_one(&self.slab[j as usize].key));
         }
     }
 }
@@ -128,19 +138,28 @@ impl<K, V> Index<usize> for Table<K, V> {
     type Output = V;
 
     fn index(&self, i: usize) -> &V {
-        &self.slab[i].1
+        &self.slab[i].val
     }
 }
 
 impl<K, V> IndexMut<usize> for Table<K, V> {
     fn index_mut(&mut self, i: usize) -> &mut V {
-        &mut self.slab[i].1
+        &mut self.slab[i].val
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_u64_slot_is_56_bytes_with_the_hit_fields_first() {
+        use std::mem::{offset_of, size_of};
+        type E = super::super::entries::Entry<u64>;
+        assert_eq!(size_of::<Slot<u64, E>>(), 56);
+        assert_eq!(offset_of!(Slot<u64, E>, val), 8);
+        assert_eq!(offset_of!(E, value), 0);
+    }
 
     #[test]
     fn insert_find_remove_and_retain_keep_positions_consistent() {
