@@ -1,11 +1,16 @@
-//! The serialized form of a write: key ‖ value in one thread-local buffer, with the crcs the
-//! store derives from it (entry checksum, sync bucket).
+//! The serialized form of a write: key ‖ value in one buffer, with the crcs the store derives
+//! from it (entry checksum, sync bucket).
+//!
+//! The buffer is inline (on the writer's stack) up to [`INLINE`] bytes, which covers small keys
+//! and values with no allocation and no thread-local access; a longer key ‖ value moves to a
+//! heap buffer borrowed from a thread-local (returned on drop, so a thread's long writes do
+//! not allocate once it has grown).
 
 use std::cell::Cell;
-use std::sync::OnceLock;
 
 use serde::Serialize;
 
+use super::crc;
 use crate::cache::hooks::SYNC_BUCKETS;
 use crate::error::{Error, Result};
 use crate::proto::version::Version;
@@ -23,66 +28,156 @@ thread_local! {
     static ENCODE_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
-/// A fresh crc32 hasher, cloned from one made once: `Hasher::new` detects the CPU's features
-/// every time, which costs more than hashing a small key.
-fn crc_hasher() -> crc32fast::Hasher {
-    static PROTO: OnceLock<crc32fast::Hasher> = OnceLock::new();
-    PROTO.get_or_init(crc32fast::Hasher::new).clone()
+/// Bytes of key ‖ value kept inline.
+const INLINE: usize = 64;
+
+/// Key ‖ value bytes: inline while they fit in [`INLINE`] bytes, else all in `heap`.
+struct Buf {
+    len: usize,
+    inline: [u8; INLINE],
+    /// Every byte once `len > INLINE` (borrowed from [`ENCODE_BUF`]); empty before.
+    heap: Vec<u8>,
 }
 
-/// Serialized key ‖ value in one buffer borrowed from a thread-local (returned on drop), plus
-/// the crcs the store needs, computed in one pass over key ‖ value.
+impl Buf {
+    #[inline]
+    fn new() -> Buf {
+        Buf {
+            len: 0,
+            inline: [0; INLINE],
+            heap: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        if self.len <= INLINE {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, b: &[u8]) {
+        let end = self.len + b.len();
+        if end <= INLINE {
+            self.inline[self.len..end].copy_from_slice(b);
+        } else {
+            self.push_heap(b);
+        }
+        self.len = end;
+    }
+
+    /// Appends past [`INLINE`] bytes: moves the inline bytes to the thread's heap buffer first.
+    #[cold]
+    #[inline(never)]
+    fn push_heap(&mut self, b: &[u8]) {
+        if self.len <= INLINE {
+            let mut heap = ENCODE_BUF.with(|c| c.take());
+            heap.clear();
+            heap.extend_from_slice(&self.inline[..self.len]);
+            self.heap = heap;
+        }
+        self.heap.extend_from_slice(b);
+    }
+}
+
+impl std::io::Write for Buf {
+    #[inline]
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.push(b);
+        Ok(b.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.push(b);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Buf {
+    #[inline]
+    fn drop(&mut self) {
+        if self.heap.capacity() != 0 {
+            give_back(std::mem::take(&mut self.heap));
+        }
+    }
+}
+
+/// Keeps a heap buffer for the thread's next long write (the larger of it and the one kept,
+/// up to 64 KiB).
+#[cold]
+#[inline(never)]
+fn give_back(buf: Vec<u8>) {
+    if buf.capacity() <= 64 * 1024 {
+        ENCODE_BUF.with(|c| {
+            let old = c.take();
+            c.set(if old.capacity() >= buf.capacity() {
+                old
+            } else {
+                buf
+            });
+        });
+    }
+}
+
+/// Serialized key ‖ value, plus the crcs the store needs, computed in one pass over
+/// key ‖ value.
 pub(super) struct Encoded {
-    buf: Vec<u8>,
+    buf: Buf,
     klen: usize,
     key_crc: u32,
-    /// crc32 state after key ‖ value (the entry crc continues it with the version).
-    kv_crc: crc32fast::Hasher,
+    /// crc register after key ‖ value (the entry crc continues it with the version).
+    kv_crc: u32,
 }
 
 impl Encoded {
     pub(super) fn new<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<Encoded> {
-        let mut buf = ENCODE_BUF.with(|c| c.take());
-        buf.clear();
+        let mut buf = Buf::new();
         rmp_serde::encode::write(&mut buf, key).map_err(ser_err)?;
-        let klen = buf.len();
+        let klen = buf.len;
         rmp_serde::encode::write(&mut buf, value).map_err(ser_err)?;
         Ok(Encoded::from_buf(buf, klen))
     }
 
-    /// Key and value bytes already serialized (a peer's record), copied into the thread's
-    /// buffer like [`Encoded::new`] writes into it (no allocation once the buffer has grown).
+    /// Key and value bytes already serialized (a peer's record), copied like [`Encoded::new`]
+    /// writes them (no allocation for short ones, none once the thread's buffer has grown).
     pub(super) fn from_parts(key: &[u8], value: &[u8]) -> Encoded {
-        let mut buf = ENCODE_BUF.with(|c| c.take());
-        buf.clear();
-        buf.extend_from_slice(key);
-        buf.extend_from_slice(value);
+        let mut buf = Buf::new();
+        buf.push(key);
+        buf.push(value);
         Encoded::from_buf(buf, key.len())
     }
 
-    fn from_buf(buf: Vec<u8>, klen: usize) -> Encoded {
-        let mut kv_crc = crc_hasher();
-        kv_crc.update(&buf[..klen]);
-        let key_crc = kv_crc.clone().finalize();
-        kv_crc.update(&buf[klen..]);
+    #[inline]
+    fn from_buf(buf: Buf, klen: usize) -> Encoded {
+        let bytes = buf.bytes();
+        let k = crc::update(crc::INIT, &bytes[..klen]);
+        let kv_crc = crc::update(k, &bytes[klen..]);
         Encoded {
             buf,
             klen,
-            key_crc,
+            key_crc: crc::finish(k),
             kv_crc,
         }
     }
 
     pub(super) fn size(&self) -> u64 {
-        self.buf.len() as u64
+        self.buf.len as u64
     }
 
     pub(super) fn key(&self) -> &[u8] {
-        &self.buf[..self.klen]
+        &self.buf.bytes()[..self.klen]
     }
 
     pub(super) fn value(&self) -> &[u8] {
-        &self.buf[self.klen..]
+        &self.buf.bytes()[self.klen..]
     }
 
     pub(super) fn bucket(&self) -> u8 {
@@ -91,25 +186,41 @@ impl Encoded {
 
     /// crc32(key ‖ value ‖ version bytes), continuing the pass over key ‖ value.
     pub(super) fn entry_crc(&self, version: &Version) -> u32 {
-        let mut h = self.kv_crc.clone();
-        h.update(&version.to_bytes());
-        h.finalize()
+        crc::finish(crc::update(self.kv_crc, &version.to_bytes()))
     }
 }
 
-impl Drop for Encoded {
-    fn drop(&mut self) {
-        // Keep small buffers for the next write on this thread.
-        if self.buf.capacity() <= 64 * 1024 {
-            let buf = std::mem::take(&mut self.buf);
-            ENCODE_BUF.with(|c| {
-                let old = c.take();
-                c.set(if old.capacity() >= buf.capacity() {
-                    old
-                } else {
-                    buf
-                });
-            });
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::version::NodeId;
+
+    #[test]
+    fn short_and_long_writes_give_the_protocol_crcs() {
+        let v = Version::new(123_456_789, NodeId(42));
+        for len in [0usize, 1, 10, 50, 63, 64, 65, 200, 5_000] {
+            let value = "x".repeat(len);
+            let enc = Encoded::new(&7u64, &value).unwrap();
+            let kb = rmp_serde::to_vec(&7u64).unwrap();
+            let vb = rmp_serde::to_vec(&value).unwrap();
+            assert_eq!((enc.key(), enc.value()), (&kb[..], &vb[..]));
+            assert_eq!(enc.size() as usize, kb.len() + vb.len());
+            assert_eq!(enc.bucket(), bucket_of(&kb));
+            let mut all = [kb.clone(), vb.clone()].concat();
+            all.extend_from_slice(&v.to_bytes());
+            assert_eq!(enc.entry_crc(&v), crc32fast::hash(&all), "len {len}");
+            let parts = Encoded::from_parts(&kb, &vb);
+            assert_eq!((parts.key(), parts.value()), (&kb[..], &vb[..]));
+            assert_eq!(parts.entry_crc(&v), enc.entry_crc(&v));
         }
+        // A long write leaves its buffer to the thread's next one.
+        assert!(
+            ENCODE_BUF.with(|c| {
+                let b = c.take();
+                let cap = b.capacity();
+                c.set(b);
+                cap
+            }) >= 5_000
+        );
     }
 }

@@ -224,6 +224,10 @@ pub(super) struct Stats {
     pub(super) ev_capacity: AtomicU64,
     pub(super) ev_bytes: AtomicU64,
     pub(super) ev_ttl: AtomicU64,
+    /// Mutations within the callback window of the cache's previous one (`note_mutation`).
+    pub(super) spikes: AtomicU64,
+    /// Sum of those mutations' gaps (ns).
+    pub(super) spike_gap_sum: AtomicU64,
 }
 
 /// Adds `n` to a shard counter ([`Stats`]: only writers holding the shard's write lock change

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::entries::Entry;
+use super::entries::{Entry, Shard, bump};
 use super::{CacheKey, CacheValue, Listener, Store};
 use crate::cache::event::{ChangeEvent, ChangeKind, ListenerId, Origin};
 
@@ -88,13 +88,16 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         self.win_ms != 0 && e.read_within(now, self.win_ms)
     }
 
-    /// McCache's spike metric: compares each mutation's time to the previous one.
+    /// McCache's spike metric: compares each mutation's time to the previous one. Called with
+    /// the write lock of the mutated `shard` held: the spike counts are that shard's (bumped
+    /// with a plain load and store, like its other write counters; `metrics` adds them up), so
+    /// no mutation does a locked add on a cache-wide line.
     ///
     /// Writes without a TTL mostly take the clock's coarse reading, so consecutive mutations
     /// often see the same `now`: then the last-mutation time is only read (the swap would write
     /// the value it holds; a concurrent swap that lands in between is ordered after this one),
     /// and a zero gap adds nothing to the gap sum, which keeps the cache-wide line shared.
-    pub(super) fn note_mutation(&self, now: u64) {
+    pub(super) fn note_mutation(&self, shard: &Shard<K, V>, now: u64) {
         let cur = self.last_mutation.load(Ordering::Relaxed);
         let prev = if cur == now + 1 {
             cur
@@ -104,9 +107,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         if prev != 0 {
             let gap = now.saturating_sub(prev - 1);
             if gap <= self.win_nanos {
-                self.spikes.fetch_add(1, Ordering::Relaxed);
+                bump(&shard.stats.spikes, 1);
                 if gap != 0 {
-                    self.spike_gap_sum.fetch_add(gap, Ordering::Relaxed);
+                    bump(&shard.stats.spike_gap_sum, gap);
                 }
             }
         }

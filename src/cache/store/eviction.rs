@@ -62,10 +62,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         shard.next_expiry.store(next, Ordering::SeqCst);
         bump(&shard.stats.ev_ttl, n);
-        drop(g);
         for _ in 0..n {
-            self.note_mutation(now);
+            self.note_mutation(shard, now);
         }
+        drop(g);
     }
 
     /// Brings the cache back under both caps after a new key was stored (never evicting the
@@ -155,8 +155,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 (&shard.stats.ev_bytes, ChangeKind::Evict)
             };
             bump(counter, 1);
+            self.note_mutation(shard, now);
             drop(g);
-            self.note_mutation(now);
             ev.push(|| ChangeEvent {
                 key: k,
                 kind,

@@ -286,7 +286,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 g.hand = 0;
                 super::entries::bump(&shard.stats.deletes, n);
                 for _ in 0..n {
-                    self.note_mutation(now);
+                    self.note_mutation(shard, now);
                 }
             }
             self.fire(ev);

@@ -41,15 +41,17 @@
 //!
 //! # Locks and counters
 //! At most one shard lock is held at a time; listeners and the publisher are called after every
-//! lock is released. A shard's write counters (inserts, updates, deletes, evictions) change only
-//! under its write lock, so they are bumped with a plain load and store, not a locked
-//! read-modify-write. Likewise each shard keeps its share of the 64 sync bucket digests (plain
-//! sums, 512 bytes per shard), which the cache's digest and its checksum (their sum) add up
-//! under each shard's read lock. The cache-wide counters (entries, bytes, spikes) are atomics
-//! on a cache line of their own, apart from the fields every operation only reads.
+//! lock is released. A shard's write counters (inserts, updates, deletes, evictions, spikes and
+//! their gap sum) change only under its write lock, so they are bumped with a plain load and
+//! store, not a locked read-modify-write. Likewise each shard keeps its share of the 64 sync
+//! bucket digests (plain sums, 512 bytes per shard), which the cache's digest and its checksum
+//! (their sum) add up under each shard's read lock. The cache-wide counters (entries, bytes,
+//! the last mutation time) are atomics on a cache line of their own, apart from the fields
+//! every operation only reads.
 //!
 //! # Files
-//! `entries` (what a shard holds, accounting), `counts` (hit and miss counters), `mutation`
+//! `entries` (what a shard holds, accounting), `counts` (hit and miss counters), `crc` (the
+//! protocol's crc32 for short inputs), `mutation`
 //! (the upsert and tombstone steps every write path shares), `reads`, `local` (local
 //! writes), `remote` (peer records), `eviction` (expiry, CLOCK, tombstone collection),
 //! `events` (listeners), `flight` (single flight),
@@ -73,6 +75,7 @@ use crate::config::CacheConfig;
 use crate::proto::version::Version;
 
 mod counts;
+mod crc;
 mod encoding;
 mod entries;
 mod events;
@@ -167,8 +170,6 @@ pub(crate) struct Store<K, V> {
     /// Lower bound of the earliest `expires_at` in the cache; `u64::MAX` if none.
     next_expiry: AtomicU64,
     last_mutation: AtomicU64,
-    spikes: AtomicU64,
-    spike_gap_sum: AtomicU64,
     _cold: LineBreak,
     clear_floor: RwLock<Version>,
     /// Tombstone horizon: deletes at or below it may have been forgotten here (collected
@@ -216,8 +217,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             clear_floor: RwLock::new(Version::ZERO),
             horizon: RwLock::new(Version::ZERO),
             last_mutation: AtomicU64::new(0),
-            spikes: AtomicU64::new(0),
-            spike_gap_sum: AtomicU64::new(0),
             listeners: RwLock::new(Vec::new()),
             _hot: LineBreak,
             _cold: LineBreak,

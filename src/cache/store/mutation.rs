@@ -38,7 +38,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         if let Some((k, e)) = self.take_index(g, i) {
             bump(&shard.stats.ev_ttl, 1);
-            self.note_mutation(now);
+            self.note_mutation(shard, now);
             ev.push(|| self.expire_event(&k, &e, now));
         }
         None
@@ -109,7 +109,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 }
             }
         };
-        self.note_mutation(now);
+        self.note_mutation(shard, now);
         out
     }
 
@@ -133,7 +133,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let (key, value) = match removed {
             Some((k, e)) => {
                 bump(&shard.stats.deletes, 1);
-                self.note_mutation(now);
+                self.note_mutation(shard, now);
                 ev.push(|| ChangeEvent {
                     key: k.clone(),
                     kind: ChangeKind::Remove,

@@ -162,11 +162,14 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         m.lookups = m.hits + m.misses;
         m.entries = self.entries.load(Ordering::Relaxed);
         m.bytes = self.bytes.load(Ordering::Relaxed);
-        m.spikes = self.spikes.load(Ordering::Relaxed);
+        let mut gap_sum = 0u64;
+        for s in self.shards.iter() {
+            m.spikes += s.stats.spikes.load(Ordering::Relaxed);
+            gap_sum = gap_sum.wrapping_add(s.stats.spike_gap_sum.load(Ordering::Relaxed));
+        }
         self.loads.add_to(&mut m);
         if m.spikes > 0 {
-            m.spike_interval =
-                self.spike_gap_sum.load(Ordering::Relaxed) as f64 / m.spikes as f64 / 1e9;
+            m.spike_interval = gap_sum as f64 / m.spikes as f64 / 1e9;
         }
         m
     }

@@ -152,6 +152,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 Some(i) if g.map[i].version == version => match self.take_index(&mut g, i) {
                     Some((k, e)) => {
                         super::entries::bump(&shard.stats.ev_capacity, 1);
+                        self.note_mutation(shard, now);
                         ev.push(|| ChangeEvent {
                             key: k,
                             kind: ChangeKind::Evict,
@@ -166,9 +167,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 _ => false,
             }
         };
-        if dropped {
-            self.note_mutation(now);
-        }
         self.fire(ev);
         dropped
     }
