@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::entries::{Shard, bump, nanos};
+use super::entries::{Shard, ShardMap, bump, nanos};
 use super::events::Events;
 use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
@@ -125,48 +125,105 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         ev: &mut Events<K>,
     ) -> bool {
         let mut g = shard.lock.write();
-        let len = g.map.len();
-        if len == 0 {
+        self.clock_evict_in(shard, &mut g, capacity, keep_slot, protect, now, ev)
+    }
+
+    /// For a local write holding the write lock of its key's `shard` (guard `g`), which found
+    /// the key absent: takes an entry slot below `cache_max`, or when the cache is full evicts
+    /// one entry (CLOCK, its slot handed over) without letting go of `g`: from this shard
+    /// through `g`, from another only if its write lock is free (`try_write`, which never
+    /// waits, so no two writers can wait on each other's shards). Returns whether a slot is
+    /// held (the caller releases it if it ends up not inserting). `false` when this cannot be
+    /// done here: entries are due to expire (the sweep takes every shard's lock), or every
+    /// other shard was busy or had only referenced entries for two rounds; the caller then
+    /// lets go of `g` and takes the slot with [`Store::reserve_slot_for`].
+    ///
+    /// Saves the insert of a new key into a full cache a second lock of its shard and a second
+    /// lookup (the slot was taken under a read lock of its own before).
+    pub(super) fn take_slot_locked(
+        &self,
+        shard: &Shard<K, V>,
+        g: &mut ShardMap<K, V>,
+        now: u64,
+        ev: &mut Events<K>,
+    ) -> bool {
+        let max = self.cfg.max_entries.max(1) as u64;
+        let mut n = self.entries.load(Ordering::Relaxed);
+        while n < max {
+            match self
+                .entries
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(cur) => n = cur,
+            }
+        }
+        if self.next_expiry.load(Ordering::SeqCst) <= now {
             return false;
         }
-        for _ in 0..len {
-            if g.hand >= g.map.len() {
-                g.hand = 0;
-            }
-            let hand = g.hand;
-            let e = &mut g.map[hand];
-            if e.version == protect {
-                g.hand += 1;
-                continue;
-            }
-            let expired = e.expired(now);
-            if !expired && e.take_referenced() {
-                g.hand += 1;
-                continue;
-            }
-            let Some((k, e)) = self.take_index_keeping_slot(&mut g, hand, keep_slot) else {
-                return false;
-            };
-            let (counter, kind) = if expired {
-                (&shard.stats.ev_ttl, ChangeKind::Expire)
-            } else if capacity {
-                (&shard.stats.ev_capacity, ChangeKind::Evict)
+        let count = self.shards.len();
+        for _ in 0..2 * count {
+            let si = self.evict_hand.fetch_add(1, Ordering::Relaxed) & (count - 1);
+            let victim = &self.shards[si];
+            let evicted = if std::ptr::eq(victim, shard) {
+                self.clock_evict_in(shard, g, true, true, Version::ZERO, now, ev)
+            } else if let Some(mut vg) = victim.lock.try_write() {
+                self.clock_evict_in(victim, &mut vg, true, true, Version::ZERO, now, ev)
             } else {
-                (&shard.stats.ev_bytes, ChangeKind::Evict)
+                false
             };
-            bump(counter, 1);
-            self.note_mutation(shard, now);
-            drop(g);
-            ev.push(|| ChangeEvent {
-                key: k,
-                kind,
-                origin: Origin::Local,
-                version: e.version,
-                in_callback_window: self.in_window(&e, now),
-            });
-            return true;
+            if evicted {
+                return true;
+            }
         }
         false
+    }
+
+    /// [`Self::clock_evict`] on a shard whose write lock the caller holds (guard `g`).
+    #[allow(clippy::too_many_arguments)]
+    fn clock_evict_in(
+        &self,
+        shard: &Shard<K, V>,
+        g: &mut ShardMap<K, V>,
+        capacity: bool,
+        keep_slot: bool,
+        protect: Version,
+        now: u64,
+        ev: &mut Events<K>,
+    ) -> bool {
+        let mut expired = false;
+        let start = g.hand;
+        let (hand, found) = g.map.clock_scan(start, |e| {
+            if e.version == protect {
+                return false;
+            }
+            expired = e.expired(now);
+            expired || !e.take_referenced()
+        });
+        g.hand = hand;
+        if !found {
+            return false;
+        }
+        let Some((k, e)) = self.take_index_keeping_slot(g, hand, keep_slot) else {
+            return false;
+        };
+        let (counter, kind) = if expired {
+            (&shard.stats.ev_ttl, ChangeKind::Expire)
+        } else if capacity {
+            (&shard.stats.ev_capacity, ChangeKind::Evict)
+        } else {
+            (&shard.stats.ev_bytes, ChangeKind::Evict)
+        };
+        bump(counter, 1);
+        self.note_mutation(shard, now);
+        ev.push(|| ChangeEvent {
+            key: k,
+            kind,
+            origin: Origin::Local,
+            version: e.version,
+            in_callback_window: self.in_window(&e, now),
+        });
+        true
     }
 
     /// Drops tombstones older than `ttl`, raising the horizon to the newest one dropped (the
@@ -242,6 +299,34 @@ mod tests {
         );
         assert_eq!(c.len(), 4);
         assert_eq!(c.metrics().evictions_capacity, 2);
+    }
+
+    #[test]
+    fn writers_evicting_across_shards_keep_counts_exact() {
+        // New keys into a full cache from several threads at once: each takes its slot by
+        // evicting while it holds its own shard (`take_slot_locked`), or, when another shard
+        // is busy, the slow way. Either way the counts must balance.
+        let (node, _, _) = setup(Config {
+            cache_max: 8,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("w").unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let c = c.clone();
+                s.spawn(move || {
+                    for i in 0..2_000 {
+                        c.insert(t * 10_000 + i, i).unwrap();
+                        assert!(c.len() <= 8);
+                    }
+                });
+            }
+        });
+        let m = c.metrics();
+        assert_eq!((c.len(), m.entries), (8, 8));
+        assert_eq!(m.inserts, 8_000);
+        assert_eq!(m.evictions_capacity, 8_000 - 8);
+        assert_eq!(c.keys().len(), 8);
     }
 
     #[test]

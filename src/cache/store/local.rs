@@ -18,7 +18,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     pub(crate) fn write(&self, key: K, value: V, cond: Cond, ttl: Ttl) -> Result<Written<V>> {
         let enc = Encoded::new(&key, &value)?;
         self.check_size(enc.size())?;
-        self.write_encoded(key, value, enc, cond, ttl)
+        self.write_encoded(key, value, &enc, cond, ttl)
     }
 
     /// Validates every pair first, then stores them one by one: an oversized pair refuses the
@@ -31,7 +31,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             encoded.push((k, v, enc));
         }
         for (k, v, enc) in encoded {
-            self.write_encoded(k, v, enc, Cond::Always, Ttl::Cache)?;
+            self.write_encoded(k, v, &enc, Cond::Always, Ttl::Cache)?;
         }
         Ok(())
     }
@@ -41,7 +41,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         &self,
         key: K,
         value: V,
-        enc: Encoded,
+        enc: &Encoded,
         cond: Cond,
         ttl: Ttl,
     ) -> Result<Written<V>> {
@@ -66,14 +66,25 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let shard = self.shard_of(hash);
         let mut ev = self.events();
         let (now, wall) = self.write_time(shard, ttl);
-        // A new key takes its entry slot before it is stored, so `len()` never exceeds
-        // `cache_max`, as seen from any thread.
-        let slot_reserved = self.reserve_slot_for(shard, &key, hash, None, now, &mut ev);
         let mut used_slot = false;
+        let mut slot_reserved = false;
         // `Ok(None)`: the condition failed, nothing stored.
         let outcome: Result<Option<(Option<V>, Version, bool)>> = {
             let mut g = shard.lock.write();
-            let live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
+            let mut live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
+            // A new key takes its entry slot before it is stored, so `len()` never exceeds
+            // `cache_max`, as seen from any thread: below the cap, or by evicting while this
+            // shard's lock is held (`take_slot_locked`); else with no lock held, as a peer's
+            // record does (`reserve_slot_for`), and the key is looked up again.
+            if live.is_none() && !matches!(cond, Cond::IfPresent) {
+                slot_reserved = self.take_slot_locked(shard, &mut g, now, &mut ev);
+                if !slot_reserved {
+                    drop(g);
+                    slot_reserved = self.reserve_slot_for(shard, &key, hash, None, now, &mut ev);
+                    g = shard.lock.write();
+                    live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
+                }
+            }
             let found = live.map(|i| g.map[i].version);
             match (cond, found) {
                 (Cond::IfAbsent | Cond::Fill(_), Some(_)) | (Cond::IfPresent, None) => Ok(None),
@@ -86,7 +97,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 _ => {
                     let version = fill
                         .unwrap_or_else(|| Version::new(self.core.hlc.tick(wall), self.core.id));
-                    let entry = self.new_entry(value, &enc, version, (now, wall), ttl);
+                    let entry = self.new_entry(value, enc, version, (now, wall), ttl);
                     let up = self.upsert(
                         shard,
                         &mut g,
@@ -109,10 +120,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let result = match outcome {
             Ok(Some((old, version, new_key))) => {
                 if fill.is_none() {
-                    self.publish_put(&enc, version, ttl, reserved);
-                    self.backing_wrote(&enc, ttl);
+                    self.publish_put(enc, version, ttl, reserved);
+                    self.backing_wrote(enc, ttl);
                 } else if self.cfg.mode != CacheMode::Invalidate {
-                    self.publish_put(&enc, version, ttl, reserved);
+                    self.publish_put(enc, version, ttl, reserved);
                 } else if reserved {
                     self.core.publisher.release();
                 }

@@ -40,8 +40,11 @@
 //! leave the cache above `cache_size` until the next insert of a new key trims it.
 //!
 //! # Locks and counters
-//! At most one shard lock is held at a time; listeners and the publisher are called after every
-//! lock is released. A shard's write counters (inserts, updates, deletes, evictions, spikes and
+//! A thread waits for at most one shard lock at a time, holding none: a local insert of a new
+//! key into a full cache may, holding its own shard's write lock, evict from another shard whose
+//! write lock it *tries* (`try_write`, never waiting; a busy shard is skipped), so no two
+//! threads can wait on each other. Listeners and the publisher are called after every lock is
+//! released. A shard's write counters (inserts, updates, deletes, evictions, spikes and
 //! their gap sum) change only under its write lock, so they are bumped with a plain load and
 //! store, not a locked read-modify-write. Likewise each shard keeps its share of the 64 sync
 //! bucket digests (plain sums, 512 bytes per shard), which the cache's digest and its checksum

@@ -92,6 +92,29 @@ impl<K: Eq + std::hash::Hash, V> Table<K, V> {
         i
     }
 
+    /// One CLOCK pass: visits the entries in slab order from position `hand` (0 if past the
+    /// end), wrapping around, at most once each, until `pick` returns true. Returns the
+    /// position of that entry, or where the hand stopped, and whether one was picked.
+    #[inline]
+    pub(super) fn clock_scan(
+        &mut self,
+        hand: usize,
+        mut pick: impl FnMut(&mut V) -> bool,
+    ) -> (usize, bool) {
+        let len = self.slab.len();
+        let mut h = if hand >= len { 0 } else { hand };
+        for _ in 0..len {
+            if pick(&mut self.slab[h].val) {
+                return (h, true);
+            }
+            h += 1;
+            if h == len {
+                h = 0;
+            }
+        }
+        (h, false)
+    }
+
     /// Removes the entry at position `i`; the last entry takes its place.
     pub(super) fn swap_remove_index(&mut self, i: usize) -> Option<(K, V)> {
         let hash = self.hash(&self.slab.get(i)?.key);

@@ -150,7 +150,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 
     fn fill_encoded(&self, key: K, value: V, enc: Encoded, ttl: Ttl, version: Version) {
         // A fill never fails the caller: it has its value either way.
-        let _ = self.write_encoded(key, value, enc, Cond::Fill(version), ttl);
+        let _ = self.write_encoded(key, value, &enc, Cond::Fill(version), ttl);
     }
 
     /// A write's TTL as a duration (`None`: no expiry).
