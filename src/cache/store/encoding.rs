@@ -11,6 +11,7 @@ use std::cell::Cell;
 use serde::Serialize;
 
 use super::crc;
+use super::fastser::{Fast, Sink};
 use crate::cache::hooks::SYNC_BUCKETS;
 use crate::error::{Error, Result};
 use crate::proto::version::Version;
@@ -83,6 +84,26 @@ impl Buf {
     }
 }
 
+impl Buf {
+    /// Appends `v` as MessagePack: scalars with [`Fast`] (inlined), anything else with
+    /// `rmp_serde` (the same bytes either way).
+    #[inline]
+    fn serialize<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<()> {
+        if v.serialize(Fast(self)).is_ok() {
+            return Ok(());
+        }
+        // `Fast` fails before writing anything.
+        rmp_serde::encode::write(self, v).map_err(ser_err)
+    }
+}
+
+impl Sink for Buf {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.push(bytes);
+    }
+}
+
 impl std::io::Write for Buf {
     #[inline]
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -140,9 +161,9 @@ pub(super) struct Encoded {
 impl Encoded {
     pub(super) fn new<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<Encoded> {
         let mut buf = Buf::new();
-        rmp_serde::encode::write(&mut buf, key).map_err(ser_err)?;
+        buf.serialize(key)?;
         let klen = buf.len;
-        rmp_serde::encode::write(&mut buf, value).map_err(ser_err)?;
+        buf.serialize(value)?;
         Ok(Encoded::from_buf(buf, klen))
     }
 

@@ -83,6 +83,7 @@ mod encoding;
 mod entries;
 mod events;
 mod eviction;
+mod fastser;
 mod flight;
 mod local;
 mod mutation;
