@@ -382,7 +382,7 @@ pub(crate) async fn run(
             }
         }
         let mut refreshed = false;
-        if membership_changed || shared.members.lock().len() != ep.peers().len() {
+        if membership_changed || shared.members.lock().len() != ep.peer_count() {
             *shared.members.lock() = ep.peers();
             refreshed = true;
         } else {
