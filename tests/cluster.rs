@@ -318,3 +318,42 @@ fn shutdown_is_seen_as_a_leave() {
         .iter()
         .all(|m| m.id != id)));
 }
+
+#[test]
+fn writes_to_an_idle_node_leave_from_the_writing_thread() {
+    // One write at a time, each awaited on the peer: the network thread is idle when the next
+    // write comes, so the writer sends it itself (the express lane).
+    let nodes = start(2, 9, 46109);
+    let (a, b) = (
+        nodes[0].cache::<u32, u64>("express").unwrap(),
+        nodes[1].cache::<u32, u64>("express").unwrap(),
+    );
+    for i in 0..40u32 {
+        a.insert(i, u64::from(i) * 3).unwrap();
+        assert!(
+            wait_until(T, || b.get(&i) == Some(u64::from(i) * 3)),
+            "write {i} replicated"
+        );
+    }
+    let m = nodes[0].network_metrics();
+    assert!(
+        m.express_changes >= 20 && m.express_changes <= m.changes_sent,
+        "most writes to an idle node go out from the writer: {} of {} changes",
+        m.express_changes,
+        m.changes_sent
+    );
+    assert_eq!(a.checksum(), b.checksum());
+
+    // Under fault injection on sends every change goes through the network thread, where the
+    // injector is: the express lane stays shut.
+    let mut cfg = config(9, 46110);
+    cfg.monkey_tantrum = 1.0;
+    let lossy = Node::start(cfg).unwrap();
+    let c = lossy.cache::<u32, u64>("express").unwrap();
+    for i in 0..10u32 {
+        c.insert(i, 1).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(wait_until(T, || lossy.network_metrics().changes_sent == 10));
+    assert_eq!(lossy.network_metrics().express_changes, 0);
+}

@@ -139,6 +139,17 @@ async fn a_tokio_service_scrapes_prometheus_text_and_logs_show_summaries() {
         Some(1.0)
     );
     assert!(value(&s, "mccache_net_datagrams_sent_total", &[("node", "t14-a")]).unwrap() > 0.0);
+    // Of the changes sent, those the writing thread sent itself (exported even when zero).
+    let express = value(
+        &s,
+        "mccache_net_express_changes_total",
+        &[("node", "t14-a")],
+    );
+    let sent = value(&s, "mccache_net_changes_sent_total", &[("node", "t14-a")]);
+    assert!(
+        express.is_some_and(|e| sent.is_some_and(|s| e <= s)),
+        "{express:?} of {sent:?}"
+    );
     assert!(
         value(
             &s,

@@ -39,6 +39,9 @@ pub struct NetworkMetrics {
     pub data_messages_sent: u64,
     /// Changes sent in data messages.
     pub changes_sent: u64,
+    /// Of `changes_sent`, those the writing thread sent itself because the network thread was
+    /// idle (the express lane: no wake-up of the network thread before the datagram leaves).
+    pub express_changes: u64,
     /// Changes received from peers and applied (newer than what was held).
     pub changes_applied: u64,
     /// Changes received but not newer than what was held.

@@ -18,6 +18,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::mpsc;
 
 use super::diagnose::{OpenFailure, OpenFailures};
+use super::express::Express;
 use crate::proto::drop::DropReason;
 use crate::proto::endpoint::{Endpoint, Event, MemberEvent, PeerInfo};
 use crate::proto::message::{Item, Query};
@@ -81,9 +82,11 @@ struct DriverCounters {
 }
 
 impl DriverCounters {
-    /// The core's metrics with the driver's and the transport's counters added.
-    fn merged(&self, ep: &Endpoint, transport: &Transport) -> NetworkMetrics {
+    /// The core's metrics with the driver's, the express lane's and the transport's counters
+    /// added.
+    fn merged(&self, ep: &Endpoint, express: &Express, transport: &Transport) -> NetworkMetrics {
         let mut m = ep.metrics();
+        m.express_changes += express.changes();
         m.tantrum_drops += transport.tantrum_drops();
         if transport.own_echoes() > 0 {
             *m.dropped
@@ -91,10 +94,11 @@ impl DriverCounters {
                 .or_default() += transport.own_echoes();
         }
         m.outbound_overflow += self.outbound_overflow;
-        if self.send_errors > 0 {
+        let send_errors = self.send_errors + express.send_errors();
+        if send_errors > 0 {
             *m.dropped
                 .entry(DropReason::SendError.as_str().to_string())
-                .or_default() += self.send_errors;
+                .or_default() += send_errors;
         }
         m
     }
@@ -142,7 +146,7 @@ fn apply_resolved(
 
 /// Runs the driver until shutdown. `on_event` sees every membership event.
 pub(crate) async fn run(
-    mut ep: Endpoint,
+    express: Arc<Express>,
     mut app: Box<dyn AppState + Send>,
     mut transport: Transport,
     mut commands: mpsc::Receiver<Command>,
@@ -152,9 +156,7 @@ pub(crate) async fn run(
     let mut buf = vec![0u8; 65_536];
     let mut queries: HashMap<u64, (ReplySender, Instant)> = HashMap::new();
     let mut counters = DriverCounters::default();
-    let epoch = tokio::time::Instant::now();
     let base = Instant::now();
-    let to_tokio = |t: Instant| epoch + t.saturating_duration_since(base);
     let mut stopping = false;
     let queue_max = shared.backlog.capacity().max(1);
     let sealed = shared.sealed.load(Ordering::Relaxed);
@@ -191,25 +193,30 @@ pub(crate) async fn run(
     // writers fill next.
     let mut staged: VecDeque<Item> = VecDeque::new();
     let mut spare: Vec<Item> = Vec::new();
-    // One timer for the whole run, moved only when the core's next deadline changes (or after
-    // it fired): a fresh `Sleep` per pass registers with tokio's timer wheel every time, and
-    // a registration earlier than the wheel's next wake-up writes the runtime's eventfd, so
-    // every pass cost a `write` and an extra `epoll_wait` that returned at once.
-    let timer = tokio::time::sleep_until(epoch);
-    tokio::pin!(timer);
-    let mut armed: Option<tokio::time::Instant> = None;
-    loop {
-        let deadline = ep.poll_timeout().map(to_tokio);
-        if deadline != armed || timer.is_elapsed() {
-            if let Some(d) = deadline {
-                timer.as_mut().reset(d);
-            }
-            armed = deadline;
+    // The timer is the express lane's timerfd: armed for the core's next deadline before each
+    // wait, and moved earlier by writers that send their own changes.
+    let timer = match express.timer() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "mccache: cannot register the network timer");
+            shared.stopped.store(true, Ordering::Release);
+            shared.ready_cv.notify_all();
+            return;
         }
-        // Changes wait in the queue (holding their credits) while the core's outbox is full,
-        // so the overload policy, not the core, decides what happens to them.
-        let room = ep.outbox_len() < queue_max;
-        let changes_ready = room && shared.changes.take_or_park(&mut staged, &mut spare);
+    };
+    // The core's lock is held for the work of a pass, never across a wait (writers only try it).
+    loop {
+        let (room, changes_ready) = {
+            let mut guard = express.lock();
+            // Changes wait in the queue (holding their credits) while the core's outbox is
+            // full, so the overload policy, not the core, decides what happens to them.
+            let room = guard.ep.outbox_len() < queue_max;
+            let changes_ready = room && shared.changes.take_or_park(&mut staged, &mut spare);
+            // Parked with nothing staged or waiting: writers may send their changes themselves.
+            let idle = room && !changes_ready && staged.is_empty() && commands.is_empty();
+            express.park(&mut guard, idle);
+            (room, changes_ready)
+        };
         let wake = tokio::select! {
             biased;
             _ = shared.stop.notified() => Wake::Stop,
@@ -218,117 +225,129 @@ pub(crate) async fn run(
             _ = shared.changes.woken(), if room && !changes_ready => Wake::Changes,
             Some(found) = disc_rx.recv(), if unicast => Wake::Resolved(found),
             res = transport.recv(&mut buf) => Wake::Datagram(res),
-            _ = &mut timer, if armed.is_some() => Wake::Timer,
+            fired = express.fired(&timer) => {
+                if let Err(e) = fired {
+                    tracing::warn!(error = %e, "mccache: network timer failed");
+                }
+                Wake::Timer
+            }
         };
         // The one clock reading of this pass.
         let now = Instant::now();
-        match wake {
-            Wake::Stop => stopping = true,
-            Wake::Changes => {
-                if shared.changes.take_or_park(&mut staged, &mut spare) {
-                    publish_staged(&mut ep, now, &mut staged, &mut spare, &shared, queue_max);
-                }
-            }
-            Wake::Command(cmd) => {
-                let mut next = cmd;
-                let mut n = 0;
-                while let Some(c) = next.take() {
-                    match c {
-                        Command::Publish(item) => ep.publish(now, item),
-                        Command::Query(q, tx) => {
-                            let id = ep.query(now, q);
-                            queries.insert(id, (tx, now));
-                        }
-                        Command::Metrics(tx) => {
-                            let _ = tx.send(counters.merged(&ep, &transport));
-                        }
-                    }
-                    n += 1;
-                    if n < 8192 && ep.outbox_len() < queue_max {
-                        next = commands.try_recv().ok();
+        {
+            let mut guard = express.lock();
+            express.unpark(&mut guard);
+            let ep = &mut guard.ep;
+            match wake {
+                Wake::Stop => stopping = true,
+                Wake::Changes => {
+                    if shared.changes.take_or_park(&mut staged, &mut spare) {
+                        publish_staged(ep, now, &mut staged, &mut spare, &shared, queue_max);
                     }
                 }
-                if commands.is_closed() && commands.is_empty() {
-                    stopping = true;
-                }
-            }
-            Wake::Resolved(found) => {
-                if let Some(b) = book.as_mut() {
-                    apply_resolved(b, found, &mut failing);
-                }
-            }
-            Wake::Datagram(first) => {
-                let mut res = first;
-                let mut n = 0;
-                loop {
-                    match res {
-                        Ok((len, src)) => {
-                            let sender = ep.handle_datagram(now, &buf[..len], app.as_mut());
-                            if let Some(cause) = ep
-                                .last_drop()
-                                .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
-                            {
-                                shared.open_failures.lock().record(cause, src, now);
+                Wake::Command(cmd) => {
+                    let mut next = cmd;
+                    let mut n = 0;
+                    while let Some(c) = next.take() {
+                        match c {
+                            Command::Publish(item) => ep.publish(now, item),
+                            Command::Query(q, tx) => {
+                                let id = ep.query(now, q);
+                                queries.insert(id, (tx, now));
                             }
-                            // Only authentic datagrams teach addresses.
-                            if let (Some(b), Some(id)) = (book.as_mut(), sender) {
-                                if id == ep.id() {
-                                    b.own(src);
-                                } else {
-                                    b.heard(id, src, now);
+                            Command::Metrics(tx) => {
+                                let _ = tx.send(counters.merged(ep, &express, &transport));
+                            }
+                        }
+                        n += 1;
+                        if n < 8192 && ep.outbox_len() < queue_max {
+                            next = commands.try_recv().ok();
+                        }
+                    }
+                    if commands.is_closed() && commands.is_empty() {
+                        stopping = true;
+                    }
+                }
+                Wake::Resolved(found) => {
+                    if let Some(b) = book.as_mut() {
+                        apply_resolved(b, found, &mut failing);
+                    }
+                }
+                Wake::Datagram(first) => {
+                    let mut res = first;
+                    let mut n = 0;
+                    loop {
+                        match res {
+                            Ok((len, src)) => {
+                                let sender = ep.handle_datagram(now, &buf[..len], app.as_mut());
+                                if let Some(cause) = ep
+                                    .last_drop()
+                                    .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
+                                {
+                                    shared.open_failures.lock().record(cause, src, now);
+                                }
+                                // Only authentic datagrams teach addresses.
+                                if let (Some(b), Some(id)) = (book.as_mut(), sender) {
+                                    if id == ep.id() {
+                                        b.own(src);
+                                    } else {
+                                        b.heard(id, src, now);
+                                    }
                                 }
                             }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "recv failed");
+                                break;
+                            }
                         }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "recv failed");
+                        n += 1;
+                        if n >= 256 {
+                            break;
+                        }
+                        res = transport.try_recv(&mut buf);
+                        if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
                             break;
                         }
                     }
-                    n += 1;
-                    if n >= 256 {
+                }
+                Wake::Timer => {}
+            }
+            // Timers run on every pass, whichever branch woke us: under steady traffic the biased
+            // select above would otherwise starve heartbeats (acks), NAKs and tail announcements.
+            if ep.poll_timeout().is_some_and(|t| now >= t) {
+                ep.handle_timeout(now, app.as_mut());
+            }
+            if shared.overflowed.swap(false, Ordering::AcqRel) {
+                counters.outbound_overflow += 1;
+            }
+            if commands.is_empty() && staged.is_empty() && shared.changes.is_empty() {
+                super::overflow::repair_step(ep, app.as_ref(), &shared.backlog, now);
+            }
+            if stopping {
+                // What the caches queued before the stop goes out ahead of the leave, as far as
+                // the core's outbox takes it.
+                for _ in 0..queue_max / 8192 + 2 {
+                    if !shared.changes.take_or_park(&mut staged, &mut spare) {
                         break;
                     }
-                    res = transport.try_recv(&mut buf);
-                    if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
-                        break;
-                    }
+                    publish_staged(ep, now, &mut staged, &mut spare, &shared, queue_max);
+                }
+                ep.leave(now);
+            }
+            if let (Some(every), Some(b)) = (announce_every, book.as_mut()) {
+                if !stopping && (announce_soon || now >= next_announce) {
+                    // Tell the members where we hear each of them from: a node that knows one
+                    // seed learns everyone this way.
+                    b.expire(now);
+                    ep.announce_addresses(now, b.first_hand());
+                    next_announce = now + every;
+                    announce_soon = false;
                 }
             }
-            Wake::Timer => {}
         }
-        // Timers run on every pass, whichever branch woke us: under steady traffic the biased
-        // select above would otherwise starve heartbeats (acks), NAKs and tail announcements.
-        if ep.poll_timeout().is_some_and(|t| now >= t) {
-            ep.handle_timeout(now, app.as_mut());
-        }
-        if shared.overflowed.swap(false, Ordering::AcqRel) {
-            counters.outbound_overflow += 1;
-        }
-        if commands.is_empty() && staged.is_empty() && shared.changes.is_empty() {
-            super::overflow::repair_step(&mut ep, app.as_ref(), &shared.backlog, now);
-        }
-        if stopping {
-            // What the caches queued before the stop goes out ahead of the leave, as far as
-            // the core's outbox takes it.
-            for _ in 0..queue_max / 8192 + 2 {
-                if !shared.changes.take_or_park(&mut staged, &mut spare) {
-                    break;
-                }
-                publish_staged(&mut ep, now, &mut staged, &mut spare, &shared, queue_max);
-            }
-            ep.leave(now);
-        }
-        if let (Some(every), Some(b)) = (announce_every, book.as_mut()) {
-            if !stopping && (announce_soon || now >= next_announce) {
-                // Tell the members where we hear each of them from: a node that knows one
-                // seed learns everyone this way.
-                b.expire(now);
-                ep.announce_addresses(now, b.first_hand());
-                next_announce = now + every;
-                announce_soon = false;
-            }
-        }
-        counters.send_errors += transport.send(&mut ep, now, book.as_mut()).await.failed;
+        counters.send_errors += transport.send(&express, now, book.as_mut()).await.failed;
+        let mut guard = express.lock();
+        let ep = &mut guard.ep;
         let mut membership_changed = false;
         while let Some(ev) = ep.poll_event() {
             match &ev {
@@ -363,7 +382,7 @@ pub(crate) async fn run(
             }
         }
         let mut refreshed = false;
-        if membership_changed || shared.members.lock().len() != ep.peers().len() {
+        if membership_changed || shared.members.lock().len() != ep.peer_count() {
             *shared.members.lock() = ep.peers();
             refreshed = true;
         } else {
@@ -376,13 +395,17 @@ pub(crate) async fn run(
                 }
             }
         }
-        if let (true, Some(b)) = (refreshed, book.as_ref()) {
-            let members = shared.members.lock();
-            *shared.addresses.lock() = members
-                .iter()
-                .filter_map(|p| b.address_of(p.id).map(|a| (p.id, a)))
-                .collect();
+        if let Some(b) = book.as_mut() {
+            Express::set_targets(&mut guard, b.targets());
+            if refreshed {
+                let members = shared.members.lock();
+                *shared.addresses.lock() = members
+                    .iter()
+                    .filter_map(|p| b.address_of(p.id).map(|a| (p.id, a)))
+                    .collect();
+            }
         }
+        drop(guard);
         queries.retain(|_, (_, at)| now.duration_since(*at) < QUERY_LIFETIME);
         if stopping {
             break;

@@ -3,6 +3,7 @@
 pub(crate) mod diagnose;
 pub(crate) mod discovery;
 pub(crate) mod driver;
+pub(crate) mod express;
 pub(crate) mod overflow;
 pub(crate) mod socket;
 pub(crate) mod sockopt;

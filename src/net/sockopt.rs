@@ -269,6 +269,15 @@ pub(crate) fn fake_recverr_cmsg(
     }
 }
 
+/// Registers a descriptor the caller borrows (the network timer, which writers on other
+/// threads move) with the current tokio runtime, for readiness: tokio 1.54 made the
+/// registration `unsafe` because an owned `T` could close its descriptor while registered.
+pub(crate) fn watch(fd: BorrowedFd<'_>) -> io::Result<tokio::io::unix::AsyncFd<BorrowedFd<'_>>> {
+    // SAFETY: the registration holds the `BorrowedFd`, whose lifetime keeps the descriptor
+    // open for as long as the registration lives, and a `BorrowedFd` never closes it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,9 +12,10 @@ use rand::Rng;
 use rand::rngs::ThreadRng;
 use tokio::net::UdpSocket;
 
+use super::express::Express;
 use super::socket::RecvBatch;
 use super::unicast::{self, AddressBook};
-use crate::proto::endpoint::{Destination, Endpoint};
+use crate::proto::endpoint::Destination;
 use crate::proto::version::NodeId;
 
 /// Where the fault injector drops datagrams (`monkey_tantrum`).
@@ -207,11 +208,12 @@ impl Transport {
         }
     }
 
-    /// Sends every datagram the core has for now. Unicast: a datagram for one peer goes to
-    /// that peer's address in `book` when known, everything else to every target.
+    /// Sends every datagram the core has for now (taking the core's lock only while it writes
+    /// them, never across a wait). Unicast: a datagram for one peer goes to that peer's address
+    /// in `book` when known, everything else to every target.
     pub(crate) async fn send(
         &mut self,
-        ep: &mut Endpoint,
+        express: &Express,
         now: Instant,
         book: Option<&mut AddressBook>,
     ) -> Sent {
@@ -223,16 +225,20 @@ impl Transport {
                 let mut done = false;
                 while !done {
                     let mut n = 0;
-                    while n < MULTICAST_BATCH {
-                        if self.bufs.len() <= n {
-                            self.bufs.push(Vec::new());
-                        }
-                        if ep.poll_transmit(now, &mut self.bufs[n]).is_none() {
-                            done = true;
-                            break;
-                        }
-                        if !self.faults.loses_sent() {
-                            n += 1;
+                    {
+                        let mut core = express.lock();
+                        let ep = &mut core.ep;
+                        while n < MULTICAST_BATCH {
+                            if self.bufs.len() <= n {
+                                self.bufs.push(Vec::new());
+                            }
+                            if ep.poll_transmit(now, &mut self.bufs[n]).is_none() {
+                                done = true;
+                                break;
+                            }
+                            if !self.faults.loses_sent() {
+                                n += 1;
+                            }
                         }
                     }
                     if n > 0 {
@@ -246,18 +252,22 @@ impl Transport {
             Link::Unicast(u) => {
                 self.dests.clear();
                 let mut n = 0;
-                loop {
-                    if self.bufs.len() <= n {
-                        self.bufs.push(Vec::new());
+                {
+                    let mut core = express.lock();
+                    let ep = &mut core.ep;
+                    loop {
+                        if self.bufs.len() <= n {
+                            self.bufs.push(Vec::new());
+                        }
+                        let Some(t) = ep.poll_transmit(now, &mut self.bufs[n]) else {
+                            break;
+                        };
+                        self.dests.push(match t.destination {
+                            Destination::Group => None,
+                            Destination::Node(id) => Some(id),
+                        });
+                        n += 1;
                     }
-                    let Some(t) = ep.poll_transmit(now, &mut self.bufs[n]) else {
-                        break;
-                    };
-                    self.dests.push(match t.destination {
-                        Destination::Group => None,
-                        Destination::Node(id) => Some(id),
-                    });
-                    n += 1;
                 }
                 let Some(book) = book else {
                     return sent;

@@ -2,6 +2,7 @@
 //! metrics and the cluster-wide functions (metrics, checksums, clear).
 
 use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -17,6 +18,7 @@ use crate::cache::metrics::CacheMetrics;
 use crate::config::{Config, TransportKind};
 use crate::error::{ConfigError, Error, Result};
 use crate::net::driver::{self, Command, Shared, Tantrum, Transport};
+use crate::net::express::Express;
 use crate::net::overflow::Backlog;
 use crate::net::{discovery, socket};
 use crate::node::replica::{ChannelPublisher, LagSamples, NodeApp, Registry};
@@ -228,9 +230,11 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         ..Shared::default()
     });
     shared.sealed.store(!keys.is_empty(), Ordering::Relaxed);
+    let express = express_lane(&config, keys, &sockets, group, id)?;
     let publisher = Arc::new(ChannelPublisher {
         tx: tx.clone(),
         queue: shared.changes.clone(),
+        express: express.clone(),
         overflow: AtomicU64::new(0),
         overflowed: shared.overflowed.clone(),
         backlog,
@@ -264,28 +268,6 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         Some((id, net)),
     )?;
 
-    let wire = WireConfig {
-        cluster_name: config.cluster_name.clone(),
-        keys,
-        mtu: usize::from(config.packet_mtu),
-        // Room for the message framing around the largest entry the caches accept.
-        max_message_size: config.max_message_size + (64 << 10),
-        reassembly_timeout: Duration::from_secs(5),
-        max_reassembly_bytes: 4 * (config.max_message_size + (64 << 10)),
-        // A peer's datagram may be this old (its clock behind by up to max_clock_skew, plus
-        // time in flight) before it is refused as a possible replay.
-        replay_horizon: config.max_clock_skew() + Duration::from_secs(30),
-        max_clock_skew: config.max_clock_skew(),
-    };
-    let mut ep_cfg = EndpointConfig::new(
-        config.node_name_or_default(),
-        wire,
-        config.daemon_sleep(),
-        config.pulse(),
-    );
-    ep_cfg.queue_max = config.queue_max;
-    ep_cfg.max_clock_skew = config.max_clock_skew();
-    let endpoint = Endpoint::new(ep_cfg, id, Instant::now());
     let app = NodeApp {
         registry,
         hlc: node.inner.core.hlc.clone(),
@@ -330,7 +312,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
                     }
                 };
                 match transport {
-                    Ok(t) => driver::run(endpoint, Box::new(app), t, rx, shared, on_event).await,
+                    Ok(t) => driver::run(express, Box::new(app), t, rx, shared, on_event).await,
                     Err(e) => tracing::error!(error = %e, "mccache: cannot register sockets"),
                 }
             });
@@ -339,6 +321,51 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         *net.thread.lock() = Some(handle);
     }
     Ok(node)
+}
+
+/// The protocol core, behind the express lane ([`Express`]): writers that find the network
+/// thread idle send their changes from a duplicate of the transport's send socket themselves.
+/// Not under fault injection on sends (`monkey_tantrum`), which only the transport applies.
+fn express_lane(
+    config: &Config,
+    keys: Vec<[u8; 32]>,
+    sockets: &Sockets,
+    group: SocketAddrV4,
+    id: NodeId,
+) -> Result<Arc<Express>> {
+    let wire = WireConfig {
+        cluster_name: config.cluster_name.clone(),
+        keys,
+        mtu: usize::from(config.packet_mtu),
+        // Room for the message framing around the largest entry the caches accept.
+        max_message_size: config.max_message_size + (64 << 10),
+        reassembly_timeout: Duration::from_secs(5),
+        max_reassembly_bytes: 4 * (config.max_message_size + (64 << 10)),
+        // A peer's datagram may be this old (its clock behind by up to max_clock_skew, plus
+        // time in flight) before it is refused as a possible replay.
+        replay_horizon: config.max_clock_skew() + Duration::from_secs(30),
+        max_clock_skew: config.max_clock_skew(),
+    };
+    let mut ep_cfg = EndpointConfig::new(
+        config.node_name_or_default(),
+        wire,
+        config.daemon_sleep(),
+        config.pulse(),
+    );
+    ep_cfg.queue_max = config.queue_max;
+    ep_cfg.max_clock_skew = config.max_clock_skew();
+    let endpoint = Endpoint::new(ep_cfg, id, Instant::now());
+    let drops_sends = config.monkey_tantrum > 0.0 && config.monkey_tantrum_side.drops_sends();
+    let (sock, targets) = match sockets {
+        Sockets::Multicast(_, send) => (send, vec![SocketAddr::V4(group)]),
+        Sockets::Unicast(sock) => (sock, Vec::new()),
+    };
+    let sock = if drops_sends {
+        None
+    } else {
+        Some(sock.try_clone()?)
+    };
+    Ok(Arc::new(Express::new(endpoint, sock, targets)?))
 }
 
 /// A socket set-up failure as an error naming the configuration key and value at fault:

@@ -18,6 +18,7 @@ use crate::cache::parked::ParkedCache;
 use crate::config::Overload;
 use crate::error::Error;
 use crate::net::driver::Command;
+use crate::net::express::Express;
 use crate::net::overflow::{Backlog, ChangeQueue};
 use crate::proto::message::{Item, Query};
 use crate::proto::record::{Record, RecordRef};
@@ -423,6 +424,8 @@ pub(crate) struct ChannelPublisher {
     pub tx: mpsc::Sender<Command>,
     /// Where changes holding a credit wait for the driver.
     pub queue: Arc<ChangeQueue>,
+    /// The core, for changes sent while the driver is idle (the express lane).
+    pub express: Arc<Express>,
     /// Changes not queued because the queue was full.
     pub overflow: AtomicU64,
     /// Raised on overflow; the driver answers with a repair.
@@ -463,12 +466,17 @@ impl ChannelPublisher {
         }
     }
 
-    /// Queues with a credit already taken (given back if the driver has stopped).
+    /// Sends a change holding a credit: at once through the express lane if the driver is
+    /// idle, else through the queue (the credit is given back when the change leaves it, or at
+    /// once if the driver has stopped).
     fn send(&self, item: Item) {
         if self.tx.is_closed() {
             self.backlog.give(1);
-        } else {
-            self.queue.push(item);
+            return;
+        }
+        match self.express.try_send(item, &self.queue) {
+            Ok(()) => self.backlog.give(1),
+            Err(item) => self.queue.push(item),
         }
     }
 

@@ -200,6 +200,11 @@ mod export {
             Unit::Count,
         ),
         (
+            "mccache_net_express_changes_total",
+            "Replicated changes the writing thread sent itself (the network thread was idle).",
+            Unit::Count,
+        ),
+        (
             "mccache_net_changes_applied_total",
             "Peers' changes applied here.",
             Unit::Count,
@@ -307,6 +312,7 @@ mod export {
         c("mccache_net_bytes_sent_total", n.bytes_sent);
         c("mccache_net_bytes_received_total", n.bytes_received);
         c("mccache_net_changes_sent_total", n.changes_sent);
+        c("mccache_net_express_changes_total", n.express_changes);
         c("mccache_net_changes_applied_total", n.changes_applied);
         c("mccache_net_changes_stale_total", n.changes_stale);
         c("mccache_net_gaps_total", n.gaps);

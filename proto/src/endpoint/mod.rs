@@ -286,6 +286,11 @@ impl Endpoint {
         self.timers.earliest()
     }
 
+    /// How many live peers there are (without building [`Endpoint::peers`]).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
     /// Live peers.
     pub fn peers(&self) -> Vec<PeerInfo> {
         let mut v: Vec<PeerInfo> = self

@@ -1,0 +1,235 @@
+//! The express lane: a writer that finds the network thread idle sends its change itself.
+//!
+//! At low and moderate write rates most changes find the driver parked with nothing to do.
+//! Waking it costs a context switch and a cold pass through the runtime before the datagram
+//! leaves, which was most of the replication lag between processes. Instead, the writer takes
+//! the core's lock (it never waits for it: if the driver holds it, the change goes through the
+//! [`super::overflow::ChangeQueue`] as before), publishes its change and writes what the core
+//! packs straight to the socket. The core decides as always whether the change goes at once or
+//! lingers for others to join it.
+//!
+//! The driver's timer is a `timerfd` that any thread can move, so a writer whose change needs
+//! an earlier timer (the tail announcement after a data message, a linger) arms it itself
+//! instead of waking the driver to do so; and it fires at the microsecond the core asks for,
+//! where tokio's timer wheel has a 1 ms tick.
+//!
+//! Lock order: the core's lock, then the change queue's. Writers only `try_lock` the core.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use parking_lot::{Mutex, MutexGuard};
+use tokio::io::unix::AsyncFd;
+
+use super::overflow::ChangeQueue;
+use crate::proto::endpoint::Endpoint;
+use crate::proto::message::Item;
+
+/// The protocol core and what the driver and express writers share under its lock.
+pub(crate) struct Core {
+    /// The I/O-free protocol core.
+    pub ep: Endpoint,
+    /// The driver is parked with no change staged and nothing left to send: a writer may use
+    /// the express lane.
+    idle: bool,
+    /// The deadline the timer is armed for (`None`: disarmed, or fired since).
+    armed: Option<Instant>,
+    /// Where datagrams for the whole group go from the express lane: the multicast group, or
+    /// the unicast targets (refreshed by the driver).
+    targets: Vec<SocketAddr>,
+    /// Reused datagram buffers of the express lane.
+    bufs: Vec<Vec<u8>>,
+}
+
+/// The core behind its lock, the driver's timer, and the express lane's socket (see the
+/// module docs).
+pub(crate) struct Express {
+    core: Mutex<Core>,
+    /// A copy of [`Core::idle`] read without the lock (a busy driver costs writers one load).
+    idle: AtomicBool,
+    timer: TimerFd,
+    /// The send socket (a duplicate of the transport's descriptor); `None` turns the lane off.
+    sock: Option<std::net::UdpSocket>,
+    /// Datagrams the express lane could not send (the reliable stream recovers them by NAK).
+    send_errors: AtomicU64,
+    /// Changes writers sent themselves.
+    changes: AtomicU64,
+}
+
+impl Express {
+    /// Wraps the core. `sock` is a duplicate of the socket the transport sends from (`None`:
+    /// every change goes through the driver, as under fault injection); `targets` is where
+    /// group datagrams go (the multicast group; unicast targets arrive with
+    /// [`Express::set_targets`]).
+    pub(crate) fn new(
+        ep: Endpoint,
+        sock: Option<std::net::UdpSocket>,
+        targets: Vec<SocketAddr>,
+    ) -> io::Result<Express> {
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        if let Some(s) = &sock {
+            s.set_nonblocking(true)?;
+        }
+        Ok(Express {
+            core: Mutex::new(Core {
+                ep,
+                idle: false,
+                armed: None,
+                targets,
+                bufs: Vec::new(),
+            }),
+            idle: AtomicBool::new(false),
+            timer,
+            sock,
+            send_errors: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+        })
+    }
+
+    /// The core, for one pass of the driver.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock()
+    }
+
+    /// Datagrams the express lane could not send so far.
+    pub(crate) fn send_errors(&self) -> u64 {
+        self.send_errors.load(Ordering::Relaxed)
+    }
+
+    /// Changes writers sent themselves so far.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// The driver's side, before it parks: arms the timer for the core's next deadline and
+    /// opens the express lane if `idle` (no change staged, nothing left to send).
+    pub(crate) fn park(&self, core: &mut Core, idle: bool) {
+        let deadline = core.ep.poll_timeout();
+        if deadline != core.armed {
+            self.arm(core, deadline);
+        }
+        core.idle = idle && self.sock.is_some();
+        self.idle.store(core.idle, Ordering::Release);
+    }
+
+    /// The driver's side, after a wake-up: closes the express lane for the pass.
+    pub(crate) fn unpark(&self, core: &mut Core) {
+        core.idle = false;
+        self.idle.store(false, Ordering::Release);
+    }
+
+    /// Unicast: where group datagrams go now (the driver's address book's targets).
+    pub(crate) fn set_targets(core: &mut Core, targets: &[SocketAddr]) {
+        if core.targets != targets {
+            core.targets.clear();
+            core.targets.extend_from_slice(targets);
+        }
+    }
+
+    fn arm(&self, core: &mut Core, deadline: Option<Instant>) {
+        let res = match deadline {
+            // A zero expiration would disarm the timer: a due deadline fires in 1 ns.
+            Some(at) => {
+                let wait = at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_nanos(1));
+                self.timer.set(
+                    Expiration::OneShot(TimeSpec::from_duration(wait)),
+                    TimerSetTimeFlags::empty(),
+                )
+            }
+            None => self.timer.unset(),
+        };
+        if let Err(e) = res {
+            // Cannot happen with a valid descriptor and expiration; if it does, the driver
+            // still wakes on every datagram and change, and retries at the next pass.
+            tracing::warn!(error = %e, "mccache: cannot arm the network timer");
+            core.armed = None;
+        } else {
+            core.armed = deadline;
+        }
+    }
+
+    /// The writer's side: sends `item` (its credit is the caller's) through the express lane,
+    /// or gives it back if the lane is closed: the driver is busy or holds the lock, changes
+    /// are queued or lingering, or the lane is off.
+    pub(crate) fn try_send(&self, item: Item, queue: &ChangeQueue) -> Result<(), Item> {
+        if !self.idle.load(Ordering::Acquire) {
+            return Err(item);
+        }
+        let Some(sock) = &self.sock else {
+            return Err(item);
+        };
+        let Some(mut guard) = self.core.try_lock() else {
+            return Err(item);
+        };
+        let core = &mut *guard;
+        if !core.idle || core.ep.outbox_len() > 0 || !queue.is_empty() {
+            return Err(item);
+        }
+        let now = Instant::now();
+        core.ep.publish(now, item);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        let mut n = 0;
+        loop {
+            if core.bufs.len() <= n {
+                core.bufs.push(Vec::new());
+            }
+            // The lane is open only when the driver left nothing to send, so everything here
+            // is this change's data message (for the whole group).
+            if core.ep.poll_transmit(now, &mut core.bufs[n]).is_none() {
+                break;
+            }
+            n += 1;
+        }
+        let mut failed = 0;
+        for buf in &core.bufs[..n] {
+            for to in &core.targets {
+                if let Err(e) = sock.send_to(buf, to) {
+                    tracing::debug!(error = %e, %to, "express send failed");
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            self.send_errors.fetch_add(failed, Ordering::Relaxed);
+        }
+        // Move the timer only if the core needs it earlier (a later deadline only makes the
+        // driver wake once for nothing and re-arm).
+        let deadline = core.ep.poll_timeout();
+        if deadline.is_some_and(|d| core.armed.is_none_or(|a| d < a)) {
+            self.arm(core, deadline);
+        }
+        Ok(())
+    }
+
+    /// The timer, registered with the driver's runtime (call inside it).
+    pub(crate) fn timer(&self) -> io::Result<AsyncFd<BorrowedFd<'_>>> {
+        super::sockopt::watch(self.timer.as_fd())
+    }
+
+    /// Resolves when the timer has fired (cancel-safe); the core's armed deadline is then
+    /// forgotten, so the next [`Express::park`] arms it again.
+    pub(crate) async fn fired(&self, timer: &AsyncFd<BorrowedFd<'_>>) -> io::Result<()> {
+        loop {
+            let mut ready = timer.readable().await?;
+            match self.timer.wait() {
+                Ok(()) => {
+                    ready.clear_ready();
+                    self.core.lock().armed = None;
+                    return Ok(());
+                }
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
