@@ -87,7 +87,7 @@ impl Buf {
 impl Buf {
     /// Appends `v` as MessagePack: scalars with [`Fast`] (inlined), anything else with
     /// `rmp_serde` (the same bytes either way).
-    #[inline]
+    #[inline(always)]
     fn serialize<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<()> {
         if v.serialize(Fast(self)).is_ok() {
             return Ok(());
@@ -160,33 +160,42 @@ pub(super) struct Encoded {
 
 impl Encoded {
     pub(super) fn new<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<Encoded> {
-        let mut buf = Buf::new();
-        buf.serialize(key)?;
-        let klen = buf.len;
-        buf.serialize(value)?;
-        Ok(Encoded::from_buf(buf, klen))
+        // Built in place (the buffer is not moved between serializing and returning).
+        let mut enc = Encoded {
+            buf: Buf::new(),
+            klen: 0,
+            key_crc: 0,
+            kv_crc: 0,
+        };
+        enc.buf.serialize(key)?;
+        enc.klen = enc.buf.len;
+        enc.buf.serialize(value)?;
+        enc.crcs();
+        Ok(enc)
     }
 
     /// Key and value bytes already serialized (a peer's record), copied like [`Encoded::new`]
     /// writes them (no allocation for short ones, none once the thread's buffer has grown).
     pub(super) fn from_parts(key: &[u8], value: &[u8]) -> Encoded {
-        let mut buf = Buf::new();
-        buf.push(key);
-        buf.push(value);
-        Encoded::from_buf(buf, key.len())
+        let mut enc = Encoded {
+            buf: Buf::new(),
+            klen: key.len(),
+            key_crc: 0,
+            kv_crc: 0,
+        };
+        enc.buf.push(key);
+        enc.buf.push(value);
+        enc.crcs();
+        enc
     }
 
+    /// Computes the key crc and the key ‖ value register from the bytes.
     #[inline]
-    fn from_buf(buf: Buf, klen: usize) -> Encoded {
-        let bytes = buf.bytes();
-        let k = crc::update(crc::INIT, &bytes[..klen]);
-        let kv_crc = crc::update(k, &bytes[klen..]);
-        Encoded {
-            buf,
-            klen,
-            key_crc: crc::finish(k),
-            kv_crc,
-        }
+    fn crcs(&mut self) {
+        let bytes = self.buf.bytes();
+        let k = crc::update(crc::INIT, &bytes[..self.klen]);
+        self.kv_crc = crc::update(k, &bytes[self.klen..]);
+        self.key_crc = crc::finish(k);
     }
 
     pub(super) fn size(&self) -> u64 {
