@@ -116,8 +116,11 @@ impl Express {
     /// opens the express lane if `idle` (no change staged, nothing left to send).
     pub(crate) fn park(&self, core: &mut Core, idle: bool) {
         let deadline = core.ep.poll_timeout();
-        if deadline != core.armed {
-            self.arm(core, deadline);
+        // Only an earlier deadline (or none armed) moves the timer: under traffic the tail
+        // announcement moves later with every data message, and re-arming for it would cost a
+        // system call per pass; a timer left early fires once for nothing and is re-armed.
+        if let Some(d) = deadline.filter(|&d| core.armed.is_none_or(|a| d < a)) {
+            self.arm(core, d);
         }
         core.idle = idle && self.sock.is_some();
         self.idle.store(core.idle, Ordering::Release);
@@ -137,27 +140,22 @@ impl Express {
         }
     }
 
-    fn arm(&self, core: &mut Core, deadline: Option<Instant>) {
-        let res = match deadline {
-            // A zero expiration would disarm the timer: a due deadline fires in 1 ns.
-            Some(at) => {
-                let wait = at
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_nanos(1));
-                self.timer.set(
-                    Expiration::OneShot(TimeSpec::from_duration(wait)),
-                    TimerSetTimeFlags::empty(),
-                )
-            }
-            None => self.timer.unset(),
-        };
+    fn arm(&self, core: &mut Core, at: Instant) {
+        // A zero expiration would disarm the timer: a due deadline fires in 1 ns.
+        let wait = at
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        let res = self.timer.set(
+            Expiration::OneShot(TimeSpec::from_duration(wait)),
+            TimerSetTimeFlags::empty(),
+        );
         if let Err(e) = res {
             // Cannot happen with a valid descriptor and expiration; if it does, the driver
             // still wakes on every datagram and change, and retries at the next pass.
             tracing::warn!(error = %e, "mccache: cannot arm the network timer");
             core.armed = None;
         } else {
-            core.armed = deadline;
+            core.armed = Some(at);
         }
     }
 
@@ -209,11 +207,10 @@ impl Express {
         if failed > 0 {
             self.send_errors.fetch_add(failed, Ordering::Relaxed);
         }
-        // Move the timer only if the core needs it earlier (a later deadline only makes the
-        // driver wake once for nothing and re-arm).
+        // Move the timer only if the core needs it earlier (as in `park`).
         let deadline = core.ep.poll_timeout();
-        if deadline.is_some_and(|d| core.armed.is_none_or(|a| d < a)) {
-            self.arm(core, deadline);
+        if let Some(d) = deadline.filter(|&d| core.armed.is_none_or(|a| d < a)) {
+            self.arm(core, d);
         }
         Ok(())
     }
