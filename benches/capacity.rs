@@ -207,7 +207,10 @@ fn write_paced<V: Val>(cache: &Cache<u32, V>, rate: f64, span: Duration, idx: u3
         if now >= end {
             break;
         }
-        let due = start + Duration::from_secs_f64(n as f64 / rate);
+        // Each writer's schedule is shifted by a third of a period from the next one's: the
+        // three processes start together, and in step their writes of each period would arrive
+        // at every receiver at the same moment (at low load, the lag of a lone write is meant).
+        let due = start + Duration::from_secs_f64((n as f64 + f64::from(idx) / 3.0) / rate);
         if due > now {
             // Sleep even for short waits (the kernel's timer slack makes them ~50 µs longer;
             // the writes that fall due meanwhile go out in the burst below): a writer that spun
@@ -217,7 +220,7 @@ fn write_paced<V: Val>(cache: &Cache<u32, V>, rate: f64, span: Duration, idx: u3
         }
         // The writes due by now, up to 16 per clock reading: one at a time at low rates (so
         // the low-load lag is that of a lone write), in small bursts when the writer is behind.
-        let behind = (now - start).as_secs_f64() * rate - n as f64;
+        let behind = (now - start).as_secs_f64() * rate - n as f64 - f64::from(idx) / 3.0;
         for _ in 0..(behind.ceil().max(1.0) as u64).min(16) {
             cache.insert(k, V::make(wall_ns())).expect("insert");
             n += 1;

@@ -18,7 +18,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
     sendmsg, setsockopt, sockopt::UdpGroSegment,
 };
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
 /// Receive and send buffer sizes asked of the kernel (it may grant less: `net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -96,6 +96,27 @@ pub fn send_socket(interface: Ipv4Addr, hops: u8) -> io::Result<std::net::UdpSoc
     s.set_multicast_loop_v4(true)?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+/// Attaches a classic BPF filter to a multicast receive socket that drops the datagrams sent
+/// from `own` (this node's send socket), which multicast loops back to the host: the kernel
+/// then neither queues nor copies them, and the network thread is not woken for its own sends.
+/// Datagrams of other nodes on this host (other ports) and of other hosts pass.
+pub(crate) fn drop_own_echoes(sock: &impl std::os::fd::AsFd, own: SocketAddrV4) -> io::Result<()> {
+    use libc::{BPF_ABS, BPF_H, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, SKF_NET_OFF};
+    let code = |c: u32| c as u16;
+    // Offsets from the IPv4 header: source address at 12; our own datagrams carry no IP
+    // options, so their UDP source port is at 20.
+    let net = |off: i32| (SKF_NET_OFF + off) as u32;
+    let prog = [
+        SockFilter::new(code(BPF_LD | BPF_W | BPF_ABS), 0, 0, net(12)),
+        SockFilter::new(code(BPF_JMP | BPF_JEQ | BPF_K), 0, 3, u32::from(*own.ip())),
+        SockFilter::new(code(BPF_LD | BPF_H | BPF_ABS), 0, 0, net(20)),
+        SockFilter::new(code(BPF_JMP | BPF_JEQ | BPF_K), 0, 1, u32::from(own.port())),
+        SockFilter::new(code(BPF_RET | BPF_K), 0, 0, 0),
+        SockFilter::new(code(BPF_RET | BPF_K), 0, 0, u32::MAX),
+    ];
+    socket2::SockRef::from(sock).attach_filter(&prog)
 }
 
 /// Opens the unicast socket: bound to `interface:port`, used both to receive and to send (so

@@ -137,6 +137,13 @@ impl Transport {
             }
             Link::Unicast(_) => None,
         };
+        // Better still, the kernel drops them before they are queued: no copy, and no wake-up
+        // of this thread for every datagram it sends.
+        if let (Link::Multicast { recv, .. }, Some(SocketAddr::V4(src))) = (&link, own_src) {
+            if let Err(e) = super::socket::drop_own_echoes(recv, src) {
+                tracing::debug!(error = %e, "own-echo filter refused: echoes are dropped after receipt");
+            }
+        }
         Transport {
             batch: RecvBatch::new(),
             own_src,

@@ -286,6 +286,13 @@ impl Endpoint {
         self.timers.earliest()
     }
 
+    /// Whether a data message went out less than `linger` before `now`: the node is sending
+    /// steadily, and a change published now would wait for others to join it (unless it fills
+    /// a datagram alone).
+    pub fn is_streaming(&self, now: Instant) -> bool {
+        self.last_data_at.is_some_and(|t| now < t + self.cfg.linger)
+    }
+
     /// How many live peers there are (without building [`Endpoint::peers`]).
     pub fn peer_count(&self) -> usize {
         self.peers.len()

@@ -335,6 +335,24 @@ mod tests {
     }
 
     #[test]
+    fn a_node_streams_for_a_linger_after_each_data_message() {
+        let t0 = Instant::now();
+        let (mut a, _b, _, _) = joined_pair(t0);
+        assert!(!a.is_streaming(t0), "nothing sent yet");
+        let item = put(&a, b"1", b"v");
+        a.publish(t0, item);
+        assert_eq!(drain(&mut a, t0).len(), 1, "a lone change leaves at once");
+        let linger = a.cfg.linger;
+        assert!(a.is_streaming(t0 + linger / 2));
+        assert!(!a.is_streaming(t0 + linger));
+        // A change published while streaming lingers; one published after does not.
+        let item = put(&a, b"2", b"v");
+        a.publish(t0 + linger / 2, item);
+        assert!(drain(&mut a, t0 + linger / 2).is_empty());
+        assert_eq!(drain(&mut a, t0 + linger).len(), 1);
+    }
+
+    #[test]
     fn the_window_holds_new_data_until_acks_arrive() {
         let t0 = Instant::now();
         let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
