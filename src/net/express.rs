@@ -115,13 +115,7 @@ impl Express {
     /// The driver's side, before it parks: arms the timer for the core's next deadline and
     /// opens the express lane if `idle` (no change staged, nothing left to send).
     pub(crate) fn park(&self, core: &mut Core, idle: bool) {
-        let deadline = core.ep.poll_timeout();
-        // Only an earlier deadline (or none armed) moves the timer: under traffic the tail
-        // announcement moves later with every data message, and re-arming for it would cost a
-        // system call per pass; a timer left early fires once for nothing and is re-armed.
-        if let Some(d) = deadline.filter(|&d| core.armed.is_none_or(|a| d < a)) {
-            self.arm(core, d);
-        }
+        self.arm_if_earlier(core);
         core.idle = idle && self.sock.is_some();
         self.idle.store(core.idle, Ordering::Release);
     }
@@ -137,6 +131,18 @@ impl Express {
         if core.targets != targets {
             core.targets.clear();
             core.targets.extend_from_slice(targets);
+        }
+    }
+
+    /// Arms the timer for the core's next deadline if it is earlier than the one armed (or
+    /// none is). Only an earlier deadline moves it: under traffic the tail announcement moves
+    /// later with every data message, and re-arming for it would cost a system call per pass;
+    /// a timer left early fires once for nothing and is re-armed.
+    fn arm_if_earlier(&self, core: &mut Core) {
+        if let Some(at) = core.ep.poll_timeout() {
+            if core.armed.is_none_or(|a| at < a) {
+                self.arm(core, at);
+            }
         }
     }
 
@@ -207,11 +213,7 @@ impl Express {
         if failed > 0 {
             self.send_errors.fetch_add(failed, Ordering::Relaxed);
         }
-        // Move the timer only if the core needs it earlier (as in `park`).
-        let deadline = core.ep.poll_timeout();
-        if let Some(d) = deadline.filter(|&d| core.armed.is_none_or(|a| d < a)) {
-            self.arm(core, d);
-        }
+        self.arm_if_earlier(core);
         Ok(())
     }
 
