@@ -301,6 +301,23 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         d.sub(e.bucket(), e.digest());
     }
 
+    /// Takes an entry slot if the cache holds fewer than `cache_max` entries (a CAS on the
+    /// entry count); `false` when it is full.
+    pub(super) fn take_free_slot(&self) -> bool {
+        let max = self.cfg.max_entries.max(1) as u64;
+        let mut n = self.entries.load(Ordering::Relaxed);
+        while n < max {
+            match self
+                .entries
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(cur) => n = cur,
+            }
+        }
+        false
+    }
+
     /// If `key` is not held (a hint, read before the write lock), takes one entry slot below
     /// `cache_max`, sweeping expired entries and evicting (CLOCK) first when the cache is full.
     /// Returns whether a slot is held; the caller releases it if it ends up not inserting.
@@ -329,19 +346,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 return false;
             }
         }
-        let max = self.cfg.max_entries.max(1) as u64;
         let mut swept = false;
         loop {
-            let n = self.entries.load(Ordering::Relaxed);
-            if n < max {
-                if self
-                    .entries
-                    .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return true;
-                }
-                continue;
+            if self.take_free_slot() {
+                return true;
             }
             if !swept {
                 swept = true;

@@ -147,16 +147,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         now: u64,
         ev: &mut Events<K>,
     ) -> bool {
-        let max = self.cfg.max_entries.max(1) as u64;
-        let mut n = self.entries.load(Ordering::Relaxed);
-        while n < max {
-            match self
-                .entries
-                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(cur) => n = cur,
-            }
+        if self.take_free_slot() {
+            return true;
         }
         if self.next_expiry.load(Ordering::SeqCst) <= now {
             return false;
