@@ -241,15 +241,19 @@ fn mccache_node_serves_metrics() {
     let _guard = Kill(child);
     let labels = [("node", "t14-cli-node"), ("cache", "stress")];
     let mut last = None;
+    let node = [("node", "t14-cli-node")];
+    // The workload is paced (`--aperture`), so its writes find the network thread idle and
+    // leave from the writing thread itself (the express lane).
     let ok = wait_until(Duration::from_secs(30), || {
         last = scrape(addr);
-        last.as_ref()
-            .and_then(|s| value(s, "mccache_cache_inserts_total", &labels))
-            .is_some_and(|v| v > 0.0)
+        last.as_ref().is_some_and(|s| {
+            value(s, "mccache_cache_inserts_total", &labels).is_some_and(|v| v > 0.0)
+                && value(s, "mccache_net_express_changes_total", &node).is_some_and(|v| v > 0.0)
+        })
     });
     assert!(
         ok,
-        "no inserts scraped: {:?}",
+        "no inserts, or none sent by the writer, scraped: {:?}",
         last.map(|s| s.samples.len())
     );
     let s = last.unwrap();
