@@ -54,20 +54,13 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     fn release(&self) {}
 
     /// Queues the record of one key's local write, as [`Publisher::publish`] (or
-    /// [`Publisher::publish_reserved`] if `reserved`) would, but builds it only if it is
-    /// queued: a change that finds the queue full is remembered by its `key` bytes alone, so
-    /// an overloaded node copies nothing per write.
-    fn publish_record(
-        &self,
-        cache: &Arc<str>,
-        key: &[u8],
-        reserved: bool,
-        build: &mut dyn FnMut() -> Record,
-    ) {
-        let _ = key;
+    /// [`Publisher::publish_reserved`] if `reserved`) would, but copies it out of the borrowed
+    /// `rec` only if it is queued: a change that finds the queue full is remembered by its key
+    /// bytes alone, so an overloaded node copies nothing per write.
+    fn publish_record(&self, cache: &Arc<str>, rec: RecordRef<'_>, reserved: bool) {
         let change = Change {
             cache: cache.clone(),
-            kind: ChangeKindWire::Record(build()),
+            kind: ChangeKindWire::Record(rec.to_record()),
         };
         if reserved {
             self.publish_reserved(change);

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub backlog: Arc<super::overflow::Backlog>,
     /// The caches' changes, each holding one of the backlog's credits.
     pub changes: Arc<super::overflow::ChangeQueue>,
+    /// Key and value buffers of sent changes, returned to the writers after each pass.
+    pub buffers: Arc<super::buffers::BufferPool>,
     /// Unicast: where each member was heard from (empty for multicast).
     pub addresses: Mutex<HashMap<NodeId, SocketAddr>>,
     /// True if this node seals its datagrams (has a `crypto_key`); set before the driver runs.
@@ -193,6 +195,8 @@ pub(crate) async fn run(
     // writers fill next.
     let mut staged: VecDeque<Item> = VecDeque::new();
     let mut spare: Vec<Item> = Vec::new();
+    // Buffers of the changes the core has encoded, on their way back to the writers.
+    let mut spent: Vec<Vec<u8>> = Vec::new();
     // The timer is the express lane's timerfd: armed for the core's next deadline before each
     // wait, and moved earlier by writers that send their own changes.
     let timer = match express.timer() {
@@ -348,6 +352,7 @@ pub(crate) async fn run(
         counters.send_errors += transport.send(&express, now, book.as_mut()).await.failed;
         let mut guard = express.lock();
         let ep = &mut guard.ep;
+        ep.take_spent_buffers(&mut spent);
         let mut membership_changed = false;
         while let Some(ev) = ep.poll_event() {
             match &ev {
@@ -406,6 +411,7 @@ pub(crate) async fn run(
             }
         }
         drop(guard);
+        shared.buffers.give(&mut spent);
         queries.retain(|_, (_, at)| now.duration_since(*at) < QUERY_LIFETIME);
         if stopping {
             break;

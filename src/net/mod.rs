@@ -1,5 +1,6 @@
 //! Sockets and the single tokio driver task that connects the protocol core to the network.
 
+pub(crate) mod buffers;
 pub(crate) mod diagnose;
 pub(crate) mod discovery;
 pub(crate) mod driver;

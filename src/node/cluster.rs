@@ -235,6 +235,7 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         tx: tx.clone(),
         queue: shared.changes.clone(),
         express: express.clone(),
+        buffers: shared.buffers.clone(),
         overflow: AtomicU64::new(0),
         overflowed: shared.overflowed.clone(),
         backlog,

@@ -17,11 +17,12 @@ use crate::cache::metrics::CacheMetrics;
 use crate::cache::parked::ParkedCache;
 use crate::config::Overload;
 use crate::error::Error;
+use crate::net::buffers::BufferPool;
 use crate::net::driver::Command;
 use crate::net::express::Express;
 use crate::net::overflow::{Backlog, ChangeQueue};
 use crate::proto::message::{Item, Query};
-use crate::proto::record::{Record, RecordRef};
+use crate::proto::record::{Op, OpRef, Record, RecordRef};
 use crate::proto::state::AppState;
 use crate::proto::version::{Hlc, NodeId, Version};
 
@@ -426,6 +427,8 @@ pub(crate) struct ChannelPublisher {
     pub queue: Arc<ChangeQueue>,
     /// The core, for changes sent while the driver is idle (the express lane).
     pub express: Arc<Express>,
+    /// Used buffers for the records' key and value bytes (see `net::buffers`).
+    pub buffers: Arc<BufferPool>,
     /// Changes not queued because the queue was full.
     pub overflow: AtomicU64,
     /// Raised on overflow; the driver answers with a repair.
@@ -500,20 +503,26 @@ impl Publisher for ChannelPublisher {
         }
     }
 
-    fn publish_record(
-        &self,
-        cache: &Arc<str>,
-        key: &[u8],
-        reserved: bool,
-        build: &mut dyn FnMut() -> Record,
-    ) {
+    fn publish_record(&self, cache: &Arc<str>, rec: RecordRef<'_>, reserved: bool) {
         if reserved || self.backlog.try_take() {
+            let rec = Record {
+                key: self.buffers.copy_of(rec.key),
+                version: rec.version,
+                op: match rec.op {
+                    OpRef::Put { value, ttl_ms } => Op::Put {
+                        value: self.buffers.copy_of(value),
+                        ttl_ms,
+                    },
+                    OpRef::Del => Op::Del,
+                    OpRef::Inval => Op::Inval,
+                },
+            };
             self.send(Item::Rec {
                 cache: cache.clone(),
-                rec: build(),
+                rec,
             });
         } else if !self.tx.is_closed() {
-            self.backlog.mark_key(cache, key);
+            self.backlog.mark_key(cache, rec.key);
             self.overflowed();
         }
     }

@@ -40,6 +40,7 @@ mod inbound;
 mod membership;
 mod outbound;
 mod queries;
+mod spent;
 #[cfg(test)]
 mod testing;
 mod timers;
@@ -152,6 +153,8 @@ pub struct Endpoint {
     send: SendBuffer,
     outbox: VecDeque<Item>,
     outbox_bytes: usize,
+    /// Buffers of changes already encoded, for the application to reuse.
+    spent: spent::Spent,
     /// Messages to send, encoded a datagram at a time by [`Endpoint::poll_transmit`].
     transmits: VecDeque<Outgoing>,
     /// Bytes on the wire of the messages in `transmits` (whole messages until their last
@@ -211,6 +214,7 @@ impl Endpoint {
             send,
             outbox: VecDeque::new(),
             outbox_bytes: 0,
+            spent: spent::Spent::default(),
             transmits: VecDeque::new(),
             transmit_bytes: 0,
             events: VecDeque::new(),

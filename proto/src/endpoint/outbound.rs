@@ -82,7 +82,11 @@ impl Endpoint {
         }
         self.metrics.changes_sent += items.len() as u64;
         let seq = self.send.next_seq();
-        let payload: Arc<[u8]> = Msg::Data { seq, items }.encode().into();
+        let msg = Msg::Data { seq, items };
+        let payload: Arc<[u8]> = msg.encode().into();
+        if let Msg::Data { items, .. } = msg {
+            self.spent.keep(items);
+        }
         self.metrics.data_messages_sent += 1;
         if let Some(id) = self.queue(payload.clone(), None, Destination::Group) {
             if !self.peers.is_empty() {

@@ -10,7 +10,7 @@ use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
 use crate::cache::hooks::{Change, ChangeKindWire};
 use crate::config::CacheMode;
 use crate::error::{Error, Result};
-use crate::proto::record::{Op, Record};
+use crate::proto::record::{Op, OpRef, Record, RecordRef};
 use crate::proto::version::Version;
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
@@ -186,20 +186,22 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             Ttl::Entry(d) => Some(d.as_millis() as u64),
         };
         // The bytes are copied out of the thread's encode buffer only if the change is queued.
+        let op = if inval {
+            OpRef::Inval
+        } else {
+            OpRef::Put {
+                value: enc.value(),
+                ttl_ms,
+            }
+        };
+        let rec = RecordRef {
+            key: enc.key(),
+            version,
+            op,
+        };
         self.core
             .publisher
-            .publish_record(&self.name, enc.key(), reserved, &mut || Record {
-                key: enc.key().to_vec(),
-                version,
-                op: if inval {
-                    Op::Inval
-                } else {
-                    Op::Put {
-                        value: enc.value().to_vec(),
-                        ttl_ms,
-                    }
-                },
-            });
+            .publish_record(&self.name, rec, reserved);
     }
 
     fn publish(&self, record: Record, reserved: bool) {

@@ -1,0 +1,112 @@
+//! Byte buffers passed back from the network thread to the writing threads.
+//!
+//! Every replicated local write copies its key and value into two `Vec<u8>`s that travel to
+//! the driver in its [`Item`](crate::proto::message::Item). Allocated on the writer and freed
+//! on the network thread, they cost the writer more than the rest of its share of the
+//! replication put together (`perf`: glibc's `_int_malloc` was 29 % of a flat-out writer's
+//! time, its per-thread cache never getting the memory back). So the core keeps the buffers of
+//! encoded changes ([`Endpoint::take_spent_buffers`](crate::proto::endpoint::Endpoint)), the
+//! driver returns them here after each pass, and writers take them back in batches into a
+//! small per-thread stash: a write copies its bytes into a used buffer and takes no lock for
+//! it, one lock in [`REFILL`] writes.
+
+use std::cell::RefCell;
+
+use parking_lot::Mutex;
+
+/// Buffers a writer takes from the pool at a time.
+pub(crate) const REFILL: usize = 64;
+/// The most buffers the pool keeps (more are freed).
+const MAX_POOLED: usize = 32_768;
+
+/// Emptied buffers waiting for writers.
+#[derive(Debug, Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+thread_local! {
+    /// This thread's buffers, taken from a pool (any node's: a buffer is just memory).
+    static STASH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl BufferPool {
+    /// Takes the buffers in `bufs` (left empty), as many as the pool keeps.
+    pub(crate) fn give(&self, bufs: &mut Vec<Vec<u8>>) {
+        if bufs.is_empty() {
+            return;
+        }
+        let mut free = self.free.lock();
+        let room = MAX_POOLED.saturating_sub(free.len());
+        if bufs.len() > room {
+            bufs.truncate(room);
+        }
+        free.append(bufs);
+    }
+
+    /// A buffer holding a copy of `bytes`: a used one from this thread's stash (refilled from
+    /// the pool when empty), or a new allocation if the pool has none.
+    pub(crate) fn copy_of(&self, bytes: &[u8]) -> Vec<u8> {
+        let reused = STASH.with_borrow_mut(|stash| {
+            if stash.is_empty() {
+                let mut free = self.free.lock();
+                let n = free.len().min(REFILL);
+                let at = free.len() - n;
+                stash.extend(free.drain(at..));
+            }
+            stash.pop()
+        });
+        match reused {
+            Some(mut buf) => {
+                buf.clear();
+                buf.extend_from_slice(bytes);
+                buf
+            }
+            None => bytes.to_vec(),
+        }
+    }
+
+    /// Buffers waiting in the pool.
+    #[cfg(test)]
+    fn pooled(&self) -> usize {
+        self.free.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_buffer_is_reused_with_the_new_bytes() {
+        let pool = BufferPool::default();
+        // Runs on its own thread: the stash is per thread and other tests share this one.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut spent = vec![Vec::with_capacity(100)];
+                let ptr = spent[0].as_ptr();
+                pool.give(&mut spent);
+                assert!(spent.is_empty());
+                let buf = pool.copy_of(b"hello");
+                assert_eq!(buf, b"hello");
+                assert_eq!(buf.as_ptr(), ptr, "the pooled allocation is reused");
+                assert_eq!(pool.pooled(), 0);
+                // Nothing pooled or stashed: a fresh copy.
+                assert_eq!(pool.copy_of(b"abc"), b"abc");
+            });
+        });
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let pool = BufferPool::default();
+        let mut many: Vec<Vec<u8>> = (0..MAX_POOLED + 10)
+            .map(|_| Vec::with_capacity(1))
+            .collect();
+        pool.give(&mut many);
+        assert_eq!(pool.pooled(), MAX_POOLED);
+        let mut more = vec![Vec::with_capacity(1)];
+        pool.give(&mut more);
+        assert_eq!(pool.pooled(), MAX_POOLED);
+    }
+}
