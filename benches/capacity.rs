@@ -743,6 +743,8 @@ fn run_case(case: Case, lab: Option<&(Lab, Vec<String>)>, span: Duration, max: f
     // Sustained means repeatable: the rate found must pass two more trials in a row; if one
     // fails, 15 % less is tried (three trials), at most four times.
     let mut confirmed = None;
+    // The lowest rate the confirmation tried, for the report when nothing is confirmed.
+    let mut lowest = lo;
     if let Some(found) = best.take() {
         let mut rate = lo;
         // Trials that passed at `rate`.
@@ -750,6 +752,7 @@ fn run_case(case: Case, lab: Option<&(Lab, Vec<String>)>, span: Duration, max: f
         for _ in 0..5 {
             while passed.len() < 3 {
                 let again = c.trial(rate, span);
+                lowest = lowest.min(rate);
                 println!("  confirm:  {}", again.line());
                 if !again.coherent() {
                     c.settle();
@@ -785,8 +788,12 @@ fn run_case(case: Case, lab: Option<&(Lab, Vec<String>)>, span: Duration, max: f
             low.p99_us,
             loadavg()
         ),
+        None if lowest > 0.0 => println!(
+            "RESULT {}: no rate passed three trials in a row (single trials passed up to {lo:.0}/s; confirmation tried down to {lowest:.0}/s); low-load lag p50 {:.0} µs p99 {:.0} µs",
+            case.name, low.p50_us, low.p99_us
+        ),
         None => println!(
-            "RESULT {}: no coherent rate found, or none passed three trials in a row (lowest tried {rate:.0}/s); low-load lag p50 {:.0} µs p99 {:.0} µs",
+            "RESULT {}: no coherent rate found (lowest tried {rate:.0}/s); low-load lag p50 {:.0} µs p99 {:.0} µs",
             case.name, low.p50_us, low.p99_us
         ),
     }
