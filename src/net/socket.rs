@@ -74,6 +74,7 @@ pub fn recv_socket(group: SocketAddrV4, interface: Ipv4Addr) -> io::Result<std::
 /// [`recv_socket`] without `UDP_GRO`: every datagram arrives on its own, as a plain
 /// `recv_from` expects (for tools and tests that watch the group's traffic datagram by
 /// datagram; nodes use [`recv_socket`] and split coalesced buffers themselves).
+#[cfg(feature = "unstable")]
 pub fn recv_socket_uncoalesced(
     group: SocketAddrV4,
     interface: Ipv4Addr,

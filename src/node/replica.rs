@@ -144,6 +144,7 @@ impl LagSamples {
     const CAP: usize = 4096;
 
     /// Records one sample.
+    #[cfg(feature = "unstable")]
     pub fn record(&self, us: u64) {
         self.record_all(&[us]);
     }
