@@ -18,11 +18,21 @@ use parking_lot::Mutex;
 pub(crate) const REFILL: usize = 64;
 /// The most buffers the pool keeps (more are freed).
 const MAX_POOLED: usize = 32_768;
+/// The most bytes of buffer capacity the pool keeps (more are freed). With the core's bound of
+/// 16 KiB per buffer, a writer's stash holds at most 1 MiB.
+const MAX_POOLED_BYTES: usize = 8 << 20;
 
 /// Emptied buffers waiting for writers.
 #[derive(Debug, Default)]
 pub(crate) struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Free>,
+}
+
+#[derive(Debug, Default)]
+struct Free {
+    bufs: Vec<Vec<u8>>,
+    /// The summed capacity of `bufs`.
+    bytes: usize,
 }
 
 thread_local! {
@@ -37,11 +47,14 @@ impl BufferPool {
             return;
         }
         let mut free = self.free.lock();
-        let room = MAX_POOLED.saturating_sub(free.len());
-        if bufs.len() > room {
-            bufs.truncate(room);
+        for buf in bufs.drain(..) {
+            let cap = buf.capacity();
+            if free.bufs.len() >= MAX_POOLED || free.bytes + cap > MAX_POOLED_BYTES {
+                break;
+            }
+            free.bytes += cap;
+            free.bufs.push(buf);
         }
-        free.append(bufs);
     }
 
     /// A buffer holding a copy of `bytes`: a used one from this thread's stash (refilled from
@@ -50,9 +63,10 @@ impl BufferPool {
         let reused = STASH.with_borrow_mut(|stash| {
             if stash.is_empty() {
                 let mut free = self.free.lock();
-                let n = free.len().min(REFILL);
-                let at = free.len() - n;
-                stash.extend(free.drain(at..));
+                let at = free.bufs.len().saturating_sub(REFILL);
+                let taken: usize = free.bufs[at..].iter().map(Vec::capacity).sum();
+                free.bytes -= taken;
+                stash.extend(free.bufs.drain(at..));
             }
             stash.pop()
         });
@@ -69,7 +83,7 @@ impl BufferPool {
     /// Buffers waiting in the pool.
     #[cfg(test)]
     fn pooled(&self) -> usize {
-        self.free.lock().len()
+        self.free.lock().bufs.len()
     }
 }
 
@@ -108,5 +122,15 @@ mod tests {
         let mut more = vec![Vec::with_capacity(1)];
         pool.give(&mut more);
         assert_eq!(pool.pooled(), MAX_POOLED);
+        assert!(more.is_empty(), "what does not fit is freed");
+
+        let pool = BufferPool::default();
+        let mut big: Vec<Vec<u8>> = (0..1000).map(|_| Vec::with_capacity(16 << 10)).collect();
+        pool.give(&mut big);
+        assert_eq!(
+            pool.pooled(),
+            MAX_POOLED_BYTES / (16 << 10),
+            "the byte bound holds"
+        );
     }
 }

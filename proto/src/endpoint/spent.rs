@@ -16,8 +16,9 @@ use crate::record::Op;
 const MAX_BUFFERS: usize = 16_384;
 /// At most this many bytes of buffer capacity are kept.
 const MAX_BYTES: usize = 8 << 20;
-/// A buffer larger than this is freed, not kept (a rare large value should not pin memory).
-const MAX_BUFFER: usize = 64 << 10;
+/// A buffer larger than this is freed, not kept (a rare large value should not pin memory, and
+/// allocating it costs little beside copying it).
+const MAX_BUFFER: usize = 16 << 10;
 
 #[derive(Debug, Default)]
 pub(super) struct Spent {
@@ -57,7 +58,8 @@ impl Spent {
 impl Endpoint {
     /// Moves the emptied key and value buffers of changes sent so far into `out` (appended),
     /// for building the next changes without allocating. At most 16,384 buffers and 8 MiB are
-    /// kept between calls; a core whose buffers nobody takes simply stops keeping more.
+    /// kept between calls, none above 16 KiB; a core whose buffers nobody takes simply stops
+    /// keeping more.
     pub fn take_spent_buffers(&mut self, out: &mut Vec<Vec<u8>>) {
         out.append(&mut self.spent.bufs);
         self.spent.bytes = 0;
