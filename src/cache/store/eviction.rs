@@ -131,8 +131,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// For a local write holding the write lock of its key's `shard` (guard `g`), which found
     /// the key absent: takes an entry slot below `cache_max`, or when the cache is full evicts
     /// one entry (CLOCK, its slot handed over) without letting go of `g`: from this shard
-    /// through `g`, from another only if its write lock is free (`try_write`, which never
-    /// waits, so no two writers can wait on each other's shards). Returns whether a slot is
+    /// through `g` first, then from the shards in the global hand's order, another only if its
+    /// write lock is free (`try_write`, which never waits, so no two writers can wait on each
+    /// other's shards). Returns whether a slot is
     /// held (the caller releases it if it ends up not inserting). `false` when this cannot be
     /// done here: entries are due to expire (the sweep takes every shard's lock), or every
     /// other shard was busy or had only referenced entries for two rounds; the caller then
@@ -152,6 +153,12 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         if self.next_expiry.load(Ordering::SeqCst) <= now {
             return false;
+        }
+        // The writer's own shard first: its lines are in this core's cache (the key was just
+        // looked up there) and its lock is held, so this costs no shared atomic and no other
+        // shard's cache lines; it also keeps the shards' sizes level, as inserts spread evenly.
+        if self.clock_evict_in(shard, g, true, true, Version::ZERO, now, ev) {
+            return true;
         }
         let count = self.shards.len();
         for _ in 0..2 * count {
