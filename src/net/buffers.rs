@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use parking_lot::Mutex;
 
 /// Buffers a writer takes from the pool at a time.
-pub(crate) const REFILL: usize = 64;
+const REFILL: usize = 64;
 /// The most buffers the pool keeps (more are freed).
 const MAX_POOLED: usize = 32_768;
 /// The most bytes of buffer capacity the pool keeps (more are freed). With the core's bound of
