@@ -15,6 +15,11 @@ pub(super) struct Events<K> {
 }
 
 impl<K> Events<K> {
+    /// Whether some listener will see the events recorded (else [`Events::push`] builds none).
+    pub(super) fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// Records an event, built only if some listener will see it.
     pub(super) fn push(&mut self, make: impl FnOnce() -> ChangeEvent<K>) {
         if self.on {

@@ -5,11 +5,30 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::entries::{Shard, ShardMap, bump, nanos};
+use super::entries::{Entry, Shard, ShardMap, bump, nanos};
 use super::events::Events;
 use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
 use crate::proto::version::Version;
+
+/// What [`Store::take_slot_locked`] found for a new key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Room {
+    /// Nothing here: the caller lets go of the shard and takes a slot the slow way.
+    NotHere,
+    /// An entry slot is held (below the cap, or another shard's victim was evicted and its slot
+    /// handed over); the caller releases it if it stores nothing.
+    Slot,
+    /// The entry at `at` of the key's own shard is CLOCK's victim (`expired` if it had
+    /// expired): nothing is evicted yet. Storing the key replaces it in place
+    /// ([`Store::replace_victim`]); a write that stores nothing leaves it be.
+    Replace {
+        /// Its slab position.
+        at: usize,
+        /// Whether it had expired (counted as an expiry, not an eviction).
+        expired: bool,
+    },
+}
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// Sweeps expired entries from shards whose earliest expiry has passed.
@@ -147,18 +166,18 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         g: &mut ShardMap<K, V>,
         now: u64,
         ev: &mut Events<K>,
-    ) -> bool {
+    ) -> Room {
         if self.take_free_slot() {
-            return true;
+            return Room::Slot;
         }
         if self.next_expiry.load(Ordering::SeqCst) <= now {
-            return false;
+            return Room::NotHere;
         }
         // The writer's own shard first: its lines are in this core's cache (the key was just
         // looked up there) and its lock is held, so this costs no shared atomic and no other
         // shard's cache lines; it also keeps the shards' sizes level, as inserts spread evenly.
-        if self.clock_evict_in(shard, g, true, true, Version::ZERO, now, ev) {
-            return true;
+        if let Some((at, expired)) = Self::clock_pick_in(g, Version::ZERO, now) {
+            return Room::Replace { at, expired };
         }
         let count = self.shards.len();
         for _ in 0..2 * count {
@@ -172,10 +191,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 false
             };
             if evicted {
-                return true;
+                return Room::Slot;
             }
         }
-        false
+        Room::NotHere
     }
 
     /// [`Self::clock_evict`] on a shard whose write lock the caller holds (guard `g`).
@@ -190,9 +209,22 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         now: u64,
         ev: &mut Events<K>,
     ) -> bool {
+        let Some((at, expired)) = Self::clock_pick_in(g, protect, now) else {
+            return false;
+        };
+        let Some((k, e)) = self.take_index_keeping_slot(g, at, keep_slot) else {
+            return false;
+        };
+        self.note_eviction(shard, k, &e, expired, capacity, now, ev);
+        true
+    }
+
+    /// CLOCK's choice in a write-locked shard: from the hand, clears referenced bits until it
+    /// finds an unreferenced (or expired) entry other than `protect`; returns its position and
+    /// whether it expired, the hand left on it. `None` after one pass over the shard.
+    fn clock_pick_in(g: &mut ShardMap<K, V>, protect: Version, now: u64) -> Option<(usize, bool)> {
         let mut expired = false;
-        let start = g.hand;
-        let (hand, found) = g.map.clock_scan(start, |e| {
+        let (hand, found) = g.map.clock_scan(g.hand, |e| {
             if e.version == protect {
                 return false;
             }
@@ -200,12 +232,21 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             expired || !e.take_referenced()
         });
         g.hand = hand;
-        if !found {
-            return false;
-        }
-        let Some((k, e)) = self.take_index_keeping_slot(g, hand, keep_slot) else {
-            return false;
-        };
+        found.then_some((hand, expired))
+    }
+
+    /// Counts an entry that CLOCK removed (an expiry if it had expired) and queues its event.
+    #[allow(clippy::too_many_arguments)]
+    fn note_eviction(
+        &self,
+        shard: &Shard<K, V>,
+        k: K,
+        e: &Entry<V>,
+        expired: bool,
+        capacity: bool,
+        now: u64,
+        ev: &mut Events<K>,
+    ) {
         let (counter, kind) = if expired {
             (&shard.stats.ev_ttl, ChangeKind::Expire)
         } else if capacity {
@@ -220,9 +261,31 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             kind,
             origin: Origin::Local,
             version: e.version,
-            in_callback_window: self.in_window(&e, now),
+            in_callback_window: self.in_window(e, now),
         });
-        true
+    }
+
+    /// Stores a new key (hashed `hash`) in place of the victim at `at` that
+    /// [`Self::take_slot_locked`] chose in the key's own write-locked shard (see
+    /// [`Room::Replace`]): the victim is evicted now, its entry slot and its position in the
+    /// slab go to the new entry, which the caller has accounted (bytes, digest) already.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn replace_victim(
+        &self,
+        shard: &Shard<K, V>,
+        g: &mut ShardMap<K, V>,
+        (at, expired): (usize, bool),
+        (key, hash): (K, u64),
+        entry: Entry<V>,
+        now: u64,
+        ev: &mut Events<K>,
+    ) {
+        self.unaccount_bytes(&mut g.digests, &g.map[at]);
+        let (k, e) = g.map.replace_index(at, hash, key, entry);
+        // Past the new entry: the hand comes back to it last, a whole round from now (as to
+        // an entry appended at the end).
+        g.hand = at + 1;
+        self.note_eviction(shard, k, &e, expired, true, now, ev);
     }
 
     /// Drops tombstones older than `ttl`, raising the horizon to the newest one dropped (the
@@ -298,6 +361,46 @@ mod tests {
         );
         assert_eq!(c.len(), 4);
         assert_eq!(c.metrics().evictions_capacity, 2);
+    }
+
+    #[test]
+    fn a_new_key_takes_its_victims_place_after_the_victims_event() {
+        // 64 entries over the shards: most inserts into the full cache find their victim in
+        // their own shard and replace it in place, the others evict elsewhere; either way the
+        // victim's event comes first and the counts balance.
+        use crate::{ChangeKind, Origin};
+        use std::sync::{Arc, Mutex};
+        let (node, _, _) = setup(Config {
+            cache_max: 64,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("r").unwrap();
+        for i in 0..64 {
+            c.insert(i, i).unwrap();
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        c.on_change(move |e| s.lock().unwrap().push((e.key, e.kind, e.origin)));
+        for i in 64..1_064 {
+            c.insert(i, i).unwrap();
+            assert_eq!(c.len(), 64);
+            assert_eq!(c.get(&i), Some(i), "the new key is stored");
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2_000, "one eviction and one insert per write");
+        for pair in seen.chunks(2) {
+            assert_eq!(pair[0].1, ChangeKind::Evict, "{pair:?}");
+            assert_eq!((pair[1].1, pair[1].2), (ChangeKind::Insert, Origin::Local));
+        }
+        let m = c.metrics();
+        assert_eq!(
+            (m.entries, m.evictions_capacity, m.inserts),
+            (64, 1_000, 1_064)
+        );
+        // Every survivor is found where the index says, with its own value.
+        for k in c.keys() {
+            assert_eq!(c.get(&k), Some(k));
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 
 use super::encoding::{Encoded, ser_err};
+use super::eviction::Room;
+use super::mutation::NewSlot;
 use super::{CacheKey, CacheValue, Cond, Store, Ttl, Written};
 use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
 use crate::cache::hooks::{Change, ChangeKindWire};
@@ -76,13 +78,18 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             // `cache_max`, as seen from any thread: below the cap, or by evicting while this
             // shard's lock is held (`take_slot_locked`); else with no lock held, as a peer's
             // record does (`reserve_slot_for`), and the key is looked up again.
+            let mut victim = None;
             if live.is_none() && !matches!(cond, Cond::IfPresent) {
-                slot_reserved = self.take_slot_locked(shard, &mut g, now, &mut ev);
-                if !slot_reserved {
-                    drop(g);
-                    slot_reserved = self.reserve_slot_for(shard, &key, hash, None, now, &mut ev);
-                    g = shard.lock.write();
-                    live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
+                match self.take_slot_locked(shard, &mut g, now, &mut ev) {
+                    Room::Slot => slot_reserved = true,
+                    Room::Replace { at, expired } => victim = Some((at, expired)),
+                    Room::NotHere => {
+                        drop(g);
+                        slot_reserved =
+                            self.reserve_slot_for(shard, &key, hash, None, now, &mut ev);
+                        g = shard.lock.write();
+                        live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
+                    }
                 }
             }
             let found = live.map(|i| g.map[i].version);
@@ -98,6 +105,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                     let version = fill
                         .unwrap_or_else(|| Version::new(self.core.hlc.tick(wall), self.core.id));
                     let entry = self.new_entry(value, enc, version, (now, wall), ttl);
+                    let slot = match victim {
+                        Some(v) => NewSlot::Replace(v),
+                        None => NewSlot::Reserved(slot_reserved),
+                    };
                     let up = self.upsert(
                         shard,
                         &mut g,
@@ -105,7 +116,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                         (key, hash),
                         entry,
                         Origin::Local,
-                        slot_reserved,
+                        slot,
                         now,
                         &mut ev,
                     );

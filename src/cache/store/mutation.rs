@@ -12,6 +12,16 @@ use super::{CacheKey, CacheValue, Store};
 use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
 use crate::proto::version::Version;
 
+/// Where a new key's entry goes (see [`Store::upsert`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum NewSlot {
+    /// Appended; `true` if an entry slot was reserved for it (else it is counted now).
+    Reserved(bool),
+    /// In place of the victim at this position of the shard (and whether it had expired),
+    /// which is evicted then (see `eviction::Room::Replace`); it takes the victim's slot.
+    Replace((usize, bool)),
+}
+
 /// What [`Store::upsert`] did.
 pub(super) struct Upserted<V> {
     /// The value replaced; `None` if the key was new.
@@ -45,7 +55,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     }
 
     /// Stores `entry` under `key` (hashed `hash`) in a write-locked shard: replaces the live entry at `live`
-    /// or inserts a new one (using the slot reserved for it, if `slot_reserved`), with byte
+    /// or inserts a new one where `slot` says (in the slot reserved for it, or in a victim's place), with byte
     /// accounting, counters and an `Update`/`Insert` event from `origin`; forgets the key's
     /// tombstone. The caller has already decided that the write wins.
     #[allow(clippy::too_many_arguments)]
@@ -57,7 +67,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         (key, hash): (K, u64),
         entry: Entry<V>,
         origin: Origin,
-        slot_reserved: bool,
+        slot: NewSlot,
         now: u64,
         ev: &mut Events<K>,
     ) -> Upserted<V> {
@@ -93,15 +103,29 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 }
             }
             None => {
-                let used_slot = self.account_new(&mut g.digests, &entry, slot_reserved);
-                ev.push(|| ChangeEvent {
-                    key: key.clone(),
-                    kind: ChangeKind::Insert,
-                    origin,
-                    version,
-                    in_callback_window: false,
-                });
-                g.map.insert_new(hash, key, entry);
+                let (reserved, victim) = match slot {
+                    NewSlot::Reserved(r) => (r, None),
+                    NewSlot::Replace(v) => (true, Some(v)),
+                };
+                let used_slot = self.account_new(&mut g.digests, &entry, reserved);
+                // Cloned only for listeners; the event is queued after a victim's, which is
+                // evicted before the key is stored.
+                let event_key = ev.is_on().then(|| key.clone());
+                match victim {
+                    Some(v) => self.replace_victim(shard, g, v, (key, hash), entry, now, ev),
+                    None => {
+                        g.map.insert_new(hash, key, entry);
+                    }
+                }
+                if let Some(key) = event_key {
+                    ev.push(|| ChangeEvent {
+                        key,
+                        kind: ChangeKind::Insert,
+                        origin,
+                        version,
+                        in_callback_window: false,
+                    });
+                }
                 bump(&shard.stats.inserts, 1);
                 Upserted {
                     old: None,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::encoding::Encoded;
 use super::events::Events;
+use super::mutation::NewSlot;
 use super::{CacheKey, CacheValue, Store, Ttl};
 use crate::cache::event::{ChangeEvent, ChangeKind, Origin};
 use crate::cache::hooks::Applied;
@@ -113,7 +114,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                                 (key, hash),
                                 entry,
                                 origin,
-                                reserved,
+                                NewSlot::Reserved(reserved),
                                 now,
                                 ev,
                             )

@@ -115,6 +115,23 @@ impl<K: Eq + std::hash::Hash, V> Table<K, V> {
         (h, false)
     }
 
+    /// Puts `key` (hashed `hash`, absent from the table) and `value` at position `i` in place of
+    /// the entry there, which is returned: one hash of the old key and two probes, no entry
+    /// moves (unlike a removal followed by an insert, which moves the last entry).
+    pub(super) fn replace_index(&mut self, i: usize, hash: u64, key: K, value: V) -> (K, V) {
+        let pos = u32::try_from(i).expect("a position of the slab");
+        let old_hash = self.hash(&self.slab[i].key);
+        if let Ok(slot) = self.index.find_entry(old_hash, |&j| j == pos) {
+            slot.remove();
+        }
+        // The new key is in its slot before the index may grow (which rehashes from the slab).
+        let Slot { key, val } = std::mem::replace(&mut self.slab[i], Slot { key, val: value });
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index
+            .insert_unique(hash, pos, |&j| hasher.hash_one(&slab[j as usize].key));
+        (key, val)
+    }
+
     /// Removes the entry at position `i`; the last entry takes its place.
     pub(super) fn swap_remove_index(&mut self, i: usize) -> Option<(K, V)> {
         let hash = self.hash(&self.slab.get(i)?.key);
@@ -200,6 +217,15 @@ mod tests {
             assert_eq!(t.get_index_of(&k), None);
         }
         assert_eq!(t.swap_remove_index(t.len()), None);
+        // Replacing in place: the old key is gone, the new one found at that position.
+        let i = t.get_index_of(&500).unwrap();
+        let h = t.hash(&5_000);
+        assert_eq!(t.replace_index(i, h, 5_000, 5_000 * 10), (500, 500 * 10));
+        assert_eq!(t.get_index_of(&500), None);
+        assert_eq!(t.get_index_of(&5_000), Some(i));
+        let i = t.get_index_of(&5_000).unwrap();
+        let h = t.hash(&500);
+        assert_eq!(t.replace_index(i, h, 500, 500 * 10), (5_000, 50_000));
         t.retain(|k, v| {
             *v += 1;
             k % 2 == 0
