@@ -35,9 +35,11 @@
 //! held), then a hand moves round-robin over the shards (remote applies and cap enforcement
 //! start there); inside a shard a hand moves over the map's dense order; an entry whose
 //! referenced bit is set (by a hit or its insert) has the bit cleared and is passed over; the
-//! first unreferenced entry is removed with `swap_remove_index` (O(1)). An eviction made to find room for a new key hands the victim's
-//! entry slot over to that key (the entry count does not move). The key being inserted is
-//! never the victim. Updating an existing key never evicts: an update that grows a value may
+//! first unreferenced entry is removed with `swap_remove_index` (O(1)), or, for a local
+//! insert whose own shard holds the victim, replaced in place by the new key
+//! (`replace_index`, evicted only if the key is stored). An eviction made to find room for a
+//! new key hands the victim's entry slot over to that key (the entry count does not move).
+//! The key being inserted is never the victim. Updating an existing key never evicts: an update that grows a value may
 //! leave the cache above `cache_size` until the next insert of a new key trims it.
 //!
 //! # Locks and counters
