@@ -148,15 +148,16 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     }
 
     /// For a local write holding the write lock of its key's `shard` (guard `g`), which found
-    /// the key absent: takes an entry slot below `cache_max`, or when the cache is full evicts
-    /// one entry (CLOCK, its slot handed over) without letting go of `g`: from this shard
-    /// through `g` first, then from the shards in the global hand's order, another only if its
-    /// write lock is free (`try_write`, which never waits, so no two writers can wait on each
-    /// other's shards). Returns whether a slot is
-    /// held (the caller releases it if it ends up not inserting). `false` when this cannot be
-    /// done here: entries are due to expire (the sweep takes every shard's lock), or every
-    /// other shard was busy or had only referenced entries for two rounds; the caller then
-    /// lets go of `g` and takes the slot with [`Store::reserve_slot_for`].
+    /// the key absent: makes room for it without letting go of `g`. Below `cache_max` it takes
+    /// an entry slot ([`Room::Slot`]). When the cache is full it asks CLOCK for a victim in
+    /// this shard first ([`Room::Replace`]: nothing evicted yet, the key takes its place when
+    /// stored), then evicts one from the shards in the global hand's order, another shard only
+    /// if its write lock is free (`try_write`, which never waits, so no two writers can wait
+    /// on each other's shards), its slot handed over ([`Room::Slot`]; the caller releases it
+    /// if it ends up not inserting). [`Room::NotHere`] when this cannot be done here: entries
+    /// are due to expire (the sweep takes every shard's lock), or every other shard was busy or
+    /// had only referenced entries for two rounds; the caller then lets go of `g` and takes the
+    /// slot with [`Store::reserve_slot_for`].
     ///
     /// Saves the insert of a new key into a full cache a second lock of its shard and a second
     /// lookup (the slot was taken under a read lock of its own before).

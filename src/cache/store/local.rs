@@ -76,8 +76,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             let mut live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
             // A new key takes its entry slot before it is stored, so `len()` never exceeds
             // `cache_max`, as seen from any thread: below the cap, or by evicting while this
-            // shard's lock is held (`take_slot_locked`); else with no lock held, as a peer's
-            // record does (`reserve_slot_for`), and the key is looked up again.
+            // shard's lock is held (`take_slot_locked`; a victim in this shard is replaced in
+            // place by `upsert`, and only if the key is stored); else with no lock held, as a
+            // peer's record does (`reserve_slot_for`), and the key is looked up again.
             let mut victim = None;
             if live.is_none() && !matches!(cond, Cond::IfPresent) {
                 match self.take_slot_locked(shard, &mut g, now, &mut ev) {
