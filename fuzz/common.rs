@@ -180,10 +180,10 @@ pub fn endpoint(data: &[u8]) -> NetworkMetrics {
 pub fn seed_messages() -> Vec<(&'static str, Msg)> {
     let v = |hlc| Version::new(hlc, PEERS[0]);
     let rec = |k: &[u8], hlc| Record {
-        key: k.to_vec(),
+        key: k.to_vec().into(),
         version: v(hlc),
         op: Op::Put {
-            value: b"value".to_vec(),
+            value: b"value".to_vec().into(),
             ttl_ms: Some(1000),
         },
     };

@@ -115,7 +115,7 @@ fn a_forged_version_at_u64_max_is_refused_and_time_goes_on() {
                 Item::Rec {
                     cache: BYTES.into(),
                     rec: Record {
-                        key: key(K),
+                        key: key(K).into(),
                         version: Version::new(hlc, NodeId(0xbad)),
                         op: Op::Del,
                     },

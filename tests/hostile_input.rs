@@ -235,10 +235,10 @@ fn run_suite(sealed: bool, g: u8, port: u16) {
         items: vec![Item::Rec {
             cache: "h".into(),
             rec: Record {
-                key: rmp_serde::to_vec("huge").unwrap(),
+                key: rmp_serde::to_vec("huge").unwrap().into(),
                 version: Version::new(u64::MAX >> 1, NodeId(0x68)),
                 op: Op::Put {
-                    value: vec![7; 2 << 20],
+                    value: vec![7; 2 << 20].into(),
                     ttl_ms: None,
                 },
             },

@@ -276,7 +276,7 @@ fn check_entries(sim: &Sim) -> Result<(), String> {
     let mut newest: BTreeMap<(String, Vec<u8>), (mccache::Version, bool)> = BTreeMap::new();
     for (cache, rec) in sim.surviving_writes() {
         let e = newest
-            .entry((cache, rec.key.clone()))
+            .entry((cache, rec.key.to_vec()))
             .or_insert((rec.version, false));
         if rec.version >= e.0 {
             *e = (rec.version, matches!(rec.op, Op::Del));
@@ -305,7 +305,7 @@ fn check_entries(sim: &Sim) -> Result<(), String> {
                     // (perhaps by a node that crashed later) may explain that.
                     let newer_delete = sim.all_writes.iter().any(|(c, r)| {
                         c == cache
-                            && r.key == *key
+                            && r.key[..] == key[..]
                             && r.version > *version
                             && matches!(r.op, Op::Del)
                     });

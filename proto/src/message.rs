@@ -511,10 +511,10 @@ mod tests {
     #[test]
     fn changes_decode_in_place_to_what_msg_decode_returns() {
         let rec = Record {
-            key: b"key".to_vec(),
+            key: b"key".to_vec().into(),
             version: Version::new(42, NodeId(3)),
             op: crate::record::Op::Put {
-                value: b"value".to_vec(),
+                value: b"value".to_vec().into(),
                 ttl_ms: Some(9),
             },
         };
@@ -560,10 +560,10 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let rec = Record {
-            key: vec![1, 2, 3],
+            key: vec![1, 2, 3].into(),
             version: Version::new(42, NodeId(7)),
             op: Op::Put {
-                value: vec![9; 100],
+                value: vec![9; 100].into(),
                 ttl_ms: Some(5),
             },
         };
@@ -619,7 +619,7 @@ mod tests {
 
     fn data_of_every_item_kind() -> Msg {
         let rec = |key: u8, op: Op| Record {
-            key: vec![key; 3],
+            key: vec![key; 3].into(),
             version: Version::new(u64::MAX - u64::from(key), NodeId(u64::from(key) << 40)),
             op,
         };
@@ -629,7 +629,7 @@ mod tests {
                 rec: rec(
                     1,
                     Op::Put {
-                        value: vec![9; 200],
+                        value: vec![9; 200].into(),
                         ttl_ms: None,
                     },
                 ),
@@ -639,7 +639,7 @@ mod tests {
                 rec: rec(
                     2,
                     Op::Put {
-                        value: Vec::new(),
+                        value: Vec::new().into(),
                         ttl_ms: Some(u64::MAX),
                     },
                 ),

@@ -1,9 +1,21 @@
 //! The byte form of one cache change, as the protocol carries and applies it.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::codec::{Reader, put_bytes, put_u64, put_varint};
 use super::version::{NodeId, Version};
+
+/// Bytes kept inline in a [`KeyBytes`].
+pub const INLINE_BYTES: usize = 16;
+
+/// The bytes of a record's key or value: up to [`INLINE_BYTES`] inside the record itself, on
+/// the heap beyond. Most cache keys and many values are that small (a serialized `u64` is at
+/// most 9 bytes), so a change usually travels from the writing thread through the queue and
+/// the core with no allocation, and no buffer goes back and forth between two threads'
+/// caches. Derefs to `[u8]`; build one with `KeyBytes::from_slice` or `.into()` from a
+/// `Vec<u8>` (which keeps the vector's buffer if it is larger than the inline room).
+pub type KeyBytes = SmallVec<[u8; INLINE_BYTES]>;
 
 /// What a replicated change does to a key.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -12,8 +24,8 @@ pub enum Op {
     /// (`None`: the receiving cache's own `cache_ttl`).
     Put {
         /// The value, as serialized by rmp-serde.
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
+        #[serde(with = "key_bytes")]
+        value: KeyBytes,
         /// Per-entry TTL in milliseconds.
         ttl_ms: Option<u64>,
     },
@@ -28,8 +40,8 @@ pub enum Op {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Record {
     /// The key, as serialized by rmp-serde.
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
+    #[serde(with = "key_bytes")]
+    pub key: KeyBytes,
     /// The version of the write.
     pub version: Version,
     /// What the write does.
@@ -68,11 +80,11 @@ impl RecordRef<'_> {
     /// An owned copy.
     pub fn to_record(&self) -> Record {
         Record {
-            key: self.key.to_vec(),
+            key: KeyBytes::from_slice(self.key),
             version: self.version,
             op: match self.op {
                 OpRef::Put { value, ttl_ms } => Op::Put {
-                    value: value.to_vec(),
+                    value: KeyBytes::from_slice(value),
                     ttl_ms,
                 },
                 OpRef::Del => Op::Del,
@@ -180,5 +192,23 @@ impl Record {
             _ => return None,
         };
         Some(RecordRef { key, version, op })
+    }
+}
+
+/// Serde for [`KeyBytes`]: a byte string, as `serde_bytes` writes a `Vec<u8>` (the same
+/// encoding as before the inline form).
+mod key_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::KeyBytes;
+
+    pub fn serialize<S: Serializer>(v: &KeyBytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyBytes, D::Error> {
+        Ok(KeyBytes::from_vec(
+            serde_bytes::ByteBuf::deserialize(d)?.into_vec(),
+        ))
     }
 }

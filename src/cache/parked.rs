@@ -72,7 +72,7 @@ impl ParkedCache {
         if rec.version <= self.clear_floor {
             return Applied::Stale;
         }
-        match self.records.get(&rec.key) {
+        match self.records.get(&rec.key[..]) {
             Some(old) if old.version >= rec.version => return Applied::Stale,
             Some(_) => {
                 self.remove(&rec.key);
@@ -89,11 +89,12 @@ impl ParkedCache {
             _ => rec.clone(),
         };
         if !is_live(&stored) {
-            self.tombs_at.insert(rec.key.clone(), now_nanos);
+            self.tombs_at.insert(rec.key.to_vec(), now_nanos);
         }
         self.bytes += stored.weight();
-        self.by_version.insert((stored.version, stored.key.clone()));
-        self.records.insert(rec.key.clone(), stored);
+        self.by_version
+            .insert((stored.version, stored.key.to_vec()));
+        self.records.insert(rec.key.to_vec(), stored);
         self.enforce_caps();
         Applied::Changed
     }
@@ -116,7 +117,7 @@ impl ParkedCache {
     fn remove(&mut self, key: &[u8]) -> Option<Record> {
         let r = self.records.remove(key)?;
         self.bytes -= r.weight();
-        self.by_version.remove(&(r.version, r.key.clone()));
+        self.by_version.remove(&(r.version, r.key.to_vec()));
         self.tombs_at.remove(key);
         Some(r)
     }
@@ -239,7 +240,7 @@ impl ParkedCache {
             .values()
             .filter(|r| key_bucket(&r.key) == bucket)
             .map(|r| KeyVersion {
-                key: r.key.clone(),
+                key: r.key.to_vec(),
                 version: r.version,
                 deleted: !is_live(r),
             })
@@ -285,10 +286,10 @@ mod tests {
 
     fn put(k: &str, hlc: u64) -> Record {
         Record {
-            key: k.as_bytes().to_vec(),
+            key: k.as_bytes().to_vec().into(),
             version: v(hlc),
             op: Op::Put {
-                value: vec![hlc as u8; 4],
+                value: vec![hlc as u8; 4].into(),
                 ttl_ms: None,
             },
         }
@@ -296,7 +297,7 @@ mod tests {
 
     fn del(k: &str, hlc: u64) -> Record {
         Record {
-            key: k.as_bytes().to_vec(),
+            key: k.as_bytes().to_vec().into(),
             version: v(hlc),
             op: Op::Del,
         }
@@ -387,11 +388,11 @@ mod tests {
         while let Some(c) = cursor {
             let (recs, next) = p.snapshot_chunk(c, 1);
             assert_eq!(recs.len(), 1);
-            keys.extend(recs.into_iter().map(|r| r.key));
+            keys.extend(recs.into_iter().map(|r| r.key.to_vec()));
             cursor = next;
         }
         assert_eq!(keys, [b"a", b"b", b"c", b"d", b"e"]);
-        let drained: Vec<Vec<u8>> = p.drain().into_iter().map(|r| r.key).collect();
+        let drained: Vec<Vec<u8>> = p.drain().into_iter().map(|r| r.key.to_vec()).collect();
         assert_eq!(drained, keys);
         assert_eq!(p.records().count(), 0);
     }

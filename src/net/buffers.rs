@@ -1,7 +1,8 @@
 //! Byte buffers passed back from the network thread to the writing threads.
 //!
-//! Every replicated local write copies its key and value into two `Vec<u8>`s that travel to
-//! the driver in its [`Item`](crate::proto::message::Item). Allocated on the writer and freed
+//! Every replicated local write copies its key and value into the record that travels to the
+//! driver in its [`Item`](crate::proto::message::Item): inside the record when they fit
+//! ([`INLINE_BYTES`]), else into heap buffers. Allocated on the writer and freed
 //! on the network thread, they cost the writer more than the rest of its share of the
 //! replication put together (`perf`: glibc's `_int_malloc` was 29 % of a flat-out writer's
 //! time, its per-thread cache never getting the memory back). So the core keeps the buffers of
@@ -13,6 +14,8 @@
 use std::cell::RefCell;
 
 use parking_lot::Mutex;
+
+use crate::proto::record::{INLINE_BYTES, KeyBytes};
 
 /// Buffers a writer takes from the pool at a time.
 const REFILL: usize = 64;
@@ -57,9 +60,19 @@ impl BufferPool {
         }
     }
 
-    /// A buffer holding a copy of `bytes`: a used one from this thread's stash (refilled from
-    /// the pool when empty), or a new allocation if the pool has none.
-    pub(crate) fn copy_of(&self, bytes: &[u8]) -> Vec<u8> {
+    /// A copy of `bytes` as a record's key or value: inline if it fits
+    /// ([`INLINE_BYTES`]: no buffer at all), else in a used buffer from this thread's stash
+    /// (refilled from the pool when empty), or a new allocation if the pool has none.
+    #[inline]
+    pub(crate) fn copy_of(&self, bytes: &[u8]) -> KeyBytes {
+        if bytes.len() <= INLINE_BYTES {
+            KeyBytes::from_slice(bytes)
+        } else {
+            self.copy_to_buffer(bytes)
+        }
+    }
+
+    fn copy_to_buffer(&self, bytes: &[u8]) -> KeyBytes {
         let reused = STASH.with_borrow_mut(|stash| {
             if stash.is_empty() {
                 let mut free = self.free.lock();
@@ -74,9 +87,10 @@ impl BufferPool {
             Some(mut buf) => {
                 buf.clear();
                 buf.extend_from_slice(bytes);
-                buf
+                // Longer than the inline room: stays in `buf`'s allocation.
+                KeyBytes::from_vec(buf)
             }
-            None => bytes.to_vec(),
+            None => KeyBytes::from_slice(bytes),
         }
     }
 
@@ -97,16 +111,29 @@ mod tests {
         // Runs on its own thread: the stash is per thread and other tests share this one.
         std::thread::scope(|s| {
             s.spawn(|| {
+                let long = b"a value longer than the inline room";
                 let mut spent = vec![Vec::with_capacity(100)];
                 let ptr = spent[0].as_ptr();
                 pool.give(&mut spent);
                 assert!(spent.is_empty());
-                let buf = pool.copy_of(b"hello");
-                assert_eq!(buf, b"hello");
+                let buf = pool.copy_of(long);
+                assert_eq!(&buf[..], long);
+                assert!(buf.spilled());
                 assert_eq!(buf.as_ptr(), ptr, "the pooled allocation is reused");
                 assert_eq!(pool.pooled(), 0);
                 // Nothing pooled or stashed: a fresh copy.
-                assert_eq!(pool.copy_of(b"abc"), b"abc");
+                assert_eq!(&pool.copy_of(&long[1..])[..], &long[1..]);
+                // Short bytes take no buffer: they live in the record.
+                let mut spent = vec![Vec::with_capacity(100)];
+                pool.give(&mut spent);
+                let short = pool.copy_of(b"hello");
+                assert_eq!(&short[..], b"hello");
+                assert!(!short.spilled());
+                assert_eq!(
+                    pool.pooled(),
+                    1,
+                    "the pooled buffer is left for a long value"
+                );
             });
         });
     }

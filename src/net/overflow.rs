@@ -334,7 +334,7 @@ mod tests {
         let rec = |k: u8| Item::Rec {
             cache: "c".into(),
             rec: crate::proto::record::Record {
-                key: vec![k],
+                key: vec![k].into(),
                 version: Version::ZERO,
                 op: crate::proto::record::Op::Del,
             },
@@ -360,7 +360,7 @@ mod tests {
         Item::Rec {
             cache: "c".into(),
             rec: crate::proto::record::Record {
-                key: vec![k],
+                key: vec![k].into(),
                 version: Version::ZERO,
                 op: crate::proto::record::Op::Del,
             },

@@ -481,7 +481,7 @@ mod tests {
         assert_eq!(
             rec.op,
             Op::Put {
-                value: rmp_serde::to_vec(&5u64).unwrap(),
+                value: rmp_serde::to_vec(&5u64).unwrap().into(),
                 ttl_ms: None
             }
         );

@@ -901,7 +901,7 @@ impl Sim {
             .filter(|kv| !kv.deleted)
             .map(|kv| {
                 let value = match app.record(cache, &kv.key).map(|r| r.op) {
-                    Some(Op::Put { value, .. }) => value,
+                    Some(Op::Put { value, .. }) => value.to_vec(),
                     _ => Vec::new(),
                 };
                 (kv.key, (kv.version, value))

@@ -333,10 +333,10 @@ mod tests {
         let t0 = Instant::now();
         let (mut a, mut b, app_a, mut app_b) = joined_pair(t0);
         let rec = Record {
-            key: b"k".to_vec(),
+            key: b"k".to_vec().into(),
             version: version_at(app_a.wall, a.id()),
             op: Op::Put {
-                value: b"v".to_vec(),
+                value: b"v".to_vec().into(),
                 ttl_ms: None,
             },
         };
@@ -369,10 +369,10 @@ mod tests {
         let (mut a, mut b, app_a, mut app_b) = joined_pair(t0);
         let (wall, id) = (app_a.wall, a.id());
         let put = |key: &[u8], ms: u64| Record {
-            key: key.to_vec(),
+            key: key.to_vec().into(),
             version: version_at(wall + ms, id),
             op: Op::Put {
-                value: b"v".to_vec(),
+                value: b"v".to_vec().into(),
                 ttl_ms: None,
             },
         };
@@ -420,7 +420,7 @@ mod tests {
         for (i, key) in [b"x", b"y"].iter().enumerate() {
             let version = version_at(wall + i as u64, a.id());
             let rec = Record {
-                key: key.to_vec(),
+                key: key.to_vec().into(),
                 version,
                 op: Op::Del,
             };

@@ -1,16 +1,17 @@
 //! The byte buffers of changes already packed into data messages, kept for the application
 //! to reuse.
 //!
-//! A local change carries its key and value in two `Vec<u8>`s, allocated by the writing thread
-//! and, without this, freed by the network thread once the change is encoded: allocator traffic
+//! A local change carries its key and value in two [`KeyBytes`](crate::record::KeyBytes);
+//! those longer than the inline room are on the heap, allocated by the writing thread and,
+//! without this, freed by the network thread once the change is encoded: allocator traffic
 //! between two threads that costs the writer about a third of an insert under load (glibc's
-//! per-thread caches never see the memory come back). The core keeps the emptied buffers here
-//! instead, bounded in count and bytes, and [`Endpoint::take_spent_buffers`] hands them to
-//! whoever builds the next changes.
+//! per-thread caches never see the memory come back). The core keeps the emptied heap buffers
+//! here instead, bounded in count and bytes, and [`Endpoint::take_spent_buffers`] hands them
+//! to whoever builds the next changes. Inline bytes have no buffer to keep.
 
 use super::Endpoint;
 use crate::message::Item;
-use crate::record::Op;
+use crate::record::{KeyBytes, Op};
 
 /// At most this many buffers are kept.
 const MAX_BUFFERS: usize = 16_384;
@@ -40,7 +41,11 @@ impl Spent {
         }
     }
 
-    fn keep_one(&mut self, mut buf: Vec<u8>) {
+    fn keep_one(&mut self, bytes: KeyBytes) {
+        if !bytes.spilled() {
+            return;
+        }
+        let mut buf = bytes.into_vec();
         let cap = buf.capacity();
         if cap == 0
             || cap > MAX_BUFFER
@@ -77,10 +82,10 @@ mod tests {
         Item::Rec {
             cache: Arc::from("c"),
             rec: Record {
-                key: key.to_vec(),
+                key: key.to_vec().into(),
                 version: Version::new(1, NodeId(1)),
                 op: Op::Put {
-                    value,
+                    value: value.into(),
                     ttl_ms: None,
                 },
             },
@@ -88,17 +93,28 @@ mod tests {
     }
 
     #[test]
-    fn keeps_emptied_key_and_value_buffers_within_bounds() {
+    fn keeps_emptied_heap_buffers_within_bounds() {
+        let long = [7u8; 40];
         let mut s = Spent::default();
-        s.keep(vec![put(b"k", b"value".to_vec()), put(b"", Vec::new())]);
-        // Two buffers of the first change; the second change's are empty (no capacity).
+        s.keep(vec![
+            put(&long, long.to_vec()),
+            put(b"k", b"value".to_vec()),
+            put(b"", Vec::new()),
+        ]);
+        // The two heap buffers of the first change; the others' bytes were inline.
         assert_eq!(s.bufs.len(), 2);
-        assert!(s.bufs.iter().all(Vec::is_empty));
-        s.keep(vec![put(b"k", vec![0; MAX_BUFFER + 1])]);
+        assert!(s.bufs.iter().all(|b| b.is_empty() && b.capacity() >= 40));
+        s.keep(vec![put(&long, vec![0; MAX_BUFFER + 1])]);
         assert_eq!(s.bufs.len(), 3, "the oversized value buffer is dropped");
-        let many: Vec<Item> = (0..MAX_BUFFERS).map(|_| put(b"k", Vec::new())).collect();
+        let many: Vec<Item> = (0..MAX_BUFFERS).map(|_| put(&long, Vec::new())).collect();
         s.keep(many);
         assert_eq!(s.bufs.len(), MAX_BUFFERS, "the count bound holds");
         assert!(s.bytes <= MAX_BYTES);
+        let mut s = Spent::default();
+        let big: Vec<Item> = (0..MAX_BUFFERS)
+            .map(|_| put(b"k", vec![0; MAX_BUFFER]))
+            .collect();
+        s.keep(big);
+        assert_eq!(s.bufs.len(), MAX_BYTES / MAX_BUFFER, "the byte bound holds");
     }
 }

@@ -40,7 +40,7 @@ impl MapApp {
         self.caches
             .entry(cache.to_string())
             .or_default()
-            .insert(rec.key.clone(), rec);
+            .insert(rec.key.to_vec(), rec);
     }
 }
 
@@ -120,7 +120,7 @@ impl AppState for MapApp {
             .flat_map(|m| m.values())
             .filter(|r| key_bucket(&r.key) == bucket)
             .map(|r| KeyVersion {
-                key: r.key.clone(),
+                key: r.key.to_vec(),
                 version: r.version,
                 deleted: !matches!(r.op, Op::Put { .. }),
             })
@@ -172,10 +172,10 @@ pub(super) fn version_at(ms: u64, node: NodeId) -> Version {
 /// A plaintext put of `key` at wall time `ms` by `node`.
 pub(super) fn put_at(key: &[u8], value: &[u8], ms: u64, node: NodeId) -> Record {
     Record {
-        key: key.to_vec(),
+        key: key.to_vec().into(),
         version: version_at(ms, node),
         op: Op::Put {
-            value: value.to_vec(),
+            value: value.to_vec().into(),
             ttl_ms: None,
         },
     }

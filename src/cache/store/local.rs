@@ -260,7 +260,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             if self.core.publisher.enabled() {
                 self.publish(
                     Record {
-                        key: key_bytes,
+                        key: key_bytes.into(),
                         version,
                         op: Op::Del,
                     },
@@ -361,19 +361,19 @@ mod tests {
         assert_eq!(
             recs[0].op,
             Op::Put {
-                value: bytes(&10u32),
+                value: bytes(&10u32).into(),
                 ttl_ms: None
             }
         );
         assert_eq!(
             recs[1].op,
             Op::Put {
-                value: bytes(&20u32),
+                value: bytes(&20u32).into(),
                 ttl_ms: Some(3000)
             }
         );
         assert_eq!(recs[2].op, Op::Del);
-        assert_eq!(recs[0].key, bytes(&1u32));
+        assert_eq!(recs[0].key[..], bytes(&1u32)[..]);
         assert!(recs[0].version < recs[1].version && recs[1].version < recs[2].version);
         assert!(recs.iter().all(|r| r.version.node == node.id()));
         assert!(matches!(out[3].kind, ChangeKindWire::Clear(v) if v > recs[2].version));

@@ -239,7 +239,7 @@ mod tests {
             Applied::Stale
         );
         let del = Record {
-            key: bytes(&1u32),
+            key: bytes(&1u32).into(),
             version: remote(101),
             op: Op::Del,
         };
@@ -272,16 +272,16 @@ mod tests {
         );
         // Garbage.
         let bad = Record {
-            key: vec![0xc1],
+            key: vec![0xc1].into(),
             version: remote(3000),
             op: Op::Del,
         };
         assert_eq!(e.apply_remote(bad.view(), NodeId(7)), Applied::Undecodable);
         let bad_val = Record {
-            key: bytes(&5u32),
+            key: bytes(&5u32).into(),
             version: remote(3000),
             op: Op::Put {
-                value: vec![0xc1, 0xff],
+                value: vec![0xc1, 0xff].into(),
                 ttl_ms: None,
             },
         };
@@ -336,12 +336,12 @@ mod tests {
         let c2 = c.clone();
         c.on_change(move |ev| s.lock().unwrap().push((ev.kind, c2.get(&1))));
         let del = Record {
-            key: bytes(&1u32),
+            key: bytes(&1u32).into(),
             version: remote(102),
             op: Op::Del,
         };
         let bad = Record {
-            key: vec![0xc1],
+            key: vec![0xc1].into(),
             version: remote(103),
             op: Op::Del,
         };
@@ -386,7 +386,7 @@ mod tests {
         e.apply_remote(put(1, 1, remote(100)).view(), NodeId(7));
         e.apply_remote(put(2, 2, remote(100)).view(), NodeId(7));
         let del = Record {
-            key: bytes(&1u32),
+            key: bytes(&1u32).into(),
             version: remote(200),
             op: Op::Del,
         };
@@ -453,10 +453,10 @@ mod tests {
         let c: Cache<u32, u32> = node.cache("t").unwrap();
         let e = erased(&node, "t");
         let rec = Record {
-            key: bytes(&1u32),
+            key: bytes(&1u32).into(),
             version: remote(1), // written "long ago" by the peer's clock
             op: Op::Put {
-                value: bytes(&1u32),
+                value: bytes(&1u32).into(),
                 ttl_ms: Some(1000),
             },
         };

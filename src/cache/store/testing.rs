@@ -42,10 +42,10 @@ pub(super) fn bytes<T: Serialize>(t: &T) -> Vec<u8> {
 /// A peer's put of `key` → `value`.
 pub(super) fn put(key: u32, value: u32, version: Version) -> Record {
     Record {
-        key: bytes(&key),
+        key: bytes(&key).into(),
         version,
         op: Op::Put {
-            value: bytes(&value),
+            value: bytes(&value).into(),
             ttl_ms: None,
         },
     }
