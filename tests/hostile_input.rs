@@ -378,9 +378,15 @@ fn replayed_burst_is_dropped() {
     for d in &burst {
         inject.send(d);
     }
-    assert!(wait_until(T, || dropped(&b, "replay")
-        + dropped(&b, "duplicate")
-        >= was + burst.len() as u64));
+    let caught = || dropped(&b, "replay") + dropped(&b, "duplicate");
+    assert!(
+        wait_until(T, || caught() >= was + burst.len() as u64),
+        "{} of {} replayed datagrams dropped as replays or duplicates; b's drops {:?}, gaps {}",
+        caught() - was,
+        burst.len(),
+        b.network_metrics().dropped,
+        b.network_metrics().gaps,
+    );
     assert_eq!(cb.checksum(), sum);
     assert!((0..50).all(|i| cb.get(&format!("k{i}")).as_deref() == Some("second")));
 }
