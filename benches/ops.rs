@@ -48,7 +48,13 @@ fn main() {
             .expect("valid config");
             let c: mccache::Cache<u64, u64> = node.cache("ops").expect("fresh node");
             let c2 = c.clone();
-            std::mem::forget(node);
+            if op == "insert_net" {
+                // Printed at exit: a change that overflowed the queue skipped most of the
+                // replication work, so a run is comparable only with the same overflow.
+                NODE.with(|n| *n.borrow_mut() = Some(node));
+            } else {
+                std::mem::forget(node);
+            }
             (
                 Box::new(move |k| c.get(&k)),
                 Box::new(move |k, v| {
@@ -74,4 +80,21 @@ fn main() {
             insert(black_box(k), k);
         }
     }
+    NODE.with(|n| {
+        if let Some(node) = n.borrow_mut().take() {
+            let m = node.network_metrics();
+            eprintln!(
+                "changes sent {}, overflowed {} of {} writes",
+                m.changes_sent,
+                m.outbound_overflow,
+                ops + POP
+            );
+            std::mem::forget(node);
+        }
+    });
+}
+
+thread_local! {
+    /// The networked node of an `insert_net` run, kept for its metrics.
+    static NODE: std::cell::RefCell<Option<mccache::Node>> = const { std::cell::RefCell::new(None) };
 }

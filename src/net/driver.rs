@@ -191,10 +191,10 @@ pub(crate) async fn run(
     }
     let unicast = book.is_some();
     let announce_every = transport.unicast_settings().map(|u| u.announce);
-    // Changes taken off the shared queue, still holding their credits, and the buffer the
+    // Changes taken off the shared queue, still holding their credits, and the buffers the
     // writers fill next.
     let mut staged: VecDeque<Item> = VecDeque::new();
-    let mut spare: Vec<Item> = Vec::new();
+    let mut spare = super::overflow::Spare::default();
     // Buffers of the changes the core has encoded, on their way back to the writers.
     let mut spent: Vec<Vec<u8>> = Vec::new();
     // The timer is the express lane's timerfd: armed for the core's next deadline before each
@@ -246,7 +246,7 @@ pub(crate) async fn run(
                 Wake::Stop => stopping = true,
                 Wake::Changes => {
                     if shared.changes.take_or_park(&mut staged, &mut spare) {
-                        publish_staged(ep, now, &mut staged, &mut spare, &shared, queue_max);
+                        publish_staged(ep, now, &mut staged, &shared, queue_max);
                     }
                 }
                 Wake::Command(cmd) => {
@@ -334,7 +334,7 @@ pub(crate) async fn run(
                     if !shared.changes.take_or_park(&mut staged, &mut spare) {
                         break;
                     }
-                    publish_staged(ep, now, &mut staged, &mut spare, &shared, queue_max);
+                    publish_staged(ep, now, &mut staged, &shared, queue_max);
                 }
                 ep.leave(now);
             }
@@ -423,12 +423,11 @@ pub(crate) async fn run(
 }
 
 /// Hands staged changes to the core, up to 8,192 per pass and while its outbox holds fewer
-/// than `limit`, giving their credits back; returns the emptied buffer to `spare`.
+/// than `limit`, giving their credits back.
 fn publish_staged(
     ep: &mut Endpoint,
     now: Instant,
     staged: &mut VecDeque<Item>,
-    spare: &mut Vec<Item>,
     shared: &Shared,
     limit: usize,
 ) {
@@ -441,9 +440,6 @@ fn publish_staged(
         published += 1;
     }
     shared.backlog.give(published);
-    if staged.is_empty() {
-        *spare = Vec::from(std::mem::take(staged));
-    }
 }
 
 /// How stale the shared members' last-seen times may get before they are refreshed.

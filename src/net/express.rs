@@ -165,6 +165,13 @@ impl Express {
         }
     }
 
+    /// Whether the driver is parked with nothing to do (the lane may be open; `try_send` checks
+    /// the rest).
+    #[inline]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::Acquire)
+    }
+
     /// The writer's side: sends `item` (its credit is the caller's) through the express lane,
     /// or gives it back if the lane is closed: the driver is busy or holds the lock, changes
     /// are queued or lingering, a data message left less than `linger` ago (the node is

@@ -484,6 +484,26 @@ impl ChannelPublisher {
         }
     }
 
+    /// [`ChannelPublisher::send`] for a record of `cache`: builds the item (a count on the
+    /// cache name's `Arc`) only for the express lane; the queue adds the record to its run.
+    fn send_record(&self, cache: &Arc<str>, rec: Record) {
+        if self.tx.is_closed() {
+            self.backlog.give(1);
+            return;
+        }
+        if !self.express.is_idle() {
+            return self.queue.push_record(cache, rec);
+        }
+        let item = Item::Rec {
+            cache: cache.clone(),
+            rec,
+        };
+        match self.express.try_send(item, &self.queue) {
+            Ok(()) => self.backlog.give(1),
+            Err(item) => self.queue.push(item),
+        }
+    }
+
     fn refused(&self) -> Error {
         self.overflow.fetch_add(1, Ordering::Relaxed);
         Error::Overloaded {
@@ -518,10 +538,7 @@ impl Publisher for ChannelPublisher {
                     OpRef::Inval => Op::Inval,
                 },
             };
-            self.send(Item::Rec {
-                cache: cache.clone(),
-                rec,
-            });
+            self.send_record(cache, rec);
         } else if !self.tx.is_closed() {
             self.backlog.mark_key(cache, rec.key);
             self.overflowed();
