@@ -527,11 +527,11 @@ impl Publisher for ChannelPublisher {
     fn publish_record(&self, cache: &Arc<str>, rec: RecordRef<'_>, reserved: bool) {
         if reserved || self.backlog.try_take() {
             let rec = Record {
-                key: self.buffers.copy_of(rec.key).into(),
+                key: self.buffers.copy_of(rec.key),
                 version: rec.version,
                 op: match rec.op {
                     OpRef::Put { value, ttl_ms } => Op::Put {
-                        value: self.buffers.copy_of(value).into(),
+                        value: self.buffers.copy_of(value),
                         ttl_ms,
                     },
                     OpRef::Del => Op::Del,
