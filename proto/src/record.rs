@@ -6,16 +6,16 @@ use smallvec::SmallVec;
 use super::codec::{Reader, put_bytes, put_u64, put_varint};
 use super::version::{NodeId, Version};
 
-/// Bytes kept inline in a [`KeyBytes`].
+/// Bytes kept inline in an [`InlineBytes`].
 pub const INLINE_BYTES: usize = 16;
 
 /// The bytes of a record's key or value: up to [`INLINE_BYTES`] inside the record itself, on
 /// the heap beyond. Most cache keys and many values are that small (a serialized `u64` is at
 /// most 9 bytes), so a change usually travels from the writing thread through the queue and
 /// the core with no allocation, and no buffer goes back and forth between two threads'
-/// caches. Derefs to `[u8]`; build one with `KeyBytes::from_slice` or `.into()` from a
+/// caches. Derefs to `[u8]`; build one with `InlineBytes::from_slice` or `.into()` from a
 /// `Vec<u8>` (which keeps the vector's buffer if it is larger than the inline room).
-pub type KeyBytes = SmallVec<[u8; INLINE_BYTES]>;
+pub type InlineBytes = SmallVec<[u8; INLINE_BYTES]>;
 
 /// What a replicated change does to a key.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -24,8 +24,8 @@ pub enum Op {
     /// (`None`: the receiving cache's own `cache_ttl`).
     Put {
         /// The value, as serialized by rmp-serde.
-        #[serde(with = "key_bytes")]
-        value: KeyBytes,
+        #[serde(with = "inline_bytes")]
+        value: InlineBytes,
         /// Per-entry TTL in milliseconds.
         ttl_ms: Option<u64>,
     },
@@ -40,8 +40,8 @@ pub enum Op {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Record {
     /// The key, as serialized by rmp-serde.
-    #[serde(with = "key_bytes")]
-    pub key: KeyBytes,
+    #[serde(with = "inline_bytes")]
+    pub key: InlineBytes,
     /// The version of the write.
     pub version: Version,
     /// What the write does.
@@ -80,11 +80,11 @@ impl RecordRef<'_> {
     /// An owned copy.
     pub fn to_record(&self) -> Record {
         Record {
-            key: KeyBytes::from_slice(self.key),
+            key: InlineBytes::from_slice(self.key),
             version: self.version,
             op: match self.op {
                 OpRef::Put { value, ttl_ms } => Op::Put {
-                    value: KeyBytes::from_slice(value),
+                    value: InlineBytes::from_slice(value),
                     ttl_ms,
                 },
                 OpRef::Del => Op::Del,
@@ -195,20 +195,73 @@ impl Record {
     }
 }
 
-/// Serde for [`KeyBytes`]: a byte string, as `serde_bytes` writes a `Vec<u8>` (the same
+/// Serde for [`InlineBytes`]: a byte string, as `serde_bytes` writes a `Vec<u8>` (the same
 /// encoding as before the inline form).
-mod key_bytes {
+mod inline_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use super::KeyBytes;
+    use super::InlineBytes;
 
-    pub fn serialize<S: Serializer>(v: &KeyBytes, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(v: &InlineBytes, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyBytes, D::Error> {
-        Ok(KeyBytes::from_vec(
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<InlineBytes, D::Error> {
+        Ok(InlineBytes::from_vec(
             serde_bytes::ByteBuf::deserialize(d)?.into_vec(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape a record had when its bytes were `Vec<u8>`s (`serde_bytes`).
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct VecRecord {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        version: Version,
+        op: VecOp,
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    enum VecOp {
+        Put {
+            #[serde(with = "serde_bytes")]
+            value: Vec<u8>,
+            ttl_ms: Option<u64>,
+        },
+        Del,
+        Inval,
+    }
+
+    #[test]
+    fn inline_bytes_keep_the_wire_form_of_byte_vectors() {
+        for (klen, vlen) in [(0, 0), (3, 16), (16, 17), (40, 1000)] {
+            let (key, value) = (vec![7u8; klen], vec![9u8; vlen]);
+            let rec = Record {
+                key: InlineBytes::from_slice(&key),
+                version: Version::new(123, NodeId(4)),
+                op: Op::Put {
+                    value: InlineBytes::from_slice(&value),
+                    ttl_ms: Some(5),
+                },
+            };
+            assert_eq!(rec.key.spilled(), klen > INLINE_BYTES);
+            let old = VecRecord {
+                key,
+                version: rec.version,
+                op: VecOp::Put {
+                    value,
+                    ttl_ms: Some(5),
+                },
+            };
+            let bytes = rmp_serde::to_vec(&rec).unwrap();
+            assert_eq!(bytes, rmp_serde::to_vec(&old).unwrap());
+            assert_eq!(rmp_serde::from_slice::<Record>(&bytes).unwrap(), rec);
+            assert_eq!(rmp_serde::from_slice::<VecRecord>(&bytes).unwrap(), old);
+        }
     }
 }

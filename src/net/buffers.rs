@@ -15,7 +15,7 @@ use std::cell::RefCell;
 
 use parking_lot::Mutex;
 
-use crate::proto::record::{INLINE_BYTES, KeyBytes};
+use crate::proto::record::{INLINE_BYTES, InlineBytes};
 
 /// Buffers a writer takes from the pool at a time.
 const REFILL: usize = 64;
@@ -64,15 +64,15 @@ impl BufferPool {
     /// ([`INLINE_BYTES`]: no buffer at all), else in a used buffer from this thread's stash
     /// (refilled from the pool when empty), or a new allocation if the pool has none.
     #[inline]
-    pub(crate) fn copy_of(&self, bytes: &[u8]) -> KeyBytes {
+    pub(crate) fn copy_of(&self, bytes: &[u8]) -> InlineBytes {
         if bytes.len() <= INLINE_BYTES {
-            KeyBytes::from_slice(bytes)
+            InlineBytes::from_slice(bytes)
         } else {
             self.copy_to_buffer(bytes)
         }
     }
 
-    fn copy_to_buffer(&self, bytes: &[u8]) -> KeyBytes {
+    fn copy_to_buffer(&self, bytes: &[u8]) -> InlineBytes {
         let reused = STASH.with_borrow_mut(|stash| {
             if stash.is_empty() {
                 let mut free = self.free.lock();
@@ -88,9 +88,9 @@ impl BufferPool {
                 buf.clear();
                 buf.extend_from_slice(bytes);
                 // Longer than the inline room: stays in `buf`'s allocation.
-                KeyBytes::from_vec(buf)
+                InlineBytes::from_vec(buf)
             }
-            None => KeyBytes::from_slice(bytes),
+            None => InlineBytes::from_slice(bytes),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The byte buffers of changes already packed into data messages, kept for the application
 //! to reuse.
 //!
-//! A local change carries its key and value in two [`KeyBytes`](crate::record::KeyBytes);
+//! A local change carries its key and value in two [`InlineBytes`](crate::record::InlineBytes);
 //! those longer than the inline room are on the heap, allocated by the writing thread and,
 //! without this, freed by the network thread once the change is encoded: allocator traffic
 //! between two threads that costs the writer about a third of an insert under load (glibc's
@@ -11,7 +11,7 @@
 
 use super::Endpoint;
 use crate::message::Item;
-use crate::record::{KeyBytes, Op};
+use crate::record::{InlineBytes, Op};
 
 /// At most this many buffers are kept.
 const MAX_BUFFERS: usize = 16_384;
@@ -41,7 +41,7 @@ impl Spent {
         }
     }
 
-    fn keep_one(&mut self, bytes: KeyBytes) {
+    fn keep_one(&mut self, bytes: InlineBytes) {
         if !bytes.spilled() {
             return;
         }

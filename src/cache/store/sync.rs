@@ -11,7 +11,7 @@ use crate::cache::event::Origin;
 use crate::cache::hooks::{Applied, ErasedCache, KeyVersion, SYNC_BUCKETS, SyncDigest};
 use crate::cache::metrics::CacheMetrics;
 use crate::config::CacheMode;
-use crate::proto::record::{KeyBytes, Op, Record, RecordRef};
+use crate::proto::record::{InlineBytes, Op, Record, RecordRef};
 use crate::proto::version::{NodeId, Version};
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
@@ -80,7 +80,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
             return self.record_of(key, &k, e);
         }
         g.tombs.get(&k).map(|t| Record {
-            key: KeyBytes::from_slice(key),
+            key: InlineBytes::from_slice(key),
             version: t.version,
             op: Op::Del,
         })
@@ -185,7 +185,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
                     })
                 } else {
                     g.tombs.get_index(pos - g.map.len()).map(|(_, t)| Record {
-                        key: KeyBytes::from_slice(&t.key_bytes),
+                        key: InlineBytes::from_slice(&t.key_bytes),
                         version: t.version,
                         op: Op::Del,
                     })
