@@ -3,8 +3,14 @@
 //! prefill, so two runs differ only in the cache.
 //!
 //! Run: `cargo bench --bench ops --no-run`, then
-//! `valgrind --tool=callgrind <bench binary> <get_hit|insert|insert_net> <mccache|quick_cache> [ops]`
+//! `valgrind --tool=callgrind <bench binary> <get_hit|insert|insert_net> <mccache|quick_cache> [ops] [drain]`
 //! and divide the instruction counts (`callgrind_annotate`) by `ops`.
+//!
+//! `insert_net` runs one node on loopback with no peers and a queue that holds every change
+//! (nothing overflows, whatever the scheduling), and prints how many changes were sent. With
+//! `drain` it waits (at most 10 minutes) until the network thread has sent every change before
+//! it exits, so that thread's count (`--separate-threads=yes`) covers all of them; without, the
+//! wall time is the writer's alone (the process exits with changes still queued).
 
 use std::hint::black_box;
 
@@ -23,6 +29,7 @@ fn main() {
         .get(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    let drain = args.get(3).is_some_and(|a| a == "drain");
     let cap = if op == "get_hit" { 2 * POP } else { POP } as usize;
     let (get, insert): (Get, Insert) = match cache.as_str() {
         "quick_cache" => {
@@ -40,6 +47,10 @@ fn main() {
             config.cache_size = 1 << 40;
             config.interface = std::net::Ipv4Addr::LOCALHOST;
             config.multicast_port = 47_911;
+            // Room for every change of a run: under valgrind the network thread runs only when
+            // the writer yields, and changes that overflow the default 65,536 skip most of the
+            // replication work, so counts per write would depend on the scheduling.
+            config.queue_max = 1 << 22;
             let node = if op == "insert_net" {
                 mccache::Node::start(config)
             } else {
@@ -82,12 +93,19 @@ fn main() {
     }
     NODE.with(|n| {
         if let Some(node) = n.borrow_mut().take() {
-            let m = node.network_metrics();
+            let writes = ops + POP;
+            let start = std::time::Instant::now();
+            let mut m = node.network_metrics();
+            while drain
+                && m.changes_sent + m.outbound_overflow < writes
+                && start.elapsed() < std::time::Duration::from_secs(600)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                m = node.network_metrics();
+            }
             eprintln!(
                 "changes sent {}, overflowed {} of {} writes",
-                m.changes_sent,
-                m.outbound_overflow,
-                ops + POP
+                m.changes_sent, m.outbound_overflow, writes
             );
             std::mem::forget(node);
         }

@@ -165,26 +165,25 @@ impl Express {
         }
     }
 
-    /// Whether the driver is parked with nothing to do (the lane may be open; `try_send` checks
-    /// the rest).
-    #[inline]
-    pub(crate) fn is_idle(&self) -> bool {
-        self.idle.load(Ordering::Acquire)
-    }
-
-    /// The writer's side: sends `item` (its credit is the caller's) through the express lane,
-    /// or gives it back if the lane is closed: the driver is busy or holds the lock, changes
-    /// are queued or lingering, a data message left less than `linger` ago (the node is
-    /// streaming: the driver batches), or the lane is off.
-    pub(crate) fn try_send(&self, item: Item, queue: &ChangeQueue) -> Result<(), Item> {
+    /// The writer's side: sends `change` (its credit is the caller's) through the express
+    /// lane, as the item `make` builds from it, or gives it back if the lane is closed: the
+    /// driver is busy or holds the lock, changes are queued or lingering, a data message left
+    /// less than `linger` ago (the node is streaming: the driver batches), or the lane is off.
+    /// The item is built only to be sent (a record's takes a count on its cache name).
+    pub(crate) fn try_send<C>(
+        &self,
+        change: C,
+        make: impl FnOnce(C) -> Item,
+        queue: &ChangeQueue,
+    ) -> Result<(), C> {
         if !self.idle.load(Ordering::Acquire) {
-            return Err(item);
+            return Err(change);
         }
         let Some(sock) = &self.sock else {
-            return Err(item);
+            return Err(change);
         };
         let Some(mut guard) = self.core.try_lock() else {
-            return Err(item);
+            return Err(change);
         };
         let core = &mut *guard;
         let now = Instant::now();
@@ -192,9 +191,9 @@ impl Express {
         // them (several datagrams per system call) off the writers' threads.
         if !core.idle || core.ep.outbox_len() > 0 || !queue.is_empty() || core.ep.is_streaming(now)
         {
-            return Err(item);
+            return Err(change);
         }
-        core.ep.publish(now, item);
+        core.ep.publish(now, make(change));
         self.changes.fetch_add(1, Ordering::Relaxed);
         let mut n = 0;
         loop {

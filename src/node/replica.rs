@@ -478,29 +478,27 @@ impl ChannelPublisher {
             self.backlog.give(1);
             return;
         }
-        match self.express.try_send(item, &self.queue) {
+        match self.express.try_send(item, |item| item, &self.queue) {
             Ok(()) => self.backlog.give(1),
             Err(item) => self.queue.push(item),
         }
     }
 
-    /// [`ChannelPublisher::send`] for a record of `cache`: builds the item (a count on the
-    /// cache name's `Arc`) only for the express lane; the queue adds the record to its run.
+    /// [`ChannelPublisher::send`] for a record of `cache`: the item (a count on the cache
+    /// name's `Arc`) is built only if the express lane sends it; the queue adds the record to
+    /// its cache's run.
     fn send_record(&self, cache: &Arc<str>, rec: Record) {
         if self.tx.is_closed() {
             self.backlog.give(1);
             return;
         }
-        if !self.express.is_idle() {
-            return self.queue.push_record(cache, rec);
-        }
-        let item = Item::Rec {
+        let make = |rec| Item::Rec {
             cache: cache.clone(),
             rec,
         };
-        match self.express.try_send(item, &self.queue) {
+        match self.express.try_send(rec, make, &self.queue) {
             Ok(()) => self.backlog.give(1),
-            Err(item) => self.queue.push(item),
+            Err(rec) => self.queue.push_record(cache, rec),
         }
     }
 
