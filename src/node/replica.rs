@@ -471,35 +471,35 @@ impl ChannelPublisher {
     }
 
     /// Sends a change holding a credit: at once through the express lane if the driver is
-    /// idle, else through the queue (the credit is given back when the change leaves it, or at
-    /// once if the driver has stopped).
-    fn send(&self, item: Item) {
+    /// idle (as the item `make` builds from it), else through the queue (`queue` appends it;
+    /// the credit is given back when the change leaves the queue, or at once if the driver
+    /// has stopped).
+    #[inline]
+    fn dispatch<C>(&self, change: C, make: impl FnOnce(C) -> Item, queue: impl FnOnce(C)) {
         if self.tx.is_closed() {
             self.backlog.give(1);
             return;
         }
-        match self.express.try_send(item, |item| item, &self.queue) {
+        match self.express.try_send(change, make, &self.queue) {
             Ok(()) => self.backlog.give(1),
-            Err(item) => self.queue.push(item),
+            Err(change) => queue(change),
         }
     }
 
-    /// [`ChannelPublisher::send`] for a record of `cache`: the item (a count on the cache
+    /// [`ChannelPublisher::dispatch`] for any change.
+    fn send(&self, item: Item) {
+        self.dispatch(item, |item| item, |item| self.queue.push(item));
+    }
+
+    /// [`ChannelPublisher::dispatch`] for a record of `cache`: the item (a count on the cache
     /// name's `Arc`) is built only if the express lane sends it; the queue adds the record to
     /// its cache's run.
     fn send_record(&self, cache: &Arc<str>, rec: Record) {
-        if self.tx.is_closed() {
-            self.backlog.give(1);
-            return;
-        }
         let make = |rec| Item::Rec {
             cache: cache.clone(),
             rec,
         };
-        match self.express.try_send(rec, make, &self.queue) {
-            Ok(()) => self.backlog.give(1),
-            Err(rec) => self.queue.push_record(cache, rec),
-        }
+        self.dispatch(rec, make, |rec| self.queue.push_record(cache, rec));
     }
 
     fn refused(&self) -> Error {

@@ -26,12 +26,12 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             }
         };
         let key = if key_bytes.is_empty() {
-            rmp_serde::to_vec(key).ok()?
+            rmp_serde::to_vec(key).ok()?.into()
         } else {
-            key_bytes.to_vec()
+            InlineBytes::from_slice(key_bytes)
         };
         Some(Record {
-            key: key.into(),
+            key,
             version: e.version,
             op,
         })
