@@ -184,7 +184,9 @@ declare_keys! {
         default: "`mccache`",
     }
     /// How many outbound changes may queue. What happens past this limit is `overload`'s
-    /// choice. McCache's queues were unbounded.
+    /// choice. Under sustained overload a change waits behind about this many (plus up to
+    /// 4,096 being packed), so a smaller queue bounds the lag lower and leaves more keys to the
+    /// targeted repair. McCache's queues were unbounded.
     queue_max: usize = 65_536 => {
         rule: CHANGES,
         unit: "changes, ≥ 1",

@@ -161,6 +161,7 @@ pub(crate) async fn run(
     let base = Instant::now();
     let mut stopping = false;
     let queue_max = shared.backlog.capacity().max(1);
+    let outbox_max = queue_max.min(4096);
     let sealed = shared.sealed.load(Ordering::Relaxed);
     // Unicast: the address book, the first resolution of `peers` (before the first datagram
     // leaves, so the join announcement reaches them), and the resolver task.
@@ -214,7 +215,7 @@ pub(crate) async fn run(
             let mut guard = express.lock();
             // Changes wait in the queue (holding their credits) while the core's outbox is
             // full, so the overload policy, not the core, decides what happens to them.
-            let room = guard.ep.outbox_len() < queue_max;
+            let room = guard.ep.outbox_len() < outbox_max;
             let changes_ready = room && shared.changes.take_or_park(&mut staged, &mut spare);
             // Parked with nothing staged or waiting: writers may send their changes themselves.
             let idle = room && !changes_ready && staged.is_empty() && commands.is_empty();
@@ -246,7 +247,7 @@ pub(crate) async fn run(
                 Wake::Stop => stopping = true,
                 Wake::Changes => {
                     if shared.changes.take_or_park(&mut staged, &mut spare) {
-                        publish_staged(ep, now, &mut staged, &shared, queue_max);
+                        publish_staged(ep, now, &mut staged, &shared, outbox_max);
                     }
                 }
                 Wake::Command(cmd) => {
@@ -264,7 +265,7 @@ pub(crate) async fn run(
                             }
                         }
                         n += 1;
-                        if n < 8192 && ep.outbox_len() < queue_max {
+                        if n < 8192 && ep.outbox_len() < outbox_max {
                             next = commands.try_recv().ok();
                         }
                     }

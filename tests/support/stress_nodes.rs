@@ -24,10 +24,21 @@ pub fn out_dir(name: &str) -> PathBuf {
 /// after 120 s), checks that each exited successfully, quiesced, wrote and measured remote
 /// writes, and returns their results in order.
 pub fn run(dir: &Path, n: usize, env: impl Fn(usize) -> Vec<(String, String)>) -> Vec<Value> {
+    run_with(dir, n, &["--duration", "2", "--aperture", "0.002"], env)
+}
+
+/// [`run`] with other workload flags (`--duration`, `--aperture`, ...) than its defaults.
+pub fn run_with(
+    dir: &Path,
+    n: usize,
+    workload: &[&str],
+    env: impl Fn(usize) -> Vec<(String, String)>,
+) -> Vec<Value> {
     let children: Vec<_> = (0..n)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_mccache"))
-                .args(["node", "--duration", "2", "--aperture", "0.002"])
+                .arg("node")
+                .args(workload)
                 .args(["--mix", "mixed", "--peers", &n.to_string()])
                 .args(["--seed", &(i + 1).to_string(), "--quiesce-timeout", "30"])
                 .arg("--out")
