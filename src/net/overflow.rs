@@ -47,7 +47,7 @@ pub(crate) const DIRTY_MAX: usize = 1 << 18;
 
 impl Default for Backlog {
     fn default() -> Backlog {
-        Backlog::new(65_536)
+        Backlog::new(16_384)
     }
 }
 

@@ -143,7 +143,7 @@ impl EndpointConfig {
             nak: NakPolicy::default(),
             retransmit_bytes: 32 << 20,
             window: 1_024,
-            queue_max: 65_536,
+            queue_max: 16_384,
             tail_delay: Duration::from_millis(2),
             snapshot_chunk: 32 << 10,
             join_wait: heartbeat.mul_f64(1.5).max(Duration::from_millis(300)),
