@@ -175,6 +175,17 @@ enum Sockets {
     Unicast(std::net::UdpSocket),
 }
 
+impl Sockets {
+    /// What the kernel charges the receiving socket for (`SO_RCVBUF` read back), if it says.
+    fn recv_buffer(&self) -> Option<usize> {
+        let recv = match self {
+            Sockets::Multicast(recv, _) => recv,
+            Sockets::Unicast(sock) => sock,
+        };
+        socket2::SockRef::from(recv).recv_buffer_size().ok()
+    }
+}
+
 /// Starts a networked node (see [`Node::start`]).
 pub(crate) fn start(config: Config) -> Result<Node> {
     config.validate()?;
@@ -354,6 +365,10 @@ fn express_lane(
         config.pulse(),
     );
     ep_cfg.queue_max = config.queue_max;
+    // The flow-control window shrinks to what a buffer like ours holds from every peer.
+    if let Some(bytes) = sockets.recv_buffer() {
+        ep_cfg.recv_buffer = bytes;
+    }
     ep_cfg.max_clock_skew = config.max_clock_skew();
     let endpoint = Endpoint::new(ep_cfg, id, Instant::now());
     let drops_sends = config.monkey_tantrum > 0.0 && config.monkey_tantrum_side.drops_sends();

@@ -54,6 +54,13 @@ pub const TAIL_REPEAT_SPACING: u32 = 8;
 /// heartbeat) without an answer.
 pub const TRANSFER_RETRY_FACTOR: u32 = 25;
 
+/// Bytes a receive buffer is charged for one full-size data datagram: the kernel counts the
+/// packet's whole allocation, about twice an MTU-sized payload (rounded up here).
+pub const DATAGRAM_CHARGE: usize = 3 << 10;
+
+/// The smallest flow-control window, whatever the receive buffer.
+pub const MIN_WINDOW: u64 = 16;
+
 /// Most sequence numbers one NAK can make this node look at (retransmit or answer `Gone`).
 pub const NAK_WORK_BUDGET: u32 = 4096;
 
@@ -91,8 +98,13 @@ pub struct EndpointConfig {
     pub nak: NakPolicy,
     /// Bytes of sent data messages kept for retransmission.
     pub retransmit_bytes: usize,
-    /// Unacknowledged data messages allowed in flight before new data waits (flow control).
+    /// Unacknowledged data messages allowed in flight before new data waits (flow control):
+    /// the most; [`crate::endpoint::Endpoint::window`] is smaller when `recv_buffer` is.
     pub window: u64,
+    /// Bytes the kernel charges this node's receive socket for (what `SO_RCVBUF` reads back:
+    /// twice the size set, on Linux). Peers are assumed to have the same, and the window is
+    /// sized so that every peer's fits it.
+    pub recv_buffer: usize,
     /// Changes that may wait to be sent; beyond it changes are dropped and repaired by
     /// anti-entropy.
     pub queue_max: usize,
@@ -143,6 +155,7 @@ impl EndpointConfig {
             nak: NakPolicy::default(),
             retransmit_bytes: 32 << 20,
             window: 1_024,
+            recv_buffer: 32 << 20,
             queue_max: 16_384,
             tail_delay: Duration::from_millis(2),
             snapshot_chunk: 32 << 10,

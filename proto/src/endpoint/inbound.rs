@@ -193,7 +193,8 @@ impl Endpoint {
             }
             Arrival::New => {
                 p.received_since_ack += 1;
-                let ack_now = p.received_since_ack >= self.cfg.ack_every;
+                let received = p.received_since_ack;
+                let ack_now = received >= self.ack_every();
                 self.apply_items(now, items, from, app, false);
                 if ack_now {
                     self.send_ack();

@@ -372,6 +372,24 @@ impl Endpoint {
             .unwrap_or(0)
     }
 
+    /// The flow-control window now: the data messages each peer may have unacknowledged, at
+    /// most `cfg.window`, and fewer when a receive buffer like this node's
+    /// (`cfg.recv_buffer`) could not hold that many from every peer at once (each peer may be
+    /// sending to it too). A kernel that caps the buffer (`net.core.rmem_max` without
+    /// `CAP_NET_ADMIN`, as in most containers) then shrinks the window instead of dropping
+    /// what the senders' windows allow. At least [`MIN_WINDOW`].
+    pub fn window(&self) -> u64 {
+        let senders = self.peers.len().max(1);
+        let fits = self.cfg.recv_buffer / DATAGRAM_CHARGE / senders;
+        (fits as u64).max(MIN_WINDOW).min(self.cfg.window)
+    }
+
+    /// Data messages received from one peer between two cumulative acks: a quarter of the
+    /// window (so a sender never waits for a heartbeat to reopen it), at most `cfg.ack_every`.
+    pub(super) fn ack_every(&self) -> u64 {
+        (self.window() / 4).clamp(1, self.cfg.ack_every.max(1))
+    }
+
     /// True when nothing is queued, in flight or missing: the node has quiesced.
     pub fn is_quiet(&self) -> bool {
         self.outbox.is_empty()

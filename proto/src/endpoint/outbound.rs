@@ -63,7 +63,7 @@ impl Endpoint {
             }
         }
         self.timers.stop(Timer::Linger);
-        if self.in_flight() >= self.cfg.window {
+        if self.in_flight() >= self.window() {
             return false; // flow control: wait for acks (or for slow peers to be removed)
         }
         let mut items = Vec::new();
@@ -384,6 +384,35 @@ mod tests {
         assert!(!drain(&mut a, hb).is_empty());
         assert_eq!(a.outbox_len(), 0);
         assert_eq!(a.metrics().data_messages_sent, 2);
+    }
+
+    #[test]
+    fn a_capped_receive_buffer_shrinks_the_window_and_brings_acks_sooner() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
+        assert_eq!(
+            a.window(),
+            a.cfg.window,
+            "a 32 MiB buffer holds a full window"
+        );
+        // Linux's default cap (`net.core.rmem_max` = 212,992, read back doubled).
+        a.cfg.recv_buffer = 425_984;
+        b.cfg.recv_buffer = 425_984;
+        assert_eq!(a.window(), 138, "what the buffer holds from one peer");
+        assert_eq!(b.ack_every(), 34, "a quarter of the window");
+        let mut t = t0;
+        for i in 0..34u32 {
+            t += a.cfg.linger * 2;
+            let item = put(&a, &i.to_be_bytes(), &[7; 1000]);
+            a.publish(t, item);
+            let sent = drain(&mut a, t);
+            assert_eq!(sent.len(), 1, "a 1 KB change is a data message of its own");
+            b.handle_datagram(t, &sent[0], &mut app_b);
+        }
+        assert_eq!(a.in_flight(), 34);
+        // b acknowledges the 34th message at once, long before its next heartbeat.
+        deliver(&mut b, &mut a, &mut app_a, t);
+        assert_eq!(a.in_flight(), 0);
     }
 
     #[test]
