@@ -3,7 +3,9 @@
 //! (`Node::start(Config::load())`), writes flat out into a tiny outbound queue
 //! (`MCCACHE_QUEUE_MAX=4`); an observer node in this process (`Node::start`) must end with the
 //! writer's exact cache, through the targeted repair and not through anti-entropy pulses
-//! (`cache_pulse` is 600 s on both nodes).
+//! (`cache_pulse` is 600 s on both nodes). Under sustained overload (a writer that never
+//! pauses), keys whose changes found no room must reach the observer while the writer is still
+//! writing (`sustained_overload_repairs_while_writing`).
 //!
 //! The writer is this test binary re-run with `MCCACHE_T12_WRITER=1` (the `writer_role` test
 //! does nothing otherwise). Groups 239.255.103.10x, ports 4731x, clusters `t12-overload-*`.
@@ -197,4 +199,132 @@ fn error_refuses_writes_that_find_no_room() {
     assert!(r.ok > 0);
     assert_eq!(r.ok + r.refused, u64::from(WRITES));
     assert_eq!(r.refused_present, 0, "a refused write stored nothing");
+}
+
+/// Markers the sustained writer writes once each, one every 100 ms, while it overloads.
+const MARKERS: u32 = 20;
+
+/// The writer of `sustained_overload_repairs_while_writing`: joins, then writes 1 KiB values
+/// flat out over 100 hot keys for 6 s, with [`MARKERS`] keys written once each during the
+/// first 2 s; reports, then waits for `quit`.
+#[test]
+fn sustained_writer_role() {
+    if std::env::var_os("MCCACHE_T12_SUSTAINED").is_none() {
+        return;
+    }
+    let node = Node::start(Config::load().expect("config from MCCACHE_*")).expect("start");
+    let cache = node.cache::<u32, Vec<u8>>("load").expect("cache");
+    assert!(
+        cluster::wait_until(Duration::from_secs(20), || !node.members().is_empty()),
+        "no peer"
+    );
+    let value = vec![7u8; 1024];
+    let start = Instant::now();
+    let (mut i, mut marker) = (0u32, 0u32);
+    while start.elapsed() < Duration::from_secs(6) {
+        cache
+            .insert(i % 100, value.clone())
+            .expect("repair never refuses");
+        i = i.wrapping_add(1);
+        if marker < MARKERS
+            && start.elapsed() >= Duration::from_millis(1_000 + 100 * u64::from(marker))
+        {
+            cache.insert(1_000 + marker, vec![1]).expect("marker");
+            marker += 1;
+        }
+    }
+    let m = node.network_metrics();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "done {i} {}", m.outbound_overflow).unwrap();
+    out.flush().unwrap();
+    let _ = std::io::stdin().lock().lines().next();
+    node.shutdown();
+}
+
+/// Under sustained overload (a writer that never pauses, a queue that never drains), a key
+/// whose change found no room still reaches the peers while the writer keeps writing: the
+/// targeted repair runs every 100 ms even with the queue full, not only once it drains.
+#[test]
+fn sustained_overload_repairs_while_writing() {
+    let (group, port) = (Ipv4Addr::new(239, 255, 103, 104), 47314);
+    let cluster_name = "t12-overload-sustained";
+    let observer = Node::start({
+        let mut c = Config::default();
+        c.interface = Ipv4Addr::LOCALHOST;
+        c.multicast_ip = group;
+        c.multicast_port = port;
+        c.cluster_name = cluster_name.to_string();
+        c.crypto_key = Some(cluster::KEY.to_string());
+        c.daemon_sleep = 0.1;
+        c.cache_pulse = 600.0;
+        c.cache_ttl = 0.0;
+        c
+    })
+    .expect("observer starts");
+    let seen = observer.cache::<u32, Vec<u8>>("load").expect("cache");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sustained_writer_role",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MCCACHE_T12_SUSTAINED", "1")
+        .env("MCCACHE_CONFIG", "")
+        .env("MCCACHE_INTERFACE", "127.0.0.1")
+        .env("MCCACHE_MULTICAST_IP", group.to_string())
+        .env("MCCACHE_MULTICAST_PORT", port.to_string())
+        .env("MCCACHE_CLUSTER_NAME", cluster_name)
+        .env("MCCACHE_CRYPTO_KEY", cluster::KEY)
+        .env("MCCACHE_DAEMON_SLEEP", "0.1")
+        .env("MCCACHE_CACHE_PULSE", "600")
+        .env("MCCACHE_CACHE_TTL", "0")
+        // Each 1 KiB change takes three datagrams: the writer outruns its network thread.
+        .env("MCCACHE_PACKET_MTU", "576")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the writer");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read to the end: the writer's test harness prints after the report.
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.find("done ") {
+                let _ = tx.send(line[at + 5..].to_string());
+            }
+        }
+    });
+    let markers = || {
+        (0..MARKERS)
+            .filter(|m| seen.contains_key(&(1_000 + m)))
+            .count()
+    };
+    // Poll until the writer reports it stopped (bounded: it writes for 6 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut at_done, mut report) = (0, String::new());
+    while Instant::now() < deadline {
+        let count = markers();
+        if let Ok(r) = rx.try_recv() {
+            (at_done, report) = (count, r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = writeln!(stdin, "quit");
+    drop(stdin);
+    let _ = child.wait();
+    observer.shutdown();
+    assert!(!report.is_empty(), "the writer reported within 60 s");
+    let overflow: u64 = report.split_whitespace().nth(1).unwrap().parse().unwrap();
+    eprintln!(
+        "sustained overload: writes and overflows {report}; {at_done} of {MARKERS} markers seen while writing"
+    );
+    assert!(overflow > 0, "the queue overflowed: {report}");
+    assert_eq!(
+        at_done, MARKERS as usize,
+        "every marker reached the observer while the writer kept writing"
+    );
 }

@@ -169,6 +169,7 @@ pub(crate) async fn run(
     let mut failing = HashMap::new();
     let (disc_tx, mut disc_rx) = mpsc::channel::<Vec<Resolved>>(1);
     let mut next_announce = base;
+    let mut next_interleaved_repair = base;
     let mut announce_soon = false;
     if let Some(u) = transport.unicast_settings() {
         let mut b = AddressBook::new(u.expiry);
@@ -325,8 +326,15 @@ pub(crate) async fn run(
             if shared.overflowed.swap(false, Ordering::AcqRel) {
                 counters.outbound_overflow += 1;
             }
-            if commands.is_empty() && staged.is_empty() && shared.changes.is_empty() {
-                super::overflow::repair_step(ep, app.as_ref(), &shared.backlog, now);
+            // The targeted repair: at once when the queue has drained, and every
+            // REPAIR_INTERLEAVE while it stays full, so that under sustained overload a key
+            // whose change found no room does not wait for the writers to pause.
+            let drained = commands.is_empty() && staged.is_empty() && shared.changes.is_empty();
+            if drained {
+                super::overflow::repair_step(ep, app.as_ref(), &shared.backlog, now, false);
+            } else if now >= next_interleaved_repair {
+                next_interleaved_repair = now + super::overflow::REPAIR_INTERLEAVE;
+                super::overflow::repair_step(ep, app.as_ref(), &shared.backlog, now, true);
             }
             if stopping {
                 // What the caches queued before the stop goes out ahead of the leave, as far as

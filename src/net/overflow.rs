@@ -4,7 +4,8 @@
 //!   queued; the driver gives them back as it takes changes off the queue. The overload policy
 //!   (`overload = "repair" | "block" | "error"`) decides what a write does when none is left.
 //! - **Dirty keys**: the keys (and clears) whose changes could not be queued. The driver
-//!   re-sends their newest records as soon as the queue has drained (a targeted repair), so
+//!   re-sends their newest records as soon as the queue has drained (a targeted repair), and
+//!   up to 1,024 of them every 100 ms while it stays full (sustained overload), so
 //!   peers converge right after a burst instead of at the next anti-entropy pulse. The set is
 //!   bounded ([`DIRTY_MAX`] keys, or `queue_max` if larger); past the bound it spills, and the
 //!   driver falls back to anti-entropy pulses (one at once, one after the settle time).
@@ -313,15 +314,30 @@ impl ChangeQueue {
     }
 }
 
-/// Most dirty keys re-sent per driver pass.
+/// Most dirty keys re-sent per driver pass once the queue has drained.
 const REPAIR_BATCH: usize = 4096;
 
-/// The driver's part of the targeted repair, run when the command queue is empty: re-sends
-/// the newest record of up to 4,096 dirty keys (and any overflowed clears) on the
-/// reliable stream, whenever the core's outbox holds fewer than that. If the dirty set
-/// spilled, schedules an anti-entropy pulse now and one after the settle time (anti-entropy
-/// leaves younger keys to the stream).
-pub(crate) fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backlog, now: Instant) {
+/// While the queue stays full (sustained overload), a repair pass still runs this often...
+pub(crate) const REPAIR_INTERLEAVE: Duration = Duration::from_millis(100);
+
+/// ...re-sending at most this many dirty keys, ahead of the queued changes: a key whose change
+/// found no room reaches the peers within about [`REPAIR_INTERLEAVE`] even if the writers never
+/// pause, at a cost of at most ~10,000 extra changes/s.
+const INTERLEAVED_BATCH: usize = 1024;
+
+/// The driver's part of the targeted repair: re-sends the newest record of dirty keys (and
+/// any overflowed clears) on the reliable stream. Once the queue has drained (`interleaved`
+/// false), up to 4,096 keys whenever the core's outbox holds fewer than that; while it is
+/// still full (`interleaved`, every [`REPAIR_INTERLEAVE`]), up to 1,024 whatever the outbox
+/// holds. If the dirty set spilled, schedules an anti-entropy pulse now and one after the
+/// settle time (anti-entropy leaves younger keys to the stream).
+pub(crate) fn repair_step(
+    ep: &mut Endpoint,
+    app: &dyn AppState,
+    backlog: &Backlog,
+    now: Instant,
+    interleaved: bool,
+) {
     {
         let mut due = backlog.pulse_due.lock();
         if let Some(at) = *due {
@@ -332,7 +348,12 @@ pub(crate) fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backl
             }
         }
     }
-    if !backlog.has_dirty() || ep.outbox_len() >= REPAIR_BATCH {
+    let batch = if interleaved {
+        INTERLEAVED_BATCH
+    } else {
+        REPAIR_BATCH
+    };
+    if !backlog.has_dirty() || (!interleaved && ep.outbox_len() >= REPAIR_BATCH) {
         return;
     }
     let (keys, clears, spilled) = {
@@ -343,11 +364,7 @@ pub(crate) fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backl
             let Some(set) = d.keys.get_mut(&cache) else {
                 continue;
             };
-            let take: Vec<Vec<u8>> = set
-                .iter()
-                .take(REPAIR_BATCH - keys.len())
-                .cloned()
-                .collect();
+            let take: Vec<Vec<u8>> = set.iter().take(batch - keys.len()).cloned().collect();
             for k in take {
                 set.remove(&k);
                 keys.push((cache.clone(), k));
@@ -355,7 +372,7 @@ pub(crate) fn repair_step(ep: &mut Endpoint, app: &dyn AppState, backlog: &Backl
             if set.is_empty() {
                 d.keys.remove(&cache);
             }
-            if keys.len() >= REPAIR_BATCH {
+            if keys.len() >= batch {
                 break;
             }
         }
