@@ -197,7 +197,7 @@ declare_keys! {
     }
     /// What a write does when the outbound queue (`queue_max`) is full. `repair`: it is stored
     /// and returns at once; its change is not queued, and the node re-sends the newest record
-    /// of every such key as soon as the queue drains, and up to 1,024 of them every 100 ms
+    /// of every such key as soon as the queue drains, and up to 256 of them every 100 ms
     /// while it stays full (past 262,144 such keys, or `queue_max` if larger, anti-entropy
     /// pulses finish the repair). `block`: the writer waits for room, at
     /// most `overload_timeout`, then gets `Error::Overloaded`. `error`: `Error::Overloaded` at
