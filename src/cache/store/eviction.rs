@@ -181,11 +181,14 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             return Room::Replace { at, expired };
         }
         let count = self.shards.len();
-        for _ in 0..2 * count {
+        for i in 0..2 * count {
             let si = self.evict_hand.fetch_add(1, Ordering::Relaxed) & (count - 1);
             let victim = &self.shards[si];
             let evicted = if std::ptr::eq(victim, shard) {
-                self.clock_evict_in(shard, g, true, true, Version::ZERO, now, ev)
+                // Its hand has just made a whole pass, taking every second chance in it: its
+                // entries go only after the other shards have had their pass (else an entry
+                // read moments ago could go while an unread one waits in another shard).
+                i >= count && self.clock_evict_in(shard, g, true, true, Version::ZERO, now, ev)
             } else if let Some(mut vg) = victim.lock.try_write() {
                 self.clock_evict_in(victim, &mut vg, true, true, Version::ZERO, now, ev)
             } else {
