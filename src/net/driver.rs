@@ -216,7 +216,7 @@ pub(crate) async fn run(
             let mut guard = express.lock();
             // Changes wait in the queue (holding their credits) while the core's outbox is
             // full, so the overload policy, not the core, decides what happens to them.
-            let room = guard.ep.outbox_len() < outbox_max;
+            let room = has_room(&guard.ep, outbox_max);
             let changes_ready = room && shared.changes.take_or_park(&mut staged, &mut spare);
             // Parked with nothing staged or waiting: writers may send their changes themselves.
             let idle = room && !changes_ready && staged.is_empty() && commands.is_empty();
@@ -248,7 +248,7 @@ pub(crate) async fn run(
                 Wake::Stop => stopping = true,
                 Wake::Changes => {
                     if shared.changes.take_or_park(&mut staged, &mut spare) {
-                        publish_staged(ep, now, &mut staged, &shared, outbox_max);
+                        publish_staged(ep, now, &mut staged, &shared, (outbox_max, OUTBOX_BYTES));
                     }
                 }
                 Wake::Command(cmd) => {
@@ -266,7 +266,7 @@ pub(crate) async fn run(
                             }
                         }
                         n += 1;
-                        if n < 8192 && ep.outbox_len() < outbox_max {
+                        if n < 8192 && has_room(ep, outbox_max) {
                             next = commands.try_recv().ok();
                         }
                     }
@@ -343,7 +343,8 @@ pub(crate) async fn run(
                     if !shared.changes.take_or_park(&mut staged, &mut spare) {
                         break;
                     }
-                    publish_staged(ep, now, &mut staged, &shared, queue_max);
+                    // The stop: as many as the queue held, whatever their bytes.
+                    publish_staged(ep, now, &mut staged, &shared, (queue_max, usize::MAX));
                 }
                 ep.leave(now);
             }
@@ -432,16 +433,16 @@ pub(crate) async fn run(
 }
 
 /// Hands staged changes to the core, up to 8,192 per pass and while its outbox holds fewer
-/// than `limit`, giving their credits back.
+/// than `limit` changes and `limit_bytes` bytes, giving their credits back.
 fn publish_staged(
     ep: &mut Endpoint,
     now: Instant,
     staged: &mut VecDeque<Item>,
     shared: &Shared,
-    limit: usize,
+    (limit, limit_bytes): (usize, usize),
 ) {
     let mut published = 0;
-    while published < 8192 && ep.outbox_len() < limit {
+    while published < 8192 && ep.outbox_len() < limit && ep.outbox_bytes() < limit_bytes {
         let Some(item) = staged.pop_front() else {
             break;
         };
@@ -449,6 +450,16 @@ fn publish_staged(
         published += 1;
     }
     shared.backlog.give(published);
+}
+
+/// Most bytes of changes the core's outbox holds before the driver leaves the rest in the
+/// change queue (where the overload policy governs them): 4,096 small changes are ~100 KiB,
+/// but 4,096 of 9 KB would be 37 MB, seconds of sending.
+const OUTBOX_BYTES: usize = 2 << 20;
+
+/// Whether the core's outbox takes more changes: fewer than `max` and [`OUTBOX_BYTES`].
+fn has_room(ep: &Endpoint, max: usize) -> bool {
+    ep.outbox_len() < max && ep.outbox_bytes() < OUTBOX_BYTES
 }
 
 /// How stale the shared members' last-seen times may get before they are refreshed.

@@ -271,6 +271,11 @@ impl Endpoint {
         self.outbox.len()
     }
 
+    /// Encoded bytes of the changes queued in the outbox (an estimate: their weights).
+    pub fn outbox_bytes(&self) -> usize {
+        self.outbox_bytes
+    }
+
     /// How old a key's newest version must be before anti-entropy repairs it.
     pub fn settle(&self) -> Duration {
         self.cfg.settle
