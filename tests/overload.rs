@@ -16,25 +16,77 @@ mod cluster;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mccache::{Config, Error, Node};
 
 const WRITES: u32 = 100_000;
 
-/// The writer process: joins, writes `WRITES` keys flat out, reports, then answers `sum`.
-#[test]
-fn writer_role() {
-    if std::env::var_os("MCCACHE_T12_WRITER").is_none() {
-        return;
-    }
+/// In a writer process (`flag` set): its node, started from `MCCACHE_*` alone, once it has a
+/// peer. `None` in the test run itself.
+fn joined_writer(flag: &str) -> Option<Node> {
+    std::env::var_os(flag)?;
     let node = Node::start(Config::load().expect("config from MCCACHE_*")).expect("start");
-    let cache = node.cache::<u32, u64>("load").expect("cache");
     assert!(
         cluster::wait_until(Duration::from_secs(20), || !node.members().is_empty()),
         "no peer"
     );
+    Some(node)
+}
+
+/// The observer node in this process on `group:port` of cluster `name` (pulses 600 s apart:
+/// only the stream and the targeted repair can bring it the writer's keys).
+fn observer(group: Ipv4Addr, port: u16, name: &str) -> Node {
+    let mut c = Config::default();
+    c.interface = Ipv4Addr::LOCALHOST;
+    c.multicast_ip = group;
+    c.multicast_port = port;
+    c.cluster_name = name.to_string();
+    c.crypto_key = Some(cluster::KEY.to_string());
+    c.daemon_sleep = 0.1;
+    c.cache_pulse = 600.0;
+    c.cache_ttl = 0.0;
+    c.cache_max = 1_000_000;
+    c.cache_size = 1 << 30;
+    Node::start(c).expect("observer starts")
+}
+
+/// This test binary re-run as the writer `role` (with `flag` set), configured only through
+/// `MCCACHE_*` variables for the observer's group, port and cluster, plus `extra`.
+fn spawn_writer(
+    (role, flag): (&str, &str),
+    (group, port, name): (Ipv4Addr, u16, &str),
+    extra: &[(&str, &str)],
+) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", role, "--nocapture", "--test-threads=1"])
+        .env(flag, "1")
+        .env("MCCACHE_CONFIG", "")
+        .env("MCCACHE_INTERFACE", "127.0.0.1")
+        .env("MCCACHE_MULTICAST_IP", group.to_string())
+        .env("MCCACHE_MULTICAST_PORT", port.to_string())
+        .env("MCCACHE_CLUSTER_NAME", name)
+        .env("MCCACHE_CRYPTO_KEY", cluster::KEY)
+        .env("MCCACHE_DAEMON_SLEEP", "0.1")
+        .env("MCCACHE_CACHE_PULSE", "600")
+        .env("MCCACHE_CACHE_TTL", "0")
+        .env("MCCACHE_CACHE_MAX", "1000000")
+        .env("MCCACHE_CACHE_SIZE", "1 GiB")
+        .envs(extra.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the writer")
+}
+
+/// The writer process: joins, writes `WRITES` keys flat out, reports, then answers `sum`.
+#[test]
+fn writer_role() {
+    let Some(node) = joined_writer("MCCACHE_T12_WRITER") else {
+        return;
+    };
+    let cache = node.cache::<u32, u64>("load").expect("cache");
     let (mut ok, mut refused) = (0u64, Vec::new());
     for k in 0..WRITES {
         match cache.insert(k, u64::from(k) * 7) {
@@ -79,43 +131,17 @@ fn run(policy: &str, slot: u8) -> Report {
     let port = 47310 + u16::from(slot);
     let group = Ipv4Addr::new(239, 255, 103, 100 + slot);
     let cluster_name = format!("t12-overload-{policy}");
-    let observer = Node::start({
-        let mut c = Config::default();
-        c.interface = Ipv4Addr::LOCALHOST;
-        c.multicast_ip = group;
-        c.multicast_port = port;
-        c.cluster_name = cluster_name.clone();
-        c.crypto_key = Some(cluster::KEY.to_string());
-        c.daemon_sleep = 0.1;
-        c.cache_pulse = 600.0;
-        c.cache_ttl = 0.0;
-        c.cache_max = 1_000_000;
-        c.cache_size = 1 << 30;
-        c
-    })
-    .expect("observer starts");
+    let observer = observer(group, port, &cluster_name);
     let seen = observer.cache::<u32, u64>("load").expect("cache");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "writer_role", "--nocapture", "--test-threads=1"])
-        .env("MCCACHE_T12_WRITER", "1")
-        .env("MCCACHE_CONFIG", "")
-        .env("MCCACHE_INTERFACE", "127.0.0.1")
-        .env("MCCACHE_MULTICAST_IP", group.to_string())
-        .env("MCCACHE_MULTICAST_PORT", port.to_string())
-        .env("MCCACHE_CLUSTER_NAME", &cluster_name)
-        .env("MCCACHE_CRYPTO_KEY", cluster::KEY)
-        .env("MCCACHE_DAEMON_SLEEP", "0.1")
-        .env("MCCACHE_CACHE_PULSE", "600")
-        .env("MCCACHE_CACHE_TTL", "0")
-        .env("MCCACHE_CACHE_MAX", "1000000")
-        .env("MCCACHE_CACHE_SIZE", "1 GiB")
-        .env("MCCACHE_QUEUE_MAX", "4")
-        .env("MCCACHE_OVERLOAD", policy)
-        .env("MCCACHE_OVERLOAD_TIMEOUT", "30")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the writer");
+    let mut child = spawn_writer(
+        ("writer_role", "MCCACHE_T12_WRITER"),
+        (group, port, &cluster_name),
+        &[
+            ("MCCACHE_QUEUE_MAX", "4"),
+            ("MCCACHE_OVERLOAD", policy),
+            ("MCCACHE_OVERLOAD_TIMEOUT", "30"),
+        ],
+    );
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     // libtest prints its own text ("running 1 test", "test writer_role ... " without a line
@@ -209,15 +235,10 @@ const MARKERS: u32 = 20;
 /// first 2 s; reports, then waits for `quit`.
 #[test]
 fn sustained_writer_role() {
-    if std::env::var_os("MCCACHE_T12_SUSTAINED").is_none() {
+    let Some(node) = joined_writer("MCCACHE_T12_SUSTAINED") else {
         return;
-    }
-    let node = Node::start(Config::load().expect("config from MCCACHE_*")).expect("start");
+    };
     let cache = node.cache::<u32, Vec<u8>>("load").expect("cache");
-    assert!(
-        cluster::wait_until(Duration::from_secs(20), || !node.members().is_empty()),
-        "no peer"
-    );
     let value = vec![7u8; 1024];
     let start = Instant::now();
     let (mut i, mut marker) = (0u32, 0u32);
@@ -248,43 +269,14 @@ fn sustained_writer_role() {
 fn sustained_overload_repairs_while_writing() {
     let (group, port) = (Ipv4Addr::new(239, 255, 103, 104), 47314);
     let cluster_name = "t12-overload-sustained";
-    let observer = Node::start({
-        let mut c = Config::default();
-        c.interface = Ipv4Addr::LOCALHOST;
-        c.multicast_ip = group;
-        c.multicast_port = port;
-        c.cluster_name = cluster_name.to_string();
-        c.crypto_key = Some(cluster::KEY.to_string());
-        c.daemon_sleep = 0.1;
-        c.cache_pulse = 600.0;
-        c.cache_ttl = 0.0;
-        c
-    })
-    .expect("observer starts");
+    let observer = observer(group, port, cluster_name);
     let seen = observer.cache::<u32, Vec<u8>>("load").expect("cache");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sustained_writer_role",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MCCACHE_T12_SUSTAINED", "1")
-        .env("MCCACHE_CONFIG", "")
-        .env("MCCACHE_INTERFACE", "127.0.0.1")
-        .env("MCCACHE_MULTICAST_IP", group.to_string())
-        .env("MCCACHE_MULTICAST_PORT", port.to_string())
-        .env("MCCACHE_CLUSTER_NAME", cluster_name)
-        .env("MCCACHE_CRYPTO_KEY", cluster::KEY)
-        .env("MCCACHE_DAEMON_SLEEP", "0.1")
-        .env("MCCACHE_CACHE_PULSE", "600")
-        .env("MCCACHE_CACHE_TTL", "0")
+    let mut child = spawn_writer(
+        ("sustained_writer_role", "MCCACHE_T12_SUSTAINED"),
+        (group, port, cluster_name),
         // Each 1 KiB change takes three datagrams: the writer outruns its network thread.
-        .env("MCCACHE_PACKET_MTU", "576")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the writer");
+        &[("MCCACHE_PACKET_MTU", "576")],
+    );
     let mut stdin = child.stdin.take().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
