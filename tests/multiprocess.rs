@@ -91,8 +91,9 @@ fn receive_buffers_can_be_sized() -> bool {
 /// Three processes writing flat out (`--aperture 0`, the same 200 keys): the senders' flow
 /// control keeps what is in flight within what the receivers' socket buffers hold, so no
 /// datagram is lost to a full buffer, nothing is re-sent, and the caches end identical.
-/// (With a window of 16,384 data messages per sender, 3 nodes like these lost tens of
-/// thousands of datagrams each and re-sent twice as many messages as they sent.)
+/// (With the old window of 16,384 data messages per sender this test saw gaps; three such
+/// processes flat out in namespaces lost tens of thousands of datagrams each and re-sent two
+/// to three times as many messages as they sent.)
 #[test]
 fn flat_out_writers_lose_no_datagram_and_converge() {
     let dir = stress_nodes::out_dir("multiprocess-flat-out");
