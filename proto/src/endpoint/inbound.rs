@@ -193,8 +193,7 @@ impl Endpoint {
             }
             Arrival::New => {
                 p.received_since_ack += 1;
-                let received = p.received_since_ack;
-                let ack_now = received >= self.ack_every();
+                let ack_now = p.received_since_ack >= self.ack_every();
                 self.apply_items(now, items, from, app, false);
                 if ack_now {
                     self.send_ack();
