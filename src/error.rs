@@ -79,15 +79,17 @@ pub enum Error {
     /// key: those are [`Error::Config`]).
     #[error("network: {0}")]
     Network(#[from] io::Error),
-    /// The outbound replication queue (`queue_max`) was full: at once under
-    /// `overload = "error"`, or for all of `overload_timeout` under `overload = "block"`.
-    /// Nothing was stored.
+    /// The outbound replication queue was full (`queue_max` changes or `queue_max_bytes`
+    /// bytes): at once under `overload = "error"`, or for all of `overload_timeout` under
+    /// `overload = "block"`. Nothing was stored.
     #[error(
-        "replication queue full ({queue_max} changes queued, overload = \"{policy}\"): nothing was stored"
+        "replication queue full (queue_max {queue_max} changes or queue_max_bytes {queue_max_bytes} bytes queued, overload = \"{policy}\"): nothing was stored"
     )]
     Overloaded {
-        /// The queue bound (`queue_max`).
+        /// The queue bound in changes (`queue_max`).
         queue_max: usize,
+        /// The queue bound in bytes (`queue_max_bytes`).
+        queue_max_bytes: u64,
         /// The policy that refused the write: `"error"` or `"block"`.
         policy: &'static str,
     },

@@ -125,22 +125,29 @@ struct Report {
     converged: Duration,
 }
 
-/// Runs an observer here and a writer process with `policy`; returns what the writer reported
-/// and how long after its last write the observer held the same cache.
+/// Runs an observer here and a writer process with `policy` and a 4-change queue; returns
+/// what the writer reported and how long after its last write the observer held the same
+/// cache.
 fn run(policy: &str, slot: u8) -> Report {
+    run_with(policy, slot, &[("MCCACHE_QUEUE_MAX", "4")])
+}
+
+/// [`run`] with the queue bounds in `queue` (`MCCACHE_QUEUE_MAX*` variables).
+fn run_with(policy: &str, slot: u8, queue: &[(&str, &str)]) -> Report {
     let port = 47310 + u16::from(slot);
     let group = Ipv4Addr::new(239, 255, 103, 100 + slot);
-    let cluster_name = format!("t12-overload-{policy}");
+    let cluster_name = format!("t12-overload-{policy}-{slot}");
     let observer = observer(group, port, &cluster_name);
     let seen = observer.cache::<u32, u64>("load").expect("cache");
+    let mut env = vec![
+        ("MCCACHE_OVERLOAD", policy),
+        ("MCCACHE_OVERLOAD_TIMEOUT", "30"),
+    ];
+    env.extend_from_slice(queue);
     let mut child = spawn_writer(
         ("writer_role", "MCCACHE_T12_WRITER"),
         (group, port, &cluster_name),
-        &[
-            ("MCCACHE_QUEUE_MAX", "4"),
-            ("MCCACHE_OVERLOAD", policy),
-            ("MCCACHE_OVERLOAD_TIMEOUT", "30"),
-        ],
+        &env,
     );
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -221,6 +228,28 @@ fn error_refuses_writes_that_find_no_room() {
     assert!(
         r.refused > 0,
         "a 4-change queue refused some flat-out writes"
+    );
+    assert!(r.ok > 0);
+    assert_eq!(r.ok + r.refused, u64::from(WRITES));
+    assert_eq!(r.refused_present, 0, "a refused write stored nothing");
+}
+
+/// The queue is full at `queue_max_bytes` too: with room for a million changes but only 256
+/// bytes (about five of these small changes), flat-out writes are refused under `error`, and
+/// what was stored still reaches the observer.
+#[test]
+fn the_byte_bound_fills_the_queue_before_the_change_count() {
+    let r = run_with(
+        "error",
+        5,
+        &[
+            ("MCCACHE_QUEUE_MAX", "1000000"),
+            ("MCCACHE_QUEUE_MAX_BYTES", "256"),
+        ],
+    );
+    assert!(
+        r.refused > 0,
+        "a 256-byte queue refused some flat-out writes, though a million changes fit"
     );
     assert!(r.ok > 0);
     assert_eq!(r.ok + r.refused, u64::from(WRITES));

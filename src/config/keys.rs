@@ -183,23 +183,36 @@ declare_keys! {
         unit: "text, 1 to 64 bytes",
         default: "`mccache`",
     }
-    /// How many outbound changes may queue. What happens past this limit is `overload`'s
-    /// choice. Under sustained overload a change waits behind about this many (plus up to
-    /// 4,096 being packed), so the queue bounds the lag: with writers flat out on 2 cores the
-    /// default gave a lag p50 of ~0.1 s for small values and ~0.6 s for 1 KiB ones, and the
-    /// caches identical 0.1–0.5 s after the writers stopped (65,536 gave ~0.2 s and ~1.8 s,
-    /// identical after up to 1.3 s). A larger queue rides out longer bursts without
-    /// overflowing. McCache's queues were unbounded.
+    /// How many outbound changes may queue. What happens past this limit (or
+    /// `queue_max_bytes`) is `overload`'s choice. Under sustained overload a change waits
+    /// behind about this many (plus up to 4,096 being packed), so the queue bounds the lag:
+    /// with writers flat out on 2 cores, small values had a lag p50 of ~0.1 s and the caches
+    /// were identical ~0.1 s after the writers stopped (65,536 gave ~0.2 s). Values of more
+    /// than ~200 bytes fill `queue_max_bytes` first. A larger queue rides out longer bursts
+    /// without overflowing. McCache's queues were unbounded.
     queue_max: usize = 16_384 => {
         rule: CHANGES,
         unit: "changes, ≥ 1",
         default: "`16384`",
     }
-    /// What a write does when the outbound queue (`queue_max`) is full. `repair`: it is stored
-    /// and returns at once; its change is not queued, and the node re-sends the newest record
-    /// of every such key as soon as the queue drains, and up to 256 of them every 100 ms
-    /// while it stays full (past 262,144 such keys, or `queue_max` if larger, anti-entropy
-    /// pulses finish the repair). `block`: the writer waits for room, at
+    /// How many bytes of outbound changes may queue (serialized key + value, plus 32 per
+    /// change). The queue is full at `queue_max` changes or at this many bytes, whichever
+    /// comes first; what happens then is `overload`'s choice. With large values the byte
+    /// bound is the one that holds, and it keeps the lag under sustained overload about the
+    /// time it takes to send this many bytes, whatever the value sizes: flat out on 2 cores,
+    /// 1 KiB values had a lag p50 of ~0.3 s and identical caches ~0.34 s after the writers
+    /// stopped (0.7–0.9 s and ~0.5 s when only `queue_max` bounded the queue), and McCache's
+    /// mixed workload a lag p99 of ~0.4 s (2.1–3.0 s). Not in McCache.
+    queue_max_bytes: u64 = 4 * 1024 * 1024 => {
+        rule: BYTES,
+        unit: "bytes, ≥ 1 (`KiB`/`MiB`/`GiB` allowed)",
+        default: "`4194304` (4 MiB)",
+    }
+    /// What a write does when the outbound queue is full (`queue_max` or `queue_max_bytes`).
+    /// `repair`: it is stored and returns at once; its change is not queued, and the node
+    /// re-sends the newest record of every such key as soon as the queue drains, and up to
+    /// 256 of them every 100 ms while it stays full (past 262,144 such keys, or `queue_max` if
+    /// larger, anti-entropy pulses finish the repair). `block`: the writer waits for room, at
     /// most `overload_timeout`, then gets `Error::Overloaded`. `error`: `Error::Overloaded` at
     /// once. A refused write stores nothing. Not in McCache.
     overload: Overload = Overload::Repair => {

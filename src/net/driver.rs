@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::diagnose::{OpenFailure, OpenFailures};
 use super::express::Express;
+use super::overflow::charge;
 use crate::proto::drop::DropReason;
 use crate::proto::endpoint::{Endpoint, Event, MemberEvent, PeerInfo};
 use crate::proto::message::{Item, Query};
@@ -441,15 +442,16 @@ fn publish_staged(
     shared: &Shared,
     (limit, limit_bytes): (usize, usize),
 ) {
-    let mut published = 0;
+    let (mut published, mut bytes) = (0, 0);
     while published < 8192 && ep.outbox_len() < limit && ep.outbox_bytes() < limit_bytes {
         let Some(item) = staged.pop_front() else {
             break;
         };
+        bytes += charge(&item);
         ep.publish(now, item);
         published += 1;
     }
-    shared.backlog.give(published);
+    shared.backlog.give_queued(published, bytes);
 }
 
 /// Most bytes of changes the core's outbox holds before the driver leaves the rest in the

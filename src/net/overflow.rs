@@ -1,7 +1,10 @@
 //! Overload bookkeeping shared by the publisher (application threads) and the driver.
 //!
 //! - **Credits**: `queue_max` slots of the outbound queue. A local change takes one before it is
-//!   queued; the driver gives them back as it takes changes off the queue. The overload policy
+//!   queued; the driver gives them back as it takes changes off the queue. The queue is also
+//!   bounded in bytes (`queue_max_bytes`, counted with [`charge`]): while it holds that much,
+//!   no credit is given out, so large values wait behind a bounded amount of sending, not
+//!   behind `queue_max` of their kind. The overload policy
 //!   (`overload = "repair" | "block" | "error"`) decides what a write does when none is left.
 //! - **Dirty keys**: the keys (and clears) whose changes could not be queued. The driver
 //!   re-sends their newest records as soon as the queue has drained (a targeted repair), and
@@ -19,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -34,7 +37,11 @@ use crate::proto::version::Version;
 #[derive(Debug)]
 pub(crate) struct Backlog {
     credits: AtomicIsize,
+    /// Bytes ([`charge`]) of the changes in the queue and in the driver's hands. Next to the
+    /// credits: a writer that took one adds its change's bytes on a line it already holds.
+    queued_bytes: AtomicUsize,
     capacity: usize,
+    bytes_max: usize,
     dirty_max: usize,
     dirty: Mutex<Dirty>,
     has_dirty: AtomicBool,
@@ -48,9 +55,32 @@ pub(crate) const DIRTY_MAX: usize = 1 << 18;
 
 impl Default for Backlog {
     fn default() -> Backlog {
-        Backlog::new(16_384)
+        Backlog::new(16_384, 4 << 20)
     }
 }
+
+/// What a queued change counts against `queue_max_bytes`: its key and value bytes plus a
+/// fixed 32 for its framing (version, op, lengths). The writer that queues a change and the
+/// driver that takes it off count the same item, so the sum returns to zero.
+pub(crate) fn charge(item: &Item) -> usize {
+    match item {
+        Item::Rec { rec, .. } => record_charge(rec),
+        Item::Clear { .. } => CHARGE_OVERHEAD,
+        Item::Loading { key, .. } => key.len() + CHARGE_OVERHEAD,
+    }
+}
+
+/// [`charge`] of a record.
+#[inline]
+pub(crate) fn record_charge(rec: &Record) -> usize {
+    let value = match &rec.op {
+        crate::proto::record::Op::Put { value, .. } => value.len(),
+        _ => 0,
+    };
+    rec.key.len() + value + CHARGE_OVERHEAD
+}
+
+const CHARGE_OVERHEAD: usize = 32;
 
 /// Dirty keys hold local keys only (never network input), so a fast unkeyed hash will do.
 type Fast = foldhash::fast::RandomState;
@@ -64,16 +94,19 @@ struct Dirty {
 }
 
 impl Backlog {
-    /// `capacity` credits (`queue_max`); at most max(`capacity`, [`DIRTY_MAX`]) dirty keys are
+    /// `capacity` credits (`queue_max`), given out while fewer than `bytes_max` bytes
+    /// (`queue_max_bytes`) are queued; at most max(`capacity`, [`DIRTY_MAX`]) dirty keys are
     /// remembered.
-    pub(crate) fn new(capacity: usize) -> Backlog {
-        Backlog::with_dirty_max(capacity, capacity.max(DIRTY_MAX))
+    pub(crate) fn new(capacity: usize, bytes_max: usize) -> Backlog {
+        Backlog::with_dirty_max(capacity, bytes_max, capacity.max(DIRTY_MAX))
     }
 
-    fn with_dirty_max(capacity: usize, dirty_max: usize) -> Backlog {
+    fn with_dirty_max(capacity: usize, bytes_max: usize, dirty_max: usize) -> Backlog {
         Backlog {
             credits: AtomicIsize::new(capacity.min(isize::MAX as usize) as isize),
+            queued_bytes: AtomicUsize::new(0),
             capacity,
+            bytes_max: bytes_max.max(1),
             dirty_max,
             dirty: Mutex::new(Dirty::default()),
             has_dirty: AtomicBool::new(false),
@@ -86,10 +119,20 @@ impl Backlog {
         self.capacity
     }
 
-    /// Takes one credit if one is left. A queue seen full costs a load, not a locked
-    /// read-modify-write (writers that keep overflowing do not bounce the credits' line).
+    /// `queue_max_bytes`.
+    pub(crate) fn bytes_max(&self) -> usize {
+        self.bytes_max
+    }
+
+    /// Takes one credit if one is left and the queue holds fewer than `queue_max_bytes`. A
+    /// queue seen full costs loads, not a locked read-modify-write (writers that keep
+    /// overflowing do not bounce the credits' line). The byte bound is checked, not reserved:
+    /// writers racing past it overshoot it by at most one change each.
+    #[inline]
     pub(crate) fn try_take(&self) -> bool {
-        if self.credits.load(Ordering::Relaxed) <= 0 {
+        if self.credits.load(Ordering::Relaxed) <= 0
+            || self.queued_bytes.load(Ordering::Relaxed) >= self.bytes_max
+        {
             return false;
         }
         if self.credits.fetch_sub(1, Ordering::AcqRel) > 0 {
@@ -120,12 +163,26 @@ impl Backlog {
     }
 
     /// Gives `n` credits back (the driver took `n` changes off the queue, or a reserved write
-    /// published nothing).
+    /// published nothing, or went out through the express lane).
     pub(crate) fn give(&self, n: usize) {
         if n > 0 {
             self.credits
                 .fetch_add(n.min(isize::MAX as usize) as isize, Ordering::AcqRel);
         }
+    }
+
+    /// Counts `bytes` ([`charge`]) of a change entering the queue (its credit already taken).
+    #[inline]
+    pub(crate) fn add_bytes(&self, bytes: usize) {
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back `n` credits and the `bytes` of the changes the driver took off the queue.
+    pub(crate) fn give_queued(&self, n: usize, bytes: usize) {
+        if bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.give(n);
     }
 
     /// Remembers a change that could not be queued, for the targeted repair.
@@ -408,7 +465,7 @@ mod tests {
 
     #[test]
     fn credits_are_taken_and_given_back() {
-        let b = Backlog::new(2);
+        let b = Backlog::new(2, 1 << 20);
         assert!(b.try_take() && b.try_take());
         assert!(!b.try_take(), "no third credit");
         assert!(
@@ -420,8 +477,37 @@ mod tests {
     }
 
     #[test]
+    fn queued_bytes_withhold_credits_until_the_driver_takes_them() {
+        let b = Backlog::new(100, 1_000);
+        let big = Item::Rec {
+            cache: "c".into(),
+            rec: crate::proto::record::Record {
+                key: vec![1; 8].into(),
+                version: Version::ZERO,
+                op: crate::proto::record::Op::Put {
+                    value: vec![7; 600].into(),
+                    ttl_ms: None,
+                },
+            },
+        };
+        assert_eq!(charge(&big), 8 + 600 + CHARGE_OVERHEAD);
+        assert!(b.try_take());
+        b.add_bytes(charge(&big));
+        assert!(b.try_take(), "640 of 1,000 bytes queued: room left");
+        b.add_bytes(charge(&big));
+        assert!(
+            !b.try_take(),
+            "1,280 bytes queued: no credit, though 98 are left"
+        );
+        assert!(!b.take_wait(Duration::from_millis(5)));
+        b.give_queued(1, charge(&big));
+        assert_eq!(b.queued_bytes.load(Ordering::Relaxed), 640);
+        assert!(b.try_take());
+    }
+
+    #[test]
     fn dirty_keys_are_bounded_and_deduplicated() {
-        let b = Backlog::with_dirty_max(1, 2);
+        let b = Backlog::with_dirty_max(1, 1 << 20, 2);
         let rec = |k: u8| Item::Rec {
             cache: "c".into(),
             rec: crate::proto::record::Record {

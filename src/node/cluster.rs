@@ -235,7 +235,10 @@ pub(crate) fn start(config: Config) -> Result<Node> {
     let id = NodeId::from_random(rand::random());
     // Room for queue_max changes (bounded by the backlog's credits) plus control commands.
     let (tx, rx) = mpsc::channel(config.queue_max.saturating_add(1024));
-    let backlog = Arc::new(Backlog::new(config.queue_max));
+    let backlog = Arc::new(Backlog::new(
+        config.queue_max,
+        usize::try_from(config.queue_max_bytes).unwrap_or(usize::MAX),
+    ));
     let shared = Arc::new(Shared {
         backlog: backlog.clone(),
         ..Shared::default()

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::net::buffers::BufferPool;
 use crate::net::driver::Command;
 use crate::net::express::Express;
-use crate::net::overflow::{Backlog, ChangeQueue};
+use crate::net::overflow::{Backlog, ChangeQueue, charge, record_charge};
 use crate::proto::message::{Item, Query};
 use crate::proto::record::{Op, OpRef, Record, RecordRef};
 use crate::proto::state::AppState;
@@ -415,8 +415,8 @@ impl AppState for NodeApp {
 
 /// Sends local changes to the driver, under the node's overload policy (`overload`).
 ///
-/// The queue ([`ChangeQueue`]) holds `queue_max` changes (credits in [`Backlog`]). When it is
-/// full: `repair` stores the write, skips queueing its change, remembers the key and raises the
+/// The queue ([`ChangeQueue`]) holds `queue_max` changes (credits in [`Backlog`]), and no more
+/// than about `queue_max_bytes` of them. When it is full: `repair` stores the write, skips queueing its change, remembers the key and raises the
 /// overflow flag: the driver re-sends the key's newest record as soon as the queue drains (and
 /// falls back to anti-entropy pulses past `queue_max` remembered keys). `block` waits up to
 /// `overload_timeout` for room, then refuses the write; `error` refuses it at once. A refused
@@ -460,8 +460,9 @@ impl ChannelPublisher {
     fn overflowed(&self) {
         if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
-                "mccache: replication queue full (queue_max {}): changes are repaired as soon as it drains (overload = \"{}\")",
+                "mccache: replication queue full (queue_max {} changes, queue_max_bytes {}): changes are repaired as soon as it drains (overload = \"{}\")",
                 self.queue_max,
+                self.backlog.bytes_max(),
                 self.policy.as_str()
             );
         }
@@ -488,7 +489,15 @@ impl ChannelPublisher {
 
     /// [`ChannelPublisher::dispatch`] for any change.
     fn send(&self, item: Item) {
-        self.dispatch(item, |item| item, |item| self.queue.push(item));
+        self.dispatch(
+            item,
+            |item| item,
+            |item| {
+                // Counted before it is visible to the driver, which subtracts it.
+                self.backlog.add_bytes(charge(&item));
+                self.queue.push(item)
+            },
+        );
     }
 
     /// [`ChannelPublisher::dispatch`] for a record of `cache`: the item (a count on the cache
@@ -499,13 +508,17 @@ impl ChannelPublisher {
             cache: cache.clone(),
             rec,
         };
-        self.dispatch(rec, make, |rec| self.queue.push_record(cache, rec));
+        self.dispatch(rec, make, |rec| {
+            self.backlog.add_bytes(record_charge(&rec));
+            self.queue.push_record(cache, rec)
+        });
     }
 
     fn refused(&self) -> Error {
         self.overflow.fetch_add(1, Ordering::Relaxed);
         Error::Overloaded {
             queue_max: self.queue_max,
+            queue_max_bytes: self.backlog.bytes_max() as u64,
             policy: self.policy.as_str(),
         }
     }
