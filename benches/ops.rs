@@ -51,6 +51,7 @@ fn main() {
             // the writer yields, and changes that overflow the default 65,536 skip most of the
             // replication work, so counts per write would depend on the scheduling.
             config.queue_max = 1 << 22;
+            config.queue_max_bytes = 1 << 40;
             let node = if op == "insert_net" {
                 mccache::Node::start(config)
             } else {

@@ -632,6 +632,16 @@ fn every_bad_env_value_names_key_and_value() {
         ),
         ("QUEUE_MAX", "0", r#"queue_max: "0" must be at least 1"#),
         (
+            "QUEUE_MAX_BYTES",
+            "0",
+            r#"queue_max_bytes: "0" must be at least 1"#,
+        ),
+        (
+            "QUEUE_MAX_BYTES",
+            "lots",
+            r#"queue_max_bytes: "lots" is not a byte count"#,
+        ),
+        (
             "QUEUE_MAX",
             "lots",
             r#"queue_max: "lots" is not a whole number of changes"#,
@@ -767,6 +777,10 @@ fn every_bad_toml_type_names_key_and_value() {
         ("node_name = [1]", r#"node_name: "[1]" is not text"#),
         ("cluster_name = {}", r#"cluster_name: "{}" is not text"#),
         ("queue_max = 0", r#"queue_max: "0" must be at least 1"#),
+        (
+            "queue_max_bytes = -1",
+            r#"queue_max_bytes: "-1" is not a byte count"#,
+        ),
         (
             "overload = 1",
             r#"overload: "1" must be repair, block or error"#,

@@ -112,10 +112,16 @@ impl Express {
         self.changes.load(Ordering::Relaxed)
     }
 
-    /// The driver's side, before it parks: arms the timer for the core's next deadline and
-    /// opens the express lane if `idle` (no change staged, nothing left to send).
-    pub(crate) fn park(&self, core: &mut Core, idle: bool) {
+    /// The driver's side, before it parks: arms the timer for the core's next deadline (or
+    /// `wake_at`, the driver's own, if earlier) and opens the express lane if `idle` (no
+    /// change staged, nothing left to send).
+    pub(crate) fn park(&self, core: &mut Core, idle: bool, wake_at: Option<Instant>) {
         self.arm_if_earlier(core);
+        if let Some(at) = wake_at {
+            if core.armed.is_none_or(|a| at < a) {
+                self.arm(core, at);
+            }
+        }
         core.idle = idle && self.sock.is_some();
         self.idle.store(core.idle, Ordering::Release);
     }

@@ -171,6 +171,12 @@ impl Backlog {
         }
     }
 
+    /// Whether no change waits in the queue or in the driver's hands (every one is charged
+    /// at least 32 bytes). A load, not the queue's lock: the driver asks every pass.
+    pub(crate) fn nothing_queued(&self) -> bool {
+        self.queued_bytes.load(Ordering::Relaxed) == 0
+    }
+
     /// Counts `bytes` ([`charge`]) of a change entering the queue (its credit already taken).
     #[inline]
     pub(crate) fn add_bytes(&self, bytes: usize) {
@@ -329,14 +335,40 @@ impl ChangeQueue {
     }
 
     /// The driver's side: if `staged` is empty, moves every queued change into it, in order
-    /// (swapping the queue's buffers with `spare`'s emptied ones). Returns whether `staged`
-    /// holds changes; if not, the driver is marked parked and the next push wakes it.
+    /// (swapping the queue's buffers with `spare`'s emptied ones). Returns `false` only when
+    /// the queue was empty: the driver is then marked parked and the next push wakes it.
+    ///
+    /// The driver only *tries* the lock: if a writer holds it, it returns `true` with nothing
+    /// staged (come back, do not park). Waiting for the lock would spin on its cache line while
+    /// the writer is inside, and the writer's unlock would then have to fetch the line back:
+    /// on a flat-out networked writer that unlock was half of the handoff's samples.
     pub(crate) fn take_or_park(&self, staged: &mut VecDeque<Item>, spare: &mut Spare) -> bool {
         if !staged.is_empty() {
             return true;
         }
+        match self.inner.try_lock() {
+            Some(q) => self.take_locked(q, staged, spare),
+            None => true,
+        }
+    }
+
+    /// [`ChangeQueue::take_or_park`], waiting for the lock (the stop, which must not miss a
+    /// change).
+    pub(crate) fn take_all(&self, staged: &mut VecDeque<Item>, spare: &mut Spare) -> bool {
+        if !staged.is_empty() {
+            return true;
+        }
+        let q = self.inner.lock();
+        self.take_locked(q, staged, spare)
+    }
+
+    fn take_locked(
+        &self,
+        mut q: parking_lot::MutexGuard<'_, Queued>,
+        staged: &mut VecDeque<Item>,
+        spare: &mut Spare,
+    ) -> bool {
         {
-            let mut q = self.inner.lock();
             if q.is_empty() {
                 q.parked = true;
                 return false;
@@ -344,6 +376,7 @@ impl ChangeQueue {
             q.parked = false;
             std::mem::swap(&mut q.runs, &mut spare.runs);
             std::mem::swap(&mut q.recs, &mut spare.recs);
+            drop(q);
         }
         let mut recs = spare.recs.drain(..);
         let mut start = 0;
