@@ -98,15 +98,15 @@ fn main() {
             let start = std::time::Instant::now();
             let mut m = node.network_metrics();
             while drain
-                && m.changes_sent + m.outbound_overflow < writes
+                && m.changes_sent + m.changes_superseded + m.outbound_overflow < writes
                 && start.elapsed() < std::time::Duration::from_secs(600)
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 m = node.network_metrics();
             }
             eprintln!(
-                "changes sent {}, overflowed {} of {} writes",
-                m.changes_sent, m.outbound_overflow, writes
+                "changes sent {}, superseded {}, overflowed {} of {} writes",
+                m.changes_sent, m.changes_superseded, m.outbound_overflow, writes
             );
             std::mem::forget(node);
         }

@@ -150,6 +150,15 @@ async fn a_tokio_service_scrapes_prometheus_text_and_logs_show_summaries() {
         express.is_some_and(|e| sent.is_some_and(|s| e <= s)),
         "{express:?} of {sent:?}"
     );
+    // Exported even when zero (these few writes never form a batch worth thinning).
+    assert_eq!(
+        value(
+            &s,
+            "mccache_net_changes_superseded_total",
+            &[("node", "t14-a")]
+        ),
+        Some(0.0)
+    );
     assert!(
         value(
             &s,

@@ -87,9 +87,15 @@ fn writer_role() {
         return;
     };
     let cache = node.cache::<u32, u64>("load").expect("cache");
+    // `T12_HOT_KEYS=n`: the writes cycle over n keys instead of writing each key once.
+    let hot: u32 = std::env::var("T12_HOT_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(WRITES);
     let (mut ok, mut refused) = (0u64, Vec::new());
-    for k in 0..WRITES {
-        match cache.insert(k, u64::from(k) * 7) {
+    for i in 0..WRITES {
+        let k = i % hot;
+        match cache.insert(k, u64::from(i) * 7) {
             Ok(_) => ok += 1,
             Err(Error::Overloaded { .. }) => refused.push(k),
             Err(e) => panic!("insert {k}: {e}"),
@@ -101,9 +107,10 @@ fn writer_role() {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "wrote {ok} {} {present} {}",
+        "wrote {ok} {} {present} {} {}",
         refused.len(),
-        m.outbound_overflow
+        m.outbound_overflow,
+        m.changes_superseded
     )
     .unwrap();
     out.flush().unwrap();
@@ -122,6 +129,7 @@ struct Report {
     refused: u64,
     refused_present: u64,
     overflow: u64,
+    superseded: u64,
     converged: Duration,
 }
 
@@ -197,6 +205,7 @@ fn run_with(policy: &str, slot: u8, queue: &[(&str, &str)]) -> Report {
         refused: w[1],
         refused_present: w[2],
         overflow: w[3],
+        superseded: w[4],
         converged,
     }
 }
@@ -256,6 +265,19 @@ fn the_byte_bound_fills_the_queue_before_the_change_count() {
     assert_eq!(r.refused_present, 0, "a refused write stored nothing");
 }
 
+/// A writer that keeps rewriting a few hot keys flat out queues many changes per key while
+/// its network thread is behind: of one key's changes in a batch, only the newest is sent, and
+/// the observer still ends with the writer's exact cache.
+#[test]
+fn hot_keys_written_flat_out_skip_superseded_changes_and_converge() {
+    let r = run_with("repair", 6, &[("T12_HOT_KEYS", "20")]);
+    assert_eq!(r.ok, u64::from(WRITES));
+    assert!(
+        r.superseded > 0,
+        "100,000 writes over 20 keys flat out: some changes were superseded in a batch"
+    );
+}
+
 /// Markers the sustained writer writes once each, one every 100 ms, while it overloads.
 const MARKERS: u32 = 20;
 
@@ -303,8 +325,11 @@ fn sustained_overload_repairs_while_writing() {
     let mut child = spawn_writer(
         ("sustained_writer_role", "MCCACHE_T12_SUSTAINED"),
         (group, port, cluster_name),
-        // Each 1 KiB change takes three datagrams: the writer outruns its network thread.
-        &[("MCCACHE_PACKET_MTU", "576")],
+        // Each 1 KiB change takes three datagrams: the writer outruns its network thread. A
+        // 64-change queue is taken in batches too small to thin (a batch of 256 or more would
+        // send only the newest change of each of the 100 keys, and the queue would never
+        // overflow).
+        &[("MCCACHE_PACKET_MTU", "576"), ("MCCACHE_QUEUE_MAX", "64")],
     );
     let mut stdin = child.stdin.take().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());

@@ -42,6 +42,11 @@ pub struct NetworkMetrics {
     /// Of `changes_sent`, those the writing thread sent itself because the network thread was
     /// idle (the express lane: no wake-up of the network thread before the datagram leaves).
     pub express_changes: u64,
+    /// Changes never sent because a newer change of the same key followed them in one batch
+    /// taken off the outbound queue (under backlog: see `superseded` in the driver). Peers
+    /// end with the same value; they see fewer change events for the key.
+    #[serde(default)]
+    pub changes_superseded: u64,
     /// Changes received from peers and applied (newer than what was held).
     pub changes_applied: u64,
     /// Changes received but not newer than what was held.

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::diagnose::{OpenFailure, OpenFailures};
 use super::express::Express;
 use super::overflow::charge;
+use super::supersede::Superseder;
 use crate::proto::drop::DropReason;
 use crate::proto::endpoint::{Endpoint, Event, MemberEvent, PeerInfo};
 use crate::proto::message::{Item, Query};
@@ -82,6 +83,8 @@ struct DriverCounters {
     send_errors: u64,
     /// Times the publisher's queue overflowed.
     outbound_overflow: u64,
+    /// Records dropped for a newer one of the same key in the same batch.
+    superseded: u64,
 }
 
 impl DriverCounters {
@@ -97,6 +100,7 @@ impl DriverCounters {
                 .or_default() += transport.own_echoes();
         }
         m.outbound_overflow += self.outbound_overflow;
+        m.changes_superseded += self.superseded;
         let send_errors = self.send_errors + express.send_errors();
         if send_errors > 0 {
             *m.dropped
@@ -198,6 +202,7 @@ pub(crate) async fn run(
     // writers fill next.
     let mut staged: VecDeque<Item> = VecDeque::new();
     let mut spare = super::overflow::Spare::default();
+    let mut superseder = Superseder::default();
     // Buffers of the changes the core has encoded, on their way back to the writers.
     let mut spent: Vec<Vec<u8>> = Vec::new();
     // The timer is the express lane's timerfd: armed for the core's next deadline before each
@@ -256,6 +261,9 @@ pub(crate) async fn run(
                         if staged.len() < COALESCE_BELOW {
                             next_take = now + TAKE_INTERVAL;
                         }
+                        let thinned = superseder.thin(&mut staged);
+                        counters.superseded += thinned.changes as u64;
+                        shared.backlog.give_queued(thinned.changes, thinned.bytes);
                         publish_staged(ep, now, &mut staged, &shared, (outbox_max, OUTBOX_BYTES));
                     }
                 }

@@ -8,5 +8,6 @@ pub(crate) mod express;
 pub(crate) mod overflow;
 pub(crate) mod socket;
 pub(crate) mod sockopt;
+pub(crate) mod supersede;
 pub(crate) mod transport;
 pub(crate) mod unicast;

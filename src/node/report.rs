@@ -98,6 +98,7 @@ fn log_summary(
             datagrams_received = n.datagrams_received,
             dropped = n.dropped.values().sum::<u64>(),
             changes_sent = n.changes_sent,
+            changes_superseded = n.changes_superseded,
             changes_applied = n.changes_applied,
             retransmits = n.retransmits_served,
             repairs = n.ae_repairs,
@@ -197,6 +198,11 @@ mod export {
         (
             "mccache_net_changes_sent_total",
             "Replicated changes sent.",
+            Unit::Count,
+        ),
+        (
+            "mccache_net_changes_superseded_total",
+            "Replicated changes not sent: a newer change of the same key followed them in one batch.",
             Unit::Count,
         ),
         (
@@ -313,6 +319,7 @@ mod export {
         c("mccache_net_bytes_received_total", n.bytes_received);
         c("mccache_net_changes_sent_total", n.changes_sent);
         c("mccache_net_express_changes_total", n.express_changes);
+        c("mccache_net_changes_superseded_total", n.changes_superseded);
         c("mccache_net_changes_applied_total", n.changes_applied);
         c("mccache_net_changes_stale_total", n.changes_stale);
         c("mccache_net_gaps_total", n.gaps);
