@@ -29,7 +29,8 @@ pub struct NetworkMetrics {
     pub reassembly_bytes: u64,
     /// Changes waiting to be sent now.
     pub outbound_queue: u64,
-    /// Changes that did not fit the outbound queue (repaired by anti-entropy).
+    /// Changes that did not fit the outbound queue (their keys are re-sent by the targeted
+    /// repair, or past its bound by anti-entropy).
     pub outbound_overflow: u64,
     /// Data messages in the retransmit buffer now.
     pub retransmit_buffer_msgs: u64,

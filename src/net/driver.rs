@@ -57,8 +57,6 @@ pub(crate) struct Shared {
     pub ready_cv: Condvar,
     /// Set when the driver has stopped.
     pub stopped: AtomicBool,
-    /// Set by the publisher when its queue overflowed: the driver schedules a repair pulse.
-    pub overflowed: Arc<AtomicBool>,
     /// Notified to stop the driver (it leaves the cluster first).
     pub stop: tokio::sync::Notify,
     /// Outbound queue credits and the keys waiting for a targeted repair after an overflow.
@@ -81,8 +79,6 @@ pub(crate) struct Shared {
 struct DriverCounters {
     /// Datagrams the socket refused to send.
     send_errors: u64,
-    /// Times the publisher's queue overflowed.
-    outbound_overflow: u64,
     /// Records dropped for a newer one of the same key in the same batch.
     superseded: u64,
 }
@@ -99,7 +95,6 @@ impl DriverCounters {
                 .entry(DropReason::OwnEcho.as_str().to_string())
                 .or_default() += transport.own_echoes();
         }
-        m.outbound_overflow += self.outbound_overflow;
         m.changes_superseded += self.superseded;
         let send_errors = self.send_errors + express.send_errors();
         if send_errors > 0 {
@@ -338,9 +333,6 @@ pub(crate) async fn run(
             // select above would otherwise starve heartbeats (acks), NAKs and tail announcements.
             if ep.poll_timeout().is_some_and(|t| now >= t) {
                 ep.handle_timeout(now, app.as_mut());
-            }
-            if shared.overflowed.swap(false, Ordering::AcqRel) {
-                counters.outbound_overflow += 1;
             }
             // The targeted repair: at once when the queue has drained, and every
             // REPAIR_INTERLEAVE while it stays full, so that under sustained overload a key

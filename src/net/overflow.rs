@@ -38,7 +38,8 @@ use crate::proto::version::Version;
 pub(crate) struct Backlog {
     credits: AtomicIsize,
     /// Bytes ([`charge`]) of the changes in the queue and in the driver's hands. Next to the
-    /// credits: a writer that took one adds its change's bytes on a line it already holds.
+    /// credits (in practice on their cache line: a writer that took one adds its change's bytes
+    /// without fetching another line).
     queued_bytes: AtomicUsize,
     capacity: usize,
     bytes_max: usize,

@@ -251,7 +251,6 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         express: express.clone(),
         buffers: shared.buffers.clone(),
         overflow: AtomicU64::new(0),
-        overflowed: shared.overflowed.clone(),
         backlog,
         policy: config.overload,
         wait: config.overload_wait(),

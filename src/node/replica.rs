@@ -416,11 +416,12 @@ impl AppState for NodeApp {
 /// Sends local changes to the driver, under the node's overload policy (`overload`).
 ///
 /// The queue ([`ChangeQueue`]) holds `queue_max` changes (credits in [`Backlog`]), and no more
-/// than about `queue_max_bytes` of them. When it is full: `repair` stores the write, skips queueing its change, remembers the key and raises the
-/// overflow flag: the driver re-sends the key's newest record as soon as the queue drains (and
-/// falls back to anti-entropy pulses past `queue_max` remembered keys). `block` waits up to
-/// `overload_timeout` for room, then refuses the write; `error` refuses it at once. A refused
-/// write stores nothing and returns [`Error::Overloaded`].
+/// than about `queue_max_bytes` of them. When it is full: `repair` stores the write, skips
+/// queueing its change, remembers the key and raises the overflow flag: the driver re-sends
+/// the key's newest record as soon as the queue drains (and falls back to anti-entropy pulses
+/// past `queue_max` remembered keys). `block` waits up to `overload_timeout` for room, then
+/// refuses the write; `error` refuses it at once. A refused write stores nothing and returns
+/// [`Error::Overloaded`].
 pub(crate) struct ChannelPublisher {
     /// To the driver: closed once it has stopped (changes are then dropped).
     pub tx: mpsc::Sender<Command>,
@@ -432,8 +433,6 @@ pub(crate) struct ChannelPublisher {
     pub buffers: Arc<BufferPool>,
     /// Changes not queued because the queue was full.
     pub overflow: AtomicU64,
-    /// Raised on overflow; the driver answers with a repair.
-    pub overflowed: Arc<std::sync::atomic::AtomicBool>,
     /// Queue credits and the keys waiting for the targeted repair.
     pub backlog: Arc<Backlog>,
     /// What a write does when the queue is full.
@@ -455,8 +454,8 @@ pub(crate) fn change_item(change: Change) -> Item {
 }
 
 impl ChannelPublisher {
-    /// Counts a change that found no room (warning once) and raises the overflow flag; the
-    /// caller has remembered it in the backlog.
+    /// Counts a change that found no room (warning once); the caller has remembered it in the
+    /// backlog, for the targeted repair.
     fn overflowed(&self) {
         if self.overflow.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
@@ -465,9 +464,6 @@ impl ChannelPublisher {
                 self.backlog.bytes_max(),
                 self.policy.as_str()
             );
-        }
-        if !self.overflowed.load(Ordering::Relaxed) {
-            self.overflowed.store(true, Ordering::Release);
         }
     }
 
