@@ -116,12 +116,7 @@ impl Express {
     /// `wake_at`, the driver's own, if earlier) and opens the express lane if `idle` (no
     /// change staged, nothing left to send).
     pub(crate) fn park(&self, core: &mut Core, idle: bool, wake_at: Option<Instant>) {
-        self.arm_if_earlier(core);
-        if let Some(at) = wake_at {
-            if core.armed.is_none_or(|a| at < a) {
-                self.arm(core, at);
-            }
-        }
+        self.arm_if_earlier(core, wake_at);
         core.idle = idle && self.sock.is_some();
         self.idle.store(core.idle, Ordering::Release);
     }
@@ -140,12 +135,16 @@ impl Express {
         }
     }
 
-    /// Arms the timer for the core's next deadline if it is earlier than the one armed (or
-    /// none is). Only an earlier deadline moves it: under traffic the tail announcement moves
+    /// Arms the timer for the core's next deadline (or `also`, if earlier) if it is earlier
+    /// than the one armed (or none is). Only an earlier deadline moves it: under traffic the tail announcement moves
     /// later with every data message, and re-arming for it would cost a system call per pass;
     /// a timer left early fires once for nothing and is re-armed.
-    fn arm_if_earlier(&self, core: &mut Core) {
-        if let Some(at) = core.ep.poll_timeout() {
+    fn arm_if_earlier(&self, core: &mut Core, also: Option<Instant>) {
+        let next = match (core.ep.poll_timeout(), also) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = next {
             if core.armed.is_none_or(|a| at < a) {
                 self.arm(core, at);
             }
@@ -225,7 +224,7 @@ impl Express {
         if failed > 0 {
             self.send_errors.fetch_add(failed, Ordering::Relaxed);
         }
-        self.arm_if_earlier(core);
+        self.arm_if_earlier(core, None);
         Ok(())
     }
 
