@@ -65,7 +65,7 @@ impl Bench for Lru {
     }
 }
 
-const CACHES: [&str; 4] = ["mccache", "moka", "quick_cache", "mutex_lru"];
+const CACHES: [&str; 5] = ["mccache", "mccache_ttl", "moka", "quick_cache", "mutex_lru"];
 /// The caches of the insert case: also a node with networking.
 const INSERT_CACHES: [&str; 5] = ["mccache", "mccache_net", "moka", "quick_cache", "mutex_lru"];
 
@@ -77,6 +77,15 @@ fn make(name: &str, cap: usize) -> Arc<dyn Bench> {
         "mccache" => {
             let mut config = mccache::Config::default();
             config.cache_ttl = 0.0;
+            config.cache_max = cap;
+            config.cache_size = 1 << 40;
+            let node = mccache::Node::start_local(config).expect("default config is valid");
+            let cache = node.cache("bench").expect("fresh node");
+            Arc::new(Mc(cache, node))
+        }
+        // The default configuration's TTL (an hour): every hit checks the entry's expiry.
+        "mccache_ttl" => {
+            let mut config = mccache::Config::default();
             config.cache_max = cap;
             config.cache_size = 1 << 40;
             let node = mccache::Node::start_local(config).expect("default config is valid");

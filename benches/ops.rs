@@ -3,8 +3,10 @@
 //! prefill, so two runs differ only in the cache.
 //!
 //! Run: `cargo bench --bench ops --no-run`, then
-//! `valgrind --tool=callgrind <bench binary> <get_hit|insert|insert_net> <mccache|quick_cache> [ops] [drain]`
+//! `valgrind --tool=callgrind <bench binary> <get_hit|get_hit_ttl|insert|insert_net> <mccache|quick_cache> [ops] [drain]`
 //! and divide the instruction counts (`callgrind_annotate`) by `ops`.
+//!
+//! `get_hit_ttl` is `get_hit` on a cache with the default TTL (an hour; quick_cache has none).
 //!
 //! `insert_net` runs one node on loopback with no peers and a queue that holds every change
 //! (nothing overflows, whatever the scheduling), and prints how many changes were sent. With
@@ -22,7 +24,7 @@ type Insert = Box<dyn Fn(u64, u64)>;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [op, cache, ..] = &args[..] else {
-        eprintln!("usage: ops <get_hit|insert|insert_net> <mccache|quick_cache> [ops]");
+        eprintln!("usage: ops <get_hit|get_hit_ttl|insert|insert_net> <mccache|quick_cache> [ops]");
         return;
     };
     let ops: u64 = args
@@ -30,7 +32,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let drain = args.get(3).is_some_and(|a| a == "drain");
-    let cap = if op == "get_hit" { 2 * POP } else { POP } as usize;
+    let reads = op.starts_with("get_hit");
+    let cap = if reads { 2 * POP } else { POP } as usize;
     let (get, insert): (Get, Insert) = match cache.as_str() {
         "quick_cache" => {
             let c = std::sync::Arc::new(quick_cache::sync::Cache::<u64, u64>::new(cap));
@@ -42,7 +45,7 @@ fn main() {
         }
         _ => {
             let mut config = mccache::Config::default();
-            config.cache_ttl = 0.0;
+            config.cache_ttl = if op == "get_hit_ttl" { 3600.0 } else { 0.0 };
             config.cache_max = cap;
             config.cache_size = 1 << 40;
             config.interface = std::net::Ipv4Addr::LOCALHOST;
@@ -79,7 +82,6 @@ fn main() {
         insert(k, k);
     }
     let mut x = 0x1234_5678u64;
-    let reads = op == "get_hit";
     let range = if reads { POP } else { 4 * POP };
     for _ in 0..ops {
         x ^= x << 13;

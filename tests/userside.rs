@@ -381,6 +381,34 @@ fn get_cache_and_node_start_processes_replicate() {
     }
 }
 
+/// The TTL as applications run it (`MCCACHE_CACHE_TTL`, the housekeeper refreshing the coarse
+/// clock that read hits compare expiries with): once its TTL has passed, an entry is gone in
+/// the process that wrote it and in the peer that received it, and the next hits keep missing.
+#[test]
+fn entries_expire_at_their_ttl_in_every_process() {
+    let mut e = env(15, 47115, "ttl");
+    e.push(("MCCACHE_CACHE_TTL", "1.5".into()));
+    let mut apps = vec![App9::start("default", &e), App9::start("node", &e)];
+    for a in &apps {
+        started(a);
+    }
+    formed(&mut apps);
+    assert_eq!(apps[0].ask("insert k v"), "Ok(())");
+    assert_eq!(apps[1].poll("get k", |a| a == "val v"), "val v");
+    // Both processes stored the entry before this instant; its TTL counts from there (rounded
+    // up to the millisecond).
+    let stored = Instant::now();
+    let expired = stored + Duration::from_millis(1_510);
+    while Instant::now() < expired {
+        std::thread::sleep(expired - Instant::now());
+    }
+    for app in apps.iter_mut() {
+        for _ in 0..100 {
+            assert_eq!(app.ask("get k"), "none", "an expired entry was returned");
+        }
+    }
+}
+
 /// A process that only uses `get_cache` and returns from `main` announces its leave: its peer
 /// sees a clean leave, not a failure.
 #[test]

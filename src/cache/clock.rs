@@ -56,6 +56,9 @@ pub trait Clock: Send + Sync + 'static {
 pub struct CoarseCell {
     nanos: AtomicU64,
     ms31: AtomicU32,
+    /// How many housekeepers refresh the cell (every [`CoarseCell::TICK`] or sooner). While
+    /// none does, nothing bounds how far behind the clock the reading may fall.
+    tickers: AtomicU32,
 }
 
 impl Default for CoarseCell {
@@ -63,6 +66,7 @@ impl Default for CoarseCell {
         CoarseCell {
             nanos: AtomicU64::new(0),
             ms31: AtomicU32::new(ms31(0)),
+            tickers: AtomicU32::new(0),
         }
     }
 }
@@ -80,6 +84,22 @@ impl CoarseCell {
         self.ms31.load(Ordering::Relaxed)
     }
 
+    /// The longest a ticking housekeeper waits between two refreshes (its scheduling aside).
+    pub(crate) const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+    /// Whether a housekeeper refreshes the cell (see [`CoarseCell::ticker`]).
+    #[inline]
+    pub(crate) fn ticking(&self) -> bool {
+        self.tickers.load(Ordering::Relaxed) != 0
+    }
+
+    /// Registers a refresher of the cell every [`CoarseCell::TICK`] for as long as the
+    /// returned guard lives.
+    pub(crate) fn ticker(self: &Arc<Self>) -> Ticker {
+        self.tickers.fetch_add(1, Ordering::Relaxed);
+        Ticker(self.clone())
+    }
+
     /// Stores `nanos` if it is ahead of the reading held (both forms).
     fn advance(&self, nanos: u64) {
         if self.nanos.load(Ordering::Relaxed) < nanos {
@@ -89,6 +109,17 @@ impl CoarseCell {
                 self.ms31.store(ms, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// A housekeeper's registration as the refresher of a [`CoarseCell`]; dropping it (the
+/// housekeeper stopped) withdraws it.
+#[derive(Debug)]
+pub(crate) struct Ticker(Arc<CoarseCell>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.tickers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -385,7 +385,7 @@ impl Drop for NodeInner {
 }
 
 /// How often the housekeeper refreshes the clock's coarse reading (last-lookup granularity).
-const CLOCK_TICK: Duration = Duration::from_millis(10);
+const CLOCK_TICK: Duration = crate::cache::clock::CoarseCell::TICK;
 
 fn housekeeper(
     registry: Registry,
@@ -396,6 +396,9 @@ fn housekeeper(
     mut reporter: report::Reporter,
 ) {
     let mut next = std::time::Instant::now() + period;
+    // Read hits trust the clock's coarse reading only while it is refreshed (see
+    // `Store::expired_on_hit`).
+    let _ticker = clock.coarse_cell().map(|cell| cell.ticker());
     loop {
         {
             let mut stopped = stop.stopped.lock();

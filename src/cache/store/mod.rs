@@ -21,6 +21,16 @@
 //!   are capped there, which covers every `cache_ttl` the config accepts). The write time is
 //!   rounded up to the millisecond, so an entry expires between its TTL and 1 ms after, never
 //!   before. A per-entry TTL below 1 ms is 1 ms.
+//! - **Expiry on a read hit** is decided against the exact clock, but the clock is read only
+//!   near the expiry (`reads::expired_on_hit`): the clock's coarse reading, which the
+//!   housekeeper refreshes every 10 ms, is never ahead of the clock, and while it is refreshed
+//!   it is taken to be less than a second behind, so a hit on an entry whose expiry is more
+//!   than a second ahead of it reads no clock (with the default TTL of an hour, reading the
+//!   clock on every hit made a hit twice as slow). Without a refreshing housekeeper (a stopped
+//!   node) every such hit reads the clock. Each thread also reads it itself every 64 hits on
+//!   entries with a TTL, which bounds what a process resuming after being stopped for over a
+//!   second can see before its housekeeper runs again: at most 63 hits per thread on entries
+//!   that expired while it stood still.
 //! - **Last lookup** (metadata and the callback window) is kept modulo 2³¹ ms: exact for reads
 //!   less than ≈ 24.8 days ago; an older read may be reported a multiple of that later.
 //! - **Write time** (metadata `written`) is monotonic, turned into wall time with the clock's

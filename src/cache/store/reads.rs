@@ -1,21 +1,36 @@
 //! Reads: point lookups (the hit path), metadata, whole-cache snapshots and metrics.
 
+use std::cell::Cell;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::entries::Entry;
 use super::{CacheKey, CacheValue, Store};
+use crate::cache::clock::CoarseCell;
 use crate::cache::event::Metadata;
 use crate::cache::hooks::SYNC_BUCKETS;
 use crate::cache::metrics::CacheMetrics;
 use crate::proto::version::Version;
 
+/// How far (ns) a ticking coarse reading may lag the clock, as a read hit assumes: a hundred
+/// times the housekeeper's refresh interval.
+const COARSE_TRUST: u64 = 1_000_000_000;
+const _: () = assert!(COARSE_TRUST >= 100 * CoarseCell::TICK.as_nanos() as u64);
+
+/// A thread's read hits on entries with a TTL per exact clock reading of its own.
+const HITS_PER_CLOCK_READ: u32 = 64;
+
+thread_local! {
+    /// This thread's read hits on entries with a TTL (wrapping).
+    static TTL_HITS: Cell<u32> = const { Cell::new(0) };
+}
+
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// A read of one key: counts a lookup, marks the entry referenced and read.
     ///
     /// The hit path hashes once (the shard and the map slot come from the same hash), takes the
-    /// shard's read lock, reads the exact clock only if the entry has a TTL, stores the
+    /// shard's read lock, checks the expiry of an entry with a TTL (`expired_on_hit`), stores the
     /// referenced bit and last-lookup time (one atomic word) only when it changes, and counts
     /// the hit or miss in the calling thread's own counter slot (`counts`: a relaxed load and
     /// store, no locked instruction), still under the lock (measured faster than after it).
@@ -25,7 +40,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let shard = self.shard_of(hash);
         let g = shard.lock.read();
         match g.map.get_hashed(hash, key) {
-            Some(e) if !(e.has_ttl() && e.expired(self.core.clock.now_nanos())) => {
+            Some(e) if !(e.has_ttl() && self.expired_on_hit(e)) => {
                 e.touch(self.touch_now());
                 self.reads.count(true);
                 Some(f(e))
@@ -35,6 +50,40 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 None
             }
         }
+    }
+
+    /// Whether an entry with a TTL has expired, for a read hit: exact, but without reading the
+    /// clock unless the expiry is near.
+    ///
+    /// The clock's coarse reading is never ahead of the clock, so an expiry at or before it has
+    /// passed. While a housekeeper refreshes that reading (every 10 ms), it is never more
+    /// than [`COARSE_TRUST`] behind either, so an expiry further than that ahead of it has not
+    /// come. Only an entry within a second of its expiry costs an exact reading (tens of
+    /// nanoseconds on a VM, and a store into the clock's shared cell, which every reader
+    /// thread then misses: with the default TTL, a hit took twice as long as with none). A
+    /// node whose threads all stood still for over a second (a stopped process) resumes with
+    /// a stale reading: each thread therefore also reads the clock itself every
+    /// [`HITS_PER_CLOCK_READ`] hits on entries with a TTL, which refreshes the reading.
+    #[inline]
+    fn expired_on_hit(&self, e: &Entry<V>) -> bool {
+        let at = e.expires_at();
+        if let Some(cell) = &self.coarse {
+            let n = TTL_HITS.with(|c| {
+                let n = c.get().wrapping_add(1);
+                c.set(n);
+                n
+            });
+            if n % HITS_PER_CLOCK_READ != 0 && cell.ticking() {
+                let coarse = cell.nanos();
+                if at <= coarse {
+                    return true;
+                }
+                if at - coarse > COARSE_TRUST {
+                    return false;
+                }
+            }
+        }
+        at <= self.core.clock.now_nanos()
     }
 
     /// A read that counts nothing and marks nothing (metadata, snapshots, internal checks).
@@ -178,4 +227,97 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
 /// The cache checksum from its sync bucket digests: their wrapping sum.
 pub(super) fn checksum_of(buckets: &[u64]) -> u64 {
     buckets.iter().fold(0u64, |a, d| a.wrapping_add(*d))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::super::{Cond, Store, Ttl};
+    use crate::Config;
+    use crate::cache::clock::{Clock, SystemClock};
+    use crate::cache::context::StoreContext;
+    use crate::cache::hooks::NoPublisher;
+    use crate::proto::version::{Hlc, NodeId};
+
+    /// A cache with TTL `ttl` on a system clock that no housekeeper refreshes, holding key 1
+    /// (written at the returned instant or just before).
+    fn cache_holding_one_key(ttl: f64) -> (Store<u32, u32>, Arc<SystemClock>, Instant) {
+        let clock = Arc::new(SystemClock::new());
+        let core = Arc::new(StoreContext {
+            id: NodeId(1),
+            hlc: Arc::new(Hlc::new()),
+            clock: clock.clone(),
+            publisher: Arc::new(NoPublisher),
+            max_message_size: 1 << 20,
+        });
+        let config = Config {
+            cache_ttl: ttl,
+            ..Config::default()
+        };
+        let store = Store::new("t", config.cache_config("t"), core);
+        store.write(1, 1, Cond::Always, Ttl::Cache).unwrap();
+        (store, clock, Instant::now())
+    }
+
+    fn wait_until(t: Instant) {
+        while Instant::now() < t {
+            std::thread::sleep(t - Instant::now());
+        }
+    }
+
+    #[test]
+    fn a_hit_does_not_trust_a_coarse_reading_that_no_housekeeper_refreshes() {
+        // The write read the exact clock (the entry has a TTL), so the coarse reading is the
+        // write's time; nothing advances it afterwards. Trusted, it would still put the
+        // expiry 0.3 s ahead after the expiry, well beyond the trusted lag of a second.
+        let (store, _clock, written) = cache_holding_one_key(1.3);
+        assert_eq!(store.get(&1), Some(1));
+        wait_until(written + Duration::from_millis(1_350));
+        for _ in 0..10 {
+            assert_eq!(store.get(&1), None, "an expired entry was returned");
+        }
+    }
+
+    #[test]
+    fn a_stale_ticking_reading_is_refreshed_within_64_hits_of_a_thread() {
+        // A ticker is registered but never refreshes: what a stopped process sees when it
+        // resumes, before its housekeeper runs. The thread's own clock reading every 64 hits
+        // bounds the expired hits.
+        let (store, clock, written) = cache_holding_one_key(1.3);
+        let _ticker = clock.coarse_cell().unwrap().ticker();
+        assert_eq!(store.get(&1), Some(1));
+        wait_until(written + Duration::from_millis(1_350));
+        let hits: Vec<bool> = (0..200).map(|_| store.get(&1).is_some()).collect();
+        let stale = hits.iter().filter(|h| **h).count();
+        assert!(stale < 64, "{stale} hits on an expired entry");
+        let first_miss = hits.iter().position(|h| !h).unwrap();
+        assert!(hits[first_miss..].iter().all(|h| !h), "{hits:?}");
+    }
+
+    #[test]
+    fn a_hit_far_from_expiry_with_a_ticking_reading_does_not_read_the_clock() {
+        // Nobody refreshes the reading while the expiry is an hour ahead: the hits trust it,
+        // except one in 64 of a thread, which reads the clock and so advances it.
+        let (store, clock, _) = cache_holding_one_key(3600.0);
+        let cell = clock.coarse_cell().unwrap();
+        let _ticker = cell.ticker();
+        let before = cell.nanos();
+        // A fresh thread: its count of hits starts at 0, so its first 63 read no clock.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..63 {
+                    assert_eq!(store.get(&1), Some(1));
+                }
+                assert_eq!(
+                    cell.nanos(),
+                    before,
+                    "a hit an hour from expiry read the clock"
+                );
+                assert_eq!(store.get(&1), Some(1));
+                assert!(cell.nanos() > before, "the 64th hit did not read the clock");
+            });
+        });
+    }
 }
