@@ -55,6 +55,8 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct CoarseCell {
     nanos: AtomicU64,
+    /// `nanos` in whole milliseconds (rounded down).
+    ms: AtomicU64,
     ms31: AtomicU32,
     /// How many housekeepers refresh the cell (every [`CoarseCell::TICK`] or sooner). While
     /// none does, nothing bounds how far behind the clock the reading may fall.
@@ -65,6 +67,7 @@ impl Default for CoarseCell {
     fn default() -> Self {
         CoarseCell {
             nanos: AtomicU64::new(0),
+            ms: AtomicU64::new(0),
             ms31: AtomicU32::new(ms31(0)),
             tickers: AtomicU32::new(0),
         }
@@ -76,6 +79,12 @@ impl CoarseCell {
     #[inline]
     pub fn nanos(&self) -> u64 {
         self.nanos.load(Ordering::Relaxed)
+    }
+
+    /// The coarse reading in whole monotonic milliseconds (rounded down).
+    #[inline]
+    pub fn ms(&self) -> u64 {
+        self.ms.load(Ordering::Relaxed)
     }
 
     /// The coarse reading in monotonic milliseconds modulo 2³¹, never 0 (0 is taken to 1).
@@ -104,9 +113,10 @@ impl CoarseCell {
     fn advance(&self, nanos: u64) {
         if self.nanos.load(Ordering::Relaxed) < nanos {
             self.nanos.store(nanos, Ordering::Relaxed);
-            let ms = ms31(nanos);
-            if self.ms31.load(Ordering::Relaxed) != ms {
-                self.ms31.store(ms, Ordering::Relaxed);
+            let ms = nanos / 1_000_000;
+            if self.ms.load(Ordering::Relaxed) != ms {
+                self.ms.store(ms, Ordering::Relaxed);
+                self.ms31.store(ms31(nanos), Ordering::Relaxed);
             }
         }
     }

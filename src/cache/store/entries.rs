@@ -20,8 +20,9 @@ use crate::proto::version::Version;
 /// One stored value and its bookkeeping: 40 bytes besides the value (48 for a `u64` value).
 ///
 /// Times are kept in milliseconds of the store's monotonic clock, narrowed (see the module
-/// docs of `store` for the limits): the write time (48 bits, rounded up), the TTL (`u32`, see
-/// [`encode_ttl`]) from which the expiry is derived, and the last read hit (31 bits, modulo
+/// docs of `store` for the limits): the expiry (48 bits: the write time, rounded up, plus the
+/// TTL; a read hit compares it with the clock as it is), the TTL (`u32`, see [`encode_ttl`]),
+/// from which the write time is derived back, and the last read hit (31 bits, modulo
 /// 2³¹ ms ≈ 24.8 days) next to the CLOCK referenced bit in one atomic word.
 ///
 /// `repr(C)`, in this order: what a read hit touches (value, TTL, touch word) first, so that,
@@ -39,8 +40,9 @@ pub(super) struct Entry<V> {
     /// the same for every reader at a given time).
     touch: AtomicU32,
     pub(super) version: Version,
-    /// Monotonic ms (rounded up) of the last write on this node in the low 48 bits, the sync
-    /// bucket in the next 8, flags ([`PER_ENTRY_TTL`]) in the top 8.
+    /// In the low 48 bits, the monotonic ms at which the entry expires: that of the last write
+    /// on this node (rounded up) plus the TTL (so the write's own when there is none). The sync
+    /// bucket in the next 8 bits, flags ([`PER_ENTRY_TTL`]) in the top 8.
     stamp: u64,
     /// Serialized key + value bytes (saturating; accounted as stored, so always in balance).
     pub(super) size: u32,
@@ -48,8 +50,8 @@ pub(super) struct Entry<V> {
     pub(super) crc: u32,
 }
 
-const WRITTEN_BITS: u32 = 48;
-const WRITTEN_MASK: u64 = (1 << WRITTEN_BITS) - 1;
+const DUE_BITS: u32 = 48;
+const DUE_MASK: u64 = (1 << DUE_BITS) - 1;
 /// Flag in `stamp`: the TTL was given for this entry (replicated as such), not the cache's.
 const PER_ENTRY_TTL: u64 = 1 << 56;
 /// The CLOCK referenced bit in `touch`.
@@ -112,12 +114,18 @@ impl<V> Entry<V> {
     }
 
     pub(super) fn bucket(&self) -> u8 {
-        (self.stamp >> WRITTEN_BITS) as u8
+        (self.stamp >> DUE_BITS) as u8
     }
 
     /// Monotonic ms of the last write on this node (rounded up).
     pub(super) fn written_ms(&self) -> u64 {
-        self.stamp & WRITTEN_MASK
+        self.due_ms().saturating_sub(decode_ttl(self.ttl))
+    }
+
+    /// Monotonic ms at which the entry expires, if it has a TTL ([`Entry::expires_at`] in ms).
+    #[inline]
+    pub(super) fn due_ms(&self) -> u64 {
+        self.stamp & DUE_MASK
     }
 
     /// Whether the entry has a TTL at all (a cheap test before reading the clock).
@@ -131,9 +139,7 @@ impl<V> Entry<V> {
         if self.ttl == 0 {
             return 0;
         }
-        (self.written_ms() + decode_ttl(self.ttl))
-            .saturating_mul(1_000_000)
-            .max(1)
+        self.due_ms().saturating_mul(1_000_000).max(1)
     }
 
     #[inline]
@@ -403,7 +409,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             version,
             size: enc.size().min(u32::MAX as u64) as u32,
             crc: enc.entry_crc(&version),
-            stamp: (ms_up(now) & WRITTEN_MASK) | (enc.bucket() as u64) << WRITTEN_BITS | flag,
+            stamp: ((ms_up(now) + decode_ttl(ttl)) & DUE_MASK)
+                | (enc.bucket() as u64) << DUE_BITS
+                | flag,
             ttl,
             touch: AtomicU32::new(REFERENCED),
         }
@@ -469,7 +477,9 @@ mod tests {
             version: Version::ZERO,
             size: 0,
             crc: 0,
-            stamp: ms_up(now) | if per_entry { PER_ENTRY_TTL } else { 0 } | 7 << WRITTEN_BITS,
+            stamp: (ms_up(now) + ttl_ms)
+                | if per_entry { PER_ENTRY_TTL } else { 0 }
+                | 7 << DUE_BITS,
             ttl: encode_ttl(ttl_ms),
             touch: AtomicU32::new(REFERENCED),
         }

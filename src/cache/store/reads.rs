@@ -13,10 +13,10 @@ use crate::cache::hooks::SYNC_BUCKETS;
 use crate::cache::metrics::CacheMetrics;
 use crate::proto::version::Version;
 
-/// How far (ns) a ticking coarse reading may lag the clock, as a read hit assumes: a hundred
+/// How far (ms) a ticking coarse reading may lag the clock, as a read hit assumes: a hundred
 /// times the housekeeper's refresh interval.
-const COARSE_TRUST: u64 = 1_000_000_000;
-const _: () = assert!(COARSE_TRUST >= 100 * CoarseCell::TICK.as_nanos() as u64);
+const COARSE_TRUST_MS: u64 = 1_000;
+const _: () = assert!(COARSE_TRUST_MS >= 100 * CoarseCell::TICK.as_millis() as u64);
 
 /// A thread's read hits on entries with a TTL per exact clock reading of its own.
 const HITS_PER_CLOCK_READ: u32 = 64;
@@ -57,7 +57,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     ///
     /// The clock's coarse reading is never ahead of the clock, so an expiry at or before it has
     /// passed. While a housekeeper refreshes that reading (every 10 ms), it is never more
-    /// than [`COARSE_TRUST`] behind either, so an expiry further than that ahead of it has not
+    /// than [`COARSE_TRUST_MS`] behind either, so an expiry further than that ahead of it has not
     /// come. Only an entry within a second of its expiry costs an exact reading (tens of
     /// nanoseconds on a VM, and a store into the clock's shared cell, which every reader
     /// thread then misses: with the default TTL, a hit took twice as long as with none). A
@@ -66,7 +66,6 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// [`HITS_PER_CLOCK_READ`] hits on entries with a TTL, which refreshes the reading.
     #[inline]
     fn expired_on_hit(&self, e: &Entry<V>) -> bool {
-        let at = e.expires_at();
         if let Some(cell) = &self.coarse {
             let n = TTL_HITS.with(|c| {
                 let n = c.get().wrapping_add(1);
@@ -74,16 +73,17 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                 n
             });
             if n % HITS_PER_CLOCK_READ != 0 && cell.ticking() {
-                let coarse = cell.nanos();
-                if at <= coarse {
+                // Milliseconds both: the coarse reading rounded down, the expiry as kept.
+                let (due, coarse) = (e.due_ms(), cell.ms());
+                if due <= coarse {
                     return true;
                 }
-                if at - coarse > COARSE_TRUST {
+                if due - coarse > COARSE_TRUST_MS {
                     return false;
                 }
             }
         }
-        at <= self.core.clock.now_nanos()
+        e.expired(self.core.clock.now_nanos())
     }
 
     /// A read that counts nothing and marks nothing (metadata, snapshots, internal checks).
