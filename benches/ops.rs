@@ -3,10 +3,11 @@
 //! prefill, so two runs differ only in the cache.
 //!
 //! Run: `cargo bench --bench ops --no-run`, then
-//! `valgrind --tool=callgrind <bench binary> <get_hit|get_hit_ttl|insert|insert_net> <mccache|quick_cache> [ops] [drain]`
+//! `valgrind --tool=callgrind <bench binary> <get_hit|get_hit_ttl|insert|insert_ttl|insert_net> <mccache|quick_cache> [ops] [drain]`
 //! and divide the instruction counts (`callgrind_annotate`) by `ops`.
 //!
-//! `get_hit_ttl` is `get_hit` on a cache with the default TTL (an hour; quick_cache has none).
+//! `get_hit_ttl` and `insert_ttl` are `get_hit` and `insert` on a cache with the default TTL (an
+//! hour; quick_cache has none).
 //!
 //! `insert_net` runs one node on loopback with no peers and a queue that holds every change
 //! (nothing overflows, whatever the scheduling), and prints how many changes were sent. With
@@ -24,7 +25,7 @@ type Insert = Box<dyn Fn(u64, u64)>;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [op, cache, ..] = &args[..] else {
-        eprintln!("usage: ops <get_hit|get_hit_ttl|insert|insert_net> <mccache|quick_cache> [ops]");
+        eprintln!("usage: ops <get_hit|get_hit_ttl|insert|insert_ttl|insert_net> <mccache|quick_cache> [ops]");
         return;
     };
     let ops: u64 = args
@@ -45,7 +46,7 @@ fn main() {
         }
         _ => {
             let mut config = mccache::Config::default();
-            config.cache_ttl = if op == "get_hit_ttl" { 3600.0 } else { 0.0 };
+            config.cache_ttl = if op.ends_with("_ttl") { 3600.0 } else { 0.0 };
             config.cache_max = cap;
             config.cache_size = 1 << 40;
             config.interface = std::net::Ipv4Addr::LOCALHOST;
