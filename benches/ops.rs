@@ -25,7 +25,9 @@ type Insert = Box<dyn Fn(u64, u64)>;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [op, cache, ..] = &args[..] else {
-        eprintln!("usage: ops <get_hit|get_hit_ttl|insert|insert_ttl|insert_net> <mccache|quick_cache> [ops]");
+        eprintln!(
+            "usage: ops <get_hit|get_hit_ttl|insert|insert_ttl|insert_net> <mccache|quick_cache> [ops]"
+        );
         return;
     };
     let ops: u64 = args

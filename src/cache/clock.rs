@@ -46,13 +46,16 @@ pub trait Clock: Send + Sync + 'static {
     }
 }
 
-/// A clock's coarse monotonic reading kept in memory (see [`Clock::coarse_cell`]), in two forms:
-/// nanoseconds, and milliseconds modulo 2³¹ (never 0), the form in which a cache keeps the time
-/// of an entry's last read hit. The millisecond form is derived when the reading is stored, so
-/// the read hit path loads it instead of dividing. The two are stored one after the other
-/// (relaxed): a reader may briefly see the new nanoseconds with the previous millisecond.
+/// A clock's coarse monotonic reading kept in memory (see [`Clock::coarse_cell`]), in three
+/// forms: nanoseconds, whole milliseconds (what a read hit compares expiries with), and
+/// milliseconds modulo 2³¹ (never 0), the form in which a cache keeps the time of an entry's
+/// last read hit. The millisecond forms are derived when the reading is stored, so the read
+/// hit path loads them instead of dividing. They are stored one after the other (relaxed): a
+/// reader may briefly see a new form next to an old one, never one ahead of the clock. The
+/// cell has its cache line to itself (it is read by every hit).
 #[doc(hidden)]
 #[derive(Debug)]
+#[repr(align(64))]
 pub struct CoarseCell {
     nanos: AtomicU64,
     /// `nanos` in whole milliseconds (rounded down).
@@ -109,15 +112,16 @@ impl CoarseCell {
         Ticker(self.clone())
     }
 
-    /// Stores `nanos` if it is ahead of the reading held (both forms).
+    /// Stores `nanos` (all three forms) if it starts a later millisecond than the reading held.
+    /// Readings within the same millisecond are not stored: every thread that reads the clock
+    /// may advance the cell, and a store on every reading would move the cell's cache line to
+    /// that thread's core each time, away from every read hit, which loads it.
     fn advance(&self, nanos: u64) {
-        if self.nanos.load(Ordering::Relaxed) < nanos {
+        let ms = nanos / 1_000_000;
+        if self.ms.load(Ordering::Relaxed) < ms {
             self.nanos.store(nanos, Ordering::Relaxed);
-            let ms = nanos / 1_000_000;
-            if self.ms.load(Ordering::Relaxed) != ms {
-                self.ms.store(ms, Ordering::Relaxed);
-                self.ms31.store(ms31(nanos), Ordering::Relaxed);
-            }
+            self.ms.store(ms, Ordering::Relaxed);
+            self.ms31.store(ms31(nanos), Ordering::Relaxed);
         }
     }
 }
@@ -303,12 +307,25 @@ mod tests {
     fn system_clock_is_monotonic_and_near_wall_time() {
         let c = SystemClock::new();
         let a = c.now_nanos();
-        let b = c.now_nanos();
-        assert!(b >= a);
-        assert!(
-            c.coarse_nanos() >= b,
+        // A reading in a later millisecond than the last one stored refreshes the coarse
+        // reading; one within the same millisecond does not.
+        let b = loop {
+            let b = c.now_nanos();
+            if b / 1_000_000 > a / 1_000_000 {
+                break b;
+            }
+        };
+        assert_eq!(
+            c.coarse_nanos(),
+            b,
             "exact reads refresh the coarse reading"
         );
+        let same_ms = c.now_nanos();
+        assert!(same_ms >= b);
+        if same_ms / 1_000_000 == b / 1_000_000 {
+            assert_eq!(c.coarse_nanos(), b, "stored once per millisecond");
+        }
+        let b = c.coarse_nanos();
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(
             c.coarse_nanos(),
@@ -320,6 +337,7 @@ mod tests {
         assert!(c.coarse_nanos() >= b + 2_000_000);
         let cell = c.coarse_cell().unwrap();
         assert_eq!(cell.ms31(), ms31(cell.nanos()));
+        assert_eq!(cell.ms(), cell.nanos() / 1_000_000);
         assert!(c.coarse_both().1.abs_diff(c.wall_ms()) < 5);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)

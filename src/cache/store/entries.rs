@@ -25,11 +25,11 @@ use crate::proto::version::Version;
 /// from which the write time is derived back, and the last read hit (31 bits, modulo
 /// 2³¹ ms ≈ 24.8 days) next to the CLOCK referenced bit in one atomic word.
 ///
-/// `repr(C)`, in this order: what a read hit touches (value, TTL, touch word) first, so that,
-/// with the key just before it in the shard's slab (`table::Slot`), a hit on a `u64 → u64`
-/// entry (56 bytes) reads 24 contiguous bytes, which straddle two cache lines for 2 of the 8
-/// positions an entry takes modulo 64 bytes (the default layout spread them over all 56 bytes:
-/// 6 of 8).
+/// `repr(C)`, in this order: what a read hit touches (value, TTL, touch word, and the expiry
+/// when there is a TTL) first, so that, with the key just before it in the shard's slab
+/// (`table::Slot`), a hit on a `u64 → u64` entry (56 bytes) reads 24 contiguous bytes (32 with
+/// a TTL), which straddle two cache lines for 2 (3) of the 8 positions an entry takes modulo
+/// 64 bytes (the default layout spread them over all 56 bytes: 6 of 8).
 #[repr(C)]
 pub(super) struct Entry<V> {
     pub(super) value: V,
@@ -39,11 +39,11 @@ pub(super) struct Entry<V> {
     /// by readers under the shard's read lock (plain loads and stores: the bits they write are
     /// the same for every reader at a given time).
     touch: AtomicU32,
-    pub(super) version: Version,
     /// In the low 48 bits, the monotonic ms at which the entry expires: that of the last write
     /// on this node (rounded up) plus the TTL (so the write's own when there is none). The sync
     /// bucket in the next 8 bits, flags ([`PER_ENTRY_TTL`]) in the top 8.
     stamp: u64,
+    pub(super) version: Version,
     /// Serialized key + value bytes (saturating; accounted as stored, so always in balance).
     pub(super) size: u32,
     /// crc32(key ‖ value ‖ version).
@@ -104,6 +104,11 @@ pub(super) fn touch_ms31(ms31: u32) -> u32 {
 }
 
 impl<V> Entry<V> {
+    /// The bytes at the start of an entry that a read hit on an entry with a TTL reads: up to
+    /// the end of its expiry.
+    #[cfg(test)]
+    pub(super) const HIT_BYTES: usize = std::mem::offset_of!(Entry<V>, stamp) + 8;
+
     /// The per-entry TTL in ms as replicated (`None`: the cache's TTL).
     pub(super) fn ttl_ms(&self) -> Option<u64> {
         (self.stamp & PER_ENTRY_TTL != 0).then(|| decode_ttl(self.ttl))

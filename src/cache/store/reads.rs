@@ -304,6 +304,9 @@ mod tests {
         let cell = clock.coarse_cell().unwrap();
         let _ticker = cell.ticker();
         let before = cell.nanos();
+        // The cell stores a reading of a later millisecond only.
+        let later = Instant::now() + Duration::from_millis(2);
+        wait_until(later);
         // A fresh thread: its count of hits starts at 0, so its first 63 read no clock.
         std::thread::scope(|s| {
             s.spawn(|| {

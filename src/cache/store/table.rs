@@ -199,6 +199,7 @@ mod tests {
         assert_eq!(size_of::<Slot<u64, E>>(), 56);
         assert_eq!(offset_of!(Slot<u64, E>, val), 8);
         assert_eq!(offset_of!(E, value), 0);
+        assert_eq!(offset_of!(Slot<u64, E>, val) + E::HIT_BYTES, 32);
     }
 
     #[test]
