@@ -144,12 +144,12 @@ pub(crate) fn ms31(nanos: u64) -> u32 {
     ((nanos / 1_000_000) as u32 & 0x7fff_ffff).max(1)
 }
 
-/// The real clock: `CLOCK_MONOTONIC` (the clock [`Instant`](std::time::Instant) reads) for monotonic time,
-/// [`SystemTime`] for wall time.
+/// The real clock: `CLOCK_MONOTONIC` (the clock [`Instant`](std::time::Instant) reads) for
+/// monotonic time, [`SystemTime`] for wall time.
 ///
 /// Reading the OS clock costs tens of nanoseconds (about 30 ns on our VMs), so the clock
-/// caches its latest reading for [`Clock::coarse_nanos`] (refreshed by every exact read and by
-/// the housekeeper every 10 ms), and derives wall time from the monotonic reading plus an
+/// caches its latest reading for [`Clock::coarse_nanos`] (refreshed by every exact read in a
+/// later millisecond and by the housekeeper every 10 ms), and derives wall time from the monotonic reading plus an
 /// offset re-anchored to `SystemTime` at every refresh (a stepped wall clock is picked up
 /// within one refresh).
 #[derive(Debug)]
