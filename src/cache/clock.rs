@@ -149,9 +149,9 @@ pub(crate) fn ms31(nanos: u64) -> u32 {
 ///
 /// Reading the OS clock costs tens of nanoseconds (about 30 ns on our VMs), so the clock
 /// caches its latest reading for [`Clock::coarse_nanos`] (refreshed by every exact read in a
-/// later millisecond and by the housekeeper every 10 ms), and derives wall time from the monotonic reading plus an
-/// offset re-anchored to `SystemTime` at every refresh (a stepped wall clock is picked up
-/// within one refresh).
+/// later millisecond and by the housekeeper every 10 ms), and derives wall time from the
+/// monotonic reading plus an offset re-anchored to `SystemTime` at every refresh (a stepped
+/// wall clock is picked up within one refresh).
 #[derive(Debug)]
 pub struct SystemClock {
     /// `CLOCK_MONOTONIC` in nanoseconds when the clock was made: its readings count from there.
