@@ -476,3 +476,24 @@ fn default_node_functions() {
         None
     );
 }
+
+/// A cache handle outlives its node (say, during an application's shutdown): with no
+/// housekeeper refreshing the clock's coarse reading any more, an entry still expires on time.
+#[test]
+fn entries_expire_on_time_in_a_cache_whose_node_has_stopped() {
+    let mut cfg = config();
+    cfg.cache_ttl = 1.3;
+    let node = Node::start_local(cfg).unwrap();
+    let c: Cache<u32, u32> = node.cache("after-stop").unwrap();
+    c.insert(1, 1).unwrap();
+    let written = std::time::Instant::now();
+    drop(node);
+    assert_eq!(c.get(&1), Some(1));
+    let expired = written + Duration::from_millis(1_350);
+    while std::time::Instant::now() < expired {
+        std::thread::sleep(expired - std::time::Instant::now());
+    }
+    for _ in 0..10 {
+        assert_eq!(c.get(&1), None, "an expired entry was returned");
+    }
+}
