@@ -74,9 +74,15 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let version = entry.version;
         if entry.has_ttl() {
             let at = entry.expires_at();
-            // Shard first, then the cache-wide bound (see `expire_due`).
-            shard.next_expiry.fetch_min(at, Ordering::SeqCst);
-            self.next_expiry.fetch_min(at, Ordering::SeqCst);
+            // Shard first, then the cache-wide bound (see `expire_due`). Each is lowered only if
+            // it is above `at`: with one TTL for every entry, a new entry expires after the
+            // bound held, and a load instead of a locked `fetch_min` leaves the cache-wide
+            // bound's line shared by every writer thread instead of moving it to each. Still
+            // no bound is lost: the shard's is written only under its write lock, held here;
+            // if a sweep replaced the cache-wide one after it was loaded here, the sweep reads
+            // this shard's bound after that (all `SeqCst`), which is at most `at`.
+            lower_to(&shard.next_expiry, at);
+            lower_to(&self.next_expiry, at);
         }
         if !g.tombs.is_empty() {
             g.tombs.swap_remove(&key);
@@ -179,5 +185,13 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             },
         );
         value
+    }
+}
+
+/// Lowers `bound` to `at` if it is above: a load, and a `fetch_min` only when it moves.
+#[inline]
+fn lower_to(bound: &std::sync::atomic::AtomicU64, at: u64) {
+    if bound.load(Ordering::SeqCst) > at {
+        bound.fetch_min(at, Ordering::SeqCst);
     }
 }
