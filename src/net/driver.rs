@@ -220,11 +220,27 @@ pub(crate) async fn run(
             // Changes wait in the queue (holding their credits) while the core's outbox is
             // full, so the overload policy, not the core, decides what happens to them.
             let room = has_room(&guard.ep, outbox_max);
-            let take = room && (!staged.is_empty() || Instant::now() >= next_take);
-            let changes_ready = take && shared.changes.take_or_park(&mut staged, &mut spare);
+            let now = Instant::now();
+            // While the core lingers, changes that join its data message wait for its deadline
+            // wherever they are: the driver parks until then (or until they would fill it)
+            // instead of being woken for each one, which also gathers them as TAKE_INTERVAL
+            // does.
+            let lingering = guard.ep.lingering(now);
+            let take = room && (!staged.is_empty() || now >= next_take || lingering.is_some());
+            let defer_room = lingering.map_or(0, |(_, room)| room);
+            let changes_ready = take
+                && shared
+                    .changes
+                    .take_or_park(&mut staged, &mut spare, defer_room);
             // Parked with nothing staged or waiting: writers may send their changes themselves.
             let idle = take && !changes_ready && staged.is_empty() && commands.is_empty();
-            let wake_at = (room && !take).then_some(next_take);
+            let wake_at = if room && !take {
+                Some(next_take)
+            } else if take && !changes_ready {
+                lingering.map(|(due, _)| due)
+            } else {
+                None
+            };
             express.park(&mut guard, idle, wake_at);
             (room, take, changes_ready)
         };
@@ -252,7 +268,7 @@ pub(crate) async fn run(
             match wake {
                 Wake::Stop => stopping = true,
                 Wake::Changes => {
-                    if shared.changes.take_or_park(&mut staged, &mut spare) {
+                    if shared.changes.take_or_park(&mut staged, &mut spare, 0) {
                         if staged.len() < COALESCE_BELOW {
                             next_take = now + TAKE_INTERVAL;
                         }

@@ -302,6 +302,22 @@ impl Endpoint {
         self.last_data_at.is_some_and(|t| now < t + self.cfg.linger)
     }
 
+    /// While the node is streaming ([`Endpoint::is_streaming`]): until when a change published
+    /// now lingers, and how many bytes of changes (as [`Item::weight`] counts them) the lingering
+    /// data message still takes before it is full and goes at once. Changes that fit wait for
+    /// the deadline whenever they are published before it, so a driver may gather them
+    /// elsewhere until then. `None` when a change published now would go at once (not
+    /// streaming, or the message is full already).
+    pub fn lingering(&self, now: Instant) -> Option<(Instant, usize)> {
+        let due = self.last_data_at? + self.cfg.linger;
+        if now >= due || self.left {
+            return None;
+        }
+        let chunk = self.wire.chunk_size().max(64);
+        let room = chunk.checked_sub(DATA_MSG_OVERHEAD + self.outbox_bytes)?;
+        (room > 0).then_some((due, room))
+    }
+
     /// How many live peers there are (without building [`Endpoint::peers`]).
     pub fn peer_count(&self) -> usize {
         self.peers.len()

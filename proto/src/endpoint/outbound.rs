@@ -357,6 +357,31 @@ mod tests {
     }
 
     #[test]
+    fn lingering_tells_until_when_and_how_many_bytes_a_change_would_wait() {
+        let t0 = Instant::now();
+        let (mut a, _b, _, _) = joined_pair(t0);
+        assert_eq!(a.lingering(t0), None, "nothing sent: a change goes at once");
+        let item = put(&a, b"1", b"v");
+        a.publish(t0, item);
+        assert_eq!(drain(&mut a, t0).len(), 1);
+        let due = t0 + a.cfg.linger;
+        let chunk = a.wire.chunk_size();
+        let (until, room) = a.lingering(t0).expect("streaming");
+        assert_eq!(until, due);
+        assert_eq!(room, chunk - DATA_MSG_OVERHEAD);
+        // A lingering change takes its bytes off the room.
+        let item = put(&a, b"2", b"v");
+        let w = item.weight();
+        a.publish(t0, item);
+        assert!(drain(&mut a, t0).is_empty());
+        assert_eq!(a.lingering(t0), Some((due, room - w)));
+        // At the deadline it goes, and the next message lingers from then.
+        assert_eq!(drain(&mut a, due).len(), 1);
+        assert_eq!(a.lingering(due).map(|(t, _)| t), Some(due + a.cfg.linger));
+        assert_eq!(a.lingering(due + a.cfg.linger), None);
+    }
+
+    #[test]
     fn the_window_holds_new_data_until_acks_arrive() {
         let t0 = Instant::now();
         let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
