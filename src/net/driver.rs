@@ -221,12 +221,11 @@ pub(crate) async fn run(
             // full, so the overload policy, not the core, decides what happens to them.
             let room = has_room(&guard.ep, outbox_max);
             let now = Instant::now();
+            let take = room && (!staged.is_empty() || now >= next_take);
             // While the core lingers, changes that join its data message wait for its deadline
-            // wherever they are: the driver parks until then (or until they would fill it)
-            // instead of being woken for each one, which also gathers them as TAKE_INTERVAL
-            // does.
+            // wherever they are: the driver leaves them queued and parks until then (or until
+            // they would fill it) instead of taking them or being woken for each one.
             let lingering = guard.ep.lingering(now);
-            let take = room && (!staged.is_empty() || now >= next_take || lingering.is_some());
             let defer_room = lingering.map_or(0, |(_, room)| room);
             let changes_ready = take
                 && shared

@@ -263,15 +263,17 @@ struct Queued {
     runs: Vec<Run>,
     /// The records of the runs, in order.
     recs: Vec<Record>,
-    /// The driver found the queue empty and waits for [`ChangeQueue::wake`].
+    /// The driver found nothing to take and waits for [`ChangeQueue::wake`].
     parked: bool,
     /// While parked: the room left in the core's lingering data message (see
-    /// [`ChangeQueue::take_or_park`]); a writer wakes the driver once the records queued since,
-    /// and one more like its own, would not fit in it ([`charge`] bytes). 0 wakes it for any
-    /// change.
+    /// [`ChangeQueue::take_or_park`]); a writer wakes the driver once the changes queued, and
+    /// one more like the newest, would not fit in it. 0 wakes it for any change.
     defer_room: usize,
-    /// While parked: the bytes of the records queued since.
-    parked_bytes: usize,
+    /// The bytes ([`charge`]) of the changes queued (saturating; a change that is not a record
+    /// counts as `usize::MAX`: it goes at once).
+    bytes: usize,
+    /// The bytes of the newest change queued.
+    newest: usize,
 }
 
 /// Changes in queue order.
@@ -307,6 +309,13 @@ impl Queued {
     fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
+
+    /// Whether the core would still hold every queued change back for more to join them, with
+    /// `room` bytes left in its lingering data message: as the core decides, while another
+    /// change like the newest would still fit. Never with no room (not lingering).
+    fn lingers(&self, room: usize) -> bool {
+        room > 0 && self.bytes.saturating_add(self.newest) <= room
+    }
 }
 
 impl ChangeQueue {
@@ -326,22 +335,16 @@ impl ChangeQueue {
         self.append(charge, |q| q.push_record(cache, rec));
     }
 
-    /// Appends with `f` a change of `charge` bytes; wakes a parked driver once the changes
-    /// queued since it parked reach its `defer_room`.
+    /// Appends with `f` a change of `charge` bytes; wakes a parked driver unless the changes
+    /// queued would still linger (see [`Queued::lingers`]).
     #[inline]
     fn append(&self, charge: usize, f: impl FnOnce(&mut Queued)) {
         let wake = {
             let mut q = self.inner.lock();
             f(&mut q);
-            if q.parked {
-                // As the core decides to linger: only while another change like this one
-                // would still fit.
-                q.parked_bytes = q.parked_bytes.saturating_add(charge);
-                q.parked_bytes.saturating_add(charge) > q.defer_room
-                    && std::mem::take(&mut q.parked)
-            } else {
-                false
-            }
+            q.bytes = q.bytes.saturating_add(charge);
+            q.newest = charge;
+            q.parked && !q.lingers(q.defer_room) && std::mem::take(&mut q.parked)
         };
         if wake {
             self.wake.notify_one();
@@ -354,20 +357,21 @@ impl ChangeQueue {
     }
 
     /// The driver's side: if `staged` is empty, moves every queued change into it, in order
-    /// (swapping the queue's buffers with `spare`'s emptied ones). Returns `false` only when
-    /// the queue was empty: the driver is then marked parked and the next push wakes it.
+    /// (swapping the queue's buffers with `spare`'s emptied ones). Returns `false` when there
+    /// was nothing to take: the driver is then marked parked and a push wakes it.
     ///
     /// The driver only *tries* the lock: if a writer holds it, it returns `true` with nothing
     /// staged (come back, do not park), instead of spinning on the lock's cache line while the
     /// writer is inside. (Measured alone, on a flat-out networked writer, this changed little:
     /// what cut the handoff's cost was taking less often, see `TAKE_INTERVAL` in the driver.)
     ///
-    /// `defer_room` is for the core's lingering data message (`Endpoint::lingering`): while
-    /// changes that fit in it would wait for its deadline anyway, writers do not wake the
-    /// parked driver for them (the driver sleeps until the deadline on its timer); only for
-    /// changes that would fill it, or for a change that is not a record. 0: wake for any change.
-    /// A driver woken per write cost a context switch or two per change: 15,000 a second per
-    /// node at 8,300 writes/s, a fifth of a core.
+    /// `defer_room` is the room left in the core's lingering data message
+    /// (`Endpoint::lingering`; 0: none). Changes that would join it wait for its deadline
+    /// anyway, so they are left in the queue (`false`, parked) and writers do not wake the
+    /// parked driver for them (it sleeps until the deadline on its timer); only for changes
+    /// that would fill it, or for one that is not a record. A driver woken or taking per write
+    /// cost a context switch or two per change: 15,400 a second per node at 8,300 writes/s, a
+    /// fifth of a core.
     pub(crate) fn take_or_park(
         &self,
         staged: &mut VecDeque<Item>,
@@ -401,13 +405,14 @@ impl ChangeQueue {
         defer_room: usize,
     ) -> bool {
         {
-            if q.is_empty() {
+            if q.is_empty() || q.lingers(defer_room) {
                 q.parked = true;
                 q.defer_room = defer_room;
-                q.parked_bytes = 0;
                 return false;
             }
             q.parked = false;
+            q.bytes = 0;
+            q.newest = 0;
             std::mem::swap(&mut q.runs, &mut spare.runs);
             std::mem::swap(&mut q.recs, &mut spare.recs);
             drop(q);
@@ -728,6 +733,9 @@ mod tests {
                 "record {k} joins the lingering message"
             );
         }
+        // A driver that comes back before the deadline leaves them queued.
+        assert!(!q.take_or_park(&mut staged, &mut spare, 150));
+        assert!(staged.is_empty() && !q.is_empty());
         q.push_record(&c, small(4));
         assert!(
             !q.inner.lock().parked,
@@ -735,6 +743,10 @@ mod tests {
         );
         assert!(q.take_or_park(&mut staged, &mut spare, 150));
         assert_eq!(staged.len(), 4);
+        staged.clear();
+        // At the deadline (no room: not lingering) it takes whatever is queued.
+        q.push_record(&c, small(5));
+        assert!(q.take_or_park(&mut staged, &mut spare, 0));
         staged.clear();
         // A record that leaves no room for another like it goes at once (as the core sends it).
         assert!(!q.take_or_park(&mut staged, &mut spare, 150));
