@@ -110,7 +110,10 @@ impl DriverCounters {
 enum Wake {
     Stop,
     Command(Option<Command>),
-    Changes,
+    /// Changes to take: found at the top of the pass, or `woken` by a writer.
+    Changes {
+        woken: bool,
+    },
     Resolved(Vec<Resolved>),
     Datagram(std::io::Result<(usize, SocketAddr)>),
     Timer,
@@ -213,6 +216,16 @@ pub(crate) async fn run(
     };
     // When the queue may be taken again (see TAKE_INTERVAL).
     let mut next_take = base;
+    // While the core lingers, the driver parks on the change queue right after a take instead
+    // of waiting TAKE_INTERVAL: writers wake it only when their changes would fill the
+    // lingering data message, and the timer at its deadline (so at moderate rates it wakes once
+    // a message, and full messages leave at once). But a writer that fills messages faster than
+    // every TAKE_INTERVAL would then pay a wake-up system call every few dozen changes (a
+    // flat-out networked insert measured 213 against 165 ns): when a writer wakes the driver
+    // that soon after it parked, the driver goes back to taking every TAKE_INTERVAL until
+    // `batch_until`, and writers do not wake it meanwhile. `parked_at`: when it last parked.
+    let mut parked_at = base;
+    let mut batch_until = base;
     // The core's lock is held for the work of a pass, never across a wait (writers only try it).
     loop {
         let (room, take, changes_ready) = {
@@ -221,11 +234,15 @@ pub(crate) async fn run(
             // full, so the overload policy, not the core, decides what happens to them.
             let room = has_room(&guard.ep, outbox_max);
             let now = Instant::now();
-            let take = room && (!staged.is_empty() || now >= next_take);
             // While the core lingers, changes that join its data message wait for its deadline
             // wherever they are: the driver leaves them queued and parks until then (or until
-            // they would fill it) instead of taking them or being woken for each one.
+            // they would fill it) instead of taking them or being woken for each one, and
+            // need not wait for TAKE_INTERVAL (see `batch_until`).
             let lingering = guard.ep.lingering(now);
+            let take = room
+                && (!staged.is_empty()
+                    || now >= next_take
+                    || (lingering.is_some() && now >= batch_until));
             let defer_room = lingering.map_or(0, |(_, room)| room);
             let changes_ready = take
                 && shared
@@ -236,6 +253,7 @@ pub(crate) async fn run(
             let wake_at = if room && !take {
                 Some(next_take)
             } else if take && !changes_ready {
+                parked_at = now;
                 lingering.map(|(due, _)| due)
             } else {
                 None
@@ -247,8 +265,8 @@ pub(crate) async fn run(
             biased;
             _ = shared.stop.notified() => Wake::Stop,
             cmd = commands.recv(), if room => Wake::Command(cmd),
-            _ = std::future::ready(()), if changes_ready => Wake::Changes,
-            _ = shared.changes.woken(), if take && !changes_ready => Wake::Changes,
+            _ = std::future::ready(()), if changes_ready => Wake::Changes { woken: false },
+            _ = shared.changes.woken(), if take && !changes_ready => Wake::Changes { woken: true },
             Some(found) = disc_rx.recv(), if unicast => Wake::Resolved(found),
             res = transport.recv(&mut buf) => Wake::Datagram(res),
             fired = express.fired(&timer) => {
@@ -266,10 +284,14 @@ pub(crate) async fn run(
             let ep = &mut guard.ep;
             match wake {
                 Wake::Stop => stopping = true,
-                Wake::Changes => {
+                Wake::Changes { woken } => {
                     if shared.changes.take_or_park(&mut staged, &mut spare, 0) {
                         if staged.len() < COALESCE_BELOW {
                             next_take = now + TAKE_INTERVAL;
+                        }
+                        if woken && now < parked_at + TAKE_INTERVAL {
+                            batch_until = now + TAKE_INTERVAL;
+                            next_take = next_take.max(batch_until);
                         }
                         let thinned = superseder.thin(&mut staged);
                         counters.superseded += thinned.changes as u64;
