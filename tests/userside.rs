@@ -107,6 +107,16 @@ impl App {
                 None => "none".into(),
             },
             ["remove", k] => format!("{:?}", self.cache.remove(&k.to_string()).map(|_| ())),
+            // `n` inserts as fast as the process can write them.
+            ["burst", n, prefix] => {
+                let n: usize = n.parse().expect("a count");
+                for i in 0..n {
+                    if let Err(e) = self.cache.insert(format!("{prefix}-{i}"), "v".into()) {
+                        return format!("err {e}");
+                    }
+                }
+                format!("burst {n}")
+            }
             ["len"] => format!("len {}", self.cache.len()),
             ["members"] => format!("members {}", self.node.members().len()),
             ["leaves"] => format!(
@@ -378,6 +388,36 @@ fn get_cache_and_node_start_processes_replicate() {
     assert_eq!(apps[2].ask("clear"), "Ok(())");
     for app in apps.iter_mut() {
         assert_eq!(app.poll("len", |a| a == "len 0"), "len 0");
+    }
+}
+
+/// A burst of writes and then silence: the node streams, so the burst's last small changes
+/// linger for company, and no later write comes to push them out. They must still reach the
+/// other process on their own (the network thread's timer at the linger's deadline), not at
+/// an anti-entropy pulse: the pulse is an hour here.
+#[test]
+fn the_tail_of_a_burst_reaches_the_other_process_without_anti_entropy() {
+    let mut e = env(16, 47116, "tail");
+    e.retain(|(k, _)| *k != "MCCACHE_CACHE_PULSE");
+    e.push(("MCCACHE_CACHE_PULSE", "3600".into()));
+    // Room for every key (the default, McCache's, is 256 entries).
+    e.push(("MCCACHE_CACHE_MAX", "100000".into()));
+    // A writer on `get_cache`, an observer on `Node::start(Config::load())`.
+    let mut apps = vec![App9::start("default", &e), App9::start("node", &e)];
+    for a in &apps {
+        started(a);
+    }
+    formed(&mut apps);
+    for round in 0..3 {
+        let prefix = format!("r{round}");
+        assert_eq!(apps[0].ask(&format!("burst 2000 {prefix}")), "burst 2000");
+        let want = format!("len {}", 2000 * (round + 1));
+        let got = apps[1].poll("len", |a| a == want);
+        assert_eq!(
+            got, want,
+            "round {round}: every change of the burst arrived"
+        );
+        assert_eq!(apps[1].ask(&format!("get {prefix}-1999")), "val v");
     }
 }
 
