@@ -2,7 +2,8 @@
 //! [`Endpoint`] to the sockets, the timer and the node's command channel.
 //!
 //! Cache calls never wait for it: they append changes to the [`super::overflow::ChangeQueue`]
-//! and return (waking it only if it is parked on an empty queue). The
+//! and return (waking it only if it is parked, and while the core lingers only once their
+//! changes would fill the lingering data message). The
 //! [`Transport`] is the only part that knows how datagrams travel: to a multicast group, or
 //! to each peer by unicast ([`super::unicast`], with discovery from [`super::discovery`]).
 //! Each pass of the loop waits for one wake-up, reads the clock once and gives that `now` to

@@ -14,8 +14,9 @@
 //!   driver falls back to anti-entropy pulses (one at once, one after the settle time).
 //! - **The change queue** ([`ChangeQueue`]): where the publisher puts the changes it holds
 //!   credits for. Writers append under a short lock; the driver takes everything queued in one
-//!   swap, and a writer wakes the driver only when it finds it parked on an empty queue, so a
-//!   busy driver costs writers no system call. Records are queued in *runs* of one cache: a
+//!   swap, and a writer wakes the driver only when it finds it parked (on an empty queue, or
+//!   while the core lingers on changes that would not fill its data message yet), so a busy
+//!   driver costs writers no system call. Records are queued in *runs* of one cache: a
 //!   record that follows one of the same cache joins its run, so a writer touches the cache
 //!   name's `Arc` once per run, not once per change (its count and the name share a cache
 //!   line that the driver reads for every change it encodes).
