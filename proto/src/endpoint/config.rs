@@ -129,8 +129,8 @@ pub struct EndpointConfig {
     /// (smaller datagrams, one receive wake-up each) for a lower lag p50 (200 against 600 µs)
     /// and the same p99, so it was 1 ms until the driver stopped being woken for every change
     /// that lingers (`Endpoint::lingering`); since, 500 µs measured both less CPU and less lag
-    /// than 1 ms did before (capacity bench, small sealed values, 25,000/s in aggregate: 24 %
-    /// of a core per node against 32 %, lag p50 308–316 against 616 µs). A lone change never
+    /// than 1 ms did before (capacity bench, small sealed values, 25,000/s in aggregate: 22–24 %
+    /// of a core per node against 32 %, lag p50 316 against 616 µs). A lone change never
     /// lingers.
     pub linger: Duration,
     /// Anti-entropy leaves alone keys whose newest version is younger than this: they are most
