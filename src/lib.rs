@@ -98,6 +98,7 @@
 //! | `mccache_net_changes_sent_total`, `mccache_net_changes_applied_total`, `mccache_net_changes_stale_total` | counter | |
 //! | `mccache_net_express_changes_total` (changes a writing thread sent itself) | counter | |
 //! | `mccache_net_changes_superseded_total` (changes not sent: a newer one of the same key followed in one batch) | counter | |
+//! | `mccache_net_lingered_alone_total` (data messages whose one change waited for company that never came) | counter | |
 //! | `mccache_net_gaps_total`, `mccache_net_retransmits_requested_total`, `mccache_net_retransmits_served_total` | counter | |
 //! | `mccache_net_repairs_total`, `mccache_net_outbound_overflow_total` | counter | |
 //! | `mccache_net_members`, `mccache_net_outbound_queue` | gauge | |

@@ -48,6 +48,14 @@ pub struct NetworkMetrics {
     /// end with the same value; they see fewer change events for the key.
     #[serde(default)]
     pub changes_superseded: u64,
+    /// Data messages that carried one change, small enough to share its datagram, less than
+    /// two lingers after the previous data message while changes lingered: the change most
+    /// likely waited for company that never came (a writer with one write in flight at a time).
+    /// Each switches the linger off until changes share data messages again, or until 16 lone
+    /// changes in a row, each less than a linger after the one before, switch it on to try
+    /// again (see `EndpointConfig::linger`).
+    #[serde(default)]
+    pub lingered_alone: u64,
     /// Changes received from peers and applied (newer than what was held).
     pub changes_applied: u64,
     /// Changes received but not newer than what was held.

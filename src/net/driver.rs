@@ -294,10 +294,15 @@ pub(crate) async fn run(
                             batch_until = now + TAKE_INTERVAL;
                             next_take = next_take.max(batch_until);
                         }
-                        let thinned = superseder.thin(&mut staged);
+                        let thinned = publish_thinned(
+                            ep,
+                            now,
+                            &mut staged,
+                            &mut superseder,
+                            &shared,
+                            outbox_max,
+                        );
                         counters.superseded += thinned.changes as u64;
-                        shared.backlog.give_queued(thinned.changes, thinned.bytes);
-                        publish_staged(ep, now, &mut staged, &shared, (outbox_max, OUTBOX_BYTES));
                     }
                 }
                 Wake::Command(cmd) => {
@@ -365,7 +370,26 @@ pub(crate) async fn run(
                         }
                     }
                 }
-                Wake::Timer => {}
+                Wake::Timer => {
+                    // The lingering data message's deadline: the changes that waited for it in
+                    // the queue go in it (packed at the send below), not in the next one a
+                    // linger later.
+                    if ep.lingering(now).is_none()
+                        && has_room(ep, outbox_max)
+                        && !shared.changes.is_empty()
+                        && shared.changes.take_or_park(&mut staged, &mut spare, 0)
+                    {
+                        let thinned = publish_thinned(
+                            ep,
+                            now,
+                            &mut staged,
+                            &mut superseder,
+                            &shared,
+                            outbox_max,
+                        );
+                        counters.superseded += thinned.changes as u64;
+                    }
+                }
             }
             // Timers run on every pass, whichever branch woke us: under steady traffic the biased
             // select above would otherwise starve heartbeats (acks), NAKs and tail announcements.
@@ -481,6 +505,22 @@ pub(crate) async fn run(
 
 /// Hands staged changes to the core, up to 8,192 per pass and while its outbox holds fewer
 /// than `limit` changes and `limit_bytes` bytes, giving their credits back.
+/// Drops the staged changes that newer ones of the batch supersede, then publishes the rest
+/// into the core's outbox (up to `outbox_max` and [`OUTBOX_BYTES`]).
+fn publish_thinned(
+    ep: &mut Endpoint,
+    now: Instant,
+    staged: &mut VecDeque<Item>,
+    superseder: &mut Superseder,
+    shared: &Shared,
+    outbox_max: usize,
+) -> super::supersede::Thinned {
+    let thinned = superseder.thin(staged);
+    shared.backlog.give_queued(thinned.changes, thinned.bytes);
+    publish_staged(ep, now, staged, shared, (outbox_max, OUTBOX_BYTES));
+    thinned
+}
+
 fn publish_staged(
     ep: &mut Endpoint,
     now: Instant,

@@ -99,6 +99,7 @@ fn log_summary(
             dropped = n.dropped.values().sum::<u64>(),
             changes_sent = n.changes_sent,
             changes_superseded = n.changes_superseded,
+            lingered_alone = n.lingered_alone,
             changes_applied = n.changes_applied,
             retransmits = n.retransmits_served,
             repairs = n.ae_repairs,
@@ -203,6 +204,11 @@ mod export {
         (
             "mccache_net_changes_superseded_total",
             "Replicated changes not sent: a newer change of the same key followed them in one batch.",
+            Unit::Count,
+        ),
+        (
+            "mccache_net_lingered_alone_total",
+            "Data messages whose one change waited for company that never came (each switches the linger off).",
             Unit::Count,
         ),
         (
@@ -320,6 +326,7 @@ mod export {
         c("mccache_net_changes_sent_total", n.changes_sent);
         c("mccache_net_express_changes_total", n.express_changes);
         c("mccache_net_changes_superseded_total", n.changes_superseded);
+        c("mccache_net_lingered_alone_total", n.lingered_alone);
         c("mccache_net_changes_applied_total", n.changes_applied);
         c("mccache_net_changes_stale_total", n.changes_stale);
         c("mccache_net_gaps_total", n.gaps);

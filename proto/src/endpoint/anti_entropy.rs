@@ -39,7 +39,7 @@ impl Endpoint {
         }
         let recent =
             |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < self.cfg.settle);
-        if !(recent(self.last_data_at) || recent(self.last_data_rx)) {
+        if !(recent(self.linger.last_data_at()) || recent(self.last_data_rx)) {
             return false;
         }
         let since = *self.pulse_deferred_since.get_or_insert(now);

@@ -132,6 +132,13 @@ pub struct EndpointConfig {
     /// than 1 ms did before (capacity bench, small sealed values, 25,000/s in aggregate: 22–24 %
     /// of a core per node against 32 %, lag p50 316 against 616 µs). A lone change never
     /// lingers.
+    ///
+    /// The linger learns from the data messages whether waiting pays (`endpoint::linger`): a
+    /// lone small change that left less than two lingers after the previous data message (it
+    /// most likely waited for nothing: a writer with one write in flight at a time) switches it
+    /// off; a message of two changes or more, or 16 lone ones in a row each less than a linger
+    /// after the one before, switch it on again. Such a writer's changes waited 254 µs (p50)
+    /// each with the linger always on, 61–70 µs now (`cargo bench --bench replication`).
     pub linger: Duration,
     /// Anti-entropy leaves alone keys whose newest version is younger than this: they are most
     /// likely still in flight on the reliable stream, and repairing them would only add load.

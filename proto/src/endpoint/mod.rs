@@ -37,6 +37,7 @@ mod anti_entropy;
 mod clock;
 mod config;
 mod inbound;
+mod linger;
 mod membership;
 mod outbound;
 mod queries;
@@ -166,8 +167,9 @@ pub struct Endpoint {
     drops: DropCounters,
     timers: Timers,
     tail_repeats: u8,
-    /// When the last data message was packed.
-    last_data_at: Option<Instant>,
+    /// When the last data message was packed, and whether small changes wait for company
+    /// after it.
+    linger: linger::Linger,
     /// When the last data message arrived from a peer.
     last_data_rx: Option<Instant>,
     /// The periodic pulse's due time (the pulse timer is earlier when a pulse was asked for).
@@ -222,7 +224,7 @@ impl Endpoint {
             drops: DropCounters::default(),
             timers,
             tail_repeats: 0,
-            last_data_at: None,
+            linger: linger::Linger::default(),
             last_data_rx: None,
             periodic_pulse: now + cfg.pulse,
             pulse_deferred_since: None,
@@ -295,11 +297,12 @@ impl Endpoint {
         self.timers.earliest()
     }
 
-    /// Whether a data message went out less than `linger` before `now`: the node is sending
-    /// steadily, and a change published now would wait for others to join it (unless it fills
-    /// a datagram alone).
+    /// Whether a data message went out less than `linger` before `now` and changes linger
+    /// (their datagrams showed they gather company: see the `linger` module): the node is
+    /// sending steadily, and a change published now would wait for others to join it (unless
+    /// it fills a datagram alone).
     pub fn is_streaming(&self, now: Instant) -> bool {
-        self.last_data_at.is_some_and(|t| now < t + self.cfg.linger)
+        self.linger.until(now, self.cfg.linger).is_some()
     }
 
     /// While the node is streaming ([`Endpoint::is_streaming`]): until when a change published
@@ -309,8 +312,8 @@ impl Endpoint {
     /// elsewhere until then. `None` when a change published now would go at once (not
     /// streaming, or the message is full already).
     pub fn lingering(&self, now: Instant) -> Option<(Instant, usize)> {
-        let due = self.last_data_at? + self.cfg.linger;
-        if now >= due || self.left {
+        let due = self.linger.until(now, self.cfg.linger)?;
+        if self.left {
             return None;
         }
         let chunk = self.wire.chunk_size().max(64);

@@ -54,12 +54,9 @@ impl Endpoint {
         // 1 KiB at MTU 1500 leaves no room for a second one, so it goes at once.
         let newest = self.outbox.back().map_or(0, Item::weight);
         if !no_linger && self.outbox_bytes + DATA_MSG_OVERHEAD + newest <= chunk {
-            if let Some(last) = self.last_data_at {
-                let due = last + self.cfg.linger;
-                if now < due {
-                    self.timers.set(Timer::Linger, due);
-                    return false;
-                }
+            if let Some(due) = self.linger.until(now, self.cfg.linger) {
+                self.timers.set(Timer::Linger, due);
+                return false;
             }
         }
         self.timers.stop(Timer::Linger);
@@ -81,6 +78,14 @@ impl Endpoint {
             }
         }
         self.metrics.changes_sent += items.len() as u64;
+        // A lone change that left room for another like it: the linger applied to it.
+        let shareable = items.len() == 1 && bytes + items[0].weight() <= chunk;
+        if self
+            .linger
+            .sent(now, items.len(), shareable, self.cfg.linger)
+        {
+            self.metrics.lingered_alone += 1;
+        }
         let seq = self.send.next_seq();
         let msg = Msg::Data { seq, items };
         let payload: Arc<[u8]> = msg.encode().into();
@@ -93,7 +98,6 @@ impl Endpoint {
                 self.send.keep(seq, id, payload);
             }
         }
-        self.last_data_at = Some(now);
         self.timers.set(Timer::Tail, now + self.cfg.tail_delay);
         self.tail_repeats = TAIL_ANNOUNCEMENTS;
         true
@@ -375,10 +379,52 @@ mod tests {
         a.publish(t0, item);
         assert!(drain(&mut a, t0).is_empty());
         assert_eq!(a.lingering(t0), Some((due, room - w)));
-        // At the deadline it goes, and the next message lingers from then.
+        // A second one joins it; at the deadline they go together, and the next message
+        // lingers from then.
+        let item = put(&a, b"3", b"v");
+        a.publish(t0, item);
+        assert!(drain(&mut a, t0).is_empty());
         assert_eq!(drain(&mut a, due).len(), 1);
+        assert_eq!(a.metrics().data_messages_sent, 2);
         assert_eq!(a.lingering(due).map(|(t, _)| t), Some(due + a.cfg.linger));
         assert_eq!(a.lingering(due + a.cfg.linger), None);
+    }
+
+    #[test]
+    fn a_change_that_waited_for_nothing_stops_the_next_ones_from_waiting() {
+        // One write in flight at a time: each change comes after the previous one was seen,
+        // so none ever has company.
+        let t0 = Instant::now();
+        let (mut a, _b, _, _) = joined_pair(t0);
+        let item = put(&a, b"1", b"v");
+        a.publish(t0, item);
+        assert_eq!(drain(&mut a, t0).len(), 1);
+        let t1 = t0 + a.cfg.linger / 10;
+        let item = put(&a, b"2", b"v");
+        a.publish(t1, item);
+        assert!(drain(&mut a, t1).is_empty(), "the second waits for company");
+        let due = t0 + a.cfg.linger;
+        assert_eq!(drain(&mut a, due).len(), 1, "and goes alone");
+        // It waited for nothing: the next changes leave at once, however close.
+        let mut t = due;
+        for i in 3..10u8 {
+            t += a.cfg.linger / 10;
+            assert!(!a.is_streaming(t));
+            let item = put(&a, &[i], b"v");
+            a.publish(t, item);
+            assert_eq!(drain(&mut a, t).len(), 1, "change {i} leaves at once");
+        }
+        // Changes that come faster than they leave share a message and linger again.
+        for i in 10..12u8 {
+            let item = put(&a, &[i], b"v");
+            a.publish(t, item);
+        }
+        assert_eq!(drain(&mut a, t).len(), 1);
+        assert_eq!(a.metrics().changes_sent, 11);
+        assert!(a.is_streaming(t));
+        let item = put(&a, b"12", b"v");
+        a.publish(t, item);
+        assert!(drain(&mut a, t).is_empty(), "lingers again");
     }
 
     #[test]

@@ -1,0 +1,184 @@
+//! Whether a change waits for company: the linger, switched on and off by what the data
+//! messages show (Nagle's idea, learned without acknowledgements).
+//!
+//! After a data message, a small change waits up to `linger` for others to share its datagram:
+//! under load that turns a datagram (a system call and a receive wake-up on every peer) per
+//! change into one per few dozen. But a writer with one write in flight at a time (request and
+//! response: write, let a peer read it, write again) never sends company: each of its writes
+//! would wait out the linger for nothing, a lag of up to `linger` on every write instead of the
+//! network's tens of microseconds. Timing alone cannot tell that writer from a paced stream
+//! (both send a change every few hundred microseconds); the messages can:
+//!
+//! - a lone change that could have shared its datagram, sent less than two lingers after the
+//!   previous data message (so it waited, or came too late for any to join it), shows that
+//!   waiting does not pay: the linger goes **off**, and changes leave at once;
+//! - a message that carries two changes or more shows they come faster than they leave: the
+//!   linger goes **on** (again);
+//! - while off, [`PROBE_AFTER`] data messages in a row each less than a linger after the one
+//!   before (a steady stream of lone changes) switch it on to try again: a stream whose
+//!   changes then gather keeps it on, a lone writer turns it off with its next write.
+//!
+//! So a lone writer's changes wait one write in [`PROBE_AFTER`] + 1, a stream's as before.
+//! Changes too large to share a datagram never linger and leave the state as it is.
+
+use std::time::{Duration, Instant};
+
+/// While the linger is off: data messages in a row, each sent less than a linger after the
+/// previous one, after which it is switched on again.
+pub(super) const PROBE_AFTER: u32 = 16;
+
+/// The linger's state: when the last data message left, and whether changes wait after it.
+#[derive(Debug, Clone)]
+pub(super) struct Linger {
+    /// When the last data message was packed.
+    last_data_at: Option<Instant>,
+    /// Whether small changes wait for company after a data message.
+    on: bool,
+    /// While off: data messages in a row sent less than a linger after the one before.
+    close_in_a_row: u32,
+}
+
+impl Default for Linger {
+    fn default() -> Linger {
+        Linger {
+            last_data_at: None,
+            on: true,
+            close_in_a_row: 0,
+        }
+    }
+}
+
+impl Linger {
+    /// When the last data message was packed.
+    pub(super) fn last_data_at(&self) -> Option<Instant> {
+        self.last_data_at
+    }
+
+    /// Whether small changes wait for company after a data message (see the module docs).
+    #[cfg(test)]
+    pub(super) fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// Until when a small change published now waits for company, if it does.
+    pub(super) fn until(&self, now: Instant, linger: Duration) -> Option<Instant> {
+        let due = self.last_data_at? + linger;
+        (self.on && now < due).then_some(due)
+    }
+
+    /// Notes a data message packed at `now` with `items` changes; `shareable`: a lone change
+    /// left room in the datagram for another like it (the linger applied to it). Returns true
+    /// if that lone change most likely waited for nothing (it switched the linger off).
+    pub(super) fn sent(
+        &mut self,
+        now: Instant,
+        items: usize,
+        shareable: bool,
+        linger: Duration,
+    ) -> bool {
+        let since = self
+            .last_data_at
+            .replace(now)
+            .map(|t| now.saturating_duration_since(t));
+        let close = since.is_some_and(|s| s < linger);
+        if items >= 2 {
+            self.on = true;
+            self.close_in_a_row = 0;
+        } else if self.on {
+            if shareable && since.is_some_and(|s| s < linger * 2) {
+                self.on = false;
+                self.close_in_a_row = 0;
+                return true;
+            }
+        } else if close {
+            self.close_in_a_row += 1;
+            if self.close_in_a_row >= PROBE_AFTER {
+                self.on = true;
+                self.close_in_a_row = 0;
+            }
+        } else {
+            self.close_in_a_row = 0;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Duration = Duration::from_micros(500);
+
+    #[test]
+    fn a_lone_change_after_a_message_turns_it_off() {
+        let t0 = Instant::now();
+        let mut l = Linger::default();
+        assert_eq!(l.until(t0, L), None, "nothing sent: a change goes at once");
+        l.sent(t0, 1, true, L);
+        assert!(l.is_on(), "the first message says nothing");
+        assert_eq!(l.until(t0, L), Some(t0 + L));
+        // A change that waited out the linger alone.
+        assert!(l.sent(t0 + L, 1, true, L), "it waited for nothing");
+        assert!(!l.is_on());
+        assert_eq!(l.until(t0 + L, L), None);
+    }
+
+    #[test]
+    fn a_lone_change_long_after_the_last_message_leaves_it_on() {
+        let t0 = Instant::now();
+        let mut l = Linger::default();
+        l.sent(t0, 1, true, L);
+        assert!(!l.sent(t0 + L * 2, 1, true, L));
+        assert!(l.is_on());
+    }
+
+    #[test]
+    fn changes_that_share_a_message_turn_it_on() {
+        let t0 = Instant::now();
+        let mut l = Linger::default();
+        l.sent(t0, 1, true, L);
+        l.sent(t0 + L, 1, true, L);
+        assert!(!l.is_on());
+        l.sent(t0 + L + L / 10, 2, true, L);
+        assert!(l.is_on());
+    }
+
+    #[test]
+    fn a_change_too_large_to_share_leaves_it_as_it_is() {
+        let t0 = Instant::now();
+        let mut l = Linger::default();
+        l.sent(t0, 1, false, L);
+        assert!(!l.sent(t0 + L / 2, 1, false, L));
+        assert!(l.is_on());
+    }
+
+    #[test]
+    fn a_steady_stream_of_lone_changes_switches_it_on_to_try_again() {
+        let t0 = Instant::now();
+        let mut l = Linger::default();
+        l.sent(t0, 1, true, L);
+        let mut t = t0 + L;
+        l.sent(t, 1, true, L);
+        assert!(!l.is_on());
+        for i in 1..=PROBE_AFTER {
+            t += L / 5;
+            assert!(!l.is_on(), "message {i}");
+            assert!(!l.sent(t, 1, true, L));
+        }
+        assert!(l.is_on());
+        // The probe: the next lone change waits for nothing again.
+        assert!(l.sent(t + L / 5, 1, true, L));
+        assert!(!l.is_on());
+        // A gap of a linger or more starts the count again.
+        t += L / 5;
+        for _ in 1..PROBE_AFTER {
+            t += L / 5;
+            l.sent(t, 1, true, L);
+        }
+        t += L;
+        l.sent(t, 1, true, L);
+        t += L / 5;
+        l.sent(t, 1, true, L);
+        assert!(!l.is_on(), "the count started again after the gap");
+    }
+}
