@@ -175,8 +175,14 @@ fn serve<V: Val>(node: Node) {
             ["metrics"] => {
                 let m = node.network_metrics();
                 format!(
-                    "metrics {} {} {} {}",
-                    m.outbound_overflow, m.retransmits_served, m.ae_repairs, m.gaps
+                    "metrics {} {} {} {} {} {} {}",
+                    m.outbound_overflow,
+                    m.retransmits_served,
+                    m.ae_repairs,
+                    m.gaps,
+                    m.changes_sent,
+                    m.data_messages_sent,
+                    m.lingered_alone
                 )
             }
             ["run", rate, millis, idx] => {
@@ -605,6 +611,9 @@ impl Cluster {
             overflow: delta(0),
             retransmits: delta(1),
             repairs: delta(2),
+            changes_sent: delta(4),
+            messages_sent: delta(5),
+            lingered_alone: delta(6),
             samples: total,
             p50_us: pct(0.50),
             p99_us: pct(0.99),
@@ -625,6 +634,11 @@ struct Trial {
     overflow: u64,
     retransmits: u64,
     repairs: u64,
+    /// Changes sent in data messages, data messages, and those of one change that waited for
+    /// company that never came (`NetworkMetrics::lingered_alone`), over all nodes.
+    changes_sent: u64,
+    messages_sent: u64,
+    lingered_alone: u64,
     samples: u64,
     p50_us: f64,
     p99_us: f64,
@@ -647,7 +661,7 @@ impl Trial {
             .map(|(t, n)| format!("{t:.0}%/{n:.0}%"))
             .collect();
         format!(
-            "offered {:>9.0}/s achieved {:>9.0}/s | lag p50 {:>7.0} µs p99 {:>8.0} µs ({} samples) | identical {} | overflow {} retransmits {} repairs {} | CPU per node total/net [{}] | {}",
+            "offered {:>9.0}/s achieved {:>9.0}/s | lag p50 {:>7.0} µs p99 {:>8.0} µs ({} samples) | identical {} | overflow {} retransmits {} repairs {} | changes per data message {:.1}, lingered alone {} | CPU per node total/net [{}] | {}",
             self.offered,
             self.achieved,
             self.p50_us,
@@ -660,6 +674,8 @@ impl Trial {
             self.overflow,
             self.retransmits,
             self.repairs,
+            self.changes_sent as f64 / self.messages_sent.max(1) as f64,
+            self.lingered_alone,
             cpu.join(" "),
             if self.coherent() {
                 "coherent"
