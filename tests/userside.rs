@@ -142,8 +142,12 @@ impl App {
                         result = Err(format!("err {e}"));
                         break;
                     }
+                    // Whatever arrived before the listener was registered is in the cache.
                     let want = format!("{theirs}-{i}");
-                    if !std::iter::from_fn(|| rx.recv_timeout(t).ok()).any(|k| k == want) {
+                    let arrived = || self.cache.contains_key(&want);
+                    if !arrived()
+                        && !std::iter::from_fn(|| rx.recv_timeout(t).ok()).any(|k| k == want)
+                    {
                         result = Err(format!("err {want} did not arrive"));
                         break;
                     }
@@ -477,9 +481,9 @@ fn the_tail_of_a_burst_reaches_the_other_process_without_anti_entropy() {
 /// wait for it. After a data message a small change waits up to the linger (500 µs) for others
 /// to share its datagram; a change that waited and left alone tells the node that waiting does
 /// not pay here (`lingered_alone` in the network metrics), and the next ones leave at once,
-/// but for one in 17 (the linger probing whether waiting pays again). Before, every write but
-/// each process's first waited out the linger for nothing: 199 of 200 here, a lag p50 of
-/// 254 µs in the replication bench.
+/// but for the linger's ever rarer probes of whether waiting pays again (writes 19, 52 and 117
+/// of 200). Before, every write but each process's first waited out the linger for nothing:
+/// 199 of 200 here, a lag p50 of 254 µs in the replication bench.
 #[test]
 fn a_writer_with_one_write_in_flight_does_not_wait_for_company() {
     let e = env(17, 47117, "pingpong");
@@ -502,12 +506,10 @@ fn a_writer_with_one_write_in_flight_does_not_wait_for_company() {
             panic!("{a}")
         };
         let (alone, sent): (usize, usize) = (alone.parse().unwrap(), sent.parse().unwrap());
-        assert!(sent >= n, "{a}");
-        // At most the probes (one in 17), and one for the start.
-        assert!(
-            alone <= n / 17 + 2,
-            "{alone} of {n} writes waited for nothing: {a}"
-        );
+        // The follower's last answer may still be on its way out.
+        assert!(sent >= n - 1, "{a}");
+        // The second write, and the probes: 4 (fewer if a pause longer than the linger came).
+        assert!(alone <= 4, "{alone} of {n} writes waited for nothing: {a}");
     }
 }
 

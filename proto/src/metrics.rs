@@ -53,7 +53,8 @@ pub struct NetworkMetrics {
     /// likely waited for company that never came (a writer with one write in flight at a time).
     /// Each switches the linger off until changes share data messages again, or until 16 lone
     /// changes in a row, each less than a linger after the one before, switch it on to try
-    /// again (see `EndpointConfig::linger`).
+    /// again (twice as many after each such try that found no company, up to 1,024: see
+    /// `EndpointConfig::linger`).
     #[serde(default)]
     pub lingered_alone: u64,
     /// Changes received from peers and applied (newer than what was held).

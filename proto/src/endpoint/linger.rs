@@ -15,17 +15,25 @@
 //! - a message that carries two changes or more shows they come faster than they leave: the
 //!   linger goes **on** (again);
 //! - while off, [`PROBE_AFTER`] data messages in a row each less than a linger after the one
-//!   before (a steady stream of lone changes) switch it on to try again: a stream whose
-//!   changes then gather keeps it on, a lone writer turns it off with its next write.
+//!   before (a steady stream of lone changes) switch it on to try again (a probe): a stream
+//!   whose changes then gather keeps it on, a lone writer turns it off with its next write,
+//!   and the next probe then waits for twice as many such messages (up to [`PROBE_AFTER_MAX`];
+//!   back to [`PROBE_AFTER`] once changes gather again).
 //!
-//! So a lone writer's changes wait one write in [`PROBE_AFTER`] + 1, a stream's as before.
+//! So a lone writer's changes wait for nothing ever more rarely (its 2nd, 19th, 52nd, 117th,
+//! … write, then one in 1,025), and a stream's wait as before (it turns the linger on within
+//! [`PROBE_AFTER_MAX`] data messages, when it comes after a long lone writer).
 //! Changes too large to share a datagram never linger and leave the state as it is.
 
 use std::time::{Duration, Instant};
 
 /// While the linger is off: data messages in a row, each sent less than a linger after the
-/// previous one, after which it is switched on again.
+/// previous one, after which it is switched on again (doubled after each probe that found
+/// no company, up to [`PROBE_AFTER_MAX`]).
 pub(super) const PROBE_AFTER: u32 = 16;
+
+/// The most lone data messages in a row before a probe.
+pub(super) const PROBE_AFTER_MAX: u32 = 1024;
 
 /// The linger's state: when the last data message left, and whether changes wait after it.
 #[derive(Debug, Clone)]
@@ -36,6 +44,10 @@ pub(super) struct Linger {
     on: bool,
     /// While off: data messages in a row sent less than a linger after the one before.
     close_in_a_row: u32,
+    /// How many of those switch it on (a probe).
+    probe_after: u32,
+    /// On because of a probe, and no message has shown company since.
+    probing: bool,
 }
 
 impl Default for Linger {
@@ -44,6 +56,8 @@ impl Default for Linger {
             last_data_at: None,
             on: true,
             close_in_a_row: 0,
+            probe_after: PROBE_AFTER,
+            probing: false,
         }
     }
 }
@@ -84,16 +98,22 @@ impl Linger {
         if items >= 2 {
             self.on = true;
             self.close_in_a_row = 0;
+            self.probe_after = PROBE_AFTER;
+            self.probing = false;
         } else if self.on {
             if shareable && since.is_some_and(|s| s < linger * 2) {
                 self.on = false;
                 self.close_in_a_row = 0;
+                if std::mem::take(&mut self.probing) {
+                    self.probe_after = (self.probe_after * 2).min(PROBE_AFTER_MAX);
+                }
                 return true;
             }
         } else if close {
             self.close_in_a_row += 1;
-            if self.close_in_a_row >= PROBE_AFTER {
+            if self.close_in_a_row >= self.probe_after {
                 self.on = true;
+                self.probing = true;
                 self.close_in_a_row = 0;
             }
         } else {
@@ -180,5 +200,40 @@ mod tests {
         t += L / 5;
         l.sent(t, 1, true, L);
         assert!(!l.is_on(), "the count started again after the gap");
+    }
+
+    /// Lone messages, each `L / 5` after the previous one, until the linger is on; returns how
+    /// many were sent and the time of the last.
+    fn until_on(l: &mut Linger, mut t: Instant) -> (u32, Instant) {
+        let mut n = 0;
+        while !l.is_on() {
+            t += L / 5;
+            l.sent(t, 1, true, L);
+            n += 1;
+        }
+        (n, t)
+    }
+
+    #[test]
+    fn each_probe_that_finds_no_company_doubles_the_wait_for_the_next() {
+        let t0 = Instant::now();
+        let mut l = Linger::default();
+        l.sent(t0, 1, true, L);
+        let mut t = t0 + L;
+        assert!(l.sent(t, 1, true, L));
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let (n, at) = until_on(&mut l, t);
+            waits.push(n);
+            // The probe: the next lone change waited for nothing.
+            t = at + L;
+            assert!(l.sent(t, 1, true, L));
+        }
+        assert_eq!(waits, [16, 32, 64, 128, 256, 512, 1024, 1024]);
+        // Company resets it: two changes in a message, then a lone one that waited.
+        l.sent(t + L / 5, 2, true, L);
+        assert!(l.is_on());
+        assert!(l.sent(t + L, 1, true, L));
+        assert_eq!(until_on(&mut l, t + L).0, PROBE_AFTER);
     }
 }
