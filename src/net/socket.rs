@@ -7,8 +7,8 @@
 //! Why GSO/GRO: a datagram costs the kernel far more than its bytes (the sender's system call
 //! pays for the delivery to every receiver on the host or bridge). A GSO super-packet crosses
 //! veth and bridge whole, multicast included; a receiver with `UDP_GRO` gets it whole, one
-//! without gets it split into its datagrams by the kernel. Figures: README, "Coherent capacity
-//! across processes".
+//! without gets it split into its datagrams by the kernel. Figures: `docs/BENCHMARKS.md`, "Coherent
+//! capacity across processes".
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
