@@ -14,7 +14,8 @@
 //! One responsibility per file, each an `impl Endpoint` block over the state declared here:
 //! `config` ([`EndpointConfig`] and the named constants), `timers` (the timer table and
 //! [`Endpoint::handle_timeout`]), `inbound` (datagram dispatch, the peers' reliable streams),
-//! `outbound` (publishing, batching, the send queue, retransmissions), `membership` (peers,
+//! `outbound` (publishing, batching, the send queue, retransmissions), `linger` (whether
+//! changes wait for company, learned from the data messages), `membership` (peers,
 //! heartbeats, acks, failure detection), `clock` (peers' clocks and versions from the future),
 //! `anti_entropy` (pulses, digests, bucket lists, pulls, answer budgets), `transfer` (state
 //! transfer to joiners), `queries` (cluster queries, address books).
