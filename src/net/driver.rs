@@ -503,8 +503,6 @@ pub(crate) async fn run(
     shared.ready_cv.notify_all();
 }
 
-/// Hands staged changes to the core, up to 8,192 per pass and while its outbox holds fewer
-/// than `limit` changes and `limit_bytes` bytes, giving their credits back.
 /// Drops the staged changes that newer ones of the batch supersede, then publishes the rest
 /// into the core's outbox (up to `outbox_max` and [`OUTBOX_BYTES`]).
 fn publish_thinned(
@@ -521,6 +519,8 @@ fn publish_thinned(
     thinned
 }
 
+/// Hands staged changes to the core, up to 8,192 per pass and while its outbox holds fewer
+/// than `limit` changes and `limit_bytes` bytes, giving their credits back.
 fn publish_staged(
     ep: &mut Endpoint,
     now: Instant,
