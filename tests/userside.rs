@@ -479,10 +479,10 @@ fn the_tail_of_a_burst_reaches_the_other_process_without_anti_entropy() {
 /// Request and response between two processes (each writes, then waits for the other's
 /// answer): with one write in flight at a time no change ever has company, so none should
 /// wait for it. After a data message a small change waits up to the linger (500 µs) for others
-/// to share its datagram; a change that waited and left alone tells the node that waiting does
-/// not pay here (`lingered_alone` in the network metrics), and the next ones leave at once,
-/// but for the linger's ever rarer probes of whether waiting pays again (writes 19, 52 and 117
-/// of 200). Before, every write but each process's first waited out the linger for nothing:
+/// to share its datagram; two changes in a row that waited and left alone tell the node that
+/// waiting does not pay here (`lingered_alone` in the network metrics), and the next ones
+/// leave at once, but for the linger's ever rarer probes of whether waiting pays again (writes
+/// 20, 53 and 118 of 200). Before, every write but each process's first waited out the linger for nothing:
 /// 199 of 200 here, a lag p50 of 254 µs in the replication bench.
 #[test]
 fn a_writer_with_one_write_in_flight_does_not_wait_for_company() {
@@ -508,8 +508,9 @@ fn a_writer_with_one_write_in_flight_does_not_wait_for_company() {
         let (alone, sent): (usize, usize) = (alone.parse().unwrap(), sent.parse().unwrap());
         // The follower's last answer may still be on its way out.
         assert!(sent >= n - 1, "{a}");
-        // The second write, and the probes: 4 (fewer if a pause longer than the linger came).
-        assert!(alone <= 4, "{alone} of {n} writes waited for nothing: {a}");
+        // The second and third writes, and the probes: 5 (fewer if a pause longer than the
+        // linger came).
+        assert!(alone <= 5, "{alone} of {n} writes waited for nothing: {a}");
     }
 }
 

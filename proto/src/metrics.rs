@@ -51,10 +51,10 @@ pub struct NetworkMetrics {
     /// Data messages that carried one change, small enough to share its datagram, less than
     /// two lingers after the previous data message while changes lingered: the change most
     /// likely waited for company that never came (a writer with one write in flight at a time).
-    /// Each switches the linger off until changes share data messages again, or until 16 lone
-    /// changes in a row, each less than a linger after the one before, switch it on to try
-    /// again (twice as many after each such try that found no company, up to 1,024: see
-    /// `EndpointConfig::linger`).
+    /// Two in a row switch the linger off until changes share data messages again, or until 16
+    /// lone changes in a row, each less than a linger after the one before, switch it on to
+    /// try again (then one is enough to switch it off, and the next try waits for twice as
+    /// many, up to 256: see `EndpointConfig::linger`).
     #[serde(default)]
     pub lingered_alone: u64,
     /// Changes received from peers and applied (newer than what was held).

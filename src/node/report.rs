@@ -208,7 +208,7 @@ mod export {
         ),
         (
             "mccache_net_lingered_alone_total",
-            "Data messages whose one change waited for company that never came (each switches the linger off).",
+            "Data messages whose one change waited for company that never came (two in a row switch the linger off).",
             Unit::Count,
         ),
         (

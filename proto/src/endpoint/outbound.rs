@@ -391,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn a_change_that_waited_for_nothing_stops_the_next_ones_from_waiting() {
+    fn changes_that_waited_for_nothing_stop_the_next_ones_from_waiting() {
         // One write in flight at a time: each change comes after the previous one was seen,
         // so none ever has company.
         let t0 = Instant::now();
@@ -399,15 +399,19 @@ mod tests {
         let item = put(&a, b"1", b"v");
         a.publish(t0, item);
         assert_eq!(drain(&mut a, t0).len(), 1);
-        let t1 = t0 + a.cfg.linger / 10;
-        let item = put(&a, b"2", b"v");
-        a.publish(t1, item);
-        assert!(drain(&mut a, t1).is_empty(), "the second waits for company");
-        let due = t0 + a.cfg.linger;
-        assert_eq!(drain(&mut a, due).len(), 1, "and goes alone");
-        // It waited for nothing: the next changes leave at once, however close.
+        let mut due = t0;
+        for i in 2..=3u8 {
+            let t = due + a.cfg.linger / 10;
+            let item = put(&a, &[i], b"v");
+            a.publish(t, item);
+            assert!(drain(&mut a, t).is_empty(), "change {i} waits for company");
+            due += a.cfg.linger;
+            assert_eq!(drain(&mut a, due).len(), 1, "and goes alone");
+        }
+        assert_eq!(a.metrics().lingered_alone, 2);
+        // Twice in a row it waited for nothing: the next changes leave at once, however close.
         let mut t = due;
-        for i in 3..10u8 {
+        for i in 4..10u8 {
             t += a.cfg.linger / 10;
             assert!(!a.is_streaming(t));
             let item = put(&a, &[i], b"v");
@@ -421,6 +425,7 @@ mod tests {
         }
         assert_eq!(drain(&mut a, t).len(), 1);
         assert_eq!(a.metrics().changes_sent, 11);
+        assert_eq!(a.metrics().lingered_alone, 2);
         assert!(a.is_streaming(t));
         let item = put(&a, b"12", b"v");
         a.publish(t, item);
