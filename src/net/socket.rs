@@ -135,6 +135,67 @@ pub(crate) fn unicast_socket(interface: Ipv4Addr, port: u16) -> io::Result<std::
     Ok(s.into())
 }
 
+/// A non-blocking UDP socket that the runtime watches for incoming datagrams only.
+///
+/// tokio's `UdpSocket` asks the kernel for readability and writability for good. A UDP socket
+/// turns writable again each time the kernel frees a datagram it sent, and epoll woke the
+/// network thread for each such edge: after every datagram the node sent, its writers' express
+/// sends included, the thread woke to find nothing to do, and took a core at the moment that
+/// datagram's receivers on the same host needed one. This socket asks for writability only
+/// while a send waits for buffer space ([`DatagramSocket::writable`]).
+pub(crate) struct DatagramSocket {
+    io: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
+}
+
+impl DatagramSocket {
+    /// Registers `sock` (made non-blocking) with the current runtime, for readability.
+    pub(crate) fn new(sock: std::net::UdpSocket) -> io::Result<DatagramSocket> {
+        sock.set_nonblocking(true)?;
+        let io = super::sockopt::watch_socket(sock, tokio::io::Interest::READABLE)?;
+        Ok(DatagramSocket { io })
+    }
+
+    /// The address the socket is bound to.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.get_ref().local_addr()
+    }
+
+    /// Waits until the runtime has seen datagrams arrive since a receive last found none
+    /// ([`DatagramSocket::try_recv_with`]).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        let _ready = self.io.readable().await?;
+        Ok(())
+    }
+
+    /// Runs the receive `f` if the runtime has seen datagrams arrive since it last returned
+    /// `WouldBlock` (else returns `WouldBlock` without a system call): the driver tries to
+    /// receive after every wake, timers included.
+    pub(crate) fn try_recv_with<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        self.io.try_io(tokio::io::Interest::READABLE, |_| f())
+    }
+
+    /// Waits until the socket has buffer space for a send that found none (`WouldBlock`): only
+    /// for that long is writability watched, through a registration of a duplicate descriptor.
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        let dup = self.io.get_ref().try_clone()?;
+        let watch = super::sockopt::watch_socket(dup, tokio::io::Interest::WRITABLE)?;
+        let _ready = watch.writable().await?;
+        Ok(())
+    }
+}
+
+impl AsRawFd for DatagramSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.io.as_raw_fd()
+    }
+}
+
+impl std::os::fd::AsFd for DatagramSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.get_ref().as_fd()
+    }
+}
+
 /// Datagrams received together by one `recvmmsg` call: up to [`RecvBatch::CAPACITY`] buffers,
 /// each of 64 KiB (the largest UDP payload, so nothing is truncated; pages never written are
 /// never resident) holding one datagram or several of one sender coalesced by the kernel
@@ -171,9 +232,8 @@ impl RecvBatch {
 
     /// Takes the datagrams waiting on `sock` (at most [`RecvBatch::CAPACITY`] buffers) in one
     /// system call, replacing any not handed out yet; returns how many buffers were filled.
-    /// `WouldBlock` when there were none (tokio then waits for the socket to become readable
-    /// again).
-    pub(crate) fn fill(&mut self, sock: &tokio::net::UdpSocket) -> io::Result<usize> {
+    /// `WouldBlock` when there were none (then wait with [`DatagramSocket::readable`]).
+    pub(crate) fn fill(&mut self, sock: &DatagramSocket) -> io::Result<usize> {
         let RecvBatch {
             bufs,
             got,
@@ -183,7 +243,7 @@ impl RecvBatch {
         got.clear();
         *next = 0;
         *offset = 0;
-        sock.try_io(tokio::io::Interest::READABLE, || {
+        sock.try_recv_with(|| {
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
                 bufs.len(),
                 Some(nix::cmsg_space!(libc::c_int)),
@@ -241,23 +301,21 @@ impl RecvBatch {
 /// refuses (`EIO`, `EINVAL`) when the route's device cannot segment or a segment exceeds the
 /// path MTU: the caller then sends them one by one.
 pub(crate) async fn send_segments(
-    sock: &tokio::net::UdpSocket,
+    sock: &DatagramSocket,
     data: &[u8],
     segment: u16,
     to: SocketAddr,
 ) -> io::Result<()> {
     let addr = SockaddrStorage::from(to);
     loop {
-        let res = sock.try_io(tokio::io::Interest::WRITABLE, || {
-            sendmsg(
-                sock.as_raw_fd(),
-                &[IoSlice::new(data)],
-                &[ControlMessage::UdpGsoSegments(&segment)],
-                MsgFlags::MSG_DONTWAIT,
-                Some(&addr),
-            )
-            .map_err(io::Error::from)
-        });
+        let res = sendmsg(
+            sock.as_raw_fd(),
+            &[IoSlice::new(data)],
+            &[ControlMessage::UdpGsoSegments(&segment)],
+            MsgFlags::MSG_DONTWAIT,
+            Some(&addr),
+        )
+        .map_err(io::Error::from);
         match res {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable().await?,
@@ -292,8 +350,9 @@ mod tests {
         runtime().block_on(async {
             let rx = unicast_socket(Ipv4Addr::LOCALHOST, 0).unwrap();
             let to = rx.local_addr().unwrap();
-            let rx = tokio::net::UdpSocket::from_std(rx).unwrap();
-            let tx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let rx = DatagramSocket::new(rx).unwrap();
+            let tx =
+                DatagramSocket::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
             let datagrams: Vec<Vec<u8>> = (0..5u8)
                 .map(|i| vec![i; if i == 4 { 300 } else { 1100 }])
                 .collect();
@@ -321,16 +380,42 @@ mod tests {
         });
     }
 
+    /// The socket watches writability only while asked: a wait on a socket with room returns
+    /// at once (through its own registration), and receiving still works afterwards.
+    #[test]
+    fn a_wait_for_room_returns_when_there_is_room() {
+        runtime().block_on(async {
+            let sock =
+                DatagramSocket::new(unicast_socket(Ipv4Addr::LOCALHOST, 0).unwrap()).unwrap();
+            let wait = tokio::time::timeout(std::time::Duration::from_secs(10), sock.writable());
+            wait.await.expect("an empty send buffer has room").unwrap();
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.send_to(b"x", sock.local_addr().unwrap()).unwrap();
+            let mut batch = RecvBatch::new();
+            let mut buf = [0u8; 4];
+            loop {
+                if let Some((n, _)) = batch.pop_into(&mut buf) {
+                    assert_eq!(&buf[..n], b"x");
+                    break;
+                }
+                if let Err(e) = batch.fill(&sock) {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                    sock.readable().await.unwrap();
+                }
+            }
+        });
+    }
+
     /// A zero-length datagram is handed out once, as zero bytes, and the next one follows.
     #[test]
     fn an_empty_datagram_is_handed_out_once() {
         runtime().block_on(async {
             let rx = unicast_socket(Ipv4Addr::LOCALHOST, 0).unwrap();
             let to = rx.local_addr().unwrap();
-            let rx = tokio::net::UdpSocket::from_std(rx).unwrap();
-            let tx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            tx.send_to(&[], to).await.unwrap();
-            tx.send_to(b"abc", to).await.unwrap();
+            let rx = DatagramSocket::new(rx).unwrap();
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.send_to(&[], to).unwrap();
+            tx.send_to(b"abc", to).unwrap();
             let mut batch = RecvBatch::new();
             let mut buf = [0u8; 16];
             let mut lens = Vec::new();

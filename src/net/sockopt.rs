@@ -278,6 +278,18 @@ pub(crate) fn watch(fd: BorrowedFd<'_>) -> io::Result<tokio::io::unix::AsyncFd<B
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
+/// Registers a UDP socket with the current tokio runtime for the readiness in `interest` only
+/// (tokio's own `UdpSocket` always asks for both readability and writability).
+pub(crate) fn watch_socket(
+    sock: std::net::UdpSocket,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: the registration owns the socket, which closes its descriptor only when dropped,
+    // after the registration has been removed, and always reports that same descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(sock, interest) }
+        .map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::rngs::ThreadRng;
-use tokio::net::UdpSocket;
 
 use super::express::Express;
-use super::socket::RecvBatch;
+use super::socket::{DatagramSocket, RecvBatch};
 use super::unicast::{self, AddressBook};
 use crate::proto::endpoint::Destination;
 use crate::proto::version::NodeId;
@@ -61,8 +60,8 @@ pub(crate) struct Transport {
 enum Link {
     /// To a multicast group: one socket joined to it, one to send from.
     Multicast {
-        recv: UdpSocket,
-        send: UdpSocket,
+        recv: DatagramSocket,
+        send: DatagramSocket,
         group: SocketAddrV4,
     },
     /// To each peer: one socket bound to `interface:bind_port`.
@@ -71,7 +70,7 @@ enum Link {
 
 /// The unicast transport's settings.
 pub(crate) struct Unicast {
-    sock: UdpSocket,
+    sock: DatagramSocket,
     /// The `peers` entries with ports, re-resolved every `interval`.
     pub entries: Vec<String>,
     /// How often `entries` are resolved again.
@@ -98,8 +97,8 @@ impl Transport {
         tantrum: Tantrum,
     ) -> io::Result<Transport> {
         let link = Link::Multicast {
-            recv: UdpSocket::from_std(recv)?,
-            send: UdpSocket::from_std(send)?,
+            recv: DatagramSocket::new(recv)?,
+            send: DatagramSocket::new(send)?,
             group,
         };
         Ok(Transport::with(link, tantrum))
@@ -118,7 +117,7 @@ impl Transport {
         tantrum: Tantrum,
     ) -> io::Result<Transport> {
         let link = Link::Unicast(Unicast {
-            sock: UdpSocket::from_std(sock)?,
+            sock: DatagramSocket::new(sock)?,
             entries,
             interval,
             expiry,
@@ -292,7 +291,7 @@ impl Transport {
         sent
     }
 
-    fn recv_socket(&self) -> &UdpSocket {
+    fn recv_socket(&self) -> &DatagramSocket {
         match &self.link {
             Link::Multicast { recv, .. } => recv,
             Link::Unicast(u) => &u.sock,
@@ -305,7 +304,7 @@ impl Transport {
 /// refuses a GSO send, that run goes out one by one and `gso` is cleared for good (a debug
 /// message says why). Returns the datagrams that failed.
 async fn send_runs(
-    sock: &UdpSocket,
+    sock: &DatagramSocket,
     bufs: &[Vec<u8>],
     to: SocketAddr,
     gso: &mut bool,

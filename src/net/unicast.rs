@@ -22,9 +22,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
+use super::socket::DatagramSocket;
 use crate::proto::version::NodeId;
 
 /// Most addresses remembered per source (heard, told): a flood of authentic-looking plaintext
@@ -203,7 +202,7 @@ fn bounded_insert(
 /// for the socket when its buffer is full. Returns (copies sent, copies that failed); a failed
 /// copy (an unreachable address, say) is skipped and the rest still go out.
 pub(crate) async fn fan_out(
-    sock: &UdpSocket,
+    sock: &DatagramSocket,
     datagrams: &[Vec<u8>],
     copies: &[(usize, SocketAddr)],
 ) -> (u64, u64) {
@@ -211,7 +210,7 @@ pub(crate) async fn fan_out(
     let mut next = 0;
     while next < copies.len() {
         let batch = &copies[next..copies.len().min(next + BATCH)];
-        let res = sock.try_io(Interest::WRITABLE, || send_batch(sock, datagrams, batch));
+        let res = send_batch(sock, datagrams, batch);
         match res {
             Ok(n) => {
                 sent += n as u64;
@@ -252,7 +251,7 @@ pub fn route(dests: &[Option<NodeId>], book: &mut AddressBook) -> Vec<(usize, So
 
 /// One `sendmmsg` call for `batch`.
 fn send_batch(
-    sock: &UdpSocket,
+    sock: &DatagramSocket,
     datagrams: &[Vec<u8>],
     batch: &[(usize, SocketAddr)],
 ) -> io::Result<usize> {
@@ -331,7 +330,7 @@ mod tests {
     async fn fan_out_reaches_every_target_and_skips_failures() {
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         tx.set_nonblocking(true).unwrap();
-        let tx = UdpSocket::from_std(tx).unwrap();
+        let tx = DatagramSocket::new(tx).unwrap();
         let rx1 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let rx2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let targets = [rx1.local_addr().unwrap(), rx2.local_addr().unwrap()];
