@@ -41,6 +41,8 @@ use mccache::{Cache, ChangeKind, Config, Node, Origin};
 
 const KEYS: u32 = 30_000;
 const WORKER_ENV: &str = "CAPACITY_WORKER";
+/// Set (to the datagram size) for a worker that measures the floor with plain sockets.
+const RAW_ENV: &str = "CAPACITY_WORKER_RAW";
 
 // ------------------------------------------------------------------------------ lag histogram
 
@@ -132,6 +134,10 @@ impl Val for serde_bytes::ByteBuf {
 }
 
 fn worker() {
+    if std::env::var_os(RAW_ENV).is_some() {
+        raw::serve();
+        return;
+    }
     let config = Config::load().expect("worker config (MCCACHE_*)");
     let node = Node::start(config).expect("worker node starts");
     match std::env::var("CAPACITY_WORKER_VALUE").as_deref() {
@@ -191,7 +197,10 @@ fn serve<V: Val>(node: Node) {
                     millis.parse().unwrap(),
                     idx.parse().unwrap(),
                 );
-                let (n, secs) = write_paced(&cache, rate, Duration::from_millis(millis), idx);
+                let span = Duration::from_millis(millis);
+                let (n, secs) = write_paced(rate, span, idx, |k| {
+                    cache.insert(k, V::make(wall_ns())).expect("insert");
+                });
                 format!("done {n} {secs}")
             }
             ["quit"] => break,
@@ -203,21 +212,26 @@ fn serve<V: Val>(node: Node) {
     node.shutdown();
 }
 
-/// Writes this node's keys (`k % 3 == idx`) round-robin at `rate` writes/s for `span`.
-fn write_paced<V: Val>(cache: &Cache<u32, V>, rate: f64, span: Duration, idx: u32) -> (u64, f64) {
+/// Writes this node's keys (`k % 3 == idx`, with `write`) round-robin at `rate` writes/s for
+/// `span`.
+fn write_paced(rate: f64, span: Duration, idx: u32, mut write: impl FnMut(u32)) -> (u64, f64) {
     let start = Instant::now();
     let end = start + span;
     let mut n = 0u64;
     let mut k = idx;
+    let mut phase = rand::random::<f64>();
     loop {
         let now = Instant::now();
         if now >= end {
             break;
         }
-        // Each writer's schedule is shifted by a third of a period from the next one's: the
-        // three processes start together, and in step their writes of each period would arrive
-        // at every receiver at the same moment (at low load, the lag of a lone write is meant).
-        let due = start + Duration::from_secs_f64((n as f64 + f64::from(idx) / 3.0) / rate);
+        // Write `n` falls due at a random point of its period (`phase`, drawn anew for each):
+        // the writers' schedules are not in step with each other, nor with the protocol's
+        // timers. (They were on a grid, each shifted by a third of a period: at 1,000 writes/s
+        // in aggregate a write then fell due every millisecond, and each node's tail
+        // announcement, 2 ms after its data message, reached the cores at the instant of
+        // another node's write, every time, where a lone write's lag is meant.)
+        let due = start + Duration::from_secs_f64((n as f64 + phase) / rate);
         if due > now {
             // Sleep even for short waits (the kernel's timer slack makes them ~50 µs longer;
             // the writes that fall due meanwhile go out in the burst below): a writer that spun
@@ -227,17 +241,102 @@ fn write_paced<V: Val>(cache: &Cache<u32, V>, rate: f64, span: Duration, idx: u3
         }
         // The writes due by now, up to 16 per clock reading: one at a time at low rates (so
         // the low-load lag is that of a lone write), in small bursts when the writer is behind.
-        let behind = (now - start).as_secs_f64() * rate - n as f64 - f64::from(idx) / 3.0;
+        let behind = (now - start).as_secs_f64() * rate - n as f64 - phase;
         for _ in 0..(behind.ceil().max(1.0) as u64).min(16) {
-            cache.insert(k, V::make(wall_ns())).expect("insert");
+            write(k);
             n += 1;
             k += 3;
             if k >= KEYS {
                 k = idx;
             }
         }
+        phase = rand::random::<f64>();
     }
     (n, start.elapsed().as_secs_f64())
+}
+
+/// The floor: the same traffic with plain sockets and no cache. Each worker sends datagrams
+/// of the size of one change's data message, stamped with their wall-clock send time, to a
+/// multicast group at the same rate (a `sendto` per write, as a lone write's express send),
+/// and a thread blocked in `recv_from` records the lag of the others'. It answers the
+/// coordinator's commands like a node worker (its caches are always "identical", it has no
+/// overflow), so a trial measures it the same way.
+mod raw {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+
+    fn env<T: std::str::FromStr>(key: &str) -> T {
+        let v = std::env::var(key).unwrap_or_else(|_| panic!("raw worker needs {key}"));
+        v.parse()
+            .unwrap_or_else(|_| panic!("raw worker: {key}={v:?} does not parse"))
+    }
+
+    pub(super) fn serve() {
+        let interface: Ipv4Addr = env("MCCACHE_INTERFACE");
+        let group = SocketAddrV4::new(env("MCCACHE_MULTICAST_IP"), env("MCCACHE_MULTICAST_PORT"));
+        let size: usize = env(RAW_ENV);
+        let rx = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        rx.set_reuse_address(true).expect("SO_REUSEADDR");
+        rx.set_reuse_port(true).expect("SO_REUSEPORT");
+        rx.bind(&std::net::SocketAddr::V4(group).into())
+            .expect("bind the group's port");
+        rx.join_multicast_v4(group.ip(), &interface)
+            .expect("join the group");
+        let rx: UdpSocket = rx.into();
+        let tx = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        tx.bind(&std::net::SocketAddr::V4(SocketAddrV4::new(interface, 0)).into())
+            .expect("bind the send socket");
+        tx.set_multicast_if_v4(&interface).expect("IP_MULTICAST_IF");
+        tx.set_multicast_loop_v4(false).expect("IP_MULTICAST_LOOP");
+        let tx: UdpSocket = tx.into();
+        let hist = Arc::new(Hist::new());
+        {
+            let hist = hist.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, _)) = rx.recv_from(&mut buf) {
+                    if let Some(stamp) = buf[..n].first_chunk::<8>() {
+                        let sent = u64::from_le_bytes(*stamp);
+                        hist.record(wall_ns().saturating_sub(sent) / 1000);
+                    }
+                }
+            });
+        }
+        let mut datagram = vec![0x5a_u8; size.max(8)];
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready {}", std::process::id()).unwrap();
+        out.flush().unwrap();
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let reply = match words.as_slice() {
+                ["members"] => "members 2".to_string(),
+                ["sum"] => "sum 0 0".to_string(),
+                ["metrics"] => "metrics 0 0 0 0 0 0 0".to_string(),
+                ["lag"] => {
+                    let h: Vec<String> = (hist.take().iter())
+                        .map(|(i, n)| format!("{i}:{n}"))
+                        .collect();
+                    format!("lag {}", h.join(" "))
+                }
+                ["run", rate, millis, idx] => {
+                    let span = Duration::from_millis(millis.parse().unwrap());
+                    let (n, secs) =
+                        write_paced(rate.parse().unwrap(), span, idx.parse().unwrap(), |_| {
+                            datagram[..8].copy_from_slice(&wall_ns().to_le_bytes());
+                            tx.send_to(&datagram, group).expect("send");
+                        });
+                    format!("done {n} {secs}")
+                }
+                ["quit"] => break,
+                _ => format!("error unknown command {line:?}"),
+            };
+            writeln!(out, "{reply}").unwrap();
+            out.flush().unwrap();
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------ the coordinator
@@ -440,7 +539,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(case: Case, lab: Option<&(Lab, Vec<String>)>) -> Cluster {
+    /// Starts the case's 3 node workers; with `raw`, 3 workers of the floor instead
+    /// ([`raw`]; on their own group and port), sending datagrams of that many bytes.
+    fn start(case: Case, lab: Option<&(Lab, Vec<String>)>, raw: Option<usize>) -> Cluster {
         let exe = std::env::current_exe().expect("current exe");
         let key = mccache::generate_key();
         let mut workers = Vec::new();
@@ -484,6 +585,17 @@ impl Cluster {
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
+            if let Some(size) = raw {
+                cmd.env(RAW_ENV, size.to_string())
+                    .env(
+                        "MCCACHE_MULTICAST_IP",
+                        format!("239.255.103.{}", 100 + case.slot),
+                    )
+                    .env(
+                        "MCCACHE_MULTICAST_PORT",
+                        (47350 + case.slot as u16).to_string(),
+                    );
+            }
             if case.sealed {
                 cmd.env("MCCACHE_CRYPTO_KEY", &key);
             } else {
@@ -708,7 +820,16 @@ fn run_case(case: Case, lab: Option<&(Lab, Vec<String>)>, span: Duration, max: f
         },
         loadavg()
     );
-    let mut c = Cluster::start(case, lab);
+    // The floor first, while the machine is as quiet as it will be for the nodes.
+    let floor = {
+        let mut raw = Cluster::start(case, lab, Some(if case.kib { 1_100 } else { 100 }));
+        raw.trial(1_000.0, span)
+    };
+    println!(
+        "  floor:    plain sockets, same namespaces, rate and about the same datagram size, a blocking receive: lag p50 {:.0} µs p99 {:.0} µs ({} samples)",
+        floor.p50_us, floor.p99_us, floor.samples
+    );
+    let mut c = Cluster::start(case, lab, None);
     // Warm-up: every key present everywhere.
     let warm = c.trial(20_000.0, Duration::from_millis(1600));
     c.settle();
@@ -791,7 +912,7 @@ fn run_case(case: Case, lab: Option<&(Lab, Vec<String>)>, span: Duration, max: f
     let best = confirmed;
     match best {
         Some(t) => println!(
-            "RESULT {}: {:.0} coherent mutations/s in aggregate (passed three trials in a row); lag p50 {:.0} µs, p99 {:.0} µs; CPU per node (total/net thread, % of one core) {}; low-load lag p50 {:.0} µs p99 {:.0} µs; load average after: {}",
+            "RESULT {}: {:.0} coherent mutations/s in aggregate (passed three trials in a row); lag p50 {:.0} µs, p99 {:.0} µs; CPU per node (total/net thread, % of one core) {}; low-load lag p50 {:.0} µs p99 {:.0} µs (plain sockets: p50 {:.0} µs p99 {:.0} µs); load average after: {}",
             case.name,
             t.achieved,
             t.p50_us,
@@ -803,6 +924,8 @@ fn run_case(case: Case, lab: Option<&(Lab, Vec<String>)>, span: Duration, max: f
                 .join(" "),
             low.p50_us,
             low.p99_us,
+            floor.p50_us,
+            floor.p99_us,
             loadavg()
         ),
         None if lowest > 0.0 => println!(
