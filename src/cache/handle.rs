@@ -475,6 +475,11 @@ impl<K: CacheKey, V: CacheValue> Cache<K, V> {
     /// the housekeeper for expiries, the network thread for replicated changes), after every
     /// lock of the cache is released: keep them fast. They may call the cache.
     ///
+    /// A listener sees the changes made after it is registered, not the ones before: the
+    /// cache's contents are the state so far. An application that reacts to a peer's write
+    /// registers its listener before it tells the peer to write, or checks the cache after
+    /// registering (a replicated change can arrive between opening the cache and registering).
+    ///
     /// ```
     /// # use mccache::{Config, Node, ChangeKind};
     /// # use std::sync::{Arc, Mutex};
