@@ -406,6 +406,118 @@ mod tests {
         });
     }
 
+    /// Runs `ip` (or `tc`) with `args`; whether it succeeded.
+    fn run(cmd: &str, args: &[&str]) -> bool {
+        std::process::Command::new(cmd)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// A namespace deleted on drop.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            run("ip", &["netns", "del", &self.0]);
+        }
+    }
+
+    /// A send that finds the send buffer full waits for room (the one time the socket's
+    /// writability is watched) and then goes out. The buffer fills behind a qdisc that holds
+    /// datagrams (`tbf` at 8 kbit/s on a veth in a namespace of its own); without root, `ip`
+    /// or `tc` the test says so and passes.
+    #[test]
+    fn a_send_that_finds_the_buffer_full_waits_for_room() {
+        let name = format!("mcd-sock-{}", std::process::id());
+        let ns = Netns(name.clone());
+        let n = ["-n", name.as_str()];
+        let made = run("ip", &["netns", "add", &name])
+            && run(
+                "ip",
+                &[
+                    &n[..],
+                    &["link", "add", "qa", "type", "veth", "peer", "name", "qb"],
+                ]
+                .concat(),
+            )
+            && run("ip", &[&n[..], &["link", "set", "qa", "up"]].concat())
+            && run("ip", &[&n[..], &["link", "set", "qb", "up"]].concat())
+            && run(
+                "ip",
+                &[&n[..], &["addr", "add", "10.250.0.1/24", "dev", "qa"]].concat(),
+            )
+            && run(
+                "ip",
+                &[
+                    &n[..],
+                    &[
+                        "neigh",
+                        "add",
+                        "10.250.0.2",
+                        "lladdr",
+                        "02:00:00:00:00:02",
+                        "dev",
+                        "qa",
+                    ],
+                ]
+                .concat(),
+            )
+            && run(
+                "tc",
+                &[
+                    &n[..],
+                    &[
+                        "qdisc", "add", "dev", "qa", "root", "tbf", "rate", "8kbit", "burst",
+                        "1600", "latency", "30s",
+                    ],
+                ]
+                .concat(),
+            );
+        if !made {
+            eprintln!("skipped: needs root, iproute2 and tc");
+            return;
+        }
+        let path = format!("/var/run/netns/{name}");
+        let outcome = std::thread::spawn(move || {
+            let handle = std::fs::File::open(&path).expect("the namespace");
+            crate::net::sockopt::enter_netns(&handle).expect("setns");
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            s.set_send_buffer_size(1).unwrap(); // the kernel's minimum
+            s.bind(&SocketAddr::from(([10, 250, 0, 1], 0)).into())
+                .unwrap();
+            let sock = std::net::UdpSocket::from(s);
+            let to = SocketAddr::from(([10, 250, 0, 2], 9));
+            runtime().block_on(async move {
+                let sock = DatagramSocket::new(sock).unwrap();
+                let send = || sock.io.get_ref().send_to(&[7u8; 100], to);
+                let mut sent = 0;
+                let full = loop {
+                    match send() {
+                        Ok(_) => sent += 1,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                        Err(e) => panic!("send: {e}"),
+                    }
+                    if sent > 10_000 {
+                        break false;
+                    }
+                };
+                assert!(full, "the buffer never filled ({sent} datagrams went out)");
+                let wait = std::time::Duration::from_secs(60);
+                tokio::time::timeout(wait, sock.writable())
+                    .await
+                    .expect("room within a minute at 8 kbit/s")
+                    .unwrap();
+                send().expect("a send after the wait goes out");
+                sent
+            })
+        })
+        .join();
+        drop(ns);
+        let sent = outcome.expect("the namespace thread");
+        assert!(sent > 0);
+    }
+
     /// A zero-length datagram is handed out once, as zero bytes, and the next one follows.
     #[test]
     fn an_empty_datagram_is_handed_out_once() {
