@@ -7,20 +7,21 @@
 //! same host were waiting for. The thread's voluntary context switches (`/proc`) count its
 //! wake-ups; no time is measured.
 //!
-//! One node per process (this test binary holds this one test): group 239.255.107.1, port
-//! 47950, cluster `t14-wakeups`.
+//! The application is this test binary run again (`T14_ROLE` set, see [`app`]): one process,
+//! configured only by `MCCACHE_*` variables, writing through `mccache::get_cache`, so its
+//! default node is the only node (and its network thread the only `mccache-net`) in it.
+//! Group 239.255.107.1, port 47950, cluster `t14-wakeups`.
 
 use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use mccache::{Config, Node};
 
 /// Writes, one at a time, each after the previous one's tail announcement (2 ms) has gone.
 const WRITES: u64 = 200;
 const GAP: Duration = Duration::from_millis(5);
 
-/// The status file of the node's network thread (the only one named so in this process),
-/// once the thread has named itself (bounded poll).
+/// The status file of the process's network thread, once the thread has named itself
+/// (bounded poll).
 fn network_thread() -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -45,30 +46,72 @@ fn wakeups(status: &str) -> u64 {
     line.trim().parse().expect("a count")
 }
 
+/// The application process: writes `WRITES` keys one at a time through `get_cache` and prints
+/// `@@ <express changes> <data messages> <wake-ups>` of those writes.
 #[test]
-fn a_writers_own_sends_do_not_wake_the_network_thread() {
-    let mut config = Config::default();
-    config.interface = Ipv4Addr::LOCALHOST;
-    config.multicast_ip = Ipv4Addr::new(239, 255, 107, 1);
-    config.multicast_port = 47950;
-    config.cluster_name = "t14-wakeups".into();
-    config.crypto_key = Some(mccache::generate_key());
-    config.cache_ttl = 0.0;
-    let node = Node::start(config).expect("a loopback node starts");
-    let cache = node.cache::<u64, u64>("w").expect("the cache opens");
+#[ignore = "the application process of the test below, which starts it"]
+fn app() {
+    if std::env::var_os("T14_ROLE").is_none() {
+        return;
+    }
+    let cache = mccache::get_cache::<u64, u64>("w");
+    let node = mccache::default_node().expect("the default node");
     let status = network_thread();
-
-    // The thread's wake-ups per write: the write's data message leaves from the writer's
-    // thread, and the thread wakes once, for the tail announcement 2 ms after it.
     let (w0, m0) = (wakeups(&status), node.network_metrics());
     for k in 0..WRITES {
         cache.insert(k, k).expect("insert");
         std::thread::sleep(GAP);
     }
     let (w1, m1) = (wakeups(&status), node.network_metrics());
+    println!(
+        "@@ {} {} {}",
+        m1.express_changes - m0.express_changes,
+        m1.data_messages_sent - m0.data_messages_sent,
+        w1 - w0
+    );
+}
 
-    let express = m1.express_changes - m0.express_changes;
-    let data = m1.data_messages_sent - m0.data_messages_sent;
+#[test]
+fn a_writers_own_sends_do_not_wake_the_network_thread() {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args(["app", "--exact", "--ignored", "--nocapture", "--quiet"])
+        .env("T14_ROLE", "app")
+        .stdout(Stdio::piped());
+    // Only what the test sets: nothing inherited from the environment the tests run in.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("MCCACHE_")
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let env = [
+        ("MCCACHE_CONFIG", String::new()),
+        ("MCCACHE_INTERFACE", Ipv4Addr::LOCALHOST.to_string()),
+        ("MCCACHE_MULTICAST_IP", "239.255.107.1".into()),
+        ("MCCACHE_MULTICAST_PORT", "47950".into()),
+        ("MCCACHE_CLUSTER_NAME", "t14-wakeups".into()),
+        ("MCCACHE_CRYPTO_KEY", mccache::generate_key()),
+        ("MCCACHE_CACHE_TTL", "0".into()),
+    ];
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the application process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the application failed:\n{stdout}");
+    let line = (stdout.lines())
+        .find_map(|l| l.strip_prefix("@@ "))
+        .unwrap_or_else(|| panic!("no report from the application:\n{stdout}"));
+    let n: Vec<u64> = line
+        .split(' ')
+        .map(|x| x.parse().expect("a count"))
+        .collect();
+    let [express, data, woken] = n[..] else {
+        panic!("a report of three counts: {line:?}")
+    };
+    eprintln!("{WRITES} writes: {express} express, {data} data messages, {woken} wake-ups");
     assert!(
         express >= WRITES * 9 / 10,
         "the writes went out through the express lane ({express} of {WRITES})"
@@ -76,11 +119,8 @@ fn a_writers_own_sends_do_not_wake_the_network_thread() {
     assert!(data >= express, "each went out in a data message ({data})");
     // Once per write (its tail) plus housekeeping; a wake-up per datagram sent made it at
     // least twice per write (the data message and the tail's own datagram).
-    let woken = w1 - w0;
-    eprintln!("{WRITES} writes: {express} express, {data} data messages, {woken} wake-ups");
     assert!(
         woken <= WRITES * 3 / 2,
         "the network thread woke {woken} times for {WRITES} writes (express {express})"
     );
-    node.shutdown();
 }
