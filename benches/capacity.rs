@@ -19,8 +19,10 @@
 //!
 //! Cases: small values (`u32 → u64`) and 1 KiB values, plaintext and sealed. Each node writes
 //! its own third of 30,000 keys (so every key has one writer and the lag of every remote write
-//! can be measured: the value carries its wall-clock write time in nanoseconds). It also prints
-//! the lag at low load (1,000 writes/s in aggregate).
+//! can be measured: the value carries its wall-clock write time in nanoseconds); each write
+//! falls due at a random point of its period. It also prints the lag at low load (1,000
+//! writes/s in aggregate) and, first in every case (also with `MCCACHE_CAPACITY_FIXED`), the
+//! floor: the same low-load trial with plain sockets instead of nodes ([`raw`]).
 //!
 //! Environment: `MCCACHE_CAPACITY_SECONDS` (seconds per trial, default 2),
 //! `MCCACHE_CAPACITY_CASES` (comma list of `small-plain,small-sealed,kib-plain,kib-sealed`),
