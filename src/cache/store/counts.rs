@@ -110,6 +110,34 @@ impl ReadCounts {
         }
     }
 
+    /// Counts a lookup that found its key: a hit, unless `expired` says the entry has expired
+    /// (then a miss). Returns whether it was a hit.
+    ///
+    /// `expired` is given how many hits the calling thread had counted in its slot before this
+    /// one (wrapping), so a hit path can act on every n-th hit of a thread without a counter of
+    /// its own: the slot's count is loaded here anyway. A thread without a slot of its own is
+    /// given 0.
+    #[inline]
+    pub(super) fn count_hit_unless(&self, expired: impl FnOnce(u64) -> bool) -> bool {
+        let i = INDEX.with(Cell::get);
+        match self.slots.get(i) {
+            Some(s) => {
+                // Only this thread writes slot `i` (see the module docs).
+                let n = s.hits.load(Ordering::Relaxed);
+                let hit = !expired(n);
+                let c = if hit { &s.hits } else { &s.misses };
+                let before = if hit { n } else { c.load(Ordering::Relaxed) };
+                c.store(before.wrapping_add(1), Ordering::Relaxed);
+                hit
+            }
+            None => {
+                let hit = !expired(0);
+                self.count_slow(hit);
+                hit
+            }
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn count_slow(&self, hit: bool) {
@@ -178,5 +206,21 @@ mod tests {
             }
         });
         assert_eq!(c.totals(), (750 * threads as u64 + 4, 250 * threads as u64));
+    }
+
+    #[test]
+    fn a_found_key_counts_as_a_hit_or_as_a_miss_and_sees_the_threads_hits_so_far() {
+        let c = ReadCounts::new();
+        let mut seen = Vec::new();
+        for i in 0..6u64 {
+            let hit = c.count_hit_unless(|n| {
+                seen.push(n);
+                i % 3 == 2
+            });
+            assert_eq!(hit, i % 3 != 2);
+        }
+        // The hits before each lookup: misses do not add to them.
+        assert_eq!(seen, [0, 1, 2, 2, 3, 4]);
+        assert_eq!(c.totals(), (4, 2));
     }
 }
