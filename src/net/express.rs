@@ -212,6 +212,10 @@ impl Express {
             }
             n += 1;
         }
+        // Armed before the sends: a receiver on this host that a send wakes is often placed on
+        // this thread's core, and waits until this thread yields it; the system call that
+        // arms the timer is then not part of that wait.
+        self.arm_if_earlier(core, None);
         let mut failed = 0;
         for buf in &core.bufs[..n] {
             for to in &core.targets {
@@ -224,7 +228,6 @@ impl Express {
         if failed > 0 {
             self.send_errors.fetch_add(failed, Ordering::Relaxed);
         }
-        self.arm_if_earlier(core, None);
         Ok(())
     }
 
