@@ -124,11 +124,14 @@ impl ReadCounts {
             Some(s) => {
                 // Only this thread writes slot `i` (see the module docs).
                 let n = s.hits.load(Ordering::Relaxed);
-                let hit = !expired(n);
-                let c = if hit { &s.hits } else { &s.misses };
-                let before = if hit { n } else { c.load(Ordering::Relaxed) };
-                c.store(before.wrapping_add(1), Ordering::Relaxed);
-                hit
+                if expired(n) {
+                    let m = s.misses.load(Ordering::Relaxed);
+                    s.misses.store(m.wrapping_add(1), Ordering::Relaxed);
+                    false
+                } else {
+                    s.hits.store(n.wrapping_add(1), Ordering::Relaxed);
+                    true
+                }
             }
             None => {
                 let hit = !expired(0);

@@ -37,21 +37,20 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let hash = self.hasher.hash_one(key);
         let shard = self.shard_of(hash);
         let g = shard.lock.read();
-        match g.map.get_hashed(hash, key) {
-            Some(e)
-                if self
-                    .reads
-                    .count_hit_unless(|n| e.has_ttl() && self.expired_on_hit(e, n)) =>
-            {
-                e.touch(self.touch_now());
-                Some(f(e))
+        let e = match g.map.get_hashed(hash, key) {
+            Some(e) if !e.has_ttl() => {
+                self.reads.count(true);
+                e
             }
-            Some(_) => None,
+            Some(e) if self.reads.count_hit_unless(|n| self.expired_on_hit(e, n)) => e,
+            Some(_) => return None,
             None => {
                 self.reads.count(false);
-                None
+                return None;
             }
-        }
+        };
+        e.touch(self.touch_now());
+        Some(f(e))
     }
 
     /// Whether an entry with a TTL has expired, for a read hit: exact, but without reading the
