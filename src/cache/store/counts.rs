@@ -141,6 +141,13 @@ impl ReadCounts {
         }
     }
 
+    /// Whether the calling thread counts in a slot of its own: it has counted a read before,
+    /// and had fewer than [`SLOTS`] other readers alive beside it when it took its index.
+    #[cfg(test)]
+    pub(super) fn own_slot() -> bool {
+        INDEX.with(Cell::get) < SLOTS
+    }
+
     #[cold]
     #[inline(never)]
     fn count_slow(&self, hit: bool) {

@@ -321,6 +321,12 @@ mod tests {
                     caught_up > before,
                     "the first hit did not catch the reading up"
                 );
+                if !super::super::counts::ReadCounts::own_slot() {
+                    // Over 64 reader threads alive at once (other tests running beside this
+                    // one): this thread counts in the shared slot, and each of its hits
+                    // catches the reading up.
+                    return;
+                }
                 wait_until(Instant::now() + Duration::from_millis(25));
                 for _ in 1..64 {
                     assert_eq!(store.get(&1), Some(1));
