@@ -8,6 +8,9 @@
 //!
 //! Groups 239.255.101.x, ports 47100-47199, cluster names `t9-…`: this file's own range.
 
+#[path = "support/app_env.rs"]
+mod app_env;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
@@ -256,14 +259,7 @@ impl App9 {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // Only what the test sets: nothing inherited from the environment the tests run in.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy()
-                .to_ascii_uppercase()
-                .starts_with("MCCACHE_")
-            {
-                cmd.env_remove(k);
-            }
-        }
+        app_env::clear_mccache_vars(&mut cmd);
         for (k, v) in env {
             cmd.env(k, v);
         }

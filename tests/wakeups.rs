@@ -12,6 +12,9 @@
 //! default node is the only node (and its network thread the only `mccache-net`) in it.
 //! Group 239.255.107.1, port 47950, cluster `t14-wakeups`.
 
+#[path = "support/app_env.rs"]
+mod app_env;
+
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -78,14 +81,7 @@ fn a_writers_own_sends_do_not_wake_the_network_thread() {
         .env("T14_ROLE", "app")
         .stdout(Stdio::piped());
     // Only what the test sets: nothing inherited from the environment the tests run in.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("MCCACHE_")
-        {
-            cmd.env_remove(k);
-        }
-    }
+    app_env::clear_mccache_vars(&mut cmd);
     let env = [
         ("MCCACHE_CONFIG", String::new()),
         ("MCCACHE_INTERFACE", Ipv4Addr::LOCALHOST.to_string()),
