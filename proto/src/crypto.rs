@@ -13,8 +13,7 @@
 //! see [`key_id`]), not an index into the keyring: nodes in the middle of a key rotation hold
 //! their keys in different orders, and a fingerprint names the same key on all of them.
 
-use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Key, Nonce, Tag};
+use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use super::drop::DropReason;
 use super::header::{HEADER_LEN, Header};
@@ -60,7 +59,13 @@ pub struct Keyring {
 
 struct KeyEntry {
     id: u8,
-    cipher: Aes256GcmSiv,
+    cipher: LessSafeKey,
+}
+
+/// The AES-256-GCM-SIV cipher of `key`.
+fn cipher(key: &[u8; 32]) -> LessSafeKey {
+    // Invariant: AES-256-GCM-SIV takes exactly the 32 bytes the type guarantees.
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM_SIV, key).expect("a 32-byte AES-256 key"))
 }
 
 impl Keyring {
@@ -70,7 +75,7 @@ impl Keyring {
             .iter()
             .map(|k| KeyEntry {
                 id: key_id(k),
-                cipher: Aes256GcmSiv::new(Key::<Aes256GcmSiv>::from_slice(k)),
+                cipher: cipher(k),
             })
             .collect();
         let cluster_name: Box<[u8]> = cluster_name.as_bytes().into();
@@ -126,11 +131,15 @@ impl Keyring {
         self.aad[..HEADER_LEN].copy_from_slice(header);
         let tag = key
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &self.aad, body)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&self.aad[..]),
+                body,
+            )
             // Invariant: AES-GCM-SIV only refuses plaintexts or associated data longer than
             // 2^36 bytes (64 GiB); callers seal single datagrams (< 64 KiB) with a short name.
             .expect("datagram body within AES-GCM-SIV length limit");
-        datagram.extend_from_slice(&tag);
+        datagram.extend_from_slice(tag.as_ref());
     }
 
     /// Authenticates and opens the body of `datagram`, whose already-decoded header is `header`.
@@ -160,10 +169,7 @@ impl Keyring {
                 let Some(split) = body.len().checked_sub(TAG_LEN) else {
                     return Err(DropReason::TooShort);
                 };
-                let (ciphertext, tag) = body.split_at(split);
-                let tag = Tag::from_slice(tag);
                 let nonce = nonce_from_header(head);
-                let nonce = Nonce::from_slice(&nonce);
                 self.aad[..HEADER_LEN].copy_from_slice(head);
                 let mut candidates = self
                     .keys
@@ -173,17 +179,20 @@ impl Keyring {
                 if candidates.peek().is_none() {
                     return Err(DropReason::UnknownKeyId);
                 }
-                let mut buf = Vec::with_capacity(ciphertext.len());
+                let mut buf = Vec::with_capacity(body.len());
                 for key in candidates {
-                    // Reset for each try: the buffer must hold the ciphertext, whatever a failed
-                    // attempt left in it.
+                    // Reset for each try: the buffer must hold the ciphertext and the tag,
+                    // whatever a failed attempt left in it.
                     buf.clear();
-                    buf.extend_from_slice(ciphertext);
-                    if key
-                        .cipher
-                        .decrypt_in_place_detached(nonce, &self.aad, &mut buf, tag)
-                        .is_ok()
-                    {
+                    buf.extend_from_slice(body);
+                    let opened = key.cipher.open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(&self.aad[..]),
+                        &mut buf,
+                    );
+                    if opened.is_ok() {
+                        // The plaintext is the body without its tag, decrypted in place.
+                        buf.truncate(split);
                         return Ok(buf);
                     }
                 }
@@ -210,12 +219,15 @@ impl std::fmt::Debug for Keyring {
 /// sealed under `key` with a reserved nonce (never used for traffic) and a fixed label. It
 /// reveals nothing usable about the key, and every node computes the same id for the same key.
 pub fn key_id(key: &[u8; 32]) -> u8 {
-    let cipher = Aes256GcmSiv::new(Key::<Aes256GcmSiv>::from_slice(key));
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&KEY_ID_NONCE), KEY_ID_LABEL, &mut [])
+    let tag = cipher(key)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(KEY_ID_NONCE),
+            Aad::from(KEY_ID_LABEL),
+            &mut [],
+        )
         // Invariant: an empty plaintext is always within the length limit.
         .expect("empty plaintext always seals");
-    tag[0]
+    tag.as_ref()[0]
 }
 
 /// The 12-byte nonce of a datagram: `fold32(sender)` (BE) ‖ packet number (BE), where
@@ -305,6 +317,72 @@ mod tests {
             sent_ms: 1,
         };
         assert_eq!(nonce_from_header(&h.encode()), n);
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_cipher_is_rfc_8452_aes_256_gcm_siv() {
+        // RFC 8452, appendix C.2 (AEAD_AES_256_GCM_SIV): key 01 00.., nonce 03 00.., no
+        // associated data; an empty plaintext, then 8 bytes.
+        let mut key = [0u8; 32];
+        key[0] = 1;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[0] = 3;
+        let seal = |plaintext: &mut [u8]| {
+            cipher(&key)
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    plaintext,
+                )
+                .unwrap()
+        };
+        assert_eq!(
+            hex(seal(&mut []).as_ref()),
+            "07f5f4169bbf55a8400cd47ea6fd400f"
+        );
+        let mut body = [1, 0, 0, 0, 0, 0, 0, 0];
+        let tag = seal(&mut body);
+        assert_eq!(
+            hex(&body) + &hex(tag.as_ref()),
+            "c2ef328e5c71c83b843122130f7364b761e0b97427e3df28"
+        );
+    }
+
+    #[test]
+    fn datagrams_and_key_ids_of_the_earlier_implementation_still_open() {
+        // Sealed by mccache's first implementation (RustCrypto's `aes-gcm-siv` 0.11): the wire
+        // format and the key fingerprints do not change with the AES-GCM-SIV library.
+        assert_eq!(
+            (key_id(&[1; 32]), key_id(&[3; 32]), key_id(&[0x42; 32])),
+            (79, 204, 84)
+        );
+        let d = unhex(concat!(
+            "4d430401cc000000000106b9df6f000000000000abcd000000000000004d0000000000000003",
+            "00000000000000010000a83b670f164bc1cfe263406c78c3cc2c09e5b782702e1fabc49a8bbcc2",
+            "0fca518b72b9a61292684c68bd0f0bdee6293e"
+        ));
+        let mut ring = Keyring::new(&[[3; 32]], "c");
+        let h = header(&ring, "c");
+        assert_eq!(&d[..HEADER_LEN], &h.encode()[..]);
+        assert_eq!(
+            ring.open(&h, &d).unwrap(),
+            b"a datagram sealed by mccache 0.1"
+        );
+        assert_eq!(
+            sealed(&mut ring, &h, b"a datagram sealed by mccache 0.1"),
+            d
+        );
     }
 
     #[test]
