@@ -13,7 +13,12 @@ pub fn key_bucket(key: &[u8]) -> usize {
 /// Which of `parts` sub-lists of its bucket a key falls in (a second, independent slice of the
 /// same crc32), so a bucket too long for one message can be compared part by part exactly.
 pub fn key_part(key: &[u8], parts: u16) -> u16 {
-    ((crc32fast::hash(key) / SYNC_BUCKETS as u32) % u32::from(parts.max(1))) as u16
+    key_part_of_hash(crc32fast::hash(key), parts)
+}
+
+/// [`key_part`] from the key's crc32, for callers that keep it.
+pub fn key_part_of_hash(crc: u32, parts: u16) -> u16 {
+    ((crc / SYNC_BUCKETS as u32) % u32::from(parts.max(1))) as u16
 }
 
 /// The per-entry digest every node computes the same way: a 64-bit mix (splitmix64) of

@@ -186,19 +186,11 @@ impl Endpoint {
             .copied()
             .filter(|&(b, part, of)| (b as usize) < SYNC_BUCKETS && of != 0 && part < of)
             .collect();
-        let mut wanted: Vec<usize> = valid.iter().map(|&(b, _, _)| b as usize).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let lists = app.buckets_versions(cache, &wanted);
         for &(b, part, of) in &valid {
-            let Ok(i) = wanted.binary_search(&(b as usize)) else {
-                continue;
-            };
-            for mine in lists[i]
-                .iter()
-                .filter(|kv| key_part(&kv.key, of) == part)
-                .cloned()
-            {
+            let listed = self
+                .bucket_lists
+                .part(now, app, cache, (b as usize, part, of));
+            for mine in listed {
                 let theirs = their_map.remove(&mine.key);
                 match &theirs {
                     Some(t) if t.version > mine.version => {
@@ -378,6 +370,45 @@ mod tests {
         assert!(a.metrics().pulses_sent >= 1);
         assert!(a.metrics().ae_exchanges + b.metrics().ae_exchanges >= 1);
         assert!(a.metrics().ae_repairs + b.metrics().ae_repairs >= 2);
+    }
+
+    #[test]
+    fn an_exchange_over_a_wide_cache_lists_it_in_a_few_passes_not_one_per_message() {
+        let t0 = Instant::now();
+        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
+        // Past the join (its state transfer would copy everything instead).
+        let t1 = t0 + a.cfg.join_wait * 2;
+        run(&mut a, &mut b, &mut app_a, &mut app_b, t0, t1);
+        // Every key differs: the lists of either side fill hundreds of parts.
+        let old = app_a.wall - 60_000;
+        let keys = 30_000u32;
+        for i in 0..keys {
+            app_a.put("c", put_at(&i.to_be_bytes(), b"1", old, a.id()));
+            app_b.put("c", put_at(&i.to_be_bytes(), b"2", old + 1, b.id()));
+        }
+        let t2 = t1 + a.cfg.pulse * 20;
+        run(&mut a, &mut b, &mut app_a, &mut app_b, t1, t2);
+        let differ = (0..keys)
+            .filter(|i| {
+                let k = i.to_be_bytes();
+                app_a.record("c", &k) != app_b.record("c", &k)
+            })
+            .count();
+        assert_eq!(differ, 0);
+        let seven = app_a.record("c", &7u32.to_be_bytes()).unwrap();
+        assert_eq!(seven.version.millis(), old + 1);
+        assert_eq!(a.metrics().snapshot_records_applied, 0);
+        // Each side compared the other's lists with its own, listed a window of buckets per
+        // pass over its cache: a few passes for the parts of an exchange (before: one per
+        // part, or per message of a few parts).
+        let (pa, qa) = a.bucket_lists.passes_and_parts();
+        let (pb, qb) = b.bucket_lists.passes_and_parts();
+        let (passes, parts) = (pa + pb, qa + qb);
+        assert!(parts >= 100, "{parts} parts");
+        assert!(
+            passes > 0 && passes * 5 <= parts,
+            "{passes} passes for {parts} parts"
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ use super::version::NodeId;
 use super::wire::Wire;
 
 mod anti_entropy;
+mod bucket_lists;
 mod clock;
 mod config;
 mod inbound;
@@ -184,6 +185,8 @@ pub struct Endpoint {
     served: VecDeque<Served>,
     /// What each requester may still be sent in answers.
     budget: AnswerBudget,
+    /// Bucket lists kept for the messages of one anti-entropy exchange.
+    bucket_lists: bucket_lists::BucketLists,
     /// When the last anti-entropy pulse went out.
     last_pulse_at: Option<Instant>,
     /// The application's wall clock at the last call that passed it in (ms since the epoch;
@@ -234,6 +237,7 @@ impl Endpoint {
             left: false,
             served: VecDeque::new(),
             budget: AnswerBudget::new(!cfg.wire.keys.is_empty(), cfg.heartbeat * 3),
+            bucket_lists: bucket_lists::BucketLists::default(),
             last_pulse_at: None,
             wall_ms: 0,
             wall_anchor: None,
