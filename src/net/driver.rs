@@ -407,6 +407,7 @@ pub(crate) async fn run(
                 next_interleaved_repair = now + super::overflow::REPAIR_INTERLEAVE;
                 super::overflow::repair_step(ep, app.as_ref(), &shared.backlog, now, true);
             }
+            ep.set_repair_pending(shared.backlog.has_dirty());
             if stopping {
                 // What the caches queued before the stop goes out ahead of the leave, as far as
                 // the core's outbox takes it.

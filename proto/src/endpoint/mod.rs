@@ -178,6 +178,11 @@ pub struct Endpoint {
     periodic_pulse: Instant,
     /// Since when periodic pulses have been put off because replication data was flowing.
     pulse_deferred_since: Option<Instant>,
+    /// Whether the driver's targeted repair (keys whose changes overflowed its queue) is still
+    /// pending ([`Endpoint::set_repair_pending`]).
+    repair_pending: bool,
+    /// Since when answers to peers' digests have been put off for that repair.
+    lists_deferred_since: Option<Instant>,
     join: JoinState,
     next_query: u64,
     left: bool,
@@ -232,6 +237,8 @@ impl Endpoint {
             last_data_rx: None,
             periodic_pulse: now + cfg.pulse,
             pulse_deferred_since: None,
+            repair_pending: false,
+            lists_deferred_since: None,
             join: JoinState::Waiting,
             next_query: 1,
             left: false,
