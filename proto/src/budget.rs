@@ -136,6 +136,8 @@ impl AnswerBudget {
 }
 
 #[cfg(test)]
+// Tests start their explicit time from the real clock (proto/clippy.toml forbids it elsewhere).
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -420,6 +420,8 @@ fn millis(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
+// Tests start their explicit time from the real clock (proto/clippy.toml forbids it elsewhere).
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

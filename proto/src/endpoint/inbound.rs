@@ -323,6 +323,8 @@ enum Decoded<'a> {
 }
 
 #[cfg(test)]
+// Tests start their explicit time from the real clock (proto/clippy.toml forbids it elsewhere).
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::super::testing::*;
     use super::*;

@@ -461,6 +461,8 @@ fn destination(msg: &Msg) -> Destination {
 }
 
 #[cfg(test)]
+// Tests start their explicit time from the real clock (proto/clippy.toml forbids it elsewhere).
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::testing::*;
     use super::*;
