@@ -407,13 +407,18 @@ mod tests {
         assert!(a.metrics().ae_repairs + b.metrics().ae_repairs >= 2);
     }
 
-    #[test]
-    fn an_exchange_over_a_wide_cache_lists_it_in_a_few_passes_not_one_per_message() {
-        let t0 = Instant::now();
+    /// A joined pair run past its join (whose state transfer would copy what a test writes
+    /// afterwards, instead of anti-entropy), and the time it is at.
+    fn pair_past_join(t0: Instant) -> (Endpoint, Endpoint, MapApp, MapApp, Instant) {
         let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
-        // Past the join (its state transfer would copy everything instead).
         let t1 = t0 + a.cfg.join_wait * 2;
         run(&mut a, &mut b, &mut app_a, &mut app_b, t0, t1);
+        (a, b, app_a, app_b, t1)
+    }
+
+    #[test]
+    fn an_exchange_over_a_wide_cache_lists_it_in_a_few_passes_not_one_per_message() {
+        let (mut a, mut b, mut app_a, mut app_b, t1) = pair_past_join(Instant::now());
         // Every key differs: the lists of either side fill hundreds of parts.
         let old = app_a.wall - 60_000;
         let keys = 30_000u32;
@@ -448,13 +453,14 @@ mod tests {
 
     #[test]
     fn a_pending_targeted_repair_puts_exchanges_off_for_a_bounded_time() {
-        let t0 = Instant::now();
-        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
-        let t1 = t0 + a.cfg.join_wait * 2;
-        run(&mut a, &mut b, &mut app_a, &mut app_b, t0, t1);
-        let old = app_a.wall - 60_000;
-        app_b.put("c", put_at(b"k", b"1", old, b.id()));
-        app_a.caches.entry("c".into()).or_default();
+        // b holds a settled key that a lacks.
+        let setup = || {
+            let (a, b, mut app_a, mut app_b, t1) = pair_past_join(Instant::now());
+            app_b.put("c", put_at(b"k", b"1", app_b.wall - 60_000, b.id()));
+            app_a.caches.entry("c".into()).or_default();
+            (a, b, app_a, app_b, t1)
+        };
+        let (mut a, mut b, mut app_a, mut app_b, t1) = setup();
         // b, which holds the key a lacks, has a targeted repair pending.
         b.set_repair_pending(true);
         let (pulse, cap) = (a.cfg.pulse, a.cfg.pulse * MAX_PULSE_DEFERRAL_PERIODS);
@@ -475,10 +481,7 @@ mod tests {
         assert!(a.metrics().ae_exchanges + b.metrics().ae_exchanges > 0);
         assert!(app_a.record("c", b"k").is_some());
         // ...and without one, at the next pulse.
-        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
-        run(&mut a, &mut b, &mut app_a, &mut app_b, t0, t1);
-        app_b.put("c", put_at(b"k", b"1", old, b.id()));
-        app_a.caches.entry("c".into()).or_default();
+        let (mut a, mut b, mut app_a, mut app_b, t1) = setup();
         run(&mut a, &mut b, &mut app_a, &mut app_b, t1, t1 + pulse * 2);
         assert!(app_a.record("c", b"k").is_some());
     }
