@@ -229,7 +229,7 @@ pub(crate) async fn run(
     let mut batch_until = base;
     // The core's lock is held for the work of a pass, never across a wait (writers only try it).
     loop {
-        let (room, take, changes_ready) = {
+        let (take, changes_ready) = {
             let mut guard = express.lock();
             // Changes wait in the queue (holding their credits) while the core's outbox is
             // full, so the overload policy, not the core, decides what happens to them.
@@ -260,12 +260,16 @@ pub(crate) async fn run(
                 None
             };
             express.park(&mut guard, idle, wake_at);
-            (room, take, changes_ready)
+            (take, changes_ready)
         };
         let wake = tokio::select! {
             biased;
             _ = shared.stop.notified() => Wake::Stop,
-            cmd = commands.recv(), if room => Wake::Command(cmd),
+            // Commands are taken whatever the outbox holds: metrics and cluster queries must
+            // not wait for an overloaded outbox to drain (they waited seconds behind a targeted
+            // repair), and the only change that comes this way, a clear of a cache not open
+            // here, holds no credit and may overshoot the outbox's bound by the channel's size.
+            cmd = commands.recv() => Wake::Command(cmd),
             _ = std::future::ready(()), if changes_ready => Wake::Changes { woken: false },
             _ = shared.changes.woken(), if take && !changes_ready => Wake::Changes { woken: true },
             Some(found) = disc_rx.recv(), if unicast => Wake::Resolved(found),
