@@ -228,6 +228,42 @@ fn report_passes_identical_nodes_and_draws_the_chart() {
 }
 
 #[test]
+fn report_says_when_the_caches_were_seen_identical_after_the_last_writer_stopped() {
+    let with = |mut n: Value, at: u64| {
+        n["identical_ms"] = json!(at);
+        n
+    };
+    let dir = result_dir(
+        "identical",
+        &[
+            with(node("n1", 5_000, &[A, B]), 5_450),
+            with(node("n2", 5_200, &[A, B]), 5_600),
+            with(node("n3", 4_900, &[A, B]), 5_500),
+        ],
+    );
+    let (code, out) = report(&dir, &["--expect", "3"]);
+    assert_eq!(code, Some(0), "{out}");
+    // From the last writer's stop (5,200) to the last node's check (5,600).
+    assert!(
+        out.contains("identical: 0.40 s after the last writer stopped")
+            && out.contains("0.25, 0.40, 0.30 s"),
+        "{out}"
+    );
+    // A result without the field (older runs, or no quiesce) leaves the line out.
+    let dir2 = result_dir(
+        "identical-old",
+        &[
+            node("n1", 5_000, &[A]),
+            with(node("n2", 5_000, &[A]), 5_100),
+        ],
+    );
+    let (_, out) = report(&dir2, &["--expect", "2"]);
+    assert!(!out.contains("identical:"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir2);
+}
+
+#[test]
 fn report_fails_both_rules_when_a_key_differs_before_the_end() {
     let stale = ("K000-2", 150, "aa", 1_550, 0x99);
     let dir = result_dir(

@@ -237,12 +237,13 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
     done.insert(node.id().to_string(), done_ms)
         .map_err(|e| e.to_string())?;
 
-    let quiesced = quiesce(
+    let identical_ms = quiesce(
         &node,
         &done,
         args.peers,
         Duration::from_secs_f64(args.quiesce_timeout),
     );
+    let quiesced = identical_ms.is_some();
     if !quiesced {
         eprintln!(
             "mccache node: the cluster did not quiesce within {} s",
@@ -268,6 +269,7 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
         done_ms,
         finished_ms: workload::now_ms(),
         quiesced,
+        identical_ms,
         peers_at_done,
         ops,
         caches,
@@ -295,14 +297,17 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
 
 /// Waits (bounded) until every node has finished its workload (at least `peers` done marks,
 /// one from every current member), nothing is in flight here, and every member answers the
-/// same checksums for both caches, twice in a row.
+/// same checksums for both caches, twice in a row. Returns the wall clock at the end of the
+/// first of those two checks (the caches were identical by then), `None` on timeout.
 fn quiesce(
     node: &Node,
     done: &mccache::Cache<String, u64>,
     peers: usize,
     timeout: Duration,
-) -> bool {
+) -> Option<u64> {
     let deadline = Instant::now() + timeout;
+    // When the current run of agreeing checks began.
+    let mut agreed_since: Option<u64> = None;
     let mut agreed = 0;
     while Instant::now() < deadline {
         let members = node.members();
@@ -319,11 +324,21 @@ fn quiesce(
                             && sums.values().all(|s| s.is_some() && *s == sums[&node.id()])
                     })
             });
-        agreed = if ok { agreed + 1 } else { 0 };
-        if agreed >= 2 {
-            return true;
+        if ok {
+            // When this check ended: every answer had come, each computed before then.
+            agreed_since.get_or_insert(workload::now_ms());
+            agreed += 1;
+        } else {
+            agreed_since = None;
+            agreed = 0;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if agreed >= 2 {
+            return agreed_since;
+        }
+        std::thread::sleep(QUIESCE_POLL);
     }
-    false
+    None
 }
+
+/// How often [`quiesce`] checks: the resolution of `identical_ms`.
+const QUIESCE_POLL: Duration = Duration::from_millis(50);

@@ -239,6 +239,9 @@ fn print_table(results: &[NodeResult]) {
     });
     let sum = |f: fn(&NodeResult) -> u64| results.iter().map(f).sum::<u64>();
     println!("{}", aggregate_line(results));
+    if let Some(line) = identical_line(results) {
+        println!("{line}");
+    }
     println!(
         "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs, drops {:?}",
         sum(|r| r.network.datagrams_sent),
@@ -248,6 +251,28 @@ fn print_table(results: &[NodeResult]) {
         sum(|r| r.network.ae_repairs),
         dropped
     );
+}
+
+/// When the caches were seen identical, after the last writer stopped: the latest of the
+/// nodes' `identical_ms` (each node's first agreeing check of the two that ended its quiesce;
+/// checks run every 50 ms, and each asks every peer). `None` unless every node quiesced and
+/// says when.
+fn identical_line(results: &[NodeResult]) -> Option<String> {
+    let stopped = results.iter().map(|r| r.done_ms).max()?;
+    let seen: Vec<u64> = results
+        .iter()
+        .map(|r| r.identical_ms)
+        .collect::<Option<_>>()?;
+    let last = seen.iter().max()?;
+    let per_node: Vec<String> = seen
+        .iter()
+        .map(|&t| format!("{:.2}", t.saturating_sub(stopped) as f64 / 1000.0))
+        .collect();
+    Some(format!(
+        "identical: {:.2} s after the last writer stopped (checked by each node, every 50 ms: {} s)",
+        last.saturating_sub(stopped) as f64 / 1000.0,
+        per_node.join(", ")
+    ))
 }
 
 /// The whole cluster's throughput: operations and writes of every node over the span from

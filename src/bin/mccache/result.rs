@@ -25,6 +25,10 @@ pub struct NodeResult {
     pub finished_ms: u64,
     /// Whether the cluster quiesced (nothing in flight, checksums agree) before the timeout.
     pub quiesced: bool,
+    /// Wall clock at the end of the first of the agreeing checks that confirmed the quiesce:
+    /// by then every node had answered this node's checksum (`None` if it did not quiesce, or a result
+    /// written before this field existed).
+    pub identical_ms: Option<u64>,
     /// Peers seen as members when the workload stopped.
     pub peers_at_done: usize,
     /// Operations by kind.
