@@ -59,6 +59,11 @@ pub trait Clock: Send + Sync + 'static {
 /// hit path loads them instead of dividing. They are stored one after the other (relaxed): a
 /// reader may briefly see a new form next to an old one, never one ahead of the clock. The
 /// cell has its cache line to itself (it is read by every hit).
+///
+/// A fourth form, [`CoarseCell::trusted_shl16`], bounds the clock from above: the reading plus
+/// [`CoarseCell::TRUST`] while a housekeeper refreshes the cell, no bound (`u64::MAX`) while
+/// none does; shifted left 16 bits with the low 16 set, so that a read hit compares it with
+/// an expiry kept in the top 48 bits of a word in one test.
 #[doc(hidden)]
 #[derive(Debug)]
 #[repr(align(64))]
@@ -66,6 +71,9 @@ pub struct CoarseCell {
     nanos: AtomicU64,
     /// `nanos` in whole milliseconds (rounded down).
     ms: AtomicU64,
+    /// `(ms + TRUST) << 16 | 0xffff` while [`CoarseCell::ticking`], else `u64::MAX`.
+    trusted: AtomicU64,
+    /// [`ms31`] of `nanos`, with the top bit ([`CoarseCell::MARK`]) set.
     ms31: AtomicU32,
     /// How many housekeepers refresh the cell (every [`CoarseCell::TICK`] or sooner). While
     /// none does, nothing bounds how far behind the clock the reading may fall.
@@ -77,7 +85,8 @@ impl Default for CoarseCell {
         CoarseCell {
             nanos: AtomicU64::new(0),
             ms: AtomicU64::new(0),
-            ms31: AtomicU32::new(ms31(0)),
+            trusted: AtomicU64::new(u64::MAX),
+            ms31: AtomicU32::new(ms31(0) | Self::MARK),
             tickers: AtomicU32::new(0),
         }
     }
@@ -99,11 +108,40 @@ impl CoarseCell {
     /// The coarse reading in monotonic milliseconds modulo 2³¹, never 0 (0 is taken to 1).
     #[inline]
     pub fn ms31(&self) -> u32 {
+        self.marked_ms31() & !Self::MARK
+    }
+
+    /// [`CoarseCell::ms31`] with the top bit ([`CoarseCell::MARK`]) set, as kept: the word a
+    /// cache stores as a read entry's referenced bit and last-lookup time, with no further
+    /// instruction on the read hit path.
+    #[inline]
+    pub fn marked_ms31(&self) -> u32 {
         self.ms31.load(Ordering::Relaxed)
     }
 
+    /// The top bit of [`CoarseCell::marked_ms31`].
+    pub(crate) const MARK: u32 = 1 << 31;
+
+    /// An upper bound of the clock in monotonic milliseconds, shifted left [`CoarseCell::SHL`]
+    /// bits with the bits below set: while a housekeeper refreshes the cell, the reading plus
+    /// [`CoarseCell::TRUST`]; while none does, `u64::MAX` (no bound). A word that keeps a time
+    /// in ms in its top 48 bits is greater than it if and only if that time is after the
+    /// bound.
+    #[inline]
+    pub fn trusted_shl16(&self) -> u64 {
+        self.trusted.load(Ordering::Relaxed)
+    }
+
+    /// The shift of [`CoarseCell::trusted_shl16`].
+    pub(crate) const SHL: u32 = 16;
+
     /// The longest a ticking housekeeper waits between two refreshes (its scheduling aside).
     pub(crate) const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+    /// How far (ms) a reading that a housekeeper refreshes may be taken to lag the clock: a
+    /// hundred times [`CoarseCell::TICK`]. (A stopped process resumes with a reading that lags
+    /// more: the read hits that trust it also catch it up now and then, see `store::reads`.)
+    pub(crate) const TRUST: u64 = 1_000;
 
     /// Whether a housekeeper refreshes the cell (see [`CoarseCell::ticker`]).
     #[inline]
@@ -114,8 +152,26 @@ impl CoarseCell {
     /// Registers a refresher of the cell every [`CoarseCell::TICK`] for as long as the
     /// returned guard lives.
     pub(crate) fn ticker(self: &Arc<Self>) -> Ticker {
-        self.tickers.fetch_add(1, Ordering::Relaxed);
+        self.tickers.fetch_add(1, Ordering::SeqCst);
+        self.publish_trusted(self.ms());
         Ticker(self.clone())
+    }
+
+    /// Sets [`CoarseCell::trusted_ms`] from the reading `ms`, or to `u64::MAX` if no
+    /// housekeeper ticks. Sequentially consistent with [`Ticker`]'s drop: a store made while
+    /// the last ticker leaves is either followed by the ticker's `u64::MAX` or sees no ticker
+    /// left and stores `u64::MAX` itself, so the bound never outlives the last ticker (but for
+    /// the moment between the two stores).
+    fn publish_trusted(&self, ms: u64) {
+        let bound = ms.saturating_add(Self::TRUST);
+        let shifted = match bound.checked_shl(Self::SHL) {
+            Some(b) if b >> Self::SHL == bound => b | ((1 << Self::SHL) - 1),
+            _ => u64::MAX,
+        };
+        self.trusted.store(shifted, Ordering::SeqCst);
+        if self.tickers.load(Ordering::SeqCst) == 0 {
+            self.trusted.store(u64::MAX, Ordering::SeqCst);
+        }
     }
 
     /// Stores `nanos` (all three forms) if it starts a later millisecond than the reading held.
@@ -127,7 +183,8 @@ impl CoarseCell {
         if self.ms.load(Ordering::Relaxed) < ms {
             self.nanos.store(nanos, Ordering::Relaxed);
             self.ms.store(ms, Ordering::Relaxed);
-            self.ms31.store(ms31(nanos), Ordering::Relaxed);
+            self.ms31.store(ms31(nanos) | Self::MARK, Ordering::Relaxed);
+            self.publish_trusted(ms);
         }
     }
 }
@@ -139,7 +196,9 @@ pub(crate) struct Ticker(Arc<CoarseCell>);
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.0.tickers.fetch_sub(1, Ordering::Relaxed);
+        if self.0.tickers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.trusted.store(u64::MAX, Ordering::SeqCst);
+        }
     }
 }
 
@@ -401,6 +460,33 @@ mod tests {
         cell.advance(42 * ms);
         cell.advance(41 * ms);
         assert_eq!((cell.nanos(), cell.ms31()), (42 * ms, 42));
+        assert_eq!(cell.marked_ms31(), 42 | 1 << 31);
+    }
+
+    #[test]
+    fn the_trusted_bound_stands_only_while_a_ticker_lives() {
+        let ms = 1_000_000u64;
+        let bound = |t: u64| (t + CoarseCell::TRUST) << CoarseCell::SHL | 0xffff;
+        let cell = Arc::new(CoarseCell::default());
+        cell.advance(5 * ms);
+        assert_eq!(cell.trusted_shl16(), u64::MAX, "no ticker: no bound");
+        let a = cell.ticker();
+        assert_eq!(cell.trusted_shl16(), bound(5));
+        cell.advance(7 * ms + 3);
+        assert_eq!(cell.trusted_shl16(), bound(7));
+        let b = cell.ticker();
+        drop(a);
+        cell.advance(8 * ms);
+        assert_eq!(cell.trusted_shl16(), bound(8), "one ticker left");
+        drop(b);
+        assert_eq!(cell.trusted_shl16(), u64::MAX);
+        cell.advance(9 * ms);
+        assert_eq!(
+            cell.trusted_shl16(),
+            u64::MAX,
+            "a later reading sets no bound"
+        );
+        assert_eq!(cell.ms(), 9);
     }
 
     #[test]

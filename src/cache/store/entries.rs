@@ -39,9 +39,11 @@ pub(super) struct Entry<V> {
     /// by readers under the shard's read lock (plain loads and stores: the bits they write are
     /// the same for every reader at a given time).
     touch: AtomicU32,
-    /// In the low 48 bits, the monotonic ms at which the entry expires: that of the last write
+    /// In the top 48 bits, the monotonic ms at which the entry expires: that of the last write
     /// on this node (rounded up) plus the TTL (so the write's own when there is none). The sync
-    /// bucket in the next 8 bits, flags ([`PER_ENTRY_TTL`]) in the top 8.
+    /// bucket in the next 8 bits, flags ([`PER_ENTRY_TTL`]) in the low 8. The expiry on top,
+    /// a read hit compares the whole word with a bound in the same form
+    /// ([`Entry::due_after`]).
     stamp: u64,
     pub(super) version: Version,
     /// Serialized key + value bytes (saturating; accounted as stored, so always in balance).
@@ -50,10 +52,19 @@ pub(super) struct Entry<V> {
     pub(super) crc: u32,
 }
 
-const DUE_BITS: u32 = 48;
-const DUE_MASK: u64 = (1 << DUE_BITS) - 1;
+/// The expiry's place in `stamp`: its top 48 bits.
+const DUE_SHIFT: u32 = 16;
+const DUE_MASK: u64 = (1 << (64 - DUE_SHIFT)) - 1;
+/// The sync bucket's place in `stamp`: the 8 bits below the expiry.
+const BUCKET_SHIFT: u32 = 8;
 /// Flag in `stamp`: the TTL was given for this entry (replicated as such), not the cache's.
-const PER_ENTRY_TTL: u64 = 1 << 56;
+const PER_ENTRY_TTL: u64 = 1;
+
+/// An entry's `stamp` (see [`Entry`]): the expiry in ms (kept modulo 2⁴⁸), the sync bucket and
+/// the flags.
+fn stamp(due_ms: u64, bucket: u8, flags: u64) -> u64 {
+    (due_ms & DUE_MASK) << DUE_SHIFT | (bucket as u64) << BUCKET_SHIFT | flags
+}
 /// The CLOCK referenced bit in `touch`.
 const REFERENCED: u32 = 1 << 31;
 /// The last-lookup bits of `touch`.
@@ -103,6 +114,15 @@ pub(super) fn touch_ms31(ms31: u32) -> u32 {
     REFERENCED | ms31
 }
 
+/// The `touch` value of a read hit at a
+/// [`CoarseCell::marked_ms31`](crate::cache::clock::CoarseCell::marked_ms31) reading: that
+/// reading, whose mark is the referenced bit.
+#[inline]
+pub(super) fn touch_marked(marked_ms31: u32) -> u32 {
+    const { assert!(REFERENCED == crate::cache::clock::CoarseCell::MARK) };
+    marked_ms31
+}
+
 impl<V> Entry<V> {
     /// The bytes at the start of an entry that a read hit on an entry with a TTL reads: up to
     /// the end of its expiry.
@@ -119,7 +139,7 @@ impl<V> Entry<V> {
     }
 
     pub(super) fn bucket(&self) -> u8 {
-        (self.stamp >> DUE_BITS) as u8
+        (self.stamp >> BUCKET_SHIFT) as u8
     }
 
     /// Monotonic ms of the last write on this node (rounded up).
@@ -130,7 +150,18 @@ impl<V> Entry<V> {
     /// Monotonic ms at which the entry expires, if it has a TTL ([`Entry::expires_at`] in ms).
     #[inline]
     pub(super) fn due_ms(&self) -> u64 {
-        self.stamp & DUE_MASK
+        self.stamp >> DUE_SHIFT
+    }
+
+    /// Whether the entry's expiry (with or without a TTL) is after `bound`, a time in ms shifted
+    /// left 16 bits with the low 16 bits set ([`CoarseCell::trusted_shl16`]): one comparison of
+    /// the stamp, whose top 48 bits are the expiry.
+    ///
+    /// [`CoarseCell::trusted_shl16`]: crate::cache::clock::CoarseCell::trusted_shl16
+    #[inline]
+    pub(super) fn due_after(&self, bound: u64) -> bool {
+        const { assert!(DUE_SHIFT == crate::cache::clock::CoarseCell::SHL) };
+        self.stamp > bound
     }
 
     /// Whether the entry has a TTL at all (a cheap test before reading the clock).
@@ -252,7 +283,9 @@ pub(super) fn bump(counter: &AtomicU64, n: u64) {
     );
 }
 
-#[repr(align(128))]
+/// `repr(C)`, the lock first: a read finds the lock and the map at fixed offsets from the
+/// shard's address (one register for both on the hit path).
+#[repr(C, align(128))]
 pub(super) struct Shard<K, V> {
     pub(super) lock: RwLock<ShardMap<K, V>>,
     /// Lower bound of the earliest `expires_at` in the shard; `u64::MAX` if none.
@@ -414,9 +447,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             version,
             size: enc.size().min(u32::MAX as u64) as u32,
             crc: enc.entry_crc(&version),
-            stamp: ((ms_up(now) + decode_ttl(ttl)) & DUE_MASK)
-                | (enc.bucket() as u64) << DUE_BITS
-                | flag,
+            stamp: stamp(ms_up(now) + decode_ttl(ttl), enc.bucket(), flag),
             ttl,
             touch: AtomicU32::new(REFERENCED),
         }
@@ -482,9 +513,11 @@ mod tests {
             version: Version::ZERO,
             size: 0,
             crc: 0,
-            stamp: (ms_up(now) + ttl_ms)
-                | if per_entry { PER_ENTRY_TTL } else { 0 }
-                | 7 << DUE_BITS,
+            stamp: stamp(
+                ms_up(now) + ttl_ms,
+                7,
+                if per_entry { PER_ENTRY_TTL } else { 0 },
+            ),
             ttl: encode_ttl(ttl_ms),
             touch: AtomicU32::new(REFERENCED),
         }
@@ -506,6 +539,20 @@ mod tests {
         assert_eq!(e.ttl_ms(), None);
         let e = entry(5_000 * ms, 0, true);
         assert!(!e.has_ttl() && !e.expired(u64::MAX) && e.expires_at() == 0);
+    }
+
+    #[test]
+    fn due_after_compares_the_expiry_with_a_shifted_bound_whatever_the_bucket_and_flags() {
+        let ms = 1_000_000;
+        let bound = |t: u64| t << crate::cache::clock::CoarseCell::SHL | 0xffff;
+        for per_entry in [false, true] {
+            let e = entry(5_000 * ms, 2_000, per_entry);
+            assert_eq!(e.due_ms(), 7_000);
+            assert!(e.due_after(bound(6_999)));
+            assert!(!e.due_after(bound(7_000)) && !e.due_after(bound(7_001)));
+            assert!(!e.due_after(u64::MAX), "no bound: never after");
+            assert_eq!((e.bucket(), e.ttl_ms().is_some()), (7, per_entry));
+        }
     }
 
     #[test]

@@ -26,7 +26,9 @@
 //!   housekeeper refreshes every 10 ms, is never ahead of the clock, and while it is refreshed
 //!   it is taken to be less than a second behind, so a hit on an entry whose expiry is more
 //!   than a second ahead of it reads no clock (with the default TTL of an hour, reading the
-//!   clock on every hit made a hit twice as slow). Without a refreshing housekeeper (a stopped
+//!   clock on every hit made a hit twice as slow). The cell keeps that bound ready (the
+//!   reading plus a second, or none while no housekeeper ticks) in the form of the entry's
+//!   stamp, whose top 48 bits are the expiry: the test is one comparison. Without a refreshing housekeeper (a stopped
 //!   node) every such hit reads the clock. Each thread also reads it itself every 64 hits on
 //!   entries with a TTL, which bounds what a process resuming after being stopped for over a
 //!   second can see before its housekeeper runs again: at most 63 hits per thread on entries
@@ -169,6 +171,8 @@ pub(crate) struct Store<K, V> {
     pub(crate) core: Arc<StoreContext>,
     hasher: Hasher,
     shards: Box<[Shard<K, V>]>,
+    /// `shards.len() - 1` (a power of two less one): kept, so that a read does not derive it.
+    shard_mask: usize,
     /// Hit and miss counts (per reader thread).
     reads: counts::ReadCounts,
     /// The cache's TTL as entries keep it (`entries::encode_ttl`; 0 = none).
@@ -215,7 +219,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             .unwrap_or(4);
         let n = (cores * 4).next_power_of_two().clamp(16, 64);
         let hasher = Hasher::default();
-        let shards = (0..n).map(|_| Shard::new(hasher)).collect();
+        let shards: Box<[Shard<K, V>]> = (0..n).map(|_| Shard::new(hasher)).collect();
         Store {
             name: Arc::from(name),
             ttl_code: entries::encode_ttl(cfg.ttl.map(nanos).unwrap_or(0).div_ceil(1_000_000)),
@@ -225,6 +229,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             cfg,
             core,
             hasher,
+            shard_mask: shards.len() - 1,
             shards,
             reads: counts::ReadCounts::new(),
             entries: AtomicU64::new(0),
@@ -258,7 +263,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     #[inline]
     fn touch_now(&self) -> u32 {
         match &self.coarse {
-            Some(cell) => entries::touch_ms31(cell.ms31()),
+            Some(cell) => entries::touch_marked(cell.marked_ms31()),
             None => entries::touch_at(self.core.clock.coarse_nanos()),
         }
     }
@@ -271,7 +276,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     #[inline]
     fn shard_of(&self, hash: u64) -> &Shard<K, V> {
         // Middle bits: hashbrown uses the low bits for the slot and the top 7 as the tag.
-        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+        &self.shards[(hash >> 32) as usize & self.shard_mask]
     }
 }
 

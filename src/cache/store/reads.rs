@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::entries::Entry;
-use super::{CacheKey, CacheValue, Store};
+use super::{CacheKey, CacheValue, Store, counts, entries};
 use crate::cache::clock::CoarseCell;
 use crate::cache::event::Metadata;
 use crate::cache::hooks::SYNC_BUCKETS;
@@ -14,7 +14,7 @@ use crate::proto::version::Version;
 
 /// How far (ms) a ticking coarse reading may lag the clock, as a read hit assumes: a hundred
 /// times the housekeeper's refresh interval.
-const COARSE_TRUST_MS: u64 = 1_000;
+const COARSE_TRUST_MS: u64 = CoarseCell::TRUST;
 const _: () = assert!(COARSE_TRUST_MS >= 100 * CoarseCell::TICK.as_millis() as u64);
 
 /// A thread's read hits on a cache per catch-up of the coarse reading ([`Clock::catch_up`], on a
@@ -27,30 +27,72 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// A read of one key: counts a lookup, marks the entry referenced and read.
     ///
     /// The hit path hashes once (the shard and the map slot come from the same hash), takes the
-    /// shard's read lock, checks the expiry of an entry with a TTL (`expired_on_hit`), stores the
-    /// referenced bit and last-lookup time (one atomic word) only when it changes, and counts
-    /// the hit or miss in the calling thread's own counter slot (`counts`: a relaxed load and
-    /// store, no locked instruction), still under the lock (measured faster than after it). A
-    /// key found but expired counts as a miss.
+    /// shard's read lock, checks the expiry of an entry with a TTL, stores the referenced bit
+    /// and last-lookup time (one atomic word) only when it changes, and counts the hit or miss
+    /// in the calling thread's own counter slot (`counts`: a relaxed load and store, no locked
+    /// instruction), still under the lock (measured faster than after it). A key found but
+    /// expired counts as a miss.
+    ///
+    /// A hit takes the inlined [`Self::hit_fast`] when it can, and the out-of-line
+    /// [`Self::hit_slow`] otherwise (near an expiry, on a catch-up, for a thread without a
+    /// counter slot of its own, on a clock without a coarse cell): keeping the rarer cases out
+    /// of line keeps the common one's registers few (fewer saved and restored per call).
     #[inline]
     fn lookup<R>(&self, key: &K, f: impl FnOnce(&Entry<V>) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let shard = self.shard_of(hash);
         let g = shard.lock.read();
-        let e = match g.map.get_hashed(hash, key) {
-            Some(e) if !e.has_ttl() => {
-                self.reads.count(true);
-                e
-            }
-            Some(e) if self.reads.count_hit_unless(|n| self.expired_on_hit(e, n)) => e,
-            Some(_) => return None,
-            None => {
-                self.reads.count(false);
-                return None;
-            }
+        let Some(e) = g.map.get_hashed(hash, key) else {
+            self.reads.count(false);
+            return None;
         };
-        e.touch(self.touch_now());
-        Some(f(e))
+        if self.hit_fast(e) {
+            return Some(f(e));
+        }
+        self.hit_slow(e).then(|| f(e))
+    }
+
+    /// A read hit's usual case: counts the hit and touches the entry, and returns true, if the
+    /// calling thread has its own counter slot, the clock a coarse cell, and the entry either
+    /// no TTL or an expiry beyond [`CoarseCell::trusted_shl16`] (then it has not come), on a hit
+    /// that is not a catch-up's (see [`Self::expired_on_hit`]). Otherwise does nothing and
+    /// returns false.
+    #[inline]
+    fn hit_fast(&self, e: &Entry<V>) -> bool {
+        let Some(cell) = self.coarse.as_deref() else {
+            return false;
+        };
+        let r = counts::reader();
+        if e.has_ttl()
+            && self
+                .reads
+                .hits_at(r)
+                .is_none_or(|n| n % HITS_PER_CATCH_UP == 0 || !e.due_after(cell.trusted_shl16()))
+        {
+            return false;
+        }
+        if !self.reads.hit_at(r) {
+            return false;
+        }
+        e.touch(entries::touch_marked(cell.marked_ms31()));
+        true
+    }
+
+    /// A read hit that [`Self::hit_fast`] left: counts it as a hit, or as a miss if the entry
+    /// has expired; touches it if a hit. Returns whether it was a hit.
+    #[cold]
+    #[inline(never)]
+    fn hit_slow(&self, e: &Entry<V>) -> bool {
+        let hit = if e.has_ttl() {
+            self.reads.count_hit_unless(|n| self.expired_on_hit(e, n))
+        } else {
+            self.reads.count(true);
+            true
+        };
+        if hit {
+            e.touch(self.touch_now());
+        }
+        hit
     }
 
     /// Whether an entry with a TTL has expired, for a read hit: exact, but without reading the
@@ -340,5 +382,57 @@ mod tests {
                 assert!(cell.nanos() > caught_up, "the 65th hit did not catch it up");
             });
         });
+    }
+
+    #[test]
+    fn an_entry_within_the_trusted_lag_of_its_expiry_is_never_returned_once_expired() {
+        // A ticking reading refreshed by hand (as a housekeeper would), so the hit path's bound
+        // is the reading plus a second: an expiry 0.3 s ahead is within it, and every hit
+        // after the expiry must check the clock and miss, none of them trusting the bound.
+        let (store, clock, written) = cache_holding_one_key(0.3);
+        let _ticker = clock.coarse_cell().unwrap().ticker();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..100 {
+                    assert_eq!(store.get(&1), Some(1));
+                }
+                wait_until(written + Duration::from_millis(320));
+                clock.refresh();
+                for i in 0..200 {
+                    assert_eq!(store.get(&1), None, "hit {i} returned an expired entry");
+                }
+            });
+        });
+        assert_eq!(store.reads.totals(), (100, 200));
+    }
+
+    #[test]
+    fn hits_on_the_fast_path_are_counted_and_mark_the_entry_read() {
+        // A ticking reading and entries an hour (or forever) from expiry: the hits take the
+        // inlined path (but for a thread's first and every 64th with a TTL); each is counted,
+        // and each marks its entry referenced and read at the coarse time.
+        for ttl in [3600.0, 0.0] {
+            let (store, clock, _) = cache_holding_one_key(ttl);
+            let cell = clock.coarse_cell().unwrap();
+            let _ticker = cell.ticker();
+            store.write(2, 2, Cond::Always, Ttl::Cache).unwrap();
+            let g = store.shard(&2).lock.read();
+            assert!(g.map.get(&2).unwrap().last_lookup_ms(cell.ms()).is_none());
+            drop(g);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for _ in 0..1_000 {
+                        assert_eq!(store.get(&1), Some(1));
+                    }
+                    assert_eq!(store.get(&3), None);
+                });
+            });
+            assert_eq!(store.reads.totals(), (1_000, 1), "ttl {ttl}");
+            let mut g = store.shard(&1).lock.write();
+            let e = g.map.get_index_of(&1).unwrap();
+            let e = &mut g.map[e];
+            assert_eq!(e.last_lookup_ms(cell.ms()), Some(cell.ms()), "ttl {ttl}");
+            assert!(e.take_referenced());
+        }
     }
 }
