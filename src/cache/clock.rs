@@ -157,7 +157,7 @@ impl CoarseCell {
         Ticker(self.clone())
     }
 
-    /// Sets [`CoarseCell::trusted_ms`] from the reading `ms`, or to `u64::MAX` if no
+    /// Sets [`CoarseCell::trusted_shl16`] from the reading `ms`, or to `u64::MAX` if no
     /// housekeeper ticks. Sequentially consistent with [`Ticker`]'s drop: a store made while
     /// the last ticker leaves is either followed by the ticker's `u64::MAX` or sees no ticker
     /// left and stores `u64::MAX` itself, so the bound never outlives the last ticker (but for
