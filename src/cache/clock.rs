@@ -105,8 +105,9 @@ impl CoarseCell {
         self.ms.load(Ordering::Relaxed)
     }
 
-    /// The coarse reading in monotonic milliseconds modulo 2³¹, never 0 (0 is taken to 1).
-    #[inline]
+    /// The coarse reading in monotonic milliseconds modulo 2³¹, never 0 (0 is taken to 1). The
+    /// read path uses [`CoarseCell::marked_ms31`]; this form is for tests.
+    #[cfg(test)]
     pub fn ms31(&self) -> u32 {
         self.marked_ms31() & !Self::MARK
     }
