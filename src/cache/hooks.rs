@@ -50,6 +50,12 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         self.publish(change)
     }
 
+    /// Whether [`Publisher::reserve`] may return anything but `Ok(false)`; a cache asks once,
+    /// when it opens, and a write skips the call when it may not.
+    fn reserves(&self) -> bool {
+        true
+    }
+
     /// Gives back a slot reserved by a write that published nothing.
     fn release(&self) {}
 

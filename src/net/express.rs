@@ -123,8 +123,13 @@ impl Express {
 
     /// The driver's side, after a wake-up: closes the express lane for the pass.
     pub(crate) fn unpark(&self, core: &mut Core) {
+        Self::close(core, &self.idle);
+    }
+
+    /// Closes the express lane (under the core's lock) until the driver parks again.
+    fn close(core: &mut Core, idle: &AtomicBool) {
         core.idle = false;
-        self.idle.store(false, Ordering::Release);
+        idle.store(false, Ordering::Release);
     }
 
     /// Unicast: where group datagrams go now (the driver's address book's targets).
@@ -170,6 +175,13 @@ impl Express {
         }
     }
 
+    /// Whether the express lane may be open (a load; [`Express::try_send`] decides). A writer
+    /// that finds it closed queues its change without building it for the lane.
+    #[inline]
+    pub(crate) fn may_send(&self) -> bool {
+        self.sock.is_some() && self.idle.load(Ordering::Acquire)
+    }
+
     /// The writer's side: sends `change` (its credit is the caller's) through the express
     /// lane, as the item `make` builds from it, or gives it back if the lane is closed: the
     /// driver is busy or holds the lock, changes are queued or lingering, a data message left
@@ -191,13 +203,27 @@ impl Express {
             return Err(change);
         };
         let core = &mut *guard;
-        let now = Instant::now();
-        // A node that is sending steadily leaves its changes to the driver, which batches
-        // them (several datagrams per system call) off the writers' threads.
-        if !core.idle || core.ep.outbox_len() > 0 || !queue.is_empty() || core.ep.is_streaming(now)
-        {
+        if !core.idle {
             return Err(change);
         }
+        // Changes queued, or left to send: the driver has work (the clock is not read).
+        let mut now = None;
+        let closed = core.ep.outbox_len() > 0
+            || !queue.is_empty()
+            // A node that is sending steadily leaves its changes to the driver, which batches
+            // them (several datagrams per system call) off the writers' threads.
+            || core.ep.is_streaming(*now.insert(Instant::now()));
+        if closed {
+            // It stays closed until the driver's next pass (which re-opens it if it parks
+            // idle again): every reason above lasts at least until then, since this change
+            // goes through the queue and wakes the driver, or lingers until a deadline the
+            // driver's timer is armed for. The writers that follow pay one load, not the
+            // core's lock, the queue's and a clock reading each (a flat-out writer while
+            // the driver lingered: once per write).
+            Self::close(core, &self.idle);
+            return Err(change);
+        }
+        let now = now.unwrap_or_else(Instant::now);
         core.ep.publish(now, make(change));
         self.changes.fetch_add(1, Ordering::Relaxed);
         let mut n = 0;
@@ -251,5 +277,57 @@ impl Express {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::endpoint::EndpointConfig;
+    use crate::proto::record::{Op, Record};
+    use crate::proto::version::{NodeId, Version};
+    use crate::proto::wire::WireConfig;
+
+    fn item(k: u8) -> Item {
+        Item::Rec {
+            cache: "c".into(),
+            rec: Record {
+                key: vec![k].into(),
+                version: Version::ZERO,
+                op: Op::Del,
+            },
+        }
+    }
+
+    #[test]
+    fn a_writer_that_finds_the_lane_busy_closes_it_until_the_driver_parks_again() {
+        let cfg = EndpointConfig::new(
+            "n".into(),
+            WireConfig::default(),
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        );
+        let ep = Endpoint::new(cfg, NodeId::from_random(1), Instant::now());
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let express = Express::new(ep, Some(sock), Vec::new()).unwrap();
+        let queue = ChangeQueue::default();
+        express.park(&mut express.lock(), true, None);
+        assert!(express.may_send());
+        // A change waits in the queue: the lane is closed for this one and those after it.
+        queue.push(item(1));
+        assert!(express.try_send(item(2), |i| i, &queue).is_err());
+        assert!(!express.may_send(), "closed until the driver's next pass");
+        assert!(express.try_send(item(3), |i| i, &queue).is_err());
+        assert_eq!(express.changes(), 0);
+        // The driver's pass takes the queue and parks idle: open again, and a change goes.
+        let mut staged = std::collections::VecDeque::new();
+        let mut spare = crate::net::overflow::Spare::default();
+        assert!(queue.take_all(&mut staged, &mut spare));
+        express.unpark(&mut express.lock());
+        assert!(!express.may_send());
+        express.park(&mut express.lock(), true, None);
+        assert!(express.may_send());
+        assert!(express.try_send(item(4), |i| i, &queue).is_ok());
+        assert_eq!(express.changes(), 1);
     }
 }

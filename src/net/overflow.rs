@@ -82,6 +82,17 @@ pub(crate) fn record_charge(rec: &Record) -> usize {
     rec.key.len() + value + CHARGE_OVERHEAD
 }
 
+/// [`record_charge`] of the record `rec` would be copied into (the writer counts a change
+/// before it builds its record in the queue).
+#[inline]
+pub(crate) fn record_charge_of(rec: &crate::proto::record::RecordRef<'_>) -> usize {
+    let value = match rec.op {
+        crate::proto::record::OpRef::Put { value, .. } => value.len(),
+        _ => 0,
+    };
+    rec.key.len() + value + CHARGE_OVERHEAD
+}
+
 const CHARGE_OVERHEAD: usize = 32;
 
 /// Dirty keys hold local keys only (never network input), so a fast unkeyed hash will do.
@@ -295,6 +306,7 @@ pub(crate) struct Spare {
 }
 
 impl Queued {
+    #[inline]
     fn push_record(&mut self, cache: &Arc<str>, rec: Record) {
         self.recs.push(rec);
         let n = self.recs.len();
@@ -334,6 +346,18 @@ impl ChangeQueue {
     pub(crate) fn push_record(&self, cache: &Arc<str>, rec: Record) {
         let charge = record_charge(&rec);
         self.append(charge, |q| q.push_record(cache, rec));
+    }
+
+    /// [`ChangeQueue::push_record`] of the record `make` builds (under the lock, in its place
+    /// in the queue: the record is not moved there), whose [`record_charge`] is `charge`.
+    #[inline]
+    pub(crate) fn push_record_with(
+        &self,
+        cache: &Arc<str>,
+        charge: usize,
+        make: impl FnOnce() -> Record,
+    ) {
+        self.append(charge, |q| q.push_record(cache, make()));
     }
 
     /// Appends with `f` a change of `charge` bytes; wakes a parked driver unless the changes
@@ -535,6 +559,59 @@ pub(crate) fn repair_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_borrowed_record_is_charged_as_the_record_built_from_it() {
+        use crate::proto::record::{OpRef, RecordRef};
+        let key = [3u8; 20];
+        let value = [9u8; 70];
+        for op in [
+            OpRef::Put {
+                value: &value[..],
+                ttl_ms: Some(5),
+            },
+            OpRef::Put {
+                value: &value[..3],
+                ttl_ms: None,
+            },
+            OpRef::Del,
+            OpRef::Inval,
+        ] {
+            for k in [&key[..], &key[..2]] {
+                let r = RecordRef {
+                    key: k,
+                    version: Version::ZERO,
+                    op,
+                };
+                assert_eq!(record_charge_of(&r), record_charge(&r.to_record()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_pushed_with_a_builder_joins_its_run_and_counts_its_bytes() {
+        let q = ChangeQueue::default();
+        let cache: Arc<str> = "c".into();
+        let rec = |k: u8| crate::proto::record::Record {
+            key: vec![k].into(),
+            version: Version::ZERO,
+            op: crate::proto::record::Op::Del,
+        };
+        q.push_record(&cache, rec(1));
+        q.push_record_with(&cache, record_charge(&rec(2)), || rec(2));
+        let mut staged = VecDeque::new();
+        let mut spare = Spare::default();
+        assert!(q.take_all(&mut staged, &mut spare));
+        let keys: Vec<u8> = staged
+            .iter()
+            .map(|i| match i {
+                Item::Rec { rec, .. } => rec.key[0],
+                _ => panic!("a record"),
+            })
+            .collect();
+        assert_eq!(keys, [1, 2]);
+        assert!(q.is_empty());
+    }
 
     #[test]
     fn credits_are_taken_and_given_back() {

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::net::buffers::BufferPool;
 use crate::net::driver::Command;
 use crate::net::express::Express;
-use crate::net::overflow::{Backlog, ChangeQueue, charge, record_charge};
+use crate::net::overflow::{Backlog, ChangeQueue, charge, record_charge, record_charge_of};
 use crate::proto::message::{Item, Query};
 use crate::proto::record::{Op, OpRef, Record, RecordRef};
 use crate::proto::state::AppState;
@@ -531,21 +531,29 @@ impl Publisher for ChannelPublisher {
         }
     }
 
+    #[inline]
     fn publish_record(&self, cache: &Arc<str>, rec: RecordRef<'_>, reserved: bool) {
         if reserved || self.backlog.try_take() {
-            let rec = Record {
-                key: self.buffers.copy_of(rec.key),
-                version: rec.version,
-                op: match rec.op {
-                    OpRef::Put { value, ttl_ms } => Op::Put {
-                        value: self.buffers.copy_of(value),
-                        ttl_ms,
-                    },
-                    OpRef::Del => Op::Del,
-                    OpRef::Inval => Op::Inval,
+            let key = self.buffers.copy_of(rec.key);
+            let op = match rec.op {
+                OpRef::Put { value, ttl_ms } => Op::Put {
+                    value: self.buffers.copy_of(value),
+                    ttl_ms,
                 },
+                OpRef::Del => Op::Del,
+                OpRef::Inval => Op::Inval,
             };
-            self.send_record(cache, rec);
+            let version = rec.version;
+            if self.tx.is_closed() || self.express.may_send() {
+                self.send_record(cache, Record { key, version, op });
+            } else {
+                // The express lane is closed (the driver is busy, or streaming): the record
+                // is built in its place in the queue, not moved there through the lane.
+                let charge = record_charge_of(&rec);
+                self.backlog.add_bytes(charge);
+                self.queue
+                    .push_record_with(cache, charge, || Record { key, version, op });
+            }
         } else if !self.tx.is_closed() {
             self.backlog.mark_key(cache, rec.key);
             self.overflowed();
@@ -562,6 +570,11 @@ impl Publisher for ChannelPublisher {
             Overload::Block if self.backlog.take_wait(self.wait) => Ok(true),
             Overload::Error | Overload::Block => Err(self.refused()),
         }
+    }
+
+    fn reserves(&self) -> bool {
+        // `repair` never reserves (a full queue marks the key for the targeted repair).
+        self.policy != Overload::Repair
     }
 
     fn publish_reserved(&self, change: Change) {

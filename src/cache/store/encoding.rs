@@ -159,6 +159,9 @@ pub(super) struct Encoded {
 }
 
 impl Encoded {
+    // Inlined into the write path: returned by value, the ~100-byte `Encoded` was copied
+    // into the caller's frame.
+    #[inline(always)]
     pub(super) fn new<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<Encoded> {
         // Built in place (the buffer is not moved between serializing and returning).
         let mut enc = Encoded {
@@ -198,23 +201,28 @@ impl Encoded {
         self.key_crc = crc::finish(k);
     }
 
+    #[inline]
     pub(super) fn size(&self) -> u64 {
         self.buf.len as u64
     }
 
+    #[inline]
     pub(super) fn key(&self) -> &[u8] {
         &self.buf.bytes()[..self.klen]
     }
 
+    #[inline]
     pub(super) fn value(&self) -> &[u8] {
         &self.buf.bytes()[self.klen..]
     }
 
+    #[inline]
     pub(super) fn bucket(&self) -> u8 {
         (self.key_crc as usize % SYNC_BUCKETS) as u8
     }
 
     /// crc32(key ‖ value ‖ version bytes), continuing the pass over key ‖ value.
+    #[inline]
     pub(super) fn entry_crc(&self, version: &Version) -> u32 {
         crc::finish(crc::update(self.kv_crc, &version.to_bytes()))
     }

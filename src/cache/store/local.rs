@@ -49,7 +49,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     ) -> Result<Written<V>> {
         // A queue slot for the change before anything is stored: the overload policy may
         // refuse the write (or wait for room) here.
-        let reserved = self.core.publisher.enabled() && self.core.publisher.reserve()?;
+        let reserved = self.reserves && self.core.publisher.reserve()?;
         let fill = match cond {
             Cond::Fill(v) => Some(v),
             _ => None,
@@ -188,10 +188,15 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
     }
 
+    /// Hands the record of a stored write to the publisher (if the node publishes).
+    #[inline]
     fn publish_put(&self, enc: &Encoded, version: Version, ttl: Ttl, reserved: bool) {
-        if !self.core.publisher.enabled() {
-            return;
+        if self.publishes {
+            self.publish_put_record(enc, version, ttl, reserved);
         }
+    }
+
+    fn publish_put_record(&self, enc: &Encoded, version: Version, ttl: Ttl, reserved: bool) {
         let inval = self.cfg.mode == CacheMode::Invalidate;
         let ttl_ms = match ttl {
             Ttl::Cache => None,
@@ -231,7 +236,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// Removes `key`, leaving a tombstone; publishes a delete. Returns the removed value.
     pub(crate) fn remove(&self, key: &K) -> Result<Option<V>> {
         let key_bytes = rmp_serde::to_vec(key).map_err(ser_err)?;
-        let reserved = self.core.publisher.enabled() && self.core.publisher.reserve()?;
+        let reserved = self.reserves && self.core.publisher.reserve()?;
         let hash = self.hasher.hash_one(key);
         let shard = self.shard_of(hash);
         let mut ev = self.events();
@@ -257,7 +262,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         };
         self.backing_removed(&key_bytes);
         let out = removed.map(|(v, version)| {
-            if self.core.publisher.enabled() {
+            if self.publishes {
                 self.publish(
                     Record {
                         key: key_bytes.into(),
@@ -322,7 +327,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let version = Version::new(self.core.hlc.tick(self.core.clock.wall_ms()), self.core.id);
         self.clear_at(version, Origin::Local);
         self.backing_cleared();
-        if self.core.publisher.enabled() {
+        if self.publishes {
             self.core.publisher.publish(Change {
                 cache: self.name.clone(),
                 kind: ChangeKindWire::Clear(version),

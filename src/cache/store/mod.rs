@@ -182,6 +182,10 @@ pub(crate) struct Store<K, V> {
     win_ms: u64,
     /// The callback window in nanoseconds (spikes).
     win_nanos: u64,
+    /// `core.publisher.enabled()`, kept: a write reads a field, not two virtual calls.
+    publishes: bool,
+    /// Whether a write asks the publisher for a queue slot first (`Publisher::reserves`).
+    reserves: bool,
     listener_count: AtomicUsize,
     _hot: LineBreak,
     // Written by every insert.
@@ -226,6 +230,8 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             coarse: core.clock.coarse_cell(),
             win_ms: cfg.callback_win.as_millis().min(u64::MAX as u128) as u64,
             win_nanos: nanos(cfg.callback_win),
+            publishes: core.publisher.enabled(),
+            reserves: core.publisher.enabled() && core.publisher.reserves(),
             cfg,
             core,
             hasher,
