@@ -36,8 +36,8 @@ pub(super) trait Sink {
 pub(super) struct Fast<'a, S: Sink>(pub(super) &'a mut S);
 
 /// `rmp::encode::write_uint`: the shortest form.
-#[inline]
-fn put_uint<S: Sink>(s: &mut S, v: u64) {
+#[inline(always)]
+pub(super) fn put_uint<S: Sink>(s: &mut S, v: u64) {
     if v < 128 {
         s.put(&[v as u8]);
     } else if v < 256 {
@@ -56,7 +56,7 @@ fn put_uint<S: Sink>(s: &mut S, v: u64) {
 
 /// `rmp::encode::write_sint`: the shortest form (non-negative values as unsigned).
 #[inline]
-fn put_sint<S: Sink>(s: &mut S, v: i64) {
+pub(super) fn put_sint<S: Sink>(s: &mut S, v: i64) {
     if v >= 0 {
         put_uint(s, v as u64);
     } else if v >= -32 {

@@ -18,7 +18,8 @@ use crate::proto::version::Version;
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// Stores `value` under `key` if `cond` holds, with a new local version; publishes the change.
     pub(crate) fn write(&self, key: K, value: V, cond: Cond, ttl: Ttl) -> Result<Written<V>> {
-        let enc = Encoded::new(&key, &value)?;
+        let mut enc = Encoded::empty();
+        enc.encode(&key, &value)?;
         self.check_size(enc.size())?;
         self.write_encoded(key, value, &enc, cond, ttl)
     }
