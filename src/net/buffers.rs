@@ -66,7 +66,7 @@ impl BufferPool {
     #[inline]
     pub(crate) fn copy_of(&self, bytes: &[u8]) -> InlineBytes {
         if bytes.len() <= INLINE_BYTES {
-            InlineBytes::from_buf_and_len(short_copy(bytes), bytes.len())
+            InlineBytes::from_slice(bytes)
         } else {
             self.copy_to_buffer(bytes)
         }
@@ -102,34 +102,12 @@ impl BufferPool {
     }
 }
 
-/// `bytes` (at most [`INLINE_BYTES`]) at the start of a zeroed array, copied with two
-/// fixed-size, possibly overlapping loads and stores, as `memcpy` does for short lengths, but
-/// inline: `copy_from_slice` of a length known only at run time is a call to `memcpy` (two
-/// per replicated write, ~17 instructions each).
-#[inline(always)]
-pub(crate) fn short_copy(bytes: &[u8]) -> [u8; INLINE_BYTES] {
-    let mut out = [0u8; INLINE_BYTES];
-    let n = bytes.len();
-    if n >= 8 {
-        out[..8].copy_from_slice(&bytes[..8]);
-        out[n - 8..n].copy_from_slice(&bytes[n - 8..]);
-    } else if n >= 4 {
-        out[..4].copy_from_slice(&bytes[..4]);
-        out[n - 4..n].copy_from_slice(&bytes[n - 4..]);
-    } else if n > 0 {
-        out[0] = bytes[0];
-        out[n / 2] = bytes[n / 2];
-        out[n - 1] = bytes[n - 1];
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_short_copy_holds_exactly_the_bytes_at_every_length() {
+    fn a_copy_holds_exactly_the_bytes_at_every_length() {
         let pool = BufferPool::default();
         let data: Vec<u8> = (1..=40u8).collect();
         for n in 0..=data.len() {
