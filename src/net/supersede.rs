@@ -15,10 +15,10 @@
 //! versions. Peers see fewer change events for such a key; the value they end with is the
 //! same.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use crate::proto::message::Item;
 
@@ -33,8 +33,10 @@ pub(crate) const SUPERSEDE_FROM: usize = 256;
 pub(crate) struct Superseder {
     /// Hash of (cache, key) → position of the newest record seen for it. The hashes come from
     /// local keys only (the writers' own), so a fast unkeyed hash will do; a collision only
-    /// keeps both records.
-    newest: HashMap<u64, usize, foldhash::fast::RandomState>,
+    /// keeps both records. Indexed by the hash itself (a `HashMap` hashed it again).
+    newest: HashTable<(u64, usize)>,
+    /// Hashes the keys.
+    hasher: foldhash::fast::RandomState,
     drop: Vec<bool>,
 }
 
@@ -59,18 +61,18 @@ impl Superseder {
         self.newest.clear();
         self.drop.clear();
         self.drop.resize(staged.len(), false);
-        let hasher = *self.newest.hasher();
+        let hasher = self.hasher;
         for i in 0..staged.len() {
             let Item::Rec { cache, rec } = &staged[i] else {
                 continue;
             };
             let h = key_hash(&hasher, Arc::as_ptr(cache) as *const u8 as usize, &rec.key);
-            match self.newest.entry(h) {
-                Entry::Vacant(v) => {
-                    v.insert(i);
+            match self.newest.find_mut(h, |&(k, _)| k == h) {
+                None => {
+                    self.newest.insert_unique(h, (h, i), |&(k, _)| k);
                 }
-                Entry::Occupied(mut o) => {
-                    let j = *o.get();
+                Some((_, newest)) => {
+                    let j = *newest;
                     let Item::Rec {
                         cache: older_cache,
                         rec: older,
@@ -83,7 +85,7 @@ impl Superseder {
                     }
                     if rec.version >= older.version {
                         self.drop[j] = true;
-                        o.insert(i);
+                        *newest = i;
                     } else {
                         self.drop[i] = true;
                     }
