@@ -6,22 +6,22 @@
 //! until the peer is suspected (3 heartbeats of 5 s). Meanwhile `Node::network_metrics` must
 //! come from the network thread, fresh: it used to take requests only while the outbox had
 //! room, so under overload (or a targeted repair) the call waited its 2 s out and returned the
-//! previous snapshot. Group 239.255.93.200, port 47700, cluster `busy-node`.
+//! previous snapshot. Group 239.255.93.200, port 47700 (`cluster::config`), the peer
+//! configured from the same settings through `cluster::env_of`.
 #![forbid(unsafe_code)]
 
 #[path = "support/cluster.rs"]
 mod cluster;
 
 use std::io::{BufRead, Write};
-use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mccache::{Config, Node};
 
-const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 93, 200);
+/// 239.255.93.200 ([`cluster::config`]).
+const GROUP: u8 = 200;
 const PORT: u16 = 47700;
-const CLUSTER: &str = "busy-node";
 const FLAG: &str = "BUSY_NODE_PEER";
 
 /// The peer process: joins, says so, then waits for its stdin to close.
@@ -57,40 +57,23 @@ impl Drop for Peer {
 
 #[test]
 fn metrics_are_fresh_while_the_outbox_is_full() {
-    let mut c = Config::default();
-    c.interface = Ipv4Addr::LOCALHOST;
-    c.multicast_ip = GROUP;
-    c.multicast_port = PORT;
-    c.cluster_name = CLUSTER.to_string();
-    c.crypto_key = Some(cluster::KEY.to_string());
+    let mut c = cluster::config(GROUP, PORT);
     c.daemon_sleep = 5.0;
     c.cache_pulse = 600.0;
-    c.cache_ttl = 0.0;
     c.cache_max = 1_000_000;
     c.cache_size = 1 << 30;
-    let node = Node::start(c).expect("the writer's node starts");
-    let cache = node.cache::<u32, u64>("busy").expect("cache");
-
     let mut peer = Peer(
         Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "peer_role", "--nocapture", "--test-threads=1"])
             .env(FLAG, "1")
-            .env("MCCACHE_CONFIG", "")
-            .env("MCCACHE_INTERFACE", "127.0.0.1")
-            .env("MCCACHE_MULTICAST_IP", GROUP.to_string())
-            .env("MCCACHE_MULTICAST_PORT", PORT.to_string())
-            .env("MCCACHE_CLUSTER_NAME", CLUSTER)
-            .env("MCCACHE_CRYPTO_KEY", cluster::KEY)
-            .env("MCCACHE_DAEMON_SLEEP", "5")
-            .env("MCCACHE_CACHE_PULSE", "600")
-            .env("MCCACHE_CACHE_TTL", "0")
-            .env("MCCACHE_CACHE_MAX", "1000000")
-            .env("MCCACHE_CACHE_SIZE", "1 GiB")
+            .envs(cluster::env_of(&c))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn the peer"),
     );
+    let node = Node::start(c).expect("the writer's node starts");
+    let cache = node.cache::<u32, u64>("busy").expect("cache");
     // The test harness's own lines come first ("test peer_role ... " starts the line).
     let joined = std::io::BufReader::new(peer.0.stdout.as_mut().unwrap())
         .lines()

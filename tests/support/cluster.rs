@@ -41,3 +41,25 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The `MCCACHE_*` variables that configure another process like `c` (the keys [`config`]
+/// sets, as an application's environment would): for tests whose peers are separate
+/// processes configured only through the environment.
+pub fn env_of(c: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("MCCACHE_CONFIG", String::new()),
+        ("MCCACHE_INTERFACE", c.interface.to_string()),
+        ("MCCACHE_MULTICAST_IP", c.multicast_ip.to_string()),
+        ("MCCACHE_MULTICAST_PORT", c.multicast_port.to_string()),
+        ("MCCACHE_CLUSTER_NAME", c.cluster_name.clone()),
+        (
+            "MCCACHE_CRYPTO_KEY",
+            c.crypto_key.clone().unwrap_or_default(),
+        ),
+        ("MCCACHE_DAEMON_SLEEP", c.daemon_sleep.to_string()),
+        ("MCCACHE_CACHE_PULSE", c.cache_pulse.to_string()),
+        ("MCCACHE_CACHE_TTL", c.cache_ttl.to_string()),
+        ("MCCACHE_CACHE_MAX", c.cache_max.to_string()),
+        ("MCCACHE_CACHE_SIZE", c.cache_size.to_string()),
+    ]
+}
