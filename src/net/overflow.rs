@@ -21,7 +21,7 @@
 //!   name's `Arc` once per run, not once per change (its count and the name share a cache
 //!   line that the driver reads for every change it encodes).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -100,7 +100,8 @@ type Fast = foldhash::fast::RandomState;
 
 #[derive(Debug, Default)]
 struct Dirty {
-    keys: HashMap<Arc<str>, HashSet<Vec<u8>, Fast>, Fast>,
+    /// Per cache, each dirty key with the newest of its versions that could not be queued.
+    keys: HashMap<Arc<str>, HashMap<Vec<u8>, Version, Fast>, Fast>,
     clears: HashMap<Arc<str>, Version, Fast>,
     len: usize,
     spilled: bool,
@@ -207,7 +208,7 @@ impl Backlog {
     /// Remembers a change that could not be queued, for the targeted repair.
     pub(crate) fn mark(&self, item: &Item) {
         match item {
-            Item::Rec { cache, rec } => self.mark_key(cache, &rec.key),
+            Item::Rec { cache, rec } => self.mark_key(cache, &rec.key, rec.version),
             Item::Clear { cache, version } => {
                 let mut d = self.dirty.lock();
                 match d.clears.get_mut(&**cache) {
@@ -225,13 +226,15 @@ impl Backlog {
         }
     }
 
-    /// Remembers one key whose change could not be queued. Allocates only for a key not
-    /// remembered yet (a writer that keeps overflowing on hot keys copies nothing).
-    pub(crate) fn mark_key(&self, cache: &Arc<str>, key: &[u8]) {
+    /// Remembers one key whose change (at `version`) could not be queued, with the newest
+    /// such version. Allocates only for a key not remembered yet (a writer that keeps
+    /// overflowing on hot keys copies nothing).
+    pub(crate) fn mark_key(&self, cache: &Arc<str>, key: &[u8], version: Version) {
         {
             let mut guard = self.dirty.lock();
             let d = &mut *guard;
-            if d.keys.get(&**cache).is_some_and(|set| set.contains(key)) {
+            if let Some(v) = d.keys.get_mut(&**cache).and_then(|set| set.get_mut(key)) {
+                *v = (*v).max(version);
                 drop(guard);
                 return self.set_dirty();
             }
@@ -241,7 +244,7 @@ impl Backlog {
                 d.keys
                     .entry(cache.clone())
                     .or_default()
-                    .insert(key.to_vec());
+                    .insert(key.to_vec(), version);
                 d.len += 1;
             }
         }
@@ -519,10 +522,11 @@ pub(crate) fn repair_step(
             let Some(set) = d.keys.get_mut(&cache) else {
                 continue;
             };
-            let take: Vec<Vec<u8>> = set.iter().take(batch - keys.len()).cloned().collect();
+            let take: Vec<Vec<u8>> = set.keys().take(batch - keys.len()).cloned().collect();
             for k in take {
-                set.remove(&k);
-                keys.push((cache.clone(), k));
+                if let Some(v) = set.remove(&k) {
+                    keys.push((cache.clone(), k, v));
+                }
             }
             if set.is_empty() {
                 d.keys.remove(&cache);
@@ -544,16 +548,18 @@ pub(crate) fn repair_step(
         .map(|(cache, version)| Item::Clear { cache, version })
         .collect();
     let me = ep.id();
-    for (cache, key) in keys {
+    for (cache, key, overflowed) in keys {
         match app.record(&cache, &key) {
-            // The key's newest write is another node's: it overtook the change that
-            // overflowed here, and its writer sends it (or repairs it, if it overflowed there
-            // too). Re-sending it from here would only duplicate that: in a key space every
-            // node writes, most of a node's dirty keys end so (3 processes flat out over
-            // 100,000 shared keys, 9 KB values: about half of what was re-sent).
-            Some(rec) if rec.version.node != me => {}
-            Some(rec) => items.push(Item::Rec { cache, rec }),
-            None => {}
+            // Re-sent only if the key still holds this node's change that overflowed (or an
+            // older one). A newer change overtook it: another node's, which its writer sends
+            // (or repairs, if it overflowed there too), or a later one of this node that was
+            // queued and sent (one that overflowed too would have raised `overflowed`).
+            // Re-sending either would only duplicate it: flat out over 100,000 keys, a
+            // third of the records re-sent were such duplicates (docs/BENCHMARKS.md).
+            Some(rec) if rec.version.node == me && rec.version <= overflowed => {
+                items.push(Item::Rec { cache, rec })
+            }
+            Some(_) | None => {}
         }
     }
     ep.repair(now, items);
@@ -683,7 +689,7 @@ mod tests {
         b.mark(&rec(3));
         assert!(b.dirty.lock().spilled, "past the bound the set spills");
         let cache: Arc<str> = "c".into();
-        b.mark_key(&cache, &[1]);
+        b.mark_key(&cache, &[1], Version::ZERO);
         assert_eq!(
             b.dirty.lock().len,
             2,
@@ -691,8 +697,8 @@ mod tests {
         );
     }
 
-    /// An application whose every key holds a record written by `owner[key]`.
-    struct Owners(Vec<crate::proto::version::NodeId>);
+    /// An application whose key `k` holds a record at version `self.0[k]`.
+    struct Owners(Vec<Version>);
     impl AppState for Owners {
         fn apply(
             &mut self,
@@ -716,10 +722,9 @@ mod tests {
             Vec::new()
         }
         fn record(&self, _: &str, key: &[u8]) -> Option<Record> {
-            let node = *self.0.get(usize::from(key[0]))?;
             Some(Record {
                 key: key.to_vec().into(),
-                version: Version { hlc: 1 << 20, node },
+                version: *self.0.get(usize::from(key[0]))?,
                 op: crate::proto::record::Op::Del,
             })
         }
@@ -735,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn the_repair_leaves_a_dirty_key_whose_newest_write_is_a_peers_to_that_peer() {
+    fn the_repair_resends_only_keys_that_still_hold_the_change_that_overflowed() {
         use crate::proto::endpoint::EndpointConfig;
         use crate::proto::version::NodeId;
         use crate::proto::wire::WireConfig;
@@ -748,15 +753,23 @@ mod tests {
         );
         let now = Instant::now();
         let mut ep = Endpoint::new(cfg, me, now);
-        // Keys 0 and 2 hold this node's writes, key 1 a peer's newer one; key 3 is gone.
-        let app = Owners(vec![me, peer, me]);
-        let b = Backlog::new(16, 1 << 20);
+        let v = |hlc: u64, node| Version { hlc, node };
         let cache: Arc<str> = "c".into();
-        for k in 0..4u8 {
-            b.mark_key(&cache, &[k]);
+        let b = Backlog::new(16, 1 << 20);
+        // Every key overflowed at hlc 10 (key 0 at 5 first: the newer one is kept).
+        b.mark_key(&cache, &[0], v(5, me));
+        for k in 0..5u8 {
+            b.mark_key(&cache, &[k], v(10, me));
         }
+        let app = Owners(vec![
+            v(10, me),   // 0: still the change that overflowed: re-sent
+            v(11, peer), // 1: a peer's newer write overtook it: that peer sends it
+            v(12, me),   // 2: a newer write of this node was queued and sent
+            v(10, me),   // 3: as 0
+                         // 4: gone (evicted): nothing to send
+        ]);
         repair_step(&mut ep, &app, &b, now, false);
-        assert_eq!(ep.metrics().ae_repairs, 2, "keys 0 and 2 only");
+        assert_eq!(ep.metrics().ae_repairs, 2, "keys 0 and 3 only");
         assert!(!b.has_dirty(), "every dirty key was dealt with");
     }
 

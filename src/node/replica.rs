@@ -555,7 +555,7 @@ impl Publisher for ChannelPublisher {
                     .push_record_with(cache, charge, || Record { key, version, op });
             }
         } else if !self.tx.is_closed() {
-            self.backlog.mark_key(cache, rec.key);
+            self.backlog.mark_key(cache, rec.key, rec.version);
             self.overflowed();
         }
     }
