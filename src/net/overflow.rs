@@ -758,7 +758,7 @@ mod tests {
         let b = Backlog::new(16, 1 << 20);
         // Every key overflowed at hlc 10 (key 0 at 5 first: the newer one is kept).
         b.mark_key(&cache, &[0], v(5, me));
-        for k in 0..5u8 {
+        for k in 0..6u8 {
             b.mark_key(&cache, &[k], v(10, me));
         }
         let app = Owners(vec![
@@ -766,7 +766,8 @@ mod tests {
             v(11, peer), // 1: a peer's newer write overtook it: that peer sends it
             v(12, me),   // 2: a newer write of this node was queued and sent
             v(10, me),   // 3: as 0
-                         // 4: gone (evicted): nothing to send
+            v(9, peer),  // 4: evicted here, then an older peer's write came: not ours to send
+                         // 5: gone (evicted): nothing to send
         ]);
         repair_step(&mut ep, &app, &b, now, false);
         assert_eq!(ep.metrics().ae_repairs, 2, "keys 0 and 3 only");
