@@ -214,9 +214,15 @@ declare_keys! {
     /// `repair`: it is stored and returns at once; its change is not queued, and the node
     /// re-sends the newest record of every such key as soon as the queue drains, and up to
     /// 256 of them every 100 ms while it stays full (past 262,144 such keys, or `queue_max` if
-    /// larger, anti-entropy pulses finish the repair). `block`: the writer waits for room, at
-    /// most `overload_timeout`, then gets `Error::Overloaded`. `error`: `Error::Overloaded` at
-    /// once. A refused write stores nothing. Not in McCache.
+    /// larger, anti-entropy pulses finish the repair); a key whose change was overtaken by a
+    /// newer one that was sent (another node's, or a later one of this node) is not re-sent.
+    /// The caches then agree once those records have crossed the network: flat out on 2
+    /// cores over 100,000 keys, ~0.3–0.8 s after the writers stop for small values, 2–5 s
+    /// when half the values are 9 KB (hundreds of MB to re-send). `block`: the writer waits
+    /// for room, at most `overload_timeout`, then gets `Error::Overloaded`; writers go no
+    /// faster than the network carries, and the caches agree at once when they stop (0.05 s
+    /// in the same 9 KB runs). `error`: `Error::Overloaded` at once. A refused write stores
+    /// nothing. Not in McCache.
     overload: Overload = Overload::Repair => {
         rule: OVERLOAD,
         unit: "`repair`, `block` or `error`",
