@@ -476,6 +476,59 @@ impl Msg {
         }
     }
 
+    /// The node a targeted message in its MessagePack form is meant for, read from its first
+    /// bytes without decoding the rest: `None` unless `bytes` start like one of the targeted
+    /// messages (then [`Msg::decode`] decides). On a group transport every member receives
+    /// the messages meant for one (bucket lists, pulls, NAKs, retransmit answers); decoding
+    /// each whole to learn it was meant for another, with nine members, cost a receiver more
+    /// than the messages meant for it.
+    pub fn peek_target(bytes: &[u8]) -> Option<NodeId> {
+        const TARGETED: [&[u8]; 7] = [
+            b"Nak",
+            b"Gone",
+            b"Buckets",
+            b"Pull",
+            b"SnapshotReq",
+            b"SnapshotChunk",
+            b"Reply",
+        ];
+        let (&TAG_RMP, rest) = bytes.split_first()? else {
+            return None;
+        };
+        // `{ variant: [to, ...] }`: a map of one entry, the variant's name, its fields in order.
+        let (&0x81, rest) = rest.split_first()? else {
+            return None;
+        };
+        let (&head, rest) = rest.split_first()?;
+        let (len, rest) = match head {
+            0xa0..=0xbf => (usize::from(head & 0x1f), rest),
+            0xd9 => (usize::from(*rest.first()?), rest.get(1..)?),
+            _ => return None,
+        };
+        let name = rest.get(..len)?;
+        if !TARGETED.contains(&name) {
+            return None;
+        }
+        let rest = &rest[len..];
+        let (&head, rest) = rest.split_first()?;
+        let rest = match head {
+            0x91..=0x9f => rest,
+            0xdc => rest.get(2..)?,
+            0xdd => rest.get(4..)?,
+            _ => return None,
+        };
+        let (&head, rest) = rest.split_first()?;
+        let to = match head {
+            0x00..=0x7f => u64::from(head),
+            0xcc => u64::from(*rest.first()?),
+            0xcd => u64::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+            0xce => u64::from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)),
+            0xcf => u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+            _ => return None,
+        };
+        Some(NodeId(to))
+    }
+
     /// The node a targeted message is meant for (`None`: everybody).
     pub fn target(&self) -> Option<NodeId> {
         match self {
@@ -614,6 +667,93 @@ mod tests {
         ];
         for m in msgs {
             assert_eq!(Msg::decode(&m.encode()), Some(m));
+        }
+    }
+
+    #[test]
+    fn the_target_read_from_a_messages_first_bytes_is_the_one_it_names() {
+        for id in [
+            0,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let to = NodeId(id);
+            let targeted = [
+                Msg::Nak {
+                    to,
+                    ranges: vec![(1, 4)],
+                },
+                Msg::Gone {
+                    to,
+                    ranges: vec![(1, 4)],
+                },
+                Msg::Buckets {
+                    to,
+                    cache: "c".into(),
+                    parts: vec![(1, 0, 1)],
+                    keys: Vec::new(),
+                    horizon: Version::ZERO,
+                },
+                Msg::Pull {
+                    to,
+                    cache: "c".into(),
+                    keys: vec![serde_bytes::ByteBuf::from(vec![1])],
+                },
+                Msg::SnapshotReq {
+                    to,
+                    cache: "c".into(),
+                    cursor: 0,
+                    pad: serde_bytes::ByteBuf::from(vec![0; 40]),
+                },
+                Msg::SnapshotChunk {
+                    to,
+                    cache: "c".into(),
+                    cursor: 0,
+                    records: Vec::new(),
+                    next: None,
+                    floor: Version::ZERO,
+                    horizon: Version::ZERO,
+                },
+                Msg::Reply {
+                    to,
+                    id: 9,
+                    body: vec![1, 2],
+                },
+            ];
+            for m in targeted {
+                let bytes = m.encode();
+                assert_eq!(m.target(), Some(to));
+                assert_eq!(Msg::peek_target(&bytes), Some(to), "{m:?}");
+                // Cut anywhere inside its head, it is left to the full decode.
+                for cut in 0..4 {
+                    assert_eq!(Msg::peek_target(&bytes[..cut]), None);
+                }
+            }
+        }
+        for m in [
+            Msg::Tail { seq_hi: 1 },
+            Msg::Leave,
+            Msg::Query {
+                id: 9,
+                query: Query::Checksum {
+                    cache: "c".into(),
+                    key: None,
+                },
+            },
+            Msg::Data {
+                seq: 1,
+                items: Vec::new(),
+            },
+        ] {
+            assert_eq!(m.target(), None);
+            assert_eq!(Msg::peek_target(&m.encode()), None, "{m:?}");
         }
     }
 

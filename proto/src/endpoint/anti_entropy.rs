@@ -125,11 +125,32 @@ impl Endpoint {
             if self.defer_lists(now) {
                 continue;
             }
-            self.metrics.ae_exchanges += 1;
-            let differing: Vec<u16> = (0..SYNC_BUCKETS)
+            let mut differing: Vec<u16> = (0..SYNC_BUCKETS)
                 .filter(|&b| mine.buckets.get(b) != line.digest.buckets.get(b))
                 .map(|b| b as u16)
                 .collect();
+            // Only the buckets the asker's answer budget pays for are listed (the rest at its
+            // next pulses, the cursor moving on): building every differing bucket's list (a
+            // walk, a copy of every key and an encoding) to send the first few made anti-entropy
+            // the heaviest work of 9 processes on 2 cores that disagreed on most buckets; their
+            // caches did not agree within 60 s of the writers stopping.
+            let may = self.budget.available(now, from) as usize;
+            if may == 0 {
+                self.drops.record(DropReason::AnswerBudget);
+                return;
+            }
+            let per_bucket = (mine.count as usize)
+                .saturating_mul(self.list_entry_bytes)
+                .div_ceil(SYNC_BUCKETS)
+                .max(1);
+            if !differing.is_empty() {
+                let start = self.digest_cursor % differing.len();
+                differing.rotate_left(start);
+                differing.truncate((may / per_bucket).max(1));
+                self.digest_cursor = self.digest_cursor.wrapping_add(differing.len());
+                differing.sort_unstable();
+            }
+            self.metrics.ae_exchanges += 1;
             // Send our key versions for those buckets in messages of a few datagrams each, so
             // they get through a lossy network. A bucket too long for one message is split into
             // parts by a second hash both sides compute, so every list is compared exactly.
@@ -140,6 +161,13 @@ impl Endpoint {
             let mut bytes = 0usize;
             let wanted: Vec<usize> = differing.iter().map(|&b| b as usize).collect();
             let lists = app.buckets_versions(&line.cache, &wanted);
+            let (listed, listed_bytes) = lists
+                .iter()
+                .flatten()
+                .fold((0usize, 0usize), |(n, b), k| (n + 1, b + k.key.len() + 24));
+            if listed > 0 {
+                self.list_entry_bytes = listed_bytes.div_ceil(listed);
+            }
             for (b, all) in differing.into_iter().zip(lists) {
                 let size: usize = all.iter().map(|k| k.key.len() + 24).sum();
                 let of = size.div_ceil(budget).clamp(1, 4096) as u16;

@@ -44,6 +44,16 @@ impl Endpoint {
                 return None;
             }
         };
+        // A message meant for another member (a group transport brings every member all of
+        // them) is only proof of life: it is not decoded past its target (`Msg::peek_target`).
+        if let Some(to) = Msg::peek_target(&payload)
+            && to != self.me
+        {
+            if let Some(p) = self.peers.get_mut(&from) {
+                p.last_seen = now;
+            }
+            return Some(from);
+        }
         // The replicated changes (nearly all the traffic) are read in place: their items
         // borrow `payload`, nothing is copied per change.
         let decoded = if Changes::is_changes(&payload) {

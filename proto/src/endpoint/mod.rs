@@ -184,6 +184,12 @@ pub struct Endpoint {
     repair_pending: bool,
     /// Since when answers to peers' digests have been put off for that repair.
     lists_deferred_since: Option<Instant>,
+    /// Where the next answer to a differing digest starts among the differing buckets, so that
+    /// answers cut to the asker's budget cover every bucket in turn.
+    digest_cursor: usize,
+    /// The mean bytes of one key in our bucket lists (key and version), learned from the lists
+    /// sent; sizes an answer to the asker's budget before the lists are built.
+    list_entry_bytes: usize,
     join: JoinState,
     next_query: u64,
     left: bool,
@@ -240,6 +246,8 @@ impl Endpoint {
             pulse_deferred_since: None,
             repair_pending: false,
             lists_deferred_since: None,
+            digest_cursor: 0,
+            list_entry_bytes: 40,
             join: JoinState::Waiting,
             next_query: 1,
             left: false,
