@@ -12,8 +12,11 @@ use std::collections::HashMap;
 use super::drop::DropReason;
 use super::version::NodeId;
 
-/// Width of each sender's window, in packet numbers.
-pub const WINDOW: u64 = 1024;
+/// Width of each sender's window, in packet numbers. Wide enough for a receive buffer's
+/// backlog from one sender: a datagram that reaches a node directly (one meant for it alone,
+/// on its send socket) can be read before thousands of the same sender's older datagrams
+/// still queued on the group socket, and those must not then look like replays.
+pub const WINDOW: u64 = 8192;
 /// Default number of senders whose windows are kept.
 pub const DEFAULT_MAX_SENDERS: usize = 1024;
 
@@ -307,9 +310,9 @@ mod tests {
 
     #[test]
     fn older_than_window_is_refused() {
-        let mut w = ReplayWindow::new(5000);
-        assert_eq!(w.accept(5000 - WINDOW), Err(DropReason::Replay));
-        assert_eq!(w.accept(5000 - WINDOW + 1), Ok(()));
+        let mut w = ReplayWindow::new(WINDOW + 5000);
+        assert_eq!(w.accept(5000), Err(DropReason::Replay));
+        assert_eq!(w.accept(5001), Ok(()));
         assert_eq!(w.accept(1), Err(DropReason::Replay));
     }
 

@@ -351,12 +351,11 @@ pub(crate) async fn run(
                                     shared.open_failures.lock().record(cause, src, now);
                                 }
                                 // Only authentic datagrams teach addresses.
-                                if let (Some(b), Some(id)) = (book.as_mut(), sender) {
-                                    if id == ep.id() {
-                                        b.own(src);
-                                    } else {
-                                        b.heard(id, src, now);
-                                    }
+                                match (book.as_mut(), sender) {
+                                    (Some(b), Some(id)) if id == ep.id() => b.own(src),
+                                    (Some(b), Some(id)) => b.heard(id, src, now),
+                                    (None, Some(id)) if id != ep.id() => transport.heard(id, src),
+                                    _ => {}
                                 }
                             }
                             Err(e) => {

@@ -160,6 +160,11 @@ impl DatagramSocket {
         self.io.get_ref().local_addr()
     }
 
+    /// Sends one datagram now, or `WouldBlock` if the socket's buffer is full.
+    pub(crate) fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.io.get_ref().send_to(buf, to)
+    }
+
     /// Waits until the runtime has seen datagrams arrive since a receive last found none
     /// ([`DatagramSocket::try_recv_with`]).
     pub(crate) async fn readable(&self) -> io::Result<()> {

@@ -4,6 +4,7 @@
 //! [`Endpoint::poll_transmit`] writes. Fault injection (`monkey_tantrum`) lives here, wrapped
 //! around the sockets, so neither the core nor the driver loop knows about it.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -54,6 +55,61 @@ pub(crate) struct Transport {
     /// refuses one; `scratch` holds a run.
     gso: bool,
     scratch: Vec<u8>,
+    /// Multicast: where each peer's datagrams come from (its send socket), learned from
+    /// authentic datagrams ([`Transport::heard`]), and whether a datagram sent there reaches
+    /// it. A message meant for one peer (a retransmission, a NAK, bucket lists, a pull, a
+    /// snapshot chunk, a reply) goes there alone instead of to the whole group once a probe
+    /// has come back from it: with nine members, retransmissions to the group reached eight
+    /// receivers for the one that asked, and the duplicates cost the others more than their
+    /// own traffic (9 processes flat out on 2 cores never agreed again). A host firewall that
+    /// lets only the group's port through stops the probes, and the group is used as before.
+    peer_addrs: HashMap<NodeId, PeerPath>,
+    /// Multicast: probe answers sent in the current second (from `probe_second`), bounded.
+    probe_answers: u32,
+    probe_second: Option<Instant>,
+    /// Multicast: the datagrams of a pass meant for one known peer, with its address.
+    direct: Vec<(usize, SocketAddr)>,
+    /// Multicast: a pass's datagrams for the group when some went direct.
+    scratch_group: Vec<Vec<u8>>,
+    /// Multicast: the next receive tries the send socket (where direct datagrams arrive) first.
+    direct_first: bool,
+}
+
+/// Most peer addresses a multicast transport remembers (past it, it forgets them all and
+/// learns them again: a flood of authentic new ids cannot grow it).
+const PEER_ADDRS_MAX: usize = 1024;
+
+/// A peer's direct path (multicast transport).
+#[derive(Debug)]
+struct PeerPath {
+    addr: SocketAddr,
+    /// A probe sent to `addr` came back: messages meant for this peer alone go there.
+    direct: bool,
+    /// What the answer to our probes must carry.
+    nonce: u64,
+    /// Probes sent so far (at most [`PROBES_MAX`], [`PROBE_EVERY`] apart).
+    probes: u32,
+    next_probe: Option<Instant>,
+}
+
+/// A direct-path probe or its answer: this prefix (never the start of a wire datagram, which
+/// begins `MC` and a version byte), a kind byte and the prober's nonce.
+const PROBE_MAGIC: &[u8; 8] = b"MCcPROBE";
+const PROBE_LEN: usize = 17;
+const PROBE_ASK: u8 = 1;
+const PROBE_ANSWER: u8 = 2;
+const PROBES_MAX: u32 = 5;
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Most probe answers a second: a flood of forged probes (from forged sources) gets few
+/// answers, each the size of the probe.
+const PROBE_ANSWERS_MAX: u32 = 64;
+
+fn probe(kind: u8, nonce: u64) -> [u8; PROBE_LEN] {
+    let mut p = [0u8; PROBE_LEN];
+    p[..8].copy_from_slice(PROBE_MAGIC);
+    p[8] = kind;
+    p[9..].copy_from_slice(&nonce.to_be_bytes());
+    p
 }
 
 /// The sockets.
@@ -157,6 +213,93 @@ impl Transport {
             dests: Vec::new(),
             gso: true,
             scratch: Vec::new(),
+            peer_addrs: HashMap::new(),
+            probe_answers: 0,
+            probe_second: None,
+            direct: Vec::new(),
+            scratch_group: Vec::new(),
+            direct_first: false,
+        }
+    }
+
+    /// Multicast: `id`'s datagrams come from `src` (the driver calls it for every authentic
+    /// datagram of a peer); messages meant for `id` alone go there.
+    pub(crate) fn heard(&mut self, id: NodeId, src: SocketAddr) {
+        if !matches!(self.link, Link::Multicast { .. }) {
+            return;
+        }
+        if self.peer_addrs.get(&id).is_some_and(|p| p.addr == src) {
+            return;
+        }
+        if self.peer_addrs.len() >= PEER_ADDRS_MAX && !self.peer_addrs.contains_key(&id) {
+            self.peer_addrs.clear();
+        }
+        let nonce = self.faults.rng.random();
+        self.peer_addrs.insert(
+            id,
+            PeerPath {
+                addr: src,
+                direct: false,
+                nonce,
+                probes: 0,
+                next_probe: None,
+            },
+        );
+    }
+
+    /// Multicast: peers whose direct path a probe has confirmed.
+    #[cfg(test)]
+    fn direct_peers(&self) -> usize {
+        self.peer_addrs.values().filter(|p| p.direct).count()
+    }
+
+    /// A probe or probe answer that arrived: answers a probe (at most [`PROBE_ANSWERS_MAX`] a
+    /// second), marks the path of the peer whose nonce an answer carries. Anything else
+    /// of the probe's length and prefix is ignored.
+    fn on_probe(&mut self, p: &[u8], src: SocketAddr) {
+        let Link::Multicast { send, .. } = &self.link else {
+            return;
+        };
+        let nonce = u64::from_be_bytes(p[9..PROBE_LEN].try_into().unwrap_or_default());
+        match p[8] {
+            PROBE_ASK if self.probe_answers < PROBE_ANSWERS_MAX => {
+                self.probe_answers += 1;
+                let _ = send.try_send_to(&probe(PROBE_ANSWER, nonce), src);
+            }
+            PROBE_ANSWER => {
+                if let Some(path) = self
+                    .peer_addrs
+                    .values_mut()
+                    .find(|p| p.addr == src && p.nonce == nonce)
+                {
+                    path.direct = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Multicast: probes the paths of peers not confirmed yet (each at most [`PROBES_MAX`]
+    /// times, [`PROBE_EVERY`] apart).
+    fn send_probes(&mut self, now: Instant) {
+        if self
+            .probe_second
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.probe_second = Some(now);
+            self.probe_answers = 0;
+        }
+        let Link::Multicast { send, .. } = &self.link else {
+            return;
+        };
+        for path in self.peer_addrs.values_mut() {
+            if path.direct || path.probes >= PROBES_MAX || path.next_probe.is_some_and(|t| now < t)
+            {
+                continue;
+            }
+            path.probes += 1;
+            path.next_probe = Some(now + PROBE_EVERY);
+            let _ = send.try_send_to(&probe(PROBE_ASK, path.nonce), path.addr);
         }
     }
 
@@ -183,9 +326,17 @@ impl Transport {
     pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         loop {
             match self.try_recv(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.recv_socket().readable().await?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match &self.link {
+                    // Group traffic on one socket, datagrams meant for this node alone on the
+                    // send socket they were sent back to.
+                    Link::Multicast { recv, send, .. } => {
+                        tokio::select! {
+                            r = recv.readable() => r?,
+                            r = send.readable() => r?,
+                        }
+                    }
+                    Link::Unicast(u) => u.sock.readable().await?,
+                },
                 got => return got,
             }
         }
@@ -196,11 +347,29 @@ impl Transport {
     pub(crate) fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         loop {
             let Some((len, from)) = self.batch.pop_into(buf) else {
-                let sock = match &self.link {
-                    Link::Multicast { recv, .. } => recv,
-                    Link::Unicast(u) => &u.sock,
-                };
-                self.batch.fill(sock)?;
+                match &self.link {
+                    // Both sockets, the one tried first alternating, so that neither starves
+                    // the other under a flood.
+                    Link::Multicast { recv, send, .. } => {
+                        self.direct_first = !self.direct_first;
+                        let (a, b) = if self.direct_first {
+                            (send, recv)
+                        } else {
+                            (recv, send)
+                        };
+                        match self.batch.fill(a) {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.batch.fill(b)?;
+                            }
+                            r => {
+                                r?;
+                            }
+                        }
+                    }
+                    Link::Unicast(u) => {
+                        self.batch.fill(&u.sock)?;
+                    }
+                }
                 continue;
             };
             let Some(src) = from else {
@@ -208,6 +377,9 @@ impl Transport {
             };
             if self.own_src == Some(src) {
                 self.own_echoes += 1;
+            } else if len == PROBE_LEN && buf.starts_with(PROBE_MAGIC) {
+                let p: [u8; PROBE_LEN] = buf[..PROBE_LEN].try_into().unwrap_or([0; PROBE_LEN]);
+                self.on_probe(&p, src);
             } else if !self.faults.loses_received() {
                 return Ok((len, src));
             }
@@ -223,14 +395,17 @@ impl Transport {
         now: Instant,
         book: Option<&mut AddressBook>,
     ) -> Sent {
+        self.send_probes(now);
         let mut sent = Sent::default();
         match &self.link {
             Link::Multicast { send, group, .. } => {
                 // Every datagram waiting, sent to the group in `sendmmsg` batches of up to
-                // `MULTICAST_BATCH` (so the reused buffers stay few).
+                // `MULTICAST_BATCH` (so the reused buffers stay few); those meant for one
+                // peer whose address is known go to it alone, after the group's.
                 let mut done = false;
                 while !done {
                     let mut n = 0;
+                    self.direct.clear();
                     {
                         let mut core = express.lock();
                         let ep = &mut core.ep;
@@ -238,21 +413,62 @@ impl Transport {
                             if self.bufs.len() <= n {
                                 self.bufs.push(Vec::new());
                             }
-                            if ep.poll_transmit(now, &mut self.bufs[n]).is_none() {
+                            let Some(t) = ep.poll_transmit(now, &mut self.bufs[n]) else {
                                 done = true;
                                 break;
+                            };
+                            if self.faults.loses_sent() {
+                                continue;
                             }
-                            if !self.faults.loses_sent() {
-                                n += 1;
+                            if let Destination::Node(id) = t.destination
+                                && let Some(path) = self.peer_addrs.get(&id)
+                                && path.direct
+                            {
+                                self.direct.push((n, path.addr));
                             }
+                            n += 1;
                         }
                     }
-                    if n > 0 {
-                        let to = SocketAddr::V4(*group);
+                    if n == 0 {
+                        continue;
+                    }
+                    let to = SocketAddr::V4(*group);
+                    if self.direct.is_empty() {
                         sent.failed +=
                             send_runs(send, &self.bufs[..n], to, &mut self.gso, &mut self.scratch)
                                 .await;
+                        continue;
                     }
+                    // The group's datagrams first, in order, then the direct ones.
+                    let mut group_bufs = std::mem::take(&mut self.scratch_group);
+                    group_bufs.clear();
+                    let mut d = 0;
+                    for (i, b) in self.bufs[..n].iter_mut().enumerate() {
+                        if d < self.direct.len() && self.direct[d].0 == i {
+                            d += 1;
+                        } else {
+                            group_bufs.push(std::mem::take(b));
+                        }
+                    }
+                    if !group_bufs.is_empty() {
+                        sent.failed +=
+                            send_runs(send, &group_bufs, to, &mut self.gso, &mut self.scratch)
+                                .await;
+                    }
+                    let (_, failed) = unicast::fan_out(send, &self.bufs[..n], &self.direct).await;
+                    sent.failed += failed;
+                    // The group's buffers back in their places, for reuse.
+                    let mut g = group_bufs.drain(..);
+                    let mut d = 0;
+                    for (i, b) in self.bufs[..n].iter_mut().enumerate() {
+                        if d < self.direct.len() && self.direct[d].0 == i {
+                            d += 1;
+                        } else if let Some(back) = g.next() {
+                            *b = back;
+                        }
+                    }
+                    drop(g);
+                    self.scratch_group = group_bufs;
                 }
             }
             Link::Unicast(u) => {
@@ -289,13 +505,6 @@ impl Transport {
             }
         }
         sent
-    }
-
-    fn recv_socket(&self) -> &DatagramSocket {
-        match &self.link {
-            Link::Multicast { recv, .. } => recv,
-            Link::Unicast(u) => &u.sock,
-        }
     }
 }
 
@@ -421,6 +630,65 @@ mod tests {
             1,
             "segments fit a u16"
         );
+    }
+
+    /// Two multicast transports on loopback: once one has heard the other, its probe comes
+    /// back, and the path is confirmed; a probe with a nonce it did not send confirms nothing.
+    #[tokio::test]
+    async fn a_peers_direct_path_is_used_once_a_probe_has_come_back() {
+        let group = SocketAddrV4::new(std::net::Ipv4Addr::new(239, 255, 93, 7), 47_931);
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        let open = || {
+            let recv = crate::net::socket::recv_socket(group, lo).unwrap();
+            let send = crate::net::socket::send_socket(lo, 1).unwrap();
+            let none = Tantrum {
+                percent: 0.0,
+                send: false,
+                recv: false,
+            };
+            Transport::new(recv, send, group, none).unwrap()
+        };
+        let (mut a, mut b) = (open(), open());
+        let b_addr = match &b.link {
+            Link::Multicast { send, .. } => send.local_addr().unwrap(),
+            Link::Unicast(_) => unreachable!(),
+        };
+        let mut buf = vec![0u8; 65_536];
+        // A forged answer (a nonce `a` never sent) from `b`'s address: nothing changes.
+        a.heard(NodeId(2), b_addr);
+        let forged = probe(PROBE_ANSWER, a.peer_addrs[&NodeId(2)].nonce ^ 1);
+        match &b.link {
+            Link::Multicast { send, .. } => {
+                let a_addr = match &a.link {
+                    Link::Multicast { send, .. } => send.local_addr().unwrap(),
+                    Link::Unicast(_) => unreachable!(),
+                };
+                send.try_send_to(&forged, a_addr).unwrap();
+            }
+            Link::Unicast(_) => unreachable!(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while a.try_recv(&mut buf).is_ok() {}
+        assert_eq!(a.direct_peers(), 0, "a forged answer confirms nothing");
+        let now = Instant::now();
+        a.send_probes(now);
+        // `b` answers the probe; `a` reads the answer (and the forged one).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.direct_peers() == 0 {
+            assert!(Instant::now() < deadline, "the probe never came back");
+            for t in [&mut b, &mut a] {
+                while t.try_recv(&mut buf).is_ok() {}
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(a.peer_addrs[&NodeId(2)].direct);
+        assert_eq!(a.peer_addrs[&NodeId(2)].probes, 1);
+        // Probed once a second at most, and no more once confirmed.
+        a.send_probes(now + Duration::from_secs(2));
+        assert_eq!(a.peer_addrs[&NodeId(2)].probes, 1);
+        // A peer heard from a new address is probed again before it is used.
+        a.heard(NodeId(2), SocketAddr::from(([127, 0, 0, 1], 9)));
+        assert!(!a.peer_addrs[&NodeId(2)].direct);
     }
 
     #[test]
