@@ -83,12 +83,12 @@ const PEER_ADDRS_MAX: usize = 1024;
 #[derive(Debug)]
 struct PeerPath {
     addr: SocketAddr,
-    /// A probe sent to `addr` came back: messages meant for this peer alone go there.
+    /// A recent probe sent to `addr` came back: messages meant for this peer alone go there.
     direct: bool,
     /// What the answer to our probes must carry.
     nonce: u64,
-    /// Probes sent so far (at most [`PROBES_MAX`], [`PROBE_EVERY`] apart).
-    probes: u32,
+    /// Probes sent since the last answer.
+    unanswered: u32,
     next_probe: Option<Instant>,
 }
 
@@ -98,11 +98,16 @@ const PROBE_MAGIC: &[u8; 8] = b"MCcPROBE";
 const PROBE_LEN: usize = 17;
 const PROBE_ASK: u8 = 1;
 const PROBE_ANSWER: u8 = 2;
-const PROBES_MAX: u32 = 5;
-const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// Most probe answers a second: a flood of forged probes (from forged sources) gets few
-/// answers, each the size of the probe.
-const PROBE_ANSWERS_MAX: u32 = 64;
+/// A path is probed every [`PROBE_EVERY`], confirmed or not (a path that worked can stop:
+/// a firewall rule added, an address taken over), and dropped back to the group after this
+/// many probes in a row go unanswered; a path never confirmed is probed every
+/// [`PROBE_IDLE`] once this many have.
+const PROBES_MAX: u32 = 3;
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_IDLE: Duration = Duration::from_secs(30);
+/// Most probe answers a second (a member answers each of its peers' probes twice a second): a
+/// flood of forged probes (from forged sources) gets few answers, each the size of the probe.
+const PROBE_ANSWERS_MAX: u32 = 512;
 
 fn probe(kind: u8, nonce: u64) -> [u8; PROBE_LEN] {
     let mut p = [0u8; PROBE_LEN];
@@ -241,7 +246,7 @@ impl Transport {
                 addr: src,
                 direct: false,
                 nonce,
-                probes: 0,
+                unanswered: 0,
                 next_probe: None,
             },
         );
@@ -273,14 +278,16 @@ impl Transport {
                     .find(|p| p.addr == src && p.nonce == nonce)
                 {
                     path.direct = true;
+                    path.unanswered = 0;
                 }
             }
             _ => {}
         }
     }
 
-    /// Multicast: probes the paths of peers not confirmed yet (each at most [`PROBES_MAX`]
-    /// times, [`PROBE_EVERY`] apart).
+    /// Multicast: probes each peer's path every [`PROBE_EVERY`] (every [`PROBE_IDLE`] once
+    /// [`PROBES_MAX`] went unanswered), and drops a path back to the group when that many
+    /// went unanswered.
     fn send_probes(&mut self, now: Instant) {
         if self
             .probe_second
@@ -293,12 +300,19 @@ impl Transport {
             return;
         };
         for path in self.peer_addrs.values_mut() {
-            if path.direct || path.probes >= PROBES_MAX || path.next_probe.is_some_and(|t| now < t)
-            {
+            if path.next_probe.is_some_and(|t| now < t) {
                 continue;
             }
-            path.probes += 1;
-            path.next_probe = Some(now + PROBE_EVERY);
+            if path.unanswered >= PROBES_MAX {
+                path.direct = false;
+            }
+            path.unanswered = path.unanswered.saturating_add(1);
+            let every = if path.unanswered > PROBES_MAX {
+                PROBE_IDLE
+            } else {
+                PROBE_EVERY
+            };
+            path.next_probe = Some(now + every);
             let _ = send.try_send_to(&probe(PROBE_ASK, path.nonce), path.addr);
         }
     }
@@ -682,10 +696,16 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(a.peer_addrs[&NodeId(2)].direct);
-        assert_eq!(a.peer_addrs[&NodeId(2)].probes, 1);
-        // Probed once a second at most, and no more once confirmed.
-        a.send_probes(now + Duration::from_secs(2));
-        assert_eq!(a.peer_addrs[&NodeId(2)].probes, 1);
+        assert_eq!(a.peer_addrs[&NodeId(2)].unanswered, 0);
+        // Probed every half second at most, confirmed or not.
+        a.send_probes(now + Duration::from_millis(250));
+        assert_eq!(a.peer_addrs[&NodeId(2)].unanswered, 0);
+        // A path that stops answering (here: `b` reads nothing any more) falls back to the
+        // group after three probes in a row go unanswered.
+        for (s, direct) in [(2, true), (3, true), (4, true), (5, false)] {
+            a.send_probes(now + Duration::from_secs(s));
+            assert_eq!(a.peer_addrs[&NodeId(2)].direct, direct, "at {s} s");
+        }
         // A peer heard from a new address is probed again before it is used.
         a.heard(NodeId(2), SocketAddr::from(([127, 0, 0, 1], 9)));
         assert!(!a.peer_addrs[&NodeId(2)].direct);
