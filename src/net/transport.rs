@@ -73,6 +73,8 @@ pub(crate) struct Transport {
     scratch_group: Vec<Vec<u8>>,
     /// Multicast: the next receive tries the send socket (where direct datagrams arrive) first.
     direct_first: bool,
+    /// Multicast: the datagrams in `batch` came to the send socket (sent to this node alone).
+    batch_direct: bool,
 }
 
 /// Most peer addresses a multicast transport remembers (past it, it forgets them all and
@@ -224,6 +226,7 @@ impl Transport {
             direct: Vec::new(),
             scratch_group: Vec::new(),
             direct_first: false,
+            batch_direct: false,
         }
     }
 
@@ -233,7 +236,15 @@ impl Transport {
         if !matches!(self.link, Link::Multicast { .. }) {
             return;
         }
-        if self.peer_addrs.get(&id).is_some_and(|p| p.addr == src) {
+        if let Some(path) = self.peer_addrs.get_mut(&id)
+            && path.addr == src
+        {
+            // Its datagrams for this node alone arrive: the path between the two is open (a
+            // firewall that closes it closes both ways), whether or not the probes, which
+            // queue behind them at an overloaded node, come back in time.
+            if self.batch_direct && path.direct {
+                path.unanswered = 0;
+            }
             return;
         }
         if self.peer_addrs.len() >= PEER_ADDRS_MAX && !self.peer_addrs.contains_key(&id) {
@@ -374,9 +385,11 @@ impl Transport {
                         match self.batch.fill(a) {
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                                 self.batch.fill(b)?;
+                                self.batch_direct = !self.direct_first;
                             }
                             r => {
                                 r?;
+                                self.batch_direct = self.direct_first;
                             }
                         }
                     }
