@@ -4,11 +4,11 @@
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 
-NODES=3 KEYS=200 APERTURE=0.01 MIX=small DURATION=10 TANTRUM=0 BREATHER=false CRYPTO_KEY="" OUT="" UNICAST=0
+NODES=3 KEYS=200 APERTURE=0.01 MIX=small DURATION=10 TANTRUM=0 BREATHER=false CRYPTO_KEY="" OUT="" UNICAST=0 JOIN_LATE=""
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") [-U] [-C nodes] [-K keys] [-A aperture] [-B] [-M mix] [-R seconds] [-T tantrum] [-k key] [-o dir]
+Usage: $(basename "$0") [-U] [-J seconds] [-C nodes] [-K keys] [-A aperture] [-B] [-M mix] [-R seconds] [-T tantrum] [-k key] [-o dir]
 
 Runs N \`mccache node\` processes with the stress workload of McCache's test suite, waits for
 them to quiesce, and judges coherence with \`mccache report\` (lenient and strict rules).
@@ -17,6 +17,8 @@ them to quiesce, and judges coherence with \`mccache report\` (lenient and stric
                through one DNS name that resolves to every node (a compose network alias /
                the namespaces' hosts files), and the last node(s) start a few seconds
                later and must be found by the running ones
+  -J seconds   the last node starts this many seconds after the others: it joins a busy
+               cluster (its state transfer runs while the others write)
   -C nodes     cluster size, 1..9 (default $NODES)
   -K keys      keys per key space (default $KEYS)
   -A aperture  seconds between operations per node (default $APERTURE); 0 = flat out, the
@@ -35,9 +37,10 @@ USAGE
 
 parse_args() {
     local opt
-    while getopts "UC:K:A:BM:R:T:k:o:h" opt; do
+    while getopts "UJ:C:K:A:BM:R:T:k:o:h" opt; do
         case "$opt" in
             U) UNICAST=1 ;;
+            J) JOIN_LATE="$OPTARG" ;;
             C) NODES="$OPTARG" ;;
             K) KEYS="$OPTARG" ;;
             A) APERTURE="$OPTARG" ;;
@@ -54,6 +57,13 @@ parse_args() {
     if ! [[ "$NODES" =~ ^[1-9]$ ]]; then
         echo "error: -C must be 1..9, got '$NODES'" >&2; exit 2
     fi
+    if [ -n "$JOIN_LATE" ] && ! [[ "$JOIN_LATE" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+        echo "error: -J must be a number of seconds, got '$JOIN_LATE'" >&2; exit 2
+    fi
+    if [ -n "$JOIN_LATE" ] && [ "$NODES" -lt 2 ]; then
+        echo "error: -J needs at least 2 nodes (-C)" >&2; exit 2
+    fi
+    if [ -n "$JOIN_LATE" ]; then LATE_AFTER="$JOIN_LATE"; fi
     case "$MIX" in small|large|mixed) ;; *) echo "error: -M must be small, large or mixed" >&2; exit 2 ;; esac
     RUN_ID="mcct$(date +%H%M%S)$$"
     if [ "$UNICAST" = 1 ]; then RUN_ID="mcu$(date +%H%M%S)$$"; fi
@@ -77,9 +87,10 @@ build_static() {
     if [ -z "$CRYPTO_KEY" ]; then CRYPTO_KEY="$("$BIN" keygen)"; fi
 }
 
-# Unicast mode: how many nodes start first; the rest start LATE_AFTER seconds later.
+# How many nodes start first; the rest start LATE_AFTER seconds later (-J: all but the last;
+# unicast: so that the running nodes must find the later ones).
 early_nodes() {
-    if [ "$NODES" -le 1 ]; then echo "$NODES"; elif [ "$NODES" -le 3 ]; then echo $((NODES - 1)); else echo $((NODES - 2)); fi
+    if [ -n "$JOIN_LATE" ]; then echo $((NODES - 1)); elif [ "$NODES" -le 1 ]; then echo "$NODES"; elif [ "$NODES" -le 3 ]; then echo $((NODES - 1)); else echo $((NODES - 2)); fi
 }
 LATE_AFTER=3
 

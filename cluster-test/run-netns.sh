@@ -53,7 +53,8 @@ for i in $(seq 1 "$NODES"); do
 done
 
 TRANSPORT_ENV=()
-E=$NODES
+E=$NODES START_WITH=$NODES
+if [ -n "$JOIN_LATE" ]; then E=$(early_nodes) START_WITH=$E; fi
 if [ "$UNICAST" = 1 ]; then
     command -v nft >/dev/null || { echo "error: -U needs nftables to block multicast" >&2; exit 2; }
     ip netns exec "$HUB" nft -f - <<NFT || exit 2
@@ -69,6 +70,7 @@ NFT
     write_hosts "$E"
     echo "== unicast: multicast dropped on the bridge; peers mccache:4000 (hosts files); $E node(s) first, the rest ${LATE_AFTER} s later"
 fi
+if [ -n "$JOIN_LATE" ]; then echo "== node$(printf '%02d' "$NODES") joins ${LATE_AFTER} s after the others"; fi
 echo "== $NODES node(s), ${DURATION} s, aperture $APERTURE, breathers $BREATHER, $MIX values, tantrum $TANTRUM %"
 SEEDS=(101 127 131 149 151 163 173 181 191)
 RUN_START=$(date +%s.%N)
@@ -76,11 +78,12 @@ for i in $(seq 1 "$NODES"); do
     name=$(printf 'node%02d' "$i")
     if [ "$i" -gt "$E" ] && [ "$i" -eq $((E + 1)) ]; then
         sleep "$LATE_AFTER"
-        write_hosts "$NODES" # the later nodes appear in the name, as new replicas do in DNS
+        # the later nodes appear in the name, as new replicas do in DNS
+        if [ "$UNICAST" = 1 ]; then write_hosts "$NODES"; fi
     fi
     ip netns exec "${RUN_ID}-n$i" env \
         TEST_KEY_ENTRIES="$KEYS" TEST_APERTURE="$APERTURE" TEST_DATA_SIZE_MIX="$MIX" \
-        TEST_RUN_DURATION="$DURATION" TEST_MONKEY_TANTRUM="$TANTRUM" TEST_CLUSTER_SIZE="$NODES" \
+        TEST_RUN_DURATION="$DURATION" TEST_MONKEY_TANTRUM="$TANTRUM" TEST_CLUSTER_SIZE="$NODES" TEST_START_WITH="$START_WITH" \
         TEST_CRYPTO_KEY="$CRYPTO_KEY" TEST_BREATHER="$BREATHER" TEST_RANDOM_SEED="${SEEDS[$((i - 1))]}" \
         MCCACHE_NODE_NAME="$name" MCCACHE_MULTICAST_IP=239.255.77.3 MCCACHE_MULTICAST_PORT=4000 \
         MCCACHE_DAEMON_SLEEP=0.2 MCCACHE_CACHE_PULSE=1 MCCACHE_CLUSTER_NAME="$RUN_ID" \

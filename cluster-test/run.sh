@@ -34,6 +34,12 @@ export TEST_CRYPTO_KEY="$CRYPTO_KEY"
 SERVICES=()
 for i in $(seq 1 "$NODES"); do SERVICES+=("$(printf 'node%02d' "$i")"); done
 FIRST=("${SERVICES[@]}") LATER=()
+if [ -n "$JOIN_LATE" ]; then
+    E=$(early_nodes)
+    FIRST=("${SERVICES[@]:0:$E}") LATER=("${SERVICES[@]:$E}")
+    export TEST_START_WITH="$E"
+    echo "== ${LATER[*]} joins ${LATE_AFTER} s after the others"
+fi
 if [ "$UNICAST" = 1 ]; then
     export MCCACHE_TRANSPORT=unicast MCCACHE_PEERS=mccache:4000 MCCACHE_DISCOVERY_INTERVAL=1
     export MCCACHE_CLUSTER_NAME="$RUN_ID"

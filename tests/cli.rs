@@ -314,6 +314,30 @@ fn report_excuses_late_writes_and_missing_keys_only_under_the_lenient_rule() {
 }
 
 #[test]
+fn report_says_when_each_node_was_ready_and_started() {
+    let joined = |mut n: Value, ready: u64, started: u64| {
+        n["ready_ms"] = json!(ready);
+        n["started_ms"] = json!(started);
+        n
+    };
+    let dir = result_dir(
+        "ready",
+        &[
+            joined(node("n1", 5_000, &[A, B]), 20, 1_000),
+            joined(node("n2", 5_000, &[A, B]), 25, 1_010),
+            joined(node("n3", 6_500, &[A, B]), 1_234, 2_500),
+        ],
+    );
+    let (code, out) = report(&dir, &["--expect", "3"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ready: n1 20 ms (+0.00 s), n2 25 ms (+0.01 s), n3 1234 ms (+1.50 s)"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn report_on_an_empty_or_bad_directory_is_an_error() {
     let dir = result_dir("empty", &[]);
     let (code, out) = report(&dir, &[]);

@@ -142,3 +142,66 @@ fn flat_out_writers_lose_no_datagram_and_converge() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node that starts while the others already write (`mccache node --start-with`, the way an
+/// app server joins a busy cluster in a rolling deploy): it copies their caches by a state
+/// transfer, becomes ready, writes, and all three end identical.
+#[test]
+fn a_node_that_joins_while_the_others_write_copies_their_caches_and_converges() {
+    let dir = stress_nodes::out_dir("multiprocess-join");
+    let results = stress_nodes::run_joining(
+        &dir,
+        3,
+        &["--duration", "4", "--aperture", "0.001"],
+        Some(std::time::Duration::from_millis(1500)),
+        |_| {
+            [
+                ("MCCACHE_INTERFACE", "127.0.0.1"),
+                ("MCCACHE_MULTICAST_IP", "239.255.94.19"),
+                ("MCCACHE_MULTICAST_PORT", "46219"),
+                ("MCCACHE_DAEMON_SLEEP", "0.2"),
+                ("MCCACHE_CACHE_PULSE", "1"),
+                ("MCCACHE_CLUSTER_NAME", "multiprocess-join"),
+                ("MCCACHE_CRYPTO_KEY", KEY),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec()
+        },
+    );
+    let ms = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}"));
+    let joiner = &results[2];
+    // It joined while the others wrote, and was ready by a copy of their caches.
+    for r in &results[..2] {
+        assert!(
+            ms(r, "started_ms") < ms(joiner, "started_ms")
+                && ms(joiner, "started_ms") < ms(r, "done_ms"),
+            "the joiner started its workload while the others ran: {} / {}",
+            r["node_name"],
+            joiner["node_name"]
+        );
+    }
+    let n = &joiner["network"];
+    assert_eq!(n["state_transfers"], 1, "ready by a state transfer: {n}");
+    assert!(
+        n["snapshot_records_applied"].as_u64().unwrap() > 0,
+        "the copy brought records: {n}"
+    );
+    // The report shows when each node was ready.
+    let report = Command::new(env!("CARGO_BIN_EXE_mccache"))
+        .args(["report", "--expect", "3"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{text}");
+    assert!(text.contains("ready: "), "{text}");
+    let first = &results[0]["caches"]["stress"];
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(
+            first["checksum"], r["caches"]["stress"]["checksum"],
+            "node {i} ends with the same cache"
+        );
+        assert_eq!(first["keys"], r["caches"]["stress"]["keys"], "node {i}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

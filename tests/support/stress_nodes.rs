@@ -34,22 +34,42 @@ pub fn run_with(
     workload: &[&str],
     env: impl Fn(usize) -> Vec<(String, String)>,
 ) -> Vec<Value> {
-    let children: Vec<_> = (0..n)
-        .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_mccache"))
-                .arg("node")
-                .args(workload)
-                .args(["--mix", "mixed", "--peers", &n.to_string()])
-                .args(["--seed", &(i + 1).to_string(), "--quiesce-timeout", "30"])
-                .arg("--out")
-                .arg(dir.join(format!("node{i}.json")))
-                .envs(env(i))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn mccache node")
-        })
-        .collect();
+    run_joining(dir, n, workload, None, env)
+}
+
+/// [`run_with`], and with `late` the last node starts that long after the others, which
+/// start their workload without it (`--start-with n-1`): it joins a cluster already writing.
+pub fn run_joining(
+    dir: &Path,
+    n: usize,
+    workload: &[&str],
+    late: Option<Duration>,
+    env: impl Fn(usize) -> Vec<(String, String)>,
+) -> Vec<Value> {
+    let spawn = |i: usize| {
+        let start_with = match late {
+            Some(_) if i + 1 < n => n - 1,
+            _ => 0, // all of --peers
+        };
+        Command::new(env!("CARGO_BIN_EXE_mccache"))
+            .arg("node")
+            .args(workload)
+            .args(["--mix", "mixed", "--peers", &n.to_string()])
+            .args(["--start-with", &start_with.to_string()])
+            .args(["--seed", &(i + 1).to_string(), "--quiesce-timeout", "30"])
+            .arg("--out")
+            .arg(dir.join(format!("node{i}.json")))
+            .envs(env(i))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mccache node")
+    };
+    let mut children: Vec<_> = (0..n - usize::from(late.is_some())).map(spawn).collect();
+    if let Some(after) = late {
+        std::thread::sleep(after); // the point of the test: the others run meanwhile
+        children.push(spawn(n - 1));
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut results = Vec::new();
     for (i, mut child) in children.into_iter().enumerate() {

@@ -48,10 +48,14 @@ pub struct NodeArgs {
     /// Crypto key, base64 of 32 bytes (sets `crypto_key`; see `mccache keygen`).
     #[arg(long, env = "TEST_CRYPTO_KEY", hide_env_values = true)]
     pub key: Option<String>,
-    /// Nodes in the cluster: the workload waits for this many to join, and the end waits for
-    /// this many to finish.
+    /// Nodes in the cluster: the workload waits for this many to join (unless `--start-with`
+    /// says fewer), and the end waits for this many to finish.
     #[arg(long, env = "TEST_CLUSTER_SIZE", default_value_t = 1)]
     pub peers: usize,
+    /// Nodes (this one included) the workload waits for before it starts; 0 (the default):
+    /// all of `--peers`. Fewer lets later nodes join a cluster that is already writing.
+    #[arg(long, env = "TEST_START_WITH", default_value_t = 0)]
+    pub start_with: usize,
     /// Seconds to wait for the peers to join before starting anyway.
     #[arg(long, env = "TEST_JOIN_TIMEOUT", default_value_t = 30.0)]
     pub join_timeout: f64,
@@ -152,6 +156,7 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
     if let Some(addr) = args.metrics_addr {
         serve_metrics(addr)?;
     }
+    let node_started = Instant::now();
     let node =
         Node::start(config.clone()).map_err(|e| format!("node start: {}", crate::chain(&e)))?;
     let cache = node
@@ -164,24 +169,32 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
     lag.listen(&cache);
 
     let join_deadline = Instant::now() + Duration::from_secs_f64(args.join_timeout);
-    while node.members().len() + 1 < args.peers && Instant::now() < join_deadline {
+    let start_with = match args.start_with {
+        0 => args.peers,
+        n => n.min(args.peers),
+    };
+    while node.members().len() + 1 < start_with && Instant::now() < join_deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     match node.wait_ready(join_deadline.saturating_duration_since(Instant::now())) {
         mccache::Readiness::NotReady => {
             eprintln!("mccache node: not ready after the join timeout; starting anyway")
         }
-        mccache::Readiness::Alone if args.peers > 1 => {
+        mccache::Readiness::Alone if start_with > 1 => {
             let h = node.health();
             eprintln!(
                 "mccache node: no peer found (expected {}); datagrams that could not be opened: {:?}",
-                args.peers - 1,
+                start_with - 1,
                 h.unopened
             );
         }
         _ => {}
     }
-    eprintln!("mccache node: {} peer(s); running", node.members().len());
+    let ready_ms = node_started.elapsed().as_millis() as u64;
+    eprintln!(
+        "mccache node: {} peer(s); running (ready {ready_ms} ms after start)",
+        node.members().len()
+    );
 
     let spec = Spec {
         keys: args.keys,
@@ -265,6 +278,7 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
             tantrum: config.monkey_tantrum,
             breather: args.breather,
         },
+        ready_ms,
         started_ms,
         done_ms,
         finished_ms: workload::now_ms(),

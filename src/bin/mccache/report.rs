@@ -242,6 +242,7 @@ fn print_table(results: &[NodeResult]) {
     if let Some(line) = identical_line(results) {
         println!("{line}");
     }
+    println!("{}", ready_line(results));
     println!(
         "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs, drops {:?}",
         sum(|r| r.network.datagrams_sent),
@@ -273,6 +274,28 @@ fn identical_line(results: &[NodeResult]) -> Option<String> {
         last.saturating_sub(stopped) as f64 / 1000.0,
         per_node.join(", ")
     ))
+}
+
+/// When each node started its workload: milliseconds from its `Node::start` to readiness
+/// (the wait for its peers, then its state transfer), and its start relative to the first
+/// node's. A node that joins a busy cluster shows how long its copy took under load.
+fn ready_line(results: &[NodeResult]) -> String {
+    let first = results.iter().map(|r| r.started_ms).min().unwrap_or(0);
+    let nodes: Vec<String> = results
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} ms (+{:.2} s)",
+                r.node_name,
+                r.ready_ms,
+                r.started_ms.saturating_sub(first) as f64 / 1000.0
+            )
+        })
+        .collect();
+    format!(
+        "ready: {} (from Node::start; workload start after the first node's)",
+        nodes.join(", ")
+    )
 }
 
 /// The whole cluster's throughput: operations and writes of every node over the span from

@@ -17,6 +17,9 @@ pub struct NodeResult {
     pub tag: u32,
     /// The workload settings.
     pub settings: Settings,
+    /// Milliseconds from `Node::start` until the node was ready (its state transfer done, or
+    /// no peer found) and the workload started.
+    pub ready_ms: u64,
     /// Wall clock (ms since the epoch) when the workload started.
     pub started_ms: u64,
     /// Wall clock when the workload stopped (the ancestor's "Done testing at").
