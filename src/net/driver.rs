@@ -308,6 +308,22 @@ pub(crate) async fn run(
                         );
                         counters.superseded += thinned.changes as u64;
                     }
+                    // Busy (changes were waiting, no wait for a writer): datagrams waiting are
+                    // read too. The select prefers changes, and under writers flat out it
+                    // would otherwise read only once the outbox filled: requests, NAKs and
+                    // acks waited behind the writers for hundreds of ms. Not after a wait,
+                    // where the reads (two system calls when nothing waits) would delay the
+                    // change (low-load lag p50 +10 µs).
+                    if !woken {
+                        let mut inbound = Inbound {
+                            transport: &mut transport,
+                            buf: &mut buf,
+                            book: book.as_mut(),
+                            shared: &shared,
+                            sealed,
+                        };
+                        inbound.receive(None, ep, app.as_mut(), now);
+                    }
                 }
                 Wake::Command(cmd) => {
                     let mut next = cmd;
@@ -338,40 +354,14 @@ pub(crate) async fn run(
                     }
                 }
                 Wake::Datagram(first) => {
-                    let mut res = first;
-                    let mut n = 0;
-                    loop {
-                        match res {
-                            Ok((len, src)) => {
-                                let sender = ep.handle_datagram(now, &buf[..len], app.as_mut());
-                                if let Some(cause) = ep
-                                    .last_drop()
-                                    .and_then(|r| OpenFailure::classify(r, &buf[..len], sealed))
-                                {
-                                    shared.open_failures.lock().record(cause, src, now);
-                                }
-                                // Only authentic datagrams teach addresses.
-                                match (book.as_mut(), sender) {
-                                    (Some(b), Some(id)) if id == ep.id() => b.own(src),
-                                    (Some(b), Some(id)) => b.heard(id, src, now),
-                                    (None, Some(id)) if id != ep.id() => transport.heard(id, src),
-                                    _ => {}
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "recv failed");
-                                break;
-                            }
-                        }
-                        n += 1;
-                        if n >= 256 {
-                            break;
-                        }
-                        res = transport.try_recv(&mut buf);
-                        if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
-                            break;
-                        }
-                    }
+                    let mut inbound = Inbound {
+                        transport: &mut transport,
+                        buf: &mut buf,
+                        book: book.as_mut(),
+                        shared: &shared,
+                        sealed,
+                    };
+                    inbound.receive(Some(first), ep, app.as_mut(), now);
                 }
                 Wake::Timer => {
                     // The lingering data message's deadline: the changes that waited for it in
@@ -509,6 +499,67 @@ pub(crate) async fn run(
 
 /// Drops the staged changes that newer ones of the batch supersede, then publishes the rest
 /// into the core's outbox (up to `outbox_max` and [`OUTBOX_BYTES`]).
+/// Most datagrams handed to the core in one pass.
+const RECV_BATCH: usize = 256;
+
+/// What reading datagrams needs besides the core: the sockets, the buffer, the unicast address
+/// book, and where open failures are recorded.
+struct Inbound<'a> {
+    transport: &'a mut Transport,
+    buf: &'a mut [u8],
+    book: Option<&'a mut AddressBook>,
+    shared: &'a Shared,
+    sealed: bool,
+}
+
+impl Inbound<'_> {
+    /// Hands `first` (or, if `None`, the first datagram waiting) and those waiting after it,
+    /// at most [`RECV_BATCH`] in all, to the core. Never waits.
+    fn receive(
+        &mut self,
+        first: Option<std::io::Result<(usize, SocketAddr)>>,
+        ep: &mut Endpoint,
+        app: &mut dyn AppState,
+        now: Instant,
+    ) {
+        let mut res = match first {
+            Some(r) => r,
+            None => self.transport.try_recv(self.buf),
+        };
+        let mut n = 0;
+        loop {
+            match res {
+                Ok((len, src)) => {
+                    let sender = ep.handle_datagram(now, &self.buf[..len], app);
+                    if let Some(cause) = ep
+                        .last_drop()
+                        .and_then(|r| OpenFailure::classify(r, &self.buf[..len], self.sealed))
+                    {
+                        self.shared.open_failures.lock().record(cause, src, now);
+                    }
+                    // Only authentic datagrams teach addresses.
+                    match (self.book.as_mut(), sender) {
+                        (Some(b), Some(id)) if id == ep.id() => b.own(src),
+                        (Some(b), Some(id)) => b.heard(id, src, now),
+                        (None, Some(id)) if id != ep.id() => self.transport.heard(id, src),
+                        _ => {}
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "recv failed");
+                    return;
+                }
+            }
+            n += 1;
+            if n >= RECV_BATCH {
+                return; // the rest stays in the transport's batch or the socket
+            }
+            res = self.transport.try_recv(self.buf);
+        }
+    }
+}
+
 fn publish_thinned(
     ep: &mut Endpoint,
     now: Instant,
