@@ -174,6 +174,7 @@ fn forged_requests_cannot_make_the_cluster_send_much_more_than_it_receives() {
                     to: victim,
                     cache: "amp".into(),
                     cursor: (i as u64 % 8) << 32,
+                    until: u64::MAX,
                     pad: serde_bytes::ByteBuf::new(),
                 })
                 .collect(),

@@ -380,6 +380,13 @@ pub enum Msg {
         /// Padding (about one datagram): the donor answers at most a few times what a
         /// requester sends (see [`crate::budget`]), so the joiner pays for its chunks.
         pad: serde_bytes::ByteBuf,
+        /// Only records at or below this HLC ([`u64::MAX`]: all): the `as_of` of the
+        /// transfer's first chunk. What the donor holds newer was written, or reached it,
+        /// after the joiner was listening, and reaches the joiner on the stream; so the copy
+        /// does not chase writers that outpace it. Last, and all when absent: a request of
+        /// the build before it still decodes.
+        #[serde(default = "unbounded")]
+        until: u64,
     },
     /// State transfer: one chunk of a cache, for `to`.
     SnapshotChunk {
@@ -397,6 +404,11 @@ pub enum Msg {
         floor: Version,
         /// The donor's tombstone horizon: the joiner adopts it when its copy is complete.
         horizon: Version,
+        /// The donor's clock (newest HLC it issued or saw) when it served this chunk
+        /// ([`u64::MAX`] if it cannot say, or absent: a chunk of the build before it): the
+        /// joiner asks for the rest `until` the first chunk's.
+        #[serde(default = "unbounded")]
+        as_of: u64,
     },
     /// A cluster-wide question (metrics, checksums).
     Query {
@@ -544,6 +556,11 @@ impl Msg {
     }
 }
 
+/// The default of the state transfer's HLC bounds: no bound.
+fn unbounded() -> u64 {
+    u64::MAX
+}
+
 mod serde_bytes_opt {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -661,6 +678,7 @@ mod tests {
                 cursor: 0,
                 records: vec![rec],
                 next: None,
+                as_of: 77 << 16,
                 floor: Version::ZERO,
                 horizon: Version::new(3, NodeId(4)),
             },
@@ -668,6 +686,67 @@ mod tests {
         for m in msgs {
             assert_eq!(Msg::decode(&m.encode()), Some(m));
         }
+    }
+
+    #[test]
+    fn state_transfer_messages_of_the_build_before_the_hlc_bounds_still_decode() {
+        // The same variants without the trailing `until` / `as_of`: they decode unbounded.
+        #[derive(serde::Serialize)]
+        enum Before {
+            SnapshotReq {
+                to: NodeId,
+                cache: String,
+                cursor: u64,
+                pad: serde_bytes::ByteBuf,
+            },
+            SnapshotChunk {
+                to: NodeId,
+                cache: String,
+                cursor: u64,
+                records: Vec<Record>,
+                next: Option<u64>,
+                floor: Version,
+                horizon: Version,
+            },
+        }
+        let old = |m: &Before| {
+            let mut out = vec![TAG_RMP];
+            rmp_serde::encode::write(&mut out, m).unwrap();
+            out
+        };
+        let req = old(&Before::SnapshotReq {
+            to: NodeId(2),
+            cache: "c".into(),
+            cursor: 5,
+            pad: serde_bytes::ByteBuf::from(vec![0; 8]),
+        });
+        assert_eq!(
+            Msg::decode(&req),
+            Some(Msg::SnapshotReq {
+                to: NodeId(2),
+                cache: "c".into(),
+                cursor: 5,
+                pad: serde_bytes::ByteBuf::from(vec![0; 8]),
+                until: u64::MAX,
+            })
+        );
+        let chunk = old(&Before::SnapshotChunk {
+            to: NodeId(2),
+            cache: "c".into(),
+            cursor: 5,
+            records: Vec::new(),
+            next: Some(9),
+            floor: Version::ZERO,
+            horizon: Version::new(3, NodeId(4)),
+        });
+        assert!(matches!(
+            Msg::decode(&chunk),
+            Some(Msg::SnapshotChunk {
+                next: Some(9),
+                as_of: u64::MAX,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -710,6 +789,7 @@ mod tests {
                     to,
                     cache: "c".into(),
                     cursor: 0,
+                    until: u64::MAX,
                     pad: serde_bytes::ByteBuf::from(vec![0; 40]),
                 },
                 Msg::SnapshotChunk {
@@ -718,6 +798,7 @@ mod tests {
                     cursor: 0,
                     records: Vec::new(),
                     next: None,
+                    as_of: u64::MAX,
                     floor: Version::ZERO,
                     horizon: Version::ZERO,
                 },

@@ -49,13 +49,22 @@ pub trait AppState {
     }
     /// The record for one key (value or tombstone), for repair.
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record>;
-    /// A chunk of a cache for state transfer.
+    /// A chunk of a cache for state transfer: from `cursor`, records whose version's HLC is at
+    /// or below `until` ([`u64::MAX`]: all), about `max_bytes` of them, and the next cursor
+    /// (`None` at the end). A chunk may hold none (the positions it passed held only newer
+    /// records), but it always advances.
     fn snapshot_chunk(
         &self,
         cache: &str,
         cursor: u64,
         max_bytes: usize,
+        until: u64,
     ) -> (Vec<Record>, Option<u64>);
+    /// The newest HLC this node issued or observed ([`u64::MAX`] if it cannot say): a state
+    /// transfer copies records up to it, and the joiner hears the rest on the stream.
+    fn clock(&self) -> u64 {
+        u64::MAX
+    }
     /// The tombstone horizon of a cache: it may have forgotten deletes at or below this
     /// version (its collected tombstones, and entries it dropped in doubt), so it refuses
     /// records at or below it for keys it does not hold ([`Applied::BelowHorizon`]).

@@ -137,8 +137,15 @@ pub trait ErasedCache: Send + Sync + 'static {
         buckets.iter().map(|&b| self.bucket_versions(b)).collect()
     }
     /// Live records (and tombstones) in a stable cursor order for state transfer: returns up to
-    /// roughly `max_bytes` of records starting at `cursor`, and the next cursor (`None` at end).
-    fn snapshot_chunk(&self, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>);
+    /// roughly `max_bytes` of records starting at `cursor` whose HLC is at or below `until`
+    /// ([`u64::MAX`]: all), and the next cursor (`None` at end). A chunk passes at most
+    /// [`crate::cache::store::SNAPSHOT_SCAN`] positions, so it may hold none.
+    fn snapshot_chunk(
+        &self,
+        cursor: u64,
+        max_bytes: usize,
+        until: u64,
+    ) -> (Vec<Record>, Option<u64>);
     /// Housekeeping: sweep expired entries, collect tombstones older than `tombstone_ttl`
     /// (raising the tombstone horizon to the newest collected).
     fn housekeep(&self, tombstone_ttl: std::time::Duration);

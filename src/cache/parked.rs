@@ -252,9 +252,15 @@ impl ParkedCache {
         self.records.get(key).cloned()
     }
 
-    /// A chunk for state transfer: records from position `cursor` in key order, about
-    /// `max_bytes` of them (at least one), and the next cursor (`None` at the end).
-    pub fn snapshot_chunk(&self, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>) {
+    /// A chunk for state transfer: records from position `cursor` in key order whose HLC is
+    /// at or below `until`, about `max_bytes` of them (at least one if any), and the next
+    /// cursor (`None` at the end).
+    pub fn snapshot_chunk(
+        &self,
+        cursor: u64,
+        max_bytes: usize,
+        until: u64,
+    ) -> (Vec<Record>, Option<u64>) {
         let start = usize::try_from(cursor).unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -263,9 +269,11 @@ impl ParkedCache {
             if bytes >= max_bytes && !out.is_empty() {
                 break;
             }
-            bytes += r.weight();
-            out.push(r.clone());
             next += 1;
+            if r.version.hlc <= until {
+                bytes += r.weight();
+                out.push(r.clone());
+            }
         }
         (out, (next < self.records.len()).then_some(next as u64))
     }
@@ -386,7 +394,7 @@ mod tests {
         let mut cursor = Some(0);
         let mut keys = Vec::new();
         while let Some(c) = cursor {
-            let (recs, next) = p.snapshot_chunk(c, 1);
+            let (recs, next) = p.snapshot_chunk(c, 1, u64::MAX);
             assert_eq!(recs.len(), 1);
             keys.extend(recs.into_iter().map(|r| r.key.to_vec()));
             cursor = next;

@@ -728,7 +728,7 @@ mod tests {
                 op: crate::proto::record::Op::Del,
             })
         }
-        fn snapshot_chunk(&self, _: &str, _: u64, _: usize) -> (Vec<Record>, Option<u64>) {
+        fn snapshot_chunk(&self, _: &str, _: u64, _: usize, _: u64) -> (Vec<Record>, Option<u64>) {
             (Vec::new(), None)
         }
         fn wall_ms(&self) -> u64 {

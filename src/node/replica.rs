@@ -376,17 +376,24 @@ impl AppState for NodeApp {
         cache: &str,
         cursor: u64,
         max_bytes: usize,
+        until: u64,
     ) -> (Vec<Record>, Option<u64>) {
         match self.registry.opened(cache) {
-            Some(c) => c.snapshot_chunk(cursor, max_bytes),
+            Some(c) => c.snapshot_chunk(cursor, max_bytes, until),
             None => self
                 .registry
                 .parked
                 .lock()
                 .get(cache)
-                .map(|p| p.snapshot_chunk(cursor, max_bytes))
+                .map(|p| p.snapshot_chunk(cursor, max_bytes, until))
                 .unwrap_or_default(),
         }
+    }
+
+    /// Every version this node holds was ticked or observed by its HLC; the wall clock's
+    /// reading is a floor (a fresh clock says 0).
+    fn clock(&self) -> u64 {
+        self.hlc.peek().max((self.clock.wall_ms() << 16) | 0xFFFF)
     }
 
     fn answer(&self, query: &Query) -> Vec<u8> {

@@ -163,18 +163,22 @@ impl AppState for SimApp {
         cache: &str,
         cursor: u64,
         max_bytes: usize,
+        until: u64,
     ) -> (Vec<Record>, Option<u64>) {
         // The store's whole snapshot, cut into chunks in key order by the record model.
         let mut model = ParkedCache::default();
         let mut at = Some(0);
         while let Some(c) = at {
-            let (records, next) = self.app().snapshot_chunk(cache, c, usize::MAX);
+            let (records, next) = self.app().snapshot_chunk(cache, c, usize::MAX, u64::MAX);
             for r in &records {
                 model.apply(r, 0);
             }
             at = next;
         }
-        model.snapshot_chunk(cursor, max_bytes)
+        model.snapshot_chunk(cursor, max_bytes, until)
+    }
+    fn clock(&self) -> u64 {
+        self.app().clock()
     }
     fn horizon(&self, cache: &str) -> Version {
         self.app().horizon(cache)

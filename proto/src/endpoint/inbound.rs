@@ -171,9 +171,12 @@ impl Endpoint {
                 }
             }
             Msg::Pull { cache, keys, .. } => self.on_pull(now, from, &cache, &keys, app),
-            Msg::SnapshotReq { cache, cursor, .. } => {
-                self.on_snapshot_req(now, from, cache, cursor, app)
-            }
+            Msg::SnapshotReq {
+                cache,
+                cursor,
+                until,
+                ..
+            } => self.on_snapshot_req(now, from, (cache, cursor, until), app),
             chunk @ Msg::SnapshotChunk { .. } => self.on_snapshot_chunk_msg(now, from, chunk, app),
             Msg::Query { id, query } => self.on_query(now, from, id, &query, app),
             Msg::Reply { id, body, .. } => self.events.push_back(Event::Reply { id, from, body }),

@@ -21,11 +21,14 @@ pub(super) struct MapApp {
     pub(super) adopts_absent: bool,
     /// Each [`AppState::apply_run`] call: the cache and the number of records.
     pub(super) runs: Vec<(String, usize)>,
+    /// What [`AppState::clock`] says (`u64::MAX`, cannot say, unless a test sets it).
+    pub(super) clock: u64,
 }
 
 impl Default for MapApp {
     fn default() -> MapApp {
         MapApp {
+            clock: u64::MAX,
             caches: BTreeMap::new(),
             wall: 1_700_000_000_000,
             adopts_absent: true,
@@ -136,6 +139,7 @@ impl AppState for MapApp {
         cache: &str,
         cursor: u64,
         max_bytes: usize,
+        until: u64,
     ) -> (Vec<Record>, Option<u64>) {
         let all: Vec<&Record> = self
             .caches
@@ -148,11 +152,17 @@ impl AppState for MapApp {
         let mut bytes = 0;
         let mut i = cursor as usize;
         while i < all.len() && (out.is_empty() || bytes + all[i].weight() <= max_bytes) {
-            bytes += all[i].weight();
-            out.push(all[i].clone());
+            if all[i].version.hlc <= until {
+                bytes += all[i].weight();
+                out.push(all[i].clone());
+            }
             i += 1;
         }
         (out, (i < all.len()).then_some(i as u64))
+    }
+
+    fn clock(&self) -> u64 {
+        self.clock
     }
 
     fn wall_ms(&self) -> u64 {

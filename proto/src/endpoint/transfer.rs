@@ -13,8 +13,9 @@ use crate::version::Version;
 pub(super) struct Transfer {
     /// The peer copied from.
     pub(super) donor: NodeId,
-    /// Caches not yet complete: the cursor asked for, and when.
-    pub(super) pending: BTreeMap<String, (u64, Instant)>,
+    /// Caches not yet complete: the cursor asked for, when, and the HLC the copy goes up to
+    /// (the first chunk's `as_of`; [`u64::MAX`] until it came).
+    pub(super) pending: BTreeMap<String, (u64, Instant, u64)>,
 }
 
 /// Where joining stands; [`Timer::Join`] holds its deadline.
@@ -34,6 +35,8 @@ pub(super) struct Chunk {
     pub(super) cursor: u64,
     pub(super) records: Vec<Record>,
     pub(super) next: Option<u64>,
+    /// The donor's clock when it served the chunk.
+    pub(super) as_of: u64,
     pub(super) horizon: Version,
 }
 
@@ -57,9 +60,9 @@ impl Endpoint {
         }
         let mut pending = BTreeMap::new();
         for cache in caches {
-            let req = self.snapshot_req(from, cache.clone(), 0);
+            let req = self.snapshot_req(from, cache.clone(), 0, u64::MAX);
             self.send_msg(&req);
-            pending.insert(cache, (0, now));
+            pending.insert(cache, (0, now, u64::MAX));
         }
         self.join = JoinState::Transferring(Transfer {
             donor: from,
@@ -82,8 +85,7 @@ impl Endpoint {
         &mut self,
         now: Instant,
         from: NodeId,
-        cache: String,
-        cursor: u64,
+        (cache, cursor, until): (String, u64, u64),
         app: &mut dyn AppState,
     ) {
         let key = (from, cache.clone(), cursor);
@@ -98,7 +100,8 @@ impl Endpoint {
             self.drops.record(DropReason::AnswerBudget);
             return;
         }
-        let (records, next) = app.snapshot_chunk(&cache, cursor, budget);
+        let as_of = app.clock();
+        let (records, next) = app.snapshot_chunk(&cache, cursor, budget, until);
         let floor = app.clear_floor(&cache);
         let horizon = app.horizon(&cache);
         let payload: Arc<[u8]> = Msg::SnapshotChunk {
@@ -107,6 +110,7 @@ impl Endpoint {
             cursor,
             records,
             next,
+            as_of,
             floor,
             horizon,
         }
@@ -218,6 +222,7 @@ impl Endpoint {
             cursor,
             mut records,
             next,
+            as_of,
             floor,
             horizon,
             ..
@@ -237,6 +242,7 @@ impl Endpoint {
             cursor,
             records,
             next,
+            as_of,
             horizon,
         };
         self.on_snapshot_chunk(now, from, chunk, app)
@@ -254,6 +260,7 @@ impl Endpoint {
             cursor,
             records,
             next,
+            as_of,
             horizon,
         } = chunk;
         for rec in &records {
@@ -265,14 +272,19 @@ impl Endpoint {
         let JoinState::Transferring(tr) = &mut self.join else {
             return;
         };
-        if tr.donor != from || tr.pending.get(&cache).map(|(c, _)| *c) != Some(cursor) {
+        let Some(&(_, _, until)) = tr.pending.get(&cache).filter(|p| p.0 == cursor) else {
+            return;
+        };
+        if tr.donor != from {
             return;
         }
         match next {
             Some(n) => {
-                tr.pending.insert(cache.clone(), (n, now));
+                // The rest of the copy goes up to the donor's clock at the first chunk.
+                let until = if until == u64::MAX { as_of } else { until };
+                tr.pending.insert(cache.clone(), (n, now, until));
                 self.timers.set(Timer::Join, now + timeout);
-                let req = self.snapshot_req(from, cache, n);
+                let req = self.snapshot_req(from, cache, n, until);
                 self.send_msg(&req);
             }
             None => {
@@ -305,14 +317,14 @@ impl Endpoint {
                 // The donor stalled: ask again from where we are, or give up if it is gone.
                 if self.peers.contains_key(&tr.donor) {
                     let donor = tr.donor;
-                    let asks: Vec<(String, u64)> = tr
+                    let asks: Vec<(String, u64, u64)> = tr
                         .pending
                         .iter()
-                        .map(|(c, (cursor, _))| (c.clone(), *cursor))
+                        .map(|(c, (cursor, _, until))| (c.clone(), *cursor, *until))
                         .collect();
                     self.timers.set(Timer::Join, now + self.transfer_timeout());
-                    for (cache, cursor) in asks {
-                        let req = self.snapshot_req(donor, cache, cursor);
+                    for (cache, cursor, until) in asks {
+                        let req = self.snapshot_req(donor, cache, cursor, until);
                         self.send_msg(&req);
                     }
                 } else {
@@ -325,7 +337,7 @@ impl Endpoint {
     }
 
     /// A snapshot request, padded to about one datagram so the donor's answer is paid for.
-    pub(super) fn snapshot_req(&self, to: NodeId, cache: String, cursor: u64) -> Msg {
+    pub(super) fn snapshot_req(&self, to: NodeId, cache: String, cursor: u64, until: u64) -> Msg {
         let pad = self
             .wire
             .chunk_size()
@@ -335,6 +347,7 @@ impl Endpoint {
             to,
             cache,
             cursor,
+            until,
             pad: serde_bytes::ByteBuf::from(vec![0u8; pad]),
         }
     }
@@ -388,6 +401,72 @@ mod tests {
         let ready = std::iter::from_fn(|| joiner.poll_event())
             .any(|e| e == Event::Member(MemberEvent::Ready));
         assert!(ready);
+    }
+
+    #[test]
+    fn a_copy_goes_up_to_the_donors_clock_at_its_first_chunk() {
+        // Records the donor holds newer than its clock when it served the first chunk were
+        // written (or reached it) while the joiner was listening: they are the stream's, and
+        // the copy does not chase them.
+        let t0 = Instant::now();
+        let mut donor = endpoint(1, t0);
+        let mut app_d = MapApp::default();
+        let old_ms = app_d.wall - 10;
+        for i in 0..200u32 {
+            app_d.put("c", put_at(&i.to_be_bytes(), &[7; 300], old_ms, donor.id()));
+        }
+        app_d.clock = version_at(old_ms, donor.id()).hlc;
+        donor.handle_timeout(t0, &mut app_d);
+        drain(&mut donor, t0);
+        let t1 = t0 + donor.cfg.join_wait;
+        donor.handle_timeout(t1, &mut app_d);
+        let mut joiner = endpoint(2, t1);
+        let mut app_j = MapApp::default();
+        joiner.handle_timeout(t1, &mut app_j);
+        let mut now = t1;
+        let mut written = false;
+        for _ in 0..200 {
+            deliver(&mut joiner, &mut donor, &mut app_d, now);
+            if !written && donor.metrics().snapshot_chunks_served == 1 {
+                // Writes after the first chunk: new keys, and a newer value of a key not yet
+                // copied.
+                written = true;
+                for i in 1000..1050u32 {
+                    app_d.put(
+                        "c",
+                        put_at(&i.to_be_bytes(), &[8; 300], old_ms + 5, donor.id()),
+                    );
+                }
+                app_d.put(
+                    "c",
+                    put_at(&199u32.to_be_bytes(), &[9; 300], old_ms + 5, donor.id()),
+                );
+                app_d.clock = version_at(old_ms + 5, donor.id()).hlc;
+            }
+            deliver(&mut donor, &mut joiner, &mut app_j, now);
+            if joiner.is_ready() {
+                break;
+            }
+            now += Duration::from_millis(1);
+            joiner.handle_timeout(now, &mut app_j);
+            donor.handle_timeout(now, &mut app_d);
+        }
+        assert!(written && joiner.is_ready());
+        assert!(
+            donor.metrics().snapshot_chunks_served >= 2,
+            "several chunks"
+        );
+        let copied = &app_j.caches["c"];
+        assert_eq!(
+            copied.len(),
+            199,
+            "the 199 keys not rewritten, nothing newer"
+        );
+        assert!(
+            copied
+                .values()
+                .all(|r| r.version.hlc <= app_d.clock - (5 << 16))
+        );
     }
 
     /// Moves `from`'s datagrams at `now` into `to`, dropping about 30 % of them (xorshift).

@@ -130,6 +130,10 @@ pub(crate) type Listener<K> = Arc<dyn Fn(&ChangeEvent<K>) + Send + Sync>;
 
 pub(crate) use super::hooks::splitmix64 as mix64;
 
+/// Most positions one state-transfer chunk passes (under a shard's read lock): a chunk that
+/// skips records newer than its `until` still ends, and the joiner asks on.
+pub(crate) const SNAPSHOT_SCAN: usize = 16_384;
+
 /// The condition a local write is made under.
 #[derive(Copy, Clone, Debug)]
 pub(crate) enum Cond {

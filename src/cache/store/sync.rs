@@ -165,10 +165,16 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
         out
     }
 
-    fn snapshot_chunk(&self, cursor: u64, max_bytes: usize) -> (Vec<Record>, Option<u64>) {
+    fn snapshot_chunk(
+        &self,
+        cursor: u64,
+        max_bytes: usize,
+        until: u64,
+    ) -> (Vec<Record>, Option<u64>) {
         let now = self.core.clock.now_nanos();
         let mut out = Vec::new();
         let mut weight = 0usize;
+        let mut scanned = 0usize;
         let mut si = (cursor >> 32) as usize;
         let mut pos = (cursor & 0xffff_ffff) as usize;
         while si < self.shards.len() {
@@ -177,29 +183,33 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
             while pos < total {
                 let rec = if pos < g.map.len() {
                     g.map.get_index(pos).and_then(|(k, e)| {
-                        if e.expired(now) {
+                        if e.version.hlc > until || e.expired(now) {
                             None
                         } else {
                             self.record_of(&[], k, e)
                         }
                     })
                 } else {
-                    g.tombs.get_index(pos - g.map.len()).map(|(_, t)| Record {
-                        key: InlineBytes::from_slice(&t.key_bytes),
-                        version: t.version,
-                        op: Op::Del,
-                    })
+                    g.tombs
+                        .get_index(pos - g.map.len())
+                        .filter(|(_, t)| t.version.hlc <= until)
+                        .map(|(_, t)| Record {
+                            key: InlineBytes::from_slice(&t.key_bytes),
+                            version: t.version,
+                            op: Op::Del,
+                        })
                 };
                 pos += 1;
+                scanned += 1;
                 if let Some(r) = rec {
                     weight += r.weight();
                     out.push(r);
-                    if weight >= max_bytes {
-                        let (nsi, npos) = if pos < total { (si, pos) } else { (si + 1, 0) };
-                        let next =
-                            (nsi < self.shards.len()).then_some(((nsi as u64) << 32) | npos as u64);
-                        return (out, next);
-                    }
+                }
+                if weight >= max_bytes || scanned >= super::SNAPSHOT_SCAN {
+                    let (nsi, npos) = if pos < total { (si, pos) } else { (si + 1, 0) };
+                    let next =
+                        (nsi < self.shards.len()).then_some(((nsi as u64) << 32) | npos as u64);
+                    return (out, next);
                 }
             }
             drop(g);
@@ -289,7 +299,7 @@ mod tests {
         let mut cursor = 0;
         let mut recs = Vec::new();
         loop {
-            let (chunk, next) = e.snapshot_chunk(cursor, 1000);
+            let (chunk, next) = e.snapshot_chunk(cursor, 1000, u64::MAX);
             assert!(chunk.iter().map(Record::weight).sum::<usize>() < 1000 + 64);
             recs.extend(chunk);
             match next {
@@ -310,6 +320,21 @@ mod tests {
         }
         assert_eq!(c2.checksum(), c.checksum());
         assert_eq!(c2.len(), 450);
+        // Bounded by an HLC: only the records at or below it, in chunks that always advance.
+        let mut hlcs: Vec<u64> = recs.iter().map(|r| r.version.hlc).collect();
+        hlcs.sort_unstable();
+        let until = hlcs[199];
+        let (mut cursor, mut bounded, mut chunks) = (Some(0), Vec::new(), 0);
+        while let Some(at) = cursor {
+            let (chunk, next) = e.snapshot_chunk(at, 1000, until);
+            assert!(next.is_none_or(|n| n > at), "a chunk advances");
+            bounded.extend(chunk);
+            cursor = next;
+            chunks += 1;
+        }
+        assert!(chunks > 1);
+        assert_eq!(bounded.len(), 200);
+        assert!(bounded.iter().all(|r| r.version.hlc <= until));
     }
 
     #[test]
