@@ -60,6 +60,13 @@ pub trait AppState {
         max_bytes: usize,
         until: u64,
     ) -> (Vec<Record>, Option<u64>);
+    /// Where a joiner's copy of `cache` starts its parallel streams: ascending cursors, the
+    /// first 0. Each stream copies from its start up to the next one's (the last to the end),
+    /// so any split is complete whatever the donor's layout; one that matches it copies in
+    /// parallel instead of one chunk per round trip. The default is one stream.
+    fn snapshot_starts(&self, _cache: &str) -> Vec<u64> {
+        vec![0]
+    }
     /// The newest HLC this node issued or observed ([`u64::MAX`] if it cannot say): a state
     /// transfer copies records up to it, and the joiner hears the rest on the stream.
     fn clock(&self) -> u64 {

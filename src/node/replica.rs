@@ -195,6 +195,10 @@ impl NodeApp {
     }
 }
 
+/// Parallel streams of a state transfer: a joiner copies this many parts of each cache at once
+/// (one request each in flight), not one chunk per round trip.
+const SNAPSHOT_STREAMS: u64 = 8;
+
 impl AppState for NodeApp {
     fn apply(&mut self, cache: &str, record: RecordRef<'_>, origin: NodeId) -> Applied {
         let mut applied = Applied::Skipped;
@@ -388,6 +392,15 @@ impl AppState for NodeApp {
                 .map(|p| p.snapshot_chunk(cursor, max_bytes, until))
                 .unwrap_or_default(),
         }
+    }
+
+    /// [`SNAPSHOT_STREAMS`] streams over the shards a store of this build has here (a store's
+    /// cursor is `shard << 32 | position`; a donor with other shards, or a cache it has only
+    /// parked, still gets a complete split, less even).
+    fn snapshot_starts(&self, _cache: &str) -> Vec<u64> {
+        let shards = crate::cache::store::shard_count() as u64;
+        let streams = SNAPSHOT_STREAMS.min(shards);
+        (0..streams).map(|k| (k * shards / streams) << 32).collect()
     }
 
     /// Every version this node holds was ticked or observed by its HLC; the wall clock's

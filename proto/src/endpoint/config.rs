@@ -65,7 +65,9 @@ pub const MIN_WINDOW: u64 = 16;
 pub const NAK_WORK_BUDGET: u32 = 4096;
 
 /// Snapshot chunks remembered for resending under the same message id.
-pub const SERVED_CHUNKS_KEPT: usize = 16;
+pub const SERVED_CHUNKS_KEPT: usize = 64;
+/// Most parallel streams a joiner copies one cache in ([`crate::state::AppState::snapshot_starts`]).
+pub const MAX_SNAPSHOT_STREAMS: usize = 16;
 
 /// A new peer's stream is taken from its start when its first message seen has a sequence
 /// number up to this (its first messages, if lost, are still NAKed); a longer-running stream is

@@ -71,7 +71,7 @@ impl Endpoint {
                 self.send_hello(false, caches);
             }
         }
-        self.maybe_start_transfer(now, from, caches);
+        self.maybe_start_transfer(now, from, caches, app);
     }
 
     /// Records that `from` is alive; adds it if new. Returns false if the table is full.

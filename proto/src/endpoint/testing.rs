@@ -23,12 +23,15 @@ pub(super) struct MapApp {
     pub(super) runs: Vec<(String, usize)>,
     /// What [`AppState::clock`] says (`u64::MAX`, cannot say, unless a test sets it).
     pub(super) clock: u64,
+    /// What [`AppState::snapshot_starts`] says (one stream unless a test sets it).
+    pub(super) starts: Vec<u64>,
 }
 
 impl Default for MapApp {
     fn default() -> MapApp {
         MapApp {
             clock: u64::MAX,
+            starts: vec![0],
             caches: BTreeMap::new(),
             wall: 1_700_000_000_000,
             adopts_absent: true,
@@ -163,6 +166,10 @@ impl AppState for MapApp {
 
     fn clock(&self) -> u64 {
         self.clock
+    }
+
+    fn snapshot_starts(&self, _cache: &str) -> Vec<u64> {
+        self.starts.clone()
     }
 
     fn wall_ms(&self) -> u64 {

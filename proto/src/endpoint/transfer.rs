@@ -13,9 +13,23 @@ use crate::version::Version;
 pub(super) struct Transfer {
     /// The peer copied from.
     pub(super) donor: NodeId,
-    /// Caches not yet complete: the cursor asked for, when, and the HLC the copy goes up to
-    /// (the first chunk's `as_of`; [`u64::MAX`] until it came).
-    pub(super) pending: BTreeMap<String, (u64, Instant, u64)>,
+    /// Streams not yet complete, by cache and start ([`AppState::snapshot_starts`]).
+    pub(super) pending: BTreeMap<(String, u64), Stream>,
+    /// Per cache, the newest tombstone horizon its chunks carried: adopted when the cache's
+    /// last stream completes.
+    pub(super) horizons: BTreeMap<String, Version>,
+}
+
+/// One stream of a cache's copy: the cursors from its start up to `end`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stream {
+    /// The cursor asked for.
+    pub(super) cursor: u64,
+    /// Where the next stream starts ([`u64::MAX`]: the last stream, to the end).
+    pub(super) end: u64,
+    /// The HLC this stream's copy goes up to: its first chunk's `as_of` ([`u64::MAX`] until
+    /// that came).
+    pub(super) until: u64,
 }
 
 /// Where joining stands; [`Timer::Join`] holds its deadline.
@@ -54,19 +68,41 @@ pub(super) struct Served {
 
 impl Endpoint {
     /// A peer offered its caches: a node still waiting to join copies them from it.
-    pub(super) fn maybe_start_transfer(&mut self, now: Instant, from: NodeId, caches: Vec<String>) {
+    pub(super) fn maybe_start_transfer(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        caches: Vec<String>,
+        app: &dyn AppState,
+    ) {
         if !matches!(self.join, JoinState::Waiting) || caches.is_empty() {
             return;
         }
         let mut pending = BTreeMap::new();
         for cache in caches {
-            let req = self.snapshot_req(from, cache.clone(), 0, u64::MAX);
-            self.send_msg(&req);
-            pending.insert(cache, (0, now, u64::MAX));
+            let mut starts = app.snapshot_starts(&cache);
+            starts.sort_unstable();
+            starts.dedup();
+            if starts.first() != Some(&0) {
+                starts.insert(0, 0); // the split must cover the whole cache
+            }
+            starts.truncate(MAX_SNAPSHOT_STREAMS);
+            let ends = starts.iter().skip(1).copied().chain([u64::MAX]);
+            for (start, end) in starts.iter().copied().zip(ends) {
+                let req = self.snapshot_req(from, cache.clone(), start, u64::MAX);
+                self.send_msg(&req);
+                let stream = Stream {
+                    cursor: start,
+                    end,
+                    until: u64::MAX,
+                };
+                pending.insert((cache.clone(), start), stream);
+            }
         }
         self.join = JoinState::Transferring(Transfer {
             donor: from,
             pending,
+            horizons: BTreeMap::new(),
         });
         self.timers.set(Timer::Join, now + self.transfer_timeout());
     }
@@ -272,26 +308,49 @@ impl Endpoint {
         let JoinState::Transferring(tr) = &mut self.join else {
             return;
         };
-        let Some(&(_, _, until)) = tr.pending.get(&cache).filter(|p| p.0 == cursor) else {
-            return;
-        };
         if tr.donor != from {
             return;
         }
-        match next {
+        // The stream of this cache that asked for this cursor (a chunk asked again and
+        // answered twice is taken once).
+        let Some((start, stream)) = tr
+            .pending
+            .range((cache.clone(), 0)..=(cache.clone(), u64::MAX))
+            .find(|(_, s)| s.cursor == cursor)
+            .map(|((_, start), s)| (*start, *s))
+        else {
+            return;
+        };
+        let h = tr.horizons.entry(cache.clone()).or_insert(horizon);
+        *h = (*h).max(horizon);
+        match next.filter(|&n| n < stream.end) {
             Some(n) => {
-                // The rest of the copy goes up to the donor's clock at the first chunk.
-                let until = if until == u64::MAX { as_of } else { until };
-                tr.pending.insert(cache.clone(), (n, now, until));
+                // The rest of the stream goes up to the donor's clock at its first chunk.
+                let until = stream.until.min(as_of);
+                let stream = Stream {
+                    cursor: n,
+                    until,
+                    ..stream
+                };
+                tr.pending.insert((cache.clone(), start), stream);
                 self.timers.set(Timer::Join, now + timeout);
                 let req = self.snapshot_req(from, cache, n, until);
                 self.send_msg(&req);
             }
             None => {
-                tr.pending.remove(&cache);
-                // The copy is complete: it forgot what the donor forgot. (Adopted only now, so
-                // that the donor's own records older than its horizon are not refused.)
-                app.raise_horizon(&cache, horizon);
+                tr.pending.remove(&(cache.clone(), start));
+                let rest = tr
+                    .pending
+                    .range((cache.clone(), 0)..=(cache.clone(), u64::MAX))
+                    .next()
+                    .is_some();
+                if !rest {
+                    // The copy is complete: it forgot what the donor forgot. (Adopted only
+                    // now, so that the donor's own records older than its horizon are not
+                    // refused.)
+                    let horizon = tr.horizons.remove(&cache).unwrap_or(horizon);
+                    app.raise_horizon(&cache, horizon);
+                }
                 if tr.pending.is_empty() {
                     self.metrics.state_transfers += 1;
                     self.become_ready(now);
@@ -320,7 +379,7 @@ impl Endpoint {
                     let asks: Vec<(String, u64, u64)> = tr
                         .pending
                         .iter()
-                        .map(|(c, (cursor, _, until))| (c.clone(), *cursor, *until))
+                        .map(|((c, _), s)| (c.clone(), s.cursor, s.until))
                         .collect();
                     self.timers.set(Timer::Join, now + self.transfer_timeout());
                     for (cache, cursor, until) in asks {
@@ -401,6 +460,50 @@ mod tests {
         let ready = std::iter::from_fn(|| joiner.poll_event())
             .any(|e| e == Event::Member(MemberEvent::Ready));
         assert!(ready);
+    }
+
+    #[test]
+    fn a_joiner_copies_in_parallel_streams_that_cover_the_whole_cache() {
+        // Streams from 0, 50 and 120 (and one past the end, and unsorted): all asked at once,
+        // each copied up to the next one's start, together every record once or more.
+        let t0 = Instant::now();
+        let mut donor = endpoint(1, t0);
+        let mut app_d = MapApp::default();
+        for i in 0..200u32 {
+            app_d.put(
+                "c",
+                put_at(&i.to_be_bytes(), &[7; 300], app_d.wall - 1, donor.id()),
+            );
+        }
+        donor.handle_timeout(t0, &mut app_d);
+        drain(&mut donor, t0);
+        let t1 = t0 + donor.cfg.join_wait;
+        donor.handle_timeout(t1, &mut app_d);
+        let mut joiner = endpoint(2, t1);
+        let mut app_j = MapApp {
+            starts: vec![120, 0, 50, 500],
+            ..MapApp::default()
+        };
+        joiner.handle_timeout(t1, &mut app_j);
+        let mut now = t1;
+        let mut most_in_flight = 0;
+        for _ in 0..200 {
+            deliver(&mut joiner, &mut donor, &mut app_d, now);
+            deliver(&mut donor, &mut joiner, &mut app_j, now);
+            if let JoinState::Transferring(tr) = &joiner.join {
+                most_in_flight = most_in_flight.max(tr.pending.len());
+            }
+            if joiner.is_ready() {
+                break;
+            }
+            now += Duration::from_millis(1);
+            joiner.handle_timeout(now, &mut app_j);
+            donor.handle_timeout(now, &mut app_d);
+        }
+        assert!(joiner.is_ready());
+        assert_eq!(app_j.caches, app_d.caches);
+        assert_eq!(most_in_flight, 4, "the four streams ran at once");
+        assert_eq!(joiner.metrics().state_transfers, 1);
     }
 
     #[test]
@@ -573,7 +676,7 @@ mod tests {
                 clock_offset_ms: None,
             },
         );
-        ep.maybe_start_transfer(t0, NodeId(1), vec!["c".into()]);
+        ep.maybe_start_transfer(t0, NodeId(1), vec!["c".into()], &app);
         assert_eq!(drain(&mut ep, t0).len(), 1, "the first request");
         let retry = ep.timers.get(Timer::Join).expect("a retry deadline");
         assert_eq!(retry, t0 + ep.transfer_timeout());

@@ -214,6 +214,15 @@ pub(crate) struct Store<K, V> {
     pub(crate) loads: crate::cache::load::LoadState<K>,
 }
 
+/// Shards per cache: four per core, a power of two from 16 to 64. A state-transfer cursor is
+/// `shard << 32 | position` ([`crate::cache::hooks::ErasedCache::snapshot_chunk`]).
+pub(crate) fn shard_count() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(4);
+    (cores * 4).next_power_of_two().clamp(16, 64)
+}
+
 /// A zero-sized field that starts the next field of a `repr(C)` struct on a new 128-byte line
 /// (two 64-byte lines: adjacent-line prefetchers pair them).
 #[derive(Default)]
@@ -222,10 +231,7 @@ struct LineBreak;
 
 impl<K: CacheKey, V: CacheValue> Store<K, V> {
     pub(crate) fn new(name: &str, cfg: CacheConfig, core: Arc<StoreContext>) -> Store<K, V> {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(4);
-        let n = (cores * 4).next_power_of_two().clamp(16, 64);
+        let n = shard_count();
         let hasher = Hasher::default();
         let shards: Box<[Shard<K, V>]> = (0..n).map(|_| Shard::new(hasher)).collect();
         Store {
