@@ -227,6 +227,8 @@ pub(crate) async fn run(
     // `batch_until`, and writers do not wake it meanwhile. `parked_at`: when it last parked.
     let mut parked_at = base;
     let mut batch_until = base;
+    // When datagrams were last read (see READ_STARVED).
+    let mut last_read = base;
     // The core's lock is held for the work of a pass, never across a wait (writers only try it).
     loop {
         let (take, changes_ready) = {
@@ -308,13 +310,15 @@ pub(crate) async fn run(
                         );
                         counters.superseded += thinned.changes as u64;
                     }
-                    // Busy (changes were waiting, no wait for a writer): datagrams waiting are
-                    // read too. The select prefers changes, and under writers flat out it
-                    // would otherwise read only once the outbox filled: requests, NAKs and
-                    // acks waited behind the writers for hundreds of ms. Not after a wait,
-                    // where the reads (two system calls when nothing waits) would delay the
-                    // change (low-load lag p50 +10 µs).
-                    if !woken {
+                    // Busy (changes were waiting, no wait for a writer) and no datagram read
+                    // for READ_STARVED: datagrams waiting are read too. The select prefers
+                    // changes, and under writers flat out it would otherwise read only once
+                    // the outbox filled: requests, NAKs and acks waited behind the writers for
+                    // hundreds of ms. Not after a wait, where the reads (two system calls when
+                    // nothing waits) would delay the change (low-load lag p50 +10 µs), nor on
+                    // every busy pass (the capacity bench's coherent rate fell by a third).
+                    if !woken && now >= last_read + READ_STARVED {
+                        last_read = now;
                         let mut inbound = Inbound {
                             transport: &mut transport,
                             buf: &mut buf,
@@ -354,6 +358,7 @@ pub(crate) async fn run(
                     }
                 }
                 Wake::Datagram(first) => {
+                    last_read = now;
                     let mut inbound = Inbound {
                         transport: &mut transport,
                         buf: &mut buf,
@@ -501,6 +506,9 @@ pub(crate) async fn run(
 /// into the core's outbox (up to `outbox_max` and [`OUTBOX_BYTES`]).
 /// Most datagrams handed to the core in one pass.
 const RECV_BATCH: usize = 256;
+
+/// A busy pass also reads the datagrams waiting when none was read for this long.
+const READ_STARVED: Duration = Duration::from_millis(1);
 
 /// What reading datagrams needs besides the core: the sockets, the buffer, the unicast address
 /// book, and where open failures are recorded.
