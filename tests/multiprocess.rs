@@ -55,19 +55,25 @@ fn three_node_processes_end_with_identical_caches() {
     );
 
     // The report agrees and draws the chart.
-    let report = Command::new(env!("CARGO_BIN_EXE_mccache"))
-        .args(["report", "--expect", "3"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&report.stdout);
-    assert!(report.status.success(), "{text}");
+    let text = report_passes(&dir);
     assert!(
         text.contains("strict: PASS") && text.contains("lenient: PASS"),
         "{text}"
     );
     assert!(dir.join("chart.svg").is_file());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mccache report --expect 3` on the results in `dir`: it must pass; its output.
+fn report_passes(dir: &std::path::Path) -> String {
+    let report = Command::new(env!("CARGO_BIN_EXE_mccache"))
+        .args(["report", "--expect", "3"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout).into_owned();
+    assert!(report.status.success(), "{text}");
+    text
 }
 
 /// Whether this process may give its sockets the 16 MiB receive buffer the node asks for
@@ -187,13 +193,7 @@ fn a_node_that_joins_while_the_others_write_copies_their_caches_and_converges() 
         "the copy brought records: {n}"
     );
     // The report shows when each node was ready.
-    let report = Command::new(env!("CARGO_BIN_EXE_mccache"))
-        .args(["report", "--expect", "3"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&report.stdout);
-    assert!(report.status.success(), "{text}");
+    let text = report_passes(&dir);
     assert!(text.contains("ready: "), "{text}");
     let first = &results[0]["caches"]["stress"];
     for (i, r) in results.iter().enumerate() {

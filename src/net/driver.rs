@@ -502,8 +502,6 @@ pub(crate) async fn run(
     shared.ready_cv.notify_all();
 }
 
-/// Drops the staged changes that newer ones of the batch supersede, then publishes the rest
-/// into the core's outbox (up to `outbox_max` and [`OUTBOX_BYTES`]).
 /// Most datagrams handed to the core in one pass.
 const RECV_BATCH: usize = 256;
 
@@ -568,6 +566,8 @@ impl Inbound<'_> {
     }
 }
 
+/// Drops the staged changes that newer ones of the batch supersede, then publishes the rest
+/// into the core's outbox (up to `outbox_max` and [`OUTBOX_BYTES`]).
 fn publish_thinned(
     ep: &mut Endpoint,
     now: Instant,

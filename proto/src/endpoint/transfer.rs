@@ -420,16 +420,15 @@ mod tests {
     use super::super::testing::*;
     use super::*;
 
-    #[test]
-    fn a_joiner_copies_its_donors_caches_then_is_ready() {
+    /// A donor ready alone with 200 records of 300 bytes in cache "c", written at `ms`, and a
+    /// joiner with the application `app_j`, started once the donor is ready; and that time.
+    fn donor_and_joiner(ms: Option<u64>, mut app_j: MapApp) -> (Pair, Instant) {
         let t0 = Instant::now();
         let mut donor = endpoint(1, t0);
         let mut app_d = MapApp::default();
+        let ms = ms.unwrap_or(app_d.wall - 1);
         for i in 0..200u32 {
-            app_d.put(
-                "c",
-                put_at(&i.to_be_bytes(), &[7; 300], app_d.wall - 1, donor.id()),
-            );
+            app_d.put("c", put_at(&i.to_be_bytes(), &[7; 300], ms, donor.id()));
         }
         donor.handle_timeout(t0, &mut app_d);
         drain(&mut donor, t0);
@@ -437,27 +436,53 @@ mod tests {
         donor.handle_timeout(t1, &mut app_d);
         assert!(donor.is_ready());
         let mut joiner = endpoint(2, t1);
-        let mut app_j = MapApp::default();
         joiner.handle_timeout(t1, &mut app_j);
-        let mut now = t1;
-        for _ in 0..200 {
-            deliver(&mut joiner, &mut donor, &mut app_d, now);
-            deliver(&mut donor, &mut joiner, &mut app_j, now);
-            if joiner.is_ready() {
-                break;
+        let pair = Pair {
+            donor,
+            app_d,
+            joiner,
+            app_j,
+        };
+        (pair, t1)
+    }
+
+    struct Pair {
+        donor: Endpoint,
+        app_d: MapApp,
+        joiner: Endpoint,
+        app_j: MapApp,
+    }
+
+    impl Pair {
+        /// Exchanges their datagrams 1 ms apart until the joiner is ready (at most 200 rounds);
+        /// `between` sees both after the joiner's datagrams reached the donor.
+        fn until_ready(&mut self, mut now: Instant, mut between: impl FnMut(&mut Pair)) {
+            for _ in 0..200 {
+                deliver(&mut self.joiner, &mut self.donor, &mut self.app_d, now);
+                between(self);
+                deliver(&mut self.donor, &mut self.joiner, &mut self.app_j, now);
+                if self.joiner.is_ready() {
+                    return;
+                }
+                now += Duration::from_millis(1);
+                self.joiner.handle_timeout(now, &mut self.app_j);
+                self.donor.handle_timeout(now, &mut self.app_d);
             }
-            now += Duration::from_millis(1);
-            joiner.handle_timeout(now, &mut app_j);
-            donor.handle_timeout(now, &mut app_d);
         }
-        assert!(joiner.is_ready());
-        assert_eq!(app_j.caches, app_d.caches);
-        assert_eq!(joiner.metrics().state_transfers, 1);
+    }
+
+    #[test]
+    fn a_joiner_copies_its_donors_caches_then_is_ready() {
+        let (mut p, t1) = donor_and_joiner(None, MapApp::default());
+        p.until_ready(t1, |_| {});
+        assert!(p.joiner.is_ready());
+        assert_eq!(p.app_j.caches, p.app_d.caches);
+        assert_eq!(p.joiner.metrics().state_transfers, 1);
         assert!(
-            donor.metrics().snapshot_chunks_served >= 2,
+            p.donor.metrics().snapshot_chunks_served >= 2,
             "several chunks"
         );
-        let ready = std::iter::from_fn(|| joiner.poll_event())
+        let ready = std::iter::from_fn(|| p.joiner.poll_event())
             .any(|e| e == Event::Member(MemberEvent::Ready));
         assert!(ready);
     }
@@ -466,44 +491,21 @@ mod tests {
     fn a_joiner_copies_in_parallel_streams_that_cover_the_whole_cache() {
         // Streams from 0, 50 and 120 (and one past the end, and unsorted): all asked at once,
         // each copied up to the next one's start, together every record once or more.
-        let t0 = Instant::now();
-        let mut donor = endpoint(1, t0);
-        let mut app_d = MapApp::default();
-        for i in 0..200u32 {
-            app_d.put(
-                "c",
-                put_at(&i.to_be_bytes(), &[7; 300], app_d.wall - 1, donor.id()),
-            );
-        }
-        donor.handle_timeout(t0, &mut app_d);
-        drain(&mut donor, t0);
-        let t1 = t0 + donor.cfg.join_wait;
-        donor.handle_timeout(t1, &mut app_d);
-        let mut joiner = endpoint(2, t1);
-        let mut app_j = MapApp {
+        let app_j = MapApp {
             starts: vec![120, 0, 50, 500],
             ..MapApp::default()
         };
-        joiner.handle_timeout(t1, &mut app_j);
-        let mut now = t1;
+        let (mut p, t1) = donor_and_joiner(None, app_j);
         let mut most_in_flight = 0;
-        for _ in 0..200 {
-            deliver(&mut joiner, &mut donor, &mut app_d, now);
-            deliver(&mut donor, &mut joiner, &mut app_j, now);
-            if let JoinState::Transferring(tr) = &joiner.join {
+        p.until_ready(t1, |p| {
+            if let JoinState::Transferring(tr) = &p.joiner.join {
                 most_in_flight = most_in_flight.max(tr.pending.len());
             }
-            if joiner.is_ready() {
-                break;
-            }
-            now += Duration::from_millis(1);
-            joiner.handle_timeout(now, &mut app_j);
-            donor.handle_timeout(now, &mut app_d);
-        }
-        assert!(joiner.is_ready());
-        assert_eq!(app_j.caches, app_d.caches);
+        });
+        assert!(p.joiner.is_ready());
+        assert_eq!(p.app_j.caches, p.app_d.caches);
         assert_eq!(most_in_flight, 4, "the four streams ran at once");
-        assert_eq!(joiner.metrics().state_transfers, 1);
+        assert_eq!(p.joiner.metrics().state_transfers, 1);
     }
 
     #[test]
@@ -511,55 +513,33 @@ mod tests {
         // Records the donor holds newer than its clock when it served the first chunk were
         // written (or reached it) while the joiner was listening: they are the stream's, and
         // the copy does not chase them.
-        let t0 = Instant::now();
-        let mut donor = endpoint(1, t0);
-        let mut app_d = MapApp::default();
-        let old_ms = app_d.wall - 10;
-        for i in 0..200u32 {
-            app_d.put("c", put_at(&i.to_be_bytes(), &[7; 300], old_ms, donor.id()));
-        }
-        app_d.clock = version_at(old_ms, donor.id()).hlc;
-        donor.handle_timeout(t0, &mut app_d);
-        drain(&mut donor, t0);
-        let t1 = t0 + donor.cfg.join_wait;
-        donor.handle_timeout(t1, &mut app_d);
-        let mut joiner = endpoint(2, t1);
-        let mut app_j = MapApp::default();
-        joiner.handle_timeout(t1, &mut app_j);
-        let mut now = t1;
+        let old_ms = MapApp::default().wall - 10;
+        let (mut p, t1) = donor_and_joiner(Some(old_ms), MapApp::default());
+        let id = p.donor.id();
+        p.app_d.clock = version_at(old_ms, id).hlc;
         let mut written = false;
-        for _ in 0..200 {
-            deliver(&mut joiner, &mut donor, &mut app_d, now);
-            if !written && donor.metrics().snapshot_chunks_served == 1 {
+        p.until_ready(t1, |p| {
+            if !written && p.donor.metrics().snapshot_chunks_served == 1 {
                 // Writes after the first chunk: new keys, and a newer value of a key not yet
                 // copied.
                 written = true;
                 for i in 1000..1050u32 {
-                    app_d.put(
-                        "c",
-                        put_at(&i.to_be_bytes(), &[8; 300], old_ms + 5, donor.id()),
-                    );
+                    p.app_d
+                        .put("c", put_at(&i.to_be_bytes(), &[8; 300], old_ms + 5, id));
                 }
-                app_d.put(
+                p.app_d.put(
                     "c",
-                    put_at(&199u32.to_be_bytes(), &[9; 300], old_ms + 5, donor.id()),
+                    put_at(&199u32.to_be_bytes(), &[9; 300], old_ms + 5, id),
                 );
-                app_d.clock = version_at(old_ms + 5, donor.id()).hlc;
+                p.app_d.clock = version_at(old_ms + 5, id).hlc;
             }
-            deliver(&mut donor, &mut joiner, &mut app_j, now);
-            if joiner.is_ready() {
-                break;
-            }
-            now += Duration::from_millis(1);
-            joiner.handle_timeout(now, &mut app_j);
-            donor.handle_timeout(now, &mut app_d);
-        }
-        assert!(written && joiner.is_ready());
+        });
+        assert!(written && p.joiner.is_ready());
         assert!(
-            donor.metrics().snapshot_chunks_served >= 2,
+            p.donor.metrics().snapshot_chunks_served >= 2,
             "several chunks"
         );
-        let copied = &app_j.caches["c"];
+        let copied = &p.app_j.caches["c"];
         assert_eq!(
             copied.len(),
             199,
@@ -568,7 +548,7 @@ mod tests {
         assert!(
             copied
                 .values()
-                .all(|r| r.version.hlc <= app_d.clock - (5 << 16))
+                .all(|r| r.version.hlc <= p.app_d.clock - (5 << 16))
         );
     }
 
