@@ -79,6 +79,14 @@ pub struct NetworkMetrics {
     pub ae_exchanges: u64,
     /// Records this node sent to repair peers (anti-entropy pushes and answers to pulls).
     pub ae_repairs: u64,
+    /// Anti-entropy work left undone because the same was under way: repairs of a record
+    /// already waiting in the outbox (at that version or newer) and pulls of a key already
+    /// asked for (see `coalesce` in the protocol core).
+    pub repairs_coalesced: u64,
+    /// Times this node itself stood still for more than two heartbeats (descheduled, stopped,
+    /// or one pass of its network thread took that long); that time is not held against its
+    /// peers' liveness.
+    pub stalls: u64,
     /// Records applied from state transfer (and legacy repair messages).
     pub snapshot_records_applied: u64,
     /// State transfers completed (as the joining node).

@@ -256,7 +256,7 @@ impl Endpoint {
                 match &theirs {
                     Some(t) if t.version > mine.version => {
                         if settled(&t.version) && !skipped(t, Some(&mine)) {
-                            pull.push(mine.key)
+                            pull.push((mine.key, t.version))
                         }
                     }
                     Some(t) if t.version == mine.version => {}
@@ -287,13 +287,20 @@ impl Endpoint {
             their_map
                 .into_values()
                 .filter(|kv| settled(&kv.version) && kv.version > my_horizon && !skipped(kv, None))
-                .map(|kv| kv.key),
+                .map(|kv| (kv.key, kv.version)),
         );
         self.send_records(now, from, cache, push.iter().map(|k| k.as_slice()), app);
         let budget = self.list_budget();
         let mut keys = Vec::new();
         let mut bytes = 0;
-        for k in pull {
+        // A key already asked of another peer is not asked again while its answer is awaited
+        // (at most 3/4 of a pulse period: the next exchange asks again if it never came).
+        let pending = self.cfg.pulse * 3 / 4;
+        for (k, version) in pull {
+            if !self.coalesce.pull(cache, &k, version, now, pending) {
+                self.metrics.repairs_coalesced += 1;
+                continue;
+            }
             bytes += k.len() + 4;
             keys.push(serde_bytes::ByteBuf::from(k));
             if bytes >= budget {
@@ -338,13 +345,21 @@ impl Endpoint {
         app: &mut dyn AppState,
     ) {
         let name: Arc<str> = Arc::from(cache);
+        let mut coalesced = 0;
         let items: Vec<Item> = keys
             .filter_map(|k| app.record(cache, k))
+            // Already on its way to every member: not paid for, nor queued, again.
+            .filter(|rec| {
+                let waits = self.coalesce.repair_waits(cache, &rec.key, rec.version);
+                coalesced += u64::from(waits);
+                !waits
+            })
             .map(|rec| Item::Rec {
                 cache: name.clone(),
                 rec,
             })
             .collect();
+        self.metrics.repairs_coalesced += coalesced;
         let items = self.affordable(now, from, items);
         self.send_repair(items);
     }
@@ -433,6 +448,96 @@ mod tests {
         assert!(a.metrics().pulses_sent >= 1);
         assert!(a.metrics().ae_exchanges + b.metrics().ae_exchanges >= 1);
         assert!(a.metrics().ae_repairs + b.metrics().ae_repairs >= 2);
+    }
+
+    #[test]
+    fn a_record_pushed_for_one_list_is_not_queued_again_for_the_next_until_it_went_out() {
+        let (mut a, b, mut app_a, _, t1) = pair_past_join(Instant::now());
+        let old = app_a.wall - 60_000;
+        // Fewer than the asker's answer budget pays for.
+        for i in 0..10u32 {
+            app_a.put("c", put_at(&i.to_be_bytes(), b"1", old, a.id()));
+        }
+        // Two peers' lists (here twice the same peer's) without any of the keys: each asks
+        // for every record, which goes to the whole group.
+        let parts: Vec<(u16, u16, u16)> = (0..SYNC_BUCKETS).map(|b| (b as u16, 0, 1)).collect();
+        let before = a.metrics().ae_repairs;
+        for _ in 0..2 {
+            a.on_buckets(
+                t1,
+                b.id(),
+                "c",
+                &parts,
+                Vec::new(),
+                Version::ZERO,
+                &mut app_a,
+            );
+        }
+        assert_eq!(a.metrics().ae_repairs - before, 10);
+        assert_eq!(a.metrics().repairs_coalesced, 10);
+        // Once packed and sent, a later exchange that still finds them missing sends them again.
+        drain(&mut a, t1);
+        let t2 = t1 + a.cfg.heartbeat;
+        a.on_buckets(
+            t2,
+            b.id(),
+            "c",
+            &parts,
+            Vec::new(),
+            Version::ZERO,
+            &mut app_a,
+        );
+        // (As many as the asker's budget still pays for.)
+        assert!(a.metrics().ae_repairs - before > 10);
+        assert_eq!(a.metrics().repairs_coalesced, 10, "none waited");
+    }
+
+    #[test]
+    fn a_key_is_pulled_from_one_peer_while_the_answer_is_awaited() {
+        let (mut a, b, mut app_a, _, t1) = pair_past_join(Instant::now());
+        let old = app_a.wall - 60_000;
+        app_a.put("c", put_at(b"held", b"1", old, a.id()));
+        let theirs: Vec<KeyVersion> = (0..20u32)
+            .map(|i| KeyVersion {
+                key: i.to_be_bytes().to_vec(),
+                version: version_at(old, b.id()),
+                deleted: false,
+            })
+            .collect();
+        let parts: Vec<(u16, u16, u16)> = (0..SYNC_BUCKETS).map(|b| (b as u16, 0, 1)).collect();
+        let pulls = |a: &mut Endpoint| drain(a, t1).len();
+        a.on_buckets(
+            t1,
+            b.id(),
+            "c",
+            &parts,
+            theirs.clone(),
+            Version::ZERO,
+            &mut app_a,
+        );
+        assert!(pulls(&mut a) >= 1, "the first list pulls");
+        a.on_buckets(
+            t1,
+            b.id(),
+            "c",
+            &parts,
+            theirs.clone(),
+            Version::ZERO,
+            &mut app_a,
+        );
+        assert_eq!(pulls(&mut a), 0, "the second asks for nothing");
+        assert_eq!(a.metrics().repairs_coalesced, 20);
+        let later = t1 + a.cfg.pulse;
+        a.on_buckets(
+            later,
+            b.id(),
+            "c",
+            &parts,
+            theirs,
+            Version::ZERO,
+            &mut app_a,
+        );
+        assert!(pulls(&mut a) >= 1, "unanswered a pulse later: asked again");
     }
 
     /// A joined pair run past its join (whose state transfer would copy what a test writes

@@ -19,6 +19,7 @@ impl Endpoint {
         app: &mut dyn AppState,
     ) -> Option<NodeId> {
         self.set_wall(now, app.wall_ms());
+        self.credit_stall(now);
         self.metrics.datagrams_received += 1;
         self.metrics.bytes_received += datagram.len() as u64;
         self.last_drop = None;

@@ -38,6 +38,7 @@ use super::wire::Wire;
 mod anti_entropy;
 mod bucket_lists;
 mod clock;
+mod coalesce;
 mod config;
 mod inbound;
 mod linger;
@@ -201,6 +202,10 @@ pub struct Endpoint {
     bucket_lists: bucket_lists::BucketLists,
     /// When the last anti-entropy pulse went out.
     last_pulse_at: Option<Instant>,
+    /// The latest `now` of a datagram or timer handled ([`Endpoint::credit_stall`]).
+    last_call: Option<Instant>,
+    /// Repairs waiting in the outbox and pulls in flight, so neither is repeated.
+    coalesce: coalesce::Coalescer,
     /// The application's wall clock at the last call that passed it in (ms since the epoch;
     /// 0 until then). The core reads no clock: the driver's `AppState::wall_ms` is the source.
     wall_ms: u64,
@@ -255,6 +260,8 @@ impl Endpoint {
             budget: AnswerBudget::new(!cfg.wire.keys.is_empty(), cfg.heartbeat * 3),
             bucket_lists: bucket_lists::BucketLists::default(),
             last_pulse_at: None,
+            last_call: None,
+            coalesce: coalesce::Coalescer::default(),
             wall_ms: 0,
             wall_anchor: None,
             warned_skew: None,

@@ -78,6 +78,7 @@ impl Endpoint {
             }
         }
         self.metrics.changes_sent += items.len() as u64;
+        self.coalesce.taken(items.len());
         // A lone change that left room for another like it: the linger applied to it.
         let shareable = items.len() == 1 && bytes + items[0].weight() <= chunk;
         if self
@@ -114,9 +115,20 @@ impl Endpoint {
 
     /// Repairs travel on the reliable stream like local changes (they are idempotent by
     /// version), so they get the same loss recovery.
+    /// A record whose repair (at its version or newer) still waits in the outbox is not
+    /// queued again.
     pub(super) fn send_repair(&mut self, items: Vec<Item>) {
-        self.metrics.ae_repairs += items.len() as u64;
         for item in items {
+            if let Item::Rec { cache, rec } = &item {
+                if !self
+                    .coalesce
+                    .queue_repair(cache, &rec.key, rec.version, self.outbox.len())
+                {
+                    self.metrics.repairs_coalesced += 1;
+                    continue;
+                }
+            }
+            self.metrics.ae_repairs += 1;
             self.outbox_bytes += item.weight();
             self.outbox.push_back(item);
         }

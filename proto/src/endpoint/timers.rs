@@ -70,6 +70,7 @@ impl Endpoint {
             return;
         }
         self.set_wall(now, app.wall_ms());
+        self.credit_stall(now);
         if self.timers.is_due(Timer::Hello, now) {
             self.timers.stop(Timer::Hello);
             self.send_hello(true, Vec::new());
