@@ -170,6 +170,14 @@ async fn a_tokio_service_scrapes_prometheus_text_and_logs_show_summaries() {
     );
     let p99 = [("node", "t14-b"), ("quantile", "0.99")];
     assert!(value(&s, "mccache_net_apply_lag_seconds", &p99).is_some());
+    // Exported even when zero (whether a repair was coalesced or the node stood still depends
+    // on the machine's load).
+    for name in [
+        "mccache_net_repairs_coalesced_total",
+        "mccache_net_stalls_total",
+    ] {
+        assert!(value(&s, name, &[("node", "t14-a")]).is_some(), "{name}");
+    }
     // Prometheus conventions: counters are typed as counters and end in _total; HELP is set.
     let hits = s.docs.get("mccache_cache_hits_total").expect("HELP line");
     assert!(hits.contains("live entry"), "{hits}");

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A snapshot of the node's network and replication counters.
+///
+/// Deserializing fills a counter the input lacks (written by an older build) with zero.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct NetworkMetrics {
     /// Datagrams sent.

@@ -251,6 +251,16 @@ mod export {
             "Changes that overflowed the outbound queue.",
             Unit::Count,
         ),
+        (
+            "mccache_net_repairs_coalesced_total",
+            "Anti-entropy repairs and pulls not repeated: the same was under way.",
+            Unit::Count,
+        ),
+        (
+            "mccache_net_stalls_total",
+            "Times this node stood still for over two heartbeats (not held against its peers).",
+            Unit::Count,
+        ),
     ];
 
     fn describe() {
@@ -337,6 +347,8 @@ mod export {
         c("mccache_net_retransmits_served_total", n.retransmits_served);
         c("mccache_net_repairs_total", n.ae_repairs);
         c("mccache_net_outbound_overflow_total", n.outbound_overflow);
+        c("mccache_net_repairs_coalesced_total", n.repairs_coalesced);
+        c("mccache_net_stalls_total", n.stalls);
         for (reason, v) in &n.dropped {
             let l = [("node", node.to_string()), ("reason", reason.clone())];
             counter!("mccache_net_dropped_total", &l).absolute(*v);
