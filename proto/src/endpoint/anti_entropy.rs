@@ -293,9 +293,7 @@ impl Endpoint {
         let budget = self.list_budget();
         let mut keys = Vec::new();
         let mut bytes = 0;
-        // A key already asked of another peer is not asked again while its answer is awaited
-        // (at most 3/4 of a pulse period: the next exchange asks again if it never came).
-        let pending = self.cfg.pulse * 3 / 4;
+        let pending = self.pull_pending();
         for (k, version) in pull {
             if !self.coalesce.pull(cache, &k, version, now, pending) {
                 self.metrics.repairs_coalesced += 1;
@@ -332,6 +330,12 @@ impl Endpoint {
         app: &mut dyn AppState,
     ) {
         self.send_records(now, from, cache, keys.iter().map(|k| k.as_slice()), app);
+    }
+
+    /// How long a key pulled is not asked of another peer while its answer is awaited: 3/4 of
+    /// a pulse period (the next exchange asks again if it never came).
+    pub(super) fn pull_pending(&self) -> Duration {
+        self.cfg.pulse * 3 / 4
     }
 
     /// Sends `from` the records this node holds for `keys` of `cache`, as repairs on the

@@ -74,6 +74,28 @@ impl Coalescer {
         true
     }
 
+    /// Housekeeping: forgets pulls sent `pending` ago or longer, and every repair if the
+    /// outbox is empty (all of them went out), so that a quiet node holds no memory of them.
+    pub(super) fn expire(&mut self, now: Instant, pending: Duration, outbox_empty: bool) {
+        if outbox_empty && self.queued_len > 0 {
+            self.queued.clear();
+            self.queued_len = 0;
+        }
+        if self.pulled_len > 0 {
+            self.forget_pulls_older_than(now, pending);
+        }
+    }
+
+    fn forget_pulls_older_than(&mut self, now: Instant, pending: Duration) {
+        let mut len = 0;
+        for keys in self.pulled.values_mut() {
+            keys.retain(|_, p| now.saturating_duration_since(p.1) < pending);
+            len += keys.len();
+        }
+        self.pulled.retain(|_, keys| !keys.is_empty());
+        self.pulled_len = len;
+    }
+
     /// Notes a pull of `key` for `version` at `now` unless one for that version or newer was
     /// sent less than `pending` ago (false: it is still awaited).
     pub(super) fn pull(
@@ -96,14 +118,8 @@ impl Coalescer {
             return false;
         }
         if self.pulled_len >= MAX_REMEMBERED {
-            let mut len = 0;
-            for keys in self.pulled.values_mut() {
-                keys.retain(|_, p| now.saturating_duration_since(p.1) < pending);
-                len += keys.len();
-            }
-            self.pulled.retain(|_, keys| !keys.is_empty());
-            self.pulled_len = len;
-            if len >= MAX_REMEMBERED {
+            self.forget_pulls_older_than(now, pending);
+            if self.pulled_len >= MAX_REMEMBERED {
                 self.pulled.clear();
                 self.pulled_len = 0;
             }
@@ -172,6 +188,23 @@ mod tests {
         c.taken(2);
         assert!(c.queue_repair(&cache, b"c", v(5), 0));
         assert_eq!(c.queued_len, 1, "the two taken were dropped");
+    }
+
+    #[test]
+    fn housekeeping_forgets_old_pulls_and_repairs_that_went_out() {
+        let mut c = Coalescer::default();
+        let t0 = Instant::now();
+        let wait = Duration::from_millis(500);
+        let cache: Arc<str> = Arc::from("c");
+        assert!(c.pull("c", b"old", v(1), t0, wait));
+        assert!(c.pull("c", b"new", v(1), t0 + Duration::from_millis(400), wait));
+        assert!(c.queue_repair(&cache, b"k", v(1), 0));
+        c.expire(t0 + Duration::from_millis(600), wait, false);
+        assert_eq!((c.pulled_len, c.queued_len), (1, 1));
+        assert!(!c.pull("c", b"new", v(1), t0 + Duration::from_millis(600), wait));
+        c.expire(t0 + Duration::from_millis(1000), wait, true);
+        assert_eq!((c.pulled_len, c.queued_len), (0, 0));
+        assert!(c.pulled.is_empty() && c.queued.is_empty());
     }
 
     #[test]

@@ -103,6 +103,8 @@ impl Endpoint {
             self.timers
                 .set(Timer::Housekeeping, now + HOUSEKEEPING_PERIOD);
             self.wire.expire(now);
+            let pending = self.pull_pending();
+            self.coalesce.expire(now, pending, self.outbox.is_empty());
         }
         if self.timers.is_due(Timer::Join, now) {
             self.join_timeout(now);
