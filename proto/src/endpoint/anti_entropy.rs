@@ -454,6 +454,23 @@ mod tests {
         assert!(a.metrics().ae_repairs + b.metrics().ae_repairs >= 2);
     }
 
+    /// Every bucket, whole: the parts a peer's list for a whole cache names.
+    fn all_parts() -> Vec<(u16, u16, u16)> {
+        (0..SYNC_BUCKETS).map(|b| (b as u16, 0, 1)).collect()
+    }
+
+    /// `a` handles `from`'s list of `theirs` over every bucket of cache `c` at `now`.
+    fn list_from(
+        a: &mut Endpoint,
+        app: &mut MapApp,
+        from: NodeId,
+        theirs: &[KeyVersion],
+        now: Instant,
+    ) {
+        let parts = all_parts();
+        a.on_buckets(now, from, "c", &parts, theirs.to_vec(), Version::ZERO, app);
+    }
+
     #[test]
     fn a_record_pushed_for_one_list_is_not_queued_again_for_the_next_until_it_went_out() {
         let (mut a, b, mut app_a, _, t1) = pair_past_join(Instant::now());
@@ -464,33 +481,16 @@ mod tests {
         }
         // Two peers' lists (here twice the same peer's) without any of the keys: each asks
         // for every record, which goes to the whole group.
-        let parts: Vec<(u16, u16, u16)> = (0..SYNC_BUCKETS).map(|b| (b as u16, 0, 1)).collect();
         let before = a.metrics().ae_repairs;
         for _ in 0..2 {
-            a.on_buckets(
-                t1,
-                b.id(),
-                "c",
-                &parts,
-                Vec::new(),
-                Version::ZERO,
-                &mut app_a,
-            );
+            list_from(&mut a, &mut app_a, b.id(), &[], t1);
         }
         assert_eq!(a.metrics().ae_repairs - before, 10);
         assert_eq!(a.metrics().repairs_coalesced, 10);
         // Once packed and sent, a later exchange that still finds them missing sends them again.
         drain(&mut a, t1);
         let t2 = t1 + a.cfg.heartbeat;
-        a.on_buckets(
-            t2,
-            b.id(),
-            "c",
-            &parts,
-            Vec::new(),
-            Version::ZERO,
-            &mut app_a,
-        );
+        list_from(&mut a, &mut app_a, b.id(), &[], t2);
         // (As many as the asker's budget still pays for.)
         assert!(a.metrics().ae_repairs - before > 10);
         assert_eq!(a.metrics().repairs_coalesced, 10, "none waited");
@@ -508,39 +508,14 @@ mod tests {
                 deleted: false,
             })
             .collect();
-        let parts: Vec<(u16, u16, u16)> = (0..SYNC_BUCKETS).map(|b| (b as u16, 0, 1)).collect();
         let pulls = |a: &mut Endpoint| drain(a, t1).len();
-        a.on_buckets(
-            t1,
-            b.id(),
-            "c",
-            &parts,
-            theirs.clone(),
-            Version::ZERO,
-            &mut app_a,
-        );
+        list_from(&mut a, &mut app_a, b.id(), &theirs, t1);
         assert!(pulls(&mut a) >= 1, "the first list pulls");
-        a.on_buckets(
-            t1,
-            b.id(),
-            "c",
-            &parts,
-            theirs.clone(),
-            Version::ZERO,
-            &mut app_a,
-        );
+        list_from(&mut a, &mut app_a, b.id(), &theirs, t1);
         assert_eq!(pulls(&mut a), 0, "the second asks for nothing");
         assert_eq!(a.metrics().repairs_coalesced, 20);
         let later = t1 + a.cfg.pulse;
-        a.on_buckets(
-            later,
-            b.id(),
-            "c",
-            &parts,
-            theirs,
-            Version::ZERO,
-            &mut app_a,
-        );
+        list_from(&mut a, &mut app_a, b.id(), &theirs, later);
         assert!(pulls(&mut a) >= 1, "unanswered a pulse later: asked again");
     }
 
