@@ -25,6 +25,8 @@ pub(super) struct MapApp {
     pub(super) clock: u64,
     /// What [`AppState::snapshot_starts`] says (one stream unless a test sets it).
     pub(super) starts: Vec<u64>,
+    /// How many records [`AppState::record`] has read.
+    pub(super) reads: std::cell::Cell<u64>,
 }
 
 impl Default for MapApp {
@@ -36,6 +38,7 @@ impl Default for MapApp {
             wall: 1_700_000_000_000,
             adopts_absent: true,
             runs: Vec::new(),
+            reads: std::cell::Cell::new(0),
         }
     }
 }
@@ -134,6 +137,7 @@ impl AppState for MapApp {
     }
 
     fn record(&self, cache: &str, key: &[u8]) -> Option<Record> {
+        self.reads.set(self.reads.get() + 1);
         self.caches.get(cache)?.get(key).cloned()
     }
 
