@@ -122,10 +122,6 @@ drop_reasons! {
     /// An answer its requester's answer budget did not pay for (the budget grows with what
     /// it sends; it asks again).
     AnswerBudget => answer_budget, "answer_budget";
-    /// An anti-entropy answer not queued because the outbox already held
-    /// [`crate::endpoint::ANSWER_OUTBOX_MAX`] changes or
-    /// [`crate::endpoint::ANSWER_OUTBOX_BYTES`] (the requester asks again).
-    AnswerBacklog => answer_backlog, "answer_backlog";
     /// A record at or below the cache's tombstone horizon for a key it does not hold.
     BelowHorizon => below_horizon, "below_horizon";
     /// A record whose value the cache could not decode.

@@ -377,9 +377,17 @@ mod tests {
                 seen.insert(pn);
                 highest = highest.max(pn);
             }
-            for probe in [pn.saturating_sub(1), pn + 1, highest - next(WINDOW.min(highest))] {
+            for probe in [
+                pn.saturating_sub(1),
+                pn + 1,
+                highest - next(WINDOW.min(highest)),
+            ] {
                 let ok = probe > highest || (highest - probe < WINDOW && !seen.contains(&probe));
-                assert_eq!(w.check(probe).is_ok(), ok, "probe {probe} (highest {highest})");
+                assert_eq!(
+                    w.check(probe).is_ok(),
+                    ok,
+                    "probe {probe} (highest {highest})"
+                );
             }
         }
     }

@@ -13,20 +13,6 @@ use crate::wire::WireConfig;
 /// not queue unbounded memory. Unserved NAKs are simply asked again later.
 pub const MAX_QUEUED_TRANSMIT_BYTES: usize = 8 << 20;
 
-/// Most changes the outbox may hold for an anti-entropy answer (records pushed for a peer's
-/// bucket list, or pulled by it) to be queued: past it the answer stops, counted as
-/// `answer_backlog`, and the peer asks again at a later exchange. What waits in the outbox is
-/// sent in order, so a repair queued behind tens of thousands of others is late anyway; and
-/// reading that many records out of the caches in one pass held the network thread for
-/// ~0.5 s on a fifth of a core, while its socket filled and its peers went unheard (five
-/// processes flat out on two cores: outboxes of 177,000 repairs, peers removed and rejoined,
-/// caches identical 6–15 s after the writers stopped instead of ~1.5 s).
-pub const ANSWER_OUTBOX_MAX: usize = 8192;
-
-/// Most bytes ([`crate::message::Item::weight`]) the outbox may hold for an anti-entropy answer
-/// to be queued (see [`ANSWER_OUTBOX_MAX`]): 4 MiB is a few hundred 9 KB values.
-pub const ANSWER_OUTBOX_BYTES: usize = 4 << 20;
-
 /// Most missing sequence numbers tracked over all peers. An announcement that would open more
 /// makes that peer's stream jump to it instead (counted as `gap_budget`): the skipped span is
 /// repaired by anti-entropy, acks keep flowing, and spoofed peers announcing far-ahead streams
