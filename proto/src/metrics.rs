@@ -86,6 +86,10 @@ pub struct NetworkMetrics {
     /// already waiting in the outbox (at that version or newer) and pulls of a key already
     /// asked for (see `coalesce` in the protocol core).
     pub repairs_coalesced: u64,
+    /// Anti-entropy pushes not queued because, while this node was overloaded, the outbox held
+    /// a backlog (see `PUSH_OUTBOX_MAX` in the protocol core): the peer pulls them when it
+    /// pulses.
+    pub pushes_deferred: u64,
     /// Times this node itself stood still for more than two heartbeats (descheduled, stopped,
     /// or one pass of its network thread took that long); that time is not held against its
     /// peers' liveness.

@@ -289,7 +289,16 @@ impl Endpoint {
                 .filter(|kv| settled(&kv.version) && kv.version > my_horizon && !skipped(kv, None))
                 .map(|kv| (kv.key, kv.version)),
         );
-        self.send_records(now, from, cache, push.iter().map(|k| k.as_slice()), app);
+        // While this node is overloaded, pushes wait for an outbox with room (see
+        // `PUSH_OUTBOX_MAX`); the peer pulls what it lacks when it pulses, and pulls are
+        // always answered (as far as the budget pays).
+        if !self.repair_pending
+            || (self.outbox.len() < PUSH_OUTBOX_MAX && self.outbox_bytes < PUSH_OUTBOX_BYTES)
+        {
+            self.send_records(now, from, cache, push.iter().map(|k| k.as_slice()), app);
+        } else if !push.is_empty() {
+            self.metrics.pushes_deferred += push.len() as u64;
+        }
         let budget = self.list_budget();
         let mut keys = Vec::new();
         let mut bytes = 0;
@@ -643,6 +652,45 @@ mod tests {
         let sent = a.metrics().ae_repairs;
         assert!(sent < 1000, "a stranger cannot ask for a megabyte");
         assert_eq!(a.drops().get(DropReason::AnswerBudget), 1);
+    }
+
+    #[test]
+    fn while_overloaded_pushes_wait_for_the_outbox_and_pulls_are_still_answered() {
+        let (mut a, b, mut app_a, _, t1) = pair_past_join(Instant::now());
+        let old = app_a.wall - 60_000;
+        let n = PUSH_OUTBOX_MAX as u32;
+        for i in 0..n {
+            app_a.put("c", put_at(&i.to_be_bytes(), b"1", old, a.id()));
+        }
+        // A peer whose traffic earned it an answer budget for all of them.
+        a.budget.earn(t1, b.id(), 1 << 30, 1);
+        list_from(&mut a, &mut app_a, b.id(), &[], t1);
+        assert_eq!(a.outbox_len(), PUSH_OUTBOX_MAX);
+        assert_eq!(a.metrics().pushes_deferred, 0);
+        // With that backlog, while the targeted repair is pending (the node overloaded), the
+        // next list's pushes wait (the ten new keys too) and nothing is read out of the cache
+        // for them...
+        for i in n..n + 10 {
+            app_a.put("c", put_at(&i.to_be_bytes(), b"1", old, a.id()));
+        }
+        a.set_repair_pending(true);
+        // (Past the half second for which this node keeps its own lists.)
+        let t2 = t1 + Duration::from_millis(600);
+        let reads = app_a.reads.get();
+        list_from(&mut a, &mut app_a, b.id(), &[], t2);
+        assert_eq!(a.outbox_len(), PUSH_OUTBOX_MAX);
+        assert_eq!(a.metrics().pushes_deferred, u64::from(n) + 10);
+        assert_eq!(app_a.reads.get(), reads);
+        // ...but a pull is answered.
+        let pulled = vec![serde_bytes::ByteBuf::from(n.to_be_bytes().to_vec())];
+        a.on_pull(t2, b.id(), "c", &pulled, &mut app_a);
+        assert_eq!(a.outbox_len(), PUSH_OUTBOX_MAX + 1);
+        // Once the overload is over, a list's pushes are queued whatever the outbox holds: the
+        // nine new keys not queued yet.
+        a.set_repair_pending(false);
+        list_from(&mut a, &mut app_a, b.id(), &[], t2);
+        assert_eq!(a.outbox_len(), PUSH_OUTBOX_MAX + 10);
+        assert_eq!(a.metrics().pushes_deferred, u64::from(n) + 10);
     }
 
     #[test]

@@ -13,6 +13,25 @@ use crate::wire::WireConfig;
 /// not queue unbounded memory. Unserved NAKs are simply asked again later.
 pub const MAX_QUEUED_TRANSMIT_BYTES: usize = 8 << 20;
 
+/// While the targeted repair is pending (changes overflowed this node's queue: it is
+/// overloaded), anti-entropy pushes (records this node holds newer than a peer's bucket list
+/// says) are queued only while the outbox holds fewer changes than this; otherwise they wait
+/// for a later exchange (counted as `pushes_deferred`), and the peer pulls what it lacks when
+/// it pulses. Pulls are answered whatever the outbox holds (within the requester's answer
+/// budget), and once the overload is over pushes are queued again whatever it holds.
+///
+/// Five processes flat out on two cores queued up to 177,000 repairs in a node's outbox while
+/// the writers ran, sent in order behind the node's own changes; its network thread starved
+/// its socket, peers were removed, and the caches agreed 6–15 s after the writers stopped in
+/// a quarter of the runs. Bounding pull answers as well, or pushes at all times, left nine
+/// processes' caches differing 60 s after the writers stopped in five runs of eight (in none
+/// of three without a bound, nor of two with this one).
+pub const PUSH_OUTBOX_MAX: usize = 8192;
+
+/// Most bytes ([`crate::message::Item::weight`]) the outbox may hold for pushes to be queued
+/// while overloaded (see [`PUSH_OUTBOX_MAX`]): 4 MiB is a few hundred 9 KB values.
+pub const PUSH_OUTBOX_BYTES: usize = 4 << 20;
+
 /// Most missing sequence numbers tracked over all peers. An announcement that would open more
 /// makes that peer's stream jump to it instead (counted as `gap_budget`): the skipped span is
 /// repaired by anti-entropy, acks keep flowing, and spoofed peers announcing far-ahead streams

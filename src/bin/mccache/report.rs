@@ -244,13 +244,14 @@ fn print_table(results: &[NodeResult]) {
     }
     println!("{}", ready_line(results));
     println!(
-        "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs ({} not repeated), {} stalls, drops {:?}",
+        "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs ({} not repeated, {} pushes deferred), {} stalls, drops {:?}",
         sum(|r| r.network.datagrams_sent),
         sum(|r| r.network.datagrams_received),
         sum(|r| r.network.tantrum_drops),
         sum(|r| r.network.retransmits_served),
         sum(|r| r.network.ae_repairs),
         sum(|r| r.network.repairs_coalesced),
+        sum(|r| r.network.pushes_deferred),
         sum(|r| r.network.stalls),
         dropped
     );
