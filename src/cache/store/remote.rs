@@ -56,20 +56,20 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             return Applied::Stale;
         }
         let origin = Origin::Remote(origin);
+        // The value's bytes: decoded (and copied, checksummed) only once the record is known
+        // to win, under the lock below. A stale record (a peer's change older than the copy
+        // held, a repair of what is already here) costs the key's decode and a lookup.
         let put = match rec.op {
             OpRef::Put { value, ttl_ms } if self.cfg.mode != CacheMode::Invalidate => {
-                let Ok(v) = rmp_serde::from_slice::<V>(value) else {
-                    return Applied::Undecodable;
-                };
-                let enc = Encoded::from_parts(rec.key, value);
-                if enc.size() > self.cfg.max_bytes {
+                // The size `Encoded::from_parts` would give.
+                if (rec.key.len() + value.len()) as u64 > self.cfg.max_bytes {
                     return Applied::Skipped;
                 }
                 let ttl = match ttl_ms {
                     None => Ttl::Cache,
                     Some(ms) => Ttl::Entry(Duration::from_millis(ms)),
                 };
-                Some((v, enc, ttl))
+                Some((value, ttl))
             }
             // Del, Inval, or a Put into an invalidate-mode cache.
             _ => None,
@@ -103,24 +103,28 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                     Some(_) if live.is_none() && self.cfg.mode == CacheMode::UpdateIfPresent => {
                         Applied::Skipped
                     }
-                    Some((value, enc, ttl)) => {
-                        let entry = self.new_entry(value, &enc, version, (now, wall), ttl);
-                        new_key = live.is_none();
-                        used_slot = self
-                            .upsert(
-                                shard,
-                                &mut g,
-                                live,
-                                (key, hash),
-                                entry,
-                                origin,
-                                NewSlot::Reserved(reserved),
-                                now,
-                                ev,
-                            )
-                            .used_slot;
-                        Applied::Changed
-                    }
+                    Some((bytes, ttl)) => match rmp_serde::from_slice::<V>(bytes) {
+                        Err(_) => Applied::Undecodable,
+                        Ok(value) => {
+                            let enc = Encoded::from_parts(rec.key, bytes);
+                            let entry = self.new_entry(value, &enc, version, (now, wall), ttl);
+                            new_key = live.is_none();
+                            used_slot = self
+                                .upsert(
+                                    shard,
+                                    &mut g,
+                                    live,
+                                    (key, hash),
+                                    entry,
+                                    origin,
+                                    NewSlot::Reserved(reserved),
+                                    now,
+                                    ev,
+                                )
+                                .used_slot;
+                            Applied::Changed
+                        }
+                    },
                     None => {
                         self.bury(shard, &mut g, live, &key, rec.key, version, origin, now, ev);
                         Applied::Changed
@@ -302,6 +306,66 @@ mod tests {
             ]
         );
         assert!(seen.contains(&(ChangeKind::Clear, r)));
+    }
+
+    #[test]
+    fn a_stale_record_is_refused_on_its_version_before_its_value_is_decoded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static DECODED: AtomicUsize = AtomicUsize::new(0);
+        #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+        struct Counted(u32);
+        impl<'de> serde::Deserialize<'de> for Counted {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                DECODED.fetch_add(1, Ordering::Relaxed);
+                <u32 as serde::Deserialize>::deserialize(d).map(Counted)
+            }
+        }
+        let (node, _, _) = setup(Config::default());
+        let c: Cache<u32, Counted> = node.cache("lazy").unwrap();
+        let e = erased(&node, "lazy");
+        let rec = |v: u32, at: u64| Record {
+            key: bytes(&1u32).into(),
+            version: remote(at),
+            op: Op::Put {
+                value: bytes(&Counted(v)).into(),
+                ttl_ms: None,
+            },
+        };
+        assert_eq!(
+            e.apply_remote(rec(1, 100).view(), NodeId(7)),
+            Applied::Changed
+        );
+        assert_eq!(DECODED.load(Ordering::Relaxed), 1);
+        // An older change, and the same one again (a repair of what is held).
+        assert_eq!(e.apply_remote(rec(2, 99).view(), NodeId(7)), Applied::Stale);
+        assert_eq!(
+            e.apply_remote(rec(1, 100).view(), NodeId(7)),
+            Applied::Stale
+        );
+        assert_eq!(
+            DECODED.load(Ordering::Relaxed),
+            1,
+            "stale values were decoded"
+        );
+        // A newer one is decoded once and stored.
+        assert_eq!(
+            e.apply_remote(rec(3, 101).view(), NodeId(7)),
+            Applied::Changed
+        );
+        assert_eq!(DECODED.load(Ordering::Relaxed), 2);
+        assert_eq!(c.get(&1), Some(Counted(3)));
+        // A value that does not decode as `Counted` is refused and leaves the entry alone.
+        let bad = Record {
+            key: bytes(&1u32).into(),
+            version: remote(102),
+            op: Op::Put {
+                value: bytes(&"not a number").into(),
+                ttl_ms: None,
+            },
+        };
+        assert_eq!(e.apply_remote(bad.view(), NodeId(7)), Applied::Undecodable);
+        assert_eq!(c.get(&1), Some(Counted(3)));
+        assert_eq!(c.len(), 1);
     }
 
     #[test]
