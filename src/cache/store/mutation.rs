@@ -84,7 +84,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             lower_to(&shard.next_expiry, at);
             lower_to(&self.next_expiry, at);
         }
-        if !g.tombs.is_empty() {
+        // A key held live has no tombstone (see `bury`): only a new key's can be left.
+        debug_assert!(live.is_none() || !g.tombs.contains_key(&key));
+        if live.is_none() && !g.tombs.is_empty() {
             g.tombs.swap_remove(&key);
         }
         let out = match live {

@@ -88,14 +88,16 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         let mut used_slot = false;
         let applied = {
             let mut g = shard.lock.write();
-            let tomb_newer = g.tombs.get(&key).is_some_and(|t| version <= t.version);
             let live = self.live_index(shard, &mut g, &key, hash, now, ev);
-            if tomb_newer || live.is_some_and(|i| version <= g.map[i].version) {
+            // A key held live has no tombstone (`upsert` drops it, `bury` takes the entry), so
+            // the tombstones are looked up only for a key not held.
+            let (held, tomb) = match live {
+                Some(i) => (Some(g.map[i].version), None),
+                None => (None, g.tombs.get(&key).map(|t| t.version)),
+            };
+            if held.or(tomb).is_some_and(|v| version <= v) {
                 Applied::Stale
-            } else if live.is_none()
-                && !g.tombs.contains_key(&key)
-                && version <= *self.horizon.read()
-            {
+            } else if held.is_none() && tomb.is_none() && version <= *self.horizon.read() {
                 // Not held, and its delete may have been forgotten here.
                 Applied::BelowHorizon
             } else {
