@@ -189,14 +189,15 @@ fn serve<V: Val>(node: Node) {
             ["metrics"] => {
                 let m = node.network_metrics();
                 format!(
-                    "metrics {} {} {} {} {} {} {}",
+                    "metrics {} {} {} {} {} {} {} {}",
                     m.outbound_overflow,
                     m.retransmits_served,
                     m.ae_repairs,
                     m.gaps,
                     m.changes_sent,
                     m.data_messages_sent,
-                    m.lingered_alone
+                    m.lingered_alone,
+                    m.express_changes
                 )
             }
             ["run", rate, millis, idx, keys] => {
@@ -329,7 +330,7 @@ mod raw {
             let reply = match words.as_slice() {
                 ["members"] => "members 2".to_string(),
                 ["sum"] => "sum 0 0".to_string(),
-                ["metrics"] => "metrics 0 0 0 0 0 0 0".to_string(),
+                ["metrics"] => "metrics 0 0 0 0 0 0 0 0".to_string(),
                 ["lag"] => {
                     let h: Vec<String> = (hist.take().iter())
                         .map(|(i, n)| format!("{i}:{n}"))
@@ -762,6 +763,7 @@ impl Cluster {
             changes_sent: delta(4),
             messages_sent: delta(5),
             lingered_alone: delta(6),
+            express: delta(7),
             samples: total,
             p50_us: pct(0.50),
             p99_us: pct(0.99),
@@ -787,6 +789,8 @@ struct Trial {
     changes_sent: u64,
     messages_sent: u64,
     lingered_alone: u64,
+    /// Changes their writers sent themselves (the express lane, `NetworkMetrics::express_changes`).
+    express: u64,
     samples: u64,
     p50_us: f64,
     p99_us: f64,
@@ -809,7 +813,7 @@ impl Trial {
             .map(|(t, n)| format!("{t:.0}%/{n:.0}%"))
             .collect();
         format!(
-            "offered {:>9.0}/s achieved {:>9.0}/s | lag p50 {:>7.0} µs p99 {:>8.0} µs ({} samples) | identical {} | overflow {} retransmits {} repairs {} | changes per data message {:.1}, lingered alone {} | CPU per node total/net [{}] | {}",
+            "offered {:>9.0}/s achieved {:>9.0}/s | lag p50 {:>7.0} µs p99 {:>8.0} µs ({} samples) | identical {} | overflow {} retransmits {} repairs {} | changes per data message {:.1}, lingered alone {}, {:.0} % by their writers | CPU per node total/net [{}] | {}",
             self.offered,
             self.achieved,
             self.p50_us,
@@ -824,6 +828,7 @@ impl Trial {
             self.repairs,
             self.changes_sent as f64 / self.messages_sent.max(1) as f64,
             self.lingered_alone,
+            100.0 * self.express as f64 / self.changes_sent.max(1) as f64,
             cpu.join(" "),
             if self.coherent() {
                 "coherent"
