@@ -7,7 +7,7 @@ source "$(dirname "$0")/common.sh"
 parse_args "$@"
 
 START=$(date +%s.%N)
-build_static
+build_host
 
 NET="10.254.$((RANDOM % 250 + 1))"
 HUB="${RUN_ID}-hub"
