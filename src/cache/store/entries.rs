@@ -366,7 +366,10 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
     /// `cache_max`, sweeping expired entries and evicting (CLOCK) first when the cache is full.
     /// Returns whether a slot is held; the caller releases it if it ends up not inserting.
     /// (If the key disappears between this check and the write lock, the insert accounts
-    /// normally and the caps are enforced right after, as before.)
+    /// normally and the caps are enforced right after, as before.) `ready` is asked, once the
+    /// key is known to need a slot and before any is taken, whether the write can go ahead (a
+    /// peer's value is decoded there, so one that does not decode evicts nothing).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn reserve_slot_for(
         &self,
         shard: &Shard<K, V>,
@@ -375,6 +378,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         remote: Option<Version>,
         now: u64,
         ev: &mut Events<K>,
+        ready: &mut dyn FnMut() -> bool,
     ) -> bool {
         {
             let g = shard.lock.read();
@@ -389,6 +393,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             {
                 return false;
             }
+        }
+        if !ready() {
+            return false;
         }
         let mut swept = false;
         loop {

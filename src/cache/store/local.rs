@@ -87,8 +87,15 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                     Room::Replace { at, expired } => victim = Some((at, expired)),
                     Room::NotHere => {
                         drop(g);
-                        slot_reserved =
-                            self.reserve_slot_for(shard, &key, hash, None, now, &mut ev);
+                        slot_reserved = self.reserve_slot_for(
+                            shard,
+                            &key,
+                            hash,
+                            None,
+                            now,
+                            &mut ev,
+                            &mut || true,
+                        );
                         g = shard.lock.write();
                         live = self.live_index(shard, &mut g, &key, hash, now, &mut ev);
                     }

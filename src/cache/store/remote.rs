@@ -57,8 +57,9 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         }
         let origin = Origin::Remote(origin);
         // The value's bytes: decoded (and copied, checksummed) only once the record is known
-        // to win, under the lock below. A stale record (a peer's change older than the copy
-        // held, a repair of what is already here) costs the key's decode and a lookup.
+        // to win, under the lock below (or, for a new key of a full cache, just before room is
+        // made for it). A stale record (a peer's change older than the copy held, a repair of
+        // what is already here) costs the key's decode and a lookup.
         let put = match rec.op {
             OpRef::Put { value, ttl_ms } if self.cfg.mode != CacheMode::Invalidate => {
                 // The size `Encoded::from_parts` would give.
@@ -82,9 +83,27 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
         // below `cache_max` a new key is accounted as it is inserted, and the caps enforced
         // after it as usual, which spares the pre-check under the read lock.
         let full = self.entries.load(Ordering::Relaxed) >= self.cfg.max_entries.max(1) as u64;
-        let reserved = put.is_some()
-            && full
-            && self.reserve_slot_for(shard, &key, hash, Some(version), now, ev);
+        // In a full cache, a new key's value is decoded before a victim makes room for it: a
+        // value that does not decode (a peer with another value type for this cache) evicts
+        // nothing.
+        let mut early: Option<Option<V>> = None;
+        let reserved = match put {
+            Some((bytes, _)) if full => {
+                let mut decode = || {
+                    let v = rmp_serde::from_slice::<V>(bytes).ok();
+                    let ok = v.is_some();
+                    early = Some(v);
+                    ok
+                };
+                self.reserve_slot_for(shard, &key, hash, Some(version), now, ev, &mut decode)
+            }
+            _ => false,
+        };
+        let mut early = match early {
+            Some(None) => return Applied::Undecodable,
+            Some(Some(v)) => Some(v),
+            None => None,
+        };
         let mut used_slot = false;
         let applied = {
             let mut g = shard.lock.write();
@@ -105,9 +124,12 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
                     Some(_) if live.is_none() && self.cfg.mode == CacheMode::UpdateIfPresent => {
                         Applied::Skipped
                     }
-                    Some((bytes, ttl)) => match rmp_serde::from_slice::<V>(bytes) {
-                        Err(_) => Applied::Undecodable,
-                        Ok(value) => {
+                    Some((bytes, ttl)) => match early
+                        .take()
+                        .map_or_else(|| rmp_serde::from_slice::<V>(bytes).ok(), Some)
+                    {
+                        None => Applied::Undecodable,
+                        Some(value) => {
                             let enc = Encoded::from_parts(rec.key, bytes);
                             let entry = self.new_entry(value, &enc, version, (now, wall), ttl);
                             new_key = live.is_none();
@@ -390,6 +412,41 @@ mod tests {
             "the key being inserted is never the victim"
         );
         assert_eq!(e.metrics().evictions_capacity, 5);
+    }
+
+    #[test]
+    fn a_value_that_does_not_decode_evicts_nothing_from_a_full_cache() {
+        let (node, _, _) = setup(Config {
+            cache_max: 3,
+            ..Config::default()
+        });
+        let c: Cache<u32, u32> = node.cache("full").unwrap();
+        let e = erased(&node, "full");
+        for k in 0..3u32 {
+            c.insert(k, k).unwrap();
+        }
+        // A newer write of a new key, whose value is not a `u32` (a peer with another value
+        // type for this cache).
+        let other_type = Record {
+            key: bytes(&9u32).into(),
+            version: Version::new(node.core().hlc.peek() + 1, NodeId(7)),
+            op: Op::Put {
+                value: bytes(&"not a number").into(),
+                ttl_ms: None,
+            },
+        };
+        assert_eq!(
+            e.apply_remote(other_type.view(), NodeId(7)),
+            Applied::Undecodable
+        );
+        assert_eq!(c.len(), 3);
+        assert_eq!(e.metrics().evictions_capacity, 0);
+        assert!((0..3u32).all(|k| c.get(&k) == Some(k)));
+        // One that decodes takes a victim's place.
+        let newer = put(9, 9, Version::new(node.core().hlc.peek() + 2, NodeId(7)));
+        assert_eq!(e.apply_remote(newer.view(), NodeId(7)), Applied::Changed);
+        assert_eq!((c.len(), c.get(&9)), (3, Some(9)));
+        assert_eq!(e.metrics().evictions_capacity, 1);
     }
 
     #[test]
