@@ -89,7 +89,8 @@ build_static() {
 
 # Builds the binary for runs on this host and sets BIN: network namespaces share the host's
 # libraries, so it need not be static (`build_static` is for images `FROM scratch`). It shares
-# the release build of the tests (about a minute on a 2-core VM, against ~4 for the static one).
+# the release build of the tests (a first build takes about a minute on a 2-core VM, the static
+# one ~3).
 build_host() {
     local target_dir="${CARGO_TARGET_DIR:-$REPO/target}"
     echo "== building mccache (release, feature cli)"
