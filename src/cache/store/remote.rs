@@ -206,7 +206,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::super::testing::{bytes, erased, put, remote, setup};
+    use super::super::testing::{bytes, erased, put, put_bytes, remote, setup};
     use crate::cache::event::{ChangeKind, Origin};
     use crate::cache::hooks::{Applied, ChangeKindWire};
     use crate::config::CacheMode;
@@ -305,14 +305,7 @@ mod tests {
             op: Op::Del,
         };
         assert_eq!(e.apply_remote(bad.view(), NodeId(7)), Applied::Undecodable);
-        let bad_val = Record {
-            key: bytes(&5u32).into(),
-            version: remote(3000),
-            op: Op::Put {
-                value: vec![0xc1, 0xff].into(),
-                ttl_ms: None,
-            },
-        };
+        let bad_val = put_bytes(5, vec![0xc1, 0xff], remote(3000));
         assert_eq!(
             e.apply_remote(bad_val.view(), NodeId(7)),
             Applied::Undecodable
@@ -347,14 +340,7 @@ mod tests {
         let (node, _, _) = setup(Config::default());
         let c: Cache<u32, Counted> = node.cache("lazy").unwrap();
         let e = erased(&node, "lazy");
-        let rec = |v: u32, at: u64| Record {
-            key: bytes(&1u32).into(),
-            version: remote(at),
-            op: Op::Put {
-                value: bytes(&Counted(v)).into(),
-                ttl_ms: None,
-            },
-        };
+        let rec = |v: u32, at: u64| put_bytes(1, bytes(&Counted(v)), remote(at));
         assert_eq!(
             e.apply_remote(rec(1, 100).view(), NodeId(7)),
             Applied::Changed
@@ -379,14 +365,7 @@ mod tests {
         assert_eq!(DECODED.load(Ordering::Relaxed), 2);
         assert_eq!(c.get(&1), Some(Counted(3)));
         // A value that does not decode as `Counted` is refused and leaves the entry alone.
-        let bad = Record {
-            key: bytes(&1u32).into(),
-            version: remote(102),
-            op: Op::Put {
-                value: bytes(&"not a number").into(),
-                ttl_ms: None,
-            },
-        };
+        let bad = put_bytes(1, bytes(&"not a number"), remote(102));
         assert_eq!(e.apply_remote(bad.view(), NodeId(7)), Applied::Undecodable);
         assert_eq!(c.get(&1), Some(Counted(3)));
         assert_eq!(c.len(), 1);
@@ -427,14 +406,11 @@ mod tests {
         }
         // A newer write of a new key, whose value is not a `u32` (a peer with another value
         // type for this cache).
-        let other_type = Record {
-            key: bytes(&9u32).into(),
-            version: Version::new(node.core().hlc.peek() + 1, NodeId(7)),
-            op: Op::Put {
-                value: bytes(&"not a number").into(),
-                ttl_ms: None,
-            },
-        };
+        let other_type = put_bytes(
+            9,
+            bytes(&"not a number"),
+            Version::new(node.core().hlc.peek() + 1, NodeId(7)),
+        );
         assert_eq!(
             e.apply_remote(other_type.view(), NodeId(7)),
             Applied::Undecodable

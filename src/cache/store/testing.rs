@@ -41,11 +41,16 @@ pub(super) fn bytes<T: Serialize>(t: &T) -> Vec<u8> {
 
 /// A peer's put of `key` → `value`.
 pub(super) fn put(key: u32, value: u32, version: Version) -> Record {
+    put_bytes(key, bytes(&value), version)
+}
+
+/// A peer's put of `key` with `value` already serialized (any type, or none).
+pub(super) fn put_bytes(key: u32, value: Vec<u8>, version: Version) -> Record {
     Record {
         key: bytes(&key).into(),
         version,
         op: Op::Put {
-            value: bytes(&value).into(),
+            value: value.into(),
             ttl_ms: None,
         },
     }
