@@ -278,6 +278,14 @@ pub fn seed_messages() -> Vec<(&'static str, Msg)> {
             },
         ),
         (
+            "sums",
+            Msg::Sums {
+                to: ME,
+                cache: "c".into(),
+                buckets: vec![(0, 2, vec![1, 2]), (1, 3, vec![7]), (65535, 0, Vec::new())],
+            },
+        ),
+        (
             "pull",
             Msg::Pull {
                 to: ME,

@@ -102,6 +102,7 @@
 //! | `mccache_net_gaps_total`, `mccache_net_retransmits_requested_total`, `mccache_net_retransmits_served_total` | counter | |
 //! | `mccache_net_repairs_total`, `mccache_net_outbound_overflow_total` | counter | |
 //! | `mccache_net_repairs_coalesced_total` (anti-entropy repairs and pulls not repeated while the same was under way) | counter | |
+//! | `mccache_net_keys_listed_total` (key versions listed to peers by anti-entropy: small buckets whole, long ones only in the parts whose sums differ) | counter | |
 //! | `mccache_net_pushes_deferred_total` (anti-entropy pushes left for a later exchange while the node was overloaded and its outbox held a backlog; the peer pulls them) | counter | |
 //! | `mccache_net_stalls_total` (times the node itself stood still for over two heartbeats: that time is not held against its peers' liveness) | counter | |
 //! | `mccache_net_members`, `mccache_net_outbound_queue` | gauge | |

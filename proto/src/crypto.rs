@@ -374,15 +374,23 @@ mod tests {
         ));
         let mut ring = Keyring::new(&[[3; 32]], "c");
         let h = header(&ring, "c");
-        assert_eq!(&d[..HEADER_LEN], &h.encode()[..]);
+        // The same header but for the wire version it was sealed under (4; the header is
+        // authenticated, so a datagram of another version does not open as this one).
+        let mut head = h.encode();
+        assert_eq!((d[2], head[2]), (4, crate::header::WIRE_VERSION));
+        head[2] = 4;
+        assert_eq!(&d[..HEADER_LEN], &head[..]);
         assert_eq!(
             ring.open(&h, &d).unwrap(),
             b"a datagram sealed by mccache 0.1"
         );
-        assert_eq!(
-            sealed(&mut ring, &h, b"a datagram sealed by mccache 0.1"),
-            d
-        );
+        let mut again = head.to_vec();
+        again.extend_from_slice(b"a datagram sealed by mccache 0.1");
+        ring.seal(&mut again);
+        assert_eq!(again, d);
+        let mut now = h.encode().to_vec();
+        now.extend_from_slice(&d[HEADER_LEN..]);
+        assert!(ring.open(&h, &now).is_err(), "the version is authenticated");
     }
 
     #[test]

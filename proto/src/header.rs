@@ -27,7 +27,7 @@ pub const HEADER_LEN: usize = 48;
 /// The first two bytes of every datagram.
 pub const MAGIC: [u8; 2] = *b"MC";
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 /// Flag bit: the body is sealed (AES-256-GCM-SIV) rather than plaintext with a crc32.
 pub const FLAG_ENCRYPTED: u8 = 0b0000_0001;
 

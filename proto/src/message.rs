@@ -355,6 +355,21 @@ pub enum Msg {
         /// (see "No resurrection" in docs/PROTOCOL.md).
         horizon: Version,
     },
+    /// Anti-entropy: sums of the parts of some buckets of one cache, sent to `to` whose digest
+    /// differed, for buckets too long to list whole (more than [`crate::sync::PART_KEYS`]
+    /// keys). `to` compares them with its own and answers with [`Msg::Buckets`] lists of the
+    /// parts whose sums differ.
+    Sums {
+        /// The node whose digest differed.
+        to: NodeId,
+        /// Cache name.
+        cache: String,
+        /// `(bucket, parts, sums)`: `bucket` cut in `parts` parts by
+        /// [`crate::sync::key_part`], and for each part the wrapping sum of its live keys'
+        /// [`crate::sync::key_version_digest`]s (`parts` of them, at most
+        /// [`crate::sync::MAX_PARTS`]).
+        buckets: Vec<(u16, u16, Vec<u64>)>,
+    },
     /// Anti-entropy: `to` should send its records for these keys.
     Pull {
         /// The node that holds newer versions.
@@ -495,10 +510,11 @@ impl Msg {
     /// each whole to learn it was meant for another, with nine members, cost a receiver more
     /// than the messages meant for it.
     pub fn peek_target(bytes: &[u8]) -> Option<NodeId> {
-        const TARGETED: [&[u8]; 7] = [
+        const TARGETED: [&[u8]; 8] = [
             b"Nak",
             b"Gone",
             b"Buckets",
+            b"Sums",
             b"Pull",
             b"SnapshotReq",
             b"SnapshotChunk",
@@ -547,6 +563,7 @@ impl Msg {
             Msg::Nak { to, .. }
             | Msg::Gone { to, .. }
             | Msg::Buckets { to, .. }
+            | Msg::Sums { to, .. }
             | Msg::Pull { to, .. }
             | Msg::SnapshotReq { to, .. }
             | Msg::SnapshotChunk { to, .. }
@@ -779,6 +796,11 @@ mod tests {
                     parts: vec![(1, 0, 1)],
                     keys: Vec::new(),
                     horizon: Version::ZERO,
+                },
+                Msg::Sums {
+                    to,
+                    cache: "c".into(),
+                    buckets: vec![(1, 2, vec![3, u64::MAX])],
                 },
                 Msg::Pull {
                     to,

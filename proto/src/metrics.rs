@@ -80,6 +80,10 @@ pub struct NetworkMetrics {
     pub pulses_sent: u64,
     /// Anti-entropy bucket exchanges started (digests differed).
     pub ae_exchanges: u64,
+    /// Key versions this node listed to peers in anti-entropy bucket lists (whole small
+    /// buckets, and the parts of long ones whose sums differed).
+    #[serde(default)]
+    pub ae_keys_listed: u64,
     /// Records this node sent to repair peers (anti-entropy pushes and answers to pulls).
     pub ae_repairs: u64,
     /// Anti-entropy work left undone because the same was under way: repairs of a record

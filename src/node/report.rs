@@ -257,6 +257,11 @@ mod export {
             Unit::Count,
         ),
         (
+            "mccache_net_keys_listed_total",
+            "Key versions listed to peers in anti-entropy bucket lists.",
+            Unit::Count,
+        ),
+        (
             "mccache_net_pushes_deferred_total",
             "Anti-entropy pushes left for a later exchange: overloaded, the outbox held a backlog.",
             Unit::Count,
@@ -354,6 +359,7 @@ mod export {
         c("mccache_net_outbound_overflow_total", n.outbound_overflow);
         c("mccache_net_repairs_coalesced_total", n.repairs_coalesced);
         c("mccache_net_pushes_deferred_total", n.pushes_deferred);
+        c("mccache_net_keys_listed_total", n.ae_keys_listed);
         c("mccache_net_stalls_total", n.stalls);
         for (reason, v) in &n.dropped {
             let l = [("node", node.to_string()), ("reason", reason.clone())];

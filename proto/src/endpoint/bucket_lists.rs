@@ -26,17 +26,19 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::state::AppState;
-use crate::sync::{KeyVersion, SYNC_BUCKETS, key_part_of_hash};
+use crate::sync::{KeyVersion, SYNC_BUCKETS, key_part_of_hash, key_version_digest};
 
 /// How long lists are reused.
 pub(super) const FRESH_FOR: Duration = Duration::from_millis(500);
 /// Buckets listed per pass (the ones asked for, then the following ones not yet listed).
 pub(super) const WINDOW: usize = 16;
 
-/// One listed key: its version and the hash its part is taken from.
+/// One listed key: its version, the hash its part is taken from and its digest for the sums
+/// of parts (0 for a tombstone: sums cover live entries, as the buckets' do).
 #[derive(Clone, Debug)]
 pub(super) struct Listed {
     pub hash: u32,
+    pub digest: u64,
     pub kv: KeyVersion,
 }
 
@@ -53,17 +55,16 @@ pub(super) struct BucketLists {
 }
 
 impl BucketLists {
-    /// The listed keys of `cache` in part `part` of `of` of `bucket` (the bucket must be below
-    /// `SYNC_BUCKETS`), listing it (and the next buckets not listed) in one pass if it is not
-    /// listed or its list is older than [`FRESH_FOR`].
-    pub(super) fn part(
+    /// The listed keys of `cache`'s `bucket` (which must be below `SYNC_BUCKETS`), listing it
+    /// (and the next buckets not listed) in one pass if it is not listed or its list is older
+    /// than [`FRESH_FOR`].
+    fn listed(
         &mut self,
         now: Instant,
         app: &dyn AppState,
         cache: &str,
-        (bucket, part, of): (usize, u16, u16),
-    ) -> Vec<KeyVersion> {
-        self.parts += 1;
+        bucket: usize,
+    ) -> &[Listed] {
         let fresh = |slot: &Slot| {
             slot.as_ref()
                 .is_some_and(|(at, _)| now.saturating_duration_since(*at) < FRESH_FOR)
@@ -87,6 +88,11 @@ impl BucketLists {
                     .into_iter()
                     .map(|kv| Listed {
                         hash: crc32fast::hash(&kv.key),
+                        digest: if kv.deleted {
+                            0
+                        } else {
+                            key_version_digest(&kv.key, kv.version)
+                        },
                         kv,
                     })
                     .collect();
@@ -95,13 +101,54 @@ impl BucketLists {
         }
         lists[bucket]
             .as_ref()
-            .map(|(_, keys)| {
-                keys.iter()
-                    .filter(|l| key_part_of_hash(l.hash, of) == part)
-                    .map(|l| l.kv.clone())
-                    .collect()
-            })
+            .map(|(_, keys)| keys.as_slice())
             .unwrap_or_default()
+    }
+
+    /// The listed keys of `cache` in part `part` of `of` of `bucket` (the bucket must be below
+    /// `SYNC_BUCKETS`), listed as [`BucketLists::listed`] does.
+    pub(super) fn part(
+        &mut self,
+        now: Instant,
+        app: &dyn AppState,
+        cache: &str,
+        (bucket, part, of): (usize, u16, u16),
+    ) -> Vec<KeyVersion> {
+        self.parts += 1;
+        self.listed(now, app, cache, bucket)
+            .iter()
+            .filter(|l| key_part_of_hash(l.hash, of) == part)
+            .map(|l| l.kv.clone())
+            .collect()
+    }
+
+    /// How many keys (tombstones included) `cache`'s `bucket` lists.
+    pub(super) fn len(
+        &mut self,
+        now: Instant,
+        app: &dyn AppState,
+        cache: &str,
+        bucket: usize,
+    ) -> usize {
+        self.listed(now, app, cache, bucket).len()
+    }
+
+    /// The sums of `cache`'s `bucket` cut in `of` parts (`of` ≥ 1): for each part, the wrapping
+    /// sum of its live keys' [`key_version_digest`]s.
+    pub(super) fn sums(
+        &mut self,
+        now: Instant,
+        app: &dyn AppState,
+        cache: &str,
+        bucket: usize,
+        of: u16,
+    ) -> Vec<u64> {
+        let mut sums = vec![0u64; usize::from(of.max(1))];
+        for l in self.listed(now, app, cache, bucket) {
+            let p = usize::from(key_part_of_hash(l.hash, of));
+            sums[p] = sums[p].wrapping_add(l.digest);
+        }
+        sums
     }
 
     /// Passes made over a cache and parts asked for, so far.

@@ -171,6 +171,7 @@ impl Endpoint {
                     self.on_buckets(now, from, &cache, &parts, keys, horizon, app)
                 }
             }
+            Msg::Sums { cache, buckets, .. } => self.on_sums(now, from, &cache, buckets, app),
             Msg::Pull { cache, keys, .. } => self.on_pull(now, from, &cache, &keys, app),
             Msg::SnapshotReq {
                 cache,

@@ -244,7 +244,7 @@ fn print_table(results: &[NodeResult]) {
     }
     println!("{}", ready_line(results));
     println!(
-        "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs ({} not repeated, {} pushes deferred), {} stalls, drops {:?}",
+        "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs ({} not repeated, {} pushes deferred), {} key versions listed, {} stalls, drops {:?}",
         sum(|r| r.network.datagrams_sent),
         sum(|r| r.network.datagrams_received),
         sum(|r| r.network.tantrum_drops),
@@ -252,6 +252,7 @@ fn print_table(results: &[NodeResult]) {
         sum(|r| r.network.ae_repairs),
         sum(|r| r.network.repairs_coalesced),
         sum(|r| r.network.pushes_deferred),
+        sum(|r| r.network.ae_keys_listed),
         sum(|r| r.network.stalls),
         dropped
     );
