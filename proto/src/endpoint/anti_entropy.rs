@@ -168,7 +168,11 @@ impl Endpoint {
                 let b = usize::from(b);
                 let len = self.bucket_lists.len(now, app, &line.cache, b);
                 if len <= PART_KEYS {
-                    let keys = self.bucket_lists.part(now, app, &line.cache, (b, 0, 1));
+                    let keys = self
+                        .bucket_lists
+                        .parts(now, app, &line.cache, (b, 1), &[0])
+                        .pop()
+                        .unwrap_or_default();
                     listed += keys.len();
                     listed_bytes += keys.iter().map(|k| k.key.len() + 24).sum::<usize>();
                     lists.push(((b as u16, 0, 1), keys));
@@ -215,18 +219,13 @@ impl Endpoint {
                 continue;
             }
             let mine = self.bucket_lists.sums(now, app, cache, usize::from(b), of);
-            for (p, _) in mine
-                .iter()
-                .zip(&theirs)
-                .enumerate()
-                .filter(|(_, (m, t))| m != t)
-            {
-                let part = (b, p as u16, of);
-                let keys = self
-                    .bucket_lists
-                    .part(now, app, cache, (usize::from(b), p as u16, of));
-                lists.push((part, keys));
-            }
+            let differ: Vec<u16> = (0..of)
+                .filter(|&p| mine[usize::from(p)] != theirs[usize::from(p)])
+                .collect();
+            let keys = self
+                .bucket_lists
+                .parts(now, app, cache, (usize::from(b), of), &differ);
+            lists.extend(differ.into_iter().map(|p| (b, p, of)).zip(keys));
         }
         let horizon = app.horizon(cache);
         self.send_lists(now, from, cache, horizon, lists);
@@ -351,16 +350,21 @@ impl Endpoint {
         let skipped = |holder: &KeyVersion, lacker: Option<&KeyVersion>| {
             !adopts && !holder.deleted && lacker.is_none_or(|l| l.deleted)
         };
-        let valid: Vec<(u16, u16, u16)> = parts
-            .iter()
-            .copied()
-            .filter(|&(b, part, of)| (b as usize) < SYNC_BUCKETS && of != 0 && part < of)
-            .collect();
-        for &(b, part, of) in &valid {
+        // The parts listed, by bucket and cut: each bucket's list is walked once for all its
+        // parts (a list answering sums names up to hundreds of parts of one bucket).
+        let mut cuts: BTreeMap<(u16, u16), Vec<u16>> = BTreeMap::new();
+        for &(b, part, of) in parts {
+            if usize::from(b) < SYNC_BUCKETS && of != 0 && part < of {
+                cuts.entry((b, of)).or_default().push(part);
+            }
+        }
+        for ((b, of), mut wanted) in cuts {
+            wanted.sort_unstable();
+            wanted.dedup();
             let listed = self
                 .bucket_lists
-                .part(now, app, cache, (b as usize, part, of));
-            for mine in listed {
+                .parts(now, app, cache, (usize::from(b), of), &wanted);
+            for mine in listed.into_iter().flatten() {
                 let theirs = their_map.remove(&mine.key);
                 match &theirs {
                     Some(t) if t.version > mine.version => {

@@ -105,21 +105,34 @@ impl BucketLists {
             .unwrap_or_default()
     }
 
-    /// The listed keys of `cache` in part `part` of `of` of `bucket` (the bucket must be below
-    /// `SYNC_BUCKETS`), listed as [`BucketLists::listed`] does.
-    pub(super) fn part(
+    /// The listed keys of `cache` in each of the parts `wanted` of `bucket` cut in `of` (the
+    /// bucket must be below `SYNC_BUCKETS`), in the order asked, in one walk of the bucket's
+    /// list (listed as [`BucketLists::listed`] does). A part asked twice, or not below `of`,
+    /// is answered empty after its first time.
+    pub(super) fn parts(
         &mut self,
         now: Instant,
         app: &dyn AppState,
         cache: &str,
-        (bucket, part, of): (usize, u16, u16),
-    ) -> Vec<KeyVersion> {
-        self.parts += 1;
-        self.listed(now, app, cache, bucket)
-            .iter()
-            .filter(|l| key_part_of_hash(l.hash, of) == part)
-            .map(|l| l.kv.clone())
-            .collect()
+        (bucket, of): (usize, u16),
+        wanted: &[u16],
+    ) -> Vec<Vec<KeyVersion>> {
+        self.parts += wanted.len() as u64;
+        let of = of.max(1);
+        let mut slot = vec![usize::MAX; usize::from(of)];
+        for (i, &p) in wanted.iter().enumerate().rev() {
+            if let Some(s) = slot.get_mut(usize::from(p)) {
+                *s = i;
+            }
+        }
+        let mut out = vec![Vec::new(); wanted.len()];
+        for l in self.listed(now, app, cache, bucket) {
+            let i = slot[usize::from(key_part_of_hash(l.hash, of))];
+            if let Some(keys) = out.get_mut(i) {
+                keys.push(l.kv.clone());
+            }
+        }
+        out
     }
 
     /// How many keys (tombstones included) `cache`'s `bucket` lists.
