@@ -12,8 +12,9 @@
 //!
 //! Here a pass lists [`WINDOW`] buckets at once: the ones asked for and those after them, in
 //! the order a peer sends them. The lists are kept for [`FRESH_FOR`], with the hash each key's
-//! part is taken from. Comparing against lists that old is safe, as every outcome is checked
-//! again where it acts:
+//! part is taken from and its digest for the sums of parts (`Msg::Sums`: the answer to a digest
+//! for a long bucket, and what this node compares before listing a part). Comparing against
+//! lists that old is safe, as every outcome is checked again where it acts:
 //! - a key the peer holds newer is pulled, and applied only if newer than what is held then;
 //! - a key pushed is sent as held when it is sent (`AppState::record`), if still held;
 //! - a doubtful key is dropped only if it still holds the version listed

@@ -17,9 +17,10 @@
 //! `outbound` (publishing, batching, the send queue, retransmissions), `linger` (whether
 //! changes wait for company, learned from the data messages), `membership` (peers,
 //! heartbeats, acks, failure detection), `clock` (peers' clocks and versions from the future),
-//! `anti_entropy` (pulses, digests, bucket lists, pulls, answer budgets), `bucket_lists` (this
-//! node's own bucket lists, kept for the messages of one exchange), `transfer` (state transfer
-//! to joiners), `queries` (cluster queries, address books).
+//! `anti_entropy` (pulses, digests, sums of parts, bucket lists, pulls, answer budgets),
+//! `bucket_lists` (this node's own bucket lists and the sums of their parts, kept for the
+//! messages of one exchange), `transfer` (state transfer to joiners), `queries` (cluster
+//! queries, address books).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
