@@ -156,6 +156,9 @@ pub struct Endpoint {
     me: NodeId,
     wire: Wire,
     peers: PeerMap,
+    /// Peers removed as failed, with how far their stream had come here: one heard again takes
+    /// its stream up from there (see [`Endpoint::touch_peer`]).
+    departed: membership::Departed,
     send: SendBuffer,
     outbox: VecDeque<Item>,
     outbox_bytes: usize,
@@ -235,6 +238,7 @@ impl Endpoint {
             me,
             wire,
             peers: PeerMap::new(),
+            departed: membership::Departed::default(),
             send,
             outbox: VecDeque::new(),
             outbox_bytes: 0,
