@@ -7,14 +7,6 @@ use crate::message::Msg;
 /// The peer table.
 pub(super) type PeerMap = BTreeMap<NodeId, Peer>;
 
-/// Peers removed as failed, newest last, with the cumulative ack of their stream here when they
-/// were removed; at most [`DEPARTED_MAX`].
-pub(super) type Departed = VecDeque<(NodeId, u64)>;
-
-/// Removed peers remembered at most (a node id is drawn anew at every start, so only a peer that
-/// went silent and came back matches one).
-pub(super) const DEPARTED_MAX: usize = 64;
-
 /// A peer as this node tracks it.
 #[derive(Debug)]
 pub(super) struct Peer {
@@ -97,26 +89,14 @@ impl Endpoint {
             self.drops.record(DropReason::MembershipFull);
             return false;
         }
-        // Where its stream starts for us. A peer removed as failed and heard again takes it
-        // up where it was when removed: what it sent meanwhile is NAKed, what was received
-        // before is not asked for again. (From 0, a peer first heard again through an ack or
-        // a digest NAKed the sender's whole history: the sender re-sent all it still held, to
-        // be dropped as duplicates, at the moment it was overloaded enough to lose a peer.)
-        // Otherwise history before we met is covered by state transfer and anti-entropy; a
-        // young stream is taken from the start so that its first messages, if lost, are still
-        // NAKed.
-        let departed = self
-            .departed
-            .iter()
-            .position(|(id, _)| *id == from)
-            .and_then(|i| self.departed.remove(i))
-            .map(|(_, base)| base);
-        let base = match (departed, msg) {
-            (Some(base), _) => base,
-            (None, Msg::Hello { seq_hi, .. }) => *seq_hi,
-            (None, Msg::Data { seq, .. }) if *seq <= YOUNG_STREAM => 0,
-            (None, Msg::Data { seq, .. }) => seq - 1,
-            (None, _) => 0,
+        // Where its stream starts for us: history before we met is covered by state transfer
+        // and anti-entropy. A young stream is taken from the start so that its first messages,
+        // if lost, are still NAKed.
+        let base = match msg {
+            Msg::Hello { seq_hi, .. } => *seq_hi,
+            Msg::Data { seq, .. } if *seq <= YOUNG_STREAM => 0,
+            Msg::Data { seq, .. } => seq - 1,
+            _ => 0,
         };
         let name = match msg {
             Msg::Hello { name, .. } => name.clone(),
@@ -187,12 +167,7 @@ impl Endpoint {
             }
         }
         for id in removed {
-            if let Some(p) = self.peers.remove(&id) {
-                if self.departed.len() >= DEPARTED_MAX {
-                    self.departed.pop_front();
-                }
-                self.departed.push_back((id, p.recv.contiguous()));
-            }
+            self.peers.remove(&id);
             self.wire.forget_sender(id);
             self.budget.forget(id);
             self.events
@@ -335,60 +310,6 @@ mod tests {
                 Event::Member(MemberEvent::Left { id, failed: true }),
             ]
         );
-    }
-
-    #[test]
-    fn a_peer_heard_again_after_its_removal_is_asked_only_for_what_it_missed() {
-        let t0 = Instant::now();
-        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
-        let put = |ep: &Endpoint, i: u8| Item::Rec {
-            cache: "c".into(),
-            rec: put_at(&[i], b"value", 1_000, ep.id()),
-        };
-        // Ten changes, each its own data message, all received.
-        for i in 0..10u8 {
-            let t = t0 + Duration::from_millis(u64::from(i) * 10);
-            let item = put(&a, i);
-            a.publish(t, item);
-            deliver(&mut a, &mut b, &mut app_b, t);
-        }
-        let received = a.send.seq_hi();
-        assert!(received >= 2, "{received} data messages");
-        assert_eq!(b.peers[&a.id()].recv.contiguous(), received);
-        // `b` hears nothing more from `a` and removes it; meanwhile `a` sends more, all lost.
-        let hb = b.cfg.heartbeat;
-        let quiet = t0 + Duration::from_millis(100);
-        for i in 1..=b.cfg.remove_after * 2 + 1 {
-            let t = quiet + hb / 2 * i;
-            b.handle_timeout(t, &mut app_b);
-            drain(&mut b, t);
-        }
-        assert!(b.peers.get(&a.id()).is_none(), "removed");
-        let back = quiet + hb / 2 * (b.cfg.remove_after * 2 + 2);
-        for i in 10..15u8 {
-            let item = put(&a, i);
-            a.publish(back, item);
-            drain(&mut a, back);
-        }
-        let hi = a.send.seq_hi();
-        assert!(hi > received);
-        // `b` hears `a` again through a message that says nothing of its stream (an ack), then
-        // learns how far it has come (a tail announcement).
-        a.send_msg(&Msg::Ack { acks: Vec::new() });
-        a.send_msg(&Msg::Tail { seq_hi: hi });
-        deliver(&mut a, &mut b, &mut app_b, back);
-        let recv = &b.peers[&a.id()].recv;
-        assert_eq!(recv.contiguous(), received, "taken up where it was");
-        assert_eq!(
-            recv.missing(),
-            hi - received,
-            "only what was sent while it was gone"
-        );
-        // Its NAK makes `a` re-send those alone, not its whole history.
-        let t = back + b.cfg.nak.first;
-        b.handle_timeout(t, &mut app_b);
-        deliver(&mut b, &mut a, &mut app_a, t);
-        assert_eq!(a.metrics().retransmits_served, hi - received);
     }
 
     #[test]

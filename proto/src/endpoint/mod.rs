@@ -156,9 +156,6 @@ pub struct Endpoint {
     me: NodeId,
     wire: Wire,
     peers: PeerMap,
-    /// Peers removed as failed, with how far their stream had come here: one heard again takes
-    /// its stream up from there (see [`Endpoint::touch_peer`]).
-    departed: membership::Departed,
     send: SendBuffer,
     outbox: VecDeque<Item>,
     outbox_bytes: usize,
@@ -238,7 +235,6 @@ impl Endpoint {
             me,
             wire,
             peers: PeerMap::new(),
-            departed: membership::Departed::default(),
             send,
             outbox: VecDeque::new(),
             outbox_bytes: 0,
