@@ -1,5 +1,5 @@
 //! One mccache node as its own process, driven over stdin/stdout (used by the fault tests in
-//! `tests/netns_faults.rs`, handy by hand too).
+//! `tests/it/netns_faults.rs`, handy by hand too).
 //!
 //! Configuration comes from `mccache.toml` / `MCCACHE_*` variables ([`Config::load`]). Once the
 //! node has started and is ready it prints `{"ready":true,"id":"..."}`; then it reads one

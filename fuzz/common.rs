@@ -1,5 +1,5 @@
 //! The code paths the fuzz targets drive, shared by `fuzz/fuzz_targets/*.rs` and by the regular
-//! test `tests/fuzz_corpus.rs` (which replays every corpus file through them, so CI without
+//! test `tests/it/fuzz_corpus.rs` (which replays every corpus file through them, so CI without
 //! cargo-fuzz still runs the seeds). Each function must never panic, whatever `data` holds.
 
 #![allow(dead_code)]

@@ -32,7 +32,7 @@ status=0
 for t in $targets; do
     mkdir -p "$scratch/$t" "$here/corpus/$t"
     echo "== fuzz $t for ${secs}s"
-    # Every committed seed is also replayed by tests/fuzz_corpus.rs in the regular test suite.
+    # Every committed seed is also replayed by tests/it/fuzz_corpus.rs in the regular test suite.
     if ! cargo "${toolchain[@]}" fuzz run "$t" "$scratch/$t" "$here/corpus/$t" -- \
         -max_total_time="$secs" -jobs=1 -workers=1 -max_len=8192 -rss_limit_mb=1024 \
         -print_final_stats=1; then

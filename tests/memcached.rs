@@ -7,9 +7,9 @@
 #![cfg(feature = "memcached")]
 #![forbid(unsafe_code)]
 
-#[path = "support/cluster.rs"]
+#[path = "it/support/cluster.rs"]
 mod cluster_support;
-#[path = "support/memcached.rs"]
+#[path = "it/support/memcached.rs"]
 mod memcached_support;
 
 use std::net::TcpListener;
@@ -472,13 +472,9 @@ fn separate_processes_share_values_through_memcached() {
     // MCCACHE_* variables, using only `mccache::get_cache`.
     let run = |role: &str, port: &str| {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "separate_processes_share_values_through_memcached",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .arg("--exact")
+            .arg("separate_processes_share_values_through_memcached")
+            .args(["--nocapture", "--test-threads", "1"])
             .env(ROLE_ENV, role)
             .env("MCCACHE_CONFIG", "")
             .env("MCCACHE_INTERFACE", "127.0.0.1")
