@@ -1,5 +1,6 @@
 //! A memcached server for a test: `memcached -l 127.0.0.1 -p PORT -m 16 -U 0`, started by the
-//! test and killed when the guard drops (also on panic).
+//! test and killed when the guard drops (also on panic). Used by `tests/memcached.rs` (its own
+//! test binary, with the `memcached` feature), not by the `it` binary.
 
 #![allow(dead_code)]
 

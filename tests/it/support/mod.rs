@@ -1,12 +1,12 @@
 //! Helpers shared by the test modules: loopback clusters, namespaces, fault nodes, forged
-//! datagrams, the simulator, stress processes, a memcached server, and the re-run of this test
-//! binary as an application process.
+//! datagrams, the simulator, stress processes, and the re-run of this test binary as one test.
+//! (`memcached.rs` here is not one of them: only `tests/memcached.rs`, a binary of its own
+//! built with the `memcached` feature, includes it.)
 
 pub mod app_env;
 pub mod cluster;
 pub mod fault_node;
 pub mod forger;
-pub mod memcached;
 pub mod netns;
 pub mod sim;
 pub mod stress_nodes;

@@ -1,8 +1,9 @@
 //! A network-namespace lab for integration tests: namespaces, veth links, bridges and routes,
 //! built with `ip` (iproute2) and deleted again when the [`Lab`] is dropped, even on panic.
 //!
-//! Use it from a test module with `use crate::support::netns;` and start every test with `let Some(mut lab) = netns::Lab::new("name") else { return };`:
-//! without root or iproute2 the test prints "skipped: needs root and iproute2" and passes.
+//! Use it from a test module with `use crate::support::netns;` and start every test with
+//! `let Some(mut lab) = netns::Lab::new("name") else { return };`: without root or iproute2 the
+//! test prints "skipped: needs root and iproute2" and passes.
 //!
 //! Namespace names are `mcd-<pid>-<n>-<role>`, unique across parallel tests and processes.
 //! Addresses given to the lab exist only inside its namespaces.
