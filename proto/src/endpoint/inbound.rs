@@ -197,6 +197,7 @@ impl Endpoint {
         app: &mut dyn AppState,
     ) {
         self.last_data_rx = Some(now);
+        self.settle_stream(from, super::membership::stream_base(seq));
         self.bound_gaps(now, from, seq.saturating_sub(1));
         let Some(p) = self.peers.get_mut(&from) else {
             return;
@@ -220,6 +221,9 @@ impl Endpoint {
     /// `from` announced that its stream reached `seq_hi` (a heartbeat or a tail): gaps before
     /// it are NAKed.
     pub(super) fn learn_seq_hi(&mut self, now: Instant, from: NodeId, seq_hi: u64) {
+        if self.settle_stream(from, seq_hi) {
+            return;
+        }
         self.bound_gaps(now, from, seq_hi);
         if let Some(p) = self.peers.get_mut(&from) {
             p.recv.learn_hi(now, seq_hi, &self.cfg.nak);

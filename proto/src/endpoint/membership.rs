@@ -17,6 +17,11 @@ pub(super) struct Peer {
     pub(super) acked: u64,
     /// This peer's stream, as received here.
     pub(super) recv: RecvStream,
+    /// False while the peer was met through a message that tells nothing of its stream (an
+    /// ack, a digest, a repair…): `recv` then starts at the first sequence number heard
+    /// (its `Tail`, `Hello` or `Data`), not at 0, so that a peer removed as failed and heard
+    /// again does not NAK its whole history; anti-entropy repairs what it missed meanwhile.
+    pub(super) stream_known: bool,
     pub(super) received_since_ack: u64,
     /// Its wall clock minus ours, in ms, from its last heartbeat (`None` until one arrives).
     pub(super) clock_offset_ms: Option<i64>,
@@ -92,11 +97,10 @@ impl Endpoint {
         // Where its stream starts for us: history before we met is covered by state transfer
         // and anti-entropy. A young stream is taken from the start so that its first messages,
         // if lost, are still NAKed.
-        let base = match msg {
-            Msg::Hello { seq_hi, .. } => *seq_hi,
-            Msg::Data { seq, .. } if *seq <= YOUNG_STREAM => 0,
-            Msg::Data { seq, .. } => seq - 1,
-            _ => 0,
+        let (base, stream_known) = match msg {
+            Msg::Hello { seq_hi, .. } | Msg::Tail { seq_hi } => (*seq_hi, true),
+            Msg::Data { seq, .. } => (stream_base(*seq), true),
+            _ => (0, false),
         };
         let name = match msg {
             Msg::Hello { name, .. } => name.clone(),
@@ -111,6 +115,7 @@ impl Endpoint {
                 // It does not need our past: it fetches state on its own.
                 acked: self.send.seq_hi(),
                 recv: RecvStream::new(base),
+                stream_known,
                 received_since_ack: 0,
                 clock_offset_ms: None,
             },
@@ -128,6 +133,20 @@ impl Endpoint {
         // A peer that (re)appears may have missed anything: compare digests soon.
         self.pulse_soon(now, NEW_PEER_PULSE_DELAY);
         true
+    }
+
+    /// Where the stream of a peer whose stream was not known starts: at `seq_hi` (announced by
+    /// a `Hello` or `Tail`) or before `seq` (a data message). Returns true if it was not known
+    /// (the caller then has nothing to NAK).
+    pub(super) fn settle_stream(&mut self, from: NodeId, base: u64) -> bool {
+        match self.peers.get_mut(&from) {
+            Some(p) if !p.stream_known => {
+                p.recv = RecvStream::new(base);
+                p.stream_known = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Time in which this node did not run does not count as its peers' silence: when more
@@ -224,6 +243,12 @@ impl Endpoint {
     }
 }
 
+/// Where a stream first heard through data message `seq` starts: a young stream from the start,
+/// so that its first messages, if lost, are still NAKed; an older one just before `seq`.
+pub(super) fn stream_base(seq: u64) -> u64 {
+    if seq <= YOUNG_STREAM { 0 } else { seq - 1 }
+}
+
 #[cfg(test)]
 // Tests start their explicit time from the real clock (proto/clippy.toml forbids it elsewhere).
 #[allow(clippy::disallowed_methods)]
@@ -310,6 +335,48 @@ mod tests {
                 Event::Member(MemberEvent::Left { id, failed: true }),
             ]
         );
+    }
+
+    #[test]
+    fn a_peer_heard_again_through_an_ack_takes_its_stream_up_where_it_now_is() {
+        use crate::record::{Op, Record};
+        let t0 = Instant::now();
+        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
+        let hb = a.cfg.heartbeat;
+        // b stops hearing a: a's data messages are lost until b removes it as failed.
+        let mut t = t0;
+        for i in 1..=b.cfg.remove_after * 2 {
+            t = t0 + hb / 2 * i;
+            a.publish(
+                t,
+                Item::Rec {
+                    cache: "c".into(),
+                    rec: Record {
+                        key: vec![i as u8].into(),
+                        version: version_at(app_a.wall + u64::from(i), a.id()),
+                        op: Op::Del,
+                    },
+                },
+            );
+            a.handle_timeout(t, &mut app_a);
+            drain(&mut a, t);
+            b.handle_timeout(t, &mut app_b);
+            drain(&mut b, t);
+        }
+        assert!(b.peers().is_empty(), "a was removed");
+        assert!(a.send.seq_hi() > 0);
+        // The first thing b hears again is an ack: it tells nothing of a's stream.
+        a.send_ack();
+        deliver(&mut a, &mut b, &mut app_b, t);
+        assert!(!b.peers[&a.id()].stream_known);
+        // Its next heartbeat does: the stream starts there, with nothing to NAK (what b missed
+        // is anti-entropy's to repair).
+        a.send_hello(false, Vec::new());
+        deliver(&mut a, &mut b, &mut app_b, t);
+        let p = &b.peers[&a.id()];
+        assert!(p.stream_known);
+        assert_eq!(p.recv.missing(), 0);
+        assert_eq!(p.recv.contiguous(), a.send.seq_hi());
     }
 
     #[test]

@@ -674,6 +674,7 @@ mod tests {
                 suspect: false,
                 acked: 0,
                 recv: RecvStream::new(0),
+                stream_known: true,
                 received_since_ack: 0,
                 clock_offset_ms: None,
             },
