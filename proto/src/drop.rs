@@ -122,6 +122,10 @@ drop_reasons! {
     /// An answer its requester's answer budget did not pay for (the budget grows with what
     /// it sends; it asks again).
     AnswerBudget => answer_budget, "answer_budget";
+    /// A peer's anti-entropy digest left unanswered: this node had answered
+    /// [`crate::endpoint::DIGEST_ANSWERS_PER_PULSE`] digests within the pulse period and had
+    /// answered this peer recently (the others answer it; its next pulse asks again).
+    DigestPassed => digest_passed, "digest_passed";
     /// A record at or below the cache's tombstone horizon for a key it does not hold.
     BelowHorizon => below_horizon, "below_horizon";
     /// A record whose value the cache could not decode.

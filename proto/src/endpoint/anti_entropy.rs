@@ -106,6 +106,8 @@ impl Endpoint {
         caches: Vec<CacheDigest>,
         app: &mut dyn AppState,
     ) {
+        // Whether this digest is answered is decided once, at the first cache that differs.
+        let mut answering = false;
         for line in caches {
             if app.digest(&line.cache).is_none() {
                 continue;
@@ -124,6 +126,13 @@ impl Endpoint {
             }
             if self.defer_lists(now) {
                 continue;
+            }
+            if !answering {
+                if !self.may_answer_digest(now, from) {
+                    self.drops.record(DropReason::DigestPassed);
+                    return;
+                }
+                answering = true;
             }
             let mut differing: Vec<u16> = (0..SYNC_BUCKETS)
                 .filter(|&b| mine.buckets.get(b) != line.digest.buckets.get(b))
@@ -192,6 +201,32 @@ impl Endpoint {
                 return;
             }
         }
+    }
+
+    /// Whether this node answers `from`'s digest that differs from its own: yes for the first
+    /// [`DIGEST_ANSWERS_PER_PULSE`] digests of a pulse period, and for a peer not answered
+    /// within `peers / DIGEST_ANSWERS_PER_PULSE + 1` periods (so none waits for ever behind
+    /// quicker ones); counted against the period if so.
+    fn may_answer_digest(&mut self, now: Instant, from: NodeId) -> bool {
+        let period = self.cfg.pulse;
+        let (count, since) = &mut self.digest_answers;
+        if since.is_none_or(|t| now.saturating_duration_since(t) >= period) {
+            *count = 0;
+            *since = Some(now);
+        }
+        let overdue_after = period * (self.peers.len() as u32 / DIGEST_ANSWERS_PER_PULSE + 1);
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return false;
+        };
+        let overdue = peer
+            .digest_answered_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= overdue_after);
+        if *count >= DIGEST_ANSWERS_PER_PULSE && !overdue {
+            return false;
+        }
+        *count += 1;
+        peer.digest_answered_at = Some(now);
+        true
     }
 
     /// A peer whose digest differed from ours sent the sums of the parts of some buckets:
@@ -638,6 +673,68 @@ mod tests {
         let t1 = t0 + a.cfg.join_wait * 2;
         run(&mut a, &mut b, &mut app_a, &mut app_b, t0, t1);
         (a, b, app_a, app_b, t1)
+    }
+
+    #[test]
+    fn a_node_answers_two_differing_digests_a_pulse_period_and_every_peer_in_turn() {
+        use super::super::membership::Peer;
+        use crate::reliability::RecvStream;
+        use crate::sync::SyncDigest;
+        let t0 = Instant::now();
+        let mut a = endpoint(1, t0);
+        let mut app = MapApp::default();
+        app.put("c", put_at(b"k", b"v", app.wall - 60_000, a.id()));
+        let peers: Vec<NodeId> = (2..=5).map(NodeId).collect();
+        for &id in &peers {
+            a.peers.insert(
+                id,
+                Peer {
+                    name: String::new(),
+                    last_seen: t0,
+                    suspect: false,
+                    acked: 0,
+                    recv: RecvStream::new(0),
+                    stream_known: true,
+                    digest_answered_at: None,
+                    received_since_ack: 0,
+                    clock_offset_ms: None,
+                },
+            );
+            a.budget.earn(t0, id, 1 << 20, 1);
+        }
+        // Every peer's cache is empty: each digest differs from a's.
+        let empty = || {
+            vec![CacheDigest {
+                cache: "c".into(),
+                digest: SyncDigest {
+                    count: 0,
+                    checksum: 0,
+                    buckets: vec![0; SYNC_BUCKETS],
+                },
+                floor: Version::ZERO,
+            }]
+        };
+        let period = a.cfg.pulse;
+        // A first digest from each is answered (none was answered before)...
+        for &id in &peers {
+            a.on_digest(t0, id, empty(), &mut app);
+        }
+        assert_eq!(a.metrics().ae_exchanges, 4);
+        // ...then two a period: the third and fourth digests of the next period wait.
+        let t1 = t0 + period;
+        for &id in &peers {
+            a.on_digest(t1, id, empty(), &mut app);
+        }
+        assert_eq!(a.metrics().ae_exchanges, 6);
+        assert_eq!(a.drops().get(DropReason::DigestPassed), 2);
+        // The same order every period would starve peers 4 and 5: a peer not answered for
+        // peers / 2 + 1 = 3 periods is answered whatever the count.
+        let t4 = t0 + period * 3;
+        for &id in &peers {
+            a.on_digest(t4, id, empty(), &mut app);
+        }
+        assert_eq!(a.metrics().ae_exchanges, 10, "2 + peers 4 and 5 (overdue)");
+        assert_eq!(a.drops().get(DropReason::DigestPassed), 2);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub(super) struct Peer {
     /// (its `Tail`, `Hello` or `Data`), not at 0, so that a peer removed as failed and heard
     /// again does not NAK its whole history; anti-entropy repairs what it missed meanwhile.
     pub(super) stream_known: bool,
+    /// When this node last answered the peer's digest with its lists or sums.
+    pub(super) digest_answered_at: Option<Instant>,
     pub(super) received_since_ack: u64,
     /// Its wall clock minus ours, in ms, from its last heartbeat (`None` until one arrives).
     pub(super) clock_offset_ms: Option<i64>,
@@ -116,6 +118,7 @@ impl Endpoint {
                 acked: self.send.seq_hi(),
                 recv: RecvStream::new(base),
                 stream_known,
+                digest_answered_at: None,
                 received_since_ack: 0,
                 clock_offset_ms: None,
             },

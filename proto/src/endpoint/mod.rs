@@ -189,6 +189,8 @@ pub struct Endpoint {
     /// Where the next answer to a differing digest starts among the differing buckets, so that
     /// answers cut to the asker's budget cover every bucket in turn.
     digest_cursor: usize,
+    /// Digests answered since the start of the current pulse period (when it started).
+    digest_answers: (u32, Option<Instant>),
     /// The mean bytes of one key in our bucket lists (key and version), learned from the lists
     /// sent; sizes an answer to the asker's budget before the lists are built.
     list_entry_bytes: usize,
@@ -253,6 +255,7 @@ impl Endpoint {
             repair_pending: false,
             lists_deferred_since: None,
             digest_cursor: 0,
+            digest_answers: (0, None),
             list_entry_bytes: 40,
             join: JoinState::Waiting,
             next_query: 1,

@@ -675,6 +675,7 @@ mod tests {
                 acked: 0,
                 recv: RecvStream::new(0),
                 stream_known: true,
+                digest_answered_at: None,
                 received_since_ack: 0,
                 clock_offset_ms: None,
             },
