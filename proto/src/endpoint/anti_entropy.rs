@@ -367,10 +367,11 @@ impl Endpoint {
         if app.digest(cache).is_none() {
             return;
         }
-        let mut their_map: BTreeMap<Vec<u8>, KeyVersion> = BTreeMap::new();
-        for kv in theirs {
-            their_map.insert(kv.key.clone(), kv);
-        }
+        // Their versions by key (the key moved, not copied).
+        let mut their_map: BTreeMap<Vec<u8>, (Version, bool)> = theirs
+            .into_iter()
+            .map(|kv| (kv.key, (kv.version, kv.deleted)))
+            .collect();
         let mut push = Vec::new();
         let mut pull = Vec::new();
         let mut doubtful = Vec::new();
@@ -382,8 +383,10 @@ impl Endpoint {
         // An update-if-present cache skips a value for a key it does not hold live: neither
         // side sends one to the side that lacks it (that side would skip it at every pulse).
         let adopts = app.adopts_absent_keys(cache);
-        let skipped = |holder: &KeyVersion, lacker: Option<&KeyVersion>| {
-            !adopts && !holder.deleted && lacker.is_none_or(|l| l.deleted)
+        // `holder_deleted`: the holder's is a tombstone; `lacker`: whether the other side holds
+        // a tombstone (`None`: nothing).
+        let skipped = |holder_deleted: bool, lacker: Option<bool>| {
+            !adopts && !holder_deleted && lacker.is_none_or(|deleted| deleted)
         };
         // The parts listed, by bucket and cut: each bucket's list is walked once for all its
         // parts (a list answering sums names up to hundreds of parts of one bucket).
@@ -396,33 +399,34 @@ impl Endpoint {
         for ((b, of), mut wanted) in cuts {
             wanted.sort_unstable();
             wanted.dedup();
-            let listed = self
-                .bucket_lists
-                .parts(now, app, cache, (usize::from(b), of), &wanted);
-            for mine in listed.into_iter().flatten() {
+            let visit = |mine: &KeyVersion| {
                 let theirs = their_map.remove(&mine.key);
-                match &theirs {
-                    Some(t) if t.version > mine.version => {
-                        if settled(&t.version) && !skipped(t, Some(&mine)) {
-                            pull.push((mine.key, t.version))
+                match theirs {
+                    Some((version, deleted)) if version > mine.version => {
+                        if settled(&version) && !skipped(deleted, Some(mine.deleted)) {
+                            pull.push((mine.key.clone(), version))
                         }
                     }
-                    Some(t) if t.version == mine.version => {}
+                    Some((version, _)) if version == mine.version => {}
                     // They do not hold the key and may have forgotten its delete: a live
                     // entry is dropped here (a miss is safe, a resurrection is not), a
                     // tombstone need not be sent (they refuse what it would refuse).
                     None if mine.version <= their_horizon => {
                         if !mine.deleted {
-                            doubtful.push((mine.key, mine.version));
+                            doubtful.push((mine.key.clone(), mine.version));
                         }
                     }
                     _ => {
-                        if settled(&mine.version) && !skipped(&mine, theirs.as_ref()) {
-                            push.push(mine.key)
+                        if settled(&mine.version)
+                            && !skipped(mine.deleted, theirs.map(|(_, deleted)| deleted))
+                        {
+                            push.push(mine.key.clone())
                         }
                     }
                 }
-            }
+            };
+            self.bucket_lists
+                .visit_parts(now, app, cache, (usize::from(b), of), &wanted, visit);
         }
         for (key, version) in doubtful {
             if app.drop_doubtful(cache, &key, version) {
@@ -433,9 +437,11 @@ impl Endpoint {
         // those live ones when they compare against our horizon).
         pull.extend(
             their_map
-                .into_values()
-                .filter(|kv| settled(&kv.version) && kv.version > my_horizon && !skipped(kv, None))
-                .map(|kv| (kv.key, kv.version)),
+                .into_iter()
+                .filter(|(_, (version, deleted))| {
+                    settled(version) && *version > my_horizon && !skipped(*deleted, None)
+                })
+                .map(|(key, (version, _))| (key, version)),
         );
         // While this node is overloaded, pushes wait for an outbox with room (see
         // `PUSH_OUTBOX_MAX`); the peer pulls what it lacks when it pulses, and pulls are

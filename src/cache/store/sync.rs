@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::encoding;
 use super::entries::Entry;
 use super::{CacheKey, CacheValue, Store, type_names};
 use crate::cache::event::Origin;
@@ -26,7 +27,7 @@ impl<K: CacheKey, V: CacheValue> Store<K, V> {
             }
         };
         let key = if key_bytes.is_empty() {
-            rmp_serde::to_vec(key).ok()?.into()
+            encoding::to_vec(key).ok()?.into()
         } else {
             InlineBytes::from_slice(key_bytes)
         };
@@ -112,7 +113,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
                 let i = slot[e.bucket() as usize];
                 if i != usize::MAX
                     && !e.expired(now)
-                    && let Ok(key) = rmp_serde::to_vec(k)
+                    && let Ok(key) = encoding::to_vec(k)
                 {
                     out[i].push(KeyVersion {
                         key,
@@ -143,7 +144,7 @@ impl<K: CacheKey, V: CacheValue> ErasedCache for Store<K, V> {
             for (k, e) in g.map.iter() {
                 if e.bucket() as usize == bucket
                     && !e.expired(now)
-                    && let Ok(key) = rmp_serde::to_vec(k)
+                    && let Ok(key) = encoding::to_vec(k)
                 {
                     out.push(KeyVersion {
                         key,
