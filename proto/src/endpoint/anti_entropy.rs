@@ -683,8 +683,6 @@ mod tests {
 
     #[test]
     fn a_node_answers_two_differing_digests_a_pulse_period_and_every_peer_in_turn() {
-        use super::super::membership::Peer;
-        use crate::reliability::RecvStream;
         use crate::sync::SyncDigest;
         let t0 = Instant::now();
         let mut a = endpoint(1, t0);
@@ -692,20 +690,7 @@ mod tests {
         app.put("c", put_at(b"k", b"v", app.wall - 60_000, a.id()));
         let peers: Vec<NodeId> = (2..=5).map(NodeId).collect();
         for &id in &peers {
-            a.peers.insert(
-                id,
-                Peer {
-                    name: String::new(),
-                    last_seen: t0,
-                    suspect: false,
-                    acked: 0,
-                    recv: RecvStream::new(0),
-                    stream_known: true,
-                    digest_answered_at: None,
-                    received_since_ack: 0,
-                    clock_offset_ms: None,
-                },
-            );
+            a.peers.insert(id, peer_heard_at(t0));
             a.budget.earn(t0, id, 1 << 20, 1);
         }
         // Every peer's cache is empty: each digest differs from a's.

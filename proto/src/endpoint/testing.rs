@@ -241,6 +241,21 @@ pub(super) fn deliver(
     sent.len()
 }
 
+/// A peer entry as a test puts it in a table by hand: heard at `now`, its stream known from 0.
+pub(super) fn peer_heard_at(now: Instant) -> super::membership::Peer {
+    super::membership::Peer {
+        name: String::new(),
+        last_seen: now,
+        suspect: false,
+        acked: 0,
+        recv: crate::reliability::RecvStream::new(0),
+        stream_known: true,
+        digest_answered_at: None,
+        received_since_ack: 0,
+        clock_offset_ms: None,
+    }
+}
+
 /// Nodes 1 and 2 with empty caches, each a member of the other's table, nothing in flight.
 pub(super) fn joined_pair(now: Instant) -> (Endpoint, Endpoint, MapApp, MapApp) {
     let (mut a, mut b) = (endpoint(1, now), endpoint(2, now));

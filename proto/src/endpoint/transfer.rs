@@ -416,7 +416,6 @@ impl Endpoint {
 // Tests start their explicit time from the real clock (proto/clippy.toml forbids it elsewhere).
 #[allow(clippy::disallowed_methods)]
 mod tests {
-    use super::super::membership::Peer;
     use super::super::testing::*;
     use super::*;
 
@@ -666,20 +665,7 @@ mod tests {
         let mut app = MapApp::default();
         ep.handle_timeout(t0, &mut app);
         drain(&mut ep, t0);
-        ep.peers.insert(
-            NodeId(1),
-            Peer {
-                name: String::new(),
-                last_seen: t0,
-                suspect: false,
-                acked: 0,
-                recv: RecvStream::new(0),
-                stream_known: true,
-                digest_answered_at: None,
-                received_since_ack: 0,
-                clock_offset_ms: None,
-            },
-        );
+        ep.peers.insert(NodeId(1), peer_heard_at(t0));
         ep.maybe_start_transfer(t0, NodeId(1), vec!["c".into()], &app);
         assert_eq!(drain(&mut ep, t0).len(), 1, "the first request");
         let retry = ep.timers.get(Timer::Join).expect("a retry deadline");
