@@ -115,24 +115,13 @@ impl BucketLists {
         now: Instant,
         app: &dyn AppState,
         cache: &str,
-        (bucket, of): (usize, u16),
+        cut: (usize, u16),
         wanted: &[u16],
     ) -> Vec<Vec<KeyVersion>> {
-        self.parts += wanted.len() as u64;
-        let of = of.max(1);
-        let mut slot = vec![usize::MAX; usize::from(of)];
-        for (i, &p) in wanted.iter().enumerate().rev() {
-            if let Some(s) = slot.get_mut(usize::from(p)) {
-                *s = i;
-            }
-        }
         let mut out = vec![Vec::new(); wanted.len()];
-        for l in self.listed(now, app, cache, bucket) {
-            let i = slot[usize::from(key_part_of_hash(l.hash, of))];
-            if let Some(keys) = out.get_mut(i) {
-                keys.push(l.kv.clone());
-            }
-        }
+        self.walk_parts(now, app, cache, cut, wanted, |i, kv| {
+            out[i].push(kv.clone())
+        });
         out
     }
 
@@ -146,21 +135,36 @@ impl BucketLists {
         now: Instant,
         app: &dyn AppState,
         cache: &str,
-        (bucket, of): (usize, u16),
+        cut: (usize, u16),
         wanted: &[u16],
         mut f: impl FnMut(&KeyVersion),
     ) {
+        self.walk_parts(now, app, cache, cut, wanted, |_, kv| f(kv));
+    }
+
+    /// The walk behind [`BucketLists::parts`] and [`BucketLists::visit_parts`]: `f` gets each
+    /// listed key of a wanted part with the index in `wanted` of that part's first mention.
+    fn walk_parts(
+        &mut self,
+        now: Instant,
+        app: &dyn AppState,
+        cache: &str,
+        (bucket, of): (usize, u16),
+        wanted: &[u16],
+        mut f: impl FnMut(usize, &KeyVersion),
+    ) {
         self.parts += wanted.len() as u64;
         let of = of.max(1);
-        let mut want = vec![false; usize::from(of)];
-        for &p in wanted {
-            if let Some(w) = want.get_mut(usize::from(p)) {
-                *w = true;
+        let mut slot = vec![usize::MAX; usize::from(of)];
+        for (i, &p) in wanted.iter().enumerate().rev() {
+            if let Some(s) = slot.get_mut(usize::from(p)) {
+                *s = i;
             }
         }
         for l in self.listed(now, app, cache, bucket) {
-            if want[usize::from(key_part_of_hash(l.hash, of))] {
-                f(&l.kv);
+            let i = slot[usize::from(key_part_of_hash(l.hash, of))];
+            if i != usize::MAX {
+                f(i, &l.kv);
             }
         }
     }
