@@ -264,6 +264,58 @@ fn report_says_when_the_caches_were_seen_identical_after_the_last_writer_stopped
 }
 
 #[test]
+fn report_says_when_each_node_first_read_its_final_checksum() {
+    let with = |mut n: Value, readings: &[(u64, u64)]| {
+        n["checksums"] = readings
+            .iter()
+            .map(|(at, sum)| json!({"at_ms": at, "checksum": sum}))
+            .collect();
+        n
+    };
+    let dir = result_dir(
+        "converged",
+        &[
+            // Final value first read 0.12 s after the last writer's stop (5,200).
+            with(
+                node("n1", 5_000, &[A, B]),
+                &[(5_000, 1), (5_250, 2), (5_320, 7)],
+            ),
+            // Changed back and forth: counted from its last change.
+            with(
+                node("n2", 5_200, &[A, B]),
+                &[(5_200, 7), (5_300, 3), (5_460, 7)],
+            ),
+            // Held its final value before the last writer stopped: 0.
+            with(node("n3", 4_900, &[A, B]), &[(4_900, 5), (5_100, 7)]),
+        ],
+    );
+    let (code, out) = report(&dir, &["--expect", "3"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("converged: 0.26 s after the last writer stopped")
+            && out.contains("final value: 0.12, 0.26, 0.00 s"),
+        "{out}"
+    );
+    // Nodes that ended with different checksums did not converge.
+    let dir2 = result_dir(
+        "converged-not",
+        &[
+            with(node("n1", 5_000, &[A, B]), &[(5_000, 1), (5_250, 2)]),
+            with(node("n2", 5_000, &[A, B]), &[(5_000, 1)]),
+        ],
+    );
+    let (_, out) = report(&dir2, &["--expect", "2"]);
+    assert!(out.contains("converged: no"), "{out}");
+    // Results without readings (older runs) leave the line out.
+    let dir3 = result_dir("converged-old", &[node("n1", 5_000, &[A])]);
+    let (_, out) = report(&dir3, &["--expect", "1"]);
+    assert!(!out.contains("converged:"), "{out}");
+    for d in [dir, dir2, dir3] {
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+#[test]
 fn report_fails_both_rules_when_a_key_differs_before_the_end() {
     let stale = ("K000-2", 150, "aa", 1_550, 0x99);
     let dir = result_dir(

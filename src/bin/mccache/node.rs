@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mccache::{Config, Node};
 
-use crate::result::{NodeResult, Settings};
+use crate::result::{CHECKSUM_SAMPLE_MS, ChecksumChange, NodeResult, Settings};
 use crate::workload::{self, CACHE, Counters, Lag, Mix, Sampler, Spec, Val};
 
 /// The cache where each node marks the end of its workload (node id → done ms).
@@ -250,12 +250,19 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
     done.insert(node.id().to_string(), done_ms)
         .map_err(|e| e.to_string())?;
 
-    let identical_ms = quiesce(
-        &node,
-        &done,
-        args.peers,
-        Duration::from_secs_f64(args.quiesce_timeout),
-    );
+    // While the quiesce's checks ask the peers, a thread reads this node's own checksum.
+    let quiescing = AtomicBool::new(true);
+    let (identical_ms, checksums) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| checksum_changes(&cache, &quiescing));
+        let identical_ms = quiesce(
+            &node,
+            &done,
+            args.peers,
+            Duration::from_secs_f64(args.quiesce_timeout),
+        );
+        quiescing.store(false, Ordering::Relaxed);
+        (identical_ms, sampler.join().unwrap_or_default())
+    });
     let quiesced = identical_ms.is_some();
     if !quiesced {
         eprintln!(
@@ -284,6 +291,7 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
         finished_ms: workload::now_ms(),
         quiesced,
         identical_ms,
+        checksums,
         peers_at_done,
         ops,
         caches,
@@ -307,6 +315,30 @@ pub fn main(args: NodeArgs) -> Result<(), String> {
         result.lag.p99_us
     );
     Ok(())
+}
+
+/// This node's checksum of `cache`, read every [`CHECKSUM_SAMPLE_MS`] while `running`: each
+/// new value with the wall clock of its first reading.
+fn checksum_changes(
+    cache: &mccache::Cache<String, Val>,
+    running: &AtomicBool,
+) -> Vec<ChecksumChange> {
+    let mut out: Vec<ChecksumChange> = Vec::new();
+    loop {
+        // The last reading is taken after the quiesce ended, so the final value is recorded.
+        let last = !running.load(Ordering::Relaxed);
+        let checksum = cache.checksum();
+        if out.last().is_none_or(|c| c.checksum != checksum) {
+            out.push(ChecksumChange {
+                at_ms: workload::now_ms(),
+                checksum,
+            });
+        }
+        if last {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(CHECKSUM_SAMPLE_MS));
+    }
 }
 
 /// Waits (bounded) until every node has finished its workload (at least `peers` done marks,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::result::NodeResult;
+use crate::result::{CHECKSUM_SAMPLE_MS, ChecksumChange, NodeResult};
 
 /// Arguments of `mccache report`.
 #[derive(clap::Args, Debug)]
@@ -239,6 +239,9 @@ fn print_table(results: &[NodeResult]) {
     });
     let sum = |f: fn(&NodeResult) -> u64| results.iter().map(f).sum::<u64>();
     println!("{}", aggregate_line(results));
+    if let Some(line) = converged_line(results) {
+        println!("{line}");
+    }
     if let Some(line) = identical_line(results) {
         println!("{line}");
     }
@@ -256,6 +259,38 @@ fn print_table(results: &[NodeResult]) {
         sum(|r| r.network.stalls),
         dropped
     );
+}
+
+/// When the caches reached their final state, after the last writer stopped: for each node,
+/// the first local reading of the checksum it ended with (its own readings every
+/// [`CHECKSUM_SAMPLE_MS`], no network in between), the latest of them counted from the last
+/// writer's stop (0 if a node ended with a value it held before then). Unlike the
+/// `identical:` line it leaves out the quiesce's own round trips through the loaded cluster
+/// (done marks, checksum queries). `None` unless every node recorded readings; says so when
+/// the nodes ended with different checksums.
+fn converged_line(results: &[NodeResult]) -> Option<String> {
+    let stopped = results.iter().map(|r| r.done_ms).max()?;
+    let last: Vec<&ChecksumChange> = results
+        .iter()
+        .map(|r| r.checksums.last())
+        .collect::<Option<_>>()?;
+    if last.iter().any(|c| c.checksum != last[0].checksum) {
+        return Some("converged: no, the nodes' last checksum readings differ".to_string());
+    }
+    let per_node: Vec<u64> = last
+        .iter()
+        .map(|c| c.at_ms.saturating_sub(stopped))
+        .collect();
+    let secs = |ms: u64| format!("{:.2}", ms as f64 / 1000.0);
+    Some(format!(
+        "converged: {} s after the last writer stopped (each node's own checksum, read every {CHECKSUM_SAMPLE_MS} ms, first at its final value: {} s)",
+        secs(*per_node.iter().max()?),
+        per_node
+            .iter()
+            .map(|&ms| secs(ms))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// When the caches were seen identical, after the last writer stopped: the latest of the

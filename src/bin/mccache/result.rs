@@ -32,6 +32,12 @@ pub struct NodeResult {
     /// by then every node had answered this node's checksum (`None` if it did not quiesce, or a result
     /// written before this field existed).
     pub identical_ms: Option<u64>,
+    /// This node's own checksum of the workload's cache, read every
+    /// [`CHECKSUM_SAMPLE_MS`] from the moment its writer stopped until its quiesce ended: one
+    /// entry per change (the first reading of each new value). Read locally, it shows when
+    /// the cache reached its final state without the round trips of the quiesce's checks
+    /// (empty in results written before this field existed).
+    pub checksums: Vec<ChecksumChange>,
     /// Peers seen as members when the workload stopped.
     pub peers_at_done: usize,
     /// Operations by kind.
@@ -146,6 +152,20 @@ pub struct LagSummary {
     pub max_us: u64,
     /// `[upper bound µs (a power of two), count]`, non-empty buckets only.
     pub histogram: Vec<(u64, u64)>,
+}
+
+/// How often a node reads its own checksum after its writer stopped (the resolution of the
+/// report's `converged:` line).
+pub const CHECKSUM_SAMPLE_MS: u64 = 10;
+
+/// A node's checksum of the workload's cache, first read with this value at `at_ms`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChecksumChange {
+    /// Wall clock (ms since the epoch) of the reading.
+    pub at_ms: u64,
+    /// The checksum read.
+    pub checksum: u64,
 }
 
 /// One second of the workload.
