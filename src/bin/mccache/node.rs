@@ -355,14 +355,16 @@ fn quiesce(
     // When the current run of agreeing checks began.
     let mut agreed_since: Option<u64> = None;
     let mut agreed = 0;
+    let start = Instant::now();
+    let mut waiting_on = String::new();
     while Instant::now() < deadline {
         let members = node.members();
         let all_done = done.len() >= peers
             && members
                 .iter()
                 .all(|m| done.get(&m.id.to_string()).is_some());
-        let ok = all_done
-            && workload::idle(node)
+        let idle = all_done && workload::idle(node);
+        let ok = idle
             && [CACHE, DONE_CACHE].iter().all(|name| {
                 node.get_cluster_checksum(name, None::<&String>, Duration::from_secs(1))
                     .is_ok_and(|sums| {
@@ -370,6 +372,31 @@ fn quiesce(
                             && sums.values().all(|s| s.is_some() && *s == sums[&node.id()])
                     })
             });
+        // What the quiesce waits on, in the node's log each time it changes.
+        let waiting = match (all_done, idle, ok) {
+            (false, _, _) => "done marks".to_string(),
+            (true, false, _) => {
+                let m = node.network_metrics();
+                format!(
+                    "traffic in flight ({} queued, {} reassemblies, peer lag {:?})",
+                    m.outbound_queue, m.reassemblies_in_progress, m.peer_lag
+                )
+            }
+            (true, true, false) => "checksums".to_string(),
+            (true, true, true) => String::new(),
+        };
+        if waiting != waiting_on {
+            eprintln!(
+                "mccache node: quiesce at +{} ms: {}",
+                start.elapsed().as_millis(),
+                if waiting.is_empty() {
+                    "agreed"
+                } else {
+                    &waiting
+                }
+            );
+            waiting_on = waiting;
+        }
         if ok {
             // When this check ended: every answer had come, each computed before then.
             agreed_since.get_or_insert(workload::now_ms());
