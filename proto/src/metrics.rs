@@ -98,6 +98,10 @@ pub struct NetworkMetrics {
     /// or one pass of its network thread took that long); that time is not held against its
     /// peers' liveness.
     pub stalls: u64,
+    /// Peers removed as failed: nothing heard from them for `remove_after` heartbeats (a
+    /// crashed or stopped process, a cut network, or a machine too loaded to run it). Each
+    /// removal counts; a peer heard again afterwards joins anew.
+    pub peers_failed: u64,
     /// Records applied from state transfer (and legacy repair messages).
     pub snapshot_records_applied: u64,
     /// State transfers completed (as the joining node).

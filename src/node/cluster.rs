@@ -293,8 +293,9 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         send: config.monkey_tantrum_side.drops_sends(),
         recv: config.monkey_tantrum_side.drops_receives(),
     };
+    let silence = config.daemon_sleep() * crate::proto::endpoint::REMOVE_AFTER;
     let on_event: Box<dyn FnMut(&MemberEvent) + Send> = Box::new(move |ev| {
-        tracing::debug!(event = ?ev, "membership");
+        log_member_event(ev, silence);
         let ls: Vec<MemberListener> = listeners.lock().clone();
         for l in ls {
             l(ev);
@@ -335,6 +336,29 @@ pub(crate) fn start(config: Config) -> Result<Node> {
         *net.thread.lock() = Some(handle);
     }
     Ok(node)
+}
+
+/// Membership in the log: a peer removed as failed is a warning (what it writes until it is
+/// heard again reaches this node only through anti-entropy; removals that repeat mean a peer,
+/// or this machine, too loaded to keep up), joins and clean leaves are information, the rest
+/// (suspicions, readiness) debug.
+fn log_member_event(ev: &MemberEvent, silence: Duration) {
+    match ev {
+        MemberEvent::Left { id, failed: true } => tracing::warn!(
+            peer = %id,
+            "mccache: peer removed as failed: nothing heard from it for {:.1} s ({} heartbeats); \
+             its changes reach this node again through anti-entropy once it is heard",
+            silence.as_secs_f64(),
+            crate::proto::endpoint::REMOVE_AFTER
+        ),
+        MemberEvent::Left { id, failed: false } => {
+            tracing::info!(peer = %id, "mccache: peer left")
+        }
+        MemberEvent::Joined { id, name } => {
+            tracing::info!(peer = %id, name = %name, "mccache: peer joined")
+        }
+        _ => tracing::debug!(event = ?ev, "mccache: membership"),
+    }
 }
 
 /// The protocol core, behind the express lane ([`Express`]): writers that find the network

@@ -271,6 +271,11 @@ mod export {
             "Times this node stood still for over two heartbeats (not held against its peers).",
             Unit::Count,
         ),
+        (
+            "mccache_net_peers_failed_total",
+            "Peers removed as failed: silent for remove_after heartbeats.",
+            Unit::Count,
+        ),
     ];
 
     fn describe() {
@@ -361,6 +366,7 @@ mod export {
         c("mccache_net_pushes_deferred_total", n.pushes_deferred);
         c("mccache_net_keys_listed_total", n.ae_keys_listed);
         c("mccache_net_stalls_total", n.stalls);
+        c("mccache_net_peers_failed_total", n.peers_failed);
         for (reason, v) in &n.dropped {
             let l = [("node", node.to_string()), ("reason", reason.clone())];
             counter!("mccache_net_dropped_total", &l).absolute(*v);

@@ -39,6 +39,7 @@ mod netns_faults;
 mod netns_resurrection;
 mod netns_unicast;
 mod overload;
+mod peer_failure;
 mod peer_load;
 mod sim;
 mod sim_unicast;

@@ -183,6 +183,7 @@ async fn a_tokio_service_scrapes_prometheus_text_and_logs_show_summaries() {
         "mccache_net_pushes_deferred_total",
         "mccache_net_keys_listed_total",
         "mccache_net_stalls_total",
+        "mccache_net_peers_failed_total",
     ] {
         assert!(value(&s, name, &[("node", "t14-a")]).is_some(), "{name}");
     }

@@ -85,6 +85,9 @@ pub const TRANSFER_RETRY_FACTOR: u32 = 25;
 /// packet's whole allocation, about twice an MTU-sized payload (rounded up here).
 pub const DATAGRAM_CHARGE: usize = 3 << 10;
 
+/// Heartbeats missed before a peer is removed as failed (the default of `remove_after`).
+pub const REMOVE_AFTER: u32 = 6;
+
 /// The smallest flow-control window, whatever the receive buffer.
 pub const MIN_WINDOW: u64 = 16;
 
@@ -194,7 +197,7 @@ impl EndpointConfig {
             heartbeat,
             pulse,
             suspect_after: 3,
-            remove_after: 6,
+            remove_after: REMOVE_AFTER,
             nak: NakPolicy::default(),
             retransmit_bytes: 32 << 20,
             window: 1_024,

@@ -189,6 +189,7 @@ impl Endpoint {
             }
         }
         for id in removed {
+            self.metrics.peers_failed += 1;
             self.peers.remove(&id);
             self.wire.forget_sender(id);
             self.budget.forget(id);

@@ -247,7 +247,7 @@ fn print_table(results: &[NodeResult]) {
     }
     println!("{}", ready_line(results));
     println!(
-        "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs ({} not repeated, {} pushes deferred), {} key versions listed, {} stalls, drops {:?}",
+        "network: {} datagrams sent, {} received, {} tantrum drops, {} retransmits, {} repairs ({} not repeated, {} pushes deferred), {} key versions listed, {} stalls, {} peers removed as failed, drops {:?}",
         sum(|r| r.network.datagrams_sent),
         sum(|r| r.network.datagrams_received),
         sum(|r| r.network.tantrum_drops),
@@ -257,6 +257,7 @@ fn print_table(results: &[NodeResult]) {
         sum(|r| r.network.pushes_deferred),
         sum(|r| r.network.ae_keys_listed),
         sum(|r| r.network.stalls),
+        sum(|r| r.network.peers_failed),
         dropped
     );
 }
