@@ -149,13 +149,17 @@ impl Endpoint {
             }
             hello @ Msg::Hello { .. } => self.on_hello(now, from, hello, app),
             Msg::Ack { acks } => self.on_ack_list(from, &acks),
-            Msg::Tail { seq_hi } => self.learn_seq_hi(now, from, seq_hi),
+            Msg::Tail { seq_hi } => {
+                self.learn_seq_hi(now, from, seq_hi);
+                self.on_tail_probe(from, seq_hi);
+            }
             Msg::Leave => {}
             Msg::Nak { ranges, .. } => self.on_nak(from, &ranges),
             Msg::Gone { ranges, .. } => {
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.recv.give_up(&ranges);
                 }
+                self.ack_if_held_back(from, 0);
                 // What was lost must come back through anti-entropy: pulse soon.
                 self.pulse_soon(now, GONE_PULSE_DELAY);
             }
@@ -187,7 +191,9 @@ impl Endpoint {
     }
 
     /// A data message on `from`'s reliable stream: applied at once if new (in any order:
-    /// versions decide), counted if a duplicate; acknowledged every `ack_every` messages.
+    /// versions decide), counted if a duplicate; acknowledged every `ack_every` messages, and
+    /// at once when it fills a gap that held the cumulative ack back (see
+    /// [`Endpoint::ack_if_held_back`]).
     fn on_data(
         &mut self,
         now: Instant,
@@ -202,6 +208,7 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
+        let before = p.recv.contiguous();
         match p.recv.receive(now, seq, &self.cfg.nak) {
             Arrival::Duplicate => {
                 self.metrics.duplicates += 1;
@@ -209,10 +216,14 @@ impl Endpoint {
             }
             Arrival::New => {
                 p.received_since_ack += 1;
+                // A gap filled: the cumulative ack moved past messages held above it.
+                let filled = p.recv.contiguous() > before.saturating_add(1);
                 let ack_now = p.received_since_ack >= self.ack_every();
                 self.apply_items(now, items, from, app, false);
                 if ack_now {
                     self.send_ack();
+                } else if filled {
+                    self.ack_if_held_back(from, 0);
                 }
             }
         }
@@ -227,6 +238,42 @@ impl Endpoint {
         self.bound_gaps(now, from, seq_hi);
         if let Some(p) = self.peers.get_mut(&from) {
             p.recv.learn_hi(now, seq_hi, &self.cfg.nak);
+        }
+        self.ack_if_held_back(from, seq_hi);
+    }
+
+    /// A `Tail` announcing the same number more often than [`TAIL_ANNOUNCEMENTS`] in a row comes
+    /// from a sender whose window is shut (`pack_data` repeats it): if this node holds its
+    /// stream whole up to there, it acknowledges again, as its last ack may have been lost.
+    fn on_tail_probe(&mut self, from: NodeId, seq_hi: u64) {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        p.tails = match p.tails {
+            (hi, n) if hi == seq_hi => (hi, n.saturating_add(1)),
+            _ => (seq_hi, 1),
+        };
+        if p.tails.1 > u32::from(TAIL_ANNOUNCEMENTS) && p.recv.contiguous() >= seq_hi {
+            self.send_ack();
+        }
+    }
+
+    /// Sends an `Ack` at once if this node holds `from`'s stream whole up to at least `upto`
+    /// and its last cumulative ack of it is half a window or more behind: `from`'s
+    /// flow-control window may have shut on that ack. Acks otherwise go out every `ack_every`
+    /// messages received; after a gap was filled (or given up), or an `Ack` lost, a sender
+    /// whose window had shut on the old ack sent nothing more, so none came until the next
+    /// heartbeat. With 5 % of the datagrams lost and writers flat out, three processes sent
+    /// nothing for a whole heartbeat (1 s by default) every few seconds. Called when a data
+    /// message fills a gap, on a `Gone`, and on a `Tail` or heartbeat. Half a window: never
+    /// while data flows freely, so acks stay one per `ack_every` messages. (An ack that was
+    /// sent and lost is repeated by [`Endpoint::on_tail_probe`].)
+    pub(super) fn ack_if_held_back(&mut self, from: NodeId, upto: u64) {
+        if let Some(p) = self.peers.get(&from) {
+            let held = p.recv.contiguous();
+            if held >= upto && held.saturating_sub(p.ack_sent) >= (self.window() / 2).max(1) {
+                self.send_ack();
+            }
         }
     }
 

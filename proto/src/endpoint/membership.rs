@@ -25,6 +25,11 @@ pub(super) struct Peer {
     /// When this node last answered the peer's digest with its lists or sums.
     pub(super) digest_answered_at: Option<Instant>,
     pub(super) received_since_ack: u64,
+    /// Our cumulative ack of this peer's stream as last sent (in an `Ack` or a heartbeat).
+    pub(super) ack_sent: u64,
+    /// The last `Tail` heard from this peer and how many times in a row it announced that
+    /// same number: more than [`TAIL_ANNOUNCEMENTS`] means its window is shut (it probes).
+    pub(super) tails: (u64, u32),
     /// Its wall clock minus ours, in ms, from its last heartbeat (`None` until one arrives).
     pub(super) clock_offset_ms: Option<i64>,
 }
@@ -120,6 +125,8 @@ impl Endpoint {
                 stream_known,
                 digest_answered_at: None,
                 received_since_ack: 0,
+                ack_sent: base,
+                tails: (0, 0),
                 clock_offset_ms: None,
             },
         );
@@ -200,10 +207,7 @@ impl Endpoint {
     }
 
     pub(super) fn send_hello(&mut self, join: bool, caches: Vec<String>) {
-        let acks = self.ack_list();
-        for p in self.peers.values_mut() {
-            p.received_since_ack = 0;
-        }
+        let acks = self.acks_out();
         let msg = Msg::Hello {
             name: self.cfg.name.clone(),
             join,
@@ -216,17 +220,20 @@ impl Endpoint {
     }
 
     pub(super) fn send_ack(&mut self) {
-        let acks = self.ack_list();
-        for p in self.peers.values_mut() {
-            p.received_since_ack = 0;
-        }
+        let acks = self.acks_out();
         self.send_msg(&Msg::Ack { acks });
     }
 
-    pub(super) fn ack_list(&self) -> Vec<(NodeId, u64)> {
+    /// The cumulative acks to send now, one per peer, noted as sent (the count towards the
+    /// next `Ack` starts again).
+    fn acks_out(&mut self) -> Vec<(NodeId, u64)> {
         self.peers
-            .iter()
-            .map(|(id, p)| (*id, p.recv.contiguous()))
+            .iter_mut()
+            .map(|(id, p)| {
+                p.received_since_ack = 0;
+                p.ack_sent = p.recv.contiguous();
+                (*id, p.ack_sent)
+            })
             .collect()
     }
 

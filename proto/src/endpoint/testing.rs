@@ -252,6 +252,8 @@ pub(super) fn peer_heard_at(now: Instant) -> super::membership::Peer {
         stream_known: true,
         digest_answered_at: None,
         received_since_ack: 0,
+        ack_sent: 0,
+        tails: (0, 0),
         clock_offset_ms: None,
     }
 }
