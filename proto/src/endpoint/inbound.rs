@@ -264,7 +264,7 @@ impl Endpoint {
     /// messages received; after a gap was filled (or given up), or an `Ack` lost, a sender
     /// whose window had shut on the old ack sent nothing more, so none came until the next
     /// heartbeat. With 5 % of the datagrams lost and writers flat out, three processes sent
-    /// nothing for a whole heartbeat (1 s by default) every few seconds. Called when a data
+    /// next to nothing for up to a whole heartbeat (1 s by default). Called when a data
     /// message fills a gap, on a `Gone`, and on a `Tail` or heartbeat. Half a window: never
     /// while data flows freely, so acks stay one per `ack_every` messages. (An ack that was
     /// sent and lost is repeated by [`Endpoint::on_tail_probe`].)

@@ -539,7 +539,7 @@ mod tests {
         a.publish(t, item);
         assert!(drain(&mut a, t).is_empty(), "the window is shut");
         // b NAKs the first message, a resends it, and b acknowledges the whole stream at once
-        // (the resend is only the 9th message b counts towards its next ack: before, none
+        // (the resend is only the first message b counts towards its next ack: before, none
         // came until b's heartbeat).
         let later = t + Duration::from_millis(5);
         b.handle_timeout(later, &mut app_b);
