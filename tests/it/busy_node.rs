@@ -12,11 +12,11 @@
 
 use crate::support::cluster;
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mccache::{Config, Node};
+use mccache::Node;
 
 /// 239.255.93.200 ([`cluster::config`]).
 const GROUP: u8 = 200;
@@ -29,15 +29,7 @@ fn peer_role() {
     if std::env::var_os(FLAG).is_none() {
         return;
     }
-    let node = Node::start(Config::load().expect("config from MCCACHE_*")).expect("start");
-    let _cache = node.cache::<u32, u64>("busy").expect("cache");
-    assert!(
-        cluster::wait_until(Duration::from_secs(20), || !node.members().is_empty()),
-        "no peer"
-    );
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "joined").unwrap();
-    out.flush().unwrap();
+    let (node, _cache) = cluster::member_process_joined("busy");
     for _ in std::io::stdin().lock().lines() {}
     node.shutdown();
 }

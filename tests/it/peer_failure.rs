@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use mccache::{Config, Node};
+use mccache::Config;
 
 /// 239.255.93.202 ([`cluster::config`]).
 const GROUP: u8 = 202;
@@ -32,15 +32,8 @@ fn member_role() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let node = Node::start(Config::load().expect("config from MCCACHE_*")).expect("start");
-    let _cache = node.cache::<u32, u64>("members").expect("cache");
-    assert!(
-        cluster::wait_until(Duration::from_secs(20), || !node.members().is_empty()),
-        "no peer"
-    );
+    let (node, _cache) = cluster::member_process_joined("members");
     let mut out = std::io::stdout().lock();
-    writeln!(out, "joined").unwrap();
-    out.flush().unwrap();
     for _ in std::io::stdin().lock().lines() {
         let m = node.network_metrics();
         writeln!(

@@ -502,51 +502,46 @@ mod tests {
         assert_eq!(a.metrics().data_messages_sent, 2);
     }
 
-    /// Sends `n` 1 KB changes from `a` one data message each, delivering all but the first to
-    /// `b` and what `b` answers back to `a`; returns the time of the last.
-    fn send_losing_the_first(
-        (a, b): (&mut Endpoint, &mut Endpoint),
-        (app_a, app_b): (&mut MapApp, &mut MapApp),
-        t0: Instant,
-        n: u32,
-    ) -> Instant {
-        let mut t = t0;
-        for i in 0..n {
-            t += a.cfg.linger * 2;
-            let item = put(a, &i.to_be_bytes(), &[7; 1000]);
-            a.publish(t, item);
-            let sent = drain(a, t);
-            assert_eq!(sent.len(), 1, "message {} goes out at once", i + 1);
-            if i > 0 {
-                b.handle_datagram(t, &sent[0], app_b);
-                deliver(b, a, app_a, t);
-            }
-        }
-        t
-    }
-
-    #[test]
-    fn a_window_shut_on_a_gap_reopens_when_the_gap_is_filled_not_at_the_next_heartbeat() {
-        let t0 = Instant::now();
+    /// Nodes `a` and `b` with windows of 9 data messages: `a` sends 9 changes of 1 KB (one
+    /// data message each), the first lost on its way to `b`, so `b`'s acks stop at the gap and
+    /// `a`'s window shuts with a 10th change queued; then `b` NAKs the first message and gets
+    /// it again. Returns the nodes, their apps and the time of the resend.
+    fn resent_into_a_shut_window(t0: Instant) -> (Endpoint, Endpoint, MapApp, MapApp, Instant) {
         let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
         a.cfg.window = 9;
         b.cfg.window = 9;
         assert_eq!(b.ack_every(), 2);
-        let t = send_losing_the_first((&mut a, &mut b), (&mut app_a, &mut app_b), t0, 9);
+        let mut t = t0;
+        for i in 0..9u32 {
+            t += a.cfg.linger * 2;
+            let item = put(&a, &i.to_be_bytes(), &[7; 1000]);
+            a.publish(t, item);
+            let sent = drain(&mut a, t);
+            assert_eq!(sent.len(), 1, "message {} goes out at once", i + 1);
+            if i > 0 {
+                b.handle_datagram(t, &sent[0], &mut app_b);
+                deliver(&mut b, &mut a, &mut app_a, t);
+            }
+        }
         // b acknowledged four times, each time only up to the gap: the window is shut.
         assert_eq!(a.in_flight(), 9);
         let item = put(&a, b"next", &[7; 1000]);
         a.publish(t, item);
         assert!(drain(&mut a, t).is_empty(), "the window is shut");
-        // b NAKs the first message, a resends it, and b acknowledges the whole stream at once
-        // (the resend is only the first message b counts towards its next ack: before, none
-        // came until b's heartbeat).
         let later = t + Duration::from_millis(5);
         b.handle_timeout(later, &mut app_b);
         deliver(&mut b, &mut a, &mut app_a, later);
         deliver(&mut a, &mut b, &mut app_b, later);
-        deliver(&mut b, &mut a, &mut app_a, later);
         assert!(later < t0 + b.cfg.heartbeat, "no heartbeat involved");
+        (a, b, app_a, app_b, later)
+    }
+
+    #[test]
+    fn a_window_shut_on_a_gap_reopens_when_the_gap_is_filled_not_at_the_next_heartbeat() {
+        let (mut a, mut b, mut app_a, _, later) = resent_into_a_shut_window(Instant::now());
+        // b acknowledges the whole stream at once (the resend is only the first message it
+        // counts towards its next ack: before, none came until its heartbeat).
+        deliver(&mut b, &mut a, &mut app_a, later);
         assert_eq!(a.in_flight(), 0);
         assert_eq!(drain(&mut a, later).len(), 1, "the next change goes out");
     }
@@ -554,18 +549,7 @@ mod tests {
     #[test]
     fn a_shut_window_announces_its_tail_until_a_peer_holding_everything_acknowledges() {
         let t0 = Instant::now();
-        let (mut a, mut b, mut app_a, mut app_b) = joined_pair(t0);
-        a.cfg.window = 9;
-        b.cfg.window = 9;
-        let t = send_losing_the_first((&mut a, &mut b), (&mut app_a, &mut app_b), t0, 9);
-        let item = put(&a, b"next", &[7; 1000]);
-        a.publish(t, item);
-        assert!(drain(&mut a, t).is_empty(), "the window is shut");
-        // b gets the first message again, but its ack is lost.
-        let later = t + Duration::from_millis(5);
-        b.handle_timeout(later, &mut app_b);
-        deliver(&mut b, &mut a, &mut app_a, later);
-        deliver(&mut a, &mut b, &mut app_b, later);
+        let (mut a, mut b, mut app_a, mut app_b, later) = resent_into_a_shut_window(t0);
         assert!(!drain(&mut b, later).is_empty(), "b's ack, lost");
         assert_eq!(a.in_flight(), 9);
         // a keeps announcing its tail while its window stays shut; b answers with its ack.

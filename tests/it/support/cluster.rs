@@ -63,3 +63,21 @@ pub fn env_of(c: &Config) -> Vec<(&'static str, String)> {
         ("MCCACHE_CACHE_SIZE", c.cache_size.to_string()),
     ]
 }
+
+/// The body of a member process (this test binary re-run as one test, configured only through
+/// `MCCACHE_*` as an application would be): starts a node from `Config::load`, opens cache
+/// `cache`, waits (at most 20 s) for a peer and says `joined` on stdout. Returns the node and
+/// the cache, for the caller to keep open while the test drives it.
+pub fn member_process_joined(cache: &str) -> (mccache::Node, mccache::Cache<u32, u64>) {
+    use std::io::Write;
+    let node = mccache::Node::start(Config::load().expect("config from MCCACHE_*")).expect("start");
+    let cache = node.cache::<u32, u64>(cache).expect("cache");
+    assert!(
+        wait_until(Duration::from_secs(20), || !node.members().is_empty()),
+        "no peer"
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "joined").unwrap();
+    out.flush().unwrap();
+    (node, cache)
+}
